@@ -1,0 +1,271 @@
+"""One YAML file configures every stage; these pydantic models validate it.
+
+Every section forbids unknown keys, so a typo is an error rather than a silently ignored setting.
+Relative paths are resolved against the folder of the YAML file (also for `--set` overrides),
+so a config file and the data it names can move together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from etad_cli.console import UserError
+
+
+def _resolve(path: Path | None, info: ValidationInfo) -> Path | None:
+    """Make a relative path absolute against the YAML file's folder (passed in the validation context)."""
+    if path is None or path.is_absolute():
+        return path
+    base = (info.context or {}).get("base_dir")
+    return (Path(base) / path).resolve() if base is not None else path
+
+
+FilePath = Annotated[Path, AfterValidator(_resolve)]
+Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSettings(Section):
+    """What the videos and annotations are, and how frames and snippets are sampled from them."""
+
+    dataset: Literal["anet", "thumos"] = "anet"
+    annotations: FilePath | None = None
+    video_dir: FilePath | None = None
+    video_name: str = Field(
+        "{id}.mp4", description="file name of a video in video_dir; '{id}' is the video id"
+    )
+    train_subset: str = "training"
+    eval_subset: str = "validation"
+    fps: float = Field(15.0, gt=0, description="frames per second after extraction")
+    frame_height: int = Field(128, ge=8, description="frame height after extraction (ETAD: 128)")
+    frame_width: int = Field(171, ge=8, description="frame width after extraction (ETAD: 171)")
+    snippet_length: int = Field(16, ge=1, description="frames per snippet")
+    snippet_stride: int = Field(16, ge=1, description="frames between snippet starts (thumos, fixed stride)")
+    temporal_scale: int = Field(128, ge=4, description="snippets per video (anet) or per window (thumos)")
+    window_overlap: Ratio = Field(0.5, description="thumos: overlap between sliding windows")
+    window_ioa_threshold: Ratio = Field(
+        0.9, description="thumos: keep a GT in a training window above this IoA"
+    )
+    blocked: FilePath | None = Field(None, description="JSON list of video ids left out of training and eval")
+
+    @field_validator("video_name")
+    @classmethod
+    def _has_id(cls, value: str) -> str:
+        if "{id}" not in value or "/" in value or "\\" in value:
+            raise ValueError("expected a file name containing '{id}', e.g. 'v_{id}.mp4'")
+        return value
+
+
+class EncoderSettings(Section):
+    """The video encoder that turns a snippet of frames into one feature vector."""
+
+    name: Literal["r2plus1d_34_tsp", "r2plus1d_18", "tiny"] = "r2plus1d_34_tsp"
+    checkpoint: FilePath | None = Field(
+        None, description="weights; TSP layout (key 'model', 'features.' prefix)"
+    )
+    crop_size: int = Field(112, ge=8)
+    frozen_stages: int = Field(2, ge=-1, le=4, description="stem + this many residual stages are frozen")
+    norm_eval: bool = True
+
+
+class ModelSettings(Section):
+    """The ETAD detector (spec section 3) and the encoder in front of it."""
+
+    in_channels: int = Field(512, ge=1)
+    hidden_channels: int = Field(256, ge=4)
+    max_duration: int = Field(128, ge=1, description="longest proposal, in snippets (dscale)")
+    roi_size: int = Field(24, ge=4)
+    extend_ratio: float = Field(0.5, ge=0.0)
+    stage_iou_thresholds: list[Ratio] = Field(default_factory=lambda: [0.7, 0.8, 0.9], min_length=1)
+    proposal_sampling: Literal["random", "grid", "block"] = "random"
+    proposal_ratio: Ratio = 0.06
+    classifier_head: bool = Field(False, description="train a video-level multi-label classifier too")
+    encoder: EncoderSettings = Field(default_factory=EncoderSettings)
+
+
+class CacheSettings(Section):
+    """HDF5 caches written by `etad cache` and read by training."""
+
+    snippets_file: str = "cache/snippets.h5"
+    features_file: str = "cache/features.h5"
+    compression: Literal["none", "gzip", "lzf"] = "none"
+    batch_size: int = Field(32, ge=1, description="snippets per encoder forward when caching features")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    workers: int = Field(1, ge=1)
+
+
+class TrainSettings(Section):
+    """Frozen-feature pretraining of the detector (ETAD ANet TSP recipe by default)."""
+
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(16, ge=1)
+    epochs: int = Field(6, ge=1)
+    lr_step: int = Field(5, ge=1, description="epochs between lr decays")
+    lr_gamma: float = Field(0.1, gt=0, le=1)
+    grad_clip: float = Field(0.0, ge=0, description="max gradient L2 norm; 0 turns clipping off")
+    workers: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    log_every: int = Field(10, ge=1)
+
+
+class E2ESettings(Section):
+    """End-to-end fine-tuning: sequential forward, sampled-snippet backward (spec 2.3)."""
+
+    lr: float = Field(5e-4, gt=0, description="detector learning rate")
+    encoder_lr: float = Field(5e-7, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(4, ge=1)
+    epochs: int = Field(6, ge=1)
+    lr_step: int = Field(5, ge=1)
+    lr_gamma: float = Field(0.1, gt=0, le=1)
+    grad_clip: float = Field(0.0, ge=0)
+    snippet_ratio: Ratio = 0.3
+    snippet_sampling: Literal["random", "uniform", "block"] = "random"
+    chunk_size: int = Field(4, ge=1)
+    grad_mode: Literal["sampled", "checkpoint", "full"] = "sampled"
+    init_from: FilePath | None = Field(
+        None, description="detector checkpoint from frozen-feature pretraining"
+    )
+    augment: bool = True
+    workers: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["none", "bf16", "fp16"] = "none"
+
+
+class InferSettings(Section):
+    """Detection and ETAD post-processing (spec section 7)."""
+
+    batch_size: int = Field(16, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    soft_nms_sigma: float = Field(0.35, gt=0)
+    top_k: int = Field(100, ge=1, description="proposals kept per video after Soft-NMS")
+    min_score: float = Field(0.0, ge=0)
+    classifier: Literal["builtin", "file", "none"] = "builtin"
+    classifier_file: FilePath | None = Field(None, description="CUHK json or UntrimmedNet npy")
+    top_k_classes: int = Field(2, ge=1)
+    output: str = "results/detections.json"
+
+
+class EvalSettings(Section):
+    """mAP evaluation (spec section 8)."""
+
+    tiou_thresholds: list[Ratio] | None = Field(
+        None, description="default: anet 0.5:0.05:0.95, thumos 0.3:0.1:0.7"
+    )
+    protocol: Literal["official", "actionformer"] = "official"
+
+
+class Settings(Section):
+    seed: int = 2023
+    work_dir: FilePath = Path("work")
+    data: DataSettings = Field(default_factory=DataSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    e2e: E2ESettings = Field(default_factory=E2ESettings)
+    infer: InferSettings = Field(default_factory=InferSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+
+    def in_work_dir(self, relative: str) -> Path:
+        """A path under work_dir (the place every stage writes to)."""
+        return self.work_dir / relative
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one `--set a.b.c=value` to the raw mapping; the value is parsed as YAML (numbers, lists...)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {override}: expected KEY=VALUE, e.g. --set train.lr=1e-4")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"--set {override}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(error: dict[str, Any], source: str, overrides: list[str]) -> str:
+    """One line per problem: where it came from, the dotted key, the value, what was expected."""
+    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    for override in reversed(overrides):  # the last --set of a key wins, so it is the one to blame
+        set_key = override.partition("=")[0].strip()
+        if key == set_key or key.startswith(set_key + ".") or set_key.startswith(key + "."):
+            source = f"--set {override}"
+            break
+    if error["type"] == "extra_forbidden":
+        return f"{source}: {key}: unknown key"
+    if error["type"] == "missing":
+        return f"{source}: {key}: missing"
+    return f"{source}: {key}: got {error['input']!r}: {error['msg'].removeprefix('Value error, ')}"
+
+
+def read_yaml(path: Path) -> Any:
+    """Read a YAML file safely, turning every failure into a one-line UserError naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read: {exc.__class__.__name__}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}: invalid YAML: {where}{problem}") from None
+
+
+def load_settings(path: Path | None, overrides: list[str] | None = None) -> Settings:
+    """Load and validate a settings file, then `--set` overrides; None gives the defaults."""
+    raw: dict[str, Any] = {}
+    base_dir = Path.cwd()
+    source = "settings"
+    if path is not None:
+        raw = read_yaml(path)
+        base_dir = path.resolve().parent
+        source = str(path)
+        raw = {} if raw is None else raw
+        if not isinstance(raw, dict):
+            raise UserError(
+                f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}"
+            )
+    overrides = overrides or []
+    for override in overrides:
+        apply_override(raw, override)
+    try:
+        return Settings.model_validate(raw, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise UserError("\n".join(_describe(e, source, overrides) for e in exc.errors())) from None
+
+
+def settings_as_yaml(settings: Settings) -> str:
+    """The fully resolved settings, as YAML (what `etad config show` prints and each stage logs)."""
+    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,361 @@
+"""`etad synth`: the built-in synthetic action dataset used by the demo and the tests.
+
+Each video shows a textured background that scrolls, a few distractor shapes that sit still (or
+drift slowly) without acting, and 0-4 action instances. An instance is a shape that is already on
+screen shortly before the action and stays after it: only its *motion* during the segment tells
+that an action happens and which one. So the detector has to read motion over time, not spot a
+shape. Classes are documented in docs/synthetic_dataset.md.
+
+Everything is drawn from one seed: the same seed gives the same annotation files, byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from stages.video import write_video
+
+# (name, shape drawn, what the motion is). The order fixes the label ids.
+CLASSES: list[tuple[str, str, str]] = [
+    ("slide", "square", "moves in a straight line across the frame, left to right"),
+    ("grow", "disk", "grows to about three times its radius, steadily"),
+    ("spin", "bar", "rotates about its centre, at least one full turn"),
+    ("bounce", "disk", "bounces up and down, two to four times"),
+    ("blink", "square", "switches off and on about three times a second"),
+    ("orbit", "disk", "travels around a circle, at least one loop"),
+]
+SHAPES = ("square", "disk", "bar")
+MAX_INSTANCES = 4
+MIN_ACTION_S, MAX_ACTION_S = 1.0, 15.0
+MIN_VIDEO_S, MAX_VIDEO_S = 10.0, 60.0
+EDGE_PROBABILITY = 0.2  # chance that an instance is pinned to the video start (and, separately, the end)
+
+
+@dataclass
+class Instance:
+    label: int
+    start: int  # first frame of the action
+    end: int  # one past the last frame of the action
+    visible_from: int  # the actor sits still on screen from here ...
+    visible_to: int  # ... to here (exclusive)
+    x: float
+    y: float
+    size: float
+    color: tuple[int, int, int]
+    params: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Distractor:
+    shape: str
+    x: float
+    y: float
+    size: float
+    angle: float
+    color: tuple[int, int, int]
+    drift: tuple[float, float]
+    visible_from: int
+    visible_to: int
+
+
+@dataclass
+class VideoPlan:
+    video_id: str
+    num_frames: int
+    instances: list[Instance]
+    distractors: list[Distractor]
+    background_seed: int
+    background_velocity: tuple[float, float]
+
+
+def _color(rng: np.random.Generator) -> tuple[int, int, int]:
+    hue = rng.random()
+    rgb = [0.5 + 0.5 * math.cos(2 * math.pi * (hue + k / 3)) for k in range(3)]
+    return tuple(int(40 + 215 * c) for c in rgb)  # type: ignore[return-value]
+
+
+def _place_instances(
+    rng: np.random.Generator, num_frames: int, fps: float, count: int
+) -> list[tuple[int, int]]:
+    """Non-overlapping [start, end) frame ranges, some pinned to the video start or end."""
+    lengths = sorted(
+        (int(round(rng.uniform(MIN_ACTION_S, MAX_ACTION_S) * fps)) for _ in range(count)), reverse=True
+    )
+    gap = int(fps)  # at least a second between instances
+    taken: list[tuple[int, int]] = []
+    pin_start = rng.random() < EDGE_PROBABILITY
+    pin_end = rng.random() < EDGE_PROBABILITY
+    for length in lengths:
+        length = min(length, num_frames)
+        candidates = []
+        if pin_start:
+            candidates.append(0)
+        if pin_end:
+            candidates.append(num_frames - length)
+        candidates += [int(rng.integers(0, num_frames - length + 1)) for _ in range(50)]
+        for start in candidates:
+            end = start + length
+            if all(end + gap <= s or start >= e + gap for s, e in taken):
+                taken.append((start, end))
+                pin_start = pin_start and start != 0
+                pin_end = pin_end and end != num_frames
+                break
+    return sorted(taken)
+
+
+def plan_video(
+    video_id: str, rng: np.random.Generator, num_classes: int, fps: float, width: int, height: int
+) -> VideoPlan:
+    """Draw everything about one video (no pixels yet)."""
+    num_frames = int(round(rng.uniform(MIN_VIDEO_S, MAX_VIDEO_S) * fps))
+    ranges = _place_instances(rng, num_frames, fps, int(rng.integers(0, MAX_INSTANCES + 1)))
+    size_unit = min(width, height)
+    instances = []
+    for start, end in ranges:
+        label = int(rng.integers(0, num_classes))
+        pad_before = int(rng.uniform(0.3, 2.0) * fps)
+        pad_after = int(rng.uniform(0.3, 2.0) * fps)
+        size = rng.uniform(0.07, 0.11) * size_unit
+        inst = Instance(
+            label=label,
+            start=start,
+            end=end,
+            visible_from=max(0, start - pad_before),
+            visible_to=min(num_frames, end + pad_after),
+            x=rng.uniform(0.25, 0.75) * width,
+            y=rng.uniform(0.3, 0.7) * height,
+            size=size,
+            color=_color(rng),
+        )
+        name = CLASSES[label][0]
+        if name == "slide":
+            inst.params = {"distance": rng.uniform(0.3, 0.5) * width}
+            inst.x = rng.uniform(0.1, 0.3) * width
+        elif name == "spin":
+            inst.params = {"turns": float(rng.integers(1, 4)), "angle": rng.uniform(0, math.pi)}
+        elif name == "bounce":
+            inst.params = {"bounces": float(rng.integers(2, 5)), "height": rng.uniform(0.2, 0.35) * height}
+            inst.y = rng.uniform(0.6, 0.8) * height
+        elif name == "blink":
+            inst.params = {"half_period": fps / 6.0}  # off/on three times a second
+        elif name == "orbit":
+            inst.params = {"loops": float(rng.integers(1, 3)), "radius": rng.uniform(0.12, 0.2) * size_unit}
+        instances.append(inst)
+    distractors = []
+    for _ in range(int(rng.integers(1, 4))):
+        a = int(rng.integers(0, num_frames))
+        b = int(rng.integers(0, num_frames))
+        distractors.append(
+            Distractor(
+                shape=SHAPES[int(rng.integers(0, len(SHAPES)))],
+                x=rng.uniform(0.1, 0.9) * width,
+                y=rng.uniform(0.1, 0.9) * height,
+                size=rng.uniform(0.06, 0.1) * size_unit,
+                angle=rng.uniform(0, math.pi),
+                color=_color(rng),
+                drift=(rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05)),
+                visible_from=min(a, b) if rng.random() < 0.5 else 0,
+                visible_to=max(a, b) + 1 if rng.random() < 0.5 else num_frames,
+            )
+        )
+    velocity = (float(rng.uniform(-1.0, 1.0)), float(rng.uniform(-0.6, 0.6)))
+    return VideoPlan(video_id, num_frames, instances, distractors, int(rng.integers(0, 2**31)), velocity)
+
+
+def _background(seed: int, width: int, height: int) -> np.ndarray:
+    """A smooth, low-contrast coloured noise texture twice the frame size (it scrolls and wraps)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((height // 8 + 1, width // 8 + 1, 3))
+    big = np.kron(coarse, np.ones((16, 16, 1)))[: 2 * height, : 2 * width]
+    fine = rng.random((2 * height, 2 * width, 1)) * 0.25
+    return (60 + 80 * big + 60 * fine).astype(np.float32)
+
+
+def _shape_mask(
+    shape: str, xx: np.ndarray, yy: np.ndarray, x: float, y: float, size: float, angle: float
+) -> np.ndarray:
+    dx, dy = xx - x, yy - y
+    if shape == "disk":
+        return dx * dx + dy * dy <= size * size
+    if shape == "square":
+        c, s = math.cos(angle), math.sin(angle)
+        return (np.abs(c * dx + s * dy) <= size) & (np.abs(-s * dx + c * dy) <= size)
+    c, s = math.cos(angle), math.sin(angle)  # bar: long and thin
+    return (np.abs(c * dx + s * dy) <= 2.2 * size) & (np.abs(-s * dx + c * dy) <= 0.45 * size)
+
+
+def _actor_pose(inst: Instance, frame: int) -> tuple[bool, float, float, float, float]:
+    """(visible, x, y, size, angle) of an actor at a frame; outside [start, end) it holds its end pose."""
+    name = CLASSES[inst.label][0]
+    t = min(max((frame - inst.start) / max(inst.end - inst.start, 1), 0.0), 1.0)
+    x, y, size, angle, visible = inst.x, inst.y, inst.size, inst.params.get("angle", 0.0), True
+    if name == "slide":
+        x = inst.x + inst.params["distance"] * t
+    elif name == "grow":
+        size = inst.size * (1.0 + 2.0 * t)
+    elif name == "spin":
+        angle += 2 * math.pi * inst.params["turns"] * t
+    elif name == "bounce":
+        y = inst.y - inst.params["height"] * abs(math.sin(math.pi * inst.params["bounces"] * t))
+    elif name == "blink":
+        half_periods = int((frame - inst.start) / inst.params["half_period"])
+        visible = not (inst.start <= frame < inst.end and half_periods % 2 == 1)
+    elif name == "orbit":
+        phase = 2 * math.pi * inst.params["loops"] * t
+        r = inst.params["radius"]
+        x, y = inst.x + r * math.sin(phase), inst.y - r * (1 - math.cos(phase))
+    return visible, x, y, size, angle
+
+
+def render_frames(plan: VideoPlan, width: int, height: int) -> Iterator[np.ndarray]:
+    """Yield the uint8 RGB frames [H, W, 3] of a planned video."""
+    texture = _background(plan.background_seed, width, height)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    vx, vy = plan.background_velocity
+    for f in range(plan.num_frames):
+        ox, oy = int(round(vx * f)) % width, int(round(vy * f)) % height
+        frame = texture[oy : oy + height, ox : ox + width].copy()
+        for d in plan.distractors:
+            if d.visible_from <= f < d.visible_to:
+                mask = _shape_mask(
+                    d.shape, xx, yy, d.x + d.drift[0] * f, d.y + d.drift[1] * f, d.size, d.angle
+                )
+                frame[mask] = d.color
+        for inst in plan.instances:
+            if inst.visible_from <= f < inst.visible_to:
+                visible, x, y, size, angle = _actor_pose(inst, f)
+                if visible:
+                    frame[_shape_mask(CLASSES[inst.label][1], xx, yy, x, y, size, angle)] = inst.color
+        yield frame.astype(np.uint8)
+
+
+def _annotation_files(
+    plans: list[VideoPlan], subsets: list[str], class_names: list[str], fps: float, params: dict
+) -> tuple[dict, dict]:
+    """The ActivityNet-1.3 style and THUMOS-14 (ActionFormer) style annotation mappings."""
+    anet_db, thumos_db = {}, {}
+    thumos_subset = {"training": "Validation", "validation": "Test"}
+    for plan, subset in zip(plans, subsets):
+        duration = plan.num_frames / fps
+        anet_anns, thumos_anns = [], []
+        for inst in plan.instances:
+            segment = [round(inst.start / fps, 6), round(inst.end / fps, 6)]
+            anet_anns.append({"segment": segment, "label": class_names[inst.label]})
+            thumos_anns.append(
+                {
+                    "label": class_names[inst.label],
+                    "segment": segment,
+                    "segment(frames)": [float(inst.start), float(inst.end)],
+                    "label_id": inst.label,
+                }
+            )
+        anet_db[plan.video_id] = {"subset": subset, "duration": round(duration, 6), "annotations": anet_anns}
+        thumos_db[plan.video_id] = {
+            "subset": thumos_subset[subset],
+            "duration": round(duration, 6),
+            "fps": fps,
+            "annotations": thumos_anns,
+        }
+    taxonomy = [
+        {"nodeId": i + 1, "nodeName": name, "parentId": 0, "parentName": "Root"}
+        for i, name in enumerate(class_names)
+    ]
+    anet = {
+        "version": "VERSION 1.3 (etad synthetic)",
+        "taxonomy": taxonomy,
+        "database": anet_db,
+        "etad_synth": params,
+    }
+    thumos = {"version": "Thumos14-style (etad synthetic)", "database": thumos_db, "etad_synth": params}
+    return anet, thumos
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass
+class SynthSummary:
+    out_dir: Path
+    videos: int
+    written: int
+    skipped: int
+    instances: int
+    train_videos: int
+    val_videos: int
+
+
+def run(
+    out_dir: Path,
+    videos: int = 24,
+    classes: int = 4,
+    seed: int = 0,
+    fps: float = 15.0,
+    width: int = 128,
+    height: int = 96,
+    on_video=None,
+) -> SynthSummary:
+    """Plan and write the dataset. Videos already written for the same parameters are kept (resumable)."""
+    if not 1 <= classes <= len(CLASSES):
+        raise ValueError(f"classes must be between 1 and {len(CLASSES)}, got {classes}")
+    if videos < 1:
+        raise ValueError(f"videos must be at least 1, got {videos}")
+    if width % 2 or height % 2 or width < 32 or height < 32:
+        raise ValueError(f"frame size must be even and at least 32x32, got {width}x{height}")
+    out_dir = Path(out_dir)
+    video_dir = out_dir / "videos"
+    video_dir.mkdir(parents=True, exist_ok=True)
+    params = {
+        "videos": videos,
+        "classes": classes,
+        "seed": seed,
+        "fps": fps,
+        "width": width,
+        "height": height,
+    }
+    anet_path = out_dir / "anet.json"
+    previous = json.loads(anet_path.read_text()) if anet_path.is_file() else {}
+    reuse = previous.get("etad_synth") == params
+    if not reuse:
+        anet_path.unlink(
+            missing_ok=True
+        )  # videos about to change: the old annotation no longer marks them done
+
+    class_names = [name for name, _, _ in CLASSES[:classes]]
+    n_val = max(1, round(0.3 * videos)) if videos > 1 else 0
+    subsets = ["training"] * (videos - n_val) + ["validation"] * n_val
+    plans = [
+        plan_video(f"synth_{i:04d}", np.random.default_rng([seed, i]), classes, fps, width, height)
+        for i in range(videos)
+    ]
+    written = skipped = 0
+    for plan in plans:
+        path = video_dir / f"{plan.video_id}.mp4"
+        if reuse and path.is_file():
+            skipped += 1
+        else:
+            write_video(path, render_frames(plan, width, height), fps)
+            written += 1
+        if on_video is not None:
+            on_video(plan.video_id)
+    anet, thumos = _annotation_files(plans, subsets, class_names, fps, params)
+    _write_json(out_dir / "thumos.json", thumos)
+    _write_json(anet_path, anet)  # last: its parameters mark the videos as complete
+    return SynthSummary(
+        out_dir=out_dir,
+        videos=videos,
+        written=written,
+        skipped=skipped,
+        instances=sum(len(p.instances) for p in plans),
+        train_videos=videos - n_val,
+        val_videos=n_val,
+    )

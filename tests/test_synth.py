@@ -1,0 +1,97 @@
+"""The built-in synthetic dataset: real mp4s that decord opens, annotations that match them, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from stages import synth
+from stages.video import VideoReader, decord_available
+
+
+def test_same_seed_writes_identical_annotation_files(synth_dir, tmp_path):
+    again = tmp_path / "again"
+    synth.run(again, videos=6, classes=4, seed=7, width=64, height=48)
+    for name in ("anet.json", "thumos.json"):
+        assert (again / name).read_bytes() == (synth_dir / name).read_bytes()
+    other = tmp_path / "other"
+    synth.run(other, videos=6, classes=4, seed=8, width=64, height=48)
+    assert (other / "anet.json").read_bytes() != (synth_dir / "anet.json").read_bytes()
+
+
+def test_rerun_keeps_finished_videos(synth_dir):
+    before = {p.name: p.stat().st_mtime_ns for p in (synth_dir / "videos").glob("*.mp4")}
+    summary = synth.run(synth_dir, videos=6, classes=4, seed=7, width=64, height=48)
+    assert (summary.written, summary.skipped) == (0, 6)
+    assert before == {p.name: p.stat().st_mtime_ns for p in (synth_dir / "videos").glob("*.mp4")}
+
+
+@pytest.mark.skipif(not decord_available(), reason="decord has no wheel for this platform")
+def test_every_video_opens_with_decord_and_matches_its_annotation(synth_dir):
+    anet = json.loads((synth_dir / "anet.json").read_text())
+    thumos = json.loads((synth_dir / "thumos.json").read_text())
+    classes = {node["nodeName"] for node in anet["taxonomy"]}
+    assert len(classes) == 4
+    subsets = [v["subset"] for v in anet["database"].values()]
+    assert subsets.count("training") == 4 and subsets.count("validation") == 2
+    for video_id, entry in anet["database"].items():
+        reader = VideoReader(synth_dir / "videos" / f"{video_id}.mp4", backend="decord")
+        assert reader.info.fps == pytest.approx(15.0)
+        assert reader.info.num_frames == round(entry["duration"] * 15)
+        assert (reader.info.height, reader.info.width) == (48, 64)
+        assert synth.MIN_VIDEO_S - 0.1 <= entry["duration"] <= synth.MAX_VIDEO_S + 0.1
+        assert len(entry["annotations"]) <= synth.MAX_INSTANCES
+        for ann in entry["annotations"]:
+            start, end = ann["segment"]
+            assert ann["label"] in classes
+            assert 0 <= start < end <= entry["duration"] + 1e-6
+        thumos_entry = thumos["database"][video_id]
+        assert thumos_entry["fps"] == 15.0
+        assert thumos_entry["subset"] == {"training": "Validation", "validation": "Test"}[entry["subset"]]
+        for ann, t_ann in zip(entry["annotations"], thumos_entry["annotations"]):
+            assert t_ann["segment(frames)"] == pytest.approx([x * 15 for x in ann["segment"]], abs=1e-3)
+
+
+def test_pyav_fallback_reads_the_same_frame_count(synth_dir):
+    video = sorted((synth_dir / "videos").glob("*.mp4"))[0]
+    reader = VideoReader(video, backend="pyav")
+    assert reader.get_frames([0, len(reader) - 1]).shape == (2, 48, 64, 3)
+    if decord_available():
+        assert len(reader) == len(VideoReader(video, backend="decord"))
+
+
+def test_plans_cover_the_promised_variety():
+    plans = [synth.plan_video(f"v{i}", np.random.default_rng([1, i]), 6, 15.0, 128, 96) for i in range(300)]
+    instances = [inst for p in plans for inst in p.instances]
+    counts = {len(p.instances) for p in plans}
+    assert counts == {0, 1, 2, 3, 4}
+    assert {inst.label for inst in instances} == set(range(6))
+    lengths = np.array([(inst.end - inst.start) / 15.0 for inst in instances])
+    assert lengths.min() >= 1.0 - 1e-6 and lengths.max() <= 15.0 + 1e-6
+    assert any(inst.start == 0 for inst in instances)
+    assert any(inst.end == p.num_frames for p in plans for inst in p.instances)
+    assert all(p.distractors for p in plans)
+    for p in plans:  # instances never overlap
+        spans = sorted((i.start, i.end) for i in p.instances)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+
+
+def _instances_of(label: int):
+    for i in range(1000):
+        plan = synth.plan_video("v", np.random.default_rng([label, i]), 6, 15.0, 128, 96)
+        yield from (inst for inst in plan.instances if inst.label == label)
+
+
+@pytest.mark.parametrize("label", range(len(synth.CLASSES)), ids=[c[0] for c in synth.CLASSES])
+def test_actors_move_only_during_their_action(label):
+    """With the background and distractors held still, pixels change only inside the segment."""
+    inst = next(_instances_of(label))
+    inst.start, inst.end, inst.visible_from, inst.visible_to = 45, 105, 15, 135
+    plan = synth.VideoPlan("v", 150, [inst], [], background_seed=0, background_velocity=(0.0, 0.0))
+    frames = np.stack(list(synth.render_frames(plan, 128, 96))).astype(np.int16)
+    change = np.abs(np.diff(frames, axis=0)).sum(axis=(1, 2, 3))  # change[i]: frame i -> i+1
+    assert change[15:44].max() == 0 and change[105:134].max() == 0  # on screen and still
+    assert all(change[i : i + 3].max() > 0 for i in range(45, 102))  # acting: changes at least every 3 frames
+    assert change[14] > 0 and change[134] > 0  # appears, disappears
