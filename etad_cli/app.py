@@ -3,6 +3,8 @@ calls `stages.<stage>.run(...)` and prints its summary. Nothing here knows how a
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +12,7 @@ import typer
 from rich.table import Table
 
 from etad_cli import __version__
-from etad_cli.console import UserError, console, progress, user_errors
+from etad_cli.console import UserError, console, err_console, progress, user_errors
 from etad_cli.settings import Settings, load_settings, settings_as_yaml
 
 app = typer.Typer(
@@ -25,6 +27,7 @@ config_app = typer.Typer(help="Show or check a settings file.", no_args_is_help=
 app.add_typer(config_app, name="config")
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML settings file.", show_default=False)]
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML settings file.", show_default=False)]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -50,6 +53,28 @@ def _root(
 
 def load(config: Path, overrides: list[str] | None) -> Settings:
     return load_settings(config, overrides or [])
+
+
+def start_stage(settings: Settings, stage: str) -> None:
+    """Log the resolved settings of a stage run to <work_dir>/logs/ (every stage logs its settings)."""
+    logs = settings.work_dir / "logs"
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        path = logs / f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.settings.yaml"
+        path.write_text(settings_as_yaml(settings))
+    except OSError as exc:
+        raise UserError(f"{logs}: cannot write to the work folder: {exc.strerror or exc}") from None
+    console.print(f"[dim]settings: {path}[/]", soft_wrap=True)
+
+
+def report_failures(failures: list[dict], failures_file: Path) -> None:
+    """List failed videos; exit code 1 says that the stage finished but some videos failed."""
+    if not failures:
+        return
+    for failure in failures:
+        err_console.print(f"[red]failed[/] {failure['video_id']}: {failure['reason']}", highlight=False)
+    err_console.print(f"{len(failures)} video(s) failed; listed in {failures_file}")
+    raise typer.Exit(1)
 
 
 @config_app.command("show")
@@ -109,6 +134,114 @@ def synth(
     table.add_row("action instances", str(summary.instances))
     table.add_row("annotations", f"{summary.out_dir / 'anet.json'}, {summary.out_dir / 'thumos.json'}")
     console.print(table)
+
+
+WorkersOpt = Annotated[
+    int | None, typer.Option(help="Parallel worker processes (default: the settings').", min=1)
+]
+
+
+@app.command()
+def extract(config: ConfigOpt, set_: SetOpt = None, workers: WorkersOpt = None) -> None:
+    """Decode every video of the annotation file (decord) into frames at data.fps and the data frame size.
+
+    Writes <work_dir>/frames/<id>.npy (+ <id>.json when complete). Resumable: finished videos are
+    skipped. Exit code 1 if some videos failed (listed in frames/failures.json).
+
+    Example: etad extract --config examples/demo.yaml --workers 2
+    """
+    from rich.progress import TextColumn
+
+    from stages import extract as extract_stage
+
+    with user_errors():
+        s = load(config, set_)
+        start_stage(s, "extract")
+        if s.data.annotations is None or s.data.video_dir is None:
+            raise UserError(f"{config}: data.annotations and data.video_dir must be set to extract")
+        with progress(TextColumn("{task.fields[rate]}")) as bar:
+            task = bar.add_task("extract videos", total=None, rate="")
+            frames = 0
+            began = time.perf_counter()
+
+            def advance(_video_id: str, n: int, _reason: str | None) -> None:
+                nonlocal frames
+                frames += n
+                rate = f"{frames / max(time.perf_counter() - began, 1e-9):,.0f} frames/s"
+                bar.update(task, advance=1, rate=rate)
+
+            summary = extract_stage.run(
+                s.data.annotations,
+                s.data.video_dir,
+                s.data.video_name,
+                s.work_dir,
+                s.data.fps,
+                s.data.frame_height,
+                s.data.frame_width,
+                backend=s.data.decoder,
+                workers=workers or 1,
+                on_start=lambda n: bar.update(task, total=n),
+                on_video=advance,
+            )
+    table = Table(title=f"extract -> {summary.out_dir}", show_header=False)
+    table.add_row(
+        "videos extracted / already done / failed",
+        f"{summary.done} / {summary.skipped} / {len(summary.failures)}",
+    )
+    table.add_row("frames written", f"{summary.frames:,}")
+    table.add_row("speed", f"{summary.frames / max(summary.seconds, 1e-9):,.0f} frames/s")
+    console.print(table)
+    report_failures(summary.failures, summary.out_dir / "failures.json")
+
+
+@app.command()
+def cache(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    what: Annotated[
+        str, typer.Option(help="snippets (for end-to-end training) or features (frozen encoder).")
+    ] = "snippets",
+    from_npy: Annotated[
+        Path | None, typer.Option(help="Import released per-video features (v_<id>.npy or <id>.npy, [T, D]).")
+    ] = None,
+    workers: WorkersOpt = None,
+) -> None:
+    """Cut extracted frames into snippets, or encode them, into per-video HDF5 files under <work_dir>/cache/.
+
+    Resumable and kill-safe: each video file is written under a temporary name and renamed; a rerun
+    skips videos already cached with the same settings. Exit code 1 if some videos failed.
+
+    Examples:
+      etad cache --config examples/demo.yaml --what snippets
+      etad cache --config examples/demo.yaml --what features
+      etad cache --config examples/anet_tsp_feature.yaml --from-npy data/tsp_features
+    """
+    from stages import cache as cache_stage
+
+    with user_errors():
+        if what not in ("snippets", "features"):
+            raise UserError(f"--what {what}: expected 'snippets' or 'features'")
+        s = load(config, set_)
+        start_stage(s, "cache")
+        kind = "features" if from_npy is not None else what
+        with progress() as bar:
+            task = bar.add_task(f"cache {kind}", total=None)
+            summary = cache_stage.run(
+                s,
+                what,
+                from_npy,
+                workers or s.cache.workers,
+                on_start=lambda n: bar.update(task, total=n),
+                on_video=lambda _vid, _reason: bar.advance(task),
+            )
+    table = Table(title=f"cache {summary.kind} -> {summary.out_dir}", show_header=False)
+    table.add_row(
+        "videos cached / already done / failed",
+        f"{summary.done} / {summary.skipped} / {len(summary.failures)}",
+    )
+    table.add_row("seconds", f"{summary.seconds:.1f}")
+    console.print(table)
+    report_failures(summary.failures, summary.out_dir / "failures.json")
 
 
 def main() -> None:

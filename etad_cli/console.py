@@ -20,14 +20,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from stages.errors import UserError
+
 console = Console()
 err_console = Console(stderr=True)
 
 EXIT_USER_ERROR = 2
-
-
-class UserError(Exception):
-    """Bad input from the user: reported as one line per problem, exit code 2."""
+__all__ = ["UserError", "console", "err_console", "progress", "user_errors"]
 
 
 @contextmanager

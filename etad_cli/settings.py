@@ -62,6 +62,9 @@ class DataSettings(Section):
         0.9, description="thumos: keep a GT in a training window above this IoA"
     )
     blocked: FilePath | None = Field(None, description="JSON list of video ids left out of training and eval")
+    decoder: Literal["auto", "decord", "pyav"] = Field(
+        "auto", description="auto: decord if installed, else PyAV"
+    )
 
     @field_validator("video_name")
     @classmethod
@@ -101,13 +104,13 @@ class ModelSettings(Section):
 class CacheSettings(Section):
     """HDF5 caches written by `etad cache` and read by training."""
 
-    snippets_file: str = "cache/snippets.h5"
-    features_file: str = "cache/features.h5"
-    compression: Literal["none", "gzip", "lzf"] = "none"
+    snippets_dir: str = Field("cache/snippets", description="under work_dir: one <id>.h5 per video")
+    features_dir: str = Field("cache/features", description="under work_dir: one <id>.h5 per video")
+    compression: Literal["none", "gzip", "lzf"] = Field("none", description="of the snippet cache (see docs)")
     batch_size: int = Field(32, ge=1, description="snippets per encoder forward when caching features")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    workers: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1, description="processes cutting snippets")
 
 
 class TrainSettings(Section):

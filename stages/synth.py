@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from stages.files import write_json
 from stages.video import write_video
 
 # (name, shape drawn, what the motion is). The order fixes the label ids.
@@ -277,12 +277,6 @@ def _annotation_files(
     return anet, thumos
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 @dataclass
 class SynthSummary:
     out_dir: Path
@@ -348,8 +342,8 @@ def run(
         if on_video is not None:
             on_video(plan.video_id)
     anet, thumos = _annotation_files(plans, subsets, class_names, fps, params)
-    _write_json(out_dir / "thumos.json", thumos)
-    _write_json(anet_path, anet)  # last: its parameters mark the videos as complete
+    write_json(out_dir / "thumos.json", thumos)
+    write_json(anet_path, anet)  # last: its parameters mark the videos as complete
     return SynthSummary(
         out_dir=out_dir,
         videos=videos,

@@ -7,7 +7,6 @@ synthetic videos. Nothing else in the project imports decord or av directly.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from stages.files import atomic_output
 
 Backend = Literal["auto", "decord", "pyav"]
 
@@ -122,24 +123,18 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: float, crf: int =
     """
     import av
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.mp4")
     count = 0
-    try:
-        with av.open(str(tmp), mode="w") as container:
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
-            for frame in frames:
-                if count == 0:
-                    stream.height, stream.width = frame.shape[0], frame.shape[1]
-                video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-                for packet in stream.encode(video_frame):
-                    container.mux(packet)
-                count += 1
-            for packet in stream.encode():
+    with atomic_output(Path(path)) as tmp, av.open(str(tmp), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+        for frame in frames:
+            if count == 0:
+                stream.height, stream.width = frame.shape[0], frame.shape[1]
+            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            for packet in stream.encode(video_frame):
                 container.mux(packet)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+            count += 1
+        for packet in stream.encode():
+            container.mux(packet)
     return count

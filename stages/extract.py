@@ -1,0 +1,178 @@
+"""`etad extract`: decode every video of the annotation file at a fixed fps and frame size.
+
+Output, per video, in <work_dir>/frames/ (docs/extract.md):
+  <id>.npy    uint8 [N, H, W, 3] RGB frames (raw .npy: memory-mappable, exact, fastest to write and read;
+              the format was chosen by measurement, see docs/benchmarks.md)
+  <id>.json   written last: {video_id, num_frames, fps, height, width, source, source_frames, source_fps}.
+              Its presence (with matching fps and size) is what marks the video as done.
+  failures.json   [{video_id, reason}] of the last run.
+A rerun skips finished videos and redoes half-written ones. A video that is missing or cannot be
+decoded is listed in failures.json and does not stop the run.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from stages.annotations import load_annotations, safe_path
+from stages.errors import UserError
+from stages.files import atomic_output, ensure_writable_dir, write_json
+from stages.snippets import resample_frame_indices
+from stages.video import VideoError, VideoReader
+
+BATCH = 256  # frames decoded per decord call
+
+
+@dataclass
+class ExtractJob:
+    video_id: str
+    video_path: Path
+    out_dir: Path
+    fps: float
+    height: int
+    width: int
+    backend: str
+
+
+@dataclass
+class ExtractSummary:
+    out_dir: Path
+    done: int = 0
+    skipped: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    failures: list[dict] = field(default_factory=list)
+
+
+def frames_dir(work_dir: Path) -> Path:
+    return Path(work_dir) / "frames"
+
+
+def read_meta(out_dir: Path, video_id: str) -> dict | None:
+    """The completion record of an extracted video, or None if it is not (fully) extracted."""
+    path = safe_path(out_dir, video_id, "{id}.json")
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def load_frames(out_dir: Path, video_id: str) -> np.ndarray:
+    """The extracted frames of a video, memory-mapped (uint8 [N, H, W, 3])."""
+    if read_meta(out_dir, video_id) is None:
+        raise UserError(f"{out_dir}: video {video_id!r} has not been extracted; run `etad extract` first")
+    return np.load(safe_path(out_dir, video_id, "{id}.npy"), mmap_mode="r")
+
+
+def is_done(job: ExtractJob) -> bool:
+    meta = read_meta(job.out_dir, job.video_id)
+    return (
+        meta is not None
+        and meta.get("fps") == job.fps
+        and (meta.get("height"), meta.get("width")) == (job.height, job.width)
+        and safe_path(job.out_dir, job.video_id, "{id}.npy").is_file()
+    )
+
+
+def extract_one(job: ExtractJob) -> int:
+    """Decode one video into <id>.npy and then <id>.json; returns the number of frames written."""
+    reader = VideoReader(job.video_path, job.backend, job.height, job.width)
+    keep = resample_frame_indices(len(reader), reader.info.fps or job.fps, job.fps)
+    with atomic_output(safe_path(job.out_dir, job.video_id, "{id}.npy")) as tmp:
+        frames = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.uint8, shape=(len(keep), job.height, job.width, 3)
+        )
+        for start in range(0, len(keep), BATCH):
+            frames[start : start + BATCH] = reader.get_frames(keep[start : start + BATCH])
+        frames.flush()
+        del frames
+    meta = {
+        "video_id": job.video_id,
+        "num_frames": int(len(keep)),
+        "fps": job.fps,
+        "height": job.height,
+        "width": job.width,
+        "source": str(job.video_path),
+        "source_frames": len(reader),
+        "source_fps": reader.info.fps,
+    }
+    write_json(safe_path(job.out_dir, job.video_id, "{id}.json"), meta)
+    return len(keep)
+
+
+def _safe_extract(job: ExtractJob) -> tuple[str, int, str | None]:
+    """Run one job; return (id, frames, failure) instead of raising: one bad video never stops a run."""
+    try:
+        return job.video_id, extract_one(job), None
+    except VideoError as exc:
+        return job.video_id, 0, str(exc)
+    except UserError as exc:
+        return job.video_id, 0, str(exc)
+    except OSError as exc:
+        return job.video_id, 0, f"{job.video_path}: {exc.strerror or exc}"
+    except Exception as exc:  # a decoder bug on one file must not end the run
+        return job.video_id, 0, f"{job.video_path}: {exc.__class__.__name__}: {str(exc)[:200]}"
+
+
+def run(
+    annotations: Path,
+    video_dir: Path,
+    video_name: str,
+    work_dir: Path,
+    fps: float,
+    height: int,
+    width: int,
+    backend: str = "auto",
+    workers: int = 1,
+    on_start: Callable[[int], None] | None = None,
+    on_video: Callable[[str, int, str | None], None] | None = None,
+) -> ExtractSummary:
+    """Extract every video of the annotation file; returns what was done, skipped and failed."""
+    records = load_annotations(annotations)
+    out_dir = frames_dir(work_dir)
+    try:
+        ensure_writable_dir(out_dir)
+    except OSError as exc:
+        raise UserError(f"{out_dir}: cannot write the output folder: {exc.strerror or exc}") from None
+    jobs = [
+        ExtractJob(vid, safe_path(Path(video_dir), vid, video_name), out_dir, fps, height, width, backend)
+        for vid in records
+    ]
+    summary = ExtractSummary(out_dir)
+    todo = []
+    for job in jobs:
+        if is_done(job):
+            summary.skipped += 1
+        else:
+            todo.append(job)
+    if on_start is not None:
+        on_start(len(todo))
+    start = time.perf_counter()
+
+    def record(video_id: str, frames: int, reason: str | None) -> None:
+        if reason is None:
+            summary.done += 1
+            summary.frames += frames
+        else:
+            summary.failures.append({"video_id": video_id, "reason": reason})
+        if on_video is not None:
+            on_video(video_id, frames, reason)
+
+    if workers <= 1:
+        for job in todo:
+            record(*_safe_extract(job))
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            for future in as_completed([pool.submit(_safe_extract, job) for job in todo]):
+                record(*future.result())
+    summary.seconds = time.perf_counter() - start
+    write_json(out_dir / "failures.json", summary.failures)
+    return summary

@@ -1,0 +1,154 @@
+"""Video encoders: a snippet of frames in, one feature vector out (spec 2.2).
+
+- `r2plus1d_34_tsp`: TSP's R(2+1)D-34 (torchvision VideoResNet blocks, layers [3,4,6,3], BatchNorm
+  eps 1e-3 / momentum 0.9, fc removed, mean-pooled 512-d), loading the public TSP checkpoint layout.
+- `r2plus1d_18`: torchvision's R(2+1)D-18 (512-d), random init (no downloads here).
+- `tiny`: a 3-stage (2+1)D network with 16/32/64 channels (64-d) for CPU runs: the demo and tests.
+
+All take uint8 clips [N, L, H, W, 3] (already cropped), normalise with the TSP statistics on the
+0-255 scale (spec 2.1) and return [N, D]. `frozen_stages` freezes the stem plus the first k
+residual stages; `norm_eval` keeps every BatchNorm in eval mode (running statistics frozen).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, R2Plus1dStem, VideoResNet, r2plus1d_18
+
+from stages.errors import UserError
+
+MEAN = (110.2008, 100.63983, 95.99475)  # TSP [0,1] statistics x 255 (spec 2.1)
+STD = (58.14765, 56.46975, 55.332195)
+
+
+def _r2plus1d_34() -> VideoResNet:
+    net = VideoResNet(block=BasicBlock, conv_makers=[Conv2Plus1D] * 4, layers=[3, 4, 6, 3], stem=R2Plus1dStem)
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm3d):  # TSP's "Caffe2" BatchNorm settings
+            module.eps, module.momentum = 1e-3, 0.9
+    net.fc = nn.Identity()
+    return net
+
+
+def _r2plus1d_18() -> VideoResNet:
+    net = r2plus1d_18(weights=None)
+    net.fc = nn.Identity()
+    return net
+
+
+def _downsample(inplanes: int, planes: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(inplanes, planes, 1, stride=2, bias=False), nn.BatchNorm3d(planes))
+
+
+class TinyR2Plus1D(nn.Module):
+    """A small R(2+1)D (stem + 3 residual stages of one block, 16/32/64 channels) for CPU runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv3d(3, 16, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1), bias=False),
+            nn.BatchNorm3d(16),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(16, 16, (3, 1, 1), padding=(1, 0, 0), bias=False),
+            nn.BatchNorm3d(16),
+            nn.ReLU(inplace=True),
+        )
+        self.layer1 = BasicBlock(16, 16, Conv2Plus1D)
+        self.layer2 = BasicBlock(16, 32, Conv2Plus1D, stride=2, downsample=_downsample(16, 32))
+        self.layer3 = BasicBlock(32, 64, Conv2Plus1D, stride=2, downsample=_downsample(32, 64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return x.mean(dim=(2, 3, 4))
+
+
+BUILDERS = {
+    "r2plus1d_34_tsp": (_r2plus1d_34, 512),
+    "r2plus1d_18": (_r2plus1d_18, 512),
+    "tiny": (TinyR2Plus1D, 64),
+}
+
+
+class SnippetEncoder(nn.Module):
+    """Normalise uint8 clips [N, L, H, W, 3] and encode them to [N, D]."""
+
+    def __init__(self, name: str, frozen_stages: int = -1, norm_eval: bool = False) -> None:
+        super().__init__()
+        if name not in BUILDERS:
+            raise UserError(f"unknown encoder {name!r}; expected one of {', '.join(BUILDERS)}")
+        build, self.out_dim = BUILDERS[name]
+        self.name = name
+        self.backbone = build()
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1, 1), persistent=False)
+        for module in self.frozen_modules():
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The stem and the first `frozen_stages` residual stages (none when frozen_stages < 0)."""
+        if self.frozen_stages < 0:
+            return []
+        names = ["stem"] + [f"layer{i}" for i in range(1, self.frozen_stages + 1)]
+        return [getattr(self.backbone, n) for n in names if hasattr(self.backbone, n)]
+
+    def train(self, mode: bool = True) -> SnippetEncoder:
+        """Train mode, except that frozen stages (and, with norm_eval, every BatchNorm) stay in eval mode."""
+        super().train(mode)
+        if mode:
+            for module in self.frozen_modules():
+                module.eval()
+            if self.norm_eval:
+                for module in self.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
+        return self
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        x = clips.permute(0, 4, 1, 2, 3).to(self.mean.dtype if not clips.is_floating_point() else clips.dtype)
+        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        return self.backbone(x)
+
+
+def center_crop(clips: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre crop the spatial dims of clips [..., H, W, 3] to size x size (test-time crop, spec 2.1)."""
+    height, width = clips.shape[-3], clips.shape[-2]
+    if size > min(height, width):
+        raise UserError(f"crop size {size} is larger than the frames ({width}x{height})")
+    top, left = (height - size) // 2, (width - size) // 2
+    return clips[..., top : top + size, left : left + size, :]
+
+
+def load_tsp_checkpoint(encoder: SnippetEncoder, path: Path) -> None:
+    """Load weights in the public TSP layout: dict key 'model', drop 'fc' keys, strip 'features.'."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such checkpoint file") from None
+    except Exception as exc:
+        raise UserError(f"{path}: cannot read checkpoint: {str(exc).splitlines()[0][:200]}") from None
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: expected a dict with a 'model' state dict")
+    state = {k.removeprefix("features."): v for k, v in state.items() if "fc" not in k}
+    missing, unexpected = encoder.backbone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(
+            f"{path}: keys do not match encoder {encoder.name!r}: "
+            f"{len(missing)} missing (e.g. {', '.join(missing[:3]) or '-'}), "
+            f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3]) or '-'})"
+        )
+
+
+def build_encoder(
+    name: str, checkpoint: Path | None = None, frozen_stages: int = -1, norm_eval: bool = False
+) -> SnippetEncoder:
+    encoder = SnippetEncoder(name, frozen_stages, norm_eval)
+    if checkpoint is not None:
+        load_tsp_checkpoint(encoder, checkpoint)
+    return encoder

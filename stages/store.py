@@ -1,0 +1,110 @@
+"""The HDF5 caches: one small HDF5 file per video, written under a temporary name and renamed.
+
+One file per video (instead of one big file) is what makes a kill at any moment harmless: HDF5 can
+corrupt a whole file that is being written when the process dies, but here only the temporary file
+of the video in progress is lost. Layout (docs/cache.md):
+
+  <cache>/snippets/<id>.h5   snippets [T, L, H, W, 3] uint8, chunks (1, L, H, W, 3)
+                             frame_indices [T, L] int64
+  <cache>/features/<id>.h5   features [T, D] float32/float16
+  attributes on the root:    kind, video_id, fingerprint, fps, num_frames, source (+ encoder for features)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from stages.annotations import safe_path
+from stages.errors import UserError
+from stages.files import atomic_output
+
+
+def fingerprint(values: dict) -> str:
+    """A short stable hash of the settings that decide a cache's content."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def video_file(folder: Path, video_id: str) -> Path:
+    return safe_path(folder, video_id, "{id}.h5")
+
+
+def write_video_file(
+    path: Path, arrays: dict[str, np.ndarray], attrs: dict, compression: str = "none"
+) -> None:
+    """Write one video's arrays + attributes atomically. The first array is chunked by its first axis."""
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        for i, (name, array) in enumerate(arrays.items()):
+            options = {}
+            if i == 0 and array.ndim >= 2:
+                options["chunks"] = (1, *array.shape[1:])
+                if compression != "none":
+                    options["compression"] = compression
+            f.create_dataset(name, data=array, **options)
+        for key, value in attrs.items():
+            f.attrs[key] = value
+
+
+def stored_fingerprint(path: Path) -> str | None:
+    """The fingerprint of a finished cache file, or None if it is missing or unreadable."""
+    try:
+        with h5py.File(path, "r") as f:
+            return str(f.attrs.get("fingerprint", ""))
+    except (OSError, KeyError):
+        return None
+
+
+class VideoCache:
+    """Read one kind of cache ('snippets' or 'features') by video id.
+
+    `expected_fingerprint`, when given, makes reading a file written with other settings an error
+    (a stale cache) instead of silently training on it.
+    """
+
+    def __init__(self, folder: Path, kind: str, expected_fingerprint: str | None = None) -> None:
+        self.folder = Path(folder)
+        self.kind = kind
+        self.expected = expected_fingerprint
+        if not self.folder.is_dir():
+            raise UserError(f"{self.folder}: no {kind} cache here; run `etad cache --what {kind}` first")
+
+    def ids(self) -> list[str]:
+        return sorted(p.stem for p in self.folder.glob("*.h5") if not p.name.startswith("."))
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_file(self.folder, video_id).is_file()
+
+    def _open(self, video_id: str) -> h5py.File:
+        path = video_file(self.folder, video_id)
+        if not path.is_file():
+            raise UserError(f"{path}: video {video_id!r} is not in the {self.kind} cache; run `etad cache`")
+        f = h5py.File(path, "r")
+        if self.expected is not None and f.attrs.get("fingerprint") != self.expected:
+            f.close()
+            raise UserError(
+                f"{path}: stale cache (written with other settings); rerun `etad cache --what {self.kind}`"
+            )
+        return f
+
+    def read(self, video_id: str, index: slice | np.ndarray | int | None = None) -> np.ndarray:
+        """The main array of a video (all of it, or the given rows: one snippet reads one chunk)."""
+        with self._open(video_id) as f:
+            data = f[self.kind]
+            if index is None:
+                return data[()]
+            if isinstance(index, np.ndarray):  # h5py wants increasing, unique indices
+                unique, inverse = np.unique(index, return_inverse=True)
+                return data[unique][inverse]
+            return data[index]
+
+    def attrs(self, video_id: str) -> dict:
+        with self._open(video_id) as f:
+            return dict(f.attrs)
+
+    def frame_indices(self, video_id: str) -> np.ndarray:
+        with self._open(video_id) as f:
+            return f["frame_indices"][()]

@@ -1,0 +1,231 @@
+"""extract + cache on real mp4s from `etad synth`: exact content, resumability, kill-safety, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from etad_cli.settings import load_settings
+from stages.cache import cut_snippets
+from stages.model.encoder import build_encoder, center_crop
+from stages.snippets import anet_snippet_frames
+from stages.store import VideoCache
+from stages.video import VideoReader, decord_available
+from tests.conftest import run_etad
+
+pytestmark = pytest.mark.skipif(not decord_available(), reason="decord has no wheel for this platform")
+
+
+def make_config(tmp_path, synth_dir, **sections) -> tuple:
+    """A config for the synthetic data with 32-frame-high extraction (a resize from 64x48)."""
+    config = {
+        "seed": 3,
+        "work_dir": str(tmp_path / "work"),
+        "data": {
+            "annotations": str(synth_dir / "anet.json"),
+            "video_dir": str(synth_dir / "videos"),
+            "frame_height": 32,
+            "frame_width": 40,
+            "snippet_length": 4,
+            "temporal_scale": 12,
+        },
+        "model": {"encoder": {"name": "tiny", "crop_size": 24, "frozen_stages": -1, "norm_eval": False}},
+        "cache": {"device": "cpu", "batch_size": 5},
+    }
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, config
+
+
+def tsp_checkpoint(path) -> dict:
+    """A checkpoint for the tiny encoder in the public TSP layout: key 'model', 'features.' prefix, fc."""
+    torch.manual_seed(11)
+    encoder = build_encoder("tiny")
+    state = {f"features.{k}": v for k, v in encoder.backbone.state_dict().items()}
+    state["fc.weight"] = torch.zeros(3, 64)
+    torch.save({"model": state, "epoch": 5}, path)
+    return encoder.backbone.state_dict()
+
+
+def test_extract_and_cache_match_direct_decord_decoding(tmp_path, synth_dir, cli):
+    config, settings = make_config(tmp_path, synth_dir)
+    assert cli("extract", "--config", config).exit_code == 0
+    assert cli("cache", "--config", config, "--what", "snippets").exit_code == 0
+    cache = VideoCache(tmp_path / "work/cache/snippets", "snippets")
+    ids = list(json.loads((synth_dir / "anet.json").read_text())["database"])
+    assert cache.ids() == sorted(ids)
+    for video_id in ids:
+        reader = VideoReader(synth_dir / "videos" / f"{video_id}.mp4", "decord", height=32, width=40)
+        indices = anet_snippet_frames(len(reader), 12, 4)
+        assert (cache.frame_indices(video_id) == indices).all()
+        direct = reader.get_frames(indices.reshape(-1)).reshape(12, 4, 32, 40, 3)
+        snippets = cache.read(video_id)
+        assert snippets.dtype == np.uint8 and snippets.shape == (12, 4, 32, 40, 3)
+        assert np.array_equal(snippets, direct)  # pixel for pixel: both resize inside decord
+        assert np.array_equal(cache.read(video_id, 5), direct[5])  # one snippet alone
+        assert np.array_equal(cache.read(video_id, np.array([7, 2])), direct[[7, 2]])
+        assert cache.attrs(video_id)["fps"] == 15.0
+
+
+def test_cached_features_equal_the_encoder_on_the_snippets(tmp_path, synth_dir, cli):
+    weights = tsp_checkpoint(tmp_path / "tsp.pth")
+    config, _ = make_config(tmp_path, synth_dir, model={})
+    raw = yaml.safe_load(config.read_text())
+    raw["model"]["encoder"]["checkpoint"] = str(tmp_path / "tsp.pth")
+    config.write_text(yaml.safe_dump(raw))
+    assert cli("extract", "--config", config).exit_code == 0
+    result = cli("cache", "--config", config, "--what", "features")
+    assert result.exit_code == 0, result.output
+    encoder = build_encoder("tiny")
+    encoder.backbone.load_state_dict(weights)
+    encoder.eval()
+    features = VideoCache(tmp_path / "work/cache/features", "features")
+    settings = load_settings(config)
+    for video_id in features.ids():
+        clips, _, _ = cut_snippets(settings, video_id)
+        with torch.no_grad():
+            expected = encoder(center_crop(torch.from_numpy(clips), 24)).numpy()
+        got = features.read(video_id)
+        assert got.shape == (12, 64)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_from_npy_round_trips_exactly(tmp_path, synth_dir, cli):
+    config, _ = make_config(tmp_path, synth_dir)
+    npy_dir = tmp_path / "npy"
+    npy_dir.mkdir()
+    ids = list(json.loads((synth_dir / "anet.json").read_text())["database"])
+    rng = np.random.default_rng(0)
+    originals = {}
+    for i, video_id in enumerate(ids):
+        originals[video_id] = rng.standard_normal((17 + i, 8)).astype(np.float32 if i % 2 else np.float16)
+        np.save(npy_dir / (f"v_{video_id}.npy" if i % 2 else f"{video_id}.npy"), originals[video_id])
+    result = cli("cache", "--config", config, "--from-npy", npy_dir)
+    assert result.exit_code == 0, result.output
+    cache = VideoCache(tmp_path / "work/cache/features", "features")
+    for video_id, array in originals.items():
+        got = cache.read(video_id)
+        assert got.dtype == array.dtype and np.array_equal(got, array)
+    again = cli("cache", "--config", config, "--from-npy", npy_dir)
+    assert "0 / 6 / 0" in again.stdout  # nothing redone
+
+
+def test_extract_is_resumable(tmp_path, synth_dir, cli):
+    config, _ = make_config(tmp_path, synth_dir)
+    assert cli("extract", "--config", config).exit_code == 0
+    frames = tmp_path / "work/frames"
+    first = sorted(frames.glob("synth_*.json"))[0]
+    first.unlink()  # as if killed after the frames but before the completion record
+    (frames / ".half-written.npy.tmp1.npy").write_bytes(b"junk")
+    result = cli("extract", "--config", config)
+    assert result.exit_code == 0
+    assert "1 / 5 / 0" in result.stdout
+    assert first.is_file()
+
+
+def test_sigkill_during_cache_loses_nothing(tmp_path, synth_dir, cli):
+    config, _ = make_config(tmp_path, synth_dir)
+    assert cli("extract", "--config", config).exit_code == 0
+    out = tmp_path / "work/cache/features"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "etad_cli", "cache", "--config", str(config), "--what", "features"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("*.h5")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = sorted(out.glob("*.h5"))
+    assert 1 <= len(finished) < 6, "the kill should land part way through"
+    result = run_etad("cache", "--config", config, "--what", "features")
+    assert result.returncode == 0, result.stderr
+    cache = VideoCache(out, "features")
+    assert len(cache.ids()) == 6
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left behind
+    reference_dir = tmp_path / "reference"
+    shutil.copytree(tmp_path / "work/frames", reference_dir / "work/frames")
+    ref_config, _ = make_config(reference_dir, synth_dir)
+    assert run_etad("cache", "--config", ref_config, "--what", "features").returncode == 0
+    reference = VideoCache(reference_dir / "work/cache/features", "features")
+    for video_id in cache.ids():
+        np.testing.assert_allclose(cache.read(video_id), reference.read(video_id), rtol=1e-5, atol=1e-7)
+
+
+def write_annotations(path, ids):
+    database = {vid: {"subset": "training", "duration": 10.0, "annotations": []} for vid in ids}
+    path.write_text(json.dumps({"version": "1.3", "taxonomy": [], "database": database}))
+
+
+def test_missing_and_corrupt_videos_are_listed_and_do_not_stop_the_run(tmp_path, synth_dir):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    good = sorted((synth_dir / "videos").glob("*.mp4"))[0]
+    shutil.copy(good, videos / "good.mp4")
+    (videos / "truncated.mp4").write_bytes(good.read_bytes()[:1500])
+    write_annotations(tmp_path / "ann.json", ["good", "truncated", "missing"])
+    config, _ = make_config(
+        tmp_path, synth_dir, data={"annotations": str(tmp_path / "ann.json"), "video_dir": str(videos)}
+    )
+    result = run_etad("extract", "--config", config)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    failures = {
+        f["video_id"]: f["reason"] for f in json.loads((tmp_path / "work/frames/failures.json").read_text())
+    }
+    assert set(failures) == {"truncated", "missing"}
+    assert "no such video file" in failures["missing"] and "missing.mp4" in failures["missing"]
+    assert "truncated.mp4" in failures["truncated"]
+    assert "2 video(s) failed" in result.stderr
+    assert (tmp_path / "work/frames/good.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "empty annotation file"),
+        ("{not json", "invalid JSON at line 1"),
+        ('{"database": {}}', "the 'database' has no videos"),
+    ],
+)
+def test_bad_annotation_files(tmp_path, synth_dir, content, message):
+    (tmp_path / "ann.json").write_text(content)
+    config, _ = make_config(tmp_path, synth_dir, data={"annotations": str(tmp_path / "ann.json")})
+    for command in ("extract", "cache"):
+        result = run_etad(command, "--config", config)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"{tmp_path / 'ann.json'}: {message}" in result.stderr
+
+
+@pytest.mark.parametrize("bad_id", ["../escape", "a/b", "..", ".hidden"])
+def test_video_ids_that_are_paths_are_rejected(tmp_path, synth_dir, bad_id):
+    write_annotations(tmp_path / "ann.json", ["fine", bad_id])
+    config, _ = make_config(tmp_path, synth_dir, data={"annotations": str(tmp_path / "ann.json")})
+    result = run_etad("extract", "--config", config)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"video id {bad_id!r}" in result.stderr and "file name" in result.stderr
+    assert not (tmp_path / "escape.npy").exists()
+
+
+def test_unwritable_output_folder(tmp_path, synth_dir):
+    (tmp_path / "a_file").write_text("not a folder")
+    config, _ = make_config(tmp_path, synth_dir)
+    for command in ("extract", "cache"):
+        result = run_etad(command, "--config", config, "--set", f"work_dir={tmp_path / 'a_file' / 'work'}")
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "cannot write" in result.stderr and "a_file" in result.stderr

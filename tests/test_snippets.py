@@ -1,0 +1,37 @@
+"""Snippet positions and frame-rate resampling, against hand-computed indices."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stages.snippets import anet_snippet_frames, resample_frame_indices, strided_snippet_frames
+
+
+def test_anet_positions_spread_over_the_whole_video():
+    frames = anet_snippet_frames(num_frames=100, num_snippets=4, snippet_length=16)
+    # max_offset = 84; offsets = round([0, 28, 56, 84])
+    assert frames[:, 0].tolist() == [0, 28, 56, 84]
+    assert frames[-1, -1] == 99  # the last snippet ends on the last frame
+    assert (np.diff(frames, axis=1) == 1).all()
+
+
+def test_anet_positions_round_half_to_even_like_numpy():
+    # max_offset = 5, 3 snippets -> offsets 0, 2.5, 5 -> numpy rounds 2.5 to 2
+    assert anet_snippet_frames(21, 3, 16)[:, 0].tolist() == [0, 2, 5]
+
+
+def test_anet_short_video_loops_frames():
+    frames = anet_snippet_frames(num_frames=10, num_snippets=2, snippet_length=16)
+    assert frames[0].tolist() == [*range(10), *range(6)]
+    assert (frames[0] == frames[1]).all()
+
+
+def test_strided_positions_repeat_the_last_frame():
+    frames = strided_snippet_frames(num_frames=10, stride=4, snippet_length=4)
+    assert frames.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 9, 9]]
+
+
+def test_resampling_to_a_lower_frame_rate():
+    assert resample_frame_indices(60, 30.0, 15.0).tolist() == list(range(0, 60, 2))
+    assert resample_frame_indices(45, 15.0, 15.0).tolist() == list(range(45))
+    assert resample_frame_indices(10, 25.0, 10.0).tolist() == [0, 2, 5, 7]  # 0.4 s of video at 10 fps
