@@ -31,9 +31,12 @@ test: install  ## run the test suite
 lint: install  ## ruff
 	$(VENV)/bin/ruff check .
 
-demo: install  ## run the pipeline on the built-in synthetic dataset
+demo: install  ## run the pipeline on the built-in synthetic dataset (everything goes under work/demo)
 	$(ETAD) synth $(DEMO_DIR)/data --videos 24 --classes 4 --seed 0
 	$(ETAD) config validate $(DEMO_CONFIG)
+	$(ETAD) extract --config $(DEMO_CONFIG) --workers 2
+	$(ETAD) cache --config $(DEMO_CONFIG) --what snippets --workers 2
+	$(ETAD) cache --config $(DEMO_CONFIG) --what features
 
 bench: install  ## benchmarks; results go to docs/benchmarks.md by hand, with the machine
 	$(PY) benchmarks/run.py

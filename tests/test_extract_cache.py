@@ -229,3 +229,35 @@ def test_unwritable_output_folder(tmp_path, synth_dir):
         result = run_etad(command, "--config", config, "--set", f"work_dir={tmp_path / 'a_file' / 'work'}")
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert "cannot write" in result.stderr and "a_file" in result.stderr
+
+
+def test_tsp_checkpoint_with_wrong_keys_is_a_clear_error(tmp_path):
+    from stages.errors import UserError
+    from stages.model.encoder import load_tsp_checkpoint
+
+    torch.save({"model": {"features.not_a_layer.weight": torch.zeros(1)}}, tmp_path / "bad.pth")
+    with pytest.raises(
+        UserError, match=r"bad.pth: keys do not match encoder 'tiny': \d+ missing .* 1 unexpected"
+    ):
+        load_tsp_checkpoint(build_encoder("tiny"), tmp_path / "bad.pth")
+
+
+def test_r2plus1d_34_tsp_loads_the_tsp_layout(tmp_path):
+    """The full TSP backbone: layers [3,4,6,3], BN eps 1e-3 / momentum 0.9, fc dropped, 512-d output."""
+    source = build_encoder("r2plus1d_34_tsp")
+    state = {f"features.{k}": v for k, v in source.backbone.state_dict().items()}
+    state["fc.weight"], state["fc.bias"] = torch.zeros(201, 512), torch.zeros(201)
+    torch.save({"model": state}, tmp_path / "tsp34.pth")
+    encoder = build_encoder("r2plus1d_34_tsp", tmp_path / "tsp34.pth", frozen_stages=2, norm_eval=True)
+    assert [len(getattr(encoder.backbone, f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
+    bns = [m for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    assert all(m.eps == 1e-3 and m.momentum == 0.9 for m in bns)
+    for key, value in source.backbone.state_dict().items():
+        assert torch.equal(encoder.backbone.state_dict()[key], value)
+    trainable = {n.split(".")[1] for n, p in encoder.named_parameters() if p.requires_grad}
+    assert trainable == {"layer3", "layer4"}  # stem, layer1, layer2 frozen
+    encoder.train()
+    assert not any(m.training for m in bns)  # norm_eval
+    with torch.no_grad():
+        out = encoder(torch.zeros(1, 8, 32, 32, 3, dtype=torch.uint8))
+    assert out.shape == (1, 512)
