@@ -11,10 +11,8 @@ the current fingerprint, redoes stale ones, and training refuses a stale cache. 
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +23,7 @@ from stages.annotations import load_annotations, safe_path
 from stages.errors import UserError
 from stages.extract import frames_dir, load_frames, read_meta
 from stages.files import ensure_writable_dir, write_json
+from stages.pervideo import run_each
 from stages.snippets import anet_snippet_frames, strided_snippet_frames
 from stages.store import VideoCache, fingerprint, stored_fingerprint, video_file, write_video_file
 
@@ -121,19 +120,6 @@ def _snippet_job(settings: Settings, video_id: str, path: Path, stamp: str) -> N
     )
 
 
-def _guarded(job: Callable, *args) -> str | None:
-    """Run a per-video job; return the failure reason instead of raising, so one video never stops a run."""
-    try:
-        job(*args)
-        return None
-    except UserError as exc:
-        return str(exc)
-    except OSError as exc:
-        return f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
-    except Exception as exc:
-        return f"{exc.__class__.__name__}: {str(exc)[:200]}"
-
-
 def run(
     settings: Settings,
     what: str = "snippets",
@@ -170,7 +156,7 @@ def run(
         on_start(len(todo))
     start = time.perf_counter()
 
-    def record(video_id: str, reason: str | None) -> None:
+    def record(video_id: str, _result: None, reason: str | None) -> None:
         if reason is None:
             summary.done += 1
         else:
@@ -179,22 +165,12 @@ def run(
             on_video(video_id, reason)
 
     if from_npy is not None:
-        for video_id, path in todo:
-            record(video_id, _guarded(_import_npy, Path(from_npy), video_id, path, stamp))
-    elif kind == "snippets" and workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            futures = {
-                pool.submit(_guarded, _snippet_job, settings, vid, path, stamp): vid for vid, path in todo
-            }
-            for future in as_completed(futures):
-                record(futures[future], future.result())
+        run_each([(vid, _import_npy, (Path(from_npy), vid, path, stamp)) for vid, path in todo], 1, record)
     elif kind == "snippets":
-        for video_id, path in todo:
-            record(video_id, _guarded(_snippet_job, settings, video_id, path, stamp))
+        run_each([(vid, _snippet_job, (settings, vid, path, stamp)) for vid, path in todo], workers, record)
     elif todo:
-        encode = FeatureEncoder(settings)
-        for video_id, path in todo:
-            record(video_id, _guarded(encode.write, video_id, path, stamp))
+        encode = FeatureEncoder(settings)  # in this process: torch already uses every core
+        run_each([(vid, encode.write, (vid, path, stamp)) for vid, path in todo], 1, record)
     summary.seconds = time.perf_counter() - start
     write_json(out_dir / "failures.json", summary.failures)
     return summary

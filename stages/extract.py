@@ -13,10 +13,9 @@ decoded is listed in failures.json and does not stop the run.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +24,9 @@ import numpy as np
 from stages.annotations import load_annotations, safe_path
 from stages.errors import UserError
 from stages.files import atomic_output, ensure_writable_dir, write_json
+from stages.pervideo import run_each
 from stages.snippets import resample_frame_indices
-from stages.video import VideoError, VideoReader
+from stages.video import VideoReader
 
 BATCH = 256  # frames decoded per decord call
 
@@ -116,20 +116,6 @@ def extract_one(job: ExtractJob) -> int:
     return len(keep)
 
 
-def _safe_extract(job: ExtractJob) -> tuple[str, int, str | None]:
-    """Run one job; return (id, frames, failure) instead of raising: one bad video never stops a run."""
-    try:
-        return job.video_id, extract_one(job), None
-    except VideoError as exc:
-        return job.video_id, 0, str(exc)
-    except UserError as exc:
-        return job.video_id, 0, str(exc)
-    except OSError as exc:
-        return job.video_id, 0, f"{job.video_path}: {exc.strerror or exc}"
-    except Exception as exc:  # a decoder bug on one file must not end the run
-        return job.video_id, 0, f"{job.video_path}: {exc.__class__.__name__}: {str(exc)[:200]}"
-
-
 def run(
     annotations: Path,
     video_dir: Path,
@@ -165,22 +151,16 @@ def run(
         on_start(len(todo))
     start = time.perf_counter()
 
-    def record(video_id: str, frames: int, reason: str | None) -> None:
+    def record(video_id: str, frames: int | None, reason: str | None) -> None:
         if reason is None:
             summary.done += 1
             summary.frames += frames
         else:
             summary.failures.append({"video_id": video_id, "reason": reason})
         if on_video is not None:
-            on_video(video_id, frames, reason)
+            on_video(video_id, frames or 0, reason)
 
-    if workers <= 1:
-        for job in todo:
-            record(*_safe_extract(job))
-    else:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            for future in as_completed([pool.submit(_safe_extract, job) for job in todo]):
-                record(*future.result())
+    run_each([(job.video_id, extract_one, (job,)) for job in todo], workers, record)
     summary.seconds = time.perf_counter() - start
     write_json(out_dir / "failures.json", summary.failures)
     return summary

@@ -1,0 +1,39 @@
+"""Running one job per video so that one bad video never stops a run, optionally in worker processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
+
+from stages.errors import UserError
+from stages.video import VideoError
+
+
+def guarded(job: Callable, *args: Any) -> tuple[Any, str | None]:
+    """(result, None), or (None, the reason it failed) instead of raising."""
+    try:
+        return job(*args), None
+    except (UserError, VideoError) as exc:
+        return None, str(exc)
+    except OSError as exc:
+        return None, f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
+    except Exception as exc:  # a decoder or encoder bug on one file must not end the run
+        return None, f"{exc.__class__.__name__}: {str(exc)[:200]}"
+
+
+def run_each(
+    tasks: list[tuple[str, Callable, tuple]],
+    workers: int,
+    on_done: Callable[[str, Any, str | None], None],
+) -> None:
+    """Run job(*args) for each (video_id, job, args); on_done(video_id, result, failure) as each ends."""
+    if workers <= 1:
+        for video_id, job, args in tasks:
+            on_done(video_id, *guarded(job, *args))
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = {pool.submit(guarded, job, *args): video_id for video_id, job, args in tasks}
+        for future in as_completed(futures):
+            on_done(futures[future], *future.result())
