@@ -188,10 +188,6 @@ class Settings(Section):
     infer: InferSettings = Field(default_factory=InferSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
 
-    def in_work_dir(self, relative: str) -> Path:
-        """A path under work_dir (the place every stage writes to)."""
-        return self.work_dir / relative
-
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
     """Apply one `--set a.b.c=value` to the raw mapping; the value is parsed as YAML (numbers, lists...)."""

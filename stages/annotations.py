@@ -102,22 +102,3 @@ def load_annotations(path: Path) -> dict[str, VideoRecord]:
                 f"{path}: video {video_id!r}: malformed entry ({exc.__class__.__name__}: {exc})"
             ) from None
     return records
-
-
-def select(
-    records: dict[str, VideoRecord], subsets: list[str] | None, blocked: set[str] = frozenset()
-) -> list[VideoRecord]:
-    """Videos in the given subsets (all when None), minus blocked ids, in file order."""
-    return [
-        r for r in records.values() if (subsets is None or r.subset in subsets) and r.video_id not in blocked
-    ]
-
-
-def load_blocked(path: Path | None) -> set[str]:
-    """A JSON list of video ids (e.g. ETAD's blocked.json); empty when no file is set."""
-    if path is None:
-        return set()
-    data = read_json(path, "blocked-list file")
-    if not isinstance(data, list) or not all(isinstance(v, str) for v in data):
-        raise UserError(f"{path}: expected a JSON list of video ids")
-    return set(data)

@@ -75,9 +75,6 @@ class VideoCache:
     def ids(self) -> list[str]:
         return sorted(p.stem for p in self.folder.glob("*.h5") if not p.name.startswith("."))
 
-    def __contains__(self, video_id: str) -> bool:
-        return video_file(self.folder, video_id).is_file()
-
     def _open(self, video_id: str) -> h5py.File:
         path = video_file(self.folder, video_id)
         if not path.is_file():
