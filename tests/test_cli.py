@@ -9,7 +9,7 @@ from tests.conftest import run_etad
 def test_help_lists_every_command_with_one_line():
     result = run_etad("--help")
     assert result.returncode == 0
-    for command in ("synth", "config"):
+    for command in ("synth", "config", "extract", "cache"):
         line = next(line for line in result.stdout.splitlines() if f" {command} " in line)
         assert len(line.split(command, 1)[1].strip(" │")) > 10, line
 
