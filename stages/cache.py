@@ -21,7 +21,7 @@ import numpy as np
 
 from stages.annotations import load_annotations, safe_path
 from stages.errors import UserError
-from stages.extract import frames_dir, load_frames, read_meta
+from stages.extract import frames_dir, load_frames
 from stages.files import ensure_writable_dir, write_json
 from stages.pervideo import run_each
 from stages.snippets import anet_snippet_frames, strided_snippet_frames
@@ -92,8 +92,7 @@ def snippet_frame_indices(settings: Settings, num_frames: int) -> np.ndarray:
 def cut_snippets(settings: Settings, video_id: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """(snippets [T, L, H, W, 3], frame indices [T, L], extraction record) of an extracted video."""
     folder = frames_dir(settings.work_dir)
-    frames = load_frames(folder, video_id)
-    meta = read_meta(folder, video_id)
+    frames, meta = load_frames(folder, video_id)
     if meta["fps"] != settings.data.fps or tuple(frames.shape[1:3]) != (
         settings.data.frame_height,
         settings.data.frame_width,

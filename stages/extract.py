@@ -65,11 +65,12 @@ def read_meta(out_dir: Path, video_id: str) -> dict | None:
         return None
 
 
-def load_frames(out_dir: Path, video_id: str) -> np.ndarray:
-    """The extracted frames of a video, memory-mapped (uint8 [N, H, W, 3])."""
-    if read_meta(out_dir, video_id) is None:
+def load_frames(out_dir: Path, video_id: str) -> tuple[np.ndarray, dict]:
+    """(frames memory-mapped as uint8 [N, H, W, 3], completion record) of an extracted video."""
+    meta = read_meta(out_dir, video_id)
+    if meta is None:
         raise UserError(f"{out_dir}: video {video_id!r} has not been extracted; run `etad extract` first")
-    return np.load(safe_path(out_dir, video_id, "{id}.npy"), mmap_mode="r")
+    return np.load(safe_path(out_dir, video_id, "{id}.npy"), mmap_mode="r"), meta
 
 
 def is_done(job: ExtractJob) -> bool:
