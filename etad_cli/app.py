@@ -244,6 +244,124 @@ def cache(
     report_failures(summary.failures, summary.out_dir / "failures.json")
 
 
+def print_eval(report, per_class: bool = False) -> None:
+    """The mAP (or recall) table of an EvalReport, its notes, and optionally per-class AP."""
+    detection = report.task == "detection"
+    table = Table(title=f"{report.task}: {report.counts.get('ground_truth_videos', 0)} videos")
+    table.add_column("tIoU", justify="right")
+    table.add_column("mAP (%)" if detection else "recall@100 (%)", justify="right")
+    for tiou, value in zip(report.tious, report.values):
+        table.add_row(f"{tiou:.2f}", f"{100 * value:.2f}")
+    if detection:
+        table.add_row("[bold]average", f"[bold]{100 * report.average:.2f}")
+    else:
+        for an, value in report.ar_at.items():
+            table.add_row(f"AR@{an}", f"{100 * value:.2f}")
+        table.add_row("[bold]AUC", f"[bold]{report.average:.2f}")
+    console.print(table)
+    if per_class and report.per_class:
+        classes = Table(title="AP per class (%)")
+        classes.add_column("class")
+        for tiou in report.tious:
+            classes.add_column(f"{tiou:.2f}", justify="right")
+        classes.add_column("avg", justify="right")
+        for label, values in report.per_class.items():
+            classes.add_row(
+                label, *(f"{100 * v:.1f}" for v in values), f"{100 * sum(values) / len(values):.1f}"
+            )
+        console.print(classes)
+    for note in report.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+
+
+@app.command("eval")
+def eval_(
+    predictions: Annotated[
+        Path | None,
+        typer.Option("--predictions", "-p", help="Result JSON (default: the settings' infer.output)."),
+    ] = None,
+    ground_truth: Annotated[
+        Path | None,
+        typer.Option(
+            "--ground-truth", "-g", help="Ground-truth JSON (default: the settings' data.annotations)."
+        ),
+    ] = None,
+    dataset: Annotated[
+        str, typer.Option(help="anet (tIoU 0.5:0.05:0.95) or thumos (0.3:0.1:0.7); default: the settings'.")
+    ] = "",
+    subset: Annotated[
+        str | None, typer.Option(help="Ground-truth subset (default: validation for anet, test for thumos).")
+    ] = None,
+    blocked: Annotated[
+        Path | None, typer.Option(help="JSON list of video ids left out of both files.")
+    ] = None,
+    task: Annotated[str, typer.Option(help="detection (mAP) or proposals (AR@AN, AUC).")] = "detection",
+    tiou: Annotated[
+        list[float] | None, typer.Option(help="tIoU threshold (repeatable); replaces the dataset's list.")
+    ] = None,
+    protocol: Annotated[
+        str, typer.Option(help="official (ActivityNet) or actionformer (also drops duplicate ground truth).")
+    ] = "",
+    per_class: Annotated[bool, typer.Option("--per-class", help="Also show AP per class.")] = False,
+    plot: Annotated[
+        Path | None, typer.Option(help="Draw mAP against tIoU (and per-class AP) to this PNG.")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write every number to this JSON file.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Settings file that supplies the defaults above.")
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Score detections (mAP per tIoU) or proposals (average recall) as the official ActivityNet code does.
+
+    Examples:
+      etad eval --dataset anet -p results.json -g activity_net.v1-3.min.json --blocked blocked.json
+      etad eval --dataset thumos -p results.json -g thumos14.json --per-class --plot map.png
+      etad eval --config examples/demo.yaml
+    """
+    from stages import evaluate as evaluate_stage
+
+    with user_errors():
+        s = load(config, set_) if config is not None else None
+        if s is not None:
+            predictions = predictions or s.infer.output
+            ground_truth = ground_truth or s.data.annotations
+            dataset = dataset or s.data.dataset
+            subset = subset or s.data.eval_subset
+            blocked = blocked or s.data.blocked
+            tiou = tiou or s.eval.tiou_thresholds
+            protocol = protocol or s.eval.protocol
+        dataset, protocol = dataset or "anet", protocol or "official"
+        if predictions is None or ground_truth is None:
+            raise UserError(
+                "give --predictions and --ground-truth, or --config with infer.output and data.annotations"
+            )
+        for name, value, allowed in (
+            ("--dataset", dataset, ("anet", "thumos")),
+            ("--task", task, ("detection", "proposals")),
+            ("--protocol", protocol, ("official", "actionformer")),
+        ):
+            if value not in allowed:
+                raise UserError(f"{name} {value}: expected one of {', '.join(allowed)}")
+        report = evaluate_stage.evaluate(
+            predictions, ground_truth, dataset, subset, blocked, task, tiou, protocol
+        )
+        print_eval(report, per_class)
+        try:
+            if json_out is not None:
+                evaluate_stage.save_json(report, json_out)
+                console.print(f"[dim]metrics: {json_out}[/]")
+            if plot is not None:
+                evaluate_stage.plot(report, plot, per_class)
+                console.print(f"[dim]plot: {plot}[/]")
+        except OSError as exc:
+            raise UserError(
+                f"{exc.filename or json_out or plot}: cannot write: {exc.strerror or exc}"
+            ) from None
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

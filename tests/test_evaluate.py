@@ -1,0 +1,130 @@
+"""`etad eval` on real public files (../shared/data) and on files the tests write."""
+
+import json
+
+import numpy as np
+import pytest
+
+from stages.evaluate import evaluate
+from tests.conftest import run_etad, shared_file
+
+
+def _write(path, data):
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_official_sample_submission_scores_one_everywhere():
+    pred = shared_file("anet", "sample_detection_prediction.json")
+    gt = shared_file("anet", "anet1.3_val_gt_reconstructed.json")
+    blocked = shared_file("anet", "etad_blocked.json")
+    report = evaluate(pred, gt, "anet", blocked=blocked)
+    assert report.values == [1.0] * 10 and report.average == 1.0
+    assert report.counts["ground_truth_videos"] == 4926 - 31  # 31 blocked videos are in validation
+    full = evaluate(pred, gt, "anet")
+    assert full.values == [1.0] * 10 and full.counts["ground_truth_instances"] == 7654
+
+
+def test_mmaction2_pair_matches_hand_computation():
+    # Hand computation (tIoU 0.5), Wakeboarding: 3 ground truths; the predictions ranked 3, 6 and 7 match
+    # (tIoU .78, .62, .74), the others do not -> precision 1/3, 2/6, 3/7 at recall 1/3, 2/3, 1 ->
+    # interpolated AP = 3/7. Cleaning shoes: the top prediction has tIoU .976 -> AP 1 up to 0.95.
+    report = evaluate(
+        shared_file("anet", "mmaction2_eval_localization_result.json"),
+        shared_file("anet", "mmaction2_eval_localization_gt.json"),
+        "anet",
+    )
+    assert any("'v_' prefix" in note for note in report.notes)  # gt has v_ ids, results do not
+    assert report.per_class["Wakeboarding"][0] == pytest.approx(3 / 7)
+    assert report.per_class["Cleaning shoes"] == [1.0] * 10
+    assert report.values[0] == pytest.approx((3 / 7 + 1) / 2)
+
+
+def test_thumos_annotation_file_scores_itself_perfectly(tmp_path):
+    gt = shared_file("thumos", "thumos14.json")
+    database = json.loads(gt.read_text())["database"]
+    results = {
+        vid: [{"label": a["label"], "score": 1.0, "segment": a["segment"]} for a in v["annotations"]]
+        for vid, v in database.items()
+        if v["subset"] == "Test"
+    }
+    pred = _write(tmp_path / "pred.json", {"results": results})
+    report = evaluate(pred, gt, "thumos")
+    assert report.tious == pytest.approx([0.3, 0.4, 0.5, 0.6, 0.7])
+    assert report.average == 1.0
+    assert report.counts["ground_truth_videos"] == 212
+
+
+def test_actionformer_protocol_drops_duplicates(tmp_path):
+    gt = _write(
+        tmp_path / "gt.json",
+        {
+            "database": {
+                "a": {"subset": "validation", "annotations": [{"segment": [0, 10], "label": "x"}] * 2}
+            }
+        },
+    )
+    pred = _write(tmp_path / "p.json", {"results": {"a": [{"segment": [0, 10], "label": "x", "score": 1}]}})
+    assert evaluate(pred, gt).average == pytest.approx(0.5)  # official: the duplicate is a missed instance
+    assert evaluate(pred, gt, protocol="actionformer").average == 1.0
+
+
+def test_unknown_label_is_reported_not_fatal(tmp_path):
+    gt = _write(
+        tmp_path / "gt.json",
+        {"database": {"a": {"subset": "validation", "annotations": [{"segment": [0, 10], "label": "x"}]}}},
+    )
+    pred = _write(
+        tmp_path / "p.json",
+        {
+            "results": {
+                "a": [
+                    {"segment": [0, 10], "label": "x", "score": 1},
+                    {"segment": [0, 5], "label": "zzz", "score": 2},
+                ]
+            }
+        },
+    )
+    report = evaluate(pred, gt)
+    assert report.average == 1.0
+    assert any("'zzz'" in note for note in report.notes)
+
+
+def test_proposals_task_on_sample_submission():
+    report = evaluate(
+        shared_file("anet", "sample_detection_prediction.json"),
+        shared_file("anet", "anet1.3_val_gt_reconstructed.json"),
+        task="proposals",
+    )
+    # every instance is proposed exactly, except the 3 zero-length ones (tIoU NaN never counts as recall)
+    assert report.ar_at[100] == pytest.approx(1 - 3 / 7654)
+
+
+def test_cli_json_plot_and_errors(tmp_path):
+    gt = _write(
+        tmp_path / "gt.json",
+        {"database": {"a": {"subset": "validation", "annotations": [{"segment": [0, 10], "label": "x"}]}}},
+    )
+    pred = _write(tmp_path / "p.json", {"results": {"a": [{"segment": [0, 8], "label": "x", "score": 1}]}})
+    out = run_etad(
+        "eval",
+        "-p",
+        pred,
+        "-g",
+        gt,
+        "--json",
+        tmp_path / "m.json",
+        "--plot",
+        tmp_path / "m.png",
+        "--per-class",
+    )
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert np.allclose(metrics["mAP"], [1, 1, 1, 1, 1, 1, 1, 0, 0, 0])  # tIoU .8 -> above .8 it misses
+    assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    out = run_etad("eval", "-p", bad, "-g", gt)
+    assert out.returncode == 2 and "bad.json" in out.stderr and "Traceback" not in out.stderr
+    out = run_etad("eval", "-p", pred, "-g", gt, "--subset", "training")
+    assert out.returncode == 2 and "no video in subset" in out.stderr
