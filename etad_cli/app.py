@@ -244,6 +244,91 @@ def cache(
     report_failures(summary.failures, summary.out_dir / "failures.json")
 
 
+def is_main_process() -> bool:
+    """False in the non-zero ranks of a torchrun launch: they stay quiet and write nothing shared."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def print_training(summary, title: str) -> None:
+    table = Table(title=title)
+    for column in ("epoch", "train loss", "val loss", "lr", "seconds"):
+        table.add_column(column, justify="right")
+    for e in summary.epochs:
+        val = "-" if e["val_loss"] is None else f"{e['val_loss']:.4f}"
+        table.add_row(str(e["epoch"]), f"{e['train_loss']:.4f}", val, f"{e['lr']:.2e}", f"{e['seconds']:.1f}")
+    console.print(table)
+    details = f"detector parameters: {summary.parameters:,}"
+    if summary.peak_memory_mb:
+        details += f"; peak GPU memory {summary.peak_memory_mb:,.0f} MiB"
+    console.print(f"{details}\ncheckpoints: {summary.out_dir / 'checkpoints'} (last.pt, best.pt)")
+    for note in summary.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def train(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    e2e: Annotated[
+        bool, typer.Option("--e2e", help="Fine-tune encoder + detector end to end from the snippet cache.")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from <run>/checkpoints/last.pt.")
+    ] = False,
+    grad_mode: Annotated[
+        str | None, typer.Option(help="--e2e only: sampled (default), checkpoint or full backward.")
+    ] = None,
+    init_from: Annotated[
+        Path | None, typer.Option(help="--e2e only: start the detector from this pretraining checkpoint.")
+    ] = None,
+) -> None:
+    """Pretrain the ETAD detector on cached features, or (--e2e) fine-tune encoder and detector end to end.
+
+    Writes <work_dir>/pretrain/ (or finetune/ with --e2e): checkpoints/epoch_NNN.pt, last.pt, best.pt and
+    metrics.jsonl. Several GPUs or nodes: launch with torchrun.
+
+    Examples:
+      etad train --config examples/demo.yaml
+      etad train --config examples/demo.yaml --resume
+      etad train --config examples/demo.yaml --e2e --init-from work/demo/pretrain/checkpoints/last.pt
+      torchrun --nproc-per-node 4 -m etad_cli train --config examples/anet_tsp_feature.yaml
+    """
+    from rich.progress import TextColumn
+
+    with user_errors():
+        s = load(config, set_)
+        main_rank = is_main_process()
+        if main_rank:
+            start_stage(s, "train-e2e" if e2e else "train")
+        if e2e:
+            from stages import finetune as stage
+
+            if grad_mode is not None:
+                if grad_mode not in ("sampled", "checkpoint", "full"):
+                    raise UserError(f"--grad-mode {grad_mode}: expected sampled, checkpoint or full")
+                s.e2e.grad_mode = grad_mode
+            if init_from is not None:
+                s.e2e.init_from = init_from.resolve()
+        else:
+            from stages import pretrain as stage
+
+            if grad_mode is not None or init_from is not None:
+                raise UserError("--grad-mode and --init-from only apply with --e2e")
+        with progress(TextColumn("{task.fields[info]}")) as bar:
+            task = bar.add_task("train --e2e" if e2e else "train", total=None, info="", visible=main_rank)
+
+            def started(steps: int, videos: int) -> None:
+                bar.update(task, total=steps, info=f"{videos} training items")
+
+            def stepped(r: dict) -> None:
+                info = f"epoch {r['epoch']} loss {r['total']:.3f} {r['videos_per_s']:.1f} items/s"
+                bar.update(task, advance=1, info=info)
+
+            summary = stage.run(s, resume=resume, on_start=started, on_step=stepped)
+    if main_rank:
+        print_training(summary, f"{'train --e2e' if e2e else 'train'} -> {summary.out_dir}")
+
+
 def print_eval(report, per_class: bool = False) -> None:
     """The mAP (or recall) table of an EvalReport, its notes, and optionally per-class AP."""
     detection = report.task == "detection"
@@ -326,7 +411,9 @@ def eval_(
     with user_errors():
         s = load(config, set_) if config is not None else None
         if s is not None:
-            predictions = predictions or s.infer.output
+            from stages.infer import output_path
+
+            predictions = predictions or output_path(s)
             ground_truth = ground_truth or s.data.annotations
             dataset = dataset or s.data.dataset
             subset = subset or s.data.eval_subset
@@ -360,6 +447,92 @@ def eval_(
             raise UserError(
                 f"{exc.filename or json_out or plot}: cannot write: {exc.strerror or exc}"
             ) from None
+
+
+@app.command()
+def infer(
+    config: ConfigOpt,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoint (default: <work_dir>/finetune or pretrain/checkpoints/last.pt)."),
+    ] = None,
+    set_: SetOpt = None,
+    evaluate: Annotated[
+        bool, typer.Option("--eval", help="Evaluate the detections in the same run.")
+    ] = False,
+    plot: Annotated[int, typer.Option(help="Draw a timeline PNG for the first N videos.", min=0)] = 0,
+    video: Annotated[
+        Path | None, typer.Option(help="Detect actions in one video file that is in no annotation file.")
+    ] = None,
+) -> None:
+    """Detect actions in the evaluation subset (or one --video) and write ActivityNet-format JSON.
+
+    Examples:
+      etad infer --config examples/demo.yaml --eval
+      etad infer --config examples/demo.yaml --checkpoint work/demo/pretrain/checkpoints/best.pt --plot 4
+      etad infer --config examples/demo.yaml --video my_clip.mp4
+    """
+    from stages import infer as infer_stage
+
+    with user_errors():
+        s = load(config, set_)
+        start_stage(s, "infer")
+        if checkpoint is None:
+            for kind in ("finetune", "pretrain"):
+                candidate = s.work_dir / kind / "checkpoints" / "last.pt"
+                if candidate.is_file():
+                    checkpoint = candidate
+                    break
+            else:
+                raise UserError(f"{s.work_dir}: no checkpoint yet; run `etad train` or give --checkpoint")
+        console.print(f"[dim]checkpoint: {checkpoint}[/]", soft_wrap=True)
+        if video is not None:
+            detections, out = infer_stage.run_video(s, checkpoint, video)
+            table = Table(title=f"{video.name}: top detections")
+            for column in ("label", "score", "start (s)", "end (s)"):
+                table.add_column(column, justify="right")
+            for d in detections[:10]:
+                table.add_row(
+                    d["label"], f"{d['score']:.3f}", f"{d['segment'][0]:.1f}", f"{d['segment'][1]:.1f}"
+                )
+            console.print(table)
+            console.print(f"detections: {out}")
+            return
+        with progress() as bar:
+            task = bar.add_task("infer", total=None)
+            summary = infer_stage.run(
+                s,
+                checkpoint,
+                plot,
+                on_start=lambda n: bar.update(task, total=n),
+                on_batch=lambda n: bar.advance(task, n),
+            )
+        console.print(
+            f"{summary.videos} videos, {summary.detections:,} detections, {summary.seconds:.1f} s"
+            f" -> {summary.output}",
+            soft_wrap=True,
+        )
+        for path in summary.plots:
+            console.print(f"[dim]plot: {path}[/]", soft_wrap=True)
+        for note in summary.notes:
+            err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        if evaluate:
+            from stages import evaluate as evaluate_stage
+
+            report = evaluate_stage.evaluate(
+                summary.output,
+                s.data.annotations,
+                s.data.dataset,
+                s.data.eval_subset,
+                s.data.blocked,
+                "detection" if s.infer.classifier != "none" else "proposals",
+                s.eval.tiou_thresholds,
+                s.eval.protocol,
+            )
+            print_eval(report)
+            metrics = summary.output.with_suffix(".metrics.json")
+            evaluate_stage.save_json(report, metrics)
+            console.print(f"[dim]metrics: {metrics}[/]", soft_wrap=True)
 
 
 def main() -> None:

@@ -98,6 +98,13 @@ class VideoCache:
                 return data[unique][inverse]
             return data[index]
 
+    def length(self, video_id: str) -> int | None:
+        """Rows (snippets) cached for a video, or None when the video is not cached."""
+        if not video_file(self.folder, video_id).is_file():
+            return None
+        with self._open(video_id) as f:
+            return int(f[self.kind].shape[0])
+
     def attrs(self, video_id: str) -> dict:
         with self._open(video_id) as f:
             return dict(f.attrs)

@@ -152,3 +152,19 @@ def build_encoder(
     if checkpoint is not None:
         load_tsp_checkpoint(encoder, checkpoint)
     return encoder
+
+
+def encode_chunks(
+    encoder: SnippetEncoder, snippets: torch.Tensor, chunk_size: int, crop: int, device: torch.device
+) -> torch.Tensor:
+    """Stage 1 of the ETAD iteration (and end-to-end inference): uint8 snippets [B, T, L, H, W, 3]
+    -> features [B, D, T], `chunk_size` snippets of every video at a time, without gradients, so
+    activation memory is that of one chunk however long the videos are."""
+    b, t = snippets.shape[:2]
+    out = []
+    with torch.no_grad():
+        for start in range(0, t, chunk_size):
+            clips = center_crop(snippets[:, start : start + chunk_size], crop).to(device, non_blocking=True)
+            n = clips.shape[1]
+            out.append(encoder(clips.flatten(0, 1)).view(b, n, -1).float())
+    return torch.cat(out, dim=1).transpose(1, 2).contiguous()

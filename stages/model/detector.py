@@ -1,0 +1,216 @@
+"""The ETAD detector (spec section 3, original-ETAD column): LSTM-boosted temporal features, a
+start/end head (TEM), and a cascade of proposal-evaluation stages on extended RoIAlign features.
+
+Coordinates are normalised to [0, 1] of the video (or window) as in the original code. Anchors are
+[B, K, 2] (start, end). With the ActivityNet recipe (512 input channels, hidden 256, RoI 24) the
+layer sizes are exactly the spec's and the detector has 10,343,450 parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.ops import roi_align
+
+GROUPS = 4  # grouped 1-D convolutions everywhere in the temporal module
+NORM_GROUPS = 16
+
+
+def _conv_gn(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2, groups=GROUPS, bias=False),
+        nn.GroupNorm(NORM_GROUPS, c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers with ReLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class TemporalModule(nn.Module):
+    """Conv -> forward and backward LSTMs -> three conv branches -> fused features [B, H, T]."""
+
+    def __init__(self, in_channels: int, hidden: int) -> None:
+        super().__init__()
+        self.layer1 = _conv_gn(in_channels, hidden, 3)
+        self.lstm_f = nn.LSTM(hidden, hidden)
+        self.lstm_b = nn.LSTM(hidden, hidden)
+        self.layer2_f = _conv_gn(hidden, hidden // 2, 3)
+        self.layer2_b = _conv_gn(hidden, hidden // 2, 3)
+        self.layer2_d = _conv_gn(hidden, hidden, 3)
+        self.layer3 = _conv_gn(2 * hidden, hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.layer1(x)
+        seq = h.permute(2, 0, 1)  # [T, B, H], sequence first
+        h_f = self.lstm_f(seq)[0].permute(1, 2, 0)
+        h_b = self.lstm_b(seq.flip(0))[0].flip(0).permute(1, 2, 0)
+        fused = torch.cat([self.layer2_f(h_f), self.layer2_d(h), self.layer2_b(h_b)], dim=1)
+        return self.layer3(fused)
+
+
+def extend_anchors(anchors: torch.Tensor, ratio: float) -> torch.Tensor:
+    """[..., 2] -> the anchor widened by `ratio` of its length on each side (context for RoIAlign)."""
+    length = anchors[..., 1] - anchors[..., 0]
+    return torch.stack([anchors[..., 0] - ratio * length, anchors[..., 1] + ratio * length], dim=-1)
+
+
+def roi_features(
+    features: torch.Tensor, anchors: torch.Tensor, roi_size: int, extend_ratio: float
+) -> torch.Tensor:
+    """RoIAlign over time: features [B, C, T], normalised anchors [B, K, 2] -> [B*K, C, roi_size].
+
+    The feature is viewed as a [B, C, T, 1] image; feature index i sits at coordinate i
+    (aligned=False), and each bin averages ceil(len/roi_size) bilinear samples (sampling_ratio=-1).
+    """
+    b, _, t = features.shape
+    k = anchors.shape[1]
+    ext = extend_anchors(anchors, extend_ratio) * t
+    batch_index = torch.arange(b, device=features.device, dtype=features.dtype).repeat_interleave(k)
+    zeros = torch.zeros_like(batch_index)
+    ext = ext.reshape(-1, 2).to(features.dtype)
+    boxes = torch.stack([batch_index, zeros, ext[:, 0], zeros + 1, ext[:, 1]], dim=1)
+    out = roi_align(features.unsqueeze(-1), boxes, (roi_size, 1), 1.0, -1, aligned=False)
+    return out.squeeze(-1)
+
+
+def refine(anchors: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
+    """Next-stage anchors: the mean of the start/end-offset and the centre/width refinements.
+
+    reg[..., :6] = (start offset, end offset, centre offset, log width, start cls, end cls); offsets
+    are in units of the anchor length. No clipping (as the original).
+    """
+    s, e = anchors[..., 0], anchors[..., 1]
+    length = e - s
+    s1, e1 = s + length * reg[..., 0], e + length * reg[..., 1]
+    c2 = (s + e) / 2 + length * reg[..., 2]
+    l2 = length * torch.exp(reg[..., 3])
+    s2, e2 = c2 - l2 / 2, c2 + l2 / 2
+    return torch.stack([(s1 + s2) / 2, (e1 + e2) / 2], dim=-1)
+
+
+class ProposalStage(nn.Module):
+    """One cascade stage: its own residual conv, RoI features, IoU / boundary / regression heads."""
+
+    def __init__(self, hidden: int, roi_size: int, extend_ratio: float) -> None:
+        super().__init__()
+        reduced, fc, mlp = hidden // 2, 2 * hidden, hidden // 2
+        self.roi_size, self.extend_ratio = roi_size, extend_ratio
+        self.context = roi_size // 4  # RoI bins of the context before the start / after the end
+        self.residual = nn.Sequential(
+            nn.Conv1d(hidden, hidden, 3, padding=1, groups=GROUPS), nn.ReLU(inplace=True)
+        )
+        self.reduce = nn.Sequential(nn.Conv1d(hidden, reduced, 3, padding=1), nn.ReLU(inplace=True))
+        self.fc = nn.Sequential(nn.Linear(reduced * roi_size, fc), nn.ReLU(inplace=True))
+        self.iou_head = _mlp([fc, mlp, mlp, mlp, 2])
+        self.se_head = _mlp([fc, mlp, mlp, mlp, 2])
+        self.cw_head = _mlp([fc, mlp, mlp, mlp, 2])
+        ctx = reduced * self.context
+        self.start_head = _mlp([ctx, fc, mlp, mlp, mlp, 1])
+        self.end_head = _mlp([ctx, fc, mlp, mlp, mlp, 1])
+
+    def forward(self, x: torch.Tensor, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, H, T], anchors [B, K, 2] -> iou [B, K, 2] (cls, reg) and reg [B, K, 6]."""
+        b, k = anchors.shape[:2]
+        feat = self.reduce(x + self.residual(x))
+        rois = roi_features(feat, anchors, self.roi_size, self.extend_ratio)  # [BK, C, R]
+        z = self.fc(rois.flatten(1))
+        iou = torch.sigmoid(self.iou_head(z))
+        se = torch.sigmoid(self.se_head(z))
+        cw = self.cw_head(z) / 2  # halved for smoother regression, as the original
+        rs = self.start_head(rois[:, :, : self.context].flatten(1))
+        re = self.end_head(rois[:, :, -self.context :].flatten(1))
+        reg = torch.cat([rs, re, cw, se], dim=1)
+        return iou.view(b, k, 2), reg.view(b, k, 6)
+
+
+class VideoClassifier(nn.Module):
+    """Optional multi-label video classifier on mean+max pooled input features. Its input is
+    detached, so it never changes the detector (or, end to end, the encoder)."""
+
+    def __init__(self, in_channels: int, hidden: int, n_classes: int) -> None:
+        super().__init__()
+        self.net = _mlp([2 * in_channels, hidden, n_classes])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach()
+        return self.net(torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1))
+
+
+class ETAD(nn.Module):
+    def __init__(
+        self,
+        in_channels: int = 512,
+        hidden: int = 256,
+        roi_size: int = 24,
+        extend_ratio: float = 0.5,
+        n_stages: int = 3,
+        n_classes: int = 0,
+    ) -> None:
+        super().__init__()
+        if in_channels % GROUPS or hidden % (2 * NORM_GROUPS):
+            raise ValueError(
+                f"in_channels must be a multiple of {GROUPS} and hidden_channels of {2 * NORM_GROUPS}"
+            )
+        self.temporal = TemporalModule(in_channels, hidden)
+        self.tem = nn.Sequential(
+            nn.Conv1d(hidden, hidden, 3, padding=1, groups=GROUPS),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(hidden, 2, 1),
+        )
+        self.stages = nn.ModuleList(ProposalStage(hidden, roi_size, extend_ratio) for _ in range(n_stages))
+        self.classifier = VideoClassifier(in_channels, hidden, n_classes) if n_classes else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform weights and zero bias for every conv and linear layer (LSTM/GN: defaults)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv1d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def detector_parameters(self) -> int:
+        """Parameter count without the optional classifier (the number the spec states)."""
+        extra = sum(p.numel() for p in self.classifier.parameters()) if self.classifier is not None else 0
+        return sum(p.numel() for p in self.parameters()) - extra
+
+    def forward(self, features: torch.Tensor, anchors: torch.Tensor) -> dict:
+        """features [B, C, T], anchors [B, K, 2] -> tem [B, 2, T] probabilities; per stage the anchors
+        it evaluated, iou [B, K, 2] and reg [B, K, 6]; class logits [B, n] when the head exists."""
+        x = self.temporal(features)
+        out: dict = {"tem": torch.sigmoid(self.tem(x)), "anchors": [], "iou": [], "reg": []}
+        for stage in self.stages:
+            iou, reg = stage(x, anchors)
+            out["anchors"].append(anchors)
+            out["iou"].append(iou)
+            out["reg"].append(reg)
+            anchors = refine(anchors, reg.detach())
+        if self.classifier is not None:
+            out["classes"] = self.classifier(features)
+        return out
+
+
+def final_proposals(out: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Test-time output: each stage's refined anchors and IoU scores, averaged over stages."""
+    proposals = torch.stack([refine(a, r) for a, r in zip(out["anchors"], out["reg"])]).mean(dim=0)
+    return proposals, torch.stack(out["iou"]).mean(dim=0)
+
+
+def build_detector(model_settings, n_classes: int = 0) -> ETAD:
+    m = model_settings
+    return ETAD(
+        m.in_channels,
+        m.hidden_channels,
+        m.roi_size,
+        m.extend_ratio,
+        len(m.stage_iou_thresholds),
+        n_classes if m.classifier_head else 0,
+    )
