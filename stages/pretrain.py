@@ -32,6 +32,7 @@ from stages.training import (
     save_checkpoint,
     seed_everything,
     to_device,
+    weights_checksum,
 )
 
 
@@ -190,7 +191,8 @@ def run(
         is_best = score < best
         best = min(best, score)
         epoch_record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-                        "seconds": time.perf_counter() - began}  # fmt: skip
+                        "seconds": time.perf_counter() - began,
+                        "weights_checksum_per_rank": dist.gather(weights_checksum(model))}  # fmt: skip
         summary.epochs.append(epoch_record)
         log.write({"event": "epoch", **epoch_record})
         if dist.main:

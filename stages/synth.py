@@ -117,9 +117,9 @@ def plan_video(
     num_frames = int(round(rng.uniform(MIN_VIDEO_S, MAX_VIDEO_S) * fps))
     ranges = _place_instances(rng, num_frames, fps, int(rng.integers(0, MAX_INSTANCES + 1)))
     size_unit = min(width, height)
+    label = int(rng.integers(0, num_classes))  # one activity per video, as in ActivityNet
     instances = []
     for start, end in ranges:
-        label = int(rng.integers(0, num_classes))
         pad_before = int(rng.uniform(0.3, 2.0) * fps)
         pad_after = int(rng.uniform(0.3, 2.0) * fps)
         size = rng.uniform(0.07, 0.11) * size_unit

@@ -80,9 +80,24 @@ class Distributed:
         torch.distributed.all_reduce(t)
         return float(t.item()) / self.world
 
+    def gather(self, value: float) -> list[float]:
+        """One number from every rank, in rank order (a check that replicas agree)."""
+        if self.world == 1:
+            return [value]
+        t = torch.tensor([value], dtype=torch.float64)
+        out = [torch.zeros_like(t) for _ in range(self.world)]
+        torch.distributed.all_gather(out, t)
+        return [float(x.item()) for x in out]
+
     def close(self) -> None:
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def weights_checksum(model: torch.nn.Module) -> float:
+    """A number that differs when any weight differs (to check that DDP replicas agree)."""
+    with torch.no_grad():
+        return float(sum((p.double() * (i + 1)).sum() for i, p in enumerate(model.parameters())))
 
 
 def make_optimizer(groups: list[dict], kind: str, weight_decay: float) -> torch.optim.Optimizer:

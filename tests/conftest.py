@@ -52,3 +52,35 @@ def shared_file(*parts: str) -> Path:
     if not path.is_file():
         pytest.skip(f"reference data {path} is absent (it lives in ../shared beside the checkout)")
     return path
+
+
+def demo_config(folder: Path, synth: Path, **sections) -> Path:
+    """A copy of examples/demo.yaml pointing at `synth` and writing under `folder`; `sections` update
+    top-level sections, e.g. train={"epochs": 2}."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "examples" / "demo.yaml").read_text())
+    config["work_dir"] = str(folder / "work")
+    config["data"].update(annotations=str(synth / "anet.json"), video_dir=str(synth / "videos"))
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def feature_work(tmp_path_factory, synth_dir) -> Path:
+    """The synthetic dataset extracted and cached (snippets and tiny-encoder features); returns the
+    folder holding config.yaml and work/. Tests copy what they change."""
+    from etad_cli.settings import load_settings
+    from stages import cache, extract
+
+    folder = tmp_path_factory.mktemp("features")
+    config = demo_config(folder, synth_dir)
+    s = load_settings(config, [])
+    d = s.data
+    extract.run(d.annotations, d.video_dir, d.video_name, s.work_dir, d.fps, d.frame_height, d.frame_width)
+    cache.run(s, "snippets")
+    cache.run(s, "features")
+    return folder

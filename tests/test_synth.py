@@ -73,6 +73,7 @@ def test_plans_cover_the_promised_variety():
     assert any(inst.start == 0 for inst in instances)
     assert any(inst.end == p.num_frames for p in plans for inst in p.instances)
     assert all(p.distractors for p in plans)
+    assert all(len({inst.label for inst in p.instances}) <= 1 for p in plans)  # one activity per video
     for p in plans:  # instances never overlap
         spans = sorted((i.start, i.end) for i in p.instances)
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))

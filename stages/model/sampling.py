@@ -34,6 +34,7 @@ def sample_proposals(
         step = math.sqrt(1 / ratio)
         rows = torch.arange(1, d_max, step).round().long().unique()
         cols = torch.arange(1, t, step).round().long().unique()
+        rows, cols = rows[rows < d_max], cols[cols < t]  # the last lattice value can round to T
         cells = (rows[:, None] * t + cols[None, :]).flatten()
         picked = cell_to_index[cells]
         return picked[picked >= 0]
