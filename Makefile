@@ -37,6 +37,12 @@ demo: install  ## run the pipeline on the built-in synthetic dataset (everything
 	$(ETAD) extract --config $(DEMO_CONFIG) --workers 2
 	$(ETAD) cache --config $(DEMO_CONFIG) --what snippets --workers 2
 	$(ETAD) cache --config $(DEMO_CONFIG) --what features
+	$(ETAD) train --config $(DEMO_CONFIG)
+	$(ETAD) infer --config $(DEMO_CONFIG) --checkpoint $(DEMO_DIR)/pretrain/checkpoints/last.pt \
+	  --set infer.output=results/pretrain.json --eval --plot 2
+	$(ETAD) train --config $(DEMO_CONFIG) --e2e --init-from $(DEMO_DIR)/pretrain/checkpoints/last.pt
+	$(ETAD) infer --config $(DEMO_CONFIG) --checkpoint $(DEMO_DIR)/finetune/checkpoints/last.pt \
+	  --set infer.output=results/e2e.json --eval
 
 bench: install  ## benchmarks; results go to docs/benchmarks.md by hand, with the machine
 	$(PY) benchmarks/run.py

@@ -158,8 +158,11 @@ class DetectionDataset(torch.utils.data.Dataset):
     (features [T_orig, C] or snippets [T, ...]); mode 'train' samples proposals per the settings,
     'val' uses the fixed grid, 'test' returns no targets."""
 
-    def __init__(self, items: list[Item], classes: list[str], settings, load: Callable, mode: str) -> None:
+    def __init__(
+        self, items: list[Item], classes: list[str], settings, load: Callable, mode: str, transform=None
+    ) -> None:
         self.items, self.classes, self.load, self.mode = items, classes, load, mode
+        self.transform = transform  # (uint8 snippets, generator) -> snippets: end-to-end augmentation
         d, m = settings.data, settings.model
         self.dataset, self.t, self.max_duration = d.dataset, d.temporal_scale, m.max_duration
         self.strategy = m.proposal_sampling if mode == "train" else "grid"
@@ -194,11 +197,14 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
-        sample = {"inputs": self.inputs(item), "index": index}
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 10_007 + index)
+        inputs = self.inputs(item)
+        if self.transform is not None:
+            inputs = self.transform(inputs, generator)
+        sample = {"inputs": inputs, "index": index}
         if self.mode == "test":
             return sample
         gt = self.ground_truth(item)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 10_007 + index)
         chosen = sample_proposals(self.t, self.max_duration, self.strategy, self.ratio, generator)
         anchors = self.anchors[chosen]
         start, end = boundary_targets(gt, self.t)

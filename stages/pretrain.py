@@ -7,10 +7,7 @@ Multi-GPU / multi-node through torchrun (DistributedDataParallel; gloo on CPU, n
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -22,32 +19,16 @@ from stages.model.losses import detector_loss
 from stages.store import VideoCache
 from stages.training import (
     Distributed,
-    MetricsLog,
+    Job,
+    TrainSummary,
     autocast,
-    epoch_seed,
-    load_checkpoint,
+    fit,
     loader,
     make_optimizer,
     pick_device,
-    save_checkpoint,
     seed_everything,
     to_device,
-    weights_checksum,
 )
-
-
-@dataclass
-class TrainSummary:
-    out_dir: Path
-    epochs: list[dict] = field(default_factory=list)  # per epoch: epoch, train_loss, val_loss, lr, seconds
-    notes: list[str] = field(default_factory=list)
-    resumed_from: int = 0
-    parameters: int = 0
-    peak_memory_mb: float = 0.0
-
-
-def run_dir(settings, kind: str = "pretrain") -> Path:
-    return settings.work_dir / kind
 
 
 def feature_datasets(settings) -> tuple[DetectionDataset, DetectionDataset | None, list[str], list[str]]:
@@ -115,107 +96,44 @@ def run(
     device = pick_device(tr.device)
     dist = Distributed.setup(device)
     device = dist.device(device)
-    out_dir = run_dir(settings)
-    ckpt_dir = out_dir / "checkpoints"
     seed_everything(settings.seed)
     train_set, val_set, classes, notes = feature_datasets(settings)
     check_inputs(train_set, settings.model.in_channels, str(features_dir(settings)))
     model = build_detector(settings.model, len(classes)).to(device)
     optimizer = make_optimizer([{"params": model.parameters(), "lr": tr.lr}], tr.optimizer, tr.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, tr.lr_step, tr.lr_gamma)
-    summary = TrainSummary(out_dir, notes=notes, parameters=model.detector_parameters())
-    start_epoch, best = 0, float("inf")
-    if resume and (ckpt_dir / "last.pt").is_file():
-        state = load_checkpoint(ckpt_dir / "last.pt")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best = int(state["epoch"]), float(state.get("best", best))
-        summary.resumed_from = start_epoch
-    elif resume:
-        notes.append(f"--resume: no {ckpt_dir / 'last.pt'} yet, starting from scratch")
     net = model
     if dist.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    log = MetricsLog(out_dir / "metrics.jsonl", fresh=start_epoch == 0, enabled=dist.main)
-    data = loader(train_set, tr.batch_size, tr.workers, True, settings.seed, dist, device)
-    if on_start:
-        on_start(len(data) * max(tr.epochs - start_epoch, 0), len(train_set))
+        ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     scaler = torch.amp.GradScaler(enabled=tr.amp == "fp16" and device.type == "cuda")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    step = start_epoch * len(data)
-    for epoch in range(start_epoch, tr.epochs):
-        began = time.perf_counter()
-        train_set.set_epoch(epoch)
-        data.generator.manual_seed(epoch_seed(settings.seed, epoch))
-        if dist.world > 1:
-            data.sampler.set_epoch(epoch)
-        torch.manual_seed(epoch_seed(settings.seed, epoch, dist.rank))  # the losses' negative sampling
+
+    def step(batch: dict) -> dict:
         net.train()
-        losses = []
-        for batch in data:
-            t0 = time.perf_counter()
-            batch = to_device(batch, device)
-            with autocast(device, tr.amp):
-                out = net(batch["inputs"], batch["anchors"])
-            terms = detector_loss(_float(out), batch, settings.model.stage_iou_thresholds)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(terms["total"]).backward()
-            if tr.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            record = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}
-            losses.append(record["total"])
-            record.update(
-                epoch=epoch + 1,
-                step=step,
-                lr=optimizer.param_groups[0]["lr"],
-                seconds=time.perf_counter() - t0,
-            )
-            record["videos_per_s"] = len(batch["index"]) / max(record["seconds"], 1e-9)
-            if step % tr.log_every == 0 or step == 1:
-                log.write(record)
-            if on_step:
-                on_step(record)
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        train_loss = dist.mean(sum(losses) / max(len(losses), 1))
-        val_loss = validation_loss(net, val_set, settings, device, dist)
-        score = val_loss if val_loss is not None else train_loss
-        is_best = score < best
-        best = min(best, score)
-        epoch_record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-                        "seconds": time.perf_counter() - began,
-                        "weights_checksum_per_rank": dist.gather(weights_checksum(model))}  # fmt: skip
-        summary.epochs.append(epoch_record)
-        log.write({"event": "epoch", **epoch_record})
-        if dist.main:
-            state = {
-                "kind": "pretrain",
-                "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "best": best,
-                "classes": classes,
-                "settings": settings.model_dump(mode="json"),
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-            }
-            save_checkpoint(ckpt_dir, epoch + 1, state, is_best)
-        dist.barrier()
-    if device.type == "cuda":
-        summary.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
-    dist.close()
-    return summary
+        with autocast(device, tr.amp):
+            out = net(batch["inputs"], batch["anchors"])
+        terms = detector_loss(as_float(out), batch, settings.model.stage_iou_thresholds)
+        scaler.scale(terms["total"]).backward()
+        if scaler.is_enabled():
+            scaler.unscale_(optimizer)
+        return terms
+
+    job = Job(
+        "pretrain",
+        {"model": model},
+        optimizer,
+        torch.optim.lr_scheduler.StepLR(optimizer, tr.lr_step, tr.lr_gamma),
+        train_set,
+        step,
+        lambda: validation_loss(net, val_set, settings, device, dist),
+        classes,
+        model.detector_parameters(),
+    )
+    try:
+        return fit(job, settings, tr, dist, device, resume, on_start, on_step, notes)
+    finally:
+        dist.close()
 
 
-def _float(out: dict) -> dict:
+def as_float(out: dict) -> dict:
     """Detector outputs in float32 for the losses (they may come out of autocast in half precision)."""
     return {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in out.items()}

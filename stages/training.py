@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +191,116 @@ def loader(
         generator=generator,
         persistent_workers=False,
     )
+
+
+@dataclass
+class TrainSummary:
+    out_dir: Path
+    epochs: list[dict] = field(default_factory=list)  # per epoch: epoch, train_loss, val_loss, lr, seconds
+    notes: list[str] = field(default_factory=list)
+    resumed_from: int = 0
+    parameters: int = 0
+    peak_memory_mb: float = 0.0
+
+
+@dataclass
+class Job:
+    """One training run: what to save, how to take a step, what to validate on."""
+
+    kind: str  # "pretrain" or "finetune": the run folder under work_dir and the checkpoint kind
+    modules: dict[str, torch.nn.Module]  # saved by name; "model" is the detector
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_set: torch.utils.data.Dataset
+    step: Callable[[dict], dict]  # batch -> loss terms; leaves gradients in the parameters
+    validate: Callable[[], float | None]
+    classes: list[str]
+    parameters: int = 0
+
+
+def fit(job: Job, settings, section, dist: Distributed, device: torch.device, resume: bool,
+        on_start=None, on_step=None, notes: list[str] | None = None) -> TrainSummary:  # fmt: skip
+    """The epoch loop shared by `etad train` and `etad train --e2e`: seeds per epoch, steps,
+    clips, logs JSON lines, validates, writes a checkpoint per epoch, resumes from last.pt."""
+    out_dir = settings.work_dir / job.kind
+    ckpt_dir = out_dir / "checkpoints"
+    summary = TrainSummary(out_dir, notes=list(notes or []), parameters=job.parameters)
+    start_epoch, best = 0, float("inf")
+    if resume and (ckpt_dir / "last.pt").is_file():
+        state = load_checkpoint(ckpt_dir / "last.pt")
+        if state.get("kind") != job.kind:
+            raise UserError(
+                f"{ckpt_dir / 'last.pt'}: a {state.get('kind')} checkpoint, cannot resume {job.kind}"
+            )
+        for name, module in job.modules.items():
+            module.load_state_dict(state[name])
+        job.optimizer.load_state_dict(state["optimizer"])
+        job.scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best = int(state["epoch"]), float(state.get("best", best))
+        summary.resumed_from = start_epoch
+    elif resume:
+        summary.notes.append(f"--resume: no {ckpt_dir / 'last.pt'} yet, starting from scratch")
+    log = MetricsLog(out_dir / "metrics.jsonl", fresh=start_epoch == 0, enabled=dist.main)
+    data = loader(job.train_set, section.batch_size, section.workers, True, settings.seed, dist, device)
+    if on_start:
+        on_start(len(data) * max(section.epochs - start_epoch, 0), len(job.train_set))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    params = [p for group in job.optimizer.param_groups for p in group["params"]]
+    step = start_epoch * len(data)
+    for epoch in range(start_epoch, section.epochs):
+        began = time.perf_counter()
+        job.train_set.set_epoch(epoch)
+        data.generator.manual_seed(epoch_seed(settings.seed, epoch))
+        if dist.world > 1:
+            data.sampler.set_epoch(epoch)
+        torch.manual_seed(epoch_seed(settings.seed, epoch, dist.rank))  # the losses' negative sampling
+        losses = []
+        for batch in data:
+            t0 = time.perf_counter()
+            job.optimizer.zero_grad(set_to_none=True)
+            terms = job.step(to_device(batch, device))
+            if section.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, section.grad_clip)
+            job.optimizer.step()
+            step += 1
+            record = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}
+            losses.append(record["total"])
+            seconds = time.perf_counter() - t0
+            record.update(epoch=epoch + 1, step=step, lr=job.optimizer.param_groups[0]["lr"], seconds=seconds)
+            record["videos_per_s"] = len(batch["index"]) / max(seconds, 1e-9)
+            if step % settings.train.log_every == 0 or step == 1:
+                log.write(record)
+            if on_step:
+                on_step(record)
+        lr = job.optimizer.param_groups[0]["lr"]
+        job.scheduler.step()
+        train_loss = dist.mean(sum(losses) / max(len(losses), 1))
+        val_loss = job.validate()
+        score = val_loss if val_loss is not None else train_loss
+        is_best = score < best
+        best = min(best, score)
+        model = job.modules["model"]
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
+                  "seconds": time.perf_counter() - began,
+                  "weights_checksum_per_rank": dist.gather(weights_checksum(model))}  # fmt: skip
+        summary.epochs.append(record)
+        log.write({"event": "epoch", **record})
+        if dist.main:
+            state = {name: module.state_dict() for name, module in job.modules.items()}
+            state.update(
+                kind=job.kind,
+                epoch=epoch + 1,
+                optimizer=job.optimizer.state_dict(),
+                scheduler=job.scheduler.state_dict(),
+                best=best,
+                classes=job.classes,
+                settings=settings.model_dump(mode="json"),
+                train_loss=train_loss,
+                val_loss=val_loss,
+            )
+            save_checkpoint(ckpt_dir, epoch + 1, state, is_best)
+        dist.barrier()
+    if device.type == "cuda":
+        summary.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    return summary

@@ -166,5 +166,5 @@ def encode_chunks(
         for start in range(0, t, chunk_size):
             clips = center_crop(snippets[:, start : start + chunk_size], crop).to(device, non_blocking=True)
             n = clips.shape[1]
-            out.append(encoder(clips.flatten(0, 1)).view(b, n, -1).float())
+            out.append(encoder(clips.flatten(0, 1)).view(b, n, -1))
     return torch.cat(out, dim=1).transpose(1, 2).contiguous()
