@@ -153,6 +153,22 @@ def build_items(
     return items, classes, notes
 
 
+def window_reader(cache, t: int) -> Callable[[str, int | None], np.ndarray]:
+    """`load(video_id, window)` over a VideoCache: the whole video, or the t rows of a window.
+    A short snippet window is padded with its last snippet; a short feature window is returned
+    as is (DetectionDataset.inputs zero-pads features)."""
+
+    def load(video_id: str, window: int | None) -> np.ndarray:
+        if window is None:
+            return cache.read(video_id)
+        data = cache.read(video_id, slice(window, window + t))
+        if data.dtype == np.uint8 and len(data) < t:
+            data = np.concatenate([data, np.repeat(data[-1:], t - len(data), axis=0)])
+        return data
+
+    return load
+
+
 class DetectionDataset(torch.utils.data.Dataset):
     """Samples for the detector. `load(video_id, window)` returns the input of a whole video
     (features [T_orig, C] or snippets [T, ...]); mode 'train' samples proposals per the settings,

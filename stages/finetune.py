@@ -17,12 +17,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from stages.cache import snippets_dir
-from stages.datasets import DetectionDataset, build_items
+from stages.datasets import DetectionDataset, build_items, window_reader
 from stages.errors import UserError
 from stages.model.detector import build_detector
 from stages.model.encoder import build_encoder, center_crop, encode_chunks
@@ -120,17 +119,9 @@ def e2e_gradients(
 
 def snippet_datasets(settings, crop: int) -> tuple[DetectionDataset, list[str], list[str]]:
     cache = VideoCache(snippets_dir(settings), "snippets")
-    t = settings.data.temporal_scale
     if settings.data.annotations is None:
         raise UserError("data.annotations is not set")
-
-    def load(video_id: str, window: int | None):
-        if window is None:
-            return cache.read(video_id)
-        data = cache.read(video_id, slice(window, window + t))
-        if len(data) < t:
-            data = np.concatenate([data, np.repeat(data[-1:], t - len(data), axis=0)])
-        return data
+    load = window_reader(cache, settings.data.temporal_scale)
 
     def transform(snippets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if settings.e2e.augment:

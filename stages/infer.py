@@ -18,7 +18,7 @@ import torch
 
 from stages.annotations import safe_path
 from stages.cache import features_dir, snippets_dir
-from stages.datasets import DetectionDataset, Item, Timeline, build_items, seconds_per_unit
+from stages.datasets import DetectionDataset, Item, Timeline, build_items, seconds_per_unit, window_reader
 from stages.errors import UserError
 from stages.files import atomic_output, write_json
 from stages.model.detector import build_detector, final_proposals
@@ -112,16 +112,7 @@ def dataset_for(settings, detector: Detector) -> tuple[DetectionDataset, list[st
     d = settings.data
     kind = "snippets" if detector.encoder is not None else "features"
     cache = VideoCache(snippets_dir(settings) if kind == "snippets" else features_dir(settings), kind)
-    t = d.temporal_scale
-
-    def load(video_id: str, window: int | None):
-        if window is None:
-            return cache.read(video_id)
-        data = cache.read(video_id, slice(window, window + t))
-        if kind == "snippets" and len(data) < t:  # pad a short window with its last snippet
-            data = np.concatenate([data, np.repeat(data[-1:], t - len(data), axis=0)])
-        return data
-
+    load = window_reader(cache, d.temporal_scale)
     items, classes, notes = build_items(settings, d.eval_subset, cache.length, training=False)
     if classes != detector.classes:
         notes.append("the annotation file's classes differ from the checkpoint's; using the checkpoint's")

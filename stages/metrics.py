@@ -24,14 +24,18 @@ ANET_TIOUS = np.linspace(0.5, 0.95, 10)
 THUMOS_TIOUS = np.linspace(0.3, 0.7, 5)
 
 
-def pairwise_tiou(predictions: np.ndarray, truths: np.ndarray) -> np.ndarray:
-    """tIoU of every prediction [N,2] with every ground truth [M,2] -> [N,M]; NaN for an empty union."""
-    p = predictions[:, None, :]
-    g = truths[None, :, :]
+def _tiou(p: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """tIoU of broadcastable [..., 2] predictions and truths, written as the official code writes it
+    (the same operations in the same order, so the same bits); NaN for an empty union."""
     inter = (np.minimum(p[..., 1], g[..., 1]) - np.maximum(p[..., 0], g[..., 0])).clip(0)
     union = (g[..., 1] - g[..., 0]) + (p[..., 1] - p[..., 0]) - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         return inter.astype(float) / union
+
+
+def pairwise_tiou(predictions: np.ndarray, truths: np.ndarray) -> np.ndarray:
+    """tIoU of every prediction [N,2] with every ground truth [M,2] -> [N,M]."""
+    return _tiou(predictions[:, None, :], truths[None, :, :])
 
 
 def interpolated_ap(precision: np.ndarray, recall: np.ndarray) -> float:
@@ -91,12 +95,7 @@ def match_detections(
     for g in np.unique(n_gt_of[n_gt_of > 0]):
         rows = np.flatnonzero(n_gt_of == g)
         gt_idx = gt_order[gt_starts[where[rows]][:, None] + np.arange(g)]  # [rows, g] in file order
-        seg = gt_segments[gt_idx]
-        p = pred_segments[rows][:, None, :]
-        inter = (np.minimum(p[..., 1], seg[..., 1]) - np.maximum(p[..., 0], seg[..., 0])).clip(0)
-        union = (seg[..., 1] - seg[..., 0]) + (p[..., 1] - p[..., 0]) - inter
-        with np.errstate(divide="ignore", invalid="ignore"):
-            tiou = inter.astype(float) / union
+        tiou = _tiou(pred_segments[rows][:, None, :], gt_segments[gt_idx])  # [rows, g]
         desc = tiou.argsort(axis=-1)[:, ::-1]
         cand_tiou[rows, :g] = np.take_along_axis(tiou, desc, axis=-1)
         cand_gt[rows, :g] = np.take_along_axis(gt_idx, desc, axis=-1)

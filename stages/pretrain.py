@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from stages.cache import features_dir
-from stages.datasets import DetectionDataset, build_items
+from stages.datasets import DetectionDataset, build_items, window_reader
 from stages.errors import UserError
 from stages.model.detector import build_detector
 from stages.model.losses import detector_loss
@@ -37,11 +37,7 @@ def feature_datasets(settings) -> tuple[DetectionDataset, DetectionDataset | Non
     if settings.data.annotations is None:
         raise UserError("data.annotations is not set")
 
-    def load(video_id: str, window: int | None):
-        if window is None:
-            return cache.read(video_id)
-        return cache.read(video_id, slice(window, window + settings.data.temporal_scale))
-
+    load = window_reader(cache, settings.data.temporal_scale)
     d = settings.data
     items, classes, notes = build_items(settings, d.train_subset, cache.length, training=True)
     train = DetectionDataset(items, classes, settings, load, "train")
