@@ -487,7 +487,16 @@ def infer(
                 raise UserError(f"{s.work_dir}: no checkpoint yet; run `etad train` or give --checkpoint")
         console.print(f"[dim]checkpoint: {checkpoint}[/]", soft_wrap=True)
         if video is not None:
-            detections, out = infer_stage.run_video(s, checkpoint, video)
+            with progress() as bar:
+                task = bar.add_task(f"encode {video.name}", total=None)
+                detections, out, notes = infer_stage.run_video(
+                    s,
+                    checkpoint,
+                    video,
+                    on_snippets=lambda done, total: bar.update(task, completed=done, total=total),
+                )
+            for note in notes:
+                err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
             table = Table(title=f"{video.name}: top detections")
             for column in ("label", "score", "start (s)", "end (s)"):
                 table.add_column(column, justify="right")
@@ -496,7 +505,7 @@ def infer(
                     d["label"], f"{d['score']:.3f}", f"{d['segment'][0]:.1f}", f"{d['segment'][1]:.1f}"
                 )
             console.print(table)
-            console.print(f"detections: {out}")
+            console.print(f"{len(detections)} detections -> {out}", soft_wrap=True)
             return
         with progress() as bar:
             task = bar.add_task("infer", total=None)

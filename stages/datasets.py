@@ -95,6 +95,28 @@ def video_ground_truth(item: Item) -> torch.Tensor:
     return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 2)
 
 
+def video_items(
+    settings, video_id: str, duration: float, segments: list[tuple[float, float, str]], n_snippets: int
+) -> list[Item]:
+    """ActivityNet: the whole video is one item; THUMOS: one item per sliding window of snippets."""
+    d = settings.data
+    if d.dataset == "anet":
+        return [Item(video_id, duration, segments)]
+    t = d.temporal_scale
+    return [
+        Item(video_id, duration, segments, w, min(t, n_snippets - w))
+        for w in window_starts(n_snippets, t, d.window_overlap)
+    ]
+
+
+def has_training_target(item: Item, timeline: Timeline, t: int, ioa_threshold: float) -> bool:
+    """ActivityNet: an instance longer than 1% of the video; THUMOS: a complete enough instance."""
+    if item.window is None:
+        d = item.duration
+        return any(min(e / d, 1) - max(s / d, 0) > MIN_GT_LENGTH for s, e, _ in item.segments)
+    return len(window_ground_truth(item, timeline, t, ioa_threshold)) > 0
+
+
 def build_items(
     settings,
     subset: str,
@@ -126,22 +148,10 @@ def build_items(
             missing.append(r.video_id)
             continue
         segments = [(s.start, s.end, s.label) for s in r.segments]
-        item = Item(r.video_id, r.duration, segments)
-        if d.dataset == "anet":
-            if training and not any(
-                min(e / r.duration, 1) - max(s / r.duration, 0) > MIN_GT_LENGTH for s, e, _ in segments
-            ):
+        for item in video_items(settings, r.video_id, r.duration, segments, n):
+            if training and not has_training_target(item, timeline, d.temporal_scale, d.window_ioa_threshold):
                 continue
             items.append(item)
-            continue
-        for w in window_starts(n, d.temporal_scale, d.window_overlap):
-            window = Item(r.video_id, r.duration, segments, w, min(d.temporal_scale, n - w))
-            if (
-                training
-                and len(window_ground_truth(window, timeline, d.temporal_scale, d.window_ioa_threshold)) == 0
-            ):
-                continue
-            items.append(window)
     if missing:
         notes.append(
             f"{len(missing)} video(s) of subset {subset!r} are not cached, left out (first: {missing[0]})"

@@ -1,9 +1,10 @@
 """`etad infer`: detections for the evaluation subset (or one video file) from a checkpoint.
 
 Runs the detector on every item (cached features for pretraining checkpoints, cached snippets
-through the fine-tuned encoder for end-to-end ones), then post-processes (stages.postprocess):
-boundary-peak filter, IoU-cls x IoU-reg score, Soft-NMS, classifier fusion, seconds. THUMOS windows
-are merged per video with a second Soft-NMS. Writes an ActivityNet-format result JSON atomically.
+through the fine-tuned encoder for end-to-end ones; `--video` decodes and encodes one file), then
+post-processes (stages.postprocess): boundary-peak filter, IoU-cls x IoU-reg score, Soft-NMS,
+classifier fusion, seconds. THUMOS windows are merged per video with a second Soft-NMS. Writes an
+ActivityNet-format result JSON atomically.
 """
 
 from __future__ import annotations
@@ -17,16 +18,26 @@ import numpy as np
 import torch
 
 from stages.annotations import safe_path
-from stages.cache import features_dir, snippets_dir
-from stages.datasets import DetectionDataset, Item, Timeline, build_items, seconds_per_unit, window_reader
+from stages.cache import FeatureEncoder, features_dir, snippet_frame_indices, snippets_dir
+from stages.datasets import (
+    DetectionDataset,
+    Item,
+    Timeline,
+    build_items,
+    seconds_per_unit,
+    video_items,
+    window_reader,
+)
 from stages.errors import UserError
 from stages.files import atomic_output, write_json
 from stages.model.detector import build_detector, final_proposals
 from stages.model.encoder import build_encoder, encode_chunks
 from stages.model.targets import proposal_map
 from stages.postprocess import ClassifierFile, candidates, fuse, soft_nms, top_classes
+from stages.snippets import resample_frame_indices
 from stages.store import VideoCache
 from stages.training import load_checkpoint, pick_device
+from stages.video import VideoError, VideoReader
 
 
 @dataclass
@@ -53,7 +64,10 @@ class Detector:
         state = load_checkpoint(checkpoint)
         self.kind = state.get("kind", "pretrain")
         self.classes: list[str] = list(state["classes"])
-        self.model_settings = ModelSettings.model_validate(state["settings"]["model"])
+        model = dict(state["settings"]["model"])
+        # the encoder's weight file was needed to train, not to run: it may not exist on this machine
+        model["encoder"] = {**model["encoder"], "checkpoint": None}
+        self.model_settings = ModelSettings.model_validate(model)
         self.device = pick_device(settings.infer.device)
         self.model = build_detector(self.model_settings, len(self.classes))
         try:
@@ -74,9 +88,8 @@ class Detector:
     @torch.no_grad()
     def __call__(self, inputs: torch.Tensor, anchors: torch.Tensor) -> dict:
         """inputs: features [B, C, T] or (end to end) uint8 snippets [B, T, L, H, W, 3]."""
-        if self.encoder is not None:
-            crop = self.model_settings.encoder.crop_size
-            inputs = encode_chunks(self.encoder, inputs, self.chunk_size, crop, self.device)
+        if inputs.dtype == torch.uint8:
+            inputs = self.encode(inputs)
         inputs = inputs.to(self.device)
         out = self.model(inputs, anchors.to(self.device).expand(len(inputs), -1, -1))
         proposals, iou = final_proposals(out)
@@ -88,6 +101,13 @@ class Detector:
         if "classes" in out:
             result["class_probs"] = torch.sigmoid(out["classes"]).cpu().numpy()
         return result
+
+    def encode(self, snippets: torch.Tensor) -> torch.Tensor:
+        """uint8 snippets [B, T, L, H, W, 3] -> features [B, D, T] with the fine-tuned encoder."""
+        if self.encoder is None:
+            raise UserError("this checkpoint has no encoder; it runs on cached features")
+        crop = self.model_settings.encoder.crop_size
+        return encode_chunks(self.encoder, snippets, self.chunk_size, crop, self.device)
 
 
 def class_scorer(settings, detector: Detector) -> Callable[[str, dict, int], list[tuple[str, float]]]:
@@ -119,36 +139,31 @@ def dataset_for(settings, detector: Detector) -> tuple[DetectionDataset, list[st
     return DetectionDataset(items, detector.classes, settings, load, "test"), notes
 
 
-def run(
+def detect(
     settings,
-    checkpoint: Path,
-    plot_videos: int = 0,
-    on_start: Callable[[int], None] | None = None,
+    detector: Detector,
+    items: list[Item],
+    inputs: torch.utils.data.Dataset,
+    scorer: Callable[[str, dict, int], list[tuple[str, float]]],
     on_batch: Callable[[int], None] | None = None,
-) -> InferSummary:
+) -> dict[str, list[dict]]:
+    """Detections per video, in seconds: the detector over every item (`inputs[i]` is
+    {"inputs", "index": i}), then post-processing."""
     inf = settings.infer
-    began = time.perf_counter()
-    detector = Detector(settings, checkpoint)
-    dataset, notes = dataset_for(settings, detector)
-    scorer = class_scorer(settings, detector)
     t = settings.data.temporal_scale
     anchors = proposal_map(t, detector.model_settings.max_duration)[None]
     timeline = Timeline(settings.data.fps, settings.data.snippet_stride, settings.data.snippet_length)
-    data = torch.utils.data.DataLoader(dataset, batch_size=inf.batch_size, num_workers=settings.train.workers)
-    if on_start:
-        on_start(len(dataset))
+    data = torch.utils.data.DataLoader(inputs, batch_size=inf.batch_size, num_workers=settings.train.workers)
     kept: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     labels: dict[str, list[tuple[str, float]]] = {}
-    items: dict[str, Item] = {}
     for batch in data:
         out = detector(batch["inputs"], anchors)
         for row, index in enumerate(batch["index"].tolist()):
-            item = dataset.items[index]
+            item = items[index]
             segs, scores = candidates(out["proposals"][row], out["iou"][row], out["tem"][row])
             segs, scores = soft_nms(segs, scores, inf.soft_nms_sigma, inf.top_k, inf.min_score)
             to_seconds = seconds_per_unit(item, t, timeline)
             kept.setdefault(item.video_id, []).append((to_seconds(segs), scores))
-            items.setdefault(item.video_id, item)
             if item.video_id not in labels:
                 labels[item.video_id] = scorer(item.video_id, out, row)
         if on_batch:
@@ -160,11 +175,33 @@ def run(
         if len(parts) > 1:  # THUMOS: merge the windows of a video
             segs, scores = soft_nms(segs, scores, inf.soft_nms_sigma, inf.top_k, inf.min_score)
         results[video_id] = fuse(segs, scores, labels[video_id])
+    return results
+
+
+def write_results(path: Path, results: dict[str, list[dict]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"version": "ActivityNet 1.3", "results": results, "external_data": {}}, indent=None)
+
+
+def run(
+    settings,
+    checkpoint: Path,
+    plot_videos: int = 0,
+    on_start: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> InferSummary:
+    began = time.perf_counter()
+    detector = Detector(settings, checkpoint)
+    dataset, notes = dataset_for(settings, detector)
+    scorer = class_scorer(settings, detector)
+    if on_start:
+        on_start(len(dataset))
+    results = detect(settings, detector, dataset.items, dataset, scorer, on_batch)
     output = output_path(settings)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    write_json(output, {"version": "ActivityNet 1.3", "results": results, "external_data": {}}, indent=None)
+    write_results(output, results)
     summary = InferSummary(output, len(results), sum(len(v) for v in results.values()), notes=notes)
     if plot_videos:
+        items = {item.video_id: item for item in dataset.items}
         folder = output.parent / "plots"
         folder.mkdir(parents=True, exist_ok=True)
         for video_id in list(results)[:plot_videos]:
@@ -173,6 +210,91 @@ def run(
             summary.plots.append(path)
     summary.seconds = time.perf_counter() - began
     return summary
+
+
+def video_features(
+    settings, detector: Detector, video: Path, on_snippets: Callable[[int, int], None] | None = None
+) -> tuple[np.ndarray, float]:
+    """Features [N, D] of one video file and its duration in seconds: decoded at data.fps and the
+    data frame size, cut into snippets by the dataset's rule, encoded in batches (the fine-tuned
+    encoder of an end-to-end checkpoint, else model.encoder of the settings, as `etad cache` does)."""
+    d = settings.data
+    try:
+        reader = VideoReader(video, d.decoder, d.frame_height, d.frame_width)
+    except VideoError as exc:
+        raise UserError(str(exc)) from None
+    keep = resample_frame_indices(len(reader), reader.info.fps or d.fps, d.fps)
+    positions = keep[snippet_frame_indices(settings, len(keep))]  # [N, L] source frame indices
+    frozen = None if detector.encoder is not None else FeatureEncoder(settings)
+    batch = settings.cache.batch_size
+    out = []
+    for start in range(0, len(positions), batch):
+        rows = positions[start : start + batch]
+        wanted, where = np.unique(rows, return_inverse=True)
+        try:
+            frames = reader.get_frames(wanted)
+        except VideoError as exc:
+            raise UserError(str(exc)) from None
+        snippets = frames[where.reshape(rows.shape)]  # [n, L, H, W, 3]
+        if frozen is not None:
+            out.append(frozen.encode(snippets))
+        else:
+            out.append(detector.encode(torch.from_numpy(snippets)[None])[0].T.cpu().numpy())
+        if on_snippets:
+            on_snippets(start + len(rows), len(positions))
+    features = np.concatenate(out)
+    if features.shape[1] != detector.model_settings.in_channels:
+        raise UserError(
+            f"{video}: the encoder gives {features.shape[1]}-d features but the checkpoint's detector "
+            f"expects {detector.model_settings.in_channels} (model.encoder differs from training)"
+        )
+    return features, len(keep) / d.fps
+
+
+def video_inputs(settings, detector: Detector, features: np.ndarray, items: list[Item]) -> list[torch.Tensor]:
+    """The detector's input [C, t] for each item of a video, built as the checkpoint was trained:
+    a frozen-feature detector reads features as `etad train` does (resized, or zero-padded
+    windows); an end-to-end one takes the encoder's output as it is, a short window padded with its
+    last snippet (as the snippet cache is read)."""
+    t = settings.data.temporal_scale
+    if detector.encoder is None:
+
+        def load(_video_id: str, window: int | None) -> np.ndarray:
+            return features if window is None else features[window : window + t]
+
+        dataset = DetectionDataset(items, detector.classes, settings, load, "test")
+        return [dataset.inputs(item) for item in items]
+    x = torch.from_numpy(features).T
+    out = []
+    for item in items:
+        part = x if item.window is None else x[:, item.window : item.window + t]
+        out.append(torch.cat([part, part[:, -1:].expand(-1, t - part.shape[1])], dim=1))
+    return out
+
+
+def run_video(
+    settings, checkpoint: Path, video: Path, on_snippets: Callable[[int, int], None] | None = None
+) -> tuple[list[dict], Path, list[str]]:
+    """Detections of one video file that is in no annotation file, best first; saved as
+    ActivityNet-format JSON beside infer.output as `<video name>.json`."""
+    detector = Detector(settings, checkpoint)
+    notes = []
+    if settings.infer.classifier == "file":  # a classifier file has no scores for a new video
+        settings = settings.model_copy(deep=True)
+        settings.infer.classifier = "builtin" if detector.model.classifier is not None else "none"
+        notes.append(f"infer.classifier 'file' cannot score a new video; using {settings.infer.classifier!r}")
+    scorer = class_scorer(settings, detector)
+    features, duration = video_features(settings, detector, video, on_snippets)
+    video_id = video.stem
+    items = video_items(settings, video_id, duration, [], len(features))
+    inputs = [
+        {"inputs": x, "index": i} for i, x in enumerate(video_inputs(settings, detector, features, items))
+    ]
+    results = detect(settings, detector, items, inputs, scorer)
+    detections = sorted(results[video_id], key=lambda det: -det["score"])
+    output = safe_path(output_path(settings).parent, video.name, "{id}.json")
+    write_results(output, {video_id: detections})
+    return detections, output, notes
 
 
 def plot_timeline(item: Item, detections: list[dict], path: Path, top: int = 10) -> None:

@@ -24,7 +24,7 @@ def synth_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cli():
     """Run `etad ARGS...` in-process; returns the click Result (exit_code, stdout, stderr)."""
     runner = CliRunner()
