@@ -10,13 +10,14 @@ ETAD   := $(VENV)/bin/etad
 STAMP  := $(VENV)/.installed
 WORK   ?= work
 
-DEMO_DIR    := $(WORK)/demo
-DEMO_CONFIG := examples/demo.yaml
+DEMO_DIR    ?= $(WORK)/demo
+DEMO_CONFIG ?= examples/demo.yaml
+DEMO_VIDEOS ?= 24
 
-.PHONY: help install test lint demo bench clean clean-all
+.PHONY: help install test lint demo bench docs clean clean-all anet-features anet-e2e thumos-features
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
 
 install: $(STAMP)  ## create .venv and install etad with its dev extras (a second run does nothing)
 
@@ -31,18 +32,75 @@ test: install  ## run the test suite
 lint: install  ## ruff
 	$(VENV)/bin/ruff check .
 
-demo: install  ## run the pipeline on the built-in synthetic dataset (everything goes under work/demo)
-	$(ETAD) synth $(DEMO_DIR)/data --videos 24 --classes 4 --seed 0
-	$(ETAD) config validate $(DEMO_CONFIG)
-	$(ETAD) extract --config $(DEMO_CONFIG) --workers 2
-	$(ETAD) cache --config $(DEMO_CONFIG) --what snippets --workers 2
-	$(ETAD) cache --config $(DEMO_CONFIG) --what features
-	$(ETAD) train --config $(DEMO_CONFIG)
-	$(ETAD) infer --config $(DEMO_CONFIG) --checkpoint $(DEMO_DIR)/pretrain/checkpoints/last.pt \
+DEMO_SETS = --set work_dir=$(abspath $(DEMO_DIR)) --set data.annotations=$(abspath $(DEMO_DIR))/data/anet.json \
+  --set data.video_dir=$(abspath $(DEMO_DIR))/data/videos $(SET)
+DEMO_RUN  = --config $(DEMO_CONFIG) $(DEMO_SETS)
+demo: install  ## run the whole pipeline on the built-in synthetic dataset (everything goes under work/demo)
+	$(ETAD) synth $(DEMO_DIR)/data --videos $(DEMO_VIDEOS) --classes 4 --seed 0
+	$(ETAD) config validate $(DEMO_CONFIG) $(DEMO_SETS)
+	$(ETAD) extract $(DEMO_RUN) --workers 2
+	$(ETAD) cache $(DEMO_RUN) --what snippets --workers 2
+	$(ETAD) cache $(DEMO_RUN) --what features
+	$(ETAD) train $(DEMO_RUN)
+	$(ETAD) infer $(DEMO_RUN) --checkpoint $(abspath $(DEMO_DIR))/pretrain/checkpoints/last.pt \
 	  --set infer.output=results/pretrain.json --eval --plot 2
-	$(ETAD) train --config $(DEMO_CONFIG) --e2e --init-from $(DEMO_DIR)/pretrain/checkpoints/last.pt
-	$(ETAD) infer --config $(DEMO_CONFIG) --checkpoint $(DEMO_DIR)/finetune/checkpoints/last.pt \
+	$(ETAD) train $(DEMO_RUN) --e2e --init-from $(abspath $(DEMO_DIR))/pretrain/checkpoints/last.pt
+	$(ETAD) infer $(DEMO_RUN) --checkpoint $(abspath $(DEMO_DIR))/finetune/checkpoints/last.pt \
 	  --set infer.output=results/e2e.json --eval
+	$(ETAD) report $(DEMO_RUN)
+
+# ---- Pipelines for real datasets -------------------------------------------------------------
+# Paths are make variables (made absolute, so they do not depend on the config's folder); the
+# recipe is the example config; SET="--set train.epochs=1 ..." adds overrides to every command.
+# CLASSIFIER: a CUHK json (anet) or UntrimmedNet npy (thumos); unset: the built-in classifier head.
+# BLOCKED: a JSON list of video ids left out (ETAD's blocked.json for ActivityNet); unset: none.
+SET        ?=
+CLASSIFIER ?=
+BLOCKED    ?=
+ANET_FEATURES_WORK ?= $(WORK)/anet-features
+ANET_E2E_WORK      ?= $(WORK)/anet-e2e
+THUMOS_WORK        ?= $(WORK)/thumos-features
+
+need = @$(if $(strip $($(1))),true,{ echo "make $@: set $(1)=... ($(2))" >&2; exit 2; })
+classes = $(if $(CLASSIFIER),--set infer.classifier=file --set infer.classifier_file=$(abspath $(CLASSIFIER)),\
+  --set infer.classifier=builtin --set infer.classifier_file=null --set model.classifier_head=true)
+blocked = --set data.blocked=$(if $(BLOCKED),$(abspath $(BLOCKED)),null)
+common  = --set data.annotations=$(abspath $(ANNOTATIONS)) $(blocked) $(classes) $(SET)
+
+ANET_FEATURES_RUN = --config examples/anet_tsp_feature.yaml --set work_dir=$(abspath $(ANET_FEATURES_WORK)) $(common)
+anet-features: install  ## ActivityNet from TSP features: ANET_FEATURES=dir of v_<id>.npy ANNOTATIONS=json
+	$(call need,ANET_FEATURES,folder of v_<id>.npy TSP features)
+	$(call need,ANNOTATIONS,ActivityNet-1.3 annotation JSON)
+	$(ETAD) cache $(ANET_FEATURES_RUN) --from-npy $(abspath $(ANET_FEATURES))
+	$(ETAD) train $(ANET_FEATURES_RUN)
+	$(ETAD) infer $(ANET_FEATURES_RUN) --checkpoint $(abspath $(ANET_FEATURES_WORK))/pretrain/checkpoints/last.pt --eval
+	$(ETAD) report $(ANET_FEATURES_RUN)
+
+ANET_E2E_RUN = --config examples/anet_tsp_e2e.yaml --set work_dir=$(abspath $(ANET_E2E_WORK)) \
+  --set data.video_dir=$(abspath $(ANET_VIDEOS)) --set model.encoder.checkpoint=$(abspath $(TSP_CHECKPOINT)) $(common)
+anet-e2e: install  ## ActivityNet end to end: ANET_VIDEOS=dir ANNOTATIONS=json TSP_CHECKPOINT=pth
+	$(call need,ANET_VIDEOS,folder of v_<id>.mp4 videos)
+	$(call need,ANNOTATIONS,ActivityNet-1.3 annotation JSON)
+	$(call need,TSP_CHECKPOINT,TSP R(2+1)D-34 checkpoint .pth)
+	$(ETAD) extract $(ANET_E2E_RUN)
+	$(ETAD) cache $(ANET_E2E_RUN) --what snippets
+	$(ETAD) cache $(ANET_E2E_RUN) --what features
+	$(ETAD) train $(ANET_E2E_RUN)
+	$(ETAD) train $(ANET_E2E_RUN) --e2e --init-from $(abspath $(ANET_E2E_WORK))/pretrain/checkpoints/last.pt
+	$(ETAD) infer $(ANET_E2E_RUN) --checkpoint $(abspath $(ANET_E2E_WORK))/finetune/checkpoints/last.pt --eval
+	$(ETAD) report $(ANET_E2E_RUN)
+
+THUMOS_RUN = --config examples/thumos_i3d_feature.yaml --set work_dir=$(abspath $(THUMOS_WORK)) $(common)
+thumos-features: install  ## THUMOS-14 from I3D features: THUMOS_FEATURES=dir of <id>.npy ANNOTATIONS=json CLASSIFIER=uNet_test.npy
+	$(call need,THUMOS_FEATURES,folder of <video id>.npy I3D features)
+	$(call need,ANNOTATIONS,THUMOS-14 annotation JSON such as thumos14.json)
+	$(ETAD) cache $(THUMOS_RUN) --from-npy $(abspath $(THUMOS_FEATURES))
+	$(ETAD) train $(THUMOS_RUN)
+	$(ETAD) infer $(THUMOS_RUN) --checkpoint $(abspath $(THUMOS_WORK))/pretrain/checkpoints/last.pt --eval
+	$(ETAD) report $(THUMOS_RUN)
+
+docs: install  ## regenerate docs/settings.md from the settings models
+	$(ETAD) config reference > docs/settings.md
 
 bench: install  ## benchmarks; results go to docs/benchmarks.md by hand, with the machine
 	$(PY) benchmarks/run.py

@@ -260,7 +260,111 @@ def bench_train() -> list[tuple[str, str]]:
     ]
 
 
-BENCHMARKS = [bench_synth, bench_extract, bench_frame_formats, bench_cache_read, bench_eval, bench_train]
+def _e2e_point(mode: str, snippets: int, *extra: str) -> dict:
+    """One e2e_memory.py point in a fresh process (glibc told to hand freed blocks back at once)."""
+    import subprocess
+
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "e2e_memory.py"),
+        "--mode",
+        mode,
+        "--snippets",
+        str(snippets),
+    ]
+    done = subprocess.run([*command, *extra], env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_e2e_memory() -> list[tuple[str, str]]:
+    """One e2e iteration, 1 video, R(2+1)D-18, 8x56x56 snippets, ratio 0.3, chunk 4, a process per point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths, modes = (32, 64, 128), ("full", "checkpoint", "sampled")
+    points = {(m, t): _e2e_point(m, t) for t in lengths for m in modes}
+    rows = []
+    for t in lengths:
+        full = points["full", t]
+        for m in modes:
+            p = points[m, t]
+            less = full["activation_mib"] / p["activation_mib"]
+            slower = p["seconds"] / full["seconds"]
+            rows.append(
+                (
+                    f"{t} snippets, {m}: activations | iteration | time",
+                    f"{p['activation_mib']:,.0f} MiB ({less:.1f}x less than full)"
+                    f" | {p['iteration_mib']:,.0f} MiB | {p['seconds']:.1f} s ({slower:.2f}x full)",
+                )
+            )
+    sampled = [points["sampled", t]["activation_mib"] for t in lengths]
+    rows.append(("sampled activations, 128 vs 32 snippets", f"{sampled[-1] / sampled[0] - 1:+.1%}"))
+    rows.append(
+        (
+            "gradient buffers (every mode, not counted above)",
+            f"{points['full', 32]['gradients_mib']:,.0f} MiB",
+        )
+    )
+    rows.append(("raw frames at 128 snippets (uint8)", f"{points['full', 128]['frames_mib']:,.1f} MiB"))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for m in modes:
+        axes[0].plot(lengths, [points[m, t]["activation_mib"] for t in lengths], marker="o", label=m)
+        axes[1].plot(lengths, [points[m, t]["seconds"] for t in lengths], marker="o", label=m)
+    axes[0].set(xlabel="snippets per video", ylabel="activation memory (MiB)", xticks=lengths)
+    axes[1].set(xlabel="snippets per video", ylabel="seconds per iteration", xticks=lengths)
+    axes[0].legend()
+    fig.suptitle(f"one e2e iteration, {machine()}", fontsize=8)
+    fig.tight_layout()
+    out = REPO / "docs" / "images" / "e2e_memory.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    rows.append(("plot", str(out.relative_to(REPO))))
+    (out.with_suffix(".json")).write_text(json.dumps(list(points.values()), indent=1))
+    return rows
+
+
+def bench_e2e_paper_gpu() -> list[tuple[str, str]]:
+    """The paper's setting on a GPU: TSP R(2+1)D-34, 128 x 16 x 112^2 snippets, ratio 0.3, chunk 4."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return [("skipped", "no CUDA device on this machine")]
+    paper = (
+        "--encoder",
+        "r2plus1d_34_tsp",
+        "--frozen-stages",
+        "2",
+        "--frames",
+        "16",
+        "--size",
+        "112",
+        "--device",
+        "cuda",
+    )
+    rows = []
+    for mode in ("sampled", "checkpoint", "full"):
+        try:
+            p = _e2e_point(mode, 128, *paper)
+        except Exception as exc:  # full back-propagation may not fit
+            rows.append((mode, f"failed: {str(exc).splitlines()[0]}"))
+            continue
+        rows.append(
+            (
+                f"{mode}: peak allocated | iteration | time",
+                f"{p['peak_mib']:,.0f} MiB | {p['iteration_mib']:,.0f} MiB | {p['seconds']:.2f} s"
+                f" ({p['device']})",
+            )
+        )
+    return rows
+
+
+BENCHMARKS = [
+    bench_synth, bench_extract, bench_frame_formats, bench_cache_read, bench_eval, bench_train,
+    bench_e2e_memory, bench_e2e_paper_gpu,
+]  # fmt: skip
 
 
 def main() -> None:

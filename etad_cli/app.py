@@ -13,7 +13,8 @@ from rich.table import Table
 
 from etad_cli import __version__
 from etad_cli.console import UserError, console, err_console, progress, user_errors
-from etad_cli.settings import Settings, load_settings, settings_as_yaml
+from etad_cli.runlog import StageRun, read_runs
+from etad_cli.settings import Settings, load_settings, settings_as_yaml, settings_reference
 
 app = typer.Typer(
     name="etad",
@@ -55,18 +56,6 @@ def load(config: Path, overrides: list[str] | None) -> Settings:
     return load_settings(config, overrides or [])
 
 
-def start_stage(settings: Settings, stage: str) -> None:
-    """Log the resolved settings of a stage run to <work_dir>/logs/ (every stage logs its settings)."""
-    logs = settings.work_dir / "logs"
-    try:
-        logs.mkdir(parents=True, exist_ok=True)
-        path = logs / f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.settings.yaml"
-        path.write_text(settings_as_yaml(settings))
-    except OSError as exc:
-        raise UserError(f"{logs}: cannot write to the work folder: {exc.strerror or exc}") from None
-    console.print(f"[dim]settings: {path}[/]", soft_wrap=True)
-
-
 def report_failures(failures: list[dict], failures_file: Path) -> None:
     """List failed videos; exit code 1 says that the stage finished but some videos failed."""
     if not failures:
@@ -86,6 +75,15 @@ def config_show(config: ConfigArg, set_: SetOpt = None) -> None:
     with user_errors():
         settings = load(config, set_)
         console.print(settings_as_yaml(settings), markup=False, highlight=False, end="")
+
+
+@config_app.command("reference")
+def config_reference() -> None:
+    """Print the settings reference (Markdown) generated from the settings models: docs/settings.md.
+
+    Example: etad config reference > docs/settings.md
+    """
+    console.print(settings_reference(), markup=False, highlight=False, end="", soft_wrap=True)
 
 
 @config_app.command("validate")
@@ -156,7 +154,7 @@ def extract(config: ConfigOpt, set_: SetOpt = None, workers: WorkersOpt = None) 
 
     with user_errors():
         s = load(config, set_)
-        start_stage(s, "extract")
+        run = StageRun.start(s, "extract")
         if s.data.annotations is None or s.data.video_dir is None:
             raise UserError(f"{config}: data.annotations and data.video_dir must be set to extract")
         with progress(TextColumn("{task.fields[rate]}")) as bar:
@@ -191,6 +189,7 @@ def extract(config: ConfigOpt, set_: SetOpt = None, workers: WorkersOpt = None) 
     table.add_row("frames written", f"{summary.frames:,}")
     table.add_row("speed", f"{summary.frames / max(summary.seconds, 1e-9):,.0f} frames/s")
     console.print(table)
+    run.done(videos=summary.done, skipped=summary.skipped, failed=len(summary.failures))
     report_failures(summary.failures, summary.out_dir / "failures.json")
 
 
@@ -222,8 +221,8 @@ def cache(
         if what not in ("snippets", "features"):
             raise UserError(f"--what {what}: expected 'snippets' or 'features'")
         s = load(config, set_)
-        start_stage(s, "cache")
         kind = "features" if from_npy is not None else what
+        run = StageRun.start(s, f"cache {kind}")
         with progress() as bar:
             task = bar.add_task(f"cache {kind}", total=None)
             summary = cache_stage.run(
@@ -241,6 +240,7 @@ def cache(
     )
     table.add_row("seconds", f"{summary.seconds:.1f}")
     console.print(table)
+    run.done(videos=summary.done, skipped=summary.skipped, failed=len(summary.failures))
     report_failures(summary.failures, summary.out_dir / "failures.json")
 
 
@@ -298,8 +298,7 @@ def train(
     with user_errors():
         s = load(config, set_)
         main_rank = is_main_process()
-        if main_rank:
-            start_stage(s, "train-e2e" if e2e else "train")
+        run = StageRun.start(s, "train --e2e" if e2e else "train") if main_rank else None
         if e2e:
             from stages import finetune as stage
 
@@ -325,8 +324,9 @@ def train(
                 bar.update(task, advance=1, info=info)
 
             summary = stage.run(s, resume=resume, on_start=started, on_step=stepped)
-    if main_rank:
-        print_training(summary, f"{'train --e2e' if e2e else 'train'} -> {summary.out_dir}")
+    if run is not None:
+        print_training(summary, f"{run.stage} -> {summary.out_dir}")
+        run.done(epochs=len(summary.epochs))
 
 
 def print_eval(report, per_class: bool = False) -> None:
@@ -476,7 +476,7 @@ def infer(
 
     with user_errors():
         s = load(config, set_)
-        start_stage(s, "infer")
+        run = StageRun.start(s, "infer --video" if video is not None else "infer")
         if checkpoint is None:
             for kind in ("finetune", "pretrain"):
                 candidate = s.work_dir / kind / "checkpoints" / "last.pt"
@@ -506,6 +506,7 @@ def infer(
                 )
             console.print(table)
             console.print(f"{len(detections)} detections -> {out}", soft_wrap=True)
+            run.done(checkpoint=str(checkpoint), output=str(out))
             return
         with progress() as bar:
             task = bar.add_task("infer", total=None)
@@ -525,6 +526,7 @@ def infer(
             console.print(f"[dim]plot: {path}[/]", soft_wrap=True)
         for note in summary.notes:
             err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        scores = {}
         if evaluate:
             from stages import evaluate as evaluate_stage
 
@@ -542,6 +544,51 @@ def infer(
             metrics = summary.output.with_suffix(".metrics.json")
             evaluate_stage.save_json(report, metrics)
             console.print(f"[dim]metrics: {metrics}[/]", soft_wrap=True)
+            scores = {"task": report.task, "average": report.average, "first_tiou": report.values[0]}
+        run.done(checkpoint=str(checkpoint), kind=summary.kind, output=str(summary.output), **scores)
+
+
+MODEL_NAMES = {"pretrain": "frozen features", "finetune": "end to end"}
+
+
+@app.command()
+def report(config: ConfigOpt, set_: SetOpt = None) -> None:
+    """Summarise a work folder: time and peak memory of each stage's last run, and the mAP of every
+    evaluated model (frozen features vs end to end). `make demo` ends with it.
+
+    Example: etad report --config examples/demo.yaml
+    """
+    with user_errors():
+        s = load(config, set_)
+        runs = read_runs(s.work_dir)
+    latest: dict[tuple, dict] = {}
+    for r in runs:  # the last run of each stage (and of each infer output), in the order they finished
+        key = (r["stage"], r.get("output"))
+        latest.pop(key, None)
+        latest[key] = r
+    table = Table(title=f"stages: {s.work_dir}")
+    for column in ("stage", "seconds", "peak RSS (MiB)", "output"):
+        table.add_column(column, justify="left" if column in ("stage", "output") else "right")
+    for r in latest.values():
+        output = Path(r["output"]).name if r.get("output") else ""
+        table.add_row(r["stage"], f"{r['seconds']:.1f}", f"{r['peak_rss_mib']:,.0f}", output)
+    table.add_row("total", f"{sum(r['seconds'] for r in latest.values()):.1f}", "", "", style="bold")
+    console.print(table)
+    scored = [r for r in latest.values() if "average" in r]
+    if not scored:
+        return
+    models = Table(title="evaluated models")
+    for column in ("model", "detections", "average mAP", "mAP at first tIoU"):
+        models.add_column(column, justify="left" if column in ("model", "detections") else "right")
+    for r in scored:
+        name = MODEL_NAMES.get(r.get("kind", ""), r.get("kind", "?"))
+        if r["task"] == "detection":
+            models.add_row(name, Path(r["output"]).name, f"{r['average']:.2%}", f"{r['first_tiou']:.2%}")
+        else:
+            models.add_row(
+                name, Path(r["output"]).name, f"AUC {r['average']:.2f}", f"AR@100 {r['first_tiou']:.2%}"
+            )
+    console.print(models)
 
 
 def main() -> None:

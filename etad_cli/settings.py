@@ -43,14 +43,19 @@ class Section(BaseModel):
 class DataSettings(Section):
     """What the videos and annotations are, and how frames and snippets are sampled from them."""
 
-    dataset: Literal["anet", "thumos"] = "anet"
-    annotations: FilePath | None = None
-    video_dir: FilePath | None = None
+    dataset: Literal["anet", "thumos"] = Field(
+        "anet",
+        description="anet: the whole video resized to temporal_scale snippets; thumos: sliding windows",
+    )
+    annotations: FilePath | None = Field(
+        None, description="ActivityNet-1.3 or THUMOS-14 style JSON ('database')"
+    )
+    video_dir: FilePath | None = Field(None, description="folder of the video files")
     video_name: str = Field(
         "{id}.mp4", description="file name of a video in video_dir; '{id}' is the video id"
     )
-    train_subset: str = "training"
-    eval_subset: str = "validation"
+    train_subset: str = Field("training", description="subset of the annotation file that training uses")
+    eval_subset: str = Field("validation", description="subset that `etad infer` detects and evaluates")
     fps: float = Field(15.0, gt=0, description="frames per second after extraction")
     frame_height: int = Field(128, ge=8, description="frame height after extraction (ETAD: 128)")
     frame_width: int = Field(171, ge=8, description="frame width after extraction (ETAD: 171)")
@@ -77,26 +82,43 @@ class DataSettings(Section):
 class EncoderSettings(Section):
     """The video encoder that turns a snippet of frames into one feature vector."""
 
-    name: Literal["r2plus1d_34_tsp", "r2plus1d_18", "tiny"] = "r2plus1d_34_tsp"
+    name: Literal["r2plus1d_34_tsp", "r2plus1d_18", "tiny"] = Field(
+        "r2plus1d_34_tsp",
+        description="r2plus1d_34_tsp (ETAD), torchvision r2plus1d_18, or tiny (CPU demo and tests)",
+    )
     checkpoint: FilePath | None = Field(
         None, description="weights; TSP layout (key 'model', 'features.' prefix)"
     )
-    crop_size: int = Field(112, ge=8)
+    crop_size: int = Field(
+        112, ge=8, description="frames are centre-cropped (random crop in e2e training) to this size"
+    )
     frozen_stages: int = Field(2, ge=-1, le=4, description="stem + this many residual stages are frozen")
-    norm_eval: bool = True
+    norm_eval: bool = Field(True, description="keep every BatchNorm in eval mode (running statistics frozen)")
 
 
 class ModelSettings(Section):
     """The ETAD detector (spec section 3) and the encoder in front of it."""
 
-    in_channels: int = Field(512, ge=1)
-    hidden_channels: int = Field(256, ge=4)
+    in_channels: int = Field(
+        512, ge=4, multiple_of=4, description="feature width; must equal the encoder's output"
+    )
+    hidden_channels: int = Field(
+        256, ge=32, multiple_of=32, description="width of the detector's temporal and proposal layers"
+    )
     max_duration: int = Field(128, ge=1, description="longest proposal, in snippets (dscale)")
-    roi_size: int = Field(24, ge=4)
-    extend_ratio: float = Field(0.5, ge=0.0)
-    stage_iou_thresholds: list[Ratio] = Field(default_factory=lambda: [0.7, 0.8, 0.9], min_length=1)
-    proposal_sampling: Literal["random", "grid", "block"] = "random"
-    proposal_ratio: Ratio = 0.06
+    roi_size: int = Field(24, ge=4, description="samples per extended proposal in RoI alignment")
+    extend_ratio: float = Field(
+        0.5, ge=0.0, description="a proposal is extended by this share of its length on each side"
+    )
+    stage_iou_thresholds: list[Ratio] = Field(
+        default_factory=lambda: [0.7, 0.8, 0.9],
+        min_length=1,
+        description="one refinement stage per threshold (positive IoU)",
+    )
+    proposal_sampling: Literal["random", "grid", "block"] = Field(
+        "random", description="which proposals train the detector per video"
+    )
+    proposal_ratio: Ratio = Field(0.06, description="share of all proposals sampled per video in training")
     classifier_head: bool = Field(False, description="train a video-level multi-label classifier too")
     encoder: EncoderSettings = Field(default_factory=EncoderSettings)
 
@@ -108,64 +130,80 @@ class CacheSettings(Section):
     features_dir: str = Field("cache/features", description="under work_dir: one <id>.h5 per video")
     compression: Literal["none", "gzip", "lzf"] = Field("none", description="of the snippet cache (see docs)")
     batch_size: int = Field(32, ge=1, description="snippets per encoder forward when caching features")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where `etad cache --what features` runs the encoder"
+    )
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="encoder precision when caching features (stored as float32)"
+    )
     workers: int = Field(1, ge=1, description="processes cutting snippets")
 
 
 class TrainSettings(Section):
     """Frozen-feature pretraining of the detector (ETAD ANet TSP recipe by default)."""
 
-    optimizer: Literal["adamw", "adam"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    batch_size: int = Field(16, ge=1)
-    epochs: int = Field(6, ge=1)
+    optimizer: Literal["adamw", "adam"] = Field("adamw", description="AdamW (ETAD) or Adam")
+    lr: float = Field(1e-3, gt=0, description="learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="decoupled (AdamW) weight decay")
+    batch_size: int = Field(16, ge=1, description="videos (or windows) per step")
+    epochs: int = Field(6, ge=1, description="training epochs")
     lr_step: int = Field(5, ge=1, description="epochs between lr decays")
-    lr_gamma: float = Field(0.1, gt=0, le=1)
+    lr_gamma: float = Field(0.1, gt=0, le=1, description="lr decay factor")
     grad_clip: float = Field(0.0, ge=0, description="max gradient L2 norm; 0 turns clipping off")
-    workers: int = Field(0, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: Literal["none", "bf16", "fp16"] = "none"
-    log_every: int = Field(10, ge=1)
+    workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
+    amp: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision on GPU")
+    log_every: int = Field(10, ge=1, description="steps between progress-bar loss updates")
 
 
 class E2ESettings(Section):
     """End-to-end fine-tuning: sequential forward, sampled-snippet backward (spec 2.3)."""
 
     lr: float = Field(5e-4, gt=0, description="detector learning rate")
-    encoder_lr: float = Field(5e-7, ge=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    batch_size: int = Field(4, ge=1)
-    epochs: int = Field(6, ge=1)
-    lr_step: int = Field(5, ge=1)
-    lr_gamma: float = Field(0.1, gt=0, le=1)
-    grad_clip: float = Field(0.0, ge=0)
-    snippet_ratio: Ratio = 0.3
-    snippet_sampling: Literal["random", "uniform", "block"] = "random"
-    chunk_size: int = Field(4, ge=1)
-    grad_mode: Literal["sampled", "checkpoint", "full"] = "sampled"
+    encoder_lr: float = Field(5e-7, ge=0, description="encoder learning rate (0 freezes it)")
+    weight_decay: float = Field(1e-4, ge=0, description="decoupled (AdamW) weight decay")
+    batch_size: int = Field(4, ge=1, description="videos per step")
+    epochs: int = Field(6, ge=1, description="training epochs")
+    lr_step: int = Field(5, ge=1, description="epochs between lr decays")
+    lr_gamma: float = Field(0.1, gt=0, le=1, description="lr decay factor")
+    grad_clip: float = Field(0.0, ge=0, description="max gradient L2 norm; 0 turns clipping off")
+    snippet_ratio: Ratio = Field(
+        0.3, description="share of snippets re-encoded with gradients (sampled mode)"
+    )
+    snippet_sampling: Literal["random", "uniform", "block"] = Field(
+        "random", description="which snippets: random (original), uniform, or one block"
+    )
+    chunk_size: int = Field(4, ge=1, description="snippets per encoder forward, with and without gradients")
+    grad_mode: Literal["sampled", "checkpoint", "full"] = Field(
+        "sampled",
+        description="sampled (ETAD), checkpoint (every snippet, recomputed), full (plain back-propagation)",
+    )
     init_from: FilePath | None = Field(
         None, description="detector checkpoint from frozen-feature pretraining"
     )
-    augment: bool = True
-    workers: int = Field(0, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    augment: bool = Field(True, description="random crop, flip and colour jitter, drawn once per video")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
+    amp: Literal["none", "bf16", "fp16"] = Field(
+        "none", description="bf16 on GPU (fp16 is refused end to end)"
+    )
 
 
 class InferSettings(Section):
     """Detection and ETAD post-processing (spec section 7)."""
 
-    batch_size: int = Field(16, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    soft_nms_sigma: float = Field(0.35, gt=0)
+    batch_size: int = Field(16, ge=1, description="videos (or windows) per detector forward")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
+    soft_nms_sigma: float = Field(0.35, gt=0, description="Gaussian Soft-NMS decay")
     top_k: int = Field(100, ge=1, description="proposals kept per video after Soft-NMS")
-    min_score: float = Field(0.0, ge=0)
-    classifier: Literal["builtin", "file", "none"] = "builtin"
+    min_score: float = Field(0.0, ge=0, description="detections below are dropped")
+    classifier: Literal["builtin", "file", "none"] = Field(
+        "builtin",
+        description="labels: builtin head, a file (CUHK json / UntrimmedNet npy), or none (proposals)",
+    )
     classifier_file: FilePath | None = Field(None, description="CUHK json or UntrimmedNet npy")
-    top_k_classes: int = Field(2, ge=1)
-    output: str = "results/detections.json"
+    top_k_classes: int = Field(2, ge=1, description="classes that label every proposal")
+    output: str = Field("results/detections.json", description="result JSON, relative to work_dir")
 
 
 class EvalSettings(Section):
@@ -174,12 +212,17 @@ class EvalSettings(Section):
     tiou_thresholds: list[Ratio] | None = Field(
         None, description="default: anet 0.5:0.05:0.95, thumos 0.3:0.1:0.7"
     )
-    protocol: Literal["official", "actionformer"] = "official"
+    protocol: Literal["official", "actionformer"] = Field(
+        "official", description="official (ActivityNet code) or actionformer (duplicate ground truth dropped)"
+    )
 
 
 class Settings(Section):
-    seed: int = 2023
-    work_dir: FilePath = Path("work")
+    seed: int = Field(2023, description="seeds every random draw; the same seed gives the same CPU run")
+    work_dir: FilePath = Field(
+        Path("work"),
+        description="every stage writes under this folder (frames/, cache/, pretrain/, results/, ...)",
+    )
     data: DataSettings = Field(default_factory=DataSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
@@ -268,3 +311,70 @@ def load_settings(path: Path | None, overrides: list[str] | None = None) -> Sett
 def settings_as_yaml(settings: Settings) -> str:
     """The fully resolved settings, as YAML (what `etad config show` prints and each stage logs)."""
     return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)
+
+
+def _type_name(annotation: Any) -> str:
+    """A short readable type: `int`, `float 0..1`, `'a' | 'b'`, `path or null`, `list of float`."""
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return " \\| ".join(f"`{a}`" for a in args)
+    if origin is Annotated:
+        return _type_name(args[0]) + _bounds(args[1:])
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names) + (" or null" if type(None) in args else "")
+    if origin is list:
+        return f"list of {_type_name(args[0])}"
+    if annotation is Path:
+        return "path"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _bounds(metadata: Any) -> str:
+    """Range constraints of a field as text, e.g. ` ≥ 0, ≤ 1`."""
+    signs = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<", "multiple_of": "multiple of"}
+    found = [f"{sign} {getattr(m, key)}" for m in metadata for key, sign in signs.items() if hasattr(m, key)]
+    return (" " + ", ".join(found)) if found else ""
+
+
+def _default(field: Any) -> str:
+    if field.default_factory is not None:
+        value = field.default_factory()
+        return "" if isinstance(value, BaseModel) else f"`{value}`"
+    return "null" if field.default is None else f"`{field.default}`"
+
+
+def settings_reference() -> str:
+    """docs/settings.md: every setting with its type, default and meaning, from the models above
+    (`etad config reference`; a test keeps the page in sync)."""
+    lines = [
+        "# Settings reference",
+        "",
+        "Generated from the pydantic models in `etad_cli/settings.py` by `etad config reference`;",
+        "do not edit by hand (a test checks that this page matches the code). Every stage reads the",
+        "same YAML file; `--set section.key=value` overrides one setting on the command line. Relative",
+        "paths are resolved against the YAML file's folder.",
+        "",
+    ]
+
+    def section(model: type[BaseModel], prefix: str) -> None:
+        nested = []
+        lines.extend(["| key | type | default | meaning |", "|---|---|---|---|"])
+        for name, field in model.model_fields.items():
+            kind = field.annotation
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                nested.append((f"{prefix}{name}", kind))
+                continue
+            meaning = (field.description or "").replace("|", "\\|")
+            kind_text = _type_name(kind) + _bounds(field.metadata)
+            lines.append(f"| `{prefix}{name}` | {kind_text} | {_default(field)} | {meaning} |")
+        lines.append("")
+        for key, kind in nested:
+            lines.extend([f"## `{key}`", "", (kind.__doc__ or "").strip(), ""])
+            section(kind, f"{key}.")
+
+    lines.extend(["## Top level", ""])
+    section(Settings, "")
+    return "\n".join(lines).rstrip() + "\n"

@@ -43,6 +43,7 @@ from stages.video import VideoError, VideoReader
 @dataclass
 class InferSummary:
     output: Path
+    kind: str  # the checkpoint's: pretrain (frozen features) or finetune (end to end)
     videos: int = 0
     detections: int = 0
     seconds: float = 0.0
@@ -199,7 +200,8 @@ def run(
     results = detect(settings, detector, dataset.items, dataset, scorer, on_batch)
     output = output_path(settings)
     write_results(output, results)
-    summary = InferSummary(output, len(results), sum(len(v) for v in results.values()), notes=notes)
+    detections = sum(len(v) for v in results.values())
+    summary = InferSummary(output, detector.kind, len(results), detections, notes=notes)
     if plot_videos:
         items = {item.video_id: item for item in dataset.items}
         folder = output.parent / "plots"

@@ -110,3 +110,19 @@ def test_every_example_validates(example, cli):
     result = cli("config", "validate", example)
     assert result.exit_code == 0, result.output
     assert "valid" in result.stdout
+
+
+def test_settings_reference_page_matches_the_models(cli):
+    """docs/settings.md is generated (`make docs`): it must be current and list every key."""
+    from pydantic import BaseModel
+
+    from etad_cli.settings import settings_reference
+
+    page = (REPO / "docs" / "settings.md").read_text()
+    assert page == settings_reference(), "docs/settings.md is stale: run `make docs`"
+    assert cli("config", "reference").output == page
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        nested = isinstance(model, type) and issubclass(model, BaseModel)
+        for key in [f"{section}.{name}" for name in model.model_fields] if nested else [section]:
+            assert f"`{key}`" in page, key

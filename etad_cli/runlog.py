@@ -1,0 +1,72 @@
+"""What each stage run cost: `<work_dir>/logs/stages.jsonl`, one line per finished run, and the
+resolved settings of every run beside it. `etad report` reads it back into the final demo table."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from etad_cli.console import UserError, console
+from etad_cli.settings import Settings, settings_as_yaml
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process or its largest finished child (worker), in MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024  # Linux reports KiB
+
+
+@dataclass
+class StageRun:
+    """One run of a stage: `start` logs its settings; `done` appends its cost to stages.jsonl."""
+
+    logs: Path
+    stage: str
+    began: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def start(cls, settings: Settings, stage: str) -> StageRun:
+        logs = settings.work_dir / "logs"
+        try:
+            logs.mkdir(parents=True, exist_ok=True)
+            path = (
+                logs
+                / f"{stage.replace(' ', '-')}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.settings.yaml"
+            )
+            path.write_text(settings_as_yaml(settings))
+        except OSError as exc:
+            raise UserError(f"{logs}: cannot write to the work folder: {exc.strerror or exc}") from None
+        console.print(f"[dim]settings: {path}[/]", soft_wrap=True)
+        return cls(logs, stage)
+
+    def done(self, **extra) -> None:
+        record = {
+            "stage": self.stage,
+            "seconds": round(time.perf_counter() - self.began, 2),
+            "peak_rss_mib": round(peak_rss_mib(), 1),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "argv": sys.argv[1:],
+            **extra,
+        }
+        with open(self.logs / "stages.jsonl", "a", encoding="utf-8") as out:
+            out.write(json.dumps(record) + "\n")
+
+
+def read_runs(work_dir: Path) -> list[dict]:
+    """Every finished run recorded under work_dir, oldest first; the last run of a stage wins in reports."""
+    path = work_dir / "logs" / "stages.jsonl"
+    if not path.is_file():
+        raise UserError(f"{path}: no stage has finished in this work folder yet")
+    runs = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            runs.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise UserError(f"{path}: line {number} is not valid JSON") from None
+    return runs

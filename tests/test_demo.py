@@ -1,0 +1,47 @@
+"""`make demo` at a reduced size: every artefact of the pipeline exists and the final table is printed."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+
+from tests.test_pipelines import make
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def test_demo_pipeline_writes_every_artefact_and_the_final_table(tmp_path):
+    demo = tmp_path / "demo"
+    small = "--set train.epochs=3 --set train.lr_step=3 --set e2e.epochs=1"
+    done = make("demo", DEMO_DIR=demo, DEMO_VIDEOS=8, SET=small)
+    database = json.loads((demo / "data" / "anet.json").read_text())["database"]
+    assert len(database) == 8 and len(list((demo / "data" / "videos").glob("*.mp4"))) == 8
+    for vid in database:
+        assert (demo / "frames" / f"{vid}.npy").is_file() and (demo / "frames" / f"{vid}.json").is_file()
+        assert (demo / "cache" / "snippets" / f"{vid}.h5").is_file()
+        assert (demo / "cache" / "features" / f"{vid}.h5").is_file()
+    for run in ("pretrain", "finetune"):
+        assert (demo / run / "checkpoints" / "last.pt").is_file()
+        assert (demo / run / "metrics.jsonl").is_file()
+    validation = sorted(v for v, r in database.items() if r["subset"] == "validation")
+    for name in ("pretrain", "e2e"):
+        results = json.loads((demo / "results" / f"{name}.json").read_text())["results"]
+        assert sorted(results) == validation
+        metrics = json.loads((demo / "results" / f"{name}.metrics.json").read_text())
+        assert len(metrics["mAP"]) == 10 and 0.0 <= metrics["average_mAP"] <= 1.0
+    assert len(list((demo / "results" / "plots").glob("*.png"))) == 2
+    runs = [json.loads(line) for line in (demo / "logs" / "stages.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in runs] == [
+        "extract", "cache snippets", "cache features", "train", "infer", "train --e2e", "infer",
+    ]  # fmt: skip
+    assert all(r["seconds"] > 0 and r["peak_rss_mib"] > 0 for r in runs)
+    # the final table: one row per stage with its time and peak memory, then the two models' mAP
+    report = done.stdout[done.stdout.rindex("stages:") :]
+    for stage in ("extract", "cache snippets", "cache features", "train --e2e", "total"):
+        assert re.search(rf"{re.escape(stage)}\s.*\d", report), stage
+    for model, name in (("frozen features", "pretrain"), ("end to end", "e2e")):
+        average = json.loads((demo / "results" / f"{name}.metrics.json").read_text())["average_mAP"]
+        assert re.search(rf"{model}\s.*{re.escape(f'{average:.2%}')}", report), (model, report)
