@@ -12,7 +12,7 @@ WORK   ?= work
 
 DEMO_DIR    ?= $(WORK)/demo
 DEMO_CONFIG ?= examples/demo.yaml
-DEMO_VIDEOS ?= 24
+DEMO_VIDEOS ?= 48
 
 .PHONY: help install test lint demo bench docs clean clean-all anet-features anet-e2e thumos-features
 
@@ -46,7 +46,12 @@ demo: install  ## run the whole pipeline on the built-in synthetic dataset (ever
 	  --set infer.output=results/pretrain.json --eval --plot 2
 	$(ETAD) train $(DEMO_RUN) --e2e --init-from $(abspath $(DEMO_DIR))/pretrain/checkpoints/last.pt
 	$(ETAD) infer $(DEMO_RUN) --checkpoint $(abspath $(DEMO_DIR))/finetune/checkpoints/last.pt \
-	  --set infer.output=results/e2e.json --eval
+	  --set infer.output=results/e2e.json --eval --set infer.classifier=file \
+	  --set infer.classifier_file=$(abspath $(DEMO_DIR))/results/pretrain.classes.json
+	$(ETAD) infer $(DEMO_RUN) --checkpoint $(abspath $(DEMO_DIR))/pretrain/checkpoints/last.pt \
+	  --set infer.output=results/pretrain_proposals.json --set infer.classifier=none --eval
+	$(ETAD) infer $(DEMO_RUN) --checkpoint $(abspath $(DEMO_DIR))/finetune/checkpoints/last.pt \
+	  --set infer.output=results/e2e_proposals.json --set infer.classifier=none --eval
 	$(ETAD) report $(DEMO_RUN)
 
 # ---- Pipelines for real datasets -------------------------------------------------------------

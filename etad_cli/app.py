@@ -553,8 +553,10 @@ MODEL_NAMES = {"pretrain": "frozen features", "finetune": "end to end"}
 
 @app.command()
 def report(config: ConfigOpt, set_: SetOpt = None) -> None:
-    """Summarise a work folder: time and peak memory of each stage's last run, and the mAP of every
-    evaluated model (frozen features vs end to end). `make demo` ends with it.
+    """Summarise a work folder: each stage's time and peak memory, and every evaluated model's mAP.
+
+    Reads <work_dir>/logs/stages.jsonl (the last run of each stage) and compares the frozen-feature
+    and end-to-end models that `etad infer --eval` scored. `make demo` ends with it.
 
     Example: etad report --config examples/demo.yaml
     """
@@ -577,17 +579,21 @@ def report(config: ConfigOpt, set_: SetOpt = None) -> None:
     scored = [r for r in latest.values() if "average" in r]
     if not scored:
         return
-    models = Table(title="evaluated models")
-    for column in ("model", "detections", "average mAP", "mAP at first tIoU"):
-        models.add_column(column, justify="left" if column in ("model", "detections") else "right")
+    models = Table(
+        title="evaluated models",
+        caption="detection: average mAP over the tIoU thresholds and "
+        "mAP at the first; proposals: AUC of AR@AN and AR@100 at the first",
+        caption_justify="left",
+    )
+    for column in ("model", "output", "task", "average", "first tIoU"):
+        models.add_column(column, justify="left" if column in ("model", "output", "task") else "right")
     for r in scored:
         name = MODEL_NAMES.get(r.get("kind", ""), r.get("kind", "?"))
         if r["task"] == "detection":
-            models.add_row(name, Path(r["output"]).name, f"{r['average']:.2%}", f"{r['first_tiou']:.2%}")
+            values = f"{r['average']:.2%}", f"{r['first_tiou']:.2%}"
         else:
-            models.add_row(
-                name, Path(r["output"]).name, f"AUC {r['average']:.2f}", f"AR@100 {r['first_tiou']:.2%}"
-            )
+            values = f"AUC {r['average']:.2f}", f"{r['first_tiou']:.2%}"
+        models.add_row(name, Path(r["output"]).name, r["task"], *values)
     console.print(models)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import sys
 import time
@@ -35,10 +36,8 @@ class StageRun:
         logs = settings.work_dir / "logs"
         try:
             logs.mkdir(parents=True, exist_ok=True)
-            path = (
-                logs
-                / f"{stage.replace(' ', '-')}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.settings.yaml"
-            )
+            name = re.sub(r"[^a-z0-9]+", "-", stage)  # "train --e2e" -> "train-e2e"
+            path = logs / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.settings.yaml"
             path.write_text(settings_as_yaml(settings))
         except OSError as exc:
             raise UserError(f"{logs}: cannot write to the work folder: {exc.strerror or exc}") from None

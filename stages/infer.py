@@ -147,9 +147,10 @@ def detect(
     inputs: torch.utils.data.Dataset,
     scorer: Callable[[str, dict, int], list[tuple[str, float]]],
     on_batch: Callable[[int], None] | None = None,
-) -> dict[str, list[dict]]:
+) -> tuple[dict[str, list[dict]], dict[str, list[float]]]:
     """Detections per video, in seconds: the detector over every item (`inputs[i]` is
-    {"inputs", "index": i}), then post-processing."""
+    {"inputs", "index": i}), then post-processing. Also the built-in head's video-level class
+    scores (those that labelled each video; empty without a head)."""
     inf = settings.infer
     t = settings.data.temporal_scale
     anchors = proposal_map(t, detector.model_settings.max_duration)[None]
@@ -157,6 +158,7 @@ def detect(
     data = torch.utils.data.DataLoader(inputs, batch_size=inf.batch_size, num_workers=settings.train.workers)
     kept: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     labels: dict[str, list[tuple[str, float]]] = {}
+    class_scores: dict[str, list[float]] = {}
     for batch in data:
         out = detector(batch["inputs"], anchors)
         for row, index in enumerate(batch["index"].tolist()):
@@ -167,6 +169,8 @@ def detect(
             kept.setdefault(item.video_id, []).append((to_seconds(segs), scores))
             if item.video_id not in labels:
                 labels[item.video_id] = scorer(item.video_id, out, row)
+                if "class_probs" in out:
+                    class_scores[item.video_id] = out["class_probs"][row].round(6).tolist()
         if on_batch:
             on_batch(len(batch["index"]))
     results = {}
@@ -176,7 +180,12 @@ def detect(
         if len(parts) > 1:  # THUMOS: merge the windows of a video
             segs, scores = soft_nms(segs, scores, inf.soft_nms_sigma, inf.top_k, inf.min_score)
         results[video_id] = fuse(segs, scores, labels[video_id])
-    return results
+    return results, class_scores
+
+
+def classes_path(output: Path) -> Path:
+    """Where `etad infer` saves the built-in head's video-level scores, in the CUHK classifier layout."""
+    return output.with_suffix(".classes.json")
 
 
 def write_results(path: Path, results: dict[str, list[dict]]) -> None:
@@ -197,9 +206,11 @@ def run(
     scorer = class_scorer(settings, detector)
     if on_start:
         on_start(len(dataset))
-    results = detect(settings, detector, dataset.items, dataset, scorer, on_batch)
+    results, class_scores = detect(settings, detector, dataset.items, dataset, scorer, on_batch)
     output = output_path(settings)
     write_results(output, results)
+    if settings.infer.classifier == "builtin":  # reusable as infer.classifier_file for another model
+        write_json(classes_path(output), {"class": detector.classes, "results": class_scores}, indent=None)
     detections = sum(len(v) for v in results.values())
     summary = InferSummary(output, detector.kind, len(results), detections, notes=notes)
     if plot_videos:
@@ -292,7 +303,7 @@ def run_video(
     inputs = [
         {"inputs": x, "index": i} for i, x in enumerate(video_inputs(settings, detector, features, items))
     ]
-    results = detect(settings, detector, items, inputs, scorer)
+    results, _ = detect(settings, detector, items, inputs, scorer)
     detections = sorted(results[video_id], key=lambda det: -det["score"])
     output = safe_path(output_path(settings).parent, video.name, "{id}.json")
     write_results(output, {video_id: detections})

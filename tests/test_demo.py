@@ -33,6 +33,8 @@ def test_demo_pipeline_writes_every_artefact_and_the_final_table(tmp_path):
         metrics = json.loads((demo / "results" / f"{name}.metrics.json").read_text())
         assert len(metrics["mAP"]) == 10 and 0.0 <= metrics["average_mAP"] <= 1.0
     assert len(list((demo / "results" / "plots").glob("*.png"))) == 2
+    classes = json.loads((demo / "results" / "pretrain.classes.json").read_text())  # labels the e2e model
+    assert sorted(classes["results"]) == validation and len(classes["class"]) == 4
     runs = [json.loads(line) for line in (demo / "logs" / "stages.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in runs] == [
         "extract", "cache snippets", "cache features", "train", "infer", "train --e2e", "infer",
