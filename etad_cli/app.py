@@ -585,15 +585,15 @@ def report(config: ConfigOpt, set_: SetOpt = None) -> None:
         "mAP at the first; proposals: AUC of AR@AN and AR@100 at the first",
         caption_justify="left",
     )
-    for column in ("model", "output", "task", "average", "first tIoU"):
-        models.add_column(column, justify="left" if column in ("model", "output", "task") else "right")
+    for column in ("model", "output", "average", "first tIoU"):
+        models.add_column(column, justify="left" if column in ("model", "output") else "right")
     for r in scored:
         name = MODEL_NAMES.get(r.get("kind", ""), r.get("kind", "?"))
         if r["task"] == "detection":
             values = f"{r['average']:.2%}", f"{r['first_tiou']:.2%}"
         else:
             values = f"AUC {r['average']:.2f}", f"{r['first_tiou']:.2%}"
-        models.add_row(name, Path(r["output"]).name, r["task"], *values)
+        models.add_row(name, Path(r["output"]).name, *values)
     console.print(models)
 
 
