@@ -34,10 +34,12 @@ def test_demo_pipeline_writes_every_artefact_and_the_final_table(tmp_path):
         assert len(metrics["mAP"]) == 10 and 0.0 <= metrics["average_mAP"] <= 1.0
     assert len(list((demo / "results" / "plots").glob("*.png"))) == 2
     classes = json.loads((demo / "results" / "pretrain.classes.json").read_text())  # labels the e2e model
-    assert sorted(classes["results"]) == validation and len(classes["class"]) == 4
+    labels = {a["label"] for r in database.values() for a in r["annotations"]}
+    assert sorted(classes["results"]) == validation and classes["class"] == sorted(labels)
     runs = [json.loads(line) for line in (demo / "logs" / "stages.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in runs] == [
-        "extract", "cache snippets", "cache features", "train", "infer", "train --e2e", "infer",
+        "extract", "cache snippets", "cache features", "train", "infer", "train --e2e",
+        "infer", "infer", "infer",
     ]  # fmt: skip
     assert all(r["seconds"] > 0 and r["peak_rss_mib"] > 0 for r in runs)
     # the final table: one row per stage with its time and peak memory, then the two models' mAP
@@ -47,3 +49,5 @@ def test_demo_pipeline_writes_every_artefact_and_the_final_table(tmp_path):
     for model, name in (("frozen features", "pretrain"), ("end to end", "e2e")):
         average = json.loads((demo / "results" / f"{name}.metrics.json").read_text())["average_mAP"]
         assert re.search(rf"{model}\s.*{re.escape(f'{average:.2%}')}", report), (model, report)
+        auc = json.loads((demo / "results" / f"{name}_proposals.metrics.json").read_text())["auc"]
+        assert re.search(rf"{model}\s.*AUC {auc:.2f}", report), (model, report)
