@@ -261,3 +261,21 @@ def test_r2plus1d_34_tsp_loads_the_tsp_layout(tmp_path):
     with torch.no_grad():
         out = encoder(torch.zeros(1, 8, 32, 32, 3, dtype=torch.uint8))
     assert out.shape == (1, 512)
+
+
+def test_stale_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    """A run killed mid-write leaves `.<name>.tmp<pid>`; the next run clears it, not a live run's."""
+    import os
+    import subprocess
+
+    from stages.files import ensure_writable_dir
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = tmp_path / f".a.h5.tmp{gone.pid}.h5"
+    live = tmp_path / f".b.npy.tmp{os.getpid()}.npy"
+    final = tmp_path / "a.h5"
+    for path in (dead, live, final):
+        path.write_bytes(b"x")
+    ensure_writable_dir(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, final.name])
