@@ -226,22 +226,14 @@ def bench_train() -> list[tuple[str, str]]:
 
     import torch
 
+    from benchmarks.e2e_memory import detector_batch
     from stages.model.detector import ETAD
     from stages.model.losses import detector_loss
-    from stages.model.sampling import sample_proposals
-    from stages.model.targets import boundary_targets, match_ground_truth, proposal_map
 
     torch.manual_seed(0)
     model = ETAD(512, 256, 24, 0.5, 3)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    grid, gt = proposal_map(128, 128), torch.tensor([[0.2, 0.5], [0.6, 0.9]])
-    anchors = torch.stack([grid[sample_proposals(128, 128, "random", 0.06)] for _ in range(16)])
-    start, end = boundary_targets(gt, 128)
-    batch = {
-        "gt_box": torch.stack([match_ground_truth(a, gt) for a in anchors]),
-        "gt_start": start.expand(16, -1),
-        "gt_end": end.expand(16, -1),
-    }
+    anchors, batch = detector_batch(16, 128, 128, torch.Generator().manual_seed(0))
     x = torch.randn(16, 512, 128)
     times = []
     for _ in range(4):

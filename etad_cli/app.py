@@ -56,6 +56,12 @@ def load(config: Path, overrides: list[str] | None) -> Settings:
     return load_settings(config, overrides or [])
 
 
+def print_notes(notes: list[str]) -> None:
+    """What a stage left out or assumed, one yellow line each on stderr."""
+    for note in notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+
+
 def report_failures(failures: list[dict], failures_file: Path) -> None:
     """List failed videos; exit code 1 says that the stage finished but some videos failed."""
     if not failures:
@@ -261,8 +267,7 @@ def print_training(summary, title: str) -> None:
     if summary.peak_memory_mb:
         details += f"; peak GPU memory {summary.peak_memory_mb:,.0f} MiB"
     console.print(f"{details}\ncheckpoints: {summary.out_dir / 'checkpoints'} (last.pt, best.pt)")
-    for note in summary.notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    print_notes(summary.notes)
 
 
 @app.command()
@@ -355,8 +360,7 @@ def print_eval(report, per_class: bool = False) -> None:
                 label, *(f"{100 * v:.1f}" for v in values), f"{100 * sum(values) / len(values):.1f}"
             )
         console.print(classes)
-    for note in report.notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    print_notes(report.notes)
 
 
 @app.command("eval")
@@ -495,8 +499,7 @@ def infer(
                     video,
                     on_snippets=lambda done, total: bar.update(task, completed=done, total=total),
                 )
-            for note in notes:
-                err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+            print_notes(notes)
             table = Table(title=f"{video.name}: top detections")
             for column in ("label", "score", "start (s)", "end (s)"):
                 table.add_column(column, justify="right")
@@ -524,8 +527,7 @@ def infer(
         )
         for path in summary.plots:
             console.print(f"[dim]plot: {path}[/]", soft_wrap=True)
-        for note in summary.notes:
-            err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        print_notes(summary.notes)
         scores = {}
         if evaluate:
             from stages import evaluate as evaluate_stage

@@ -7,8 +7,9 @@ so a config file and the data it names can move together.
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -314,15 +315,13 @@ def settings_as_yaml(settings: Settings) -> str:
 
 
 def _type_name(annotation: Any) -> str:
-    """A short readable type: `int`, `float 0..1`, `'a' | 'b'`, `path or null`, `list of float`."""
-    import typing
-
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    """A short readable type: `int`, `float ≥ 0`, `'a' | 'b'`, `path or null`, `list of float`."""
+    origin, args = get_origin(annotation), get_args(annotation)
     if origin is Literal:
         return " \\| ".join(f"`{a}`" for a in args)
     if origin is Annotated:
         return _type_name(args[0]) + _bounds(args[1:])
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (Union, types.UnionType):
         names = [_type_name(a) for a in args if a is not type(None)]
         return " or ".join(names) + (" or null" if type(None) in args else "")
     if origin is list:
