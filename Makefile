@@ -14,7 +14,7 @@ DEMO_DIR    ?= $(WORK)/demo
 DEMO_CONFIG ?= examples/demo.yaml
 DEMO_VIDEOS ?= 48
 
-.PHONY: help install test lint demo bench docs clean clean-all anet-features anet-e2e thumos-features
+.PHONY: help install test test-fast lint demo bench docs clean clean-all anet-features anet-e2e thumos-features
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -26,8 +26,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
-test: install  ## run the test suite
+test: install  ## run the whole test suite
 	$(PY) -m pytest -q
+
+test-fast: install  ## the unit tests only (no real videos or training runs; under a minute)
+	$(PY) -m pytest -q -m "not slow"
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check .
@@ -41,16 +44,16 @@ demo: install  ## run the whole pipeline on the built-in synthetic dataset (ever
 	$(ETAD) extract $(DEMO_RUN) --workers 2
 	$(ETAD) cache $(DEMO_RUN) --what snippets --workers 2
 	$(ETAD) cache $(DEMO_RUN) --what features
-	$(ETAD) train $(DEMO_RUN)
+	$(ETAD) train $(DEMO_RUN) --resume
 	$(ETAD) infer $(DEMO_RUN) --checkpoint $(abspath $(DEMO_DIR))/pretrain/checkpoints/last.pt \
 	  --set infer.output=results/pretrain.json --eval --plot 2
-	$(ETAD) train $(DEMO_RUN) --e2e --init-from $(abspath $(DEMO_DIR))/pretrain/checkpoints/last.pt
-	$(ETAD) infer $(DEMO_RUN) --checkpoint $(abspath $(DEMO_DIR))/finetune/checkpoints/last.pt \
+	$(ETAD) train $(DEMO_RUN) --e2e --init-from $(abspath $(DEMO_DIR))/pretrain/checkpoints/last.pt --resume
+	$(ETAD) infer $(DEMO_RUN) --checkpoint $(abspath $(DEMO_DIR))/e2e/checkpoints/last.pt \
 	  --set infer.output=results/e2e.json --eval --set infer.classifier=file \
 	  --set infer.classifier_file=$(abspath $(DEMO_DIR))/results/pretrain.classes.json
 	$(ETAD) infer $(DEMO_RUN) --checkpoint $(abspath $(DEMO_DIR))/pretrain/checkpoints/last.pt \
 	  --set infer.output=results/pretrain_proposals.json --set infer.classifier=none --eval
-	$(ETAD) infer $(DEMO_RUN) --checkpoint $(abspath $(DEMO_DIR))/finetune/checkpoints/last.pt \
+	$(ETAD) infer $(DEMO_RUN) --checkpoint $(abspath $(DEMO_DIR))/e2e/checkpoints/last.pt \
 	  --set infer.output=results/e2e_proposals.json --set infer.classifier=none --eval
 	$(ETAD) report $(DEMO_RUN)
 
@@ -77,7 +80,7 @@ anet-features: install  ## ActivityNet from TSP features: ANET_FEATURES=dir of v
 	$(call need,ANET_FEATURES,folder of v_<id>.npy TSP features)
 	$(call need,ANNOTATIONS,ActivityNet-1.3 annotation JSON)
 	$(ETAD) cache $(ANET_FEATURES_RUN) --from-npy $(abspath $(ANET_FEATURES))
-	$(ETAD) train $(ANET_FEATURES_RUN)
+	$(ETAD) train $(ANET_FEATURES_RUN) --resume
 	$(ETAD) infer $(ANET_FEATURES_RUN) --checkpoint $(abspath $(ANET_FEATURES_WORK))/pretrain/checkpoints/last.pt --eval
 	$(ETAD) report $(ANET_FEATURES_RUN)
 
@@ -90,9 +93,9 @@ anet-e2e: install  ## ActivityNet end to end: ANET_VIDEOS=dir ANNOTATIONS=json T
 	$(ETAD) extract $(ANET_E2E_RUN)
 	$(ETAD) cache $(ANET_E2E_RUN) --what snippets
 	$(ETAD) cache $(ANET_E2E_RUN) --what features
-	$(ETAD) train $(ANET_E2E_RUN)
-	$(ETAD) train $(ANET_E2E_RUN) --e2e --init-from $(abspath $(ANET_E2E_WORK))/pretrain/checkpoints/last.pt
-	$(ETAD) infer $(ANET_E2E_RUN) --checkpoint $(abspath $(ANET_E2E_WORK))/finetune/checkpoints/last.pt --eval
+	$(ETAD) train $(ANET_E2E_RUN) --resume
+	$(ETAD) train $(ANET_E2E_RUN) --e2e --init-from $(abspath $(ANET_E2E_WORK))/pretrain/checkpoints/last.pt --resume
+	$(ETAD) infer $(ANET_E2E_RUN) --checkpoint $(abspath $(ANET_E2E_WORK))/e2e/checkpoints/last.pt --eval
 	$(ETAD) report $(ANET_E2E_RUN)
 
 THUMOS_RUN = --config examples/thumos_i3d_feature.yaml --set work_dir=$(abspath $(THUMOS_WORK)) $(common)
@@ -100,7 +103,7 @@ thumos-features: install  ## THUMOS-14 from I3D features: THUMOS_FEATURES=dir of
 	$(call need,THUMOS_FEATURES,folder of <video id>.npy I3D features)
 	$(call need,ANNOTATIONS,THUMOS-14 annotation JSON such as thumos14.json)
 	$(ETAD) cache $(THUMOS_RUN) --from-npy $(abspath $(THUMOS_FEATURES))
-	$(ETAD) train $(THUMOS_RUN)
+	$(ETAD) train $(THUMOS_RUN) --resume
 	$(ETAD) infer $(THUMOS_RUN) --checkpoint $(abspath $(THUMOS_WORK))/pretrain/checkpoints/last.pt --eval
 	$(ETAD) report $(THUMOS_RUN)
 

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.finetune import e2e_gradients  # noqa: E402
+from stages.model.backward import Backward, e2e_gradients  # noqa: E402
 from stages.model.detector import ETAD  # noqa: E402
 from stages.model.encoder import build_encoder  # noqa: E402
 from stages.model.losses import detector_loss  # noqa: E402
@@ -82,10 +82,10 @@ def measure(
     def iteration(clips: torch.Tensor, anchors: torch.Tensor, batch: dict) -> float:
         began = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
+        loss = lambda out: detector_loss(out, batch, [0.7, 0.8, 0.9])  # noqa: E731
         e2e_gradients(
-            encoder, detector, clips, lambda out: detector_loss(out, batch, [0.7, 0.8, 0.9]),
-            anchors, mode, chunk, ratio, "random", generator, dev,
-        )  # fmt: skip
+            mode, Backward(encoder, detector, clips, loss, anchors, chunk, ratio, "random", generator, dev)
+        )
         optimizer.step()
         if dev.type == "cuda":
             torch.cuda.synchronize()

@@ -58,6 +58,17 @@ def _synth_videos(folder: Path, videos: int = 8) -> Path:
     return folder
 
 
+def _extract_settings(data: Path, work: Path, height: int, width: int):
+    """Settings that extract the synthetic videos at 15 fps and the given size with decord."""
+    from stages.settings import load_settings
+
+    return load_settings(
+        None,
+        [f"work_dir={work}", f"data.annotations={data / 'anet.json'}", f"data.video_dir={data / 'videos'}",
+         "data.fps=15", f"data.frame_height={height}", f"data.frame_width={width}", "data.decoder=decord"],
+    )  # fmt: skip
+
+
 def bench_extract() -> list[tuple[str, str]]:
     """`etad extract` (1 worker) against a bare decord loop decoding the same frames, same run."""
     from stages import extract
@@ -80,9 +91,7 @@ def bench_extract() -> list[tuple[str, str]]:
                         frames += len(reader.get_frames(keep[i : i + extract.BATCH]))
                 bare_runs.append(frames / (time.perf_counter() - start))
                 work = Path(tmp) / f"work{height}-{repeat}"
-                summary = extract.run(
-                    data / "anet.json", data / "videos", "{id}.mp4", work, 15.0, height, width, "decord"
-                )
+                summary = extract.run(_extract_settings(data, work, height, width))
                 ours_runs.append(summary.frames / summary.seconds)
             bare, ours = sorted(bare_runs)[1], sorted(ours_runs)[1]
             rows += [
@@ -152,8 +161,8 @@ def bench_cache_read() -> list[tuple[str, str]]:
     """Random single-snippet reads: HDF5 snippet cache (per compression) against decord decoding them."""
     import numpy as np
 
-    from etad_cli.settings import load_settings
     from stages import cache, extract
+    from stages.settings import load_settings
     from stages.store import VideoCache
     from stages.video import VideoReader
 
@@ -161,7 +170,7 @@ def bench_cache_read() -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         data = _synth_videos(Path(tmp) / "data")
         work = Path(tmp) / "work"
-        extract.run(data / "anet.json", data / "videos", "{id}.mp4", work, 15.0, 128, 171, "decord")
+        extract.run(_extract_settings(data, work, 128, 171))
         rng = np.random.default_rng(0)
         ids = list(json.loads((data / "anet.json").read_text())["database"])
         picks = [(ids[int(rng.integers(len(ids)))], int(rng.integers(128))) for _ in range(200)]
@@ -175,7 +184,7 @@ def bench_cache_read() -> list[tuple[str, str]]:
                     f"cache.snippets_dir=cache/{compression}",
                 ],
             )
-            cache.run(settings, "snippets")
+            cache.run(settings, what="snippets")
             folder = work / "cache" / compression
             store = VideoCache(folder, "snippets")
             size = sum(p.stat().st_size for p in folder.glob("*.h5")) / len(ids)

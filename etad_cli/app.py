@@ -1,20 +1,20 @@
-"""The `etad` command line: one Typer command per stage. Each parses options, loads the settings,
-calls `stages.<stage>.run(...)` and prints its summary. Nothing here knows how a detector works."""
+"""The `etad` command line: one Typer command per stage. Each parses options, loads the settings
+(`--set` overrides included), calls `stages.<stage>.run(settings, ..., progress=...)` and prints
+its summary (etad_cli/views.py). Nothing here knows how a stage does its work."""
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from etad_cli import __version__
-from etad_cli.console import UserError, console, err_console, progress, user_errors
+from etad_cli import __version__, views
+from etad_cli.console import console, stage_progress, user_errors
 from etad_cli.runlog import StageRun, read_runs
-from etad_cli.settings import Settings, load_settings, settings_as_yaml, settings_reference
+from stages.errors import UserError
+from stages.settings import Settings, load_settings, settings_as_yaml, settings_reference
 
 app = typer.Typer(
     name="etad",
@@ -35,6 +35,10 @@ SetOpt = Annotated[
         "--set", help="Override a setting, e.g. --set train.lr=1e-4 (repeatable).", show_default=False
     ),
 ]
+WorkersOpt = Annotated[
+    int | None, typer.Option(help="Parallel worker processes (default: the settings').", min=1)
+]
+TRAIN_INTERRUPTED = "interrupted; checkpoints of finished epochs are kept: rerun with --resume to continue"
 
 
 def _version(value: bool) -> None:
@@ -52,24 +56,14 @@ def _root(
     """Train and run ETAD temporal action detectors end to end, from raw video frames."""
 
 
-def load(config: Path, overrides: list[str] | None) -> Settings:
-    return load_settings(config, overrides or [])
+def load(config: Path | None, overrides: list[str] | None, extra: list[str] | None = None) -> Settings:
+    """The settings of a command: the file, then --set overrides, then the command's own options."""
+    return load_settings(config, [*(overrides or []), *(extra or [])])
 
 
-def print_notes(notes: list[str]) -> None:
-    """What a stage left out or assumed, one yellow line each on stderr."""
-    for note in notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
-
-
-def report_failures(failures: list[dict], failures_file: Path) -> None:
-    """List failed videos; exit code 1 says that the stage finished but some videos failed."""
-    if not failures:
-        return
-    for failure in failures:
-        err_console.print(f"[red]failed[/] {failure['video_id']}: {failure['reason']}", highlight=False)
-    err_console.print(f"{len(failures)} video(s) failed; listed in {failures_file}")
-    raise typer.Exit(1)
+def is_main_process() -> bool:
+    """False in the non-zero ranks of a torchrun launch: they stay quiet and write nothing shared."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 @config_app.command("show")
@@ -79,8 +73,7 @@ def config_show(config: ConfigArg, set_: SetOpt = None) -> None:
     Example: etad config show examples/demo.yaml --set train.lr=1e-4
     """
     with user_errors():
-        settings = load(config, set_)
-        console.print(settings_as_yaml(settings), markup=False, highlight=False, end="")
+        console.print(settings_as_yaml(load(config, set_)), markup=False, highlight=False, end="")
 
 
 @config_app.command("reference")
@@ -117,32 +110,11 @@ def synth(
 
     Example: etad synth work/demo/data --videos 24 --classes 4 --seed 0
     """
-    from stages import synth as synth_stage
+    from stages import synth as stage
 
-    with user_errors():
-        try:
-            with progress() as bar:
-                task = bar.add_task("synth videos", total=videos)
-                summary = synth_stage.run(
-                    out_dir, videos, classes, seed, fps, width, height, on_video=lambda _id: bar.advance(task)
-                )
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-        except OSError as exc:
-            raise UserError(f"{out_dir}: cannot write: {exc.strerror or exc}") from None
-    table = Table(title=f"synthetic dataset in {summary.out_dir}", show_header=False)
-    table.add_row(
-        "videos", f"{summary.videos} ({summary.train_videos} training, {summary.val_videos} validation)"
-    )
-    table.add_row("written / already there", f"{summary.written} / {summary.skipped}")
-    table.add_row("action instances", str(summary.instances))
-    table.add_row("annotations", f"{summary.out_dir / 'anet.json'}, {summary.out_dir / 'thumos.json'}")
-    console.print(table)
-
-
-WorkersOpt = Annotated[
-    int | None, typer.Option(help="Parallel worker processes (default: the settings').", min=1)
-]
+    with user_errors(), stage_progress("synth videos") as progress:
+        summary = stage.run(out_dir, videos, classes, seed, fps, width, height, progress=progress)
+    views.synth_summary(summary)
 
 
 @app.command()
@@ -154,49 +126,16 @@ def extract(config: ConfigOpt, set_: SetOpt = None, workers: WorkersOpt = None) 
 
     Example: etad extract --config examples/demo.yaml --workers 2
     """
-    from rich.progress import TextColumn
-
-    from stages import extract as extract_stage
+    from stages import extract as stage
 
     with user_errors():
         s = load(config, set_)
         run = StageRun.start(s, "extract")
-        if s.data.annotations is None or s.data.video_dir is None:
-            raise UserError(f"{config}: data.annotations and data.video_dir must be set to extract")
-        with progress(TextColumn("{task.fields[rate]}")) as bar:
-            task = bar.add_task("extract videos", total=None, rate="")
-            frames = 0
-            began = time.perf_counter()
-
-            def advance(_video_id: str, n: int, _reason: str | None) -> None:
-                nonlocal frames
-                frames += n
-                rate = f"{frames / max(time.perf_counter() - began, 1e-9):,.0f} frames/s"
-                bar.update(task, advance=1, rate=rate)
-
-            summary = extract_stage.run(
-                s.data.annotations,
-                s.data.video_dir,
-                s.data.video_name,
-                s.work_dir,
-                s.data.fps,
-                s.data.frame_height,
-                s.data.frame_width,
-                backend=s.data.decoder,
-                workers=workers or 1,
-                on_start=lambda n: bar.update(task, total=n),
-                on_video=advance,
-            )
-    table = Table(title=f"extract -> {summary.out_dir}", show_header=False)
-    table.add_row(
-        "videos extracted / already done / failed",
-        f"{summary.done} / {summary.skipped} / {len(summary.failures)}",
-    )
-    table.add_row("frames written", f"{summary.frames:,}")
-    table.add_row("speed", f"{summary.frames / max(summary.seconds, 1e-9):,.0f} frames/s")
-    console.print(table)
+        with stage_progress("extract videos") as progress:
+            summary = stage.run(s, workers=workers or 1, progress=progress)
+    views.per_video_summary(f"extract -> {summary.out_dir}", summary, frames=summary.frames)
     run.done(videos=summary.done, skipped=summary.skipped, failed=len(summary.failures))
-    report_failures(summary.failures, summary.out_dir / "failures.json")
+    views.exit_on_failures(summary.failures, summary.out_dir / "failures.json")
 
 
 @app.command()
@@ -221,53 +160,17 @@ def cache(
       etad cache --config examples/demo.yaml --what features
       etad cache --config examples/anet_tsp_feature.yaml --from-npy data/tsp_features
     """
-    from stages import cache as cache_stage
+    from stages import cache as stage
 
     with user_errors():
-        if what not in ("snippets", "features"):
-            raise UserError(f"--what {what}: expected 'snippets' or 'features'")
         s = load(config, set_)
         kind = "features" if from_npy is not None else what
         run = StageRun.start(s, f"cache {kind}")
-        with progress() as bar:
-            task = bar.add_task(f"cache {kind}", total=None)
-            summary = cache_stage.run(
-                s,
-                what,
-                from_npy,
-                workers or s.cache.workers,
-                on_start=lambda n: bar.update(task, total=n),
-                on_video=lambda _vid, _reason: bar.advance(task),
-            )
-    table = Table(title=f"cache {summary.kind} -> {summary.out_dir}", show_header=False)
-    table.add_row(
-        "videos cached / already done / failed",
-        f"{summary.done} / {summary.skipped} / {len(summary.failures)}",
-    )
-    table.add_row("seconds", f"{summary.seconds:.1f}")
-    console.print(table)
+        with stage_progress(f"cache {kind}") as progress:
+            summary = stage.run(s, what=what, from_npy=from_npy, workers=workers, progress=progress)
+    views.per_video_summary(f"cache {summary.kind} -> {summary.out_dir}", summary)
     run.done(videos=summary.done, skipped=summary.skipped, failed=len(summary.failures))
-    report_failures(summary.failures, summary.out_dir / "failures.json")
-
-
-def is_main_process() -> bool:
-    """False in the non-zero ranks of a torchrun launch: they stay quiet and write nothing shared."""
-    return os.environ.get("RANK", "0") == "0"
-
-
-def print_training(summary, title: str) -> None:
-    table = Table(title=title)
-    for column in ("epoch", "train loss", "val loss", "lr", "seconds"):
-        table.add_column(column, justify="right")
-    for e in summary.epochs:
-        val = "-" if e["val_loss"] is None else f"{e['val_loss']:.4f}"
-        table.add_row(str(e["epoch"]), f"{e['train_loss']:.4f}", val, f"{e['lr']:.2e}", f"{e['seconds']:.1f}")
-    console.print(table)
-    details = f"detector parameters: {summary.parameters:,}"
-    if summary.peak_memory_mb:
-        details += f"; peak GPU memory {summary.peak_memory_mb:,.0f} MiB"
-    console.print(f"{details}\ncheckpoints: {summary.out_dir / 'checkpoints'} (last.pt, best.pt)")
-    print_notes(summary.notes)
+    views.exit_on_failures(summary.failures, summary.out_dir / "failures.json")
 
 
 @app.command()
@@ -275,22 +178,24 @@ def train(
     config: ConfigOpt,
     set_: SetOpt = None,
     e2e: Annotated[
-        bool, typer.Option("--e2e", help="Fine-tune encoder + detector end to end from the snippet cache.")
+        bool, typer.Option("--e2e", help="Train encoder + detector end to end from the snippet cache.")
     ] = False,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from <run>/checkpoints/last.pt.")
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last.pt.")] = False,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Move an earlier run aside (never deleted) and start again.")
     ] = False,
     grad_mode: Annotated[
-        str | None, typer.Option(help="--e2e only: sampled (default), checkpoint or full backward.")
+        str | None, typer.Option(help="--e2e only: e2e.grad_mode (sampled, checkpoint or full).")
     ] = None,
     init_from: Annotated[
-        Path | None, typer.Option(help="--e2e only: start the detector from this pretraining checkpoint.")
+        Path | None, typer.Option(help="--e2e only: e2e.init_from, a checkpoint to start the detector from.")
     ] = None,
 ) -> None:
-    """Pretrain the ETAD detector on cached features, or (--e2e) fine-tune encoder and detector end to end.
+    """Pretrain the ETAD detector on cached features, or (--e2e) train encoder and detector end to end.
 
-    Writes <work_dir>/pretrain/ (or finetune/ with --e2e): checkpoints/epoch_NNN.pt, last.pt, best.pt and
-    metrics.jsonl. Several GPUs or nodes: launch with torchrun.
+    Writes <work_dir>/pretrain/ (or e2e/ with --e2e): checkpoints/epoch_NNN.pt, last.pt, best.pt and
+    metrics.jsonl. A folder that holds an earlier run needs --resume or --restart. Several GPUs or
+    nodes: launch with torchrun.
 
     Examples:
       etad train --config examples/demo.yaml
@@ -298,69 +203,22 @@ def train(
       etad train --config examples/demo.yaml --e2e --init-from work/demo/pretrain/checkpoints/last.pt
       torchrun --nproc-per-node 4 -m etad_cli train --config examples/anet_tsp_feature.yaml
     """
-    from rich.progress import TextColumn
+    from stages import e2e as e2e_stage
+    from stages import pretrain as pretrain_stage
 
-    with user_errors():
-        s = load(config, set_)
-        main_rank = is_main_process()
-        run = StageRun.start(s, "train --e2e" if e2e else "train") if main_rank else None
-        if e2e:
-            from stages import finetune as stage
-
-            if grad_mode is not None:
-                if grad_mode not in ("sampled", "checkpoint", "full"):
-                    raise UserError(f"--grad-mode {grad_mode}: expected sampled, checkpoint or full")
-                s.e2e.grad_mode = grad_mode
-            if init_from is not None:
-                s.e2e.init_from = init_from.resolve()
-        else:
-            from stages import pretrain as stage
-
-            if grad_mode is not None or init_from is not None:
-                raise UserError("--grad-mode and --init-from only apply with --e2e")
-        with progress(TextColumn("{task.fields[info]}")) as bar:
-            task = bar.add_task("train --e2e" if e2e else "train", total=None, info="", visible=main_rank)
-
-            def started(steps: int, videos: int) -> None:
-                bar.update(task, total=steps, info=f"{videos} training items")
-
-            def stepped(r: dict) -> None:
-                info = f"epoch {r['epoch']} loss {r['total']:.3f} {r['videos_per_s']:.1f} items/s"
-                bar.update(task, advance=1, info=info)
-
-            summary = stage.run(s, resume=resume, on_start=started, on_step=stepped)
+    extra = [f"e2e.grad_mode={grad_mode}"] if grad_mode else []
+    extra += [f"e2e.init_from={init_from.resolve()}"] if init_from else []
+    with user_errors(TRAIN_INTERRUPTED):
+        if extra and not e2e:
+            raise UserError("--grad-mode and --init-from only apply with --e2e")
+        s, main_rank = load(config, set_, extra), is_main_process()
+        name, stage = ("train --e2e", e2e_stage) if e2e else ("train", pretrain_stage)
+        run = StageRun.start(s, name) if main_rank else None
+        with stage_progress(name, visible=main_rank) as progress:
+            summary = stage.run(s, resume=resume, restart=restart, progress=progress)
     if run is not None:
-        print_training(summary, f"{run.stage} -> {summary.out_dir}")
+        views.training_summary(summary, f"{run.stage} -> {summary.out_dir}")
         run.done(epochs=len(summary.epochs))
-
-
-def print_eval(report, per_class: bool = False) -> None:
-    """The mAP (or recall) table of an EvalReport, its notes, and optionally per-class AP."""
-    detection = report.task == "detection"
-    table = Table(title=f"{report.task}: {report.counts.get('ground_truth_videos', 0)} videos")
-    table.add_column("tIoU", justify="right")
-    table.add_column("mAP (%)" if detection else "recall@100 (%)", justify="right")
-    for tiou, value in zip(report.tious, report.values):
-        table.add_row(f"{tiou:.2f}", f"{100 * value:.2f}")
-    if detection:
-        table.add_row("[bold]average", f"[bold]{100 * report.average:.2f}")
-    else:
-        for an, value in report.ar_at.items():
-            table.add_row(f"AR@{an}", f"{100 * value:.2f}")
-        table.add_row("[bold]AUC", f"[bold]{report.average:.2f}")
-    console.print(table)
-    if per_class and report.per_class:
-        classes = Table(title="AP per class (%)")
-        classes.add_column("class")
-        for tiou in report.tious:
-            classes.add_column(f"{tiou:.2f}", justify="right")
-        classes.add_column("avg", justify="right")
-        for label, values in report.per_class.items():
-            classes.add_row(
-                label, *(f"{100 * v:.1f}" for v in values), f"{100 * sum(values) / len(values):.1f}"
-            )
-        console.print(classes)
-    print_notes(report.notes)
 
 
 @app.command("eval")
@@ -376,21 +234,26 @@ def eval_(
         ),
     ] = None,
     dataset: Annotated[
-        str, typer.Option(help="anet (tIoU 0.5:0.05:0.95) or thumos (0.3:0.1:0.7); default: the settings'.")
-    ] = "",
+        str | None,
+        typer.Option(help="anet (tIoU 0.5:0.05:0.95) or thumos (0.3:0.1:0.7); default: the settings'."),
+    ] = None,
     subset: Annotated[
         str | None, typer.Option(help="Ground-truth subset (default: validation for anet, test for thumos).")
     ] = None,
     blocked: Annotated[
         Path | None, typer.Option(help="JSON list of video ids left out of both files.")
     ] = None,
-    task: Annotated[str, typer.Option(help="detection (mAP) or proposals (AR@AN, AUC).")] = "detection",
+    task: Annotated[
+        str | None, typer.Option(help="detection (mAP, the default) or proposals (AR@AN, AUC).")
+    ] = None,
     tiou: Annotated[
-        list[float] | None, typer.Option(help="tIoU threshold (repeatable); replaces the dataset's list.")
+        list[float] | None,
+        typer.Option(help="tIoU threshold in (0, 1] (repeatable); replaces the dataset's list."),
     ] = None,
     protocol: Annotated[
-        str, typer.Option(help="official (ActivityNet) or actionformer (also drops duplicate ground truth).")
-    ] = "",
+        str | None,
+        typer.Option(help="official (ActivityNet) or actionformer (also drops duplicate ground truth)."),
+    ] = None,
     per_class: Annotated[bool, typer.Option("--per-class", help="Also show AP per class.")] = False,
     plot: Annotated[
         Path | None, typer.Option(help="Draw mAP against tIoU (and per-class AP) to this PNG.")
@@ -410,47 +273,22 @@ def eval_(
       etad eval --dataset thumos -p results.json -g thumos14.json --per-class --plot map.png
       etad eval --config examples/demo.yaml
     """
-    from stages import evaluate as evaluate_stage
+    from stages import evaluate as stage
 
     with user_errors():
         s = load(config, set_) if config is not None else None
-        if s is not None:
-            from stages.infer import output_path
-
-            predictions = predictions or output_path(s)
-            ground_truth = ground_truth or s.data.annotations
-            dataset = dataset or s.data.dataset
-            subset = subset or s.data.eval_subset
-            blocked = blocked or s.data.blocked
-            tiou = tiou or s.eval.tiou_thresholds
-            protocol = protocol or s.eval.protocol
-        dataset, protocol = dataset or "anet", protocol or "official"
-        if predictions is None or ground_truth is None:
-            raise UserError(
-                "give --predictions and --ground-truth, or --config with infer.output and data.annotations"
-            )
-        for name, value, allowed in (
-            ("--dataset", dataset, ("anet", "thumos")),
-            ("--task", task, ("detection", "proposals")),
-            ("--protocol", protocol, ("official", "actionformer")),
-        ):
-            if value not in allowed:
-                raise UserError(f"{name} {value}: expected one of {', '.join(allowed)}")
-        report = evaluate_stage.evaluate(
-            predictions, ground_truth, dataset, subset, blocked, task, tiou, protocol
-        )
-        print_eval(report, per_class)
-        try:
-            if json_out is not None:
-                evaluate_stage.save_json(report, json_out)
-                console.print(f"[dim]metrics: {json_out}[/]")
-            if plot is not None:
-                evaluate_stage.plot(report, plot, per_class)
-                console.print(f"[dim]plot: {plot}[/]")
-        except OSError as exc:
-            raise UserError(
-                f"{exc.filename or json_out or plot}: cannot write: {exc.strerror or exc}"
-            ) from None
+        request = stage.EvalRequest.from_settings(
+            s, predictions=predictions, ground_truth=ground_truth, dataset=dataset, subset=subset,
+            blocked=blocked, task=task, tious=tiou, protocol=protocol,
+        )  # fmt: skip
+        report = stage.run(request)
+        views.eval_report(report, per_class)
+        if json_out is not None:
+            stage.save_json(report, json_out)
+            console.print(f"[dim]metrics: {json_out}[/]")
+        if plot is not None:
+            stage.plot(report, plot, per_class)
+            console.print(f"[dim]plot: {plot}[/]")
 
 
 @app.command()
@@ -458,7 +296,7 @@ def infer(
     config: ConfigOpt,
     checkpoint: Annotated[
         Path | None,
-        typer.Option(help="Checkpoint (default: <work_dir>/finetune or pretrain/checkpoints/last.pt)."),
+        typer.Option(help="Checkpoint (default: <work_dir>/e2e or pretrain/checkpoints/last.pt)."),
     ] = None,
     set_: SetOpt = None,
     evaluate: Annotated[
@@ -476,81 +314,25 @@ def infer(
       etad infer --config examples/demo.yaml --checkpoint work/demo/pretrain/checkpoints/best.pt --plot 4
       etad infer --config examples/demo.yaml --video my_clip.mp4
     """
-    from stages import infer as infer_stage
+    from stages import evaluate as evaluate_stage
+    from stages import infer as stage
 
     with user_errors():
         s = load(config, set_)
         run = StageRun.start(s, "infer --video" if video is not None else "infer")
-        if checkpoint is None:
-            for kind in ("finetune", "pretrain"):
-                candidate = s.work_dir / kind / "checkpoints" / "last.pt"
-                if candidate.is_file():
-                    checkpoint = candidate
-                    break
-            else:
-                raise UserError(f"{s.work_dir}: no checkpoint yet; run `etad train` or give --checkpoint")
-        console.print(f"[dim]checkpoint: {checkpoint}[/]", soft_wrap=True)
-        if video is not None:
-            with progress() as bar:
-                task = bar.add_task(f"encode {video.name}", total=None)
-                detections, out, notes = infer_stage.run_video(
-                    s,
-                    checkpoint,
-                    video,
-                    on_snippets=lambda done, total: bar.update(task, completed=done, total=total),
-                )
-            print_notes(notes)
-            table = Table(title=f"{video.name}: top detections")
-            for column in ("label", "score", "start (s)", "end (s)"):
-                table.add_column(column, justify="right")
-            for d in detections[:10]:
-                table.add_row(
-                    d["label"], f"{d['score']:.3f}", f"{d['segment'][0]:.1f}", f"{d['segment'][1]:.1f}"
-                )
-            console.print(table)
-            console.print(f"{len(detections)} detections -> {out}", soft_wrap=True)
-            run.done(checkpoint=str(checkpoint), output=str(out))
-            return
-        with progress() as bar:
-            task = bar.add_task("infer", total=None)
-            summary = infer_stage.run(
-                s,
-                checkpoint,
-                plot,
-                on_start=lambda n: bar.update(task, total=n),
-                on_batch=lambda n: bar.advance(task, n),
-            )
-        console.print(
-            f"{summary.videos} videos, {summary.detections:,} detections, {summary.seconds:.1f} s"
-            f" -> {summary.output}",
-            soft_wrap=True,
-        )
-        for path in summary.plots:
-            console.print(f"[dim]plot: {path}[/]", soft_wrap=True)
-        print_notes(summary.notes)
+        with stage_progress(f"encode {video.name}" if video is not None else "infer") as progress:
+            summary = stage.run(s, checkpoint=checkpoint, plot=plot, video=video, progress=progress)
+        views.infer_summary(summary, video is not None)
         scores = {}
-        if evaluate:
-            from stages import evaluate as evaluate_stage
-
-            report = evaluate_stage.evaluate(
-                summary.output,
-                s.data.annotations,
-                s.data.dataset,
-                s.data.eval_subset,
-                s.data.blocked,
-                "detection" if s.infer.classifier != "none" else "proposals",
-                s.eval.tiou_thresholds,
-                s.eval.protocol,
+        if evaluate and video is None:
+            request = evaluate_stage.EvalRequest.from_settings(
+                s, predictions=summary.output, task=summary.task
             )
-            print_eval(report)
-            metrics = summary.output.with_suffix(".metrics.json")
-            evaluate_stage.save_json(report, metrics)
-            console.print(f"[dim]metrics: {metrics}[/]", soft_wrap=True)
+            report = evaluate_stage.run(request)
+            views.eval_report(report)
+            evaluate_stage.save_json(report, summary.output.with_suffix(".metrics.json"))
             scores = {"task": report.task, "average": report.average, "first_tiou": report.values[0]}
-        run.done(checkpoint=str(checkpoint), kind=summary.kind, output=str(summary.output), **scores)
-
-
-MODEL_NAMES = {"pretrain": "frozen features", "finetune": "end to end"}
+        run.done(checkpoint=str(summary.checkpoint), kind=summary.kind, output=str(summary.output), **scores)
 
 
 @app.command()
@@ -564,39 +346,7 @@ def report(config: ConfigOpt, set_: SetOpt = None) -> None:
     """
     with user_errors():
         s = load(config, set_)
-        runs = read_runs(s.work_dir)
-    latest: dict[tuple, dict] = {}
-    for r in runs:  # the last run of each stage (and of each infer output), in the order they finished
-        key = (r["stage"], r.get("output"))
-        latest.pop(key, None)
-        latest[key] = r
-    table = Table(title=f"stages: {s.work_dir}")
-    for column in ("stage", "seconds", "peak RSS (MiB)", "output"):
-        table.add_column(column, justify="left" if column in ("stage", "output") else "right")
-    for r in latest.values():
-        output = Path(r["output"]).name if r.get("output") else ""
-        table.add_row(r["stage"], f"{r['seconds']:.1f}", f"{r['peak_rss_mib']:,.0f}", output)
-    table.add_row("total", f"{sum(r['seconds'] for r in latest.values()):.1f}", "", "", style="bold")
-    console.print(table)
-    scored = [r for r in latest.values() if "average" in r]
-    if not scored:
-        return
-    models = Table(
-        title="evaluated models",
-        caption="detection: average mAP over the tIoU thresholds and "
-        "mAP at the first; proposals: AUC of AR@AN and AR@100 at the first",
-        caption_justify="left",
-    )
-    for column in ("model", "output", "average", "first tIoU"):
-        models.add_column(column, justify="left" if column in ("model", "output") else "right")
-    for r in scored:
-        name = MODEL_NAMES.get(r.get("kind", ""), r.get("kind", "?"))
-        if r["task"] == "detection":
-            values = f"{r['average']:.2%}", f"{r['first_tiou']:.2%}"
-        else:
-            values = f"AUC {r['average']:.2f}", f"{r['first_tiou']:.2%}"
-        models.add_row(name, Path(r["output"]).name, *values)
-    console.print(models)
+        views.run_report(s.work_dir, read_runs(s.work_dir))
 
 
 def main() -> None:

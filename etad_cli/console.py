@@ -21,37 +21,77 @@ from rich.progress import (
 )
 
 from stages.errors import UserError
+from stages.progress import Progress as StageProgress
 
 console = Console()
 err_console = Console(stderr=True)
 
+EXIT_FAILED = 1  # the command ran but its work failed (some videos, a diverging run)
 EXIT_USER_ERROR = 2
-__all__ = ["UserError", "console", "err_console", "progress", "user_errors"]
+RESUME_HINT = "interrupted; finished work is kept: rerun the same command to continue"
+__all__ = ["UserError", "console", "err_console", "print_notes", "stage_progress", "user_errors"]
+
+
+def _error(line: str) -> None:
+    err_console.print(f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn UserError into clean stderr lines + exit 2, and Ctrl-C into exit 130, inside a command."""
+def user_errors(interrupted: str = RESUME_HINT) -> Iterator[None]:
+    """Inside a command: UserError (and an OSError the stage did not expect) -> clean stderr lines
+    and exit 2; a diverging training run -> exit 1; Ctrl-C -> `interrupted` and exit 130."""
+    from stages.training import TrainingDiverged
+
     try:
         yield
     except UserError as exc:
         for line in str(exc).splitlines():
-            err_console.print(f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
+            _error(line)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    except TrainingDiverged as exc:
+        _error(str(exc))
+        raise typer.Exit(EXIT_FAILED) from None
+    except OSError as exc:
+        _error(f"{exc.filename or ''}: {exc.strerror or exc.__class__.__name__}".lstrip(": "))
         raise typer.Exit(EXIT_USER_ERROR) from None
     except KeyboardInterrupt:
-        err_console.print("interrupted; finished work is kept, rerun the same command to resume")
+        err_console.print(interrupted)
         raise typer.Exit(130) from None
 
 
-def progress(*extra_columns: TextColumn) -> Progress:
-    """A rich progress bar: description, bar, done/total, elapsed, ETA, plus any extra columns."""
-    return Progress(
+def print_notes(notes: list[str]) -> None:
+    """What a stage left out or assumed, one yellow line each on stderr."""
+    for note in notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+
+
+class RichProgress(StageProgress):
+    """A stage's progress as one rich bar (description, bar, done/total, elapsed, ETA, info)."""
+
+    def __init__(self, bar: Progress, description: str, visible: bool) -> None:
+        self.bar = bar
+        self.task = bar.add_task(description, total=None, info="", visible=visible)
+
+    def start(self, total: int | None, info: str = "") -> None:
+        self.bar.update(self.task, total=total, info=info)
+
+    def advance(self, n: int = 1, info: str = "") -> None:
+        self.bar.update(self.task, advance=n, **({"info": info} if info else {}))
+
+
+@contextmanager
+def stage_progress(description: str, visible: bool = True) -> Iterator[RichProgress]:
+    """A live progress bar for one stage run."""
+    bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        *extra_columns,
+        TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
         console=console,
+        disable=not visible,
     )
+    with bar:
+        yield RichProgress(bar, description, visible)

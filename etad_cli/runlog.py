@@ -12,8 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from etad_cli.console import UserError, console
-from etad_cli.settings import Settings, settings_as_yaml
+from etad_cli.console import console
+from stages.errors import UserError
+from stages.settings import Settings, settings_as_yaml
 
 
 def peak_rss_mib() -> float:

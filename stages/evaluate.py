@@ -1,31 +1,76 @@
 """`etad eval`: score a detection (or proposal) file against ground truth, ActivityNet style.
 
 Reads: a prediction file {"results": {video_id: [{label, score, segment}]}} and a ground-truth file
-(ActivityNet `database`, THUMOS/ActionFormer `database`, or a bare {video_id: entry} mapping such as
-BSN/mmaction2 files). Writes nothing itself: it returns an `EvalReport` the CLI prints, and
-optionally saves as JSON or draws. The numbers come from `stages.metrics`.
+(anything stages.annotations reads: ActivityNet, THUMOS/ActionFormer, BSN/mmaction2). Writes
+nothing itself: it returns an `EvalReport` the CLI prints, and optionally saves as JSON or draws.
+The numbers come from `stages.metrics`. Non-finite numbers and reversed predicted segments are
+bad input: they would otherwise match or rank in ways that make the score meaningless.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from stages.annotations import read_json
+from stages.annotations import load_annotations, read_blocked, read_json
 from stages.errors import UserError
 from stages.files import atomic_output, write_json
-from stages.metrics import (
-    ANET_TIOUS,
-    THUMOS_TIOUS,
-    average_recall_vs_proposals,
-    detection_ap,
-    recall_auc,
-)
+from stages.metrics import average_recall_vs_proposals, detection_ap, recall_auc
+from stages.protocols import PROTOCOLS
+from stages.workdir import output_path
 
-DEFAULT_SUBSET = {"anet": "validation", "thumos": "test"}
 PREFIX = "v_"
+TASKS = ("detection", "proposals")
+EVAL_PROTOCOLS = ("official", "actionformer")
+
+
+@dataclass
+class EvalRequest:
+    """What to score and how. `from_settings` fills what the command line left out."""
+
+    predictions: Path
+    ground_truth: Path
+    dataset: str = "anet"
+    subset: str | None = None  # default: the protocol's (validation for anet, test for thumos)
+    blocked: Path | None = None
+    task: str = "detection"
+    tious: list[float] | None = None  # default: the protocol's
+    protocol: str = "official"
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("--dataset", self.dataset, tuple(PROTOCOLS)),
+            ("--task", self.task, TASKS),
+            ("--protocol", self.protocol, EVAL_PROTOCOLS),
+        ):
+            if value not in allowed:
+                raise UserError(f"{name} {value}: expected one of {', '.join(allowed)}")
+        for tiou in self.tious or []:
+            if not (math.isfinite(tiou) and 0.0 < tiou <= 1.0):
+                raise UserError(f"--tiou {tiou}: a tIoU threshold must be in (0, 1]")
+        if self.tious is not None and not self.tious:
+            raise UserError("--tiou: give at least one threshold")
+
+    @classmethod
+    def from_settings(cls, settings, **given) -> EvalRequest:
+        """Values given (not None) win; then the settings (infer.output, data.*, eval.*)."""
+        given = {k: v for k, v in given.items() if v not in (None, "", [])}
+        if settings is not None:
+            d, e = settings.data, settings.eval
+            defaults = dict(
+                predictions=output_path(settings), ground_truth=d.annotations, dataset=d.dataset,
+                subset=d.eval_subset, blocked=d.blocked, task=e.task, tious=e.tiou_thresholds,
+                protocol=e.protocol,
+            )  # fmt: skip
+            given = {**{k: v for k, v in defaults.items() if v is not None}, **given}
+        if given.get("predictions") is None or given.get("ground_truth") is None:
+            raise UserError(
+                "give --predictions and --ground-truth, or --config with infer.output and data.annotations"
+            )
+        return cls(**given)
 
 
 @dataclass
@@ -62,62 +107,58 @@ class _Table:
     scores: np.ndarray | None = None
 
 
-def _database(data: object, path: Path) -> dict:
-    if isinstance(data, dict) and isinstance(data.get("database"), dict):
-        return data["database"]
-    if (
-        isinstance(data, dict)
-        and data
-        and all(isinstance(v, dict) and "annotations" in v for v in data.values())
-    ):
-        return data  # BSN / mmaction2 style: ids at the top level
-    raise UserError(
-        f"{path}: not a ground-truth file (expected a 'database' mapping video id -> annotations)"
-    )
-
-
-def _segment(value: object) -> tuple[float, float]:
-    start, end = value  # type: ignore[misc]
-    return float(start), float(end)
-
-
 def read_ground_truth(path: Path, subset: str | None, dedup: bool) -> tuple[_Table, list[str], list[str]]:
     """Ground-truth instances of one subset (case-insensitive), the class list in order of first
     appearance (as the official evaluator builds it), and notes about what was filtered."""
-    database = _database(read_json(path, "ground-truth file"), path)
+    records = load_annotations(path, require_duration=False)
     notes: list[str] = []
-    subsets = {str(v.get("subset")) for v in database.values() if v.get("subset") is not None}
+    subsets = {r.subset for r in records.values() if r.subset is not None}
     if subset is not None and subsets:
         wanted = subset.lower()
-        database = {k: v for k, v in database.items() if str(v.get("subset", "")).lower() == wanted}
-        if not database:
+        records = {k: r for k, r in records.items() if (r.subset or "").lower() == wanted}
+        if not records:
             raise UserError(f"{path}: no video in subset {subset!r} (subsets: {', '.join(sorted(subsets))})")
     elif subset is not None:
         notes.append(f"{path.name} has no 'subset' fields: every video is used")
     videos, segments, labels = [], [], []
     seen: set[tuple] = set()
     dropped = 0
-    for video_id, entry in database.items():
-        for i, ann in enumerate(entry.get("annotations") or []):
-            try:
-                seg, label = _segment(ann["segment"]), str(ann["label"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise UserError(
-                    f"{path}: video {video_id!r} annotation {i}: malformed ({exc.__class__.__name__})"
-                ) from None
+    for video_id, record in records.items():
+        for i, seg in enumerate(record.segments):
+            if not (math.isfinite(seg.start) and math.isfinite(seg.end)):
+                where = f"{path}: video {video_id!r} annotation {i}"
+                raise UserError(f"{where}: segment [{seg.start}, {seg.end}] is not finite")
             if dedup:
-                key = (video_id, seg, label)
+                key = (video_id, seg.start, seg.end, seg.label)
                 if key in seen:
                     dropped += 1
                     continue
                 seen.add(key)
             videos.append(video_id)
-            segments.append(seg)
-            labels.append(label)
+            segments.append((seg.start, seg.end))
+            labels.append(seg.label)
     if dedup:
         notes.append(f"actionformer protocol: {dropped} duplicate ground-truth instance(s) dropped")
     classes = list(dict.fromkeys(labels))
     return _Table(videos, np.array(segments, dtype=float).reshape(-1, 2), labels), classes, notes
+
+
+def _detection(path: Path, video_id: str, i: int, det: object) -> tuple[tuple[float, float], float, str]:
+    """One detection's (segment, score, label), or a UserError naming the file, video and index."""
+    where = f"{path}: video {video_id!r} detection {i}"
+    try:
+        start, end = det["segment"]  # type: ignore[index]
+        segment, score = (float(start), float(end)), float(det["score"])  # type: ignore[index]
+        label = str(det.get("label", ""))  # type: ignore[union-attr]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"{where}: malformed ({exc.__class__.__name__}: {str(exc)[:100]})") from None
+    if not (math.isfinite(segment[0]) and math.isfinite(segment[1])):
+        raise UserError(f"{where}: segment [{segment[0]}, {segment[1]}] is not finite")
+    if not math.isfinite(score):
+        raise UserError(f"{where}: score {score} is not finite")
+    if segment[1] < segment[0]:
+        raise UserError(f"{where}: segment [{segment[0]}, {segment[1]}] ends before it starts")
+    return segment, score, label
 
 
 def read_predictions(path: Path) -> _Table:
@@ -131,25 +172,14 @@ def read_predictions(path: Path) -> _Table:
         if not isinstance(detections, list):
             raise UserError(f"{path}: video {video_id!r}: expected a list of detections")
         for i, det in enumerate(detections):
-            try:
-                segments.append(_segment(det["segment"]))
-                scores.append(float(det["score"]))
-                labels.append(str(det.get("label", "")))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise UserError(
-                    f"{path}: video {video_id!r} detection {i}: malformed ({exc.__class__.__name__}: {exc})"
-                ) from None
+            segment, score, label = _detection(path, video_id, i, det)
             videos.append(video_id)
+            segments.append(segment)
+            scores.append(score)
+            labels.append(label)
     return _Table(
         videos, np.array(segments, dtype=float).reshape(-1, 2), labels, np.array(scores, dtype=float)
     )
-
-
-def read_blocked(path: Path) -> set[str]:
-    data = read_json(path, "blocked list")
-    if not isinstance(data, list) or not all(isinstance(v, str) for v in data):
-        raise UserError(f"{path}: expected a JSON list of video ids")
-    return set(data)
 
 
 def _strip(video_id: str) -> str:
@@ -193,17 +223,25 @@ def evaluate(
     tious: list[float] | None = None,
     protocol: str = "official",
 ) -> EvalReport:
-    """Score `predictions` against `ground_truth`; see the module docstring of stages.metrics."""
-    thresholds = (
-        np.asarray(tious, dtype=float) if tious else (ANET_TIOUS if dataset == "anet" else THUMOS_TIOUS)
+    """Score `predictions` against `ground_truth` (the arguments of EvalRequest)."""
+    return run(
+        EvalRequest(Path(predictions), Path(ground_truth), dataset, subset, blocked, task, tious, protocol)
     )
+
+
+def run(request: EvalRequest) -> EvalReport:
+    """Score a request; see the module docstring of stages.metrics for the semantics."""
+    r = request
+    predictions, ground_truth, task = r.predictions, r.ground_truth, r.task
+    proto = PROTOCOLS[r.dataset]
+    thresholds = np.asarray(r.tious if r.tious else proto.tious, dtype=float)
     gt, classes, notes = read_ground_truth(
-        ground_truth, subset or DEFAULT_SUBSET[dataset], protocol == "actionformer"
+        ground_truth, r.subset or proto.default_subset, r.protocol == "actionformer"
     )
     if not gt.videos:
         raise UserError(f"{ground_truth}: no ground-truth instance in the selected subset")
     pred = read_predictions(predictions)
-    blocked_ids = read_blocked(blocked) if blocked else set()
+    blocked_ids = read_blocked(r.blocked) if r.blocked else set()
     blocked_ids, note = reconcile_ids(gt, pred, blocked_ids)
     if note:
         notes.append(note)
@@ -274,7 +312,10 @@ def evaluate(
 
 
 def save_json(report: EvalReport, path: Path) -> None:
-    write_json(path, report.as_dict())
+    try:
+        write_json(path, report.as_dict())
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write: {exc.strerror or exc.__class__.__name__}") from None
 
 
 def plot(report: EvalReport, path: Path, per_class: bool = False) -> None:
@@ -307,7 +348,11 @@ def plot(report: EvalReport, path: Path, per_class: bool = False) -> None:
         bars.set_xlabel("average AP over tIoU (%)")
         bars.tick_params(axis="y", labelsize=6)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write: {exc.strerror or exc.__class__.__name__}") from None
+    finally:
+        plt.close(fig)

@@ -12,9 +12,7 @@ decoded is listed in failures.json and does not stop the run.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +22,13 @@ import numpy as np
 from stages.annotations import load_annotations, safe_path
 from stages.errors import UserError
 from stages.files import atomic_output, ensure_writable_dir, write_json
+from stages.frames import frames_file, read_meta, record_file
 from stages.pervideo import run_each
+from stages.progress import SILENT, Progress
+from stages.settings import Settings
 from stages.snippets import resample_frame_indices
 from stages.video import VideoReader
+from stages.workdir import frames_dir
 
 BATCH = 256  # frames decoded per decord call
 
@@ -52,34 +54,13 @@ class ExtractSummary:
     failures: list[dict] = field(default_factory=list)
 
 
-def frames_dir(work_dir: Path) -> Path:
-    return Path(work_dir) / "frames"
-
-
-def read_meta(out_dir: Path, video_id: str) -> dict | None:
-    """The completion record of an extracted video, or None if it is not (fully) extracted."""
-    path = safe_path(out_dir, video_id, "{id}.json")
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def load_frames(out_dir: Path, video_id: str) -> tuple[np.ndarray, dict]:
-    """(frames memory-mapped as uint8 [N, H, W, 3], completion record) of an extracted video."""
-    meta = read_meta(out_dir, video_id)
-    if meta is None:
-        raise UserError(f"{out_dir}: video {video_id!r} has not been extracted; run `etad extract` first")
-    return np.load(safe_path(out_dir, video_id, "{id}.npy"), mmap_mode="r"), meta
-
-
 def is_done(job: ExtractJob) -> bool:
     meta = read_meta(job.out_dir, job.video_id)
     return (
         meta is not None
         and meta.get("fps") == job.fps
         and (meta.get("height"), meta.get("width")) == (job.height, job.width)
-        and safe_path(job.out_dir, job.video_id, "{id}.npy").is_file()
+        and frames_file(job.out_dir, job.video_id).is_file()
     )
 
 
@@ -92,7 +73,7 @@ def extract_one(job: ExtractJob) -> int:
     reader = VideoReader(job.video_path, job.backend, job.height, job.width)
     keep = resample_frame_indices(len(reader), reader.info.fps or job.fps, job.fps)
     shape = (len(keep), job.height, job.width, 3)
-    with atomic_output(safe_path(job.out_dir, job.video_id, "{id}.npy")) as tmp, open(tmp, "wb") as out:
+    with atomic_output(frames_file(job.out_dir, job.video_id)) as tmp, open(tmp, "wb") as out:
         np.lib.format.write_array_header_1_0(out, {"descr": "|u1", "fortran_order": False, "shape": shape})
         with ThreadPoolExecutor(1) as writer:
             pending = None
@@ -113,34 +94,26 @@ def extract_one(job: ExtractJob) -> int:
         "source_frames": len(reader),
         "source_fps": reader.info.fps,
     }
-    write_json(safe_path(job.out_dir, job.video_id, "{id}.json"), meta)
+    write_json(record_file(job.out_dir, job.video_id), meta)
     return len(keep)
 
 
-def run(
-    annotations: Path,
-    video_dir: Path,
-    video_name: str,
-    work_dir: Path,
-    fps: float,
-    height: int,
-    width: int,
-    backend: str = "auto",
-    workers: int = 1,
-    on_start: Callable[[int], None] | None = None,
-    on_video: Callable[[str, int, str | None], None] | None = None,
-) -> ExtractSummary:
+def run(settings: Settings, *, workers: int = 1, progress: Progress = SILENT) -> ExtractSummary:
     """Extract every video of the annotation file; returns what was done, skipped and failed."""
-    records = load_annotations(annotations)
-    out_dir = frames_dir(work_dir)
+    d = settings.data
+    if d.annotations is None or d.video_dir is None:
+        raise UserError("data.annotations and data.video_dir must be set to extract")
+    records = load_annotations(d.annotations)
+    out_dir = frames_dir(settings)
     try:
         ensure_writable_dir(out_dir)
     except OSError as exc:
         raise UserError(f"{out_dir}: cannot write the output folder: {exc.strerror or exc}") from None
     jobs = [
-        ExtractJob(vid, safe_path(Path(video_dir), vid, video_name), out_dir, fps, height, width, backend)
+        ExtractJob(vid, safe_path(d.video_dir, vid, d.video_name), out_dir, d.fps, d.frame_height,
+                   d.frame_width, d.decoder)
         for vid in records
-    ]
+    ]  # fmt: skip
     summary = ExtractSummary(out_dir)
     todo = []
     for job in jobs:
@@ -148,8 +121,7 @@ def run(
             summary.skipped += 1
         else:
             todo.append(job)
-    if on_start is not None:
-        on_start(len(todo))
+    progress.start(len(todo))
     start = time.perf_counter()
 
     def record(video_id: str, frames: int | None, reason: str | None) -> None:
@@ -158,8 +130,8 @@ def run(
             summary.frames += frames
         else:
             summary.failures.append({"video_id": video_id, "reason": reason})
-        if on_video is not None:
-            on_video(video_id, frames or 0, reason)
+        speed = summary.frames / max(time.perf_counter() - start, 1e-9)
+        progress.advance(info=f"{speed:,.0f} frames/s")
 
     run_each([(job.video_id, extract_one, (job,)) for job in todo], workers, record)
     summary.seconds = time.perf_counter() - start

@@ -1,16 +1,15 @@
 """`etad infer`: detections for the evaluation subset (or one video file) from a checkpoint.
 
-Runs the detector on every item (cached features for pretraining checkpoints, cached snippets
-through the fine-tuned encoder for end-to-end ones; `--video` decodes and encodes one file), then
+Runs the detector on every item (cached features for frozen-feature checkpoints, cached snippets
+through the trained encoder for end-to-end ones; `--video` decodes and encodes one file), then
 post-processes (stages.postprocess): boundary-peak filter, IoU-cls x IoU-reg score, Soft-NMS,
-classifier fusion, seconds. THUMOS windows are merged per video with a second Soft-NMS. Writes an
+classifier fusion, seconds. Windows of a video are merged with a second Soft-NMS. Writes an
 ActivityNet-format result JSON atomically.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,73 +17,74 @@ import numpy as np
 import torch
 
 from stages.annotations import safe_path
-from stages.cache import FeatureEncoder, features_dir, snippet_frame_indices, snippets_dir
-from stages.datasets import (
-    DetectionDataset,
-    Item,
-    Timeline,
-    build_items,
-    seconds_per_unit,
-    video_items,
-    window_reader,
-)
+from stages.datasets import DetectionDataset, build_items, cache_reader
+from stages.encoding import FeatureEncoder, snippet_frame_indices
 from stages.errors import UserError
-from stages.files import atomic_output, write_json
+from stages.files import atomic_output, ensure_writable_dir, write_json
 from stages.model.detector import build_detector, final_proposals
 from stages.model.encoder import build_encoder, encode_chunks
 from stages.model.targets import proposal_map
-from stages.postprocess import ClassifierFile, candidates, fuse, soft_nms, top_classes
+from stages.postprocess import CLASSIFIERS, Labeller, candidates, fuse, soft_nms
+from stages.progress import SILENT, Progress
+from stages.protocols import Item, protocol
+from stages.settings import ModelSettings, Settings
 from stages.snippets import resample_frame_indices
 from stages.store import VideoCache
-from stages.training import load_checkpoint, pick_device
+from stages.training import load_checkpoint, load_weights, pick_device
 from stages.video import VideoError, VideoReader
+from stages.workdir import RUN_KINDS, features_dir, output_path, run_dir, snippets_dir
 
 
 @dataclass
 class InferSummary:
     output: Path
-    kind: str  # the checkpoint's: pretrain (frozen features) or finetune (end to end)
+    kind: str  # the checkpoint's: pretrain (frozen features) or e2e (end to end)
+    checkpoint: Path
+    task: str  # what the output can be scored as: detection, or proposals (no classes)
     videos: int = 0
     detections: int = 0
     seconds: float = 0.0
     plots: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    top: list[dict] = field(default_factory=list)  # --video: the detections, best first
 
 
-def output_path(settings) -> Path:
-    path = Path(settings.infer.output)
-    return path if path.is_absolute() else settings.work_dir / path
+def find_checkpoint(settings: Settings) -> Path:
+    """The last.pt of the end-to-end run, else of the frozen-feature run."""
+    for kind in reversed(RUN_KINDS):
+        candidate = run_dir(settings, kind) / "checkpoints" / "last.pt"
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"{settings.work_dir}: no checkpoint yet; run `etad train` or give --checkpoint")
 
 
 class Detector:
     """A checkpoint ready to run: the detector, its classes, and (end to end) its encoder."""
 
-    def __init__(self, settings, checkpoint: Path) -> None:
-        from etad_cli.settings import ModelSettings
-
+    def __init__(self, settings: Settings, checkpoint: Path) -> None:
         state = load_checkpoint(checkpoint)
         self.kind = state.get("kind", "pretrain")
-        self.classes: list[str] = list(state["classes"])
-        model = dict(state["settings"]["model"])
-        # the encoder's weight file was needed to train, not to run: it may not exist on this machine
-        model["encoder"] = {**model["encoder"], "checkpoint": None}
-        self.model_settings = ModelSettings.model_validate(model)
+        try:
+            self.classes: list[str] = [str(c) for c in state["classes"]]
+            model = dict(state["settings"]["model"])
+            # the encoder's weight file was needed to train, not to run: it may not exist here
+            model["encoder"] = {**model["encoder"], "checkpoint": None}
+            self.model_settings = ModelSettings.model_validate(model)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(
+                f"{checkpoint}: the checkpoint's settings are incomplete ({exc.__class__.__name__})"
+            ) from None
         self.device = pick_device(settings.infer.device)
         self.model = build_detector(self.model_settings, len(self.classes))
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise UserError(
-                f"{checkpoint}: weights do not fit the detector: {str(exc).splitlines()[0]}"
-            ) from None
+        load_weights(self.model, state, checkpoint, "model")
         self.model.to(self.device).eval()
         self.encoder = None
         if "encoder" in state:
             e = self.model_settings.encoder
             self.encoder = build_encoder(e.name, None, e.frozen_stages, e.norm_eval)
-            self.encoder.load_state_dict(state["encoder"])
+            load_weights(self.encoder, state, checkpoint, "encoder")
             self.encoder.to(self.device).eval()
-        self.chunk_size = settings.e2e.chunk_size
+        self.chunk_size = settings.infer.chunk_size
 
     @torch.no_grad()
     def __call__(self, inputs: torch.Tensor, anchors: torch.Tensor) -> dict:
@@ -104,58 +104,46 @@ class Detector:
         return result
 
     def encode(self, snippets: torch.Tensor) -> torch.Tensor:
-        """uint8 snippets [B, T, L, H, W, 3] -> features [B, D, T] with the fine-tuned encoder."""
+        """uint8 snippets [B, T, L, H, W, 3] -> features [B, D, T] with the trained encoder."""
         if self.encoder is None:
             raise UserError("this checkpoint has no encoder; it runs on cached features")
         crop = self.model_settings.encoder.crop_size
         return encode_chunks(self.encoder, snippets, self.chunk_size, crop, self.device)
 
 
-def class_scorer(settings, detector: Detector) -> Callable[[str, dict, int], list[tuple[str, float]]]:
-    """Which classes a video's proposals are labelled with, per infer.classifier."""
-    inf = settings.infer
-    if inf.classifier == "none":
-        return lambda _vid, _out, _i: [("action", 1.0)]
-    if inf.classifier == "file":
-        if inf.classifier_file is None:
-            raise UserError("infer.classifier is 'file' but infer.classifier_file is not set")
-        source = ClassifierFile(inf.classifier_file, detector.classes)
-        return lambda vid, _out, _i: top_classes(source.scores(vid), source.names, inf.top_k_classes)
-    if detector.model.classifier is None:
-        raise UserError(
-            "infer.classifier is 'builtin' but the checkpoint has no classifier head "
-            "(train with model.classifier_head: true, or use infer.classifier: file)"
-        )
-    return lambda _vid, out, i: top_classes(out["class_probs"][i], detector.classes, inf.top_k_classes)
+def labeller(settings: Settings, detector: Detector) -> Labeller:
+    """How a video's proposals get their classes (infer.classifier)."""
+    make = CLASSIFIERS[settings.infer.classifier]
+    return make(settings.infer, detector.classes, detector.model.classifier is not None)
 
 
-def dataset_for(settings, detector: Detector) -> tuple[DetectionDataset, list[str]]:
+def cached_dataset(settings: Settings, detector: Detector) -> tuple[DetectionDataset, list[str]]:
     d = settings.data
+    if d.annotations is None:
+        raise UserError("data.annotations is not set")
     kind = "snippets" if detector.encoder is not None else "features"
     cache = VideoCache(snippets_dir(settings) if kind == "snippets" else features_dir(settings), kind)
-    load = window_reader(cache, d.temporal_scale)
     items, classes, notes = build_items(settings, d.eval_subset, cache.length, training=False)
     if classes != detector.classes:
         notes.append("the annotation file's classes differ from the checkpoint's; using the checkpoint's")
-    return DetectionDataset(items, detector.classes, settings, load, "test"), notes
+    return DetectionDataset(items, detector.classes, settings, cache_reader(cache, settings), "test"), notes
 
 
 def detect(
-    settings,
+    settings: Settings,
     detector: Detector,
     items: list[Item],
     inputs: torch.utils.data.Dataset,
-    scorer: Callable[[str, dict, int], list[tuple[str, float]]],
-    on_batch: Callable[[int], None] | None = None,
+    label: Labeller,
+    progress: Progress = SILENT,
 ) -> tuple[dict[str, list[dict]], dict[str, list[float]]]:
     """Detections per video, in seconds: the detector over every item (`inputs[i]` is
     {"inputs", "index": i}), then post-processing. Also the built-in head's video-level class
     scores (those that labelled each video; empty without a head)."""
-    inf = settings.infer
-    t = settings.data.temporal_scale
-    anchors = proposal_map(t, detector.model_settings.max_duration)[None]
-    timeline = Timeline(settings.data.fps, settings.data.snippet_stride, settings.data.snippet_length)
-    data = torch.utils.data.DataLoader(inputs, batch_size=inf.batch_size, num_workers=settings.train.workers)
+    inf, d = settings.infer, settings.data
+    proto = protocol(d)
+    anchors = proposal_map(d.temporal_scale, detector.model_settings.max_duration)[None]
+    data = torch.utils.data.DataLoader(inputs, batch_size=inf.batch_size, num_workers=inf.workers)
     kept: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     labels: dict[str, list[tuple[str, float]]] = {}
     class_scores: dict[str, list[float]] = {}
@@ -165,19 +153,18 @@ def detect(
             item = items[index]
             segs, scores = candidates(out["proposals"][row], out["iou"][row], out["tem"][row])
             segs, scores = soft_nms(segs, scores, inf.soft_nms_sigma, inf.top_k, inf.min_score)
-            to_seconds = seconds_per_unit(item, t, timeline)
-            kept.setdefault(item.video_id, []).append((to_seconds(segs), scores))
+            kept.setdefault(item.video_id, []).append((proto.to_seconds(d, item)(segs), scores))
             if item.video_id not in labels:
-                labels[item.video_id] = scorer(item.video_id, out, row)
-                if "class_probs" in out:
-                    class_scores[item.video_id] = out["class_probs"][row].round(6).tolist()
-        if on_batch:
-            on_batch(len(batch["index"]))
+                probs = out["class_probs"][row] if "class_probs" in out else None
+                labels[item.video_id] = label(item.video_id, probs)
+                if probs is not None:
+                    class_scores[item.video_id] = probs.round(6).tolist()
+        progress.advance(len(batch["index"]))
     results = {}
     for video_id, parts in kept.items():
         segs = np.concatenate([p[0] for p in parts]).reshape(-1, 2)
         scores = np.concatenate([p[1] for p in parts])
-        if len(parts) > 1:  # THUMOS: merge the windows of a video
+        if len(parts) > 1:  # windows: merge those of a video
             segs, scores = soft_nms(segs, scores, inf.soft_nms_sigma, inf.top_k, inf.min_score)
         results[video_id] = fuse(segs, scores, labels[video_id])
     return results, class_scores
@@ -189,35 +176,52 @@ def classes_path(output: Path) -> Path:
 
 
 def write_results(path: Path, results: dict[str, list[dict]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, {"version": "ActivityNet 1.3", "results": results, "external_data": {}}, indent=None)
 
 
-def run(
-    settings,
-    checkpoint: Path,
-    plot_videos: int = 0,
-    on_start: Callable[[int], None] | None = None,
-    on_batch: Callable[[int], None] | None = None,
-) -> InferSummary:
-    began = time.perf_counter()
-    detector = Detector(settings, checkpoint)
-    dataset, notes = dataset_for(settings, detector)
-    scorer = class_scorer(settings, detector)
-    if on_start:
-        on_start(len(dataset))
-    results, class_scores = detect(settings, detector, dataset.items, dataset, scorer, on_batch)
+def writable_output(settings: Settings) -> Path:
+    """infer.output, after checking (before any work) that its folder can be written."""
     output = output_path(settings)
+    try:
+        ensure_writable_dir(output.parent)
+    except OSError as exc:
+        raise UserError(f"{output.parent}: cannot write results: {exc.strerror or exc}") from None
+    if output.is_dir():
+        raise UserError(f"{output}: is a folder; infer.output must name a file")
+    return output
+
+
+def run(
+    settings: Settings,
+    *,
+    checkpoint: Path | None = None,
+    plot: int = 0,
+    video: Path | None = None,
+    progress: Progress = SILENT,
+) -> InferSummary:
+    """Detect the evaluation subset (or one `video` file) with a checkpoint (default: the newest run's)."""
+    began = time.perf_counter()
+    checkpoint = checkpoint or find_checkpoint(settings)
+    output = writable_output(settings)
+    detector = Detector(settings, checkpoint)
+    if video is not None:
+        summary = run_video(settings, detector, checkpoint, video, progress)
+        summary.seconds = time.perf_counter() - began
+        return summary
+    dataset, notes = cached_dataset(settings, detector)
+    label = labeller(settings, detector)
+    progress.start(len(dataset))
+    results, class_scores = detect(settings, detector, dataset.items, dataset, label, progress)
     write_results(output, results)
     if settings.infer.classifier == "builtin":  # reusable as infer.classifier_file for another model
         write_json(classes_path(output), {"class": detector.classes, "results": class_scores}, indent=None)
-    detections = sum(len(v) for v in results.values())
-    summary = InferSummary(output, detector.kind, len(results), detections, notes=notes)
-    if plot_videos:
+    summary = InferSummary(output, detector.kind, checkpoint, task_of(settings), notes=notes)
+    summary.videos, summary.detections = len(results), sum(len(v) for v in results.values())
+    if plot:
         items = {item.video_id: item for item in dataset.items}
         folder = output.parent / "plots"
         folder.mkdir(parents=True, exist_ok=True)
-        for video_id in list(results)[:plot_videos]:
+        for video_id in list(results)[:plot]:
             path = safe_path(folder, video_id, "{id}.png")
             plot_timeline(items[video_id], results[video_id], path)
             summary.plots.append(path)
@@ -225,12 +229,16 @@ def run(
     return summary
 
 
+def task_of(settings: Settings) -> str:
+    return "proposals" if settings.infer.classifier == "none" else "detection"
+
+
 def video_features(
-    settings, detector: Detector, video: Path, on_snippets: Callable[[int, int], None] | None = None
+    settings: Settings, detector: Detector, video: Path, progress: Progress = SILENT
 ) -> tuple[np.ndarray, float]:
     """Features [N, D] of one video file and its duration in seconds: decoded at data.fps and the
-    data frame size, cut into snippets by the dataset's rule, encoded in batches (the fine-tuned
-    encoder of an end-to-end checkpoint, else model.encoder of the settings, as `etad cache` does)."""
+    data frame size, cut into snippets by the protocol, encoded in batches (the trained encoder of
+    an end-to-end checkpoint, else model.encoder of the settings, as `etad cache` does)."""
     d = settings.data
     try:
         reader = VideoReader(video, d.decoder, d.frame_height, d.frame_width)
@@ -238,8 +246,13 @@ def video_features(
         raise UserError(str(exc)) from None
     keep = resample_frame_indices(len(reader), reader.info.fps or d.fps, d.fps)
     positions = keep[snippet_frame_indices(settings, len(keep))]  # [N, L] source frame indices
-    frozen = None if detector.encoder is not None else FeatureEncoder(settings)
-    batch = settings.cache.batch_size
+    batch = settings.infer.chunk_size
+    frozen = (
+        None
+        if detector.encoder is not None
+        else FeatureEncoder(settings, settings.infer.device, batch_size=batch)
+    )
+    progress.start(len(positions))
     out = []
     for start in range(0, len(positions), batch):
         rows = positions[start : start + batch]
@@ -253,8 +266,7 @@ def video_features(
             out.append(frozen.encode(snippets))
         else:
             out.append(detector.encode(torch.from_numpy(snippets)[None])[0].T.cpu().numpy())
-        if on_snippets:
-            on_snippets(start + len(rows), len(positions))
+        progress.advance(len(rows))
     features = np.concatenate(out)
     if features.shape[1] != detector.model_settings.in_channels:
         raise UserError(
@@ -264,50 +276,52 @@ def video_features(
     return features, len(keep) / d.fps
 
 
-def video_inputs(settings, detector: Detector, features: np.ndarray, items: list[Item]) -> list[torch.Tensor]:
-    """The detector's input [C, t] for each item of a video, built as the checkpoint was trained:
-    a frozen-feature detector reads features as `etad train` does (resized, or zero-padded
-    windows); an end-to-end one takes the encoder's output as it is, a short window padded with its
-    last snippet (as the snippet cache is read)."""
-    t = settings.data.temporal_scale
-    if detector.encoder is None:
-
-        def load(_video_id: str, window: int | None) -> np.ndarray:
-            return features if window is None else features[window : window + t]
-
-        dataset = DetectionDataset(items, detector.classes, settings, load, "test")
-        return [dataset.inputs(item) for item in items]
-    x = torch.from_numpy(features).T
+def video_inputs(
+    settings: Settings, detector: Detector, features: np.ndarray, items: list[Item]
+) -> list[torch.Tensor]:
+    """The detector's input [C, T] for each item of a video, built as the checkpoint was trained:
+    a frozen-feature detector reads features as `etad train` does; an end-to-end one takes the
+    encoder's output as it is (as the snippet cache is read)."""
+    d = settings.data
+    proto = protocol(d)
     out = []
     for item in items:
-        part = x if item.window is None else x[:, item.window : item.window + t]
-        out.append(torch.cat([part, part[:, -1:].expand(-1, t - part.shape[1])], dim=1))
+        rows = proto.rows(d, item) or slice(None)
+        if detector.encoder is None:
+            out.append(proto.feature_input(d, features[rows]))
+        else:
+            out.append(proto.encoded_input(d, torch.from_numpy(features[rows]).T))
     return out
 
 
 def run_video(
-    settings, checkpoint: Path, video: Path, on_snippets: Callable[[int, int], None] | None = None
-) -> tuple[list[dict], Path, list[str]]:
+    settings: Settings, detector: Detector, checkpoint: Path, video: Path, progress: Progress = SILENT
+) -> InferSummary:
     """Detections of one video file that is in no annotation file, best first; saved as
     ActivityNet-format JSON beside infer.output as `<video name>.json`."""
-    detector = Detector(settings, checkpoint)
     notes = []
     if settings.infer.classifier == "file":  # a classifier file has no scores for a new video
-        settings = settings.model_copy(deep=True)
-        settings.infer.classifier = "builtin" if detector.model.classifier is not None else "none"
-        notes.append(f"infer.classifier 'file' cannot score a new video; using {settings.infer.classifier!r}")
-    scorer = class_scorer(settings, detector)
-    features, duration = video_features(settings, detector, video, on_snippets)
+        choice = "builtin" if detector.model.classifier is not None else "none"
+        settings = settings.model_copy(
+            update={"infer": settings.infer.model_copy(update={"classifier": choice})}
+        )
+        notes.append(f"infer.classifier 'file' cannot score a new video; using {choice!r}")
+    label = labeller(settings, detector)
+    features, duration = video_features(settings, detector, video, progress)
     video_id = video.stem
-    items = video_items(settings, video_id, duration, [], len(features))
+    items = protocol(settings.data).items(settings.data, video_id, duration, [], len(features))
     inputs = [
         {"inputs": x, "index": i} for i, x in enumerate(video_inputs(settings, detector, features, items))
     ]
-    results, _ = detect(settings, detector, items, inputs, scorer)
+    results, _ = detect(settings, detector, items, inputs, label)
     detections = sorted(results[video_id], key=lambda det: -det["score"])
     output = safe_path(output_path(settings).parent, video.name, "{id}.json")
     write_results(output, {video_id: detections})
-    return detections, output, notes
+    summary = InferSummary(
+        output, detector.kind, checkpoint, task_of(settings), 1, len(detections), notes=notes
+    )
+    summary.top = detections
+    return summary
 
 
 def plot_timeline(item: Item, detections: list[dict], path: Path, top: int = 10) -> None:

@@ -1,12 +1,14 @@
-"""ETAD post-processing (spec section 7), pure numpy: boundary-peak filtering, the proposal score,
+"""ETAD post-processing (docs/method.md), pure numpy: boundary-peak filtering, the proposal score,
 class-agnostic Gaussian Soft-NMS and fusion with a video-level classifier."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from stages.annotations import read_json
 from stages.errors import UserError
 
 # UntrimmedNet (UCF101) class ids of the 20 THUMOS-14 classes, in THUMOS alphabetical order.
@@ -83,8 +85,15 @@ class ClassifierFile:
         if not self.path.is_file():
             raise UserError(f"{self.path}: no such classifier file")
         if self.path.suffix == ".npy":
-            self.matrix = np.load(self.path, allow_pickle=False)
-            if self.matrix.ndim != 2 or self.matrix.shape[1] < max(THUMOS_UCF101_IDS):
+            try:
+                self.matrix = np.load(self.path, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as exc:
+                raise UserError(f"{self.path}: not a numeric .npy file ({str(exc)[:100]})") from None
+            if (
+                self.matrix.ndim != 2
+                or self.matrix.shape[1] < max(THUMOS_UCF101_IDS)
+                or not np.issubdtype(self.matrix.dtype, np.number)
+            ):
                 raise UserError(f"{self.path}: expected UntrimmedNet scores [videos, 101]")
             if len(classes) != len(THUMOS_UCF101_IDS):
                 raise UserError(
@@ -93,12 +102,14 @@ class ClassifierFile:
             self.names = classes
             self.json = None
         else:
-            from stages.annotations import read_json
-
             data = read_json(self.path, "classifier file")
-            if not isinstance(data, dict) or "class" not in data or "results" not in data:
-                raise UserError(f"{self.path}: expected keys 'class' and 'results' (CUHK format)")
-            self.names, self.json = list(data["class"]), data["results"]
+            if (
+                not isinstance(data, dict)
+                or not isinstance(data.get("class"), list)
+                or not isinstance(data.get("results"), dict)
+            ):
+                raise UserError(f"{self.path}: expected keys 'class' (a list) and 'results' (CUHK format)")
+            self.names, self.json = [str(c) for c in data["class"]], data["results"]
 
     def scores(self, video_id: str) -> np.ndarray:
         if self.json is None:
@@ -110,8 +121,55 @@ class ClassifierFile:
                 ) from None
             if not 0 <= row < len(self.matrix):
                 raise UserError(f"{self.path}: no row for video {video_id!r}")
-            return self.matrix[row, [i - 1 for i in THUMOS_UCF101_IDS]].astype(np.float64)
+            return self._checked(self.matrix[row, [i - 1 for i in THUMOS_UCF101_IDS]], video_id)
         for key in (video_id, "v_" + video_id, video_id.removeprefix("v_")):
             if key in self.json:
-                return np.asarray(self.json[key], dtype=np.float64)
+                try:
+                    scores = np.asarray(self.json[key], dtype=np.float64)
+                except (TypeError, ValueError):
+                    raise UserError(f"{self.path}: video {video_id!r}: scores are not numbers") from None
+                if scores.shape != (len(self.names),):
+                    raise UserError(f"{self.path}: video {video_id!r}: expected {len(self.names)} scores")
+                return self._checked(scores, video_id)
         raise UserError(f"{self.path}: no scores for video {video_id!r}")
+
+    def _checked(self, scores: np.ndarray, video_id: str) -> np.ndarray:
+        scores = scores.astype(np.float64)
+        if not np.isfinite(scores).all():
+            raise UserError(f"{self.path}: video {video_id!r}: class scores are not finite (NaN or inf)")
+        return scores
+
+
+# A labeller: (video id, the built-in head's class probabilities or None) -> [(label, score)].
+Labeller = Callable[[str, np.ndarray | None], list[tuple[str, float]]]
+
+
+def proposals_only(infer, classes: list[str], has_head: bool) -> Labeller:
+    """No classes: every proposal is an 'action' (for proposal evaluation)."""
+    return lambda _vid, _probs: [("action", 1.0)]
+
+
+def from_file(infer, classes: list[str], has_head: bool) -> Labeller:
+    """Video-level scores from a CUHK json or an UntrimmedNet npy (infer.classifier_file)."""
+    if infer.classifier_file is None:
+        raise UserError("infer.classifier is 'file' but infer.classifier_file is not set")
+    source = ClassifierFile(infer.classifier_file, classes)
+    return lambda vid, _probs: top_classes(source.scores(vid), source.names, infer.top_k_classes)
+
+
+def from_head(infer, classes: list[str], has_head: bool) -> Labeller:
+    """The detector's own video classifier head (model.classifier_head)."""
+    if not has_head:
+        raise UserError(
+            "infer.classifier is 'builtin' but the checkpoint has no classifier head "
+            "(train with model.classifier_head: true, or use infer.classifier: file)"
+        )
+    return lambda _vid, probs: top_classes(probs, classes, infer.top_k_classes)
+
+
+# The classifiers (`infer.classifier`): (infer settings, class names, has a head) -> Labeller.
+CLASSIFIERS: dict[str, Callable[[object, list[str], bool], Labeller]] = {
+    "builtin": from_head,
+    "file": from_file,
+    "none": proposals_only,
+}

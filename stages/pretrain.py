@@ -7,20 +7,20 @@ Multi-GPU / multi-node through torchrun (DistributedDataParallel; gloo on CPU, n
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from stages.cache import features_dir
-from stages.datasets import DetectionDataset, build_items, window_reader
+from stages.datasets import DetectionDataset, build_items, cache_reader
 from stages.errors import UserError
 from stages.model.detector import build_detector
 from stages.model.losses import detector_loss
+from stages.progress import SILENT, Progress
+from stages.settings import Settings
 from stages.store import VideoCache
 from stages.training import (
     Distributed,
     Job,
     TrainSummary,
+    as_float,
     autocast,
     fit,
     loader,
@@ -29,15 +29,17 @@ from stages.training import (
     seed_everything,
     to_device,
 )
+from stages.workdir import features_dir
 
 
-def feature_datasets(settings) -> tuple[DetectionDataset, DetectionDataset | None, list[str], list[str]]:
+def feature_datasets(
+    settings: Settings,
+) -> tuple[DetectionDataset, DetectionDataset | None, list[str], list[str]]:
     """Training and validation datasets over the feature cache (validation only if it has videos)."""
-    cache = VideoCache(features_dir(settings), "features")
     if settings.data.annotations is None:
         raise UserError("data.annotations is not set")
-
-    load = window_reader(cache, settings.data.temporal_scale)
+    cache = VideoCache(features_dir(settings), "features")
+    load = cache_reader(cache, settings)
     d = settings.data
     items, classes, notes = build_items(settings, d.train_subset, cache.length, training=True)
     train = DetectionDataset(items, classes, settings, load, "train")
@@ -51,51 +53,56 @@ def feature_datasets(settings) -> tuple[DetectionDataset, DetectionDataset | Non
     return train, val, classes, notes
 
 
-def check_inputs(dataset: DetectionDataset, in_channels: int, source: str) -> None:
+def feature_width(settings: Settings, dataset: DetectionDataset) -> int:
+    """model.in_channels, or the cached features' width when it is unset; they must agree."""
     channels = dataset.inputs(dataset.items[0]).shape[0]
-    if channels != in_channels:
+    wanted = settings.model.in_channels
+    if wanted is not None and channels != wanted:
         raise UserError(
-            f"{source}: cached features have {channels} channels but model.in_channels is {in_channels}"
+            f"{features_dir(settings)}: cached features have {channels} channels "
+            f"but model.in_channels is {wanted}"
         )
+    if channels % 4:
+        raise UserError(
+            f"{features_dir(settings)}: the detector needs a feature width divisible by 4, got {channels}"
+        )
+    return channels
 
 
-def validation_loss(model, dataset, settings, device, dist: Distributed) -> float | None:
+def validation_loss(model, dataset, settings: Settings, device, dist: Distributed) -> float | None:
     """Mean loss on the evaluation subset with the fixed proposal grid (no gradient)."""
     if dataset is None:
         return None
+    generator_state = torch.get_rng_state()  # the validation draws must not move training's
     torch.manual_seed(settings.seed)
     model.eval()
     total, n = 0.0, 0
-    data = loader(
-        dataset, settings.train.batch_size, settings.train.workers, False, settings.seed, dist, device
-    )
+    tr = settings.train
+    data = loader(dataset, tr.batch_size, tr.workers, False, settings.seed, dist, device)
     with torch.no_grad():
         for batch in data:
             batch = to_device(batch, device)
             out = model(batch["inputs"], batch["anchors"])
-            total += float(detector_loss(out, batch, settings.model.stage_iou_thresholds)["total"]) * len(
-                batch["index"]
-            )
+            terms = detector_loss(out, batch, settings.model.stage_iou_thresholds)
+            total += float(terms["total"]) * len(batch["index"])
             n += len(batch["index"])
     model.train()
+    torch.set_rng_state(generator_state)
     return dist.mean(total / max(n, 1))
 
 
 def run(
-    settings,
-    resume: bool = False,
-    on_start: Callable[[int, int], None] | None = None,
-    on_step: Callable[[dict], None] | None = None,
+    settings: Settings, *, resume: bool = False, restart: bool = False, progress: Progress = SILENT
 ) -> TrainSummary:
-    """Train for settings.train.epochs epochs (continuing from last.pt with `resume`)."""
+    """Train for train.epochs epochs (continuing from last.pt with `resume`)."""
     tr = settings.train
     device = pick_device(tr.device)
     dist = Distributed.setup(device)
     device = dist.device(device)
     seed_everything(settings.seed)
     train_set, val_set, classes, notes = feature_datasets(settings)
-    check_inputs(train_set, settings.model.in_channels, str(features_dir(settings)))
-    model = build_detector(settings.model, len(classes)).to(device)
+    model_settings = settings.model.model_copy(update={"in_channels": feature_width(settings, train_set)})
+    model = build_detector(model_settings, len(classes)).to(device)
     optimizer = make_optimizer([{"params": model.parameters(), "lr": tr.lr}], tr.optimizer, tr.weight_decay)
     net = model
     if dist.world > 1:
@@ -123,13 +130,11 @@ def run(
         lambda: validation_loss(net, val_set, settings, device, dist),
         classes,
         model.detector_parameters(),
+        model_settings={"in_channels": model_settings.in_channels},
     )
     try:
-        return fit(job, settings, tr, dist, device, resume, on_start, on_step, notes)
+        return fit(
+            job, settings, tr, dist, device, resume=resume, restart=restart, progress=progress, notes=notes
+        )
     finally:
         dist.close()
-
-
-def as_float(out: dict) -> dict:
-    """Detector outputs in float32 for the losses (they may come out of autocast in half precision)."""
-    return {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in out.items()}

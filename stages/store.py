@@ -29,6 +29,14 @@ def fingerprint(values: dict) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def require_finite(array: np.ndarray, where: object) -> None:
+    """Features with NaN or inf are bad input: they would train a NaN model without a word."""
+    bad = ~np.isfinite(array)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise UserError(f"{where}: {int(bad.sum())} non-finite value(s) (NaN or inf), first in row {row}")
+
+
 def video_file(folder: Path, video_id: str) -> Path:
     return safe_path(folder, video_id, "{id}.h5")
 
@@ -79,7 +87,16 @@ class VideoCache:
         path = video_file(self.folder, video_id)
         if not path.is_file():
             raise UserError(f"{path}: video {video_id!r} is not in the {self.kind} cache; run `etad cache`")
-        f = h5py.File(path, "r")
+        damaged = (
+            f"{path}: damaged or truncated cache file; delete it and rerun `etad cache --what {self.kind}`"
+        )
+        try:
+            f = h5py.File(path, "r")
+        except OSError:
+            raise UserError(damaged) from None
+        if self.kind not in f:
+            f.close()
+            raise UserError(damaged)
         if self.expected is not None and f.attrs.get("fingerprint") != self.expected:
             f.close()
             raise UserError(
@@ -91,12 +108,21 @@ class VideoCache:
         """The main array of a video (all of it, or the given rows: one snippet reads one chunk)."""
         with self._open(video_id) as f:
             data = f[self.kind]
-            if index is None:
-                return data[()]
-            if isinstance(index, np.ndarray):  # h5py wants increasing, unique indices
-                unique, inverse = np.unique(index, return_inverse=True)
-                return data[unique][inverse]
-            return data[index]
+            try:
+                if index is None:
+                    out = data[()]
+                elif isinstance(index, np.ndarray):  # h5py wants increasing, unique indices
+                    unique, inverse = np.unique(index, return_inverse=True)
+                    out = data[unique][inverse]
+                else:
+                    out = data[index]
+            except OSError:
+                raise UserError(
+                    f"{f.filename}: damaged or truncated cache file; delete it and rerun `etad cache`"
+                ) from None
+        if self.kind == "features":
+            require_finite(out, f"{video_file(self.folder, video_id)} (video {video_id!r})")
+        return out
 
     def length(self, video_id: str) -> int | None:
         """Rows (snippets) cached for a video, or None when the video is not cached."""

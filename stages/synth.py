@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.errors import UserError
 from stages.files import write_json
+from stages.progress import SILENT, Progress
 from stages.video import write_video
 
 # (name, shape drawn, what the motion is). The order fixes the label ids.
@@ -296,15 +298,18 @@ def run(
     fps: float = 15.0,
     width: int = 128,
     height: int = 96,
-    on_video=None,
+    *,
+    progress: Progress = SILENT,
 ) -> SynthSummary:
-    """Plan and write the dataset. Videos already written for the same parameters are kept (resumable)."""
+    """Plan and write the dataset. Videos already written for the same parameters are kept
+    (resumable). It takes no settings file: the synthetic dataset is an input of the pipeline."""
     if not 1 <= classes <= len(CLASSES):
-        raise ValueError(f"classes must be between 1 and {len(CLASSES)}, got {classes}")
+        raise UserError(f"--classes: must be between 1 and {len(CLASSES)}, got {classes}")
     if videos < 1:
-        raise ValueError(f"videos must be at least 1, got {videos}")
+        raise UserError(f"--videos: must be at least 1, got {videos}")
     if width % 2 or height % 2 or width < 32 or height < 32:
-        raise ValueError(f"frame size must be even and at least 32x32, got {width}x{height}")
+        raise UserError(f"frame size must be even and at least 32x32, got {width}x{height}")
+    progress.start(videos)
     out_dir = Path(out_dir)
     video_dir = out_dir / "videos"
     video_dir.mkdir(parents=True, exist_ok=True)
@@ -339,8 +344,7 @@ def run(
         else:
             write_video(path, render_frames(plan, width, height), fps)
             written += 1
-        if on_video is not None:
-            on_video(plan.video_id)
+        progress.advance()
     anet, thumos = _annotation_files(plans, subsets, class_names, fps, params)
     write_json(out_dir / "thumos.json", thumos)
     write_json(anet_path, anet)  # last: its parameters mark the videos as complete

@@ -1,13 +1,19 @@
-"""What frozen-feature pretraining and end-to-end fine-tuning share: devices, seeding, DDP setup,
+"""What frozen-feature pretraining and end-to-end training share: devices, seeding, DDP setup,
 optimizers, the step schedule, atomic checkpoints with `last`/`best` pointers, the metrics log.
 
 Reproducibility: every random draw is derived from (seed, epoch[, index, rank]) at the start of an
-epoch, so a run resumed from an epoch checkpoint continues exactly as an uninterrupted run would.
+epoch, and the state of every other generator a run draws from is saved in its checkpoints, so a
+run resumed from an epoch checkpoint continues exactly as an uninterrupted run would.
+
+Safety: a run folder that holds an earlier run is never overwritten by accident (`--resume`
+continues it, `--restart` moves it aside); a non-finite loss stops the run before the optimizer
+step, keeping the last good checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -19,8 +25,32 @@ import numpy as np
 import torch
 
 from stages.errors import UserError
+from stages.files import ensure_writable_dir
+from stages.progress import SILENT, Progress
+from stages.workdir import run_dir
 
 CHECKPOINT_FORMAT = "etad-checkpoint-1"
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or inf: the run stops (exit code 1); its last good checkpoint is kept."""
+
+
+def as_float(out: dict) -> dict:
+    """Detector outputs in float32 for the losses (they may come out of autocast in half precision)."""
+    return {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in out.items()}
+
+
+def load_weights(module: torch.nn.Module, state: dict, source: object, what: str = "model") -> None:
+    """module.load_state_dict(state[what]), or a one-line UserError saying why it does not fit."""
+    if not isinstance(state.get(what), dict):
+        raise UserError(f"{source}: holds no {what!r} weights")
+    try:
+        module.load_state_dict(state[what])
+    except RuntimeError as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), None)
+        detail = first or str(exc).splitlines()[0]
+        raise UserError(f"{source}: the {what} weights do not fit this model: {detail[:200]}") from None
 
 
 def pick_device(name: str) -> torch.device:
@@ -147,18 +177,33 @@ def load_checkpoint(path: Path) -> dict:
         raise UserError(f"{path}: not a loadable checkpoint ({exc.__class__.__name__})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not an etad checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
+    if state.get("kind") == "finetune":  # the name of end-to-end runs before 0.2
+        state["kind"] = "e2e"
     return state
 
 
 class MetricsLog:
-    """JSON lines, one per logged iteration or epoch; appended to on resume."""
+    """JSON lines, one per logged iteration or epoch. A resumed run first drops the records of the
+    epochs after its checkpoint (an interrupted epoch is run again and logged again)."""
 
-    def __init__(self, path: Path, fresh: bool, enabled: bool = True) -> None:
+    def __init__(self, path: Path, keep_epochs: int, enabled: bool = True) -> None:
         self.path, self.enabled = path, enabled
-        if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if fresh:
-                path.write_text("")
+        if not enabled:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if keep_epochs > 0 and path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                if int(record.get("epoch", 0)) <= keep_epochs:
+                    kept.append(line + "\n")
+        from stages.files import atomic_output
+
+        with atomic_output(path) as tmp:
+            tmp.write_text("".join(kept), encoding="utf-8")
 
     def write(self, record: dict) -> None:
         if self.enabled:
@@ -207,7 +252,7 @@ class TrainSummary:
 class Job:
     """One training run: what to save, how to take a step, what to validate on."""
 
-    kind: str  # "pretrain" or "finetune": the run folder under work_dir and the checkpoint kind
+    kind: str  # "pretrain" or "e2e": the run folder under work_dir and the checkpoint kind
     modules: dict[str, torch.nn.Module]  # saved by name; "model" is the detector
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -216,15 +261,79 @@ class Job:
     validate: Callable[[], float | None]
     classes: list[str]
     parameters: int = 0
+    generators: dict[str, torch.Generator] = field(default_factory=dict)  # saved and restored
+    model_settings: dict = field(default_factory=dict)  # the resolved model section (in_channels set)
 
 
-def fit(job: Job, settings, section, dist: Distributed, device: torch.device, resume: bool,
-        on_start=None, on_step=None, notes: list[str] | None = None) -> TrainSummary:  # fmt: skip
+def earlier_run(out_dir: Path) -> str | None:
+    """What a run folder already holds (checkpoints or a metrics log), or None when it is empty."""
+    ckpt_dir = out_dir / "checkpoints"
+    epochs = sorted(ckpt_dir.glob("epoch_*.pt")) if ckpt_dir.is_dir() else []
+    if epochs:
+        return f"checkpoints up to {epochs[-1].name}"
+    if (ckpt_dir / "last.pt").is_file():
+        return "a last.pt checkpoint"
+    log = out_dir / "metrics.jsonl"
+    if log.is_file() and log.stat().st_size > 0:
+        return "the metrics of an interrupted first epoch"
+    return None
+
+
+def set_aside(out_dir: Path) -> Path:
+    """Move a run folder to <name>.<time> beside it (--restart keeps the old run, never deletes it)."""
+    target = out_dir.with_name(f"{out_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while target.exists():
+        target = out_dir.with_name(f"{out_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+        n += 1
+    os.replace(out_dir, target)
+    return target
+
+
+def prepare_run_dir(out_dir: Path, resume: bool, restart: bool, notes: list[str]) -> None:
+    """Refuse to start over an earlier run unless told how (resume or restart); check that the
+    checkpoint folder is writable before any work; clear temporaries of killed saves."""
+    held = earlier_run(out_dir)
+    if held is not None and not resume:
+        if not restart:
+            raise UserError(
+                f"{out_dir}: holds an earlier run ({held}); pass --resume to continue it "
+                "or --restart to move it aside and start again"
+            )
+        notes.append(f"the earlier run was moved to {set_aside(out_dir)}")
+    try:
+        ensure_writable_dir(out_dir / "checkpoints")
+    except OSError as exc:
+        raise UserError(
+            f"{out_dir / 'checkpoints'}: cannot write checkpoints: {exc.strerror or exc}"
+        ) from None
+
+
+def rng_state(generators: dict[str, torch.Generator]) -> dict:
+    """The state of the generators that carry over from one epoch to the next (tensors only, so
+    that checkpoints load with weights_only)."""
+    return {f"generator.{name}": g.get_state() for name, g in generators.items()}
+
+
+def restore_generators(state: dict, generators: dict[str, torch.Generator]) -> None:
+    """Put back the generators a run draws from across epochs (the others are re-seeded per epoch)."""
+    saved = state.get("rng") or {}
+    for name, generator in generators.items():
+        if f"generator.{name}" in saved:
+            generator.set_state(saved[f"generator.{name}"])
+
+
+def fit(job: Job, settings, section, dist: Distributed, device: torch.device, *, resume: bool,
+        restart: bool = False, progress: Progress = SILENT,
+        notes: list[str] | None = None) -> TrainSummary:  # fmt: skip
     """The epoch loop shared by `etad train` and `etad train --e2e`: seeds per epoch, steps,
     clips, logs JSON lines, validates, writes a checkpoint per epoch, resumes from last.pt."""
-    out_dir = settings.work_dir / job.kind
+    out_dir = run_dir(settings, job.kind)
     ckpt_dir = out_dir / "checkpoints"
     summary = TrainSummary(out_dir, notes=list(notes or []), parameters=job.parameters)
+    if dist.main:
+        prepare_run_dir(out_dir, resume, restart, summary.notes)
+    dist.barrier()
     start_epoch, best = 0, float("inf")
     if resume and (ckpt_dir / "last.pt").is_file():
         state = load_checkpoint(ckpt_dir / "last.pt")
@@ -233,17 +342,17 @@ def fit(job: Job, settings, section, dist: Distributed, device: torch.device, re
                 f"{ckpt_dir / 'last.pt'}: a {state.get('kind')} checkpoint, cannot resume {job.kind}"
             )
         for name, module in job.modules.items():
-            module.load_state_dict(state[name])
+            load_weights(module, state, ckpt_dir / "last.pt", name)
         job.optimizer.load_state_dict(state["optimizer"])
         job.scheduler.load_state_dict(state["scheduler"])
+        restore_generators(state, job.generators)
         start_epoch, best = int(state["epoch"]), float(state.get("best", best))
         summary.resumed_from = start_epoch
     elif resume:
         summary.notes.append(f"--resume: no {ckpt_dir / 'last.pt'} yet, starting from scratch")
-    log = MetricsLog(out_dir / "metrics.jsonl", fresh=start_epoch == 0, enabled=dist.main)
+    log = MetricsLog(out_dir / "metrics.jsonl", keep_epochs=start_epoch, enabled=dist.main)
     data = loader(job.train_set, section.batch_size, section.workers, True, settings.seed, dist, device)
-    if on_start:
-        on_start(len(data) * max(section.epochs - start_epoch, 0), len(job.train_set))
+    progress.start(len(data) * max(section.epochs - start_epoch, 0), f"{len(job.train_set)} training items")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     params = [p for group in job.optimizer.param_groups for p in group["params"]]
@@ -260,19 +369,25 @@ def fit(job: Job, settings, section, dist: Distributed, device: torch.device, re
             t0 = time.perf_counter()
             job.optimizer.zero_grad(set_to_none=True)
             terms = job.step(to_device(batch, device))
+            record = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}
+            if not math.isfinite(record["total"]):
+                raise TrainingDiverged(
+                    f"epoch {epoch + 1}, step {step + 1}: the loss is {record['total']}; stopped before "
+                    f"the optimizer step (the last good checkpoint in {ckpt_dir} is kept)"
+                )
             if section.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, section.grad_clip)
             job.optimizer.step()
             step += 1
-            record = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}
             losses.append(record["total"])
             seconds = time.perf_counter() - t0
             record.update(epoch=epoch + 1, step=step, lr=job.optimizer.param_groups[0]["lr"], seconds=seconds)
             record["videos_per_s"] = len(batch["index"]) / max(seconds, 1e-9)
-            if step % settings.train.log_every == 0 or step == 1:
+            if step % section.log_every == 0 or step == 1:
                 log.write(record)
-            if on_step:
-                on_step(record)
+            progress.advance(
+                info=f"epoch {epoch + 1} loss {record['total']:.3f} {record['videos_per_s']:.1f} items/s"
+            )
         lr = job.optimizer.param_groups[0]["lr"]
         job.scheduler.step()
         train_loss = dist.mean(sum(losses) / max(len(losses), 1))
@@ -288,14 +403,17 @@ def fit(job: Job, settings, section, dist: Distributed, device: torch.device, re
         log.write({"event": "epoch", **record})
         if dist.main:
             state = {name: module.state_dict() for name, module in job.modules.items()}
+            run_settings = settings.model_dump(mode="json")
+            run_settings["model"].update(job.model_settings)
             state.update(
                 kind=job.kind,
                 epoch=epoch + 1,
                 optimizer=job.optimizer.state_dict(),
                 scheduler=job.scheduler.state_dict(),
+                rng=rng_state(job.generators),
                 best=best,
                 classes=job.classes,
-                settings=settings.model_dump(mode="json"),
+                settings=run_settings,
                 train_loss=train_loss,
                 val_loss=val_loss,
             )

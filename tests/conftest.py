@@ -46,6 +46,15 @@ def run_etad(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     )
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """Run `etad ARGS...` in this process (fast: torch is imported once) with run_etad's result.
+    An exception that escapes a command is raised here: a user would have seen its traceback."""
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+
+
 def shared_file(*parts: str) -> Path:
     """A file under ../shared/data, or skip the test when that folder is absent (a user's clone)."""
     path = SHARED_DATA.joinpath(*parts)
@@ -73,14 +82,13 @@ def demo_config(folder: Path, synth: Path, **sections) -> Path:
 def feature_work(tmp_path_factory, synth_dir) -> Path:
     """The synthetic dataset extracted and cached (snippets and tiny-encoder features); returns the
     folder holding config.yaml and work/. Tests copy what they change."""
-    from etad_cli.settings import load_settings
     from stages import cache, extract
+    from stages.settings import load_settings
 
     folder = tmp_path_factory.mktemp("features")
     config = demo_config(folder, synth_dir)
     s = load_settings(config, [])
-    d = s.data
-    extract.run(d.annotations, d.video_dir, d.video_name, s.work_dir, d.fps, d.frame_height, d.frame_width)
-    cache.run(s, "snippets")
-    cache.run(s, "features")
+    extract.run(s)
+    cache.run(s, what="snippets")
+    cache.run(s, what="features")
     return folder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,10 @@ def test_shell_completion_script():
     etad = Path(sys.executable).with_name("etad")
     if not etad.is_file():
         pytest.skip(f"{etad}: etad is not installed as a script in this environment")
-    result = subprocess.run([etad, "--show-completion", "bash"], capture_output=True, text=True, timeout=60)
+    env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}  # the shell named, not guessed
+    result = subprocess.run(
+        [etad, "--show-completion", "bash"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert result.returncode == 0
     assert "_etad_completion" in result.stdout and "complete " in result.stdout
 

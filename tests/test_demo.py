@@ -10,7 +10,10 @@ import pytest
 
 from tests.test_pipelines import make
 
-pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed"),
+]
 
 
 def test_demo_pipeline_writes_every_artefact_and_the_final_table(tmp_path):
@@ -23,7 +26,7 @@ def test_demo_pipeline_writes_every_artefact_and_the_final_table(tmp_path):
         assert (demo / "frames" / f"{vid}.npy").is_file() and (demo / "frames" / f"{vid}.json").is_file()
         assert (demo / "cache" / "snippets" / f"{vid}.h5").is_file()
         assert (demo / "cache" / "features" / f"{vid}.h5").is_file()
-    for run in ("pretrain", "finetune"):
+    for run in ("pretrain", "e2e"):
         assert (demo / run / "checkpoints" / "last.pt").is_file()
         assert (demo / run / "metrics.jsonl").is_file()
     validation = sorted(v for v, r in database.items() if r["subset"] == "validation")

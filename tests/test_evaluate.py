@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stages.evaluate import evaluate
-from tests.conftest import run_etad, shared_file
+from tests.conftest import run_cli, shared_file
 
 
 def _write(path, data):
@@ -106,7 +106,7 @@ def test_cli_json_plot_and_errors(tmp_path):
         {"database": {"a": {"subset": "validation", "annotations": [{"segment": [0, 10], "label": "x"}]}}},
     )
     pred = _write(tmp_path / "p.json", {"results": {"a": [{"segment": [0, 8], "label": "x", "score": 1}]}})
-    out = run_etad(
+    out = run_cli(
         "eval",
         "-p",
         pred,
@@ -124,7 +124,7 @@ def test_cli_json_plot_and_errors(tmp_path):
     assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    out = run_etad("eval", "-p", bad, "-g", gt)
+    out = run_cli("eval", "-p", bad, "-g", gt)
     assert out.returncode == 2 and "bad.json" in out.stderr and "Traceback" not in out.stderr
-    out = run_etad("eval", "-p", pred, "-g", gt, "--subset", "training")
+    out = run_cli("eval", "-p", pred, "-g", gt, "--subset", "training")
     assert out.returncode == 2 and "no video in subset" in out.stderr

@@ -15,15 +15,16 @@ import pytest
 import torch
 import yaml
 
-from etad_cli.settings import load_settings
-from stages.cache import cut_snippets
+from stages.encoding import cut_snippets
 from stages.model.encoder import build_encoder, center_crop
+from stages.settings import load_settings
 from stages.snippets import anet_snippet_frames
 from stages.store import VideoCache
 from stages.video import VideoReader, decord_available
 from tests.conftest import run_etad
 
-pytestmark = pytest.mark.skipif(not decord_available(), reason="decord has no wheel for this platform")
+pytestmark = pytest.mark.slow
+needs_decord = pytest.mark.skipif(not decord_available(), reason="decord has no wheel for this platform")
 
 
 def make_config(tmp_path, synth_dir, **sections) -> tuple:
@@ -59,6 +60,7 @@ def tsp_checkpoint(path) -> dict:
     return encoder.backbone.state_dict()
 
 
+@needs_decord
 def test_extract_and_cache_match_direct_decord_decoding(tmp_path, synth_dir, cli):
     config, settings = make_config(tmp_path, synth_dir)
     assert cli("extract", "--config", config).exit_code == 0
@@ -237,9 +239,9 @@ def test_tsp_checkpoint_with_wrong_keys_is_a_clear_error(tmp_path):
 
     torch.save({"model": {"features.not_a_layer.weight": torch.zeros(1)}}, tmp_path / "bad.pth")
     with pytest.raises(
-        UserError, match=r"bad.pth: keys do not match encoder 'tiny': \d+ missing .* 1 unexpected"
+        UserError, match=r"bad.pth: keys do not match the encoder: \d+ missing .* 1 unexpected"
     ):
-        load_tsp_checkpoint(build_encoder("tiny"), tmp_path / "bad.pth")
+        load_tsp_checkpoint(build_encoder("tiny").backbone, tmp_path / "bad.pth")
 
 
 def test_r2plus1d_34_tsp_loads_the_tsp_layout(tmp_path):

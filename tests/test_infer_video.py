@@ -8,6 +8,8 @@ import pytest
 
 from tests.conftest import demo_config
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, cli, synth_dir, feature_work):
@@ -19,7 +21,7 @@ def trained(tmp_path_factory, cli, synth_dir, feature_work):
     pretrain = folder / "work" / "pretrain" / "checkpoints" / "last.pt"
     result = cli("train", "-c", config, "--e2e", "--init-from", str(pretrain))
     assert result.exit_code == 0, result.output
-    return config, {"pretrain": pretrain, "e2e": folder / "work" / "finetune" / "checkpoints" / "last.pt"}
+    return config, {"pretrain": pretrain, "e2e": folder / "work" / "e2e" / "checkpoints" / "last.pt"}
 
 
 @pytest.mark.parametrize("kind", ["pretrain", "e2e"])

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from stages.datasets import resize_features
 from stages.model.detector import ETAD, extend_anchors, refine, roi_features
 from stages.model.losses import (
     balanced_bce,
@@ -16,6 +15,7 @@ from stages.model.losses import (
 )
 from stages.model.sampling import chunks_to_backprop, sample_proposals, sample_snippets
 from stages.model.targets import aligned_iou, boundary_targets, match_ground_truth, pairwise_iou, proposal_map
+from stages.protocols import resize_features
 
 
 def test_parameter_count_of_the_anet_recipe():

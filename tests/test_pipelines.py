@@ -17,7 +17,10 @@ from stages import synth
 from stages.model.encoder import build_encoder
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed"),
+]
 
 THUMOS_CLASSES = [
     "BaseballPitch", "BasketballDunk", "Billiards", "CleanAndJerk", "CliffDiving", "CricketBowling",
@@ -180,8 +183,8 @@ def test_anet_e2e_pipeline(tmp_path):
     assert len(list((work / "frames").glob("*.npy"))) == 6
     assert len(list((work / "cache" / "snippets").glob("*.h5"))) == 6
     assert len(list((work / "cache" / "features").glob("*.h5"))) == 6
-    state = torch.load(work / "finetune" / "checkpoints" / "last.pt", weights_only=True)
-    assert "encoder" in state and state["kind"] == "finetune"
+    state = torch.load(work / "e2e" / "checkpoints" / "last.pt", weights_only=True)
+    assert "encoder" in state and state["kind"] == "e2e"
     metrics = json.loads((work / "results" / "detections.metrics.json").read_text())
     assert metrics["counts"]["ground_truth_videos"] >= 1
     assert stage_names(work) == [

@@ -10,6 +10,8 @@ import pytest
 from stages import synth
 from stages.video import VideoReader, decord_available
 
+pytestmark = pytest.mark.slow
+
 
 def test_same_seed_writes_identical_annotation_files(synth_dir, tmp_path):
     again = tmp_path / "again"

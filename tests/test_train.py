@@ -4,9 +4,12 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.conftest import REPO, demo_config
+
+pytestmark = pytest.mark.slow
 
 
 def _config(tmp_path, synth_dir, feature_work, **sections):

@@ -12,6 +12,8 @@ residual stages; `norm_eval` keeps every BatchNorm in eval mode (running statist
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -65,11 +67,61 @@ class TinyR2Plus1D(nn.Module):
         return x.mean(dim=(2, 3, 4))
 
 
-BUILDERS = {
-    "r2plus1d_34_tsp": (_r2plus1d_34, 512),
-    "r2plus1d_18": (_r2plus1d_18, 512),
-    "tiny": (TinyR2Plus1D, 64),
+def residual_stages(backbone: nn.Module, frozen_stages: int) -> list[nn.Module]:
+    """The freezing rule of ResNet-like backbones: the stem and the first `frozen_stages` of
+    layer1..layer4 (nothing when frozen_stages < 0)."""
+    if frozen_stages < 0:
+        return []
+    names = ["stem"] + [f"layer{i}" for i in range(1, frozen_stages + 1)]
+    return [getattr(backbone, n) for n in names if hasattr(backbone, n)]
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Everything etad needs to know about one encoder."""
+
+    build: Callable[[], nn.Module]  # a backbone: float clips [N, 3, L, H, W] (normalised) -> [N, out_dim]
+    out_dim: int  # feature width: model.in_channels when that is unset
+    mean: tuple[float, float, float] = MEAN  # per-channel normalisation on the 0-255 scale
+    std: tuple[float, float, float] = STD
+    frozen: Callable[[nn.Module, int], list[nn.Module]] = residual_stages  # (backbone, frozen_stages)
+    load: Callable[[nn.Module, Path], None] | None = None  # (backbone, file): weights in a released layout
+
+
+def load_tsp_checkpoint(backbone: nn.Module, path: Path) -> None:
+    """Load weights in the public TSP layout: dict key 'model', drop 'fc' keys, strip 'features.'."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such checkpoint file") from None
+    except Exception as exc:
+        raise UserError(f"{path}: cannot read checkpoint: {str(exc).splitlines()[0][:200]}") from None
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: expected a dict with a 'model' state dict")
+    state = {k.removeprefix("features."): v for k, v in state.items() if "fc" not in k}
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(
+            f"{path}: keys do not match the encoder: "
+            f"{len(missing)} missing (e.g. {', '.join(missing[:3]) or '-'}), "
+            f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3]) or '-'})"
+        )
+
+
+# The encoder registry: `model.encoder.name` is a key of this dict. To add an encoder, add an entry
+# (docs/architecture.md has a worked example).
+ENCODERS: dict[str, EncoderSpec] = {
+    "r2plus1d_34_tsp": EncoderSpec(_r2plus1d_34, 512, load=load_tsp_checkpoint),
+    "r2plus1d_18": EncoderSpec(_r2plus1d_18, 512, load=load_tsp_checkpoint),
+    "tiny": EncoderSpec(TinyR2Plus1D, 64, load=load_tsp_checkpoint),
 }
+
+
+def encoder_spec(name: str) -> EncoderSpec:
+    if name not in ENCODERS:
+        raise UserError(f"unknown encoder {name!r}; expected one of {', '.join(ENCODERS)}")
+    return ENCODERS[name]
 
 
 class SnippetEncoder(nn.Module):
@@ -77,25 +129,19 @@ class SnippetEncoder(nn.Module):
 
     def __init__(self, name: str, frozen_stages: int = -1, norm_eval: bool = False) -> None:
         super().__init__()
-        if name not in BUILDERS:
-            raise UserError(f"unknown encoder {name!r}; expected one of {', '.join(BUILDERS)}")
-        build, self.out_dim = BUILDERS[name]
-        self.name = name
-        self.backbone = build()
+        self.spec = encoder_spec(name)
+        self.name, self.out_dim = name, self.spec.out_dim
+        self.backbone = self.spec.build()
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(self.spec.mean).view(1, 3, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.spec.std).view(1, 3, 1, 1, 1), persistent=False)
         for module in self.frozen_modules():
             for p in module.parameters():
                 p.requires_grad_(False)
 
     def frozen_modules(self) -> list[nn.Module]:
-        """The stem and the first `frozen_stages` residual stages (none when frozen_stages < 0)."""
-        if self.frozen_stages < 0:
-            return []
-        names = ["stem"] + [f"layer{i}" for i in range(1, self.frozen_stages + 1)]
-        return [getattr(self.backbone, n) for n in names if hasattr(self.backbone, n)]
+        return self.spec.frozen(self.backbone, self.frozen_stages)
 
     def train(self, mode: bool = True) -> SnippetEncoder:
         """Train mode, except that frozen stages (and, with norm_eval, every BatchNorm) stay in eval mode."""
@@ -124,33 +170,14 @@ def center_crop(clips: torch.Tensor, size: int) -> torch.Tensor:
     return clips[..., top : top + size, left : left + size, :]
 
 
-def load_tsp_checkpoint(encoder: SnippetEncoder, path: Path) -> None:
-    """Load weights in the public TSP layout: dict key 'model', drop 'fc' keys, strip 'features.'."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such checkpoint file") from None
-    except Exception as exc:
-        raise UserError(f"{path}: cannot read checkpoint: {str(exc).splitlines()[0][:200]}") from None
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise UserError(f"{path}: expected a dict with a 'model' state dict")
-    state = {k.removeprefix("features."): v for k, v in state.items() if "fc" not in k}
-    missing, unexpected = encoder.backbone.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(
-            f"{path}: keys do not match encoder {encoder.name!r}: "
-            f"{len(missing)} missing (e.g. {', '.join(missing[:3]) or '-'}), "
-            f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3]) or '-'})"
-        )
-
-
 def build_encoder(
     name: str, checkpoint: Path | None = None, frozen_stages: int = -1, norm_eval: bool = False
 ) -> SnippetEncoder:
     encoder = SnippetEncoder(name, frozen_stages, norm_eval)
     if checkpoint is not None:
-        load_tsp_checkpoint(encoder, checkpoint)
+        if encoder.spec.load is None:
+            raise UserError(f"{checkpoint}: encoder {name!r} has no checkpoint loader")
+        encoder.spec.load(encoder.backbone, checkpoint)
     return encoder
 
 

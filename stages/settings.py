@@ -7,7 +7,9 @@ so a config file and the data it names can move together.
 
 from __future__ import annotations
 
+import reprlib
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -22,7 +24,7 @@ from pydantic import (
     field_validator,
 )
 
-from etad_cli.console import UserError
+from stages.errors import UserError
 
 
 def _resolve(path: Path | None, info: ValidationInfo) -> Path | None:
@@ -37,16 +39,84 @@ FilePath = Annotated[Path, AfterValidator(_resolve)]
 Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+def _one_of(registry: Callable[[], dict]) -> AfterValidator:
+    """Check a name against a registry (a plain dict in the module that owns the parts). The
+    registry is imported when a value is checked, so loading settings stays light."""
+
+    def check(value: str) -> str:
+        names = registry()
+        if value not in names:
+            raise ValueError(f"expected one of {', '.join(names)}")
+        return value
+
+    check.registry = registry  # the settings reference lists the names
+    return AfterValidator(check)
+
+
+def _encoders() -> dict:
+    from stages.model.encoder import ENCODERS
+
+    return ENCODERS
+
+
+def _proposal_samplers() -> dict:
+    from stages.model.sampling import PROPOSAL_SAMPLERS
+
+    return PROPOSAL_SAMPLERS
+
+
+def _snippet_samplers() -> dict:
+    from stages.model.sampling import SNIPPET_SAMPLERS
+
+    return SNIPPET_SAMPLERS
+
+
+def _grad_modes() -> dict:
+    from stages.model.backward import GRAD_MODES
+
+    return GRAD_MODES
+
+
+def _protocols() -> dict:
+    from stages.protocols import PROTOCOLS
+
+    return PROTOCOLS
+
+
+def _classifiers() -> dict:
+    from stages.postprocess import CLASSIFIERS
+
+    return CLASSIFIERS
+
+
+EncoderName = Annotated[str, _one_of(_encoders)]
+ProposalSampler = Annotated[str, _one_of(_proposal_samplers)]
+SnippetSampler = Annotated[str, _one_of(_snippet_samplers)]
+GradMode = Annotated[str, _one_of(_grad_modes)]
+DatasetName = Annotated[str, _one_of(_protocols)]
+ClassifierName = Annotated[str, _one_of(_classifiers)]
+
+
+def _tiou(value: float) -> float:
+    if not 0.0 < value <= 1.0:
+        raise ValueError("a tIoU threshold must be in (0, 1]")
+    return value
+
+
+TIoU = Annotated[float, AfterValidator(_tiou)]
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataSettings(Section):
     """What the videos and annotations are, and how frames and snippets are sampled from them."""
 
-    dataset: Literal["anet", "thumos"] = Field(
+    dataset: DatasetName = Field(
         "anet",
-        description="anet: the whole video resized to temporal_scale snippets; thumos: sliding windows",
+        description="temporal protocol (stages/protocols.py): anet: the whole video resized to "
+        "temporal_scale snippets; thumos: sliding windows",
     )
     annotations: FilePath | None = Field(
         None, description="ActivityNet-1.3 or THUMOS-14 style JSON ('database')"
@@ -83,9 +153,10 @@ class DataSettings(Section):
 class EncoderSettings(Section):
     """The video encoder that turns a snippet of frames into one feature vector."""
 
-    name: Literal["r2plus1d_34_tsp", "r2plus1d_18", "tiny"] = Field(
+    name: EncoderName = Field(
         "r2plus1d_34_tsp",
-        description="r2plus1d_34_tsp (ETAD), torchvision r2plus1d_18, or tiny (CPU demo and tests)",
+        description="a name of the encoder registry (stages/model/encoder.py): r2plus1d_34_tsp (ETAD), "
+        "torchvision r2plus1d_18, or tiny (CPU demo and tests)",
     )
     checkpoint: FilePath | None = Field(
         None, description="weights; TSP layout (key 'model', 'features.' prefix)"
@@ -98,10 +169,13 @@ class EncoderSettings(Section):
 
 
 class ModelSettings(Section):
-    """The ETAD detector (spec section 3) and the encoder in front of it."""
+    """The ETAD detector (docs/method.md) and the encoder in front of it."""
 
-    in_channels: int = Field(
-        512, ge=4, multiple_of=4, description="feature width; must equal the encoder's output"
+    in_channels: int | None = Field(
+        None,
+        ge=4,
+        multiple_of=4,
+        description="feature width; unset: the encoder's output width (or the cached features' width)",
     )
     hidden_channels: int = Field(
         256, ge=32, multiple_of=32, description="width of the detector's temporal and proposal layers"
@@ -116,8 +190,8 @@ class ModelSettings(Section):
         min_length=1,
         description="one refinement stage per threshold (positive IoU)",
     )
-    proposal_sampling: Literal["random", "grid", "block"] = Field(
-        "random", description="which proposals train the detector per video"
+    proposal_sampling: ProposalSampler = Field(
+        "random", description="which proposals train the detector per video (stages/model/sampling.py)"
     )
     proposal_ratio: Ratio = Field(0.06, description="share of all proposals sampled per video in training")
     classifier_head: bool = Field(False, description="train a video-level multi-label classifier too")
@@ -140,12 +214,13 @@ class CacheSettings(Section):
     workers: int = Field(1, ge=1, description="processes cutting snippets")
 
 
-class TrainSettings(Section):
-    """Frozen-feature pretraining of the detector (ETAD ANet TSP recipe by default)."""
+class Optimisation(Section):
+    """What `train` and `e2e` both set: the optimiser, the schedule, the loop. Each section has
+    its own values (its own defaults below)."""
 
     optimizer: Literal["adamw", "adam"] = Field("adamw", description="AdamW (ETAD) or Adam")
-    lr: float = Field(1e-3, gt=0, description="learning rate")
-    weight_decay: float = Field(1e-4, ge=0, description="decoupled (AdamW) weight decay")
+    lr: float = Field(1e-3, gt=0, description="learning rate (of the detector)")
+    weight_decay: float = Field(1e-4, ge=0, description="weight decay (decoupled with AdamW)")
     batch_size: int = Field(16, ge=1, description="videos (or windows) per step")
     epochs: int = Field(6, ge=1, description="training epochs")
     lr_step: int = Field(5, ge=1, description="epochs between lr decays")
@@ -154,28 +229,27 @@ class TrainSettings(Section):
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
     amp: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision on GPU")
-    log_every: int = Field(10, ge=1, description="steps between progress-bar loss updates")
+    log_every: int = Field(10, ge=1, description="steps between metrics.jsonl records")
 
 
-class E2ESettings(Section):
-    """End-to-end fine-tuning: sequential forward, sampled-snippet backward (spec 2.3)."""
+class TrainSettings(Optimisation):
+    """Frozen-feature pretraining of the detector (ETAD ANet TSP recipe by default)."""
+
+
+class E2ESettings(Optimisation):
+    """End-to-end training: sequential forward, sampled-snippet backward (docs/method.md)."""
 
     lr: float = Field(5e-4, gt=0, description="detector learning rate")
-    encoder_lr: float = Field(5e-7, ge=0, description="encoder learning rate (0 freezes it)")
-    weight_decay: float = Field(1e-4, ge=0, description="decoupled (AdamW) weight decay")
     batch_size: int = Field(4, ge=1, description="videos per step")
-    epochs: int = Field(6, ge=1, description="training epochs")
-    lr_step: int = Field(5, ge=1, description="epochs between lr decays")
-    lr_gamma: float = Field(0.1, gt=0, le=1, description="lr decay factor")
-    grad_clip: float = Field(0.0, ge=0, description="max gradient L2 norm; 0 turns clipping off")
+    encoder_lr: float = Field(5e-7, ge=0, description="encoder learning rate (0 freezes it)")
     snippet_ratio: Ratio = Field(
         0.3, description="share of snippets re-encoded with gradients (sampled mode)"
     )
-    snippet_sampling: Literal["random", "uniform", "block"] = Field(
-        "random", description="which snippets: random (original), uniform, or one block"
+    snippet_sampling: SnippetSampler = Field(
+        "random", description="which snippets (stages/model/sampling.py): random (original), uniform, block"
     )
     chunk_size: int = Field(4, ge=1, description="snippets per encoder forward, with and without gradients")
-    grad_mode: Literal["sampled", "checkpoint", "full"] = Field(
+    grad_mode: GradMode = Field(
         "sampled",
         description="sampled (ETAD), checkpoint (every snippet, recomputed), full (plain back-propagation)",
     )
@@ -183,22 +257,24 @@ class E2ESettings(Section):
         None, description="detector checkpoint from frozen-feature pretraining"
     )
     augment: bool = Field(True, description="random crop, flip and colour jitter, drawn once per video")
-    workers: int = Field(0, ge=0, description="DataLoader worker processes")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
     amp: Literal["none", "bf16", "fp16"] = Field(
         "none", description="bf16 on GPU (fp16 is refused end to end)"
     )
 
 
 class InferSettings(Section):
-    """Detection and ETAD post-processing (spec section 7)."""
+    """Detection and ETAD post-processing (docs/method.md)."""
 
     batch_size: int = Field(16, ge=1, description="videos (or windows) per detector forward")
+    chunk_size: int = Field(
+        32, ge=1, description="snippets per encoder forward (end-to-end checkpoints, --video)"
+    )
+    workers: int = Field(0, ge=0, description="DataLoader worker processes")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
     soft_nms_sigma: float = Field(0.35, gt=0, description="Gaussian Soft-NMS decay")
     top_k: int = Field(100, ge=1, description="proposals kept per video after Soft-NMS")
     min_score: float = Field(0.0, ge=0, description="detections below are dropped")
-    classifier: Literal["builtin", "file", "none"] = Field(
+    classifier: ClassifierName = Field(
         "builtin",
         description="labels: builtin head, a file (CUHK json / UntrimmedNet npy), or none (proposals)",
     )
@@ -208,13 +284,16 @@ class InferSettings(Section):
 
 
 class EvalSettings(Section):
-    """mAP evaluation (spec section 8)."""
+    """mAP evaluation (docs/infer_eval.md)."""
 
-    tiou_thresholds: list[Ratio] | None = Field(
-        None, description="default: anet 0.5:0.05:0.95, thumos 0.3:0.1:0.7"
+    tiou_thresholds: list[TIoU] | None = Field(
+        None, min_length=1, description="default: anet 0.5:0.05:0.95, thumos 0.3:0.1:0.7; each in (0, 1]"
     )
     protocol: Literal["official", "actionformer"] = Field(
         "official", description="official (ActivityNet code) or actionformer (duplicate ground truth dropped)"
+    )
+    task: Literal["detection", "proposals"] = Field(
+        "detection", description="detection (mAP) or proposals (AR@AN and AUC)"
     )
 
 
@@ -254,23 +333,52 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     node[parts[-1]] = value
 
 
+_SHORT = reprlib.Repr()  # keyword arguments only from Python 3.12
+_SHORT.maxlevel, _SHORT.maxtuple, _SHORT.maxlist, _SHORT.maxdict = 2, 4, 4, 4
+_SHORT.maxstring = _SHORT.maxother = 60
+
+
+def short_repr(value: Any) -> str:
+    """A value as it is echoed in an error: cut short, never expanded (a YAML alias bomb stays small)."""
+    return _SHORT.repr(value)
+
+
 def _describe(error: dict[str, Any], source: str, overrides: list[str]) -> str:
     """One line per problem: where it came from, the dotted key, the value, what was expected."""
     key = ".".join(str(p) for p in error["loc"]) or "(top level)"
     for override in reversed(overrides):  # the last --set of a key wins, so it is the one to blame
         set_key = override.partition("=")[0].strip()
         if key == set_key or key.startswith(set_key + ".") or set_key.startswith(key + "."):
-            source = f"--set {override}"
+            source = f"--set {short_repr(override)[1:-1]}"
             break
     if error["type"] == "extra_forbidden":
         return f"{source}: {key}: unknown key"
     if error["type"] == "missing":
         return f"{source}: {key}: missing"
-    return f"{source}: {key}: got {error['input']!r}: {error['msg'].removeprefix('Value error, ')}"
+    message = error["msg"].removeprefix("Value error, ")[:200]
+    return f"{source}: {key}: got {short_repr(error['input'])}: {message}"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (YAML would keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {short_repr(key)} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def read_yaml(path: Path) -> Any:
-    """Read a YAML file safely, turning every failure into a one-line UserError naming the file."""
+    """Read a YAML file safely (no tags that build objects, no duplicate keys), turning every
+    failure into a one-line UserError naming the file."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -278,12 +386,12 @@ def read_yaml(path: Path) -> Any:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read: {exc.__class__.__name__}") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: same tags as yaml.safe_load
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{path}: invalid YAML: {where}{problem}") from None
+        raise UserError(f"{path}: invalid YAML: {where}{problem[:200]}") from None
 
 
 def load_settings(path: Path | None, overrides: list[str] | None = None) -> Settings:
@@ -320,7 +428,7 @@ def _type_name(annotation: Any) -> str:
     if origin is Literal:
         return " \\| ".join(f"`{a}`" for a in args)
     if origin is Annotated:
-        return _type_name(args[0]) + _bounds(args[1:])
+        return _choices(args[1:]) or _type_name(args[0]) + _bounds(args[1:])
     if origin in (Union, types.UnionType):
         names = [_type_name(a) for a in args if a is not type(None)]
         return " or ".join(names) + (" or null" if type(None) in args else "")
@@ -329,6 +437,15 @@ def _type_name(annotation: Any) -> str:
     if annotation is Path:
         return "path"
     return getattr(annotation, "__name__", str(annotation))
+
+
+def _choices(metadata: Any) -> str:
+    """The names of a registry-checked field, e.g. `'random' | 'grid'` (empty for other fields)."""
+    for m in metadata:
+        registry = getattr(getattr(m, "func", None), "registry", None)
+        if registry is not None:
+            return " \\| ".join(f"`{name}`" for name in registry())
+    return ""
 
 
 def _bounds(metadata: Any) -> str:
@@ -351,7 +468,7 @@ def settings_reference() -> str:
     lines = [
         "# Settings reference",
         "",
-        "Generated from the pydantic models in `etad_cli/settings.py` by `etad config reference`;",
+        "Generated from the pydantic models in `stages/settings.py` by `etad config reference`;",
         "do not edit by hand (a test checks that this page matches the code). Every stage reads the",
         "same YAML file; `--set section.key=value` overrides one setting on the command line. Relative",
         "paths are resolved against the YAML file's folder.",
@@ -367,7 +484,7 @@ def settings_reference() -> str:
                 nested.append((f"{prefix}{name}", kind))
                 continue
             meaning = (field.description or "").replace("|", "\\|")
-            kind_text = _type_name(kind) + _bounds(field.metadata)
+            kind_text = _choices(field.metadata) or _type_name(kind) + _bounds(field.metadata)
             lines.append(f"| `{prefix}{name}` | {kind_text} | {_default(field)} | {meaning} |")
         lines.append("")
         for key, kind in nested:

@@ -4,7 +4,8 @@ gradient of plain back-propagation (restricted to the sampled snippets), in floa
 import pytest
 import torch
 
-from stages.finetune import augment, e2e_gradients
+from stages.e2e import augment
+from stages.model.backward import Backward, e2e_gradients
 from stages.model.detector import ETAD
 from stages.model.encoder import SnippetEncoder
 from stages.model.losses import detector_loss
@@ -40,7 +41,9 @@ def _grads(mode, ratio=1.0, seed=0, restrict=None):
 
     if restrict is None:
         gen = torch.Generator().manual_seed(seed)
-        e2e_gradients(encoder, detector, snippets, loss_fn, anchors, mode, CHUNK, ratio, "random", gen)
+        e2e_gradients(
+            mode, Backward(encoder, detector, snippets, loss_fn, anchors, CHUNK, ratio, "random", gen)
+        )
     else:  # full back-propagation through the sampled snippets only (reference)
         feats = encoder(snippets.flatten(0, 1)).view(2, T, -1)
         mask = torch.zeros(2, T, 1, dtype=torch.bool)

@@ -1,0 +1,147 @@
+"""How each command shows its result: rich tables built from the summaries the stages return."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from etad_cli.console import EXIT_FAILED, console, err_console, print_notes
+
+MODEL_NAMES = {"pretrain": "frozen features", "e2e": "end to end", "finetune": "end to end"}
+
+
+def synth_summary(summary) -> None:
+    table = Table(title=f"synthetic dataset in {summary.out_dir}", show_header=False)
+    table.add_row(
+        "videos", f"{summary.videos} ({summary.train_videos} training, {summary.val_videos} validation)"
+    )
+    table.add_row("written / already there", f"{summary.written} / {summary.skipped}")
+    table.add_row("action instances", str(summary.instances))
+    table.add_row("annotations", f"{summary.out_dir / 'anet.json'}, {summary.out_dir / 'thumos.json'}")
+    console.print(table)
+
+
+def per_video_summary(title: str, summary, frames: int | None = None) -> None:
+    """extract and cache: what was done, skipped and failed."""
+    table = Table(title=title, show_header=False)
+    table.add_row(
+        "videos done / already done / failed", f"{summary.done} / {summary.skipped} / {len(summary.failures)}"
+    )
+    if frames is not None:
+        table.add_row("frames written", f"{frames:,}")
+        table.add_row("speed", f"{frames / max(summary.seconds, 1e-9):,.0f} frames/s")
+    table.add_row("seconds", f"{summary.seconds:.1f}")
+    console.print(table)
+
+
+def exit_on_failures(failures: list[dict], failures_file: Path) -> None:
+    """List failed videos; exit code 1 says that the stage finished but some videos failed."""
+    if not failures:
+        return
+    for failure in failures:
+        err_console.print(f"[red]failed[/] {failure['video_id']}: {failure['reason']}", highlight=False)
+    err_console.print(f"{len(failures)} video(s) failed; listed in {failures_file}")
+    raise typer.Exit(EXIT_FAILED)
+
+
+def training_summary(summary, title: str) -> None:
+    table = Table(title=title)
+    for column in ("epoch", "train loss", "val loss", "lr", "seconds"):
+        table.add_column(column, justify="right")
+    for e in summary.epochs:
+        val = "-" if e["val_loss"] is None else f"{e['val_loss']:.4f}"
+        table.add_row(str(e["epoch"]), f"{e['train_loss']:.4f}", val, f"{e['lr']:.2e}", f"{e['seconds']:.1f}")
+    console.print(table)
+    details = f"detector parameters: {summary.parameters:,}"
+    if summary.peak_memory_mb:
+        details += f"; peak GPU memory {summary.peak_memory_mb:,.0f} MiB"
+    console.print(f"{details}\ncheckpoints: {summary.out_dir / 'checkpoints'} (last.pt, best.pt)")
+    print_notes(summary.notes)
+
+
+def infer_summary(summary, one_video: bool) -> None:
+    console.print(f"[dim]checkpoint: {summary.checkpoint}[/]", soft_wrap=True)
+    print_notes(summary.notes)
+    if one_video:
+        table = Table(title=f"{summary.output.stem}: top detections")
+        for column in ("label", "score", "start (s)", "end (s)"):
+            table.add_column(column, justify="right")
+        for d in summary.top[:10]:
+            table.add_row(d["label"], f"{d['score']:.3f}", f"{d['segment'][0]:.1f}", f"{d['segment'][1]:.1f}")
+        console.print(table)
+        console.print(f"{summary.detections} detections -> {summary.output}", soft_wrap=True)
+        return
+    console.print(
+        f"{summary.videos} videos, {summary.detections:,} detections, {summary.seconds:.1f} s"
+        f" -> {summary.output}",
+        soft_wrap=True,
+    )
+    for path in summary.plots:
+        console.print(f"[dim]plot: {path}[/]", soft_wrap=True)
+
+
+def eval_report(report, per_class: bool = False) -> None:
+    """The mAP (or recall) table of an EvalReport, its notes, and optionally per-class AP."""
+    detection = report.task == "detection"
+    table = Table(title=f"{report.task}: {report.counts.get('ground_truth_videos', 0)} videos")
+    table.add_column("tIoU", justify="right")
+    table.add_column("mAP (%)" if detection else "recall@100 (%)", justify="right")
+    for tiou, value in zip(report.tious, report.values):
+        table.add_row(f"{tiou:.2f}", f"{100 * value:.2f}")
+    if detection:
+        table.add_row("[bold]average", f"[bold]{100 * report.average:.2f}")
+    else:
+        for an, value in report.ar_at.items():
+            table.add_row(f"AR@{an}", f"{100 * value:.2f}")
+        table.add_row("[bold]AUC", f"[bold]{report.average:.2f}")
+    console.print(table)
+    if per_class and report.per_class:
+        classes = Table(title="AP per class (%)")
+        classes.add_column("class")
+        for tiou in report.tious:
+            classes.add_column(f"{tiou:.2f}", justify="right")
+        classes.add_column("avg", justify="right")
+        for label, values in report.per_class.items():
+            classes.add_row(
+                label, *(f"{100 * v:.1f}" for v in values), f"{100 * sum(values) / len(values):.1f}"
+            )
+        console.print(classes)
+    print_notes(report.notes)
+
+
+def run_report(work_dir: Path, runs: list[dict]) -> None:
+    """`etad report`: the last run of each stage, then every evaluated model."""
+    latest: dict[tuple, dict] = {}
+    for r in runs:  # the last run of each stage (and of each infer output), in the order they finished
+        key = (r["stage"], r.get("output"))
+        latest.pop(key, None)
+        latest[key] = r
+    table = Table(title=f"stages: {work_dir}")
+    for column in ("stage", "seconds", "peak RSS (MiB)", "output"):
+        table.add_column(column, justify="left" if column in ("stage", "output") else "right")
+    for r in latest.values():
+        output = Path(r["output"]).name if r.get("output") else ""
+        table.add_row(r["stage"], f"{r['seconds']:.1f}", f"{r['peak_rss_mib']:,.0f}", output)
+    table.add_row("total", f"{sum(r['seconds'] for r in latest.values()):.1f}", "", "", style="bold")
+    console.print(table)
+    scored = [r for r in latest.values() if "average" in r]
+    if not scored:
+        return
+    models = Table(
+        title="evaluated models",
+        caption="detection: average mAP over the tIoU thresholds and "
+        "mAP at the first; proposals: AUC of AR@AN and AR@100 at the first",
+        caption_justify="left",
+    )
+    for column in ("model", "output", "average", "first tIoU"):
+        models.add_column(column, justify="left" if column in ("model", "output") else "right")
+    for r in scored:
+        name = MODEL_NAMES.get(r.get("kind", ""), r.get("kind", "?"))
+        if r["task"] == "detection":
+            values = f"{r['average']:.2%}", f"{r['first_tiou']:.2%}"
+        else:
+            values = f"AUC {r['average']:.2f}", f"{r['first_tiou']:.2%}"
+        models.add_row(name, Path(r["output"]).name, *values)
+    console.print(models)

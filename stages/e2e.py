@@ -1,0 +1,143 @@
+"""`etad train --e2e`: train encoder and detector end to end (docs/method.md, original ETAD).
+
+One iteration with `grad_mode: sampled` (the default): the encoder runs over every snippet without
+gradients, the detector and its loss run on those features, and only a sampled share of the
+snippets is re-encoded with gradients (stages/model/backward.py has the grad modes). Activation
+memory is one chunk's, however long the videos are.
+
+Reads the snippet cache (<work_dir>/cache/snippets); writes <work_dir>/e2e/ like `etad train`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from stages.datasets import DetectionDataset, build_items, cache_reader
+from stages.errors import UserError
+from stages.model.backward import Backward, e2e_gradients
+from stages.model.detector import build_detector
+from stages.model.encoder import build_encoder, center_crop
+from stages.model.losses import detector_loss
+from stages.progress import SILENT, Progress
+from stages.settings import Settings
+from stages.store import VideoCache
+from stages.training import (
+    Distributed,
+    Job,
+    TrainSummary,
+    as_float,
+    autocast,
+    fit,
+    load_checkpoint,
+    load_weights,
+    make_optimizer,
+    pick_device,
+    seed_everything,
+)
+from stages.workdir import snippets_dir
+
+
+def augment(snippets: torch.Tensor, crop: int, generator: torch.Generator) -> torch.Tensor:
+    """Training augmentation drawn once per video: random crop, horizontal flip, and
+    brightness / contrast / saturation jitter (factors in [0.5, 1.5]). uint8 [T, L, H, W, 3] in
+    and out, cropped to crop x crop."""
+    h, w = snippets.shape[-3], snippets.shape[-2]
+    if crop > min(h, w):
+        raise UserError(f"crop size {crop} is larger than the frames ({w}x{h})")
+    top = int(torch.randint(0, h - crop + 1, (1,), generator=generator))
+    left = int(torch.randint(0, w - crop + 1, (1,), generator=generator))
+    x = snippets[..., top : top + crop, left : left + crop, :]
+    if torch.rand(1, generator=generator) < 0.5:
+        x = x.flip(-2)
+    b, c, s = (0.5 + torch.rand(3, generator=generator)).tolist()
+    x = x.float() * b
+    x = x.mean() + (x - x.mean()) * c
+    gray = (x * torch.tensor([0.299, 0.587, 0.114])).sum(-1, keepdim=True)
+    x = gray + (x - gray) * s
+    return x.clamp(0, 255).round().to(torch.uint8)
+
+
+def snippet_dataset(settings: Settings, crop: int) -> tuple[DetectionDataset, list[str], list[str]]:
+    if settings.data.annotations is None:
+        raise UserError("data.annotations is not set")
+    cache = VideoCache(snippets_dir(settings), "snippets")
+
+    def transform(snippets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if settings.e2e.augment:
+            return augment(snippets, crop, generator)
+        return center_crop(snippets, crop).contiguous()
+
+    items, classes, notes = build_items(settings, settings.data.train_subset, cache.length, training=True)
+    load = cache_reader(cache, settings)
+    return DetectionDataset(items, classes, settings, load, "train", transform), classes, notes
+
+
+def run(
+    settings: Settings, *, resume: bool = False, restart: bool = False, progress: Progress = SILENT
+) -> TrainSummary:
+    """Train end to end for e2e.epochs epochs (continuing from last.pt with `resume`)."""
+    e2e, enc = settings.e2e, settings.model.encoder
+    if e2e.amp == "fp16":
+        raise UserError(
+            "e2e.amp: fp16 is not supported end to end (the cached feature gradient needs a scaler); use bf16"
+        )
+    device = pick_device(e2e.device)
+    dist = Distributed.setup(device)
+    device = dist.device(device)
+    seed_everything(settings.seed)
+    train_set, classes, notes = snippet_dataset(settings, enc.crop_size)
+    encoder = build_encoder(enc.name, enc.checkpoint, enc.frozen_stages, enc.norm_eval).to(device)
+    width = settings.model.in_channels
+    if width is not None and encoder.out_dim != width:
+        raise UserError(f"model.in_channels is {width}; encoder {enc.name!r} gives {encoder.out_dim}")
+    model_settings = settings.model.model_copy(update={"in_channels": encoder.out_dim})
+    detector = build_detector(model_settings, len(classes)).to(device)
+    if e2e.init_from is not None:
+        state = load_checkpoint(e2e.init_from)
+        load_weights(detector, state, e2e.init_from, "model")
+        if "encoder" in state:
+            load_weights(encoder, state, e2e.init_from, "encoder")
+        notes.append(f"detector initialised from {e2e.init_from}")
+    groups = [{"params": list(detector.parameters()), "lr": e2e.lr}]
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
+    if e2e.encoder_lr > 0 and trainable:
+        groups.append({"params": trainable, "lr": e2e.encoder_lr})
+    optimizer = make_optimizer(groups, e2e.optimizer, e2e.weight_decay)
+    det_net, enc_net = detector, encoder
+    if dist.world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        det_net = torch.nn.parallel.DistributedDataParallel(detector, device_ids=ids)
+        enc_net = torch.nn.parallel.DistributedDataParallel(encoder, device_ids=ids)
+    snippet_generator = torch.Generator().manual_seed(settings.seed + 1000 * dist.rank)
+    thresholds = settings.model.stage_iou_thresholds
+
+    def step(batch: dict) -> dict:
+        det_net.train()
+        enc_net.train()
+        job = Backward(
+            enc_net, det_net, batch["inputs"], lambda o: detector_loss(as_float(o), batch, thresholds),
+            batch["anchors"], e2e.chunk_size, e2e.snippet_ratio, e2e.snippet_sampling, snippet_generator,
+            device,
+        )  # fmt: skip
+        with autocast(device, e2e.amp):
+            return e2e_gradients(e2e.grad_mode, job)
+
+    job = Job(
+        "e2e",
+        {"model": detector, "encoder": encoder},
+        optimizer,
+        torch.optim.lr_scheduler.StepLR(optimizer, e2e.lr_step, e2e.lr_gamma),
+        train_set,
+        step,
+        lambda: None,
+        classes,
+        detector.detector_parameters(),
+        generators={"snippets": snippet_generator},
+        model_settings={"in_channels": encoder.out_dim},
+    )
+    try:
+        return fit(
+            job, settings, e2e, dist, device, resume=resume, restart=restart, progress=progress, notes=notes
+        )
+    finally:
+        dist.close()

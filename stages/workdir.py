@@ -1,0 +1,39 @@
+"""Where every stage reads and writes under `work_dir`: the one description of a work folder.
+
+frames/              etad extract       (<id>.npy + <id>.json per video)
+cache/snippets/      etad cache --what snippets
+cache/features/      etad cache --what features | --from-npy
+pretrain/            etad train         (checkpoints/, metrics.jsonl)
+e2e/                 etad train --e2e
+results/             etad infer         (infer.output)
+logs/                every command: its settings and cost
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RUN_KINDS = ("pretrain", "e2e")  # training runs; infer picks the newest of these by default
+
+
+def frames_dir(settings) -> Path:
+    return Path(settings.work_dir) / "frames"
+
+
+def snippets_dir(settings) -> Path:
+    return Path(settings.work_dir) / settings.cache.snippets_dir
+
+
+def features_dir(settings) -> Path:
+    return Path(settings.work_dir) / settings.cache.features_dir
+
+
+def run_dir(settings, kind: str) -> Path:
+    """The folder of a training run: pretrain/ (frozen features) or e2e/ (end to end)."""
+    return Path(settings.work_dir) / kind
+
+
+def output_path(settings) -> Path:
+    """infer.output, relative to work_dir unless absolute."""
+    path = Path(settings.infer.output)
+    return path if path.is_absolute() else Path(settings.work_dir) / path
