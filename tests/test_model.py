@@ -129,3 +129,63 @@ def test_regression_targets_and_stage_loss_without_positives():
         iou, torch.sigmoid(reg), far, torch.tensor([[[0.8, 0.9]]]), torch.zeros(1, 8), torch.zeros(1, 8), 0.7
     )
     assert float(terms["bnd_reg"].detach()) == 0.0 and torch.isfinite(terms["total"])
+
+
+def test_sampled_losses_with_mixed_positives_and_negatives_by_hand():
+    eps = 1e-6
+    # as many negatives as positives: every negative is kept (the keep threshold is 1 - 2/2 = 0)
+    p, y = torch.tensor([0.9, 0.2, 0.4, 0.7]), torch.tensor([1.0, 0.0, 0.0, 1.0])
+    by_hand = -(math.log(0.9 + eps) + math.log(0.8 + eps) + math.log(0.6 + eps) + math.log(0.7 + eps)) / 4
+    assert float(sampled_bce(p, y, 0.5)) == pytest.approx(by_hand, rel=1e-6)
+    # more positives than negatives: the same, every entry counts once
+    p, y = torch.tensor([0.9, 0.2, 0.6]), torch.tensor([1.0, 0.0, 1.0])
+    by_hand = -(math.log(0.9 + eps) + math.log(0.8 + eps) + math.log(0.6 + eps)) / 3
+    assert float(sampled_bce(p, y, 0.5)) == pytest.approx(by_hand, rel=1e-6)
+    # one entry per IoU bin (high > 0.7, mid, low <= 0.3): every entry kept, squared errors averaged
+    p, y = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.9, 0.5, 0.1])
+    assert float(sampled_l2(p, y)) == pytest.approx((0.16 + 0.0 + 0.16) / 3, rel=1e-6)
+    # two high, one mid, one low: mid and low are kept (threshold 1 - 2 / 1 < 0), four terms
+    p, y = torch.tensor([1.0, 0.8, 0.4, 0.0]), torch.tensor([0.9, 0.8, 0.5, 0.2])
+    assert float(sampled_l2(p, y)) == pytest.approx((0.01 + 0.0 + 0.01 + 0.04) / 4, rel=1e-6)
+
+
+def test_forward_and_backward_lstm_branches_look_the_right_way():
+    """The forward branch sees only the past, the backward branch only the future: swapping the
+    LSTMs or the branches breaks this. (layer1, whose GroupNorm mixes time steps, is bypassed.)"""
+    torch.manual_seed(0)
+    temporal = ETAD(32, 32, 4, 0.5, 1).temporal.eval()
+    temporal.layer1 = torch.nn.Identity()
+    seen = {}
+    temporal.layer2_f.register_forward_hook(lambda m, i, o: seen.__setitem__("f", i[0]))
+    temporal.layer2_b.register_forward_hook(lambda m, i, o: seen.__setitem__("b", i[0]))
+    x = torch.randn(1, 32, 20)
+    with torch.no_grad():
+        temporal(x)
+        before = dict(seen)
+        changed = x.clone()
+        changed[:, :, 15:] += 1.0  # the future of t < 15
+        temporal(changed)
+    assert torch.equal(seen["f"][..., :15], before["f"][..., :15])
+    assert not torch.allclose(seen["b"][..., :15], before["b"][..., :15])
+    with torch.no_grad():
+        changed = x.clone()
+        changed[:, :, :5] += 1.0  # the past of t >= 5
+        temporal(changed)
+    assert torch.equal(seen["b"][..., 5:], before["b"][..., 5:])
+    assert not torch.allclose(seen["f"][..., 5:], before["f"][..., 5:])
+
+
+def test_start_and_end_heads_read_their_own_context():
+    """reg[..., 0] (start) reads the RoI bins around the start, reg[..., 1] (end) those around the
+    end: changing features near the start moves the first and not the second."""
+    torch.manual_seed(0)
+    stage = ETAD(8, 32, 8, 0.5, 1).stages[0].eval()
+    anchors = torch.tensor([[[0.4, 0.6]]])  # extended to [0.3, 0.7]; the context is 2 of 8 bins each side
+    x = torch.randn(1, 32, 100)
+    changed = x.clone()
+    changed[:, :, 31:34] += 3.0  # inside the start context [30, 35], far from the end context [65, 70]
+    with torch.no_grad():
+        _, reg = stage(x, anchors)
+        _, reg2 = stage(changed, anchors)
+    assert not torch.allclose(reg[..., 0], reg2[..., 0])
+    assert torch.allclose(reg[..., 1], reg2[..., 1])

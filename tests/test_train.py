@@ -58,7 +58,7 @@ def test_loss_falls_and_a_tiny_model_overfits(tmp_path, cli, synth_dir, feature_
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "work" / "results" / "detections.metrics.json").read_text())
     assert metrics["mAP"][0] > 0.6, metrics  # training-set mAP@0.5 of a memorising model
-    assert (tmp_path / "work" / "results" / "plots").glob("*.png")
+    assert any((tmp_path / "work" / "results" / "plots").glob("*.png"))
 
 
 def test_torchrun_two_cpu_ranks_keep_identical_weights(tmp_path, synth_dir, feature_work):

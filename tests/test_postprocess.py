@@ -1,0 +1,70 @@
+"""Post-processing, computed by hand: boundary candidates, Soft-NMS, class fusion, classifier files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from stages.errors import UserError
+from stages.postprocess import ClassifierFile, boundary_mask, candidates, fuse, soft_nms, top_classes
+
+
+def test_boundary_mask_keeps_peaks_and_high_values():
+    p = np.array([0.1, 0.3, 0.2, 0.9, 0.5, 0.05])
+    # above half the max (0.45): 3, 4; strict local peaks: 1 (0.3 > 0.1, 0.2) and 3
+    assert boundary_mask(p).tolist() == [False, True, False, True, True, False]
+
+
+def test_candidates_need_a_start_and_an_end_boundary():
+    tem = np.zeros((2, 10))
+    tem[0, 2] = 0.8  # the only start peak
+    tem[1, 6] = 0.9  # the only end peak
+    proposals = np.array([[0.2, 0.6], [0.3, 0.6], [0.2, 0.7], [0.0, 0.95]])
+    iou = np.array([[0.5, 0.4], [0.9, 0.9], [0.9, 0.9], [0.2, 0.5]])
+    segs, scores = candidates(proposals, iou, tem)
+    # [0.3, ..] starts on no boundary, [.., 0.7] ends on none; index 0 and the last index always pass
+    assert segs.tolist() == [[0.2, 0.6], [0.0, 0.95]]
+    assert scores == pytest.approx([0.5 * 0.4, 0.2 * 0.5])
+
+
+def test_soft_nms_decays_overlaps_and_leaves_the_last_candidate_out():
+    segs = np.array([[0.0, 10.0], [1.0, 11.0], [20.0, 30.0], [40.0, 50.0]])
+    scores = np.array([0.9, 0.8, 0.7, 0.1])
+    kept, kept_scores = soft_nms(segs, scores, sigma=0.5, top_k=10)
+    decayed = 0.8 * math.exp(-((9 / 11) ** 2) / 0.5)  # IoU of [1, 11] with [0, 10] is 9 / 11
+    assert kept.tolist() == [[0.0, 10.0], [20.0, 30.0], [1.0, 11.0]]  # [40, 50] is the last one left
+    assert kept_scores == pytest.approx([0.9, 0.7, decayed])
+
+
+def test_soft_nms_top_k_and_min_score():
+    segs = np.array([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]])
+    scores = np.array([0.3, 0.9, 0.6])
+    assert soft_nms(segs, scores, 0.5, top_k=1)[0].tolist() == [[2.0, 3.0]]
+    assert soft_nms(segs, scores, 0.5, top_k=5, min_score=0.5)[1].tolist() == [0.9, 0.6]
+
+
+def test_fuse_gives_one_detection_per_segment_and_class():
+    out = fuse(np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([0.5, 0.25]), [("a", 0.8), ("b", 0.2)])
+    assert [(d["label"], d["score"], d["segment"]) for d in out] == [
+        ("a", 0.4, [1.0, 2.0]),
+        ("b", 0.1, [1.0, 2.0]),
+        ("a", 0.2, [3.0, 4.0]),
+        ("b", 0.05, [3.0, 4.0]),
+    ]
+    assert top_classes(np.array([0.1, 0.7, 0.2]), ["x", "y", "z"], 2) == [("y", 0.7), ("z", 0.2)]
+
+
+def test_classifier_files_are_checked(tmp_path):
+    good = tmp_path / "cuhk.json"
+    good.write_text(json.dumps({"class": ["a", "b"], "results": {"v1": [0.2, 0.8], "v2": [float("nan"), 1]}}))
+    source = ClassifierFile(good, ["a", "b"])
+    assert source.scores("v_v1").tolist() == [0.2, 0.8]  # the v_ prefix is tolerated
+    with pytest.raises(UserError, match="not finite"):
+        source.scores("v2")
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(UserError, match="objects.npy: not a numeric .npy file"):
+        ClassifierFile(objects, ["a"] * 20)
