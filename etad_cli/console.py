@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -33,7 +34,7 @@ __all__ = ["UserError", "console", "err_console", "print_notes", "stage_progress
 
 
 def _error(line: str) -> None:
-    err_console.print(f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -55,14 +56,14 @@ def user_errors(interrupted: str = RESUME_HINT) -> Iterator[None]:
         _error(f"{exc.filename or ''}: {exc.strerror or exc.__class__.__name__}".lstrip(": "))
         raise typer.Exit(EXIT_USER_ERROR) from None
     except KeyboardInterrupt:
-        err_console.print(interrupted)
+        err_console.print(interrupted, soft_wrap=True)
         raise typer.Exit(130) from None
 
 
 def print_notes(notes: list[str]) -> None:
     """What a stage left out or assumed, one yellow line each on stderr."""
     for note in notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
 
 
 class RichProgress(StageProgress):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from etad_cli.console import EXIT_FAILED, console, err_console, print_notes
@@ -41,8 +42,9 @@ def exit_on_failures(failures: list[dict], failures_file: Path) -> None:
     if not failures:
         return
     for failure in failures:
-        err_console.print(f"[red]failed[/] {failure['video_id']}: {failure['reason']}", highlight=False)
-    err_console.print(f"{len(failures)} video(s) failed; listed in {failures_file}")
+        line = f"[red]failed[/] {escape(failure['video_id'])}: {escape(failure['reason'])}"
+        err_console.print(line, highlight=False, soft_wrap=True)
+    err_console.print(f"{len(failures)} video(s) failed; listed in {failures_file}", soft_wrap=True)
     raise typer.Exit(EXIT_FAILED)
 
 

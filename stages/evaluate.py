@@ -313,6 +313,7 @@ def run(request: EvalRequest) -> EvalReport:
 
 def save_json(report: EvalReport, path: Path) -> None:
     try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_json(path, report.as_dict())
     except OSError as exc:
         raise UserError(f"{path}: cannot write: {exc.strerror or exc.__class__.__name__}") from None

@@ -219,7 +219,7 @@ class Optimisation(Section):
     its own values (its own defaults below)."""
 
     optimizer: Literal["adamw", "adam"] = Field("adamw", description="AdamW (ETAD) or Adam")
-    lr: float = Field(1e-3, gt=0, description="learning rate (of the detector)")
+    lr: float = Field(1e-3, gt=0, le=1, description="learning rate (of the detector)")
     weight_decay: float = Field(1e-4, ge=0, description="weight decay (decoupled with AdamW)")
     batch_size: int = Field(16, ge=1, description="videos (or windows) per step")
     epochs: int = Field(6, ge=1, description="training epochs")
@@ -239,9 +239,9 @@ class TrainSettings(Optimisation):
 class E2ESettings(Optimisation):
     """End-to-end training: sequential forward, sampled-snippet backward (docs/method.md)."""
 
-    lr: float = Field(5e-4, gt=0, description="detector learning rate")
+    lr: float = Field(5e-4, gt=0, le=1, description="detector learning rate")
     batch_size: int = Field(4, ge=1, description="videos per step")
-    encoder_lr: float = Field(5e-7, ge=0, description="encoder learning rate (0 freezes it)")
+    encoder_lr: float = Field(5e-7, ge=0, le=1, description="encoder learning rate (0 freezes it)")
     snippet_ratio: Ratio = Field(
         0.3, description="share of snippets re-encoded with gradients (sampled mode)"
     )

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from etad_cli.app import app
@@ -14,6 +19,7 @@ from stages import synth
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+DATA = REPO / "tests" / "data"  # small fixture files written by hand
 
 
 @pytest.fixture(scope="session")
@@ -66,8 +72,6 @@ def shared_file(*parts: str) -> Path:
 def demo_config(folder: Path, synth: Path, **sections) -> Path:
     """A copy of examples/demo.yaml pointing at `synth` and writing under `folder`; `sections` update
     top-level sections, e.g. train={"epochs": 2}."""
-    import yaml
-
     config = yaml.safe_load((REPO / "examples" / "demo.yaml").read_text())
     config["work_dir"] = str(folder / "work")
     config["data"].update(annotations=str(synth / "anet.json"), video_dir=str(synth / "videos"))
@@ -92,3 +96,35 @@ def feature_work(tmp_path_factory, synth_dir) -> Path:
     cache.run(s, what="snippets")
     cache.run(s, what="features")
     return folder
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under a folder and a hash of its content."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "logs" not in p.parts
+    }
+
+
+def write_features(folder: Path, annotations: Path, width: int = 8) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for video_id in json.loads(annotations.read_text())["database"]:
+        np.save(folder / f"{video_id}.npy", rng.standard_normal((20, width)).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """The tiny workspace after `cache --from-npy` and one epoch of `train` (copied by each test)."""
+    root = tmp_path_factory.mktemp("tiny")
+    for name in ("tiny.yaml", "tiny_anet.json", "tiny_predictions.json"):
+        shutil.copy(DATA / name, root / name)
+    config = yaml.safe_load((root / "tiny.yaml").read_text())
+    config["work_dir"] = "work"
+    (root / "tiny.yaml").write_text(yaml.safe_dump(config))
+    write_features(root / "npy", root / "tiny_anet.json")
+    assert run_cli("cache", "-c", root / "tiny.yaml", "--from-npy", root / "npy").returncode == 0
+    result = run_cli("train", "-c", root / "tiny.yaml")
+    assert result.returncode == 0, result.stderr
+    return root
