@@ -77,6 +77,8 @@ class Detector:
         self.device = pick_device(settings.infer.device)
         self.model = build_detector(self.model_settings, len(self.classes))
         load_weights(self.model, state, checkpoint, "model")
+        if not all(torch.isfinite(w).all() for w in self.model.state_dict().values()):
+            raise UserError(f"{checkpoint}: holds non-finite (NaN or inf) weights; it cannot detect anything")
         self.model.to(self.device).eval()
         self.encoder = None
         if "encoder" in state:
