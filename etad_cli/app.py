@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,7 +14,9 @@ from etad_cli import __version__, views
 from etad_cli.console import console, stage_progress, user_errors
 from etad_cli.runlog import StageRun, read_runs
 from stages.errors import UserError
-from stages.settings import Settings, load_settings, settings_as_yaml, settings_reference
+
+if TYPE_CHECKING:  # the settings models load only when a command runs, so --help stays fast
+    from stages.settings import Settings
 
 app = typer.Typer(
     name="etad",
@@ -58,6 +60,8 @@ def _root(
 
 def load(config: Path | None, overrides: list[str] | None, extra: list[str] | None = None) -> Settings:
     """The settings of a command: the file, then --set overrides, then the command's own options."""
+    from stages.settings import load_settings
+
     return load_settings(config, [*(overrides or []), *(extra or [])])
 
 
@@ -72,6 +76,8 @@ def config_show(config: ConfigArg, set_: SetOpt = None) -> None:
 
     Example: etad config show examples/demo.yaml --set train.lr=1e-4
     """
+    from stages.settings import settings_as_yaml
+
     with user_errors():
         console.print(settings_as_yaml(load(config, set_)), markup=False, highlight=False, end="")
 
@@ -82,6 +88,8 @@ def config_reference() -> None:
 
     Example: etad config reference > docs/settings.md
     """
+    from stages.settings import settings_reference
+
     console.print(settings_reference(), markup=False, highlight=False, end="", soft_wrap=True)
 
 

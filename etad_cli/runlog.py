@@ -14,7 +14,6 @@ from pathlib import Path
 
 from etad_cli.console import console
 from stages.errors import UserError
-from stages.settings import Settings, settings_as_yaml
 
 
 def peak_rss_mib() -> float:
@@ -33,7 +32,10 @@ class StageRun:
     began: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def start(cls, settings: Settings, stage: str) -> StageRun:
+    def start(cls, settings, stage: str) -> StageRun:
+        """Log the resolved settings of this run (logs/<stage>-<time>-<pid>.settings.yaml)."""
+        from stages.settings import settings_as_yaml
+
         logs = settings.work_dir / "logs"
         try:
             logs.mkdir(parents=True, exist_ok=True)

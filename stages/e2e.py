@@ -33,6 +33,7 @@ from stages.training import (
     make_optimizer,
     pick_device,
     seed_everything,
+    use_threads,
 )
 from stages.workdir import snippets_dir
 
@@ -81,6 +82,7 @@ def run(
         raise UserError(
             "e2e.amp: fp16 is not supported end to end (the cached feature gradient needs a scaler); use bf16"
         )
+    use_threads(settings.threads)
     device = pick_device(e2e.device)
     dist = Distributed.setup(device)
     device = dist.device(device)

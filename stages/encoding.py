@@ -77,7 +77,9 @@ class FeatureEncoder:
         import torch
 
         from stages.model.encoder import build_encoder
+        from stages.training import use_threads
 
+        use_threads(settings.threads)
         self.settings, self.batch_size = settings, batch_size
         e = settings.model.encoder
         if device == "auto":

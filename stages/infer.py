@@ -30,7 +30,7 @@ from stages.protocols import Item, protocol
 from stages.settings import ModelSettings, Settings
 from stages.snippets import resample_frame_indices
 from stages.store import VideoCache
-from stages.training import load_checkpoint, load_weights, pick_device
+from stages.training import load_checkpoint, load_weights, pick_device, use_threads
 from stages.video import VideoError, VideoReader
 from stages.workdir import RUN_KINDS, features_dir, output_path, run_dir, snippets_dir
 
@@ -203,6 +203,7 @@ def run(
 ) -> InferSummary:
     """Detect the evaluation subset (or one `video` file) with a checkpoint (default: the newest run's)."""
     began = time.perf_counter()
+    use_threads(settings.threads)
     checkpoint = checkpoint or find_checkpoint(settings)
     output = writable_output(settings)
     detector = Detector(settings, checkpoint)

@@ -28,6 +28,7 @@ from stages.training import (
     pick_device,
     seed_everything,
     to_device,
+    use_threads,
 )
 from stages.workdir import features_dir
 
@@ -96,6 +97,7 @@ def run(
 ) -> TrainSummary:
     """Train for train.epochs epochs (continuing from last.pt with `resume`)."""
     tr = settings.train
+    use_threads(settings.threads)
     device = pick_device(tr.device)
     dist = Distributed.setup(device)
     device = dist.device(device)

@@ -299,6 +299,12 @@ class EvalSettings(Section):
 
 class Settings(Section):
     seed: int = Field(2023, description="seeds every random draw; the same seed gives the same CPU run")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads of torch; unset: every core this process may use (set it lower on a "
+        "busy machine; a fixed count keeps CPU runs bitwise reproducible)",
+    )
     work_dir: FilePath = Field(
         Path("work"),
         description="every stage writes under this folder (frames/, cache/, pretrain/, results/, ...)",

@@ -61,6 +61,14 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_threads(threads: int | None) -> int:
+    """Set torch's CPU threads: `threads`, or every core this process may use."""
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    return threads
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from stages.model.detector import ETAD, extend_anchors, refine, roi_features
+from stages.model.detector import ETAD, refine
 from stages.model.losses import (
     balanced_bce,
     regression_targets,
@@ -13,6 +13,7 @@ from stages.model.losses import (
     sampled_l2,
     stage_loss,
 )
+from stages.model.roi import extend_anchors, roi_features
 from stages.model.sampling import chunks_to_backprop, sample_proposals, sample_snippets
 from stages.model.targets import aligned_iou, boundary_targets, match_ground_truth, pairwise_iou, proposal_map
 from stages.protocols import resize_features

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.ops import roi_align
+
+from stages.model.roi import TapCache, binned_linear, proposal_taps, roi_features
 
 GROUPS = 4  # grouped 1-D convolutions everywhere in the temporal module
 NORM_GROUPS = 16
@@ -56,31 +57,6 @@ class TemporalModule(nn.Module):
         return self.layer3(fused)
 
 
-def extend_anchors(anchors: torch.Tensor, ratio: float) -> torch.Tensor:
-    """[..., 2] -> the anchor widened by `ratio` of its length on each side (context for RoIAlign)."""
-    length = anchors[..., 1] - anchors[..., 0]
-    return torch.stack([anchors[..., 0] - ratio * length, anchors[..., 1] + ratio * length], dim=-1)
-
-
-def roi_features(
-    features: torch.Tensor, anchors: torch.Tensor, roi_size: int, extend_ratio: float
-) -> torch.Tensor:
-    """RoIAlign over time: features [B, C, T], normalised anchors [B, K, 2] -> [B*K, C, roi_size].
-
-    The feature is viewed as a [B, C, T, 1] image; feature index i sits at coordinate i
-    (aligned=False), and each bin averages ceil(len/roi_size) bilinear samples (sampling_ratio=-1).
-    """
-    b, _, t = features.shape
-    k = anchors.shape[1]
-    ext = extend_anchors(anchors, extend_ratio) * t
-    batch_index = torch.arange(b, device=features.device, dtype=features.dtype).repeat_interleave(k)
-    zeros = torch.zeros_like(batch_index)
-    ext = ext.reshape(-1, 2).to(features.dtype)
-    boxes = torch.stack([batch_index, zeros, ext[:, 0], zeros + 1, ext[:, 1]], dim=1)
-    out = roi_align(features.unsqueeze(-1), boxes, (roi_size, 1), 1.0, -1, aligned=False)
-    return out.squeeze(-1)
-
-
 def refine(anchors: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
     """Next-stage anchors: the mean of the start/end-offset and the centre/width refinements.
 
@@ -115,20 +91,34 @@ class ProposalStage(nn.Module):
         ctx = reduced * self.context
         self.start_head = _mlp([ctx, fc, mlp, mlp, mlp, 1])
         self.end_head = _mlp([ctx, fc, mlp, mlp, mlp, 1])
+        self.roi_mode = "taps"  # or "roialign", the reference (tests and benchmarks)
+        self.taps_cache = TapCache()
 
     def forward(self, x: torch.Tensor, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, H, T], anchors [B, K, 2] -> iou [B, K, 2] (cls, reg) and reg [B, K, 6]."""
         b, k = anchors.shape[:2]
         feat = self.reduce(x + self.residual(x))
-        rois = roi_features(feat, anchors, self.roi_size, self.extend_ratio)  # [BK, C, R]
-        z = self.fc(rois.flatten(1))
+        if self.roi_mode == "roialign":  # the reference: materialise RoI features, as the original
+            rois = roi_features(feat, anchors, self.roi_size, self.extend_ratio)  # [BK, C, R]
+            z = self.fc(rois.flatten(1))
+            rs = self.start_head(rois[:, :, : self.context].flatten(1))
+            re = self.end_head(rois[:, :, -self.context :].flatten(1))
+        else:  # the same numbers without the RoI tensor (stages/model/roi.py)
+            z = self.fc[1:](self.binned(feat, anchors, self.fc[0], 0, self.roi_size))
+            rs = self.start_head[1:](self.binned(feat, anchors, self.start_head[0], 0, self.context))
+            end = self.roi_size - self.context
+            re = self.end_head[1:](self.binned(feat, anchors, self.end_head[0], end, self.context))
         iou = torch.sigmoid(self.iou_head(z))
         se = torch.sigmoid(self.se_head(z))
         cw = self.cw_head(z) / 2  # halved for smoother regression, as the original
-        rs = self.start_head(rois[:, :, : self.context].flatten(1))
-        re = self.end_head(rois[:, :, -self.context :].flatten(1))
         reg = torch.cat([rs, re, cw, se], dim=1)
         return iou.view(b, k, 2), reg.view(b, k, 6)
+
+    def binned(self, feat, anchors, layer: nn.Linear, first_bin: int, n_bins: int) -> torch.Tensor:
+        """`layer` on the flattened RoI bins first_bin .. first_bin + n_bins - 1 of every proposal."""
+        ratio, size = self.extend_ratio, self.roi_size
+        taps = proposal_taps(anchors, feat.shape[2], size, ratio, first_bin, n_bins, self.taps_cache)
+        return binned_linear(feat, taps, layer)
 
 
 class VideoClassifier(nn.Module):

@@ -1,0 +1,177 @@
+"""1-D RoIAlign over time, two ways that give the same numbers (docs/method.md, "proposal head").
+
+`roi_features` is torchvision's `roi_align` (aligned=False, sampling_ratio=-1) on features viewed as
+a [B, C, T, 1] image: the reference, and what the original ETAD runs. It materialises a
+[proposals, C, bins] tensor, and the head's first linear layer then reads all of it.
+
+RoIAlign is linear in the features: bin j of a proposal is a weighted sum of a few time steps
+(`roi_taps` computes those taps exactly as torchvision samples them). A linear layer on the
+flattened bins, `W · flatten(RoIAlign(F))`, is therefore the same taps applied to `W_j · F[:, t]`,
+which `binned_linear` computes once per video for every bin j and time step t (an einsum), then
+gathers per proposal with `embedding_bag`. Nothing of size [proposals, C, bins] is ever built, the
+backward pass is the same two operations reversed, and the cost no longer grows with C x bins per
+proposal but with the number of taps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+MAX_LENGTH = 4  # proposals longer than 4 videos (extended) are sampled as if 4 videos long
+
+
+def extend_anchors(anchors: torch.Tensor, ratio: float) -> torch.Tensor:
+    """[..., 2] -> the anchor widened by `ratio` of its length on each side (context for RoIAlign)."""
+    length = anchors[..., 1] - anchors[..., 0]
+    return torch.stack([anchors[..., 0] - ratio * length, anchors[..., 1] + ratio * length], dim=-1)
+
+
+def roi_features(
+    features: torch.Tensor, anchors: torch.Tensor, roi_size: int, extend_ratio: float
+) -> torch.Tensor:
+    """RoIAlign over time: features [B, C, T], normalised anchors [B, K, 2] -> [B*K, C, roi_size].
+
+    Feature index i sits at coordinate i (aligned=False), and each bin averages ceil(len/roi_size)
+    linear samples (sampling_ratio=-1).
+    """
+    b, _, t = features.shape
+    k = anchors.shape[1]
+    ext = extend_anchors(anchors, extend_ratio) * t
+    batch_index = torch.arange(b, device=features.device, dtype=features.dtype).repeat_interleave(k)
+    zeros = torch.zeros_like(batch_index)
+    ext = ext.reshape(-1, 2).to(features.dtype)
+    boxes = torch.stack([batch_index, zeros, ext[:, 0], zeros + 1, ext[:, 1]], dim=1)
+    out = roi_align(features.unsqueeze(-1), boxes, (roi_size, 1), 1.0, -1, aligned=False)
+    return out.squeeze(-1)
+
+
+@dataclass
+class Taps:
+    """RoIAlign as sparse weights: output[row, :, first_bin + bin] = sum of weight * F[:, step] over
+    the taps of (row, bin). Taps are grouped by row (all of row 0, then row 1, ...)."""
+
+    rows: torch.Tensor  # [nnz] proposal
+    bins: torch.Tensor  # [nnz] bin, counted from the first bin asked for
+    steps: torch.Tensor  # [nnz] time step (of the features laid end to end, video after video)
+    weight: torch.Tensor  # [nnz]
+    n: int  # proposals
+
+
+def roi_taps(boxes: torch.Tensor, t: int, bins: int, first_bin: int = 0, n_bins: int | None = None,
+             videos: int = 1) -> Taps:  # fmt: skip
+    """The taps of torchvision's roi_align (aligned=False, sampling_ratio=-1) for 1-D boxes [N, 2]
+    (start, end) in time steps over features of length t, pooled to `bins`; only bins
+    first_bin .. first_bin + n_bins - 1. With `videos` > 1, boxes are N / videos per video, and
+    video v reads time steps v * t ... (its features laid after the previous video's).
+
+    As torchvision: the box is at least 1 step long; bin j takes g = ceil(length / bins) samples at
+    start + (j + (i + 0.5) / g) * length / bins; a sample outside [-1, t] counts zero, one below 0 is
+    read at 0, one at or past t - 1 reads step t - 1; each sample interpolates linearly between its
+    two neighbours; the bin is the mean of its g samples.
+    """
+    n_bins = bins if n_bins is None else n_bins
+    with torch.no_grad():
+        if boxes.dtype in (torch.float16, torch.bfloat16):
+            boxes = boxes.float()
+        n, device = len(boxes), boxes.device
+        finite = torch.isfinite(boxes).all(dim=1)  # a diverged refinement: NaN out, as torchvision
+        boxes = torch.where(finite[:, None], boxes, torch.zeros_like(boxes))
+        start = boxes[:, 0]
+        length = (boxes[:, 1] - start).clamp(min=1.0)
+        step = length / bins
+        # samples per bin; capped for boxes over MAX_LENGTH times the video (torchvision would take
+        # ceil(length / bins) samples, nearly all of them outside the video)
+        grid = torch.ceil(length / bins).clamp(min=1, max=math.ceil(MAX_LENGTH * (t + 2) / bins)).long()
+        per_row = grid * n_bins
+        row = torch.repeat_interleave(torch.arange(n, device=device), per_row)  # one entry per sample
+        offsets = torch.cumsum(per_row, 0) - per_row
+        q = torch.arange(len(row), device=device) - offsets[row]
+        g = grid[row]
+        j, i = q // g, q % g  # bin (from first_bin) and sample within the bin
+        step_r = step[row]
+        y = start[row] + (j + first_bin).to(boxes.dtype) * step_r + (i.to(boxes.dtype) + 0.5) * step_r / g
+        inside = (y >= -1.0) & (y <= t)
+        y = y.clamp(min=0.0)
+        low = y.long()
+        top = low >= t - 1
+        low = low.clamp(max=t - 1)
+        high = torch.where(top, low, low + 1)
+        frac = torch.where(top, torch.zeros_like(y), y - low.to(y.dtype))
+        scale = torch.where(finite[row], inside.to(y.dtype) / g.to(y.dtype), torch.nan)
+        base = (row // (n // videos)) * t if videos > 1 else 0
+        # two taps per sample, kept grouped by row: (low, high) of sample 0, then of sample 1, ...
+        rows = row.repeat_interleave(2)
+        bin_of = j.repeat_interleave(2)
+        steps = torch.stack([low, high], dim=1).flatten() + (base.repeat_interleave(2) if videos > 1 else 0)
+        weight = torch.stack([(1.0 - frac) * scale, frac * scale], dim=1).flatten()
+    return Taps(rows, bin_of, steps, weight, n)
+
+
+class TapCache:
+    """The taps of proposal sets seen before (the fixed proposal map of stage 1 at test time)."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size, self.entries = size, OrderedDict()
+
+    def get(self, key: tuple, make) -> Taps:
+        if key not in self.entries:
+            self.entries[key] = make()
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+        self.entries.move_to_end(key)
+        return self.entries[key]
+
+
+def proposal_taps(
+    anchors: torch.Tensor, t: int, bins: int, extend_ratio: float, first_bin: int, n_bins: int,
+    cache: TapCache | None = None,
+) -> Taps:  # fmt: skip
+    """Taps of every proposal of a batch, anchors [B, K, 2] normalised; proposal b*K + k reads time
+    steps b*t + ... of the batch's features laid end to end. When every video has the same
+    proposals (an expanded tensor, as at test time) they are computed for one video, and cached."""
+    b, k = anchors.shape[:2]
+    if b > 1 and anchors.stride(0) == 0:  # the same proposals for every video
+
+        def make() -> Taps:
+            one = roi_taps(extend_anchors(anchors[0], extend_ratio) * t, t, bins, first_bin, n_bins)
+            nnz = len(one.rows)
+            video = torch.arange(b, device=anchors.device).repeat_interleave(nnz)
+            return Taps(one.rows.repeat(b) + video * k, one.bins.repeat(b), one.steps.repeat(b) + video * t,
+                        one.weight.repeat(b), b * k)  # fmt: skip
+
+        if cache is None:
+            return make()
+        key = (
+            anchors.device,
+            b,
+            t,
+            bins,
+            extend_ratio,
+            first_bin,
+            n_bins,
+            anchors[0].cpu().numpy().tobytes(),
+        )
+        return cache.get(key, make)
+    boxes = extend_anchors(anchors.reshape(b * k, 2), extend_ratio) * t
+    return roi_taps(boxes, t, bins, first_bin, n_bins, videos=b)
+
+
+def binned_linear(features: torch.Tensor, taps: Taps, layer: torch.nn.Linear) -> torch.Tensor:
+    """`layer(flatten(RoIAlign(features)[:, :, bins of the taps]))` for every proposal of `taps`,
+    without the RoI tensor. features [B, C, T] -> [proposals, layer.out_features]."""
+    b, c, t = features.shape
+    n_bins = layer.in_features // c
+    weight = layer.weight.view(layer.out_features, c, n_bins)  # flatten order: channel, then bin
+    projected = torch.einsum("ocj,bct->jbto", weight, features)  # [bins, B, T, out]
+    table = projected.reshape(n_bins * b * t, layer.out_features)
+    index = taps.bins * (b * t) + taps.steps
+    counts = torch.bincount(taps.rows, minlength=taps.n)
+    offsets = torch.cumsum(counts, 0) - counts
+    out = F.embedding_bag(index, table, offsets, mode="sum", per_sample_weights=taps.weight.to(table.dtype))
+    return out + layer.bias if layer.bias is not None else out
