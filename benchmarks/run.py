@@ -261,6 +261,114 @@ def bench_train() -> list[tuple[str, str]]:
     ]
 
 
+def _detector_pair(in_channels: int = 512):
+    """The ANet-recipe detector (10.34 M parameters) twice, same weights: the default proposal head
+    (taps) and the torchvision RoIAlign reference."""
+    import copy
+
+    import torch
+
+    from stages.model.detector import ETAD
+
+    torch.manual_seed(0)
+    fast = ETAD(in_channels, 256, 24, 0.5, 3)
+    reference = copy.deepcopy(fast)
+    for stage in reference.stages:
+        stage.roi_mode = "roialign"
+    return fast, reference
+
+
+def _interleaved(runs: dict, repeats: int) -> dict:
+    """Median seconds of each callable, run in turn `repeats` times (after one warm-up each)."""
+    for run in runs.values():
+        run()
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            began = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - began)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def _versus(t: dict) -> str:
+    return f"{t['taps']:.2f} s | {t['roialign']:.2f} s ({t['roialign'] / t['taps']:.2f}x)"
+
+
+def _step_batch(videos: int, ratio: float) -> tuple:
+    """Features, sampled anchors and targets of `videos` videos at the ANet recipe (T = 128)."""
+    import torch
+
+    from stages.model.sampling import sample_proposals
+    from stages.model.targets import boundary_targets, match_ground_truth, proposal_map
+
+    generator = torch.Generator().manual_seed(0)
+    grid, gt = proposal_map(128, 128), torch.tensor([[0.2, 0.5], [0.6, 0.9]])
+    anchors = torch.stack(
+        [grid[sample_proposals(128, 128, "random", ratio, generator)] for _ in range(videos)]
+    )
+    start, end = boundary_targets(gt, 128)
+    batch = {"gt_box": torch.stack([match_ground_truth(a, gt) for a in anchors]),
+             "gt_start": start.expand(videos, -1), "gt_end": end.expand(videos, -1)}  # fmt: skip
+    return torch.randn(videos, 512, 128, generator=generator), anchors, batch
+
+
+def bench_detector_speed() -> list[tuple[str, str]]:
+    """The proposal head without the RoI tensor against the RoIAlign reference, same weights, 1 thread."""
+    import torch
+
+    from stages.model.losses import detector_loss
+    from stages.model.targets import proposal_map
+
+    torch.set_num_threads(1)
+    fast, reference = _detector_pair()
+
+    def step(model, x, anchors, batch):
+        def run():
+            torch.manual_seed(1)
+            model.zero_grad(set_to_none=True)
+            detector_loss(model(x, anchors), batch, [0.7, 0.8, 0.9])["total"].backward()
+
+        return run
+
+    def forward(model, x, anchors):
+        def run():
+            with torch.no_grad():
+                model.eval()(x, anchors)
+            model.train()
+
+        return run
+
+    rows = []
+    x, anchors, batch = _step_batch(16, 0.06)
+    t = _interleaved(
+        {"taps": step(fast, x, anchors, batch), "roialign": step(reference, x, anchors, batch)}, 3
+    )
+    rows.append(("training step, ANet recipe (16 videos, 495 proposals each): taps | RoIAlign", _versus(t)))
+    for length, videos, repeats in ((128, 4, 3), (256, 2, 2)):
+        grid = proposal_map(length, length)[None].expand(videos, -1, -1)
+        x = torch.randn(videos, 512, length)
+        t = _interleaved({"taps": forward(fast, x, grid), "roialign": forward(reference, x, grid)}, repeats)
+        what = f"inference forward, T={length} ({videos} videos, {grid.shape[1]:,} proposals each)"
+        rows.append((f"{what}: taps | RoIAlign", _versus(t)))
+    for ratio in (0.06, 0.2, 1.0):
+        x, anchors, batch = _step_batch(4, ratio)
+        t = _interleaved(
+            {"taps": step(fast, x, anchors, batch), "roialign": step(reference, x, anchors, batch)}, 1
+        )
+        what = f"training step, 4 videos, proposal ratio {ratio} ({anchors.shape[1]:,} each)"
+        rows.append((f"{what}: taps | RoIAlign", _versus(t)))
+    grid = proposal_map(128, 128)[None].expand(4, -1, -1)
+    with torch.no_grad(), torch.profiler.profile() as profile:
+        fast.eval()(torch.randn(4, 512, 128), grid)
+    events = profile.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:6]
+    shares = ", ".join(f"{e.key.removeprefix('aten::')} {e.self_cpu_time_total / total:.0%}" for e in top)
+    rows.append(("inference profile of the taps head, T=128 (self CPU time)", shares))
+    return rows
+
+
 def _e2e_point(mode: str, snippets: int, *extra: str) -> dict:
     """One e2e_memory.py point in a fresh process (glibc told to hand freed blocks back at once)."""
     import subprocess
@@ -364,7 +472,7 @@ def bench_e2e_paper_gpu() -> list[tuple[str, str]]:
 
 BENCHMARKS = [
     bench_synth, bench_extract, bench_frame_formats, bench_cache_read, bench_eval, bench_train,
-    bench_e2e_memory, bench_e2e_paper_gpu,
+    bench_detector_speed, bench_e2e_memory, bench_e2e_paper_gpu,
 ]  # fmt: skip
 
 

@@ -28,6 +28,10 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Show or check a settings file.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+checkpoint_app = typer.Typer(
+    help="Inspect or convert checkpoints (etad's and released ones).", no_args_is_help=True
+)
+app.add_typer(checkpoint_app, name="checkpoint")
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML settings file.", show_default=False)]
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML settings file.", show_default=False)]
@@ -102,6 +106,33 @@ def config_validate(config: ConfigArg, set_: SetOpt = None) -> None:
     with user_errors():
         load(config, set_)
         console.print(f"{config}: valid")
+
+
+@checkpoint_app.command("info")
+def checkpoint_info(path: Annotated[Path, typer.Argument(help="Checkpoint file.")]) -> None:
+    """Print what a checkpoint holds: its layout, kind, parts and model sizes.
+
+    Example: etad checkpoint info e2e_anet_snippet0.3_bs4_92e98.pth.tar
+    """
+    from stages import checkpoints
+
+    with user_errors():
+        views.checkpoint_summary(path, checkpoints.describe(path))
+
+
+@checkpoint_app.command("convert")
+def checkpoint_convert(
+    source: Annotated[Path, typer.Argument(help="A checkpoint in any known layout.")],
+    target: Annotated[Path, typer.Argument(help="Where to write the etad checkpoint (a new file).")],
+) -> None:
+    """Convert a released checkpoint (the original ETAD release) to an etad checkpoint.
+
+    Example: etad checkpoint convert e2e_anet_snippet0.3_bs4_92e98.pth.tar etad_e2e_anet.pt
+    """
+    from stages import checkpoints
+
+    with user_errors():
+        views.checkpoint_summary(target, checkpoints.convert(source, target))
 
 
 @app.command()

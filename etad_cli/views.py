@@ -147,3 +147,18 @@ def run_report(work_dir: Path, runs: list[dict]) -> None:
             values = f"AUC {r['average']:.2f}", f"{r['first_tiou']:.2%}"
         models.add_row(name, Path(r["output"]).name, *values)
     console.print(models)
+
+
+def checkpoint_summary(path: Path, info: dict) -> None:
+    table = Table(title=str(path), show_header=False)
+    table.add_row("layout", str(info["layout"]))
+    table.add_row("kind", f"{info['kind']} (epoch {info['epoch']})" if info["epoch"] else str(info["kind"]))
+    for part, count in info["parameters"].items():
+        table.add_row(f"{part} parameters", f"{count:,}")
+    if info["encoder"]:
+        table.add_row("encoder", info["encoder"])
+    table.add_row("model", ", ".join(f"{k} {v}" for k, v in info["model"].items() if v is not None))
+    table.add_row(
+        "classes", str(info["classes"]) if info["classes"] else "none (label with infer.classifier: file)"
+    )
+    console.print(table)

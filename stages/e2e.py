@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from stages.checkpoints import read_checkpoint
 from stages.datasets import DetectionDataset, build_items, cache_reader
 from stages.errors import UserError
 from stages.model.backward import Backward, e2e_gradients
@@ -28,7 +29,6 @@ from stages.training import (
     as_float,
     autocast,
     fit,
-    load_checkpoint,
     load_weights,
     make_optimizer,
     pick_device,
@@ -95,7 +95,7 @@ def run(
     model_settings = settings.model.model_copy(update={"in_channels": encoder.out_dim})
     detector = build_detector(model_settings, len(classes)).to(device)
     if e2e.init_from is not None:
-        state = load_checkpoint(e2e.init_from)
+        state = read_checkpoint(e2e.init_from)  # etad's, or a released layout
         load_weights(detector, state, e2e.init_from, "model")
         if "encoder" in state:
             load_weights(encoder, state, e2e.init_from, "encoder")

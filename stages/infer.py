@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from stages.annotations import safe_path
+from stages.checkpoints import read_checkpoint
 from stages.datasets import DetectionDataset, build_items, cache_reader
 from stages.encoding import FeatureEncoder, snippet_frame_indices
 from stages.errors import UserError
@@ -30,7 +31,7 @@ from stages.protocols import Item, protocol
 from stages.settings import ModelSettings, Settings
 from stages.snippets import resample_frame_indices
 from stages.store import VideoCache
-from stages.training import load_checkpoint, load_weights, pick_device, use_threads
+from stages.training import load_weights, pick_device, use_threads
 from stages.video import VideoError, VideoReader
 from stages.workdir import RUN_KINDS, features_dir, output_path, run_dir, snippets_dir
 
@@ -62,7 +63,7 @@ class Detector:
     """A checkpoint ready to run: the detector, its classes, and (end to end) its encoder."""
 
     def __init__(self, settings: Settings, checkpoint: Path) -> None:
-        state = load_checkpoint(checkpoint)
+        state = read_checkpoint(checkpoint)  # etad's, or a released layout
         self.kind = state.get("kind", "pretrain")
         try:
             self.classes: list[str] = [str(c) for c in state["classes"]]

@@ -291,7 +291,7 @@ CASES = [
         "foreign checkpoint",
         _checkpoint_case(lambda p: torch.save({"state_dict": {}}, p)),
         2,
-        "not an etad checkpoint",
+        "not a checkpoint layout etad knows",
     ),
     ("missing checkpoint", _checkpoint_case(lambda p: None), 2, "foreign.pt: no such checkpoint"),
     # predictions

@@ -1,0 +1,198 @@
+"""Checkpoints in the layouts users have: etad's own, and the original ETAD release.
+
+`read_checkpoint(path)` detects the layout and returns an etad checkpoint (a dict with "model",
+optionally "encoder", "classes", "settings", "kind"), so that `etad infer --checkpoint`,
+`--init-from` and `etad checkpoint convert` accept a released file as it was downloaded.
+
+Layouts (LAYOUTS lists them; each entry: how to recognise it, how to map its keys):
+- `etad`: what `etad train` writes (`format: etad-checkpoint-1`).
+- `etad-original`: sming256/ETAD's `{"state_dict": ...}` (`tools/train.py` saves the model without
+  its DataParallel wrapper; files saved with it carry a `module.` prefix, also accepted). Detector
+  keys live under `base_detector.`; the end-to-end release adds the mmaction2 `Recognizer3D`
+  backbone under `feature_extractor.model.backbone.` (torchvision VideoResNet key names).
+
+OpenTAD's checkpoints (`state_dict` / `state_dict_ema` with `module.` prefixes and `neck.`,
+`rpn_head.`, `roi_head.` keys) belong to OpenTAD's variant of the model, which etad does not
+implement yet: they are recognised and refused with that reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from stages.errors import UserError
+from stages.training import CHECKPOINT_FORMAT, load_checkpoint
+
+# original ETAD detector key -> etad key (regular expressions, applied in order; first match wins)
+ORIGINAL_DETECTOR_KEYS = [
+    (r"^temporal_enhance\.mem_f\.", "temporal.lstm_f."),
+    (r"^temporal_enhance\.mem_b\.", "temporal.lstm_b."),
+    (r"^temporal_enhance\.", "temporal."),
+    (r"^tem\.", "tem."),
+    (r"^stage_conv\.(\d+)\.", r"stages.\1.residual."),
+    (r"^stage_pem\.(\d+)\.reduce_dim_before\.", r"stages.\1.reduce."),
+    (r"^stage_pem\.(\d+)\.reduce_dim_ext\.", r"stages.\1.fc."),
+    (r"^stage_pem\.(\d+)\.iou_fc\.", r"stages.\1.iou_head."),
+    (r"^stage_pem\.(\d+)\.cls_se_fc\.", r"stages.\1.se_head."),
+    (r"^stage_pem\.(\d+)\.reg_cw_fc\.", r"stages.\1.cw_head."),
+    (r"^stage_pem\.(\d+)\.reg_s_fc\.", r"stages.\1.start_head."),
+    (r"^stage_pem\.(\d+)\.reg_e_fc\.", r"stages.\1.end_head."),
+]
+ORIGINAL_BACKBONE = "feature_extractor.model.backbone."
+ORIGINAL_DETECTOR = "base_detector."
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A checkpoint layout: a test on the loaded object and a conversion to an etad checkpoint."""
+
+    name: str
+    matches: Callable[[object], bool]
+    convert: Callable[[dict, Path], dict]
+
+
+def _strip_module(state: dict) -> dict:
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _rename(key: str, rules: list[tuple[str, str]]) -> str | None:
+    for pattern, replacement in rules:
+        if re.match(pattern, key):
+            return re.sub(pattern, replacement, key)
+    return None
+
+
+def _is_original(obj: object) -> bool:
+    state = obj.get("state_dict") if isinstance(obj, dict) else None
+    return isinstance(state, dict) and any(
+        k.removeprefix("module.").startswith(ORIGINAL_DETECTOR) for k in state
+    )
+
+
+def _from_original(obj: dict, path: Path) -> dict:
+    """The original release: detector keys renamed; the backbone (end to end) kept as the encoder."""
+    state = _strip_module(obj["state_dict"])
+    model, encoder, unknown = {}, {}, []
+    for key, value in state.items():
+        if key.startswith(ORIGINAL_DETECTOR):
+            name = _rename(key.removeprefix(ORIGINAL_DETECTOR), ORIGINAL_DETECTOR_KEYS)
+            (model.__setitem__(name, value) if name else unknown.append(key))
+        elif key.startswith(ORIGINAL_BACKBONE):
+            encoder["backbone." + key.removeprefix(ORIGINAL_BACKBONE)] = value
+        elif not key.startswith("feature_extractor.model.data_preprocessor"):
+            unknown.append(key)
+    if unknown:
+        raise UserError(f"{path}: {len(unknown)} key(s) of no known part, e.g. {unknown[0]!r}")
+    in_channels = model["temporal.layer1.0.weight"].shape[1] * 4  # grouped conv, 4 groups
+    stages = len({k.split(".")[1] for k in model if k.startswith("stages.")})
+    roi = model["stages.0.fc.0.weight"].shape[1] // model["stages.0.reduce.0.weight"].shape[0]
+    converted = {
+        "format": CHECKPOINT_FORMAT,
+        "kind": "e2e" if encoder else "pretrain",
+        "model": model,
+        "source_layout": "etad-original",
+        "source": str(path),
+        "settings": {
+            "model": {
+                "in_channels": in_channels,
+                "hidden_channels": model["temporal.layer1.0.weight"].shape[0],
+                "roi_size": roi,
+                "stage_iou_thresholds": [0.7, 0.8, 0.9][:stages] + [0.9] * max(0, stages - 3),
+                "encoder": {"name": "r2plus1d_34_tsp"},
+            }
+        },
+        "classes": [],
+    }
+    if encoder:
+        converted["encoder"] = encoder
+    return converted
+
+
+def _is_opentad(obj: object) -> bool:
+    if not isinstance(obj, dict):
+        return False
+    state = obj.get("state_dict_ema") or obj.get("state_dict")
+    parts = ("neck.", "rpn_head.", "roi_head.", "projection.")
+    return isinstance(state, dict) and any(k.removeprefix("module.").startswith(parts) for k in state)
+
+
+def _from_opentad(obj: dict, path: Path) -> dict:
+    raise UserError(
+        f"{path}: an OpenTAD checkpoint; OpenTAD's ETAD is a different variant of the model "
+        "(GroupNorm projection, shared FC head, aligned RoIAlign) that etad does not implement yet"
+    )
+
+
+LAYOUTS: dict[str, Layout] = {
+    "etad": Layout(
+        "etad", lambda o: isinstance(o, dict) and o.get("format") == CHECKPOINT_FORMAT, lambda o, p: o
+    ),  # fmt: skip
+    "etad-original": Layout("etad-original", _is_original, _from_original),
+    "opentad": Layout("opentad", _is_opentad, _from_opentad),
+}
+
+
+def layout_of(obj: object) -> str | None:
+    return next((name for name, layout in LAYOUTS.items() if layout.matches(obj)), None)
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Any known layout, as an etad checkpoint; anything else is refused with the known layouts."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a truncated or foreign file
+        raise UserError(f"{path}: not a loadable checkpoint ({exc.__class__.__name__})") from None
+    name = layout_of(obj)
+    if name is None:
+        raise UserError(f"{path}: not a checkpoint layout etad knows ({', '.join(LAYOUTS)})")
+    if name == "etad":
+        return load_checkpoint(path)
+    return LAYOUTS[name].convert(obj, path)
+
+
+def convert(source: Path, target: Path) -> dict:
+    """Write `source` (any known layout) as an etad checkpoint at `target`; never over a file."""
+    from stages.files import atomic_output
+
+    state = read_checkpoint(source)
+    target = Path(target)
+    if target.exists():
+        raise UserError(f"{target}: exists; give a new file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(target) as tmp:
+            torch.save(state, tmp)
+    except OSError as exc:
+        raise UserError(f"{target}: cannot write: {exc.strerror or exc}") from None
+    return describe_state(state)
+
+
+def describe_state(state: dict) -> dict:
+    """What a checkpoint holds: its kind, parts and their sizes, the model settings that matter."""
+    parts = {
+        name: sum(v.numel() for v in state[name].values() if torch.is_tensor(v))
+        for name in ("model", "encoder")
+        if isinstance(state.get(name), dict)
+    }
+    model = (state.get("settings") or {}).get("model", {})
+    return {
+        "layout": state.get("source_layout", "etad"),
+        "kind": state.get("kind"),
+        "epoch": state.get("epoch"),
+        "parameters": parts,
+        "classes": len(state.get("classes") or []),
+        "model": {k: model.get(k) for k in ("in_channels", "hidden_channels", "roi_size", "max_duration")},
+        "encoder": (model.get("encoder") or {}).get("name") if "encoder" in parts else None,
+    }
+
+
+def describe(path: Path) -> dict:
+    return describe_state(read_checkpoint(path))
