@@ -61,7 +61,8 @@ demo: install  ## run the whole pipeline on the built-in synthetic dataset (ever
 # Paths are make variables (made absolute, so they do not depend on the config's folder); the
 # recipe is the example config; SET="--set train.epochs=1 ..." adds overrides to every command.
 # CLASSIFIER: a CUHK json (anet) or UntrimmedNet npy (thumos); unset: the built-in classifier head.
-# BLOCKED: a JSON list of video ids left out (ETAD's blocked.json for ActivityNet); unset: none.
+# BLOCKED: a JSON list of video ids left out of evaluation (ETAD's blocked.json); unset: the recipe's.
+# INIT_FROM (anet-e2e): start the detector from this checkpoint; unset: from scratch, as the original.
 SET        ?=
 CLASSIFIER ?=
 BLOCKED    ?=
@@ -72,7 +73,7 @@ THUMOS_WORK        ?= $(WORK)/thumos-features
 need = @$(if $(strip $($(1))),true,{ echo "make $@: set $(1)=... ($(2))" >&2; exit 2; })
 classes = $(if $(CLASSIFIER),--set infer.classifier=file --set infer.classifier_file=$(abspath $(CLASSIFIER)),\
   --set infer.classifier=builtin --set infer.classifier_file=null --set model.classifier_head=true)
-blocked = --set data.blocked=$(if $(BLOCKED),$(abspath $(BLOCKED)),null)
+blocked = $(if $(BLOCKED),--set data.blocked=$(abspath $(BLOCKED)))
 common  = --set data.annotations=$(abspath $(ANNOTATIONS)) $(blocked) $(classes) $(SET)
 
 ANET_FEATURES_RUN = --config examples/anet_tsp_feature.yaml --set work_dir=$(abspath $(ANET_FEATURES_WORK)) $(common)
@@ -86,15 +87,13 @@ anet-features: install  ## ActivityNet from TSP features: ANET_FEATURES=dir of v
 
 ANET_E2E_RUN = --config examples/anet_tsp_e2e.yaml --set work_dir=$(abspath $(ANET_E2E_WORK)) \
   --set data.video_dir=$(abspath $(ANET_VIDEOS)) --set model.encoder.checkpoint=$(abspath $(TSP_CHECKPOINT)) $(common)
-anet-e2e: install  ## ActivityNet end to end: ANET_VIDEOS=dir ANNOTATIONS=json TSP_CHECKPOINT=pth
+anet-e2e: install  ## ActivityNet end to end (the original recipe): ANET_VIDEOS=dir ANNOTATIONS=json TSP_CHECKPOINT=pth
 	$(call need,ANET_VIDEOS,folder of v_<id>.mp4 videos)
 	$(call need,ANNOTATIONS,ActivityNet-1.3 annotation JSON)
 	$(call need,TSP_CHECKPOINT,TSP R(2+1)D-34 checkpoint .pth)
 	$(ETAD) extract $(ANET_E2E_RUN)
 	$(ETAD) cache $(ANET_E2E_RUN) --what snippets
-	$(ETAD) cache $(ANET_E2E_RUN) --what features
-	$(ETAD) train $(ANET_E2E_RUN) --resume
-	$(ETAD) train $(ANET_E2E_RUN) --e2e --init-from $(abspath $(ANET_E2E_WORK))/pretrain/checkpoints/last.pt --resume
+	$(ETAD) train $(ANET_E2E_RUN) --e2e --resume $(if $(INIT_FROM),--init-from $(abspath $(INIT_FROM)))
 	$(ETAD) infer $(ANET_E2E_RUN) --checkpoint $(abspath $(ANET_E2E_WORK))/e2e/checkpoints/last.pt --eval
 	$(ETAD) report $(ANET_E2E_RUN)
 

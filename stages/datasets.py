@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from stages.annotations import VideoRecord, load_annotations, read_blocked
+from stages.annotations import VideoRecord, load_annotations
 from stages.errors import UserError
 from stages.model.sampling import sample_proposals
 from stages.model.targets import boundary_targets, match_ground_truth, proposal_map
@@ -40,12 +40,8 @@ def build_items(
     d = settings.data
     records = load_annotations(d.annotations)
     classes = class_names(records)
-    blocked = read_blocked(d.blocked) if d.blocked is not None else set()
-    chosen = [
-        r
-        for r in records.values()
-        if (r.subset or "").lower() == subset.lower() and r.video_id not in blocked
-    ]
+    # data.blocked leaves videos out of evaluation only (etad eval), as the original: not out of training
+    chosen = [r for r in records.values() if (r.subset or "").lower() == subset.lower()]
     if not chosen:
         raise UserError(f"{d.annotations}: no video in subset {subset!r}")
     proto = protocol(d)

@@ -39,23 +39,30 @@ from stages.workdir import snippets_dir
 
 
 def augment(snippets: torch.Tensor, crop: int, generator: torch.Generator) -> torch.Tensor:
-    """Training augmentation drawn once per video: random crop, horizontal flip, and
-    brightness / contrast / saturation jitter (factors in [0.5, 1.5]). uint8 [T, L, H, W, 3] in
-    and out, cropped to crop x crop."""
-    h, w = snippets.shape[-3], snippets.shape[-2]
+    """The original's training augmentation, one draw per video applied to every frame of it:
+    random crop to `crop`, horizontal flip (p 0.5), RandAugment (2 ops at magnitude 9 of 10, the
+    original's imgaug "default"), colour jitter (brightness, contrast, saturation in [0.5, 1.5],
+    hue in [-0.1, 0.1], in a random order). uint8 [T, L, H, W, 3] in, [T, L, crop, crop, 3] out."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    t, length, h, w, _ = snippets.shape
     if crop > min(h, w):
         raise UserError(f"crop size {crop} is larger than the frames ({w}x{h})")
-    top = int(torch.randint(0, h - crop + 1, (1,), generator=generator))
-    left = int(torch.randint(0, w - crop + 1, (1,), generator=generator))
-    x = snippets[..., top : top + crop, left : left + crop, :]
-    if torch.rand(1, generator=generator) < 0.5:
-        x = x.flip(-2)
-    b, c, s = (0.5 + torch.rand(3, generator=generator)).tolist()
-    x = x.float() * b
-    x = x.mean() + (x - x.mean()) * c
-    gray = (x * torch.tensor([0.299, 0.587, 0.114])).sum(-1, keepdim=True)
-    x = gray + (x - gray) * s
-    return x.clamp(0, 255).round().to(torch.uint8)
+    pipeline = v2.Compose(
+        [
+            v2.RandomCrop(crop),
+            v2.RandomHorizontalFlip(0.5),
+            v2.RandAugment(num_ops=2, magnitude=9, num_magnitude_bins=11),
+            v2.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.1),
+        ]
+    )
+    video = tv_tensors.Video(snippets.reshape(t * length, h, w, 3).permute(0, 3, 1, 2))  # all frames
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):  # v2 draws from torch's generator: make it this video's
+        torch.manual_seed(seed)
+        out = pipeline(video)
+    return out.permute(0, 2, 3, 1).reshape(t, length, crop, crop, 3).contiguous()
 
 
 def snippet_dataset(settings: Settings, crop: int) -> tuple[DetectionDataset, list[str], list[str]]:
@@ -81,6 +88,12 @@ def run(
     if e2e.amp == "fp16":
         raise UserError(
             "e2e.amp: fp16 is not supported end to end (the cached feature gradient needs a scaler); use bf16"
+        )
+    if e2e.grad_mode == "sampled" and not enc.norm_eval and e2e.encoder_lr > 0:
+        raise UserError(
+            "model.encoder.norm_eval: false does not work with e2e.grad_mode 'sampled': the no-grad pass "
+            "and the re-forward would see different BatchNorm statistics (use norm_eval: true, or "
+            "grad_mode checkpoint or full)"
         )
     use_threads(settings.threads)
     device = pick_device(e2e.device)

@@ -137,7 +137,9 @@ class DataSettings(Section):
     window_ioa_threshold: Ratio = Field(
         0.9, description="thumos: keep a GT in a training window above this IoA"
     )
-    blocked: FilePath | None = Field(None, description="JSON list of video ids left out of training and eval")
+    blocked: FilePath | None = Field(
+        None, description="JSON list of video ids left out of evaluation (not of training, as the original)"
+    )
     decoder: Literal["auto", "decord", "pyav"] = Field(
         "auto", description="auto: decord if installed, else PyAV"
     )

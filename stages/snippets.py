@@ -1,6 +1,6 @@
 """Where snippets sit in a video: pure functions from a frame count to frame indices.
 
-ActivityNet (original ETAD, spec 2.1): mmaction2's test-mode `SampleFrames(clip_len=L, num_clips=T)`
+ActivityNet (original ETAD, docs/method.md §1): mmaction2's test-mode `SampleFrames(clip_len=L, num_clips=T)`
 in both training and test, so positions are deterministic: offset_i = round(i * max_offset / (T-1))
 with max_offset = max(N - L, 0) and numpy's round-half-to-even; frames offset_i + [0..L-1] mod N.
 THUMOS: snippets start every `stride` frames; frames past the end repeat the last frame.

@@ -234,6 +234,8 @@ def loader(
             dataset, dist.world, dist.rank, shuffle=shuffle, seed=seed
         )
     generator = torch.Generator().manual_seed(seed)
+    # training drops the last incomplete batch, as the original, unless that would leave no batch
+    drop_last = shuffle and len(dataset) // max(dist.world, 1) >= batch_size
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
@@ -243,6 +245,7 @@ def loader(
         pin_memory=device.type == "cuda",
         generator=generator,
         persistent_workers=False,
+        drop_last=drop_last,
     )
 
 

@@ -215,6 +215,10 @@ def _unknown_json_folder(s: Space) -> list:
     return ["eval", "-p", s.predictions, "-g", s.annotations, "--json", s.root / "blocked" / "m.json"]
 
 
+def _e2e_norm_train(s: Space) -> list:
+    return ["train", "-c", s.config, "--e2e", "--set", "model.encoder.norm_eval=false"]
+
+
 def _train_twice(s: Space) -> list:
     return ["train", "-c", s.config]
 
@@ -311,6 +315,7 @@ CASES = [
     ("tIoU above one", _prediction_case(lambda d: None, "--tiou", "1.5"), 2, "(0, 1]"),
     ("eval --json to a missing folder", _json_to_missing_folder, 0, ""),
     ("eval --json under a file", _unknown_json_folder, 2, "blocked/m.json: cannot write"),
+    ("norm_eval false with sampled", _e2e_norm_train, 2, "norm_eval: false does not work with"),
     # folders and reruns
     ("results/ is a file", _results_is_a_file, 2, "results: cannot write results"),
     ("checkpoints/ is a file", _checkpoints_is_a_file, 2, "checkpoints: cannot write checkpoints"),

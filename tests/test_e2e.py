@@ -81,9 +81,18 @@ def test_sampled_ratio_below_one_equals_restricted_full_gradient():
 
 
 def test_augment_draws_once_per_video():
-    clips = torch.randint(0, 255, (3, 4, 24, 32, 3), dtype=torch.uint8)
+    frame = torch.randint(
+        0, 255, (1, 1, 24, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
+    clips = frame.expand(3, 4, -1, -1, -1).contiguous()  # 12 identical frames
     a = augment(clips, 16, torch.Generator().manual_seed(0))
     b = augment(clips, 16, torch.Generator().manual_seed(0))
     assert a.shape == (3, 4, 16, 16, 3) and a.dtype == torch.uint8 and torch.equal(a, b)
+    assert all(
+        torch.equal(a[i, j], a[0, 0]) for i in range(3) for j in range(4)
+    )  # the same ops on every frame
+    others = [augment(clips, 16, torch.Generator().manual_seed(s)) for s in range(1, 6)]
+    assert all(not torch.equal(o[0, 0], a[0, 0]) for o in others)  # other videos, other draws
+    assert len({tuple(o[0, 0].float().mean(dim=(0, 1)).tolist()) for o in others}) == 5
     with pytest.raises(Exception, match="crop size"):
         augment(clips, 40, torch.Generator())

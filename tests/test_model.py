@@ -111,8 +111,9 @@ def test_sampled_losses_edge_cases():
     p = torch.tensor([0.1, 0.3, 0.6])
     # no positives: plain mean of log(1 - p)
     assert float(sampled_bce(p, torch.zeros(3), 0.9)) == pytest.approx(-torch.log(1 - p + 1e-6).mean().item())
-    # no negatives: only positives count
-    assert float(sampled_bce(p, torch.ones(3), 0.5)) == pytest.approx(-torch.log(p + 1e-6).mean().item())
+    # no negatives: as the original (r = inf), every entry also takes the negative term
+    both = torch.log(p + 1e-6).sum() + torch.log(1 - p + 1e-6).sum()
+    assert float(sampled_bce(p, torch.ones(3), 0.5)) == pytest.approx(-both.item() / 6)
     # no high-IoU entries: plain MSE
     y = torch.tensor([0.2, 0.5, 0.1])
     assert float(sampled_l2(p, y)) == pytest.approx(((p - y) ** 2).mean().item())
@@ -138,16 +139,18 @@ def test_sampled_losses_with_mixed_positives_and_negatives_by_hand():
     p, y = torch.tensor([0.9, 0.2, 0.4, 0.7]), torch.tensor([1.0, 0.0, 0.0, 1.0])
     by_hand = -(math.log(0.9 + eps) + math.log(0.8 + eps) + math.log(0.6 + eps) + math.log(0.7 + eps)) / 4
     assert float(sampled_bce(p, y, 0.5)) == pytest.approx(by_hand, rel=1e-6)
-    # more positives than negatives: the same, every entry counts once
+    # more positives than negatives: as the original, every entry (positives too) takes the negative term
     p, y = torch.tensor([0.9, 0.2, 0.6]), torch.tensor([1.0, 0.0, 1.0])
-    by_hand = -(math.log(0.9 + eps) + math.log(0.8 + eps) + math.log(0.6 + eps)) / 3
-    assert float(sampled_bce(p, y, 0.5)) == pytest.approx(by_hand, rel=1e-6)
+    pos = math.log(0.9 + eps) + math.log(0.6 + eps)
+    neg = math.log(0.1 + eps) + math.log(0.8 + eps) + math.log(0.4 + eps)
+    assert float(sampled_bce(p, y, 0.5)) == pytest.approx(-(pos + neg) / (2 + 3), rel=1e-6)
     # one entry per IoU bin (high > 0.7, mid, low <= 0.3): every entry kept, squared errors averaged
     p, y = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.9, 0.5, 0.1])
     assert float(sampled_l2(p, y)) == pytest.approx((0.16 + 0.0 + 0.16) / 3, rel=1e-6)
-    # two high, one mid, one low: mid and low are kept (threshold 1 - 2 / 1 < 0), four terms
+    # two high, one mid, one low: r = 2 for both small bins, so (as the original) both masks cover
+    # every entry and add up: weights 3, 3, 2, 2 on the errors 0.01, 0, 0.01, 0.04
     p, y = torch.tensor([1.0, 0.8, 0.4, 0.0]), torch.tensor([0.9, 0.8, 0.5, 0.2])
-    assert float(sampled_l2(p, y)) == pytest.approx((0.01 + 0.0 + 0.01 + 0.04) / 4, rel=1e-6)
+    assert float(sampled_l2(p, y)) == pytest.approx((3 * 0.01 + 0 + 2 * 0.01 + 2 * 0.04) / 10, rel=1e-5)
 
 
 def test_forward_and_backward_lstm_branches_look_the_right_way():

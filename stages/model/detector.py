@@ -1,9 +1,9 @@
-"""The ETAD detector (spec section 3, original-ETAD column): LSTM-boosted temporal features, a
+"""The ETAD detector (docs/method.md §3, the original ETAD): LSTM-boosted temporal features, a
 start/end head (TEM), and a cascade of proposal-evaluation stages on extended RoIAlign features.
 
 Coordinates are normalised to [0, 1] of the video (or window) as in the original code. Anchors are
 [B, K, 2] (start, end). With the ActivityNet recipe (512 input channels, hidden 256, RoI 24) the
-layer sizes are exactly the spec's and the detector has 10,343,450 parameters.
+layer sizes are exactly the original's and the detector has 10,343,450 parameters.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ class ETAD(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def detector_parameters(self) -> int:
-        """Parameter count without the optional classifier (the number the spec states)."""
+        """Parameter count without the optional classifier (the original's count)."""
         extra = sum(p.numel() for p in self.classifier.parameters()) if self.classifier is not None else 0
         return sum(p.numel() for p in self.parameters()) - extra
 

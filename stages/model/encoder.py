@@ -1,4 +1,4 @@
-"""Video encoders: a snippet of frames in, one feature vector out (spec 2.2).
+"""Video encoders: a snippet of frames in, one feature vector out (docs/method.md §2).
 
 - `r2plus1d_34_tsp`: TSP's R(2+1)D-34 (torchvision VideoResNet blocks, layers [3,4,6,3], BatchNorm
   eps 1e-3 / momentum 0.9, fc removed, mean-pooled 512-d), loading the public TSP checkpoint layout.
@@ -6,7 +6,7 @@
 - `tiny`: a 3-stage (2+1)D network with 16/32/64 channels (64-d) for CPU runs: the demo and tests.
 
 All take uint8 clips [N, L, H, W, 3] (already cropped), normalise with the TSP statistics on the
-0-255 scale (spec 2.1) and return [N, D]. `frozen_stages` freezes the stem plus the first k
+0-255 scale (docs/method.md §2) and return [N, D]. `frozen_stages` freezes the stem plus the first k
 residual stages; `norm_eval` keeps every BatchNorm in eval mode (running statistics frozen).
 """
 
@@ -22,7 +22,7 @@ from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, R2Plus1dSte
 
 from stages.errors import UserError
 
-MEAN = (110.2008, 100.63983, 95.99475)  # TSP [0,1] statistics x 255 (spec 2.1)
+MEAN = (110.2008, 100.63983, 95.99475)  # TSP [0,1] statistics x 255 (docs/method.md §2)
 STD = (58.14765, 56.46975, 55.332195)
 
 
@@ -162,7 +162,7 @@ class SnippetEncoder(nn.Module):
 
 
 def center_crop(clips: torch.Tensor, size: int) -> torch.Tensor:
-    """Centre crop the spatial dims of clips [..., H, W, 3] to size x size (test-time crop, spec 2.1)."""
+    """Centre crop the spatial dims of clips [..., H, W, 3] to size x size (test-time crop)."""
     height, width = clips.shape[-3], clips.shape[-2]
     if size > min(height, width):
         raise UserError(f"crop size {size} is larger than the frames ({width}x{height})")

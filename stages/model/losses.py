@@ -1,4 +1,4 @@
-"""ETAD losses (spec section 5), each a small function over tensors.
+"""ETAD losses (docs/method.md §5), each a small function over tensors.
 
 The sampled losses draw random numbers from torch's global generator; training seeds it per epoch
 so that runs (and resumed runs) are reproducible.
@@ -34,7 +34,11 @@ def balanced_bce(p: torch.Tensor, y: torch.Tensor, threshold: float = 0.5) -> to
 
 
 def sampled_bce(p: torch.Tensor, y: torch.Tensor, threshold: float) -> torch.Tensor:
-    """BCE on all positives (y > threshold) and as many negatives on average, drawn at random."""
+    """BCE on all positives (y > threshold) and as many negatives on average, drawn at random.
+
+    As the original (model_loss.py): an entry takes the negative term when rand * neg > 1 - r with
+    r = n_pos / n_neg. When positives outnumber negatives (r > 1, or no negative at all), that holds
+    for *every* entry, positives included, so every entry takes the negative term."""
     p, y = p.flatten(), y.flatten()
     pos = (y > threshold).float()
     neg = 1.0 - pos
@@ -42,8 +46,8 @@ def sampled_bce(p: torch.Tensor, y: torch.Tensor, threshold: float) -> torch.Ten
     log_q = torch.log(1.0 - p + EPS)
     if n_pos == 0:
         return -log_q.mean()
-    ratio = n_pos / n_neg.clamp(min=1)
-    kept_neg = ((torch.rand_like(p) * neg) > (1.0 - ratio)).float() * neg
+    ratio = n_pos / n_neg  # inf without negatives, as the original
+    kept_neg = ((torch.rand_like(p) * neg) > (1.0 - ratio)).float()
     total = -(pos * torch.log(p + EPS)).sum() - (kept_neg * log_q).sum()
     return total / (n_pos + kept_neg.sum())
 
@@ -51,7 +55,10 @@ def sampled_bce(p: torch.Tensor, y: torch.Tensor, threshold: float) -> torch.Ten
 def sampled_l2(
     p: torch.Tensor, y: torch.Tensor, high: float = IOU_REG_HIGH, low: float = IOU_REG_LOW
 ) -> torch.Tensor:
-    """MSE with the mid (low, high] and low (<= low) bins each subsampled to the size of the high bin."""
+    """MSE with the mid (low, high] and low (<= low) bins each subsampled to the size of the high bin.
+
+    As the original: the three masks are added, and a bin smaller than the high bin (r > 1) keeps
+    every entry of the video, so such entries count two or three times."""
     p, y = p.flatten(), y.flatten()
     h = (y > high).float()
     m = ((y <= high) & (y > low)).float()
@@ -59,9 +66,9 @@ def sampled_l2(
     n_h, n_m, n_l = h.sum(), m.sum(), lo.sum()
     if n_h == 0:
         return F.mse_loss(p, y)
-    keep_m = (torch.rand_like(p) * m) > (1.0 - n_h / n_m.clamp(min=1))
-    keep_l = (torch.rand_like(p) * lo) > (1.0 - n_h / n_l.clamp(min=1))
-    mask = h + keep_m.float() * m + keep_l.float() * lo
+    keep_m = (torch.rand_like(p) * m) > (1.0 - n_h / n_m)
+    keep_l = (torch.rand_like(p) * lo) > (1.0 - n_h / n_l)
+    mask = h + keep_m.float() + keep_l.float()
     return ((p - y) ** 2 * mask).sum() / mask.sum()
 
 

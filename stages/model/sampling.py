@@ -1,6 +1,6 @@
 """Random choices made during training, as pure functions of a torch.Generator:
-which proposals of the dense map a video trains on (spec 4) and which snippets an end-to-end
-iteration back-propagates into the encoder (spec 2.3)."""
+which proposals of the dense map a video trains on (docs/method.md §4) and which snippets an end-to-end
+iteration back-propagates into the encoder (docs/method.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training targets (spec 1.6), pure functions over tensors; coordinates normalised to [0, 1].
+"""Training targets (docs/method.md §1), pure functions over tensors; coordinates normalised to [0, 1].
 
 - the dense proposal map: cell (d, t) is the proposal [t/T, (t+d+1)/T], valid when t + d < T and
   d < max_duration;
