@@ -257,7 +257,7 @@ def train(
             summary = stage.run(s, resume=resume, restart=restart, progress=progress)
     if run is not None:
         views.training_summary(summary, f"{run.stage} -> {summary.out_dir}")
-        run.done(epochs=len(summary.epochs))
+        run.done(epochs=len(summary.epochs), peak_gpu_mib=round(summary.peak_memory_mb, 1))
 
 
 @app.command("eval")
@@ -372,6 +372,45 @@ def infer(
             evaluate_stage.save_json(report, summary.output.with_suffix(".metrics.json"))
             scores = {"task": report.task, "average": report.average, "first_tiou": report.values[0]}
         run.done(checkpoint=str(summary.checkpoint), kind=summary.kind, output=str(summary.output), **scores)
+
+
+@app.command()
+def study(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Base settings file.")] = None,
+    vary: Annotated[
+        list[str] | None, typer.Option(help="KEY=V1,V2,... a setting and its values (repeatable; grid).")
+    ] = None,
+    also: Annotated[list[str] | None, typer.Option(help="KEY=V: one more point (repeatable).")] = None,
+    zip_: Annotated[bool, typer.Option("--zip", help="Pair the --vary values instead of a grid.")] = False,
+    seeds: Annotated[int, typer.Option(help="Seeds per point (seed, seed+1, ...).", min=1)] = 1,
+    stage: Annotated[str, typer.Option(help="Which training each point runs: train or e2e.")] = "e2e",
+    jobs: Annotated[int, typer.Option(help="Points run at once (one per GPU).", min=1)] = 1,
+    out: Annotated[Path | None, typer.Option(help="Study folder (default: <work_dir>/study).")] = None,
+    show: Annotated[Path | None, typer.Option(help="Print the table of this study folder and exit.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Sweep settings: train, infer and evaluate every point, then tabulate and plot mAP, memory and time.
+
+    Resumable: a rerun skips finished points and finishes interrupted ones.
+
+    Examples:
+      etad study -c examples/study_snippets.yaml --vary e2e.snippet_ratio=0.1,0.3
+      etad study -c examples/study_snippets.yaml --vary e2e.snippet_ratio=0.3 --also e2e.grad_mode=full
+      etad study -c examples/demo.yaml --stage train --vary model.proposal_ratio=0.06,0.2 --seeds 3
+      etad study --show work/demo/study
+    """
+    from stages import study as stage_module
+
+    with user_errors():
+        if show is None:
+            if config is None:
+                raise UserError("give --config (or --show DIR)")
+            plan = stage_module.prepare(load(config, set_), config, set_ or [], vary or [], also or [], zip_,
+                                        seeds, stage, jobs, out)  # fmt: skip
+            with stage_progress(f"study {plan.out_dir.name}") as progress:
+                stage_module.run(plan, progress=progress)
+            show = plan.out_dir
+        console.print(stage_module.table(show), markup=False, soft_wrap=True)
 
 
 @app.command()

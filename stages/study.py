@@ -1,0 +1,333 @@
+"""`etad study`: sweep settings and measure each point (ETAD's sampling study, on any data).
+
+A study is the grid (or, with `zip`, the pairing) of the `--vary KEY=V1,V2,...` values, plus single
+`--also KEY=V` points (references such as `e2e.grad_mode=checkpoint`), each run for every seed. A
+point runs the chain of commands in fresh processes, in its own work folder under the study folder
+(`points/<key>=<value>,.../seed<k>/`), sharing the base settings' caches: `train` (or `train --e2e`),
+then `infer --eval` twice (detections, and class-agnostic proposals for the AUC). Each process's
+own figures are read back: average mAP and mAP per tIoU, proposal AUC, peak memory (GPU: torch's
+max_memory_allocated; CPU: peak RSS), seconds per iteration and in all.
+
+Resumable: a finished point has `result.json` and is skipped; an interrupted one continues
+(`train --resume`). Outputs: `study.csv` (a row per point and seed), `study.md` (mean ± std per
+point) and plots (mAP against each varied value; mAP against memory and against time per
+iteration).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stages.errors import UserError
+from stages.files import write_json
+from stages.progress import SILENT, Progress
+
+STAGES = ("train", "e2e")  # which training a point runs
+COLUMNS = ["point", "seed", "average_mAP", "mAP_first_tiou", "proposal_AUC", "peak_memory_mib",
+           "memory_kind", "seconds_per_iteration", "seconds"]  # fmt: skip
+
+
+@dataclass
+class Point:
+    """One setting of the study: its overrides (in order) and its folder name."""
+
+    overrides: list[tuple[str, str]]
+
+    @property
+    def name(self) -> str:
+        text = ",".join(f"{k}={v}" for k, v in self.overrides) or "base"
+        return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", text)[:180]
+
+
+@dataclass
+class Study:
+    config: Path
+    out_dir: Path
+    points: list[Point]
+    seeds: int = 1
+    stage: str = "e2e"
+    jobs: int = 1
+    base_overrides: list[str] = field(default_factory=list)
+    varied: list[str] = field(default_factory=list)
+
+
+def parse_vary(values: list[str]) -> list[tuple[str, list[str]]]:
+    """`KEY=V1,V2,...` -> (key, [values]); brackets keep a list value whole (`k=[1,2],[3,4]`)."""
+    out = []
+    for text in values:
+        key, sep, rest = text.partition("=")
+        if not sep or not key.strip() or not rest.strip():
+            raise UserError(f"--vary {text}: expected KEY=V1,V2,... e.g. --vary e2e.snippet_ratio=0.1,0.3")
+        out.append((key.strip(), [v.strip() for v in re.split(r",(?![^\[]*\])", rest) if v.strip()]))
+    return out
+
+
+def plan(vary: list[str], also: list[str], zip_values: bool) -> tuple[list[Point], list[str]]:
+    """The points of a study: the grid (or zip) of the varied values, then the extra points."""
+    axes = parse_vary(vary)
+    keys = [k for k, _ in axes]
+    if zip_values:
+        lengths = {len(v) for _, v in axes}
+        if len(lengths) > 1:
+            raise UserError("--zip: every --vary needs the same number of values")
+        combos = list(zip(*[v for _, v in axes]))
+    else:
+        combos = list(itertools.product(*[v for _, v in axes])) if axes else []
+    points = [Point(list(zip(keys, combo))) for combo in combos]
+    for text in also:
+        points += [Point([(k, vs[0])]) for k, vs in parse_vary([text])]
+    if not points:
+        points = [Point([])]
+    return points, keys
+
+
+def _etad(args: list[str], log: Path, env: dict) -> None:
+    """Run one etad command in a fresh process; its output goes to the point's log."""
+    with log.open("a") as out:
+        out.write(f"$ etad {' '.join(args)}\n")
+        out.flush()
+        done = subprocess.run([sys.executable, "-m", "etad_cli", *args], stdout=out, stderr=out, env=env)
+    if done.returncode != 0:
+        raise UserError(f"{log}: `etad {args[0]}` failed (exit {done.returncode}); see the log")
+
+
+def _runs(work: Path) -> list[dict]:
+    """The cost records of every command run in a work folder (etad_cli/runlog.py writes them)."""
+    return [json.loads(x) for x in (work / "logs" / "stages.jsonl").read_text().splitlines()]
+
+
+def _last_run(work: Path, stage: str) -> dict:
+    return [r for r in _runs(work) if r["stage"] == stage][-1]
+
+
+def run_point(study: Study, point: Point, seed: int, cache_sets: list[str], env: dict) -> dict:
+    """Run (or finish) one point for one seed and return its figures."""
+    folder = study.out_dir / "points" / point.name / f"seed{seed}"
+    result_file = folder / "result.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    work = folder / "work"
+    section = "e2e" if study.stage == "e2e" else "train"
+    sets = [*study.base_overrides, *cache_sets, f"work_dir={work}", f"seed={seed}", f"{section}.log_every=1"]
+    sets += [f"{k}={v}" for k, v in point.overrides]
+    common = ["-c", str(study.config), *sum((["--set", s] for s in sets), [])]
+    log = folder / "log.txt"
+    train = ["train", *common, "--resume"] + (["--e2e"] if study.stage == "e2e" else [])
+    _etad(train, log, env)
+    _etad(["infer", *common, "--set", "infer.output=results/detections.json", "--eval"], log, env)
+    _etad(["infer", *common, "--set", "infer.output=results/proposals.json", "--set", "infer.classifier=none",
+           "--eval"], log, env)  # fmt: skip
+    detection = json.loads((work / "results" / "detections.metrics.json").read_text())
+    proposals = json.loads((work / "results" / "proposals.metrics.json").read_text())
+    trained = _last_run(work, "train --e2e" if study.stage == "e2e" else "train")
+    run_dir = work / ("e2e" if study.stage == "e2e" else "pretrain")
+    steps = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    step_seconds = [r["seconds"] for r in steps if "step" in r]
+    step_seconds = step_seconds[1:] or step_seconds  # the first step warms up
+    gpu = trained.get("peak_gpu_mib") or 0.0
+    result = {
+        "point": point.name,
+        "overrides": dict(point.overrides),
+        "seed": seed,
+        "average_mAP": detection["average_mAP"],
+        "mAP": detection["mAP"],
+        "tiou_thresholds": detection["tiou_thresholds"],
+        "mAP_first_tiou": detection["mAP"][0],
+        "proposal_AUC": proposals["auc"],
+        "peak_memory_mib": gpu if gpu else trained["peak_rss_mib"],
+        "memory_kind": "GPU max allocated" if gpu else "peak RSS",
+        "seconds_per_iteration": sum(step_seconds) / len(step_seconds) if step_seconds else math.nan,
+        "seconds": sum(r["seconds"] for r in _runs(work)),
+    }
+    write_json(result_file, result)
+    return result
+
+
+def run(study: Study, *, progress: Progress = SILENT) -> list[dict]:
+    """Run every point and seed not finished yet (in `jobs` processes at a time), then write the
+    outputs. Returns every result, finished earlier or now."""
+    if study.stage not in STAGES:
+        raise UserError(f"--stage {study.stage}: expected one of {', '.join(STAGES)}")
+    from stages.settings import load_settings
+    from stages.workdir import features_dir, snippets_dir
+
+    base = load_settings(study.config, study.base_overrides)
+    cache_sets = [f"cache.snippets_dir={snippets_dir(base)}", f"cache.features_dir={features_dir(base)}"]
+    study.out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"config": str(study.config), "points": [[list(o) for o in p.overrides] for p in study.points],
+            "seeds": study.seeds, "stage": study.stage, "varied": study.varied,
+            "base_overrides": study.base_overrides}  # fmt: skip
+    write_json(study.out_dir / "study.json", meta)
+    tasks = [(p, s) for p in study.points for s in range(study.seeds)]
+    progress.start(len(tasks))
+    gpus = _gpus()
+
+    def one(index_task: tuple[int, tuple[Point, int]]) -> dict:
+        index, (point, seed) = index_task
+        env = dict(os.environ)
+        if gpus and study.jobs > 1:
+            env["CUDA_VISIBLE_DEVICES"] = str(gpus[index % len(gpus)])
+        result = run_point(study, point, base.seed + seed, cache_sets, env)
+        progress.advance(info=point.name)
+        return result
+
+    with ThreadPoolExecutor(max(1, study.jobs)) as pool:
+        results = list(pool.map(one, enumerate(tasks)))
+    write_outputs(study.out_dir, results, study.varied)
+    return results
+
+
+def _gpus() -> list[int]:
+    try:
+        import torch
+
+        return list(range(torch.cuda.device_count()))
+    except Exception:
+        return []
+
+
+def read_results(out_dir: Path) -> tuple[list[dict], list[str]]:
+    """Every finished point of a study folder (finished or still running) and the varied keys."""
+    meta = out_dir / "study.json"
+    if not meta.is_file():
+        raise UserError(f"{out_dir}: not a study folder (no study.json)")
+    varied = json.loads(meta.read_text()).get("varied", [])
+    results = [json.loads(p.read_text()) for p in sorted(out_dir.glob("points/*/seed*/result.json"))]
+    return results, varied
+
+
+def summary(results: list[dict]) -> list[dict]:
+    """Mean and standard deviation over seeds, per point, in the order points first appear."""
+    rows = []
+    for name in dict.fromkeys(r["point"] for r in results):
+        mine = [r for r in results if r["point"] == name]
+        row = {"point": name, "seeds": len(mine), "overrides": mine[0]["overrides"]}
+        for key in ("average_mAP", "proposal_AUC", "peak_memory_mib", "seconds_per_iteration", "seconds"):
+            values = [float(r[key]) for r in mine]
+            mean = sum(values) / len(values)
+            std = (
+                math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+                if len(values) > 1
+                else 0.0
+            )
+            row[key] = (mean, std)
+        row["memory_kind"] = mine[0]["memory_kind"]
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    head = "| point | seeds | average mAP (%) | proposal AUC | peak memory (MiB) | s / iteration | s in all |"
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m, a, mem, it, sec = (r[k] for k in ("average_mAP", "proposal_AUC", "peak_memory_mib",
+                                             "seconds_per_iteration", "seconds"))  # fmt: skip
+        lines.append(
+            f"| {r['point']} | {r['seeds']} | {100 * m[0]:.2f} ± {100 * m[1]:.2f} | {a[0]:.2f} ± {a[1]:.2f} "
+            f"| {mem[0]:,.0f} | {it[0]:.2f} | {sec[0]:.0f} |"
+        )
+    kind = rows[0]["memory_kind"] if rows else ""
+    return (
+        "\n".join(lines)
+        + f"\n\nMemory: {kind} of the training process. Mean ± standard deviation over seeds.\n"
+    )
+
+
+def write_outputs(out_dir: Path, results: list[dict], varied: list[str]) -> None:
+    """study.csv, study.md and the plots."""
+    from stages.files import atomic_output
+
+    with atomic_output(out_dir / "study.csv") as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            COLUMNS + [f"mAP@{t:.2f}" for t in (results[0]["tiou_thresholds"] if results else [])]
+        )
+        for r in results:
+            writer.writerow([r[c] for c in COLUMNS] + list(r["mAP"]))
+    rows = summary(results)
+    with atomic_output(out_dir / "study.md") as tmp:
+        tmp.write_text(markdown(rows))
+    plot(out_dir, rows, varied)
+
+
+def plot(out_dir: Path, rows: list[dict], varied: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stages.files import atomic_output
+
+    for key in varied:  # mAP against this value, one line per setting of the other varied keys
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        groups: dict[str, list] = {}
+        for r in rows:
+            if key not in r["overrides"]:
+                continue
+            rest = ",".join(f"{k}={v}" for k, v in r["overrides"].items() if k != key) or "mAP"
+            groups.setdefault(rest, []).append((r["overrides"][key], r["average_mAP"]))
+        for label, pts in groups.items():
+            xs = [_number(x) for x, _ in pts]
+            xs = xs if all(isinstance(x, float) for x in xs) else [str(x) for x, _ in pts]
+            means, stds = [100 * m for _, (m, _) in pts], [100 * s for _, (_, s) in pts]
+            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
+        ax.set(xlabel=key, ylabel="average mAP (%)")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        with atomic_output(out_dir / f"map_vs_{key}.png") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+        plt.close(fig)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "peak_memory_mib", "peak memory (MiB)"),
+                           (axes[1], "seconds_per_iteration", "seconds per iteration")):  # fmt: skip
+        for r in rows:
+            ax.scatter(r[key][0], 100 * r["average_mAP"][0])
+            ax.annotate(r["point"], (r[key][0], 100 * r["average_mAP"][0]), fontsize=5)
+        ax.set(xlabel=label, ylabel="average mAP (%)")
+    fig.tight_layout()
+    with atomic_output(out_dir / "map_vs_cost.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def _number(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def prepare(settings, config: Path, overrides: list[str], vary: list[str], also: list[str], zip_values: bool,
+            seeds: int, stage: str, jobs: int, out: Path | None) -> Study:  # fmt: skip
+    """The study the command line describes; its folder defaults to <work_dir>/study. A folder that
+    holds a study of another settings file or other points is refused (never mixed)."""
+    folder = Path(out or Path(settings.work_dir) / "study").resolve()
+    points, varied = plan(vary, also, zip_values)
+    meta = folder / "study.json"
+    if meta.is_file():
+        held = json.loads(meta.read_text())
+        same_points = held.get("points") == [[list(o) for o in p.overrides] for p in points]
+        if held.get("config") != str(config.resolve()) or not same_points:
+            raise UserError(
+                f"{folder}: holds another study (other settings file or points); choose another --out"
+            )
+    return Study(config.resolve(), folder, points, seeds, stage, jobs, list(overrides), varied)
+
+
+def table(out_dir: Path) -> str:
+    """The markdown table of a finished or running study, and where its files are."""
+    results, _ = read_results(out_dir)
+    if not results:
+        return f"{out_dir}: no point has finished yet"
+    return markdown(summary(results)) + f"\n{out_dir}: study.csv, study.md, map_vs_*.png\n"
