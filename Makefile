@@ -14,7 +14,7 @@ DEMO_DIR    ?= $(WORK)/demo
 DEMO_CONFIG ?= examples/demo.yaml
 DEMO_VIDEOS ?= 48
 
-.PHONY: help install test test-fast lint demo bench docs clean clean-all anet-features anet-e2e thumos-features
+.PHONY: help install test test-fast lint demo demo-data bench docs clean clean-all anet-features anet-e2e thumos-features study-snippets study-proposals
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -38,12 +38,14 @@ lint: install  ## ruff
 DEMO_SETS = --set work_dir=$(abspath $(DEMO_DIR)) --set data.annotations=$(abspath $(DEMO_DIR))/data/anet.json \
   --set data.video_dir=$(abspath $(DEMO_DIR))/data/videos $(SET)
 DEMO_RUN  = --config $(DEMO_CONFIG) $(DEMO_SETS)
-demo: install  ## run the whole pipeline on the built-in synthetic dataset (everything goes under work/demo)
+demo-data: install  ## the synthetic dataset, extracted and cached (the first steps of `make demo`)
 	$(ETAD) synth $(DEMO_DIR)/data --videos $(DEMO_VIDEOS) --classes 4 --seed 0
 	$(ETAD) config validate $(DEMO_CONFIG) $(DEMO_SETS)
 	$(ETAD) extract $(DEMO_RUN) --workers 2
 	$(ETAD) cache $(DEMO_RUN) --what snippets --workers 2
 	$(ETAD) cache $(DEMO_RUN) --what features
+
+demo: demo-data  ## run the whole pipeline on the built-in synthetic dataset (everything goes under work/demo)
 	$(ETAD) train $(DEMO_RUN) --resume
 	$(ETAD) infer $(DEMO_RUN) --checkpoint $(abspath $(DEMO_DIR))/pretrain/checkpoints/last.pt \
 	  --set infer.output=results/pretrain.json --eval --plot 2
@@ -105,6 +107,24 @@ thumos-features: install  ## THUMOS-14 from I3D features: THUMOS_FEATURES=dir of
 	$(ETAD) train $(THUMOS_RUN) --resume
 	$(ETAD) infer $(THUMOS_RUN) --checkpoint $(abspath $(THUMOS_WORK))/pretrain/checkpoints/last.pt --eval
 	$(ETAD) report $(THUMOS_RUN)
+
+# ---- ETAD's sampling study (docs/study.md) -----------------------------------------------------
+# Demo scale (default): the synthetic dataset on CPU. SCALE=paper: the ActivityNet end-to-end recipe
+# on a GPU, after `make anet-e2e` has extracted and cached the videos (same ANET_* variables).
+SCALE ?= demo
+STUDY_SNIPPETS_RUN  = $(if $(filter paper,$(SCALE)),$(ANET_E2E_RUN),--config examples/study_snippets.yaml $(DEMO_SETS) \
+  --set e2e.init_from=$(abspath $(DEMO_DIR))/pretrain/checkpoints/last.pt)
+STUDY_PROPOSALS_RUN = $(if $(filter paper,$(SCALE)),$(ANET_FEATURES_RUN),$(DEMO_RUN))
+STUDY_DIR = $(if $(filter paper,$(SCALE)),$(WORK)/study-paper,$(DEMO_DIR))
+study-snippets: $(if $(filter paper,$(SCALE)),install,demo-data)  ## snippet ratio x strategy (+ checkpoint, full) end to end
+	$(if $(filter paper,$(SCALE)),,$(ETAD) train $(DEMO_RUN) --resume)
+	$(ETAD) study $(STUDY_SNIPPETS_RUN) --stage e2e --out $(abspath $(STUDY_DIR))/study-snippets \
+	  --vary e2e.snippet_ratio=0.1,0.3,0.5,1.0 --vary e2e.snippet_sampling=random,uniform,block \
+	  --also e2e.grad_mode=checkpoint --also e2e.grad_mode=full
+
+study-proposals: $(if $(filter paper,$(SCALE)),install,demo-data)  ## proposal ratio x strategy, frozen features
+	$(ETAD) study $(STUDY_PROPOSALS_RUN) --stage train --out $(abspath $(STUDY_DIR))/study-proposals \
+	  --vary model.proposal_ratio=0.02,0.06,0.2,1.0 --vary model.proposal_sampling=random,grid,block
 
 docs: install  ## regenerate docs/settings.md from the settings models
 	$(ETAD) config reference > docs/settings.md

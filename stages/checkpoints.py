@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from stages.errors import UserError
-from stages.training import CHECKPOINT_FORMAT, load_checkpoint
+from stages.training import CHECKPOINT_FORMAT, as_etad_checkpoint, read_weights_file
 
 # original ETAD detector key -> etad key (regular expressions, applied in order; first match wins)
 ORIGINAL_DETECTOR_KEYS = [
@@ -130,8 +130,8 @@ def _from_opentad(obj: dict, path: Path) -> dict:
 
 LAYOUTS: dict[str, Layout] = {
     "etad": Layout(
-        "etad", lambda o: isinstance(o, dict) and o.get("format") == CHECKPOINT_FORMAT, lambda o, p: o
-    ),  # fmt: skip
+        "etad", lambda o: isinstance(o, dict) and o.get("format") == CHECKPOINT_FORMAT, as_etad_checkpoint
+    ),
     "etad-original": Layout("etad-original", _is_original, _from_original),
     "opentad": Layout("opentad", _is_opentad, _from_opentad),
 }
@@ -143,19 +143,11 @@ def layout_of(obj: object) -> str | None:
 
 def read_checkpoint(path: Path) -> dict:
     """Any known layout, as an etad checkpoint; anything else is refused with the known layouts."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such checkpoint")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a truncated or foreign file
-        raise UserError(f"{path}: not a loadable checkpoint ({exc.__class__.__name__})") from None
+    obj = read_weights_file(path)
     name = layout_of(obj)
     if name is None:
         raise UserError(f"{path}: not a checkpoint layout etad knows ({', '.join(LAYOUTS)})")
-    if name == "etad":
-        return load_checkpoint(path)
-    return LAYOUTS[name].convert(obj, path)
+    return LAYOUTS[name].convert(obj, Path(path))
 
 
 def convert(source: Path, target: Path) -> dict:

@@ -174,20 +174,28 @@ def save_checkpoint(folder: Path, epoch: int, state: dict, best: bool) -> Path:
     return path
 
 
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint written by etad (weights only: no code is unpickled)."""
+def read_weights_file(path: Path) -> object:
+    """torch.load with weights_only (no code is unpickled), failures as one-line UserErrors."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a truncated or foreign file
         raise UserError(f"{path}: not a loadable checkpoint ({exc.__class__.__name__})") from None
+
+
+def as_etad_checkpoint(state: object, path: Path) -> dict:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not an etad checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
     if state.get("kind") == "finetune":  # the name of end-to-end runs before 0.2
         state["kind"] = "e2e"
     return state
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by etad."""
+    return as_etad_checkpoint(read_weights_file(path), path)
 
 
 class MetricsLog:

@@ -16,14 +16,26 @@ from tests.conftest import run_etad
 def test_help_lists_every_command_with_one_line():
     result = run_etad("--help")
     assert result.returncode == 0
-    for command in ("synth", "config", "extract", "cache", "train", "infer", "eval", "report"):
+    for command in (
+        "synth",
+        "config",
+        "extract",
+        "cache",
+        "train",
+        "infer",
+        "eval",
+        "report",
+        "study",
+        "checkpoint",
+    ):
         line = next(line for line in result.stdout.splitlines() if f" {command} " in line)
         assert len(line.split(command, 1)[1].strip(" │")) > 10, line
 
 
 def test_every_command_help_shows_an_example():
     for command in (["synth"], ["extract"], ["cache"], ["train"], ["infer"], ["eval"], ["report"],
-                    ["config", "show"], ["config", "validate"], ["config", "reference"]):  # fmt: skip
+                    ["config", "show"], ["config", "validate"], ["config", "reference"], ["study"],
+                    ["checkpoint", "info"], ["checkpoint", "convert"]):  # fmt: skip
         result = run_etad(*command, "--help")
         assert result.returncode == 0, command
         assert "Example" in result.stdout and f"etad {' '.join(command)} " in result.stdout, command
