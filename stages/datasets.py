@@ -9,6 +9,7 @@ same.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from stages.model.sampling import sample_proposals
 from stages.model.targets import boundary_targets, match_ground_truth, proposal_map
 from stages.protocols import Item, pad_with_last, protocol
 
+if TYPE_CHECKING:  # the settings models, for type hints only
+    from stages.settings import Settings
+
 
 def class_names(records: dict[str, VideoRecord]) -> list[str]:
     """Every label of the annotation file, sorted: the class index of the classifier head."""
@@ -26,7 +30,7 @@ def class_names(records: dict[str, VideoRecord]) -> list[str]:
 
 
 def build_items(
-    settings,
+    settings: Settings,
     subset: str,
     available: Callable[[str], int | None],
     training: bool,
@@ -71,7 +75,7 @@ def build_items(
     return items, classes, notes
 
 
-def cache_reader(cache, settings) -> Callable[[Item], np.ndarray]:
+def cache_reader(cache, settings: Settings) -> Callable[[Item], np.ndarray]:
     """`load(item)` over a VideoCache: the rows of an item (the whole video, or a window's). A
     short snippet window is padded with its last snippet; features are left for the protocol."""
     d = settings.data
@@ -92,7 +96,13 @@ class DetectionDataset(torch.utils.data.Dataset):
     grid, 'test' returns no targets."""
 
     def __init__(
-        self, items: list[Item], classes: list[str], settings, load: Callable, mode: str, transform=None
+        self,
+        items: list[Item],
+        classes: list[str],
+        settings: Settings,
+        load: Callable,
+        mode: str,
+        transform=None,
     ) -> None:
         self.items, self.classes, self.load, self.mode = items, classes, load, mode
         self.transform = transform  # (uint8 snippets, generator) -> snippets: end-to-end augmentation

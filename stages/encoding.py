@@ -8,6 +8,7 @@ current files, redoes stale ones, and training refuses a stale cache.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,8 +18,11 @@ from stages.protocols import protocol
 from stages.store import VideoCache, fingerprint, stored_fingerprint, video_file
 from stages.workdir import frames_dir, snippets_dir
 
+if TYPE_CHECKING:  # the settings models, for type hints only
+    from stages.settings import Settings
 
-def snippet_fingerprint(settings) -> str:
+
+def snippet_fingerprint(settings: Settings) -> str:
     d = settings.data
     return fingerprint(
         {
@@ -31,7 +35,7 @@ def snippet_fingerprint(settings) -> str:
     )
 
 
-def feature_fingerprint(settings) -> str:
+def feature_fingerprint(settings: Settings) -> str:
     e = settings.model.encoder
     checkpoint = str(e.checkpoint) if e.checkpoint else None
     stamp = e.checkpoint.stat().st_mtime_ns if e.checkpoint and e.checkpoint.is_file() else None
@@ -52,12 +56,12 @@ def npy_fingerprint(npy_dir: Path) -> str:
     return fingerprint({"npy": str(Path(npy_dir).resolve())})
 
 
-def snippet_frame_indices(settings, num_frames: int) -> np.ndarray:
+def snippet_frame_indices(settings: Settings, num_frames: int) -> np.ndarray:
     """Frame indices [T, L] of the snippets of a video with `num_frames` frames."""
     return protocol(settings.data).snippet_frames(settings.data, num_frames)
 
 
-def cut_snippets(settings, video_id: str) -> tuple[np.ndarray, np.ndarray, dict]:
+def cut_snippets(settings: Settings, video_id: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """(snippets [T, L, H, W, 3], frame indices [T, L], extraction record) of an extracted video."""
     folder = frames_dir(settings)
     frames, meta = load_frames(folder, video_id)
@@ -73,7 +77,7 @@ def cut_snippets(settings, video_id: str) -> tuple[np.ndarray, np.ndarray, dict]
 class FeatureEncoder:
     """A frozen encoder that turns a video's snippets into features [T, D], in no-grad batches."""
 
-    def __init__(self, settings, device: str, dtype: str = "float32", batch_size: int = 32) -> None:
+    def __init__(self, settings: Settings, device: str, dtype: str = "float32", batch_size: int = 32) -> None:
         import torch
 
         from stages.model.encoder import build_encoder

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from stages.files import atomic_output, write_json
 from stages.metrics import average_recall_vs_proposals, detection_ap, recall_auc
 from stages.protocols import PROTOCOLS
 from stages.workdir import output_path
+
+if TYPE_CHECKING:  # the settings models, for type hints only
+    from stages.settings import Settings
 
 PREFIX = "v_"
 TASKS = ("detection", "proposals")
@@ -55,7 +59,7 @@ class EvalRequest:
             raise UserError("--tiou: give at least one threshold")
 
     @classmethod
-    def from_settings(cls, settings, **given) -> EvalRequest:
+    def from_settings(cls, settings: Settings | None, **given) -> EvalRequest:
         """Values given (not None) win; then the settings (infer.output, data.*, eval.*)."""
         given = {k: v for k, v in given.items() if v not in (None, "", [])}
         if settings is not None:

@@ -27,10 +27,14 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stages.errors import UserError
 from stages.files import write_json
 from stages.progress import SILENT, Progress
+
+if TYPE_CHECKING:  # the settings models, for type hints only
+    from stages.settings import Settings
 
 STAGES = ("train", "e2e")  # which training a point runs
 COLUMNS = ["point", "seed", "average_mAP", "mAP_first_tiou", "proposal_AUC", "peak_memory_mib",
@@ -308,8 +312,8 @@ def _number(text: str) -> float | str:
         return text
 
 
-def prepare(settings, config: Path, overrides: list[str], vary: list[str], also: list[str], zip_values: bool,
-            seeds: int, stage: str, jobs: int, out: Path | None) -> Study:  # fmt: skip
+def prepare(settings: Settings, config: Path, overrides: list[str], vary: list[str], also: list[str],
+            zip_values: bool, seeds: int, stage: str, jobs: int, out: Path | None) -> Study:  # fmt: skip
     """The study the command line describes; its folder defaults to <work_dir>/study. A folder that
     holds a study of another settings file or other points is refused (never mixed)."""
     folder = Path(out or Path(settings.work_dir) / "study").resolve()

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from stages.errors import UserError
 from stages.files import ensure_writable_dir
 from stages.progress import SILENT, Progress
 from stages.workdir import run_dir
+
+if TYPE_CHECKING:  # the settings models, for type hints only
+    from stages.settings import Optimisation, Settings
 
 CHECKPOINT_FORMAT = "etad-checkpoint-1"
 
@@ -342,8 +346,8 @@ def restore_generators(state: dict, generators: dict[str, torch.Generator]) -> N
             generator.set_state(saved[f"generator.{name}"])
 
 
-def fit(job: Job, settings, section, dist: Distributed, device: torch.device, *, resume: bool,
-        restart: bool = False, progress: Progress = SILENT,
+def fit(job: Job, settings: Settings, section: Optimisation, dist: Distributed, device: torch.device, *,
+        resume: bool, restart: bool = False, progress: Progress = SILENT,
         notes: list[str] | None = None) -> TrainSummary:  # fmt: skip
     """The epoch loop shared by `etad train` and `etad train --e2e`: seeds per epoch, steps,
     clips, logs JSON lines, validates, writes a checkpoint per epoch, resumes from last.pt."""

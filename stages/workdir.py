@@ -12,28 +12,32 @@ logs/                every command: its settings and cost
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the settings models, for type hints only
+    from stages.settings import Settings
 
 RUN_KINDS = ("pretrain", "e2e")  # training runs; infer picks the newest of these by default
 
 
-def frames_dir(settings) -> Path:
+def frames_dir(settings: Settings) -> Path:
     return Path(settings.work_dir) / "frames"
 
 
-def snippets_dir(settings) -> Path:
+def snippets_dir(settings: Settings) -> Path:
     return Path(settings.work_dir) / settings.cache.snippets_dir
 
 
-def features_dir(settings) -> Path:
+def features_dir(settings: Settings) -> Path:
     return Path(settings.work_dir) / settings.cache.features_dir
 
 
-def run_dir(settings, kind: str) -> Path:
+def run_dir(settings: Settings, kind: str) -> Path:
     """The folder of a training run: pretrain/ (frozen features) or e2e/ (end to end)."""
     return Path(settings.work_dir) / kind
 
 
-def output_path(settings) -> Path:
+def output_path(settings: Settings) -> Path:
     """infer.output, relative to work_dir unless absolute."""
     path = Path(settings.infer.output)
     return path if path.is_absolute() else Path(settings.work_dir) / path

@@ -8,10 +8,15 @@ layer sizes are exactly the original's and the detector has 10,343,450 parameter
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from stages.model.roi import TapCache, binned_linear, proposal_taps, roi_features
+
+if TYPE_CHECKING:  # the settings models, for type hints only
+    from stages.settings import ModelSettings
 
 GROUPS = 4  # grouped 1-D convolutions everywhere in the temporal module
 NORM_GROUPS = 16
@@ -194,7 +199,7 @@ def final_proposals(out: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return proposals, torch.stack(out["iou"]).mean(dim=0)
 
 
-def build_detector(model_settings, n_classes: int = 0) -> ETAD:
+def build_detector(model_settings: ModelSettings, n_classes: int = 0) -> ETAD:
     m = model_settings
     return ETAD(
         m.in_channels,
