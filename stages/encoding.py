@@ -99,10 +99,6 @@ class FeatureEncoder:
         self.snippet_cache = snippets_dir(settings)
         self.snippet_stamp = snippet_fingerprint(settings)
 
-    @property
-    def out_dim(self) -> int:
-        return self.encoder.out_dim
-
     def snippets(self, video_id: str) -> tuple[np.ndarray, int]:
         """Snippets from the snippet cache when it is current, else cut from the extracted frames."""
         path = video_file(self.snippet_cache, video_id)

@@ -297,12 +297,20 @@ def plot(out_dir: Path, rows: list[dict], varied: list[str]) -> None:
                            (axes[1], "seconds_per_iteration", "seconds per iteration")):  # fmt: skip
         for r in rows:
             ax.scatter(r[key][0], 100 * r["average_mAP"][0])
-            ax.annotate(r["point"], (r[key][0], 100 * r["average_mAP"][0]), fontsize=5)
+            ax.annotate(_label(r["overrides"], varied), (r[key][0], 100 * r["average_mAP"][0]), fontsize=6)
         ax.set(xlabel=label, ylabel="average mAP (%)")
     fig.tight_layout()
     with atomic_output(out_dir / "map_vs_cost.png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+def _label(overrides: dict, varied: list[str]) -> str:
+    """A short name for a point on a plot: its varied values ('0.3/random'), or 'key=value' for an
+    extra point."""
+    if overrides and all(k in varied for k in overrides):
+        return "/".join(str(v) for v in overrides.values())
+    return ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in overrides.items()) or "base"
 
 
 def _number(text: str) -> float | str:
