@@ -119,12 +119,12 @@ STUDY_PROPOSALS_RUN = $(if $(filter paper,$(SCALE)),$(ANET_FEATURES_RUN),$(DEMO_
 STUDY_DIR = $(if $(filter paper,$(SCALE)),$(WORK)/study-paper,$(DEMO_DIR))
 study-snippets: $(if $(filter paper,$(SCALE)),install,demo-data)  ## snippet ratio x strategy (+ checkpoint, full) end to end
 	$(if $(filter paper,$(SCALE)),,$(ETAD) train $(DEMO_RUN) --resume)
-	$(ETAD) study $(STUDY_SNIPPETS_RUN) --stage e2e --jobs $(STUDY_JOBS) --out $(abspath $(STUDY_DIR))/study-snippets \
+	$(ETAD) study $(STUDY_SNIPPETS_RUN) --stages e2e --jobs $(STUDY_JOBS) --out $(abspath $(STUDY_DIR))/study-snippets \
 	  --vary e2e.snippet_ratio=0.1,0.3,0.5,1.0 --vary e2e.snippet_sampling=random,uniform,block \
 	  --also e2e.grad_mode=checkpoint --also e2e.grad_mode=full
 
 study-proposals: $(if $(filter paper,$(SCALE)),install,demo-data)  ## proposal ratio x strategy, frozen features
-	$(ETAD) study $(STUDY_PROPOSALS_RUN) --stage train --jobs $(STUDY_JOBS) --out $(abspath $(STUDY_DIR))/study-proposals \
+	$(ETAD) study $(STUDY_PROPOSALS_RUN) --stages train --jobs $(STUDY_JOBS) --out $(abspath $(STUDY_DIR))/study-proposals \
 	  --vary model.proposal_ratio=0.02,0.06,0.2,1.0 --vary model.proposal_sampling=random,grid,block
 
 docs: install  ## regenerate docs/settings.md from the settings models

@@ -383,7 +383,10 @@ def study(
     also: Annotated[list[str] | None, typer.Option(help="KEY=V: one more point (repeatable).")] = None,
     zip_: Annotated[bool, typer.Option("--zip", help="Pair the --vary values instead of a grid.")] = False,
     seeds: Annotated[int, typer.Option(help="Seeds per point (seed, seed+1, ...).", min=1)] = 1,
-    stage: Annotated[str, typer.Option(help="Which training each point runs: train or e2e.")] = "e2e",
+    stages: Annotated[
+        str,
+        typer.Option(help="What each point trains: train, e2e, or train,e2e (e2e from its own detector)."),
+    ] = "e2e",
     jobs: Annotated[int, typer.Option(help="Points run at once (one per GPU).", min=1)] = 1,
     out: Annotated[Path | None, typer.Option(help="Study folder (default: <work_dir>/study).")] = None,
     show: Annotated[Path | None, typer.Option(help="Print the table of this study folder and exit.")] = None,
@@ -396,7 +399,7 @@ def study(
     Examples:
       etad study -c examples/study_snippets.yaml --vary e2e.snippet_ratio=0.1,0.3
       etad study -c examples/study_snippets.yaml --vary e2e.snippet_ratio=0.3 --also e2e.grad_mode=full
-      etad study -c examples/demo.yaml --stage train --vary model.proposal_ratio=0.06,0.2 --seeds 3
+      etad study -c examples/demo.yaml --stages train --vary model.proposal_ratio=0.06,0.2 --seeds 3
       etad study --show work/demo/study
     """
     from stages import study as stage_module
@@ -406,7 +409,7 @@ def study(
             if config is None:
                 raise UserError("give --config (or --show DIR)")
             plan = stage_module.prepare(load(config, set_), config, set_ or [], vary or [], also or [], zip_,
-                                        seeds, stage, jobs, out)  # fmt: skip
+                                        seeds, stages, jobs, out)  # fmt: skip
             with stage_progress(f"study {plan.out_dir.name}") as progress:
                 stage_module.run(plan, progress=progress)
             show = plan.out_dir

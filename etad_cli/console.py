@@ -21,7 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from stages.errors import UserError
+from stages.errors import TrainingDiverged, UserError
 from stages.progress import Progress as StageProgress
 
 console = Console()
@@ -41,8 +41,6 @@ def _error(line: str) -> None:
 def user_errors(interrupted: str = RESUME_HINT) -> Iterator[None]:
     """Inside a command: UserError (and an OSError the stage did not expect) -> clean stderr lines
     and exit 2; a diverging training run -> exit 1; Ctrl-C -> `interrupted` and exit 130."""
-    from stages.training import TrainingDiverged
-
     try:
         yield
     except UserError as exc:

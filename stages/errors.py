@@ -1,4 +1,8 @@
-"""The one exception type for bad user input, shared by the stages and the CLI."""
+"""The exceptions the CLI turns into exit codes, shared by the stages and the CLI (no torch here)."""
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or inf: the run stops (exit code 1); its last good checkpoint is kept."""
 
 
 class UserError(Exception):

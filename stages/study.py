@@ -36,7 +36,8 @@ from stages.progress import SILENT, Progress
 if TYPE_CHECKING:  # the settings models, for type hints only
     from stages.settings import Settings
 
-STAGES = ("train", "e2e")  # which training a point runs
+# what a point trains: frozen features, end to end, or both (end to end from the point's own detector)
+STAGES = ("train", "e2e", "train,e2e")
 COLUMNS = ["point", "seed", "average_mAP", "mAP_first_tiou", "proposal_AUC", "peak_memory_mib",
            "memory_kind", "seconds_per_iteration", "seconds"]  # fmt: skip
 
@@ -122,20 +123,25 @@ def run_point(study: Study, point: Point, seed: int, cache_sets: list[str], env:
         return json.loads(result_file.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     work = folder / "work"
-    section = "e2e" if study.stage == "e2e" else "train"
-    sets = [*study.base_overrides, *cache_sets, f"work_dir={work}", f"seed={seed}", f"{section}.log_every=1"]
-    sets += [f"{k}={v}" for k, v in point.overrides]
+    e2e = study.stage.endswith("e2e")  # the figures are the last training's
+    sets = [*study.base_overrides, *cache_sets, f"work_dir={work}", f"seed={seed}"]
+    sets += ["train.log_every=1", "e2e.log_every=1", *(f"{k}={v}" for k, v in point.overrides)]
     common = ["-c", str(study.config), *sum((["--set", s] for s in sets), [])]
     log = folder / "log.txt"
-    train = ["train", *common, "--resume"] + (["--e2e"] if study.stage == "e2e" else [])
-    _etad(train, log, env)
+    if study.stage.startswith("train"):
+        _etad(["train", *common, "--resume"], log, env)
+    if e2e:
+        first = (
+            ["--init-from", str(work / "pretrain" / "checkpoints" / "last.pt")] if "," in study.stage else []
+        )
+        _etad(["train", *common, "--resume", "--e2e", *first], log, env)
     _etad(["infer", *common, "--set", "infer.output=results/detections.json", "--eval"], log, env)
     _etad(["infer", *common, "--set", "infer.output=results/proposals.json", "--set", "infer.classifier=none",
            "--eval"], log, env)  # fmt: skip
     detection = json.loads((work / "results" / "detections.metrics.json").read_text())
     proposals = json.loads((work / "results" / "proposals.metrics.json").read_text())
-    trained = _last_run(work, "train --e2e" if study.stage == "e2e" else "train")
-    run_dir = work / ("e2e" if study.stage == "e2e" else "pretrain")
+    trained = _last_run(work, "train --e2e" if e2e else "train")
+    run_dir = work / ("e2e" if e2e else "pretrain")
     steps = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     step_seconds = [r["seconds"] for r in steps if "step" in r]
     step_seconds = step_seconds[1:] or step_seconds  # the first step warms up
@@ -162,7 +168,7 @@ def run(study: Study, *, progress: Progress = SILENT) -> list[dict]:
     """Run every point and seed not finished yet (in `jobs` processes at a time), then write the
     outputs. Returns every result, finished earlier or now."""
     if study.stage not in STAGES:
-        raise UserError(f"--stage {study.stage}: expected one of {', '.join(STAGES)}")
+        raise UserError(f"--stages {study.stage}: expected one of {', '.join(STAGES)}")
     from stages.settings import load_settings
     from stages.workdir import features_dir, snippets_dir
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from stages.errors import UserError
+from stages.errors import TrainingDiverged, UserError
 from stages.files import ensure_writable_dir
 from stages.progress import SILENT, Progress
 from stages.workdir import run_dir
@@ -34,10 +34,6 @@ if TYPE_CHECKING:  # the settings models, for type hints only
     from stages.settings import Optimisation, Settings
 
 CHECKPOINT_FORMAT = "etad-checkpoint-1"
-
-
-class TrainingDiverged(Exception):
-    """The loss became NaN or inf: the run stops (exit code 1); its last good checkpoint is kept."""
 
 
 def as_float(out: dict) -> dict:

@@ -34,7 +34,7 @@ def test_plans_are_grids_zips_and_extra_points():
 def test_a_study_runs_survives_an_interruption_and_resumes(trained, tmp_path):
     root = tmp_path / "space"
     shutil.copytree(trained, root)
-    args = ["study", "-c", root / "tiny.yaml", "--stage", "train", "--vary", "model.proposal_ratio=0.2,0.5",
+    args = ["study", "-c", root / "tiny.yaml", "--stages", "train", "--vary", "model.proposal_ratio=0.2,0.5",
             "--vary", "model.proposal_sampling=random,grid", "--set", "train.epochs=2"]  # fmt: skip
     out = root / "work" / "study"
     process = subprocess.Popen([sys.executable, "-m", "etad_cli", *map(str, args)], cwd=REPO,
@@ -70,6 +70,6 @@ def test_a_study_runs_survives_an_interruption_and_resumes(trained, tmp_path):
     shown = run_cli("study", "--show", out)
     assert shown.returncode == 0 and "model.proposal_ratio=0.5,model.proposal_sampling=grid" in shown.stdout
     other = run_cli(
-        "study", "-c", root / "tiny.yaml", "--stage", "train", "--vary", "model.proposal_ratio=0.9"
+        "study", "-c", root / "tiny.yaml", "--stages", "train", "--vary", "model.proposal_ratio=0.9"
     )
     assert other.returncode == 2 and "holds another study" in other.stderr
