@@ -73,3 +73,19 @@ def test_a_study_runs_survives_an_interruption_and_resumes(trained, tmp_path):
         "study", "-c", root / "tiny.yaml", "--stages", "train", "--vary", "model.proposal_ratio=0.9"
     )
     assert other.returncode == 2 and "holds another study" in other.stderr
+
+
+def test_a_point_can_train_both_ways(tmp_path, synth_dir, feature_work):
+    """--stages train,e2e: each point trains on frozen features, then end to end from that detector."""
+    from tests.conftest import demo_config
+
+    cache = {"features_dir": str(feature_work / "work" / "cache" / "features"),
+             "snippets_dir": str(feature_work / "work" / "cache" / "snippets")}  # fmt: skip
+    config = demo_config(tmp_path, synth_dir, cache=cache, train={"epochs": 1}, e2e={"epochs": 1})
+    result = run_cli("study", "-c", config, "--stages", "train,e2e", "--vary", "e2e.snippet_ratio=0.5")
+    assert result.returncode == 0, result.stderr
+    work = tmp_path / "work" / "study" / "points" / "e2e.snippet_ratio=0.5" / "seed0" / "work"
+    assert (work / "pretrain" / "checkpoints" / "last.pt").is_file()
+    assert (work / "e2e" / "checkpoints" / "last.pt").is_file()
+    log = (work.parent / "log.txt").read_text()
+    assert "--e2e --init-from" in log and str(work / "pretrain" / "checkpoints" / "last.pt") in log
