@@ -369,6 +369,31 @@ def bench_detector_speed() -> list[tuple[str, str]]:
     return rows
 
 
+def bench_startup() -> list[tuple[str, str]]:
+    """Wall time of whole `etad` commands (fresh processes, best of 3): what a user waits for."""
+    import subprocess
+
+    tiny = REPO / "tests" / "data"
+    commands = {
+        "etad eval --help": ["eval", "--help"],
+        "etad eval -p tiny_predictions.json -g tiny_anet.json": [
+            "eval", "-p", str(tiny / "tiny_predictions.json"), "-g", str(tiny / "tiny_anet.json")],
+        "etad config show examples/demo.yaml": ["config", "show", str(REPO / "examples" / "demo.yaml")],
+        "python -c 'import torch, torchvision'": None,
+    }  # fmt: skip
+    rows = []
+    for what, args in commands.items():
+        command = [sys.executable, "-c", "import torch, torchvision"] if args is None else [
+            sys.executable, "-m", "etad_cli", *args]  # fmt: skip
+        times = []
+        for _ in range(3):
+            began = time.perf_counter()
+            subprocess.run(command, cwd=REPO, capture_output=True, check=True)
+            times.append(time.perf_counter() - began)
+        rows.append((f"{what} (s)", f"{min(times):.2f}"))
+    return rows
+
+
 def _e2e_point(mode: str, snippets: int, *extra: str) -> dict:
     """One e2e_memory.py point in a fresh process (glibc told to hand freed blocks back at once)."""
     import subprocess
@@ -472,7 +497,7 @@ def bench_e2e_paper_gpu() -> list[tuple[str, str]]:
 
 BENCHMARKS = [
     bench_synth, bench_extract, bench_frame_formats, bench_cache_read, bench_eval, bench_train,
-    bench_detector_speed, bench_e2e_memory, bench_e2e_paper_gpu,
+    bench_detector_speed, bench_startup, bench_e2e_memory, bench_e2e_paper_gpu,
 ]  # fmt: skip
 
 

@@ -67,9 +67,9 @@ def print_notes(notes: list[str]) -> None:
 class RichProgress(StageProgress):
     """A stage's progress as one rich bar (description, bar, done/total, elapsed, ETA, info)."""
 
-    def __init__(self, bar: Progress, description: str, visible: bool) -> None:
+    def __init__(self, bar: Progress, description: str) -> None:
         self.bar = bar
-        self.task = bar.add_task(description, total=None, info="", visible=visible)
+        self.task = bar.add_task(description, total=None, info="")
 
     def start(self, total: int | None, info: str = "") -> None:
         self.bar.update(self.task, total=total, info=info)
@@ -80,7 +80,7 @@ class RichProgress(StageProgress):
 
 @contextmanager
 def stage_progress(description: str, visible: bool = True) -> Iterator[RichProgress]:
-    """A live progress bar for one stage run."""
+    """A live progress bar for one stage run (drawn nowhere when not `visible`: other torchrun ranks)."""
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -93,4 +93,4 @@ def stage_progress(description: str, visible: bool = True) -> Iterator[RichProgr
         disable=not visible,
     )
     with bar:
-        yield RichProgress(bar, description, visible)
+        yield RichProgress(bar, description)

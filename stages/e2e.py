@@ -23,7 +23,6 @@ from stages.progress import SILENT, Progress
 from stages.settings import Settings
 from stages.store import VideoCache
 from stages.training import (
-    Distributed,
     Job,
     TrainSummary,
     as_float,
@@ -31,9 +30,7 @@ from stages.training import (
     fit,
     load_weights,
     make_optimizer,
-    pick_device,
-    seed_everything,
-    use_threads,
+    start_run,
 )
 from stages.workdir import snippets_dir
 
@@ -95,11 +92,7 @@ def run(
             "and the re-forward would see different BatchNorm statistics (use norm_eval: true, or "
             "grad_mode checkpoint or full)"
         )
-    use_threads(settings.threads)
-    device = pick_device(e2e.device)
-    dist = Distributed.setup(device)
-    device = dist.device(device)
-    seed_everything(settings.seed)
+    device, dist = start_run(settings, e2e)
     train_set, classes, notes = snippet_dataset(settings, enc.crop_size)
     encoder = build_encoder(enc.name, enc.checkpoint, enc.frozen_stages, enc.norm_eval).to(device)
     width = settings.model.in_channels
@@ -148,11 +141,8 @@ def run(
         classes,
         detector.detector_parameters(),
         generators={"snippets": snippet_generator},
-        model_settings={"in_channels": encoder.out_dim},
+        model_settings=model_settings,
     )
-    try:
-        return fit(
-            job, settings, e2e, dist, device, resume=resume, restart=restart, progress=progress, notes=notes
-        )
-    finally:
-        dist.close()
+    return fit(
+        job, settings, e2e, dist, device, resume=resume, restart=restart, progress=progress, notes=notes
+    )

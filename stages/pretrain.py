@@ -25,10 +25,8 @@ from stages.training import (
     fit,
     loader,
     make_optimizer,
-    pick_device,
-    seed_everything,
+    start_run,
     to_device,
-    use_threads,
 )
 from stages.workdir import features_dir
 
@@ -74,7 +72,6 @@ def validation_loss(model, dataset, settings: Settings, device, dist: Distribute
     """Mean loss on the evaluation subset with the fixed proposal grid (no gradient)."""
     if dataset is None:
         return None
-    generator_state = torch.get_rng_state()  # the validation draws must not move training's
     torch.manual_seed(settings.seed)
     model.eval()
     total, n = 0.0, 0
@@ -88,7 +85,6 @@ def validation_loss(model, dataset, settings: Settings, device, dist: Distribute
             total += float(terms["total"]) * len(batch["index"])
             n += len(batch["index"])
     model.train()
-    torch.set_rng_state(generator_state)
     return dist.mean(total / max(n, 1))
 
 
@@ -97,11 +93,7 @@ def run(
 ) -> TrainSummary:
     """Train for train.epochs epochs (continuing from last.pt with `resume`)."""
     tr = settings.train
-    use_threads(settings.threads)
-    device = pick_device(tr.device)
-    dist = Distributed.setup(device)
-    device = dist.device(device)
-    seed_everything(settings.seed)
+    device, dist = start_run(settings, tr)
     train_set, val_set, classes, notes = feature_datasets(settings)
     model_settings = settings.model.model_copy(update={"in_channels": feature_width(settings, train_set)})
     model = build_detector(model_settings, len(classes)).to(device)
@@ -132,11 +124,8 @@ def run(
         lambda: validation_loss(net, val_set, settings, device, dist),
         classes,
         model.detector_parameters(),
-        model_settings={"in_channels": model_settings.in_channels},
+        model_settings=model_settings,
     )
-    try:
-        return fit(
-            job, settings, tr, dist, device, resume=resume, restart=restart, progress=progress, notes=notes
-        )
-    finally:
-        dist.close()
+    return fit(
+        job, settings, tr, dist, device, resume=resume, restart=restart, progress=progress, notes=notes
+    )

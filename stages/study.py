@@ -181,12 +181,12 @@ def run(study: Study, *, progress: Progress = SILENT) -> list[dict]:
     write_json(study.out_dir / "study.json", meta)
     tasks = [(p, s) for p in study.points for s in range(study.seeds)]
     progress.start(len(tasks))
-    gpus = _gpus()
+    gpus = _gpus() if study.jobs > 1 else []  # counting GPUs imports torch: only when it matters
 
     def one(index_task: tuple[int, tuple[Point, int]]) -> dict:
         index, (point, seed) = index_task
         env = dict(os.environ)
-        if gpus and study.jobs > 1:
+        if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(gpus[index % len(gpus)])
         result = run_point(study, point, base.seed + seed, cache_sets, env)
         progress.advance(info=point.name)

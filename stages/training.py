@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 from stages.errors import TrainingDiverged, UserError
-from stages.files import ensure_writable_dir
+from stages.files import atomic_output, ensure_writable_dir
 from stages.progress import SILENT, Progress
 from stages.workdir import run_dir
 
 if TYPE_CHECKING:  # the settings models, for type hints only
-    from stages.settings import Optimisation, Settings
+    from stages.settings import ModelSettings, Optimisation, Settings
 
 CHECKPOINT_FORMAT = "etad-checkpoint-1"
 
@@ -67,6 +67,16 @@ def use_threads(threads: int | None) -> int:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(threads)
     return threads
+
+
+def start_run(settings: Settings, section: Optimisation) -> tuple[torch.device, Distributed]:
+    """What every training run does first: CPU threads, the device, torchrun's process group (which
+    `fit` closes) and the seeds."""
+    use_threads(settings.threads)
+    device = pick_device(section.device)
+    dist = Distributed.setup(device)
+    seed_everything(settings.seed)
+    return dist.device(device), dist
 
 
 def seed_everything(seed: int) -> None:
@@ -216,8 +226,6 @@ class MetricsLog:
                     continue  # a line cut by a kill
                 if int(record.get("epoch", 0)) <= keep_epochs:
                     kept.append(line + "\n")
-        from stages.files import atomic_output
-
         with atomic_output(path) as tmp:
             tmp.write_text("".join(kept), encoding="utf-8")
 
@@ -281,7 +289,7 @@ class Job:
     classes: list[str]
     parameters: int = 0
     generators: dict[str, torch.Generator] = field(default_factory=dict)  # saved and restored
-    model_settings: dict = field(default_factory=dict)  # the resolved model section (in_channels set)
+    model_settings: ModelSettings | None = None  # the model section as run (in_channels resolved)
 
 
 def earlier_run(out_dir: Path) -> str | None:
@@ -346,7 +354,17 @@ def fit(job: Job, settings: Settings, section: Optimisation, dist: Distributed, 
         resume: bool, restart: bool = False, progress: Progress = SILENT,
         notes: list[str] | None = None) -> TrainSummary:  # fmt: skip
     """The epoch loop shared by `etad train` and `etad train --e2e`: seeds per epoch, steps,
-    clips, logs JSON lines, validates, writes a checkpoint per epoch, resumes from last.pt."""
+    clips, logs JSON lines, validates, writes a checkpoint per epoch, resumes from last.pt. Closes
+    the process group of `start_run` when it ends, however it ends."""
+    try:
+        return _epochs(job, settings, section, dist, device, resume, restart, progress, notes)
+    finally:
+        dist.close()
+
+
+def _epochs(job: Job, settings: Settings, section: Optimisation, dist: Distributed, device: torch.device,
+            resume: bool, restart: bool, progress: Progress,
+            notes: list[str] | None) -> TrainSummary:  # fmt: skip
     out_dir = run_dir(settings, job.kind)
     ckpt_dir = out_dir / "checkpoints"
     summary = TrainSummary(out_dir, notes=list(notes or []), parameters=job.parameters)
@@ -423,7 +441,8 @@ def fit(job: Job, settings: Settings, section: Optimisation, dist: Distributed, 
         if dist.main:
             state = {name: module.state_dict() for name, module in job.modules.items()}
             run_settings = settings.model_dump(mode="json")
-            run_settings["model"].update(job.model_settings)
+            if job.model_settings is not None:
+                run_settings["model"] = job.model_settings.model_dump(mode="json")
             state.update(
                 kind=job.kind,
                 epoch=epoch + 1,

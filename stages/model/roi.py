@@ -60,6 +60,7 @@ class Taps:
     bins: torch.Tensor  # [nnz] bin, counted from the first bin asked for
     steps: torch.Tensor  # [nnz] time step (of the features laid end to end, video after video)
     weight: torch.Tensor  # [nnz]
+    offsets: torch.Tensor  # [n]: where each proposal's taps begin
     n: int  # proposals
 
 
@@ -110,7 +111,7 @@ def roi_taps(boxes: torch.Tensor, t: int, bins: int, first_bin: int = 0, n_bins:
         bin_of = j.repeat_interleave(2)
         steps = torch.stack([low, high], dim=1).flatten() + (base.repeat_interleave(2) if videos > 1 else 0)
         weight = torch.stack([(1.0 - frac) * scale, frac * scale], dim=1).flatten()
-    return Taps(rows, bin_of, steps, weight, n)
+    return Taps(rows, bin_of, steps, weight, 2 * offsets, n)
 
 
 class TapCache:
@@ -141,9 +142,11 @@ def proposal_taps(
         def make() -> Taps:
             one = roi_taps(extend_anchors(anchors[0], extend_ratio) * t, t, bins, first_bin, n_bins)
             nnz = len(one.rows)
-            video = torch.arange(b, device=anchors.device).repeat_interleave(nnz)
-            return Taps(one.rows.repeat(b) + video * k, one.bins.repeat(b), one.steps.repeat(b) + video * t,
-                        one.weight.repeat(b), b * k)  # fmt: skip
+            video = torch.arange(b, device=anchors.device)
+            tap_video = video.repeat_interleave(nnz)
+            offsets = (one.offsets[None] + video[:, None] * nnz).flatten()
+            rows, steps = one.rows.repeat(b) + tap_video * k, one.steps.repeat(b) + tap_video * t
+            return Taps(rows, one.bins.repeat(b), steps, one.weight.repeat(b), offsets, b * k)
 
         if cache is None:
             return make()
@@ -171,7 +174,7 @@ def binned_linear(features: torch.Tensor, taps: Taps, layer: torch.nn.Linear) ->
     projected = torch.einsum("ocj,bct->jbto", weight, features)  # [bins, B, T, out]
     table = projected.reshape(n_bins * b * t, layer.out_features)
     index = taps.bins * (b * t) + taps.steps
-    counts = torch.bincount(taps.rows, minlength=taps.n)
-    offsets = torch.cumsum(counts, 0) - counts
-    out = F.embedding_bag(index, table, offsets, mode="sum", per_sample_weights=taps.weight.to(table.dtype))
+    out = F.embedding_bag(
+        index, table, taps.offsets, mode="sum", per_sample_weights=taps.weight.to(table.dtype)
+    )
     return out + layer.bias if layer.bias is not None else out
