@@ -65,6 +65,7 @@ demo: demo-data  ## run the whole pipeline on the built-in synthetic dataset (ev
 # CLASSIFIER: a CUHK json (anet) or UntrimmedNet npy (thumos); unset: the built-in classifier head.
 # BLOCKED: a JSON list of video ids left out of evaluation (ETAD's blocked.json); unset: the recipe's.
 # INIT_FROM (anet-e2e): start the detector from this checkpoint; unset: from scratch, as the original.
+# RECIPE: another example config, e.g. RECIPE=examples/opentad_anet_tsp.yaml for OpenTAD's variant.
 SET        ?=
 CLASSIFIER ?=
 BLOCKED    ?=
@@ -78,7 +79,7 @@ classes = $(if $(CLASSIFIER),--set infer.classifier=file --set infer.classifier_
 blocked = $(if $(BLOCKED),--set data.blocked=$(abspath $(BLOCKED)))
 common  = --set data.annotations=$(abspath $(ANNOTATIONS)) $(blocked) $(classes) $(SET)
 
-ANET_FEATURES_RUN = --config examples/anet_tsp_feature.yaml --set work_dir=$(abspath $(ANET_FEATURES_WORK)) $(common)
+ANET_FEATURES_RUN = --config $(or $(RECIPE),examples/anet_tsp_feature.yaml) --set work_dir=$(abspath $(ANET_FEATURES_WORK)) $(common)
 anet-features: install  ## ActivityNet from TSP features: ANET_FEATURES=dir of v_<id>.npy ANNOTATIONS=json
 	$(call need,ANET_FEATURES,folder of v_<id>.npy TSP features)
 	$(call need,ANNOTATIONS,ActivityNet-1.3 annotation JSON)
@@ -87,7 +88,7 @@ anet-features: install  ## ActivityNet from TSP features: ANET_FEATURES=dir of v
 	$(ETAD) infer $(ANET_FEATURES_RUN) --checkpoint $(abspath $(ANET_FEATURES_WORK))/pretrain/checkpoints/last.pt --eval
 	$(ETAD) report $(ANET_FEATURES_RUN)
 
-ANET_E2E_RUN = --config examples/anet_tsp_e2e.yaml --set work_dir=$(abspath $(ANET_E2E_WORK)) \
+ANET_E2E_RUN = --config $(or $(RECIPE),examples/anet_tsp_e2e.yaml) --set work_dir=$(abspath $(ANET_E2E_WORK)) \
   --set data.video_dir=$(abspath $(ANET_VIDEOS)) --set model.encoder.checkpoint=$(abspath $(TSP_CHECKPOINT)) $(common)
 anet-e2e: install  ## ActivityNet end to end (the original recipe): ANET_VIDEOS=dir ANNOTATIONS=json TSP_CHECKPOINT=pth
 	$(call need,ANET_VIDEOS,folder of v_<id>.mp4 videos)
@@ -99,8 +100,8 @@ anet-e2e: install  ## ActivityNet end to end (the original recipe): ANET_VIDEOS=
 	$(ETAD) infer $(ANET_E2E_RUN) --checkpoint $(abspath $(ANET_E2E_WORK))/e2e/checkpoints/last.pt --eval
 	$(ETAD) report $(ANET_E2E_RUN)
 
-THUMOS_RUN = --config examples/thumos_i3d_feature.yaml --set work_dir=$(abspath $(THUMOS_WORK)) $(common)
-thumos-features: install  ## THUMOS-14 from I3D features: THUMOS_FEATURES=dir of <id>.npy ANNOTATIONS=json CLASSIFIER=uNet_test.npy
+THUMOS_RUN = --config $(or $(RECIPE),examples/opentad_thumos_i3d.yaml) --set work_dir=$(abspath $(THUMOS_WORK)) $(common)
+thumos-features: install  ## THUMOS-14 from I3D features, OpenTAD's recipe: THUMOS_FEATURES=dir ANNOTATIONS=json CLASSIFIER=uNet_test.npy
 	$(call need,THUMOS_FEATURES,folder of <video id>.npy I3D features)
 	$(call need,ANNOTATIONS,THUMOS-14 annotation JSON such as thumos14.json)
 	$(ETAD) cache $(THUMOS_RUN) --from-npy $(abspath $(THUMOS_FEATURES))

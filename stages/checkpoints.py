@@ -11,9 +11,13 @@ Layouts (LAYOUTS lists them; each entry: how to recognise it, how to map its key
   keys live under `base_detector.`; the end-to-end release adds the mmaction2 `Recognizer3D`
   backbone under `feature_extractor.model.backbone.` (torchvision VideoResNet key names).
 
-OpenTAD's checkpoints (`state_dict` / `state_dict_ema` with `module.` prefixes and `neck.`,
-`rpn_head.`, `roi_head.` keys) belong to OpenTAD's variant of the model, which etad does not
-implement yet: they are recognised and refused with that reason.
+- `opentad`: sming256/OpenTAD's `{"state_dict": ..., "state_dict_ema": ...}` (DDP `module.` prefix),
+  the `opentad` variant of the model: `projection.`, `neck.`, `rpn_head.`, `roi_head.` keys, and
+  for end to end the backbone under `backbone.model.backbone.`. The EMA weights are used when the
+  file has them (OpenTAD tests with them exactly when it trained with EMA).
+
+A released file holds weights only: the model's shapes (and variant) come from the weights, every
+other model setting from the user's settings file.
 """
 
 from __future__ import annotations
@@ -47,6 +51,29 @@ ORIGINAL_BACKBONE = "feature_extractor.model.backbone."
 ORIGINAL_DETECTOR = "base_detector."
 
 
+def _fc_head(match: re.Match) -> str:
+    """OpenTAD's FCHead (fcs.K.0 Linear + ReLU, then `head`) -> etad's Sequential (Linear at 2K)."""
+    stage, head, layer = match.group(1), match.group(2), match.group(3)
+    index = 6 if layer == "head" else 2 * int(layer.split(".")[1])
+    return f"stages.{stage}.{head}_head.{index}."
+
+
+# OpenTAD detector key -> etad key
+OPENTAD_DETECTOR_KEYS = [
+    (r"^projection\.convs\.0\.conv\.", "temporal.layer1.0."),
+    (r"^projection\.convs\.0\.norm\.", "temporal.layer1.1."),
+    (r"^neck\.mem_f\.", "temporal.lstm_f."),
+    (r"^neck\.mem_b\.", "temporal.lstm_b."),
+    (r"^neck\.(layer2_f|layer2_b|layer2_d|layer3)\.conv\.", r"temporal.\1.0."),
+    (r"^neck\.(layer2_f|layer2_b|layer2_d|layer3)\.norm\.", r"temporal.\1.1."),
+    (r"^rpn_head\.tem\.0\.conv\.", "tem.0."),
+    (r"^rpn_head\.tem\.1\.conv\.", "tem.2."),
+    (r"^roi_head\.proposal_heads\.(\d+)\.shared_conv_fc\.fcs\.0\.0\.", r"stages.\1.fc.0."),
+    (r"^roi_head\.proposal_heads\.(\d+)\.(iou|se|reg)_head\.(fcs\.\d+\.0|head)\.", _fc_head),
+]
+OPENTAD_BACKBONE = "backbone.model.backbone."
+
+
 @dataclass(frozen=True)
 class Layout:
     """A checkpoint layout: a test on the loaded object and a conversion to an etad checkpoint."""
@@ -60,7 +87,7 @@ def _strip_module(state: dict) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _rename(key: str, rules: list[tuple[str, str]]) -> str | None:
+def _rename(key: str, rules: list[tuple[str, object]]) -> str | None:
     for pattern, replacement in rules:
         if re.match(pattern, key):
             return re.sub(pattern, replacement, key)
@@ -88,29 +115,14 @@ def _from_original(obj: dict, path: Path) -> dict:
             unknown.append(key)
     if unknown:
         raise UserError(f"{path}: {len(unknown)} key(s) of no known part, e.g. {unknown[0]!r}")
-    in_channels = model["temporal.layer1.0.weight"].shape[1] * 4  # grouped conv, 4 groups
     stages = len({k.split(".")[1] for k in model if k.startswith("stages.")})
-    roi = model["stages.0.fc.0.weight"].shape[1] // model["stages.0.reduce.0.weight"].shape[0]
-    converted = {
-        "format": CHECKPOINT_FORMAT,
-        "kind": "e2e" if encoder else "pretrain",
-        "model": model,
-        "source_layout": "etad-original",
-        "source": str(path),
-        "settings": {
-            "model": {
-                "in_channels": in_channels,
-                "hidden_channels": model["temporal.layer1.0.weight"].shape[0],
-                "roi_size": roi,
-                "stage_iou_thresholds": [0.7, 0.8, 0.9][:stages] + [0.9] * max(0, stages - 3),
-                "encoder": {"name": "r2plus1d_34_tsp"},
-            }
-        },
-        "classes": [],
-    }
-    if encoder:
-        converted["encoder"] = encoder
-    return converted
+    return _released(path, "etad-original", model, encoder, {
+        "variant": "original",
+        "in_channels": model["temporal.layer1.0.weight"].shape[1] * 4,  # grouped conv, 4 groups
+        "hidden_channels": model["temporal.layer1.0.weight"].shape[0],
+        "roi_size": model["stages.0.fc.0.weight"].shape[1] // model["stages.0.reduce.0.weight"].shape[0],
+        "stage_iou_thresholds": _thresholds(stages),
+    })  # fmt: skip
 
 
 def _is_opentad(obj: object) -> bool:
@@ -122,10 +134,54 @@ def _is_opentad(obj: object) -> bool:
 
 
 def _from_opentad(obj: dict, path: Path) -> dict:
-    raise UserError(
-        f"{path}: an OpenTAD checkpoint; OpenTAD's ETAD is a different variant of the model "
-        "(GroupNorm projection, shared FC head, aligned RoIAlign) that etad does not implement yet"
-    )
+    """OpenTAD's ETAD: detector keys renamed to the `opentad` variant; the backbone (end to end)
+    kept as the encoder."""
+    state = _strip_module(obj.get("state_dict_ema") or obj["state_dict"])
+    model, encoder, unknown = {}, {}, []
+    for key, value in state.items():
+        if key.startswith(OPENTAD_BACKBONE):
+            encoder["backbone." + key.removeprefix(OPENTAD_BACKBONE)] = value
+        elif key.startswith("backbone.model.data_preprocessor."):
+            continue  # mean / std buffers: etad's encoder normalises by its own constants
+        else:
+            name = _rename(key, OPENTAD_DETECTOR_KEYS)
+            (model.__setitem__(name, value) if name else unknown.append(key))
+    if unknown:
+        raise UserError(f"{path}: {len(unknown)} key(s) of no known part, e.g. {unknown[0]!r}")
+    if "temporal.layer1.0.weight" not in model or "stages.0.fc.0.weight" not in model:
+        raise UserError(f"{path}: an OpenTAD checkpoint without ETAD's projection or proposal heads")
+    hidden = model["temporal.layer1.0.weight"].shape[0]
+    fc = model["stages.0.fc.0.weight"]
+    stages = len({k.split(".")[1] for k in model if k.startswith("stages.")})
+    return _released(path, "opentad", model, encoder, {
+        "variant": "opentad",
+        "in_channels": model["temporal.layer1.0.weight"].shape[1] * 4,  # grouped conv, 4 groups
+        "hidden_channels": hidden,
+        "roi_size": fc.shape[1] // hidden,
+        "fc_channels": fc.shape[0],
+        "stage_iou_thresholds": _thresholds(stages),
+    })  # fmt: skip
+
+
+def _thresholds(stages: int) -> list[float]:
+    """The stage IoU thresholds of both releases (0.7, 0.8, 0.9), for however many stages."""
+    return [0.7, 0.8, 0.9][:stages] + [0.9] * max(0, stages - 3)
+
+
+def _released(path: Path, layout: str, model: dict, encoder: dict, model_settings: dict) -> dict:
+    """An etad checkpoint from a released file's weights and the settings its shapes give."""
+    converted = {
+        "format": CHECKPOINT_FORMAT,
+        "kind": "e2e" if encoder else "pretrain",
+        "model": model,
+        "source_layout": layout,
+        "source": str(path),
+        "settings": {"model": {**model_settings, "encoder": {"name": "r2plus1d_34_tsp"}}},
+        "classes": [],
+    }
+    if encoder:
+        converted["encoder"] = encoder
+    return converted
 
 
 LAYOUTS: dict[str, Layout] = {
@@ -181,7 +237,10 @@ def describe_state(state: dict) -> dict:
         "epoch": state.get("epoch"),
         "parameters": parts,
         "classes": len(state.get("classes") or []),
-        "model": {k: model.get(k) for k in ("in_channels", "hidden_channels", "roi_size", "max_duration")},
+        "model": {
+            k: model.get(k)
+            for k in ("variant", "in_channels", "hidden_channels", "roi_size", "fc_channels", "max_duration")
+        },
         "encoder": (model.get("encoder") or {}).get("name") if "encoder" in parts else None,
     }
 

@@ -16,7 +16,7 @@ from stages.checkpoints import read_checkpoint
 from stages.datasets import DetectionDataset, build_items, cache_reader
 from stages.errors import UserError
 from stages.model.backward import Backward, e2e_gradients
-from stages.model.detector import build_detector
+from stages.model.detector import VARIANTS, build_detector
 from stages.model.encoder import build_encoder, center_crop
 from stages.model.losses import detector_loss
 from stages.progress import SILENT, Progress
@@ -102,6 +102,12 @@ def run(
     detector = build_detector(model_settings, len(classes)).to(device)
     if e2e.init_from is not None:
         state = read_checkpoint(e2e.init_from)  # etad's, or a released layout
+        theirs = ((state.get("settings") or {}).get("model") or {}).get("variant", "original")
+        if theirs != model_settings.variant:
+            raise UserError(
+                f"{e2e.init_from}: holds the {theirs!r} variant of the detector; "
+                f"set model.variant: {theirs} to start from it"
+            )
         load_weights(detector, state, e2e.init_from, "model")
         if "encoder" in state:
             load_weights(encoder, state, e2e.init_from, "encoder")
@@ -118,12 +124,17 @@ def run(
         enc_net = torch.nn.parallel.DistributedDataParallel(encoder, device_ids=ids)
     snippet_generator = torch.Generator().manual_seed(settings.seed + 1000 * dist.rank)
     thresholds = settings.model.stage_iou_thresholds
+    tem_loss = VARIANTS[settings.model.variant].tem_loss
 
     def step(batch: dict) -> dict:
         det_net.train()
         enc_net.train()
+
+        def loss(out: dict) -> dict:
+            return detector_loss(as_float(out), batch, thresholds, tem_loss)
+
         job = Backward(
-            enc_net, det_net, batch["inputs"], lambda o: detector_loss(as_float(o), batch, thresholds),
+            enc_net, det_net, batch["inputs"], loss,
             batch["anchors"], e2e.chunk_size, e2e.snippet_ratio, e2e.snippet_sampling, snippet_generator,
             device,
         )  # fmt: skip

@@ -2,9 +2,9 @@
 
 Runs the detector on every item (cached features for frozen-feature checkpoints, cached snippets
 through the trained encoder for end-to-end ones; `--video` decodes and encodes one file), then
-post-processes (stages.postprocess): boundary-peak filter, IoU-cls x IoU-reg score, Soft-NMS,
-classifier fusion, seconds. Windows of a video are merged with a second Soft-NMS. Writes an
-ActivityNet-format result JSON atomically.
+post-processes (stages.postprocess, the original's or OpenTAD's form): boundary-peak filter,
+IoU-cls x IoU-reg score, Soft-NMS, seconds, classifier fusion; windows of a video are merged with a
+second Soft-NMS. Writes an ActivityNet-format result JSON atomically.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from stages.files import atomic_output, ensure_writable_dir, write_json
 from stages.model.detector import build_detector, final_proposals
 from stages.model.encoder import build_encoder, encode_chunks
 from stages.model.targets import proposal_map
-from stages.postprocess import CLASSIFIERS, Labeller, candidates, fuse, soft_nms
+from stages.postprocess import CLASSIFIERS, POST_PROCESSING, Labeller
 from stages.progress import SILENT, Progress
 from stages.protocols import Item, protocol
 from stages.settings import ModelSettings, Settings
@@ -59,6 +59,16 @@ def find_checkpoint(settings: Settings) -> Path:
     raise UserError(f"{settings.work_dir}: no checkpoint yet; run `etad train` or give --checkpoint")
 
 
+def released_model_settings(settings: Settings, state: dict) -> dict:
+    """The model settings a checkpoint runs with. etad's own carry all of them; a released file
+    only what its weights' shapes give, the rest comes from the settings file."""
+    model = dict(state["settings"]["model"])
+    if state.get("source_layout", "etad") == "etad":
+        return model
+    mine = settings.model.model_dump()
+    return {**mine, **model, "encoder": {**mine["encoder"], **model["encoder"]}}
+
+
 class Detector:
     """A checkpoint ready to run: the detector, its classes, and (end to end) its encoder."""
 
@@ -67,7 +77,7 @@ class Detector:
         self.kind = state.get("kind", "pretrain")
         try:
             self.classes: list[str] = [str(c) for c in state["classes"]]
-            model = dict(state["settings"]["model"])
+            model = released_model_settings(settings, state)
             # the encoder's weight file was needed to train, not to run: it may not exist here
             model["encoder"] = {**model["encoder"], "checkpoint": None}
             self.model_settings = ModelSettings.model_validate(model)
@@ -88,6 +98,7 @@ class Detector:
             load_weights(self.encoder, state, checkpoint, "encoder")
             self.encoder.to(self.device).eval()
         self.chunk_size = settings.infer.chunk_size
+        self.crop_size = settings.infer.crop_size or self.model_settings.encoder.crop_size
 
     @torch.no_grad()
     def __call__(self, inputs: torch.Tensor, anchors: torch.Tensor) -> dict:
@@ -110,8 +121,7 @@ class Detector:
         """uint8 snippets [B, T, L, H, W, 3] -> features [B, D, T] with the trained encoder."""
         if self.encoder is None:
             raise UserError("this checkpoint has no encoder; it runs on cached features")
-        crop = self.model_settings.encoder.crop_size
-        return encode_chunks(self.encoder, snippets, self.chunk_size, crop, self.device)
+        return encode_chunks(self.encoder, snippets, self.chunk_size, self.crop_size, self.device)
 
 
 def labeller(settings: Settings, detector: Detector) -> Labeller:
@@ -150,12 +160,12 @@ def detect(
     kept: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     labels: dict[str, list[tuple[str, float]]] = {}
     class_scores: dict[str, list[float]] = {}
+    post = POST_PROCESSING[inf.post_processing]
     for batch in data:
         out = detector(batch["inputs"], anchors)
         for row, index in enumerate(batch["index"].tolist()):
             item = items[index]
-            segs, scores = candidates(out["proposals"][row], out["iou"][row], out["tem"][row])
-            segs, scores = soft_nms(segs, scores, inf.soft_nms_sigma, inf.top_k, inf.min_score)
+            segs, scores = post.item(inf, out["proposals"][row], out["iou"][row], out["tem"][row])
             kept.setdefault(item.video_id, []).append((proto.to_seconds(d, item)(segs), scores))
             if item.video_id not in labels:
                 probs = out["class_probs"][row] if "class_probs" in out else None
@@ -163,13 +173,7 @@ def detect(
                 if probs is not None:
                     class_scores[item.video_id] = probs.round(6).tolist()
         progress.advance(len(batch["index"]))
-    results = {}
-    for video_id, parts in kept.items():
-        segs = np.concatenate([p[0] for p in parts]).reshape(-1, 2)
-        scores = np.concatenate([p[1] for p in parts])
-        if len(parts) > 1:  # windows: merge those of a video
-            segs, scores = soft_nms(segs, scores, inf.soft_nms_sigma, inf.top_k, inf.min_score)
-        results[video_id] = fuse(segs, scores, labels[video_id])
+    results = {video_id: post.video(inf, parts, labels[video_id]) for video_id, parts in kept.items()}
     return results, class_scores
 
 

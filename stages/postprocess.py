@@ -1,9 +1,15 @@
-"""ETAD post-processing (docs/method.md), pure numpy: boundary-peak filtering, the proposal score,
-class-agnostic Gaussian Soft-NMS and fusion with a video-level classifier."""
+"""ETAD post-processing (docs/method.md §7), pure numpy: boundary-peak filtering, the proposal
+score, class-agnostic Gaussian Soft-NMS and fusion with a video-level classifier.
+
+Two published forms (POST_PROCESSING, `infer.post_processing`): the original ETAD's, and OpenTAD's
+(its C++ Soft-NMS with a minimum score, score voting, non-strict boundary peaks, and on sliding
+windows: label each window's detections, then one more class-agnostic Soft-NMS over the video).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +29,20 @@ def boundary_mask(p: np.ndarray) -> np.ndarray:
     return (p > 0.5 * p.max()) | peak
 
 
-def candidates(proposals: np.ndarray, iou: np.ndarray, tem: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def boundary_mask_opentad(p: np.ndarray) -> np.ndarray:
+    """OpenTAD's: above half the maximum, or equal to the maximum of itself and its neighbours
+    (a non-strict peak; max_pool1d pads with -inf)."""
+    padded = np.concatenate([[-np.inf], p, [-np.inf]])
+    return (p > 0.5 * p.max()) | (p >= np.maximum(padded[:-2], padded[2:]))
+
+
+def candidates(
+    proposals: np.ndarray, iou: np.ndarray, tem: np.ndarray, mask: Callable = boundary_mask
+) -> tuple[np.ndarray, np.ndarray]:
     """Proposals [K, 2] (normalised) whose start and end fall on possible boundaries, with their
     score IoU-cls x IoU-reg. tem [2, T] holds the start and end probabilities."""
     t = tem.shape[1]
-    start_ok, end_ok = boundary_mask(tem[0]), boundary_mask(tem[1])
+    start_ok, end_ok = mask(tem[0]), mask(tem[1])
     start_ok[0] = True
     end_ok[-1] = True
     s_idx = np.clip((proposals[:, 0] * t).astype(np.int64), 0, t - 1)
@@ -60,6 +75,44 @@ def soft_nms(
         sc[decay] *= np.exp(-(iou[decay] ** 2) / sigma)
     idx = np.array(kept, dtype=np.int64)
     return segs[idx], sc[idx]
+
+
+def soft_nms_opentad(
+    segments: np.ndarray, scores: np.ndarray, sigma: float, top_k: int, min_score: float, voting: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gaussian Soft-NMS as OpenTAD's C++ op: take the best, decay *every* remaining segment by
+    exp(-IoU^2 / sigma) (IoU from the clamped intersection, lengths + 1e-6), drop those that fall
+    below `min_score`, repeat; keep at most `top_k`. With `voting` > 0 each kept segment becomes the
+    score-weighted mean of the input segments that overlap it with IoU >= voting. Returns segments,
+    scores and the input index of each kept one (for its label)."""
+    segs, sc = segments.astype(np.float64).reshape(-1, 2), scores.astype(np.float64).copy()
+    lengths = segs[:, 1] - segs[:, 0] + 1e-6
+    alive = np.ones(len(sc), dtype=bool)
+    kept: list[int] = []
+    while alive.any() and len(kept) < top_k:  # kept scores only decrease: stopping early is exact
+        best = int(np.flatnonzero(alive)[np.argmax(sc[alive])])
+        kept.append(best)
+        alive[best] = False
+        inter = np.maximum(np.minimum(segs[best, 1], segs[:, 1]) - np.maximum(segs[best, 0], segs[:, 0]), 0.0)
+        iou = inter / (lengths[best] + lengths - inter)
+        sc[alive] *= np.exp(-(iou[alive] ** 2) / sigma)
+        alive &= sc >= min_score
+    idx = np.array(kept, dtype=np.int64)
+    out = segs[idx]
+    if voting > 0 and len(idx):
+        out = score_voting(out, segs, scores.astype(np.float64), voting)
+    return out, sc[idx], idx
+
+
+def score_voting(kept: np.ndarray, segments: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Each kept segment [N, 2] -> the score-weighted mean of `segments` overlapping it with
+    IoU >= threshold (it always overlaps itself)."""
+    right = np.minimum(kept[:, None, 1], segments[None, :, 1])
+    inter = np.clip(right - np.maximum(kept[:, None, 0], segments[None, :, 0]), 0.0, None)
+    union = (kept[:, 1] - kept[:, 0])[:, None] + (segments[:, 1] - segments[:, 0])[None] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        weight = (inter / union >= threshold) * scores[None]
+        return (weight @ segments) / weight.sum(axis=1, keepdims=True)
 
 
 def top_classes(scores: np.ndarray, names: list[str], k: int) -> list[tuple[str, float]]:
@@ -138,6 +191,58 @@ class ClassifierFile:
         if not np.isfinite(scores).all():
             raise UserError(f"{self.path}: video {video_id!r}: class scores are not finite (NaN or inf)")
         return scores
+
+
+@dataclass(frozen=True)
+class Original:
+    """The original ETAD: per item boundary filter and Soft-NMS; windows of a video merged by one
+    more Soft-NMS before the video's classes label every segment."""
+
+    def item(self, inf, proposals, iou, tem) -> tuple[np.ndarray, np.ndarray]:
+        segs, scores = candidates(proposals, iou, tem)
+        return soft_nms(segs, scores, inf.soft_nms_sigma, inf.top_k, inf.min_score)
+
+    def video(self, inf, parts: list[tuple[np.ndarray, np.ndarray]], classes) -> list[dict]:
+        segs = np.concatenate([p[0] for p in parts]).reshape(-1, 2)
+        scores = np.concatenate([p[1] for p in parts])
+        if len(parts) > 1:  # windows: merge those of a video
+            segs, scores = soft_nms(segs, scores, inf.soft_nms_sigma, inf.top_k, inf.min_score)
+        return fuse(segs, scores, classes)
+
+
+@dataclass(frozen=True)
+class OpenTAD:
+    """OpenTAD's: non-strict peaks, its Soft-NMS with voting per item; each window's segments are
+    labelled, then (more than one window) one class-agnostic Soft-NMS with voting over them all;
+    segments rounded to 0.01 s and scores to 4 decimals."""
+
+    def item(self, inf, proposals, iou, tem) -> tuple[np.ndarray, np.ndarray]:
+        segs, scores = candidates(proposals, iou, tem, boundary_mask_opentad)
+        segs, scores, _ = soft_nms_opentad(
+            segs, scores, inf.soft_nms_sigma, inf.top_k, inf.min_score, inf.voting_iou
+        )
+        return segs, scores
+
+    def video(self, inf, parts: list[tuple[np.ndarray, np.ndarray]], classes) -> list[dict]:
+        detections = [d for segs, scores in parts for d in fuse(segs, scores, classes)]
+        if len(parts) > 1 and detections:
+            segs = np.array([d["segment"] for d in detections])
+            scores = np.array([d["score"] for d in detections])
+            segs, scores, idx = soft_nms_opentad(
+                segs, scores, inf.soft_nms_sigma, inf.top_k, inf.min_score, inf.voting_iou
+            )
+            detections = [
+                {**detections[i], "score": float(sc), "segment": [float(seg[0]), float(seg[1])]}
+                for i, sc, seg in zip(idx, scores, segs)
+            ]
+        return [
+            {**d, "score": round(d["score"], 4), "segment": [round(x, 2) for x in d["segment"]]}
+            for d in detections
+        ]
+
+
+# The post-processing forms (`infer.post_processing`).
+POST_PROCESSING: dict[str, Original | OpenTAD] = {"original": Original(), "opentad": OpenTAD()}
 
 
 # A labeller: (video id, the built-in head's class probabilities or None) -> [(label, score)].

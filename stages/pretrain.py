@@ -11,7 +11,7 @@ import torch
 
 from stages.datasets import DetectionDataset, build_items, cache_reader
 from stages.errors import UserError
-from stages.model.detector import build_detector
+from stages.model.detector import VARIANTS, build_detector
 from stages.model.losses import detector_loss
 from stages.progress import SILENT, Progress
 from stages.settings import Settings
@@ -75,13 +75,14 @@ def validation_loss(model, dataset, settings: Settings, device, dist: Distribute
     torch.manual_seed(settings.seed)
     model.eval()
     total, n = 0.0, 0
-    tr = settings.train
+    tr, thresholds = settings.train, settings.model.stage_iou_thresholds
+    tem_loss = VARIANTS[settings.model.variant].tem_loss
     data = loader(dataset, tr.batch_size, tr.workers, False, settings.seed, dist, device)
     with torch.no_grad():
         for batch in data:
             batch = to_device(batch, device)
             out = model(batch["inputs"], batch["anchors"])
-            terms = detector_loss(out, batch, settings.model.stage_iou_thresholds)
+            terms = detector_loss(out, batch, thresholds, tem_loss)
             total += float(terms["total"]) * len(batch["index"])
             n += len(batch["index"])
     model.train()
@@ -97,6 +98,7 @@ def run(
     train_set, val_set, classes, notes = feature_datasets(settings)
     model_settings = settings.model.model_copy(update={"in_channels": feature_width(settings, train_set)})
     model = build_detector(model_settings, len(classes)).to(device)
+    thresholds, tem_loss = model_settings.stage_iou_thresholds, VARIANTS[model_settings.variant].tem_loss
     optimizer = make_optimizer([{"params": model.parameters(), "lr": tr.lr}], tr.optimizer, tr.weight_decay)
     net = model
     if dist.world > 1:
@@ -108,7 +110,7 @@ def run(
         net.train()
         with autocast(device, tr.amp):
             out = net(batch["inputs"], batch["anchors"])
-        terms = detector_loss(as_float(out), batch, settings.model.stage_iou_thresholds)
+        terms = detector_loss(as_float(out), batch, thresholds, tem_loss)
         scaler.scale(terms["total"]).backward()
         if scaler.is_enabled():
             scaler.unscale_(optimizer)

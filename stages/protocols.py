@@ -130,8 +130,9 @@ def window_starts(n_snippets: int, t: int, overlap: float) -> list[int]:
 
 
 def window_ground_truth(item: Item, timeline: Timeline, t: int, ioa_threshold: float | None) -> torch.Tensor:
-    """Instances of a window in normalised window coordinates [G, 2]; with a threshold, only those
-    of which more than that share lies inside the window's snippets."""
+    """Instances of a window in normalised window coordinates [G, 2]. With a threshold (training,
+    as OpenTAD's sliding windows): only those of which more than that share lies between the
+    window's first and last snippet, cut to that span."""
     import torch
 
     boxes = []
@@ -139,11 +140,11 @@ def window_ground_truth(item: Item, timeline: Timeline, t: int, ioa_threshold: f
         s, e = timeline.to_snippets(start) - item.window, timeline.to_snippets(end) - item.window
         if e <= s:
             continue
-        cut = min(e, item.valid - 1) - max(s, 0.0)
-        if ioa_threshold is not None and cut / (e - s) <= ioa_threshold:
-            continue
-        if cut > 0 or ioa_threshold is None:
+        lo, hi = max(s, 0.0), min(e, item.valid - 1)
+        if ioa_threshold is None:
             boxes.append((s / t, e / t))
+        elif (hi - lo) / (e - s) > ioa_threshold:
+            boxes.append((lo / t, hi / t))
     return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 2)
 
 

@@ -71,6 +71,12 @@ def _snippet_samplers() -> dict:
     return SNIPPET_SAMPLERS
 
 
+def _variants() -> dict:
+    from stages.model.detector import VARIANTS
+
+    return VARIANTS
+
+
 def _grad_modes() -> dict:
     from stages.model.backward import GRAD_MODES
 
@@ -83,6 +89,12 @@ def _protocols() -> dict:
     return PROTOCOLS
 
 
+def _post_processing() -> dict:
+    from stages.postprocess import POST_PROCESSING
+
+    return POST_PROCESSING
+
+
 def _classifiers() -> dict:
     from stages.postprocess import CLASSIFIERS
 
@@ -93,8 +105,10 @@ EncoderName = Annotated[str, _one_of(_encoders)]
 ProposalSampler = Annotated[str, _one_of(_proposal_samplers)]
 SnippetSampler = Annotated[str, _one_of(_snippet_samplers)]
 GradMode = Annotated[str, _one_of(_grad_modes)]
+VariantName = Annotated[str, _one_of(_variants)]
 DatasetName = Annotated[str, _one_of(_protocols)]
 ClassifierName = Annotated[str, _one_of(_classifiers)]
+PostProcessingName = Annotated[str, _one_of(_post_processing)]
 
 
 def _tiou(value: float) -> float:
@@ -173,6 +187,9 @@ class EncoderSettings(Section):
 class ModelSettings(Section):
     """The ETAD detector (docs/method.md) and the encoder in front of it."""
 
+    variant: VariantName = Field(
+        "original", description="original: sming256/ETAD; opentad: OpenTAD's (docs/method.md §3.5)"
+    )
     in_channels: int | None = Field(
         None,
         ge=4,
@@ -184,6 +201,9 @@ class ModelSettings(Section):
     )
     max_duration: int = Field(128, ge=1, description="longest proposal, in snippets (dscale)")
     roi_size: int = Field(24, ge=4, description="samples per extended proposal in RoI alignment")
+    fc_channels: int | None = Field(
+        None, ge=1, description="width of the proposal head's first FC; unset: 2 x hidden_channels"
+    )
     extend_ratio: float = Field(
         0.5, ge=0.0, description="a proposal is extended by this share of its length on each side"
     )
@@ -273,9 +293,18 @@ class InferSettings(Section):
     )
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
+    crop_size: int | None = Field(
+        None, ge=8, description="end to end: test-time centre crop; unset: the encoder's training crop"
+    )
+    post_processing: PostProcessingName = Field(
+        "original", description="original: sming256/ETAD's; opentad: OpenTAD's (stages/postprocess.py)"
+    )
     soft_nms_sigma: float = Field(0.35, gt=0, description="Gaussian Soft-NMS decay")
     top_k: int = Field(100, ge=1, description="proposals kept per video after Soft-NMS")
     min_score: float = Field(0.0, ge=0, description="detections below are dropped")
+    voting_iou: float = Field(
+        0.0, ge=0, le=1, description="opentad post-processing: score voting above this IoU (0: off)"
+    )
     classifier: ClassifierName = Field(
         "builtin",
         description="labels: builtin head, a file (CUHK json / UntrimmedNet npy), or none (proposals)",

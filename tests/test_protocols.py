@@ -36,6 +36,11 @@ def test_window_ground_truth_keeps_complete_enough_instances():
     torch.testing.assert_close(
         window_ground_truth(item, timeline, 128, 0.9), torch.tensor([[10 / 128, 20 / 128]])
     )
+    # training boxes are cut to the window's first..last snippet: "d" is 95% inside, ends at 127
+    cut = Item("v", 300.0, [(-0.5, 9.5, "d"), (125.0, 127.2, "e")], window=0, valid=128)
+    torch.testing.assert_close(
+        window_ground_truth(cut, timeline, 128, 0.9), torch.tensor([[0.0, 9.5], [125.0, 127.0]]) / 128
+    )
 
 
 def test_whole_video_protocol_normalises_and_clips():

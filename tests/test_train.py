@@ -42,10 +42,21 @@ def test_resume_gives_identical_weights(tmp_path, cli, synth_dir, feature_work):
     assert [r["epoch"] for r in epochs if r.get("event") == "epoch"] == [1, 2]
 
 
-def test_loss_falls_and_a_tiny_model_overfits(tmp_path, cli, synth_dir, feature_work):
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"model": {}, "infer": {}},
+        {
+            "model": {"variant": "opentad", "roi_size": 16},
+            "infer": {"post_processing": "opentad", "min_score": 1e-4},
+        },
+    ],
+    ids=["original", "opentad"],
+)
+def test_loss_falls_and_a_tiny_model_overfits(tmp_path, cli, synth_dir, feature_work, variant):
     config = _config(
         tmp_path, synth_dir, feature_work, train={"epochs": 100, "lr_step": 80, "batch_size": 2, "lr": 2e-3},
-        data={"eval_subset": "training"}, infer={"top_k": 20},
+        data={"eval_subset": "training"}, infer={"top_k": 20, **variant["infer"]}, model=variant["model"],
     )  # fmt: skip
     assert cli("train", "-c", config).exit_code == 0
     log = [
@@ -57,9 +68,9 @@ def test_loss_falls_and_a_tiny_model_overfits(tmp_path, cli, synth_dir, feature_
     result = cli("infer", "-c", config, "--eval", "--plot", "1")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "work" / "results" / "detections.metrics.json").read_text())
-    # training-set mAP@0.5 of a memorising model: 0.58 measured here (0.50 at 60 epochs, since the
-    # sampled losses follow the original's edge cases)
-    assert metrics["mAP"][0] > 0.5, metrics
+    # training-set mAP@0.5 of a memorising model, measured here: original 0.58 (0.50 at 60 epochs,
+    # since the sampled losses follow the original's edge cases); OpenTAD's smaller head 0.40
+    assert metrics["mAP"][0] > variant["map50"], metrics
     assert any((tmp_path / "work" / "results" / "plots").glob("*.png"))
 
 

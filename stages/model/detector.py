@@ -1,5 +1,8 @@
-"""The ETAD detector (docs/method.md §3, the original ETAD): LSTM-boosted temporal features, a
-start/end head (TEM), and a cascade of proposal-evaluation stages on extended RoIAlign features.
+"""The ETAD detector (docs/method.md §3): LSTM-boosted temporal features, a start/end head (TEM),
+and a cascade of proposal-evaluation stages on extended RoIAlign features.
+
+Two variants share everything but the cascade stage and the TEM loss (VARIANTS): the original ETAD
+(`ProposalStage` below) and OpenTAD's (stages/model/opentad.py).
 
 Coordinates are normalised to [0, 1] of the video (or window) as in the original code. Anchors are
 [B, K, 2] (start, end). With the ActivityNet recipe (512 input channels, hidden 256, RoI 24) the
@@ -8,36 +11,20 @@ layer sizes are exactly the original's and the detector has 10,343,450 parameter
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from stages.model.layers import GROUPS, NORM_GROUPS, conv_gn, mlp
+from stages.model.losses import balanced_bce
+from stages.model.opentad import SharedFCStage, mean_balanced_bce
 from stages.model.roi import TapCache, binned_linear, proposal_taps, roi_features
 
 if TYPE_CHECKING:  # the settings models, for type hints only
     from stages.settings import ModelSettings
-
-GROUPS = 4  # grouped 1-D convolutions everywhere in the temporal module
-NORM_GROUPS = 16
-
-
-def _conv_gn(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2, groups=GROUPS, bias=False),
-        nn.GroupNorm(NORM_GROUPS, c_out),
-        nn.ReLU(inplace=True),
-    )
-
-
-def _mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear layers with ReLU between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
 
 
 class TemporalModule(nn.Module):
@@ -45,13 +32,13 @@ class TemporalModule(nn.Module):
 
     def __init__(self, in_channels: int, hidden: int) -> None:
         super().__init__()
-        self.layer1 = _conv_gn(in_channels, hidden, 3)
+        self.layer1 = conv_gn(in_channels, hidden, 3)
         self.lstm_f = nn.LSTM(hidden, hidden)
         self.lstm_b = nn.LSTM(hidden, hidden)
-        self.layer2_f = _conv_gn(hidden, hidden // 2, 3)
-        self.layer2_b = _conv_gn(hidden, hidden // 2, 3)
-        self.layer2_d = _conv_gn(hidden, hidden, 3)
-        self.layer3 = _conv_gn(2 * hidden, hidden, 1)
+        self.layer2_f = conv_gn(hidden, hidden // 2, 3)
+        self.layer2_b = conv_gn(hidden, hidden // 2, 3)
+        self.layer2_d = conv_gn(hidden, hidden, 3)
+        self.layer3 = conv_gn(2 * hidden, hidden, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.layer1(x)
@@ -78,11 +65,14 @@ def refine(anchors: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
 
 
 class ProposalStage(nn.Module):
-    """One cascade stage: its own residual conv, RoI features, IoU / boundary / regression heads."""
+    """One cascade stage of the original: its own residual conv, RoI features (aligned=False),
+    IoU / boundary / regression heads, and start / end regressors on the context bins."""
 
-    def __init__(self, hidden: int, roi_size: int, extend_ratio: float) -> None:
+    aligned = False
+
+    def __init__(self, hidden: int, roi_size: int, extend_ratio: float, fc: int) -> None:
         super().__init__()
-        reduced, fc, mlp = hidden // 2, 2 * hidden, hidden // 2
+        reduced, head = hidden // 2, hidden // 2
         self.roi_size, self.extend_ratio = roi_size, extend_ratio
         self.context = roi_size // 4  # RoI bins of the context before the start / after the end
         self.residual = nn.Sequential(
@@ -90,12 +80,12 @@ class ProposalStage(nn.Module):
         )
         self.reduce = nn.Sequential(nn.Conv1d(hidden, reduced, 3, padding=1), nn.ReLU(inplace=True))
         self.fc = nn.Sequential(nn.Linear(reduced * roi_size, fc), nn.ReLU(inplace=True))
-        self.iou_head = _mlp([fc, mlp, mlp, mlp, 2])
-        self.se_head = _mlp([fc, mlp, mlp, mlp, 2])
-        self.cw_head = _mlp([fc, mlp, mlp, mlp, 2])
+        self.iou_head = mlp([fc, head, head, head, 2])
+        self.se_head = mlp([fc, head, head, head, 2])
+        self.cw_head = mlp([fc, head, head, head, 2])
         ctx = reduced * self.context
-        self.start_head = _mlp([ctx, fc, mlp, mlp, mlp, 1])
-        self.end_head = _mlp([ctx, fc, mlp, mlp, mlp, 1])
+        self.start_head = mlp([ctx, fc, head, head, head, 1])
+        self.end_head = mlp([ctx, fc, head, head, head, 1])
         self.roi_mode = "taps"  # or "roialign", the reference (tests and benchmarks)
         self.taps_cache = TapCache()
 
@@ -132,11 +122,27 @@ class VideoClassifier(nn.Module):
 
     def __init__(self, in_channels: int, hidden: int, n_classes: int) -> None:
         super().__init__()
-        self.net = _mlp([2 * in_channels, hidden, n_classes])
+        self.net = mlp([2 * in_channels, hidden, n_classes])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach()
         return self.net(torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1))
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A published form of the detector: its cascade stage and its TEM loss."""
+
+    stage: Callable[[int, int, float, int], nn.Module]  # (hidden, roi size, extend ratio, fc width)
+    tem_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    source: str
+
+
+# The variants (`model.variant`).
+VARIANTS: dict[str, Variant] = {
+    "original": Variant(ProposalStage, balanced_bce, "sming256/ETAD (CVPR 2023 release)"),
+    "opentad": Variant(SharedFCStage, mean_balanced_bce, "sming256/OpenTAD configs/etad"),
+}
 
 
 class ETAD(nn.Module):
@@ -148,6 +154,8 @@ class ETAD(nn.Module):
         extend_ratio: float = 0.5,
         n_stages: int = 3,
         n_classes: int = 0,
+        variant: str = "original",
+        fc_channels: int | None = None,
     ) -> None:
         super().__init__()
         if in_channels % GROUPS or hidden % (2 * NORM_GROUPS):
@@ -160,7 +168,9 @@ class ETAD(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv1d(hidden, 2, 1),
         )
-        self.stages = nn.ModuleList(ProposalStage(hidden, roi_size, extend_ratio) for _ in range(n_stages))
+        make_stage, fc = VARIANTS[variant].stage, fc_channels or 2 * hidden
+        self.variant = variant
+        self.stages = nn.ModuleList(make_stage(hidden, roi_size, extend_ratio, fc) for _ in range(n_stages))
         self.classifier = VideoClassifier(in_channels, hidden, n_classes) if n_classes else None
         self.reset_parameters()
 
@@ -208,4 +218,6 @@ def build_detector(model_settings: ModelSettings, n_classes: int = 0) -> ETAD:
         m.extend_ratio,
         len(m.stage_iou_thresholds),
         n_classes if m.classifier_head else 0,
+        m.variant,
+        m.fc_channels,
     )

@@ -126,12 +126,15 @@ def stage_loss(
     }
 
 
-def detector_loss(out: dict, batch: dict, stage_thresholds: list[float]) -> dict[str, torch.Tensor]:
+def detector_loss(
+    out: dict, batch: dict, stage_thresholds: list[float], tem_loss=balanced_bce
+) -> dict[str, torch.Tensor]:
     """L = TEM(start) + TEM(end) + sum of stage losses (+ BCE of the video classifier when present).
-    Returns the total and each term (summed over stages) for logging."""
+    `tem_loss` is the variant's (stages/model/detector.py VARIANTS). Returns the total and each term
+    (summed over stages) for logging."""
     tem = out["tem"]
     terms = {
-        "tem": balanced_bce(tem[:, 0], batch["gt_start"]) + balanced_bce(tem[:, 1], batch["gt_end"]),
+        "tem": tem_loss(tem[:, 0], batch["gt_start"]) + tem_loss(tem[:, 1], batch["gt_end"]),
         "iou_cls": 0.0,
         "iou_reg": 0.0,
         "bnd_reg": 0.0,

@@ -1,7 +1,8 @@
 """1-D RoIAlign over time, two ways that give the same numbers (docs/method.md, "proposal head").
 
-`roi_features` is torchvision's `roi_align` (aligned=False, sampling_ratio=-1) on features viewed as
-a [B, C, T, 1] image: the reference, and what the original ETAD runs. It materialises a
+`roi_features` is torchvision's `roi_align` (sampling_ratio=-1) on features viewed as a [B, C, T, 1]
+image: the reference, and what both published detectors run (the original ETAD with aligned=False,
+OpenTAD's variant with aligned=True). It materialises a
 [proposals, C, bins] tensor, and the head's first linear layer then reads all of it.
 
 RoIAlign is linear in the features: bin j of a proposal is a weighted sum of a few time steps
@@ -33,12 +34,12 @@ def extend_anchors(anchors: torch.Tensor, ratio: float) -> torch.Tensor:
 
 
 def roi_features(
-    features: torch.Tensor, anchors: torch.Tensor, roi_size: int, extend_ratio: float
+    features: torch.Tensor, anchors: torch.Tensor, roi_size: int, extend_ratio: float, aligned: bool = False
 ) -> torch.Tensor:
     """RoIAlign over time: features [B, C, T], normalised anchors [B, K, 2] -> [B*K, C, roi_size].
 
-    Feature index i sits at coordinate i (aligned=False), and each bin averages ceil(len/roi_size)
-    linear samples (sampling_ratio=-1).
+    Feature index i sits at coordinate i (aligned=False) or i + 0.5 (aligned=True), and each bin
+    averages ceil(len/roi_size) linear samples (sampling_ratio=-1).
     """
     b, _, t = features.shape
     k = anchors.shape[1]
@@ -47,7 +48,7 @@ def roi_features(
     zeros = torch.zeros_like(batch_index)
     ext = ext.reshape(-1, 2).to(features.dtype)
     boxes = torch.stack([batch_index, zeros, ext[:, 0], zeros + 1, ext[:, 1]], dim=1)
-    out = roi_align(features.unsqueeze(-1), boxes, (roi_size, 1), 1.0, -1, aligned=False)
+    out = roi_align(features.unsqueeze(-1), boxes, (roi_size, 1), 1.0, -1, aligned=aligned)
     return out.squeeze(-1)
 
 
@@ -65,13 +66,15 @@ class Taps:
 
 
 def roi_taps(boxes: torch.Tensor, t: int, bins: int, first_bin: int = 0, n_bins: int | None = None,
-             videos: int = 1) -> Taps:  # fmt: skip
-    """The taps of torchvision's roi_align (aligned=False, sampling_ratio=-1) for 1-D boxes [N, 2]
+             videos: int = 1, aligned: bool = False) -> Taps:  # fmt: skip
+    """The taps of torchvision's roi_align (sampling_ratio=-1) for 1-D boxes [N, 2]
     (start, end) in time steps over features of length t, pooled to `bins`; only bins
     first_bin .. first_bin + n_bins - 1. With `videos` > 1, boxes are N / videos per video, and
     video v reads time steps v * t ... (its features laid after the previous video's).
 
-    As torchvision: the box is at least 1 step long; bin j takes g = ceil(length / bins) samples at
+    As torchvision: aligned=False: the box is at least 1 step long; aligned=True: the box is shifted
+    by -0.5 and not lengthened (an empty or reversed box reads nothing, gives 0); bin j takes
+    g = ceil(length / bins) samples at
     start + (j + (i + 0.5) / g) * length / bins; a sample outside [-1, t] counts zero, one below 0 is
     read at 0, one at or past t - 1 reads step t - 1; each sample interpolates linearly between its
     two neighbours; the bin is the mean of its g samples.
@@ -83,12 +86,17 @@ def roi_taps(boxes: torch.Tensor, t: int, bins: int, first_bin: int = 0, n_bins:
         n, device = len(boxes), boxes.device
         finite = torch.isfinite(boxes).all(dim=1)  # a diverged refinement: NaN out, as torchvision
         boxes = torch.where(finite[:, None], boxes, torch.zeros_like(boxes))
+        if aligned:
+            boxes = boxes - 0.5
         start = boxes[:, 0]
-        length = (boxes[:, 1] - start).clamp(min=1.0)
+        length = boxes[:, 1] - start
+        length = length if aligned else length.clamp(min=1.0)
         step = length / bins
         # samples per bin; capped for boxes over MAX_LENGTH times the video (torchvision would take
         # ceil(length / bins) samples, nearly all of them outside the video)
-        grid = torch.ceil(length / bins).clamp(min=1, max=math.ceil(MAX_LENGTH * (t + 2) / bins)).long()
+        cap = math.ceil(MAX_LENGTH * (t + 2) / bins)
+        grid = torch.ceil(length / bins).clamp(min=0 if aligned else 1, max=cap).long()
+        grid = torch.where(finite, grid, 1)  # so that a non-finite box gives NaN, not an empty bin
         per_row = grid * n_bins
         row = torch.repeat_interleave(torch.arange(n, device=device), per_row)  # one entry per sample
         offsets = torch.cumsum(per_row, 0) - per_row
@@ -131,7 +139,7 @@ class TapCache:
 
 def proposal_taps(
     anchors: torch.Tensor, t: int, bins: int, extend_ratio: float, first_bin: int, n_bins: int,
-    cache: TapCache | None = None,
+    cache: TapCache | None = None, aligned: bool = False,
 ) -> Taps:  # fmt: skip
     """Taps of every proposal of a batch, anchors [B, K, 2] normalised; proposal b*K + k reads time
     steps b*t + ... of the batch's features laid end to end. When every video has the same
@@ -140,7 +148,8 @@ def proposal_taps(
     if b > 1 and anchors.stride(0) == 0:  # the same proposals for every video
 
         def make() -> Taps:
-            one = roi_taps(extend_anchors(anchors[0], extend_ratio) * t, t, bins, first_bin, n_bins)
+            boxes = extend_anchors(anchors[0], extend_ratio) * t
+            one = roi_taps(boxes, t, bins, first_bin, n_bins, aligned=aligned)
             nnz = len(one.rows)
             video = torch.arange(b, device=anchors.device)
             tap_video = video.repeat_interleave(nnz)
@@ -158,11 +167,12 @@ def proposal_taps(
             extend_ratio,
             first_bin,
             n_bins,
+            aligned,
             anchors[0].cpu().numpy().tobytes(),
         )
         return cache.get(key, make)
     boxes = extend_anchors(anchors.reshape(b * k, 2), extend_ratio) * t
-    return roi_taps(boxes, t, bins, first_bin, n_bins, videos=b)
+    return roi_taps(boxes, t, bins, first_bin, n_bins, videos=b, aligned=aligned)
 
 
 def binned_linear(features: torch.Tensor, taps: Taps, layer: torch.nn.Linear) -> torch.Tensor:
