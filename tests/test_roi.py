@@ -29,16 +29,12 @@ def test_taps_rebuild_roi_align(t, aligned):
     anchors[0, 1] = anchors[0, 1].flip(0)  # one reversed proposal
     reference = roi_features(features, anchors, 24, 0.5, aligned)  # [K, C, R]
     taps = roi_taps(extend_anchors(anchors[0], 0.5) * t, t, 24, aligned=aligned)
-    dense = torch.zeros(300, 24, t)
-    dense.index_put_((taps.rows, taps.bins, taps.steps), taps.weight, accumulate=True)
     torch.testing.assert_close(
-        torch.einsum("krt,ct->kcr", dense, features[0]), reference, atol=2e-6, rtol=1e-5
+        torch.einsum("krt,ct->kcr", taps.as_dense(), features[0]), reference, atol=2e-6, rtol=1e-5
     )
     part = roi_taps(extend_anchors(anchors[0], 0.5) * t, t, 24, 18, 6, aligned=aligned)  # the end bins
-    dense = torch.zeros(300, 6, t)
-    dense.index_put_((part.rows, part.bins, part.steps), part.weight, accumulate=True)
     torch.testing.assert_close(
-        torch.einsum("krt,ct->kcr", dense, features[0]), reference[..., 18:], atol=2e-6, rtol=1e-5
+        torch.einsum("krt,ct->kcr", part.as_dense(), features[0]), reference[..., 18:], atol=2e-6, rtol=1e-5
     )
 
 

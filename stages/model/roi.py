@@ -9,9 +9,10 @@ RoIAlign is linear in the features: bin j of a proposal is a weighted sum of a f
 (`roi_taps` computes those taps exactly as torchvision samples them). A linear layer on the
 flattened bins, `W · flatten(RoIAlign(F))`, is therefore the same taps applied to `W_j · F[:, t]`,
 which `binned_linear` computes once per video for every bin j and time step t (an einsum), then
-gathers per proposal with `embedding_bag`. Nothing of size [proposals, C, bins] is ever built, the
-backward pass is the same two operations reversed, and the cost no longer grows with C x bins per
-proposal but with the number of taps.
+gathers per proposal with `embedding_bag` (twice: the lower and the upper neighbour of each
+sample). Nothing of size [proposals, C, bins] is ever built, the backward pass is the same two
+operations reversed, and the cost no longer grows with C x bins per proposal but with the number
+of taps.
 """
 
 from __future__ import annotations
@@ -54,15 +55,28 @@ def roi_features(
 
 @dataclass
 class Taps:
-    """RoIAlign as sparse weights: output[row, :, first_bin + bin] = sum of weight * F[:, step] over
-    the taps of (row, bin). Taps are grouped by row (all of row 0, then row 1, ...)."""
+    """RoIAlign as sparse weights. Sample k of a proposal reads two table rows, `low[k]` with weight
+    `w_low[k]` and `high[k]` with `w_high[k]`, where a table row is bin * width + time step (the
+    time steps of the batch's videos laid end to end, `width` in all). Samples are grouped by
+    proposal: those of proposal r start at offsets[r]."""
 
-    rows: torch.Tensor  # [nnz] proposal
-    bins: torch.Tensor  # [nnz] bin, counted from the first bin asked for
-    steps: torch.Tensor  # [nnz] time step (of the features laid end to end, video after video)
-    weight: torch.Tensor  # [nnz]
-    offsets: torch.Tensor  # [n]: where each proposal's taps begin
+    low: torch.Tensor  # [samples]
+    high: torch.Tensor
+    w_low: torch.Tensor
+    w_high: torch.Tensor
+    offsets: torch.Tensor  # [n]
     n: int  # proposals
+    n_bins: int
+    width: int
+
+    def as_dense(self) -> torch.Tensor:
+        """[n, n_bins, width]: the weight of every time step in every bin (for tests)."""
+        counts = torch.diff(self.offsets, append=torch.tensor([len(self.low)]))
+        rows = torch.repeat_interleave(torch.arange(self.n), counts)
+        dense = torch.zeros(self.n, self.n_bins * self.width, dtype=self.w_low.dtype)
+        dense.index_put_((rows, self.low), self.w_low, accumulate=True)
+        dense.index_put_((rows, self.high), self.w_high, accumulate=True)
+        return dense.view(self.n, self.n_bins, self.width)
 
 
 def roi_taps(boxes: torch.Tensor, t: int, bins: int, first_bin: int = 0, n_bins: int | None = None,
@@ -74,52 +88,48 @@ def roi_taps(boxes: torch.Tensor, t: int, bins: int, first_bin: int = 0, n_bins:
 
     As torchvision: aligned=False: the box is at least 1 step long; aligned=True: the box is shifted
     by -0.5 and not lengthened (an empty or reversed box reads nothing, gives 0); bin j takes
-    g = ceil(length / bins) samples at
-    start + (j + (i + 0.5) / g) * length / bins; a sample outside [-1, t] counts zero, one below 0 is
-    read at 0, one at or past t - 1 reads step t - 1; each sample interpolates linearly between its
-    two neighbours; the bin is the mean of its g samples.
+    g = ceil(length / bins) samples at start + (j + (i + 0.5) / g) * length / bins; a sample
+    outside [-1, t] counts zero, one below 0 is read at 0, one at or past t - 1 reads step t - 1;
+    each sample interpolates linearly between its two neighbours; the bin is the mean of its g
+    samples. Per sample that is a handful of element-wise operations, no sorting and no copies.
     """
     n_bins = bins if n_bins is None else n_bins
     with torch.no_grad():
         if boxes.dtype in (torch.float16, torch.bfloat16):
             boxes = boxes.float()
-        n, device = len(boxes), boxes.device
+        n, device, width = len(boxes), boxes.device, videos * t
         finite = torch.isfinite(boxes).all(dim=1)  # a diverged refinement: NaN out, as torchvision
         boxes = torch.where(finite[:, None], boxes, torch.zeros_like(boxes))
         if aligned:
             boxes = boxes - 0.5
-        start = boxes[:, 0]
-        length = boxes[:, 1] - start
+        length = boxes[:, 1] - boxes[:, 0]
         length = length if aligned else length.clamp(min=1.0)
         step = length / bins
         # samples per bin; capped for boxes over MAX_LENGTH times the video (torchvision would take
         # ceil(length / bins) samples, nearly all of them outside the video)
         cap = math.ceil(MAX_LENGTH * (t + 2) / bins)
-        grid = torch.ceil(length / bins).clamp(min=0 if aligned else 1, max=cap).long()
+        grid = torch.ceil(step).clamp(min=0 if aligned else 1, max=cap).long()
         grid = torch.where(finite, grid, 1)  # so that a non-finite box gives NaN, not an empty bin
+        # per proposal: the weight of one sample (1 / g; NaN for a non-finite box) and the first
+        # time step of its video
         per_row = grid * n_bins
-        row = torch.repeat_interleave(torch.arange(n, device=device), per_row)  # one entry per sample
         offsets = torch.cumsum(per_row, 0) - per_row
-        q = torch.arange(len(row), device=device) - offsets[row]
-        g = grid[row]
-        j, i = q // g, q % g  # bin (from first_bin) and sample within the bin
-        step_r = step[row]
-        y = start[row] + (j + first_bin).to(boxes.dtype) * step_r + (i.to(boxes.dtype) + 0.5) * step_r / g
-        inside = (y >= -1.0) & (y <= t)
-        y = y.clamp(min=0.0)
+        share = torch.where(finite, 1.0 / grid.clamp(min=1).to(step.dtype), torch.nan)
+        video_start = (torch.arange(n, device=device) // (n // videos)) * t
+        row = torch.repeat_interleave(torch.arange(n, device=device), per_row)  # one entry per sample
+        q = torch.arange(len(row), device=device) - offsets[row]  # sample q of its proposal
+        g, step_r = grid[row], step[row]
+        j = q // g  # bin (from first_bin); sample i = q - j * g within it
+        # torchvision's arithmetic, in its order: start + bin * step + ((i + 0.5) * step) / g
+        y = boxes[row, 0] + (j + first_bin) * step_r + ((q - j * g) + 0.5) * step_r / g
+        weight = ((y >= -1.0) & (y <= t)) * share[row]
+        y = y.clamp(0.0, t - 1.0)
         low = y.long()
-        top = low >= t - 1
-        low = low.clamp(max=t - 1)
-        high = torch.where(top, low, low + 1)
-        frac = torch.where(top, torch.zeros_like(y), y - low.to(y.dtype))
-        scale = torch.where(finite[row], inside.to(y.dtype) / g.to(y.dtype), torch.nan)
-        base = (row // (n // videos)) * t if videos > 1 else 0
-        # two taps per sample, kept grouped by row: (low, high) of sample 0, then of sample 1, ...
-        rows = row.repeat_interleave(2)
-        bin_of = j.repeat_interleave(2)
-        steps = torch.stack([low, high], dim=1).flatten() + (base.repeat_interleave(2) if videos > 1 else 0)
-        weight = torch.stack([(1.0 - frac) * scale, frac * scale], dim=1).flatten()
-    return Taps(rows, bin_of, steps, weight, 2 * offsets, n)
+        frac = y - low
+        up = low < t - 1  # the next step exists (at the end both taps read step t - 1)
+        low = low + j * width + video_start[row]
+        high = low + up
+    return Taps(low, high, (1.0 - frac) * weight, frac * weight, offsets, n, n_bins, width)
 
 
 class TapCache:
@@ -150,12 +160,15 @@ def proposal_taps(
         def make() -> Taps:
             boxes = extend_anchors(anchors[0], extend_ratio) * t
             one = roi_taps(boxes, t, bins, first_bin, n_bins, aligned=aligned)
-            nnz = len(one.rows)
-            video = torch.arange(b, device=anchors.device)
-            tap_video = video.repeat_interleave(nnz)
-            offsets = (one.offsets[None] + video[:, None] * nnz).flatten()
-            rows, steps = one.rows.repeat(b) + tap_video * k, one.steps.repeat(b) + tap_video * t
-            return Taps(rows, one.bins.repeat(b), steps, one.weight.repeat(b), offsets, b * k)
+            samples = len(one.low)
+            video = torch.arange(b, device=anchors.device)[:, None]
+
+            def widen(index: torch.Tensor) -> torch.Tensor:  # table row in one video -> in the batch
+                return ((index // t) * (b * t) + index % t + video * t).flatten()
+
+            offsets = (one.offsets[None] + video * samples).flatten()
+            w_low, w_high = one.w_low.repeat(b), one.w_high.repeat(b)
+            return Taps(widen(one.low), widen(one.high), w_low, w_high, offsets, b * k, one.n_bins, b * t)
 
         if cache is None:
             return make()
@@ -183,8 +196,10 @@ def binned_linear(features: torch.Tensor, taps: Taps, layer: torch.nn.Linear) ->
     weight = layer.weight.view(layer.out_features, c, n_bins)  # flatten order: channel, then bin
     projected = torch.einsum("ocj,bct->jbto", weight, features)  # [bins, B, T, out]
     table = projected.reshape(n_bins * b * t, layer.out_features)
-    index = taps.bins * (b * t) + taps.steps
-    out = F.embedding_bag(
-        index, table, taps.offsets, mode="sum", per_sample_weights=taps.weight.to(table.dtype)
-    )
+    out = None
+    for index, weight in ((taps.low, taps.w_low), (taps.high, taps.w_high)):  # two taps per sample
+        part = F.embedding_bag(
+            index, table, taps.offsets, mode="sum", per_sample_weights=weight.to(table.dtype)
+        )
+        out = part if out is None else out + part
     return out + layer.bias if layer.bias is not None else out
