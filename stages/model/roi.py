@@ -2,17 +2,16 @@
 
 `roi_features` is torchvision's `roi_align` (sampling_ratio=-1) on features viewed as a [B, C, T, 1]
 image: the reference, and what both published detectors run (the original ETAD with aligned=False,
-OpenTAD's variant with aligned=True). It materialises a
-[proposals, C, bins] tensor, and the head's first linear layer then reads all of it.
+OpenTAD's variant with aligned=True). It materialises a [proposals, C, bins] tensor, and the
+head's first linear layer then reads all of it.
 
 RoIAlign is linear in the features: bin j of a proposal is a weighted sum of a few time steps
 (`roi_taps` computes those taps exactly as torchvision samples them). A linear layer on the
 flattened bins, `W · flatten(RoIAlign(F))`, is therefore the same taps applied to `W_j · F[:, t]`,
 which `binned_linear` computes once per video for every bin j and time step t (an einsum), then
-gathers per proposal with `embedding_bag` (twice: the lower and the upper neighbour of each
-sample). Nothing of size [proposals, C, bins] is ever built, the backward pass is the same two
-operations reversed, and the cost no longer grows with C x bins per proposal but with the number
-of taps.
+gathers per proposal with `embedding_bag` (two taps per sample: its lower and upper neighbour).
+Nothing of size [proposals, C, bins] is ever built, the backward pass is the same two operations
+reversed, and the cost no longer grows with C x bins per proposal but with the number of taps.
 """
 
 from __future__ import annotations
@@ -55,15 +54,13 @@ def roi_features(
 
 @dataclass
 class Taps:
-    """RoIAlign as sparse weights. Sample k of a proposal reads two table rows, `low[k]` with weight
-    `w_low[k]` and `high[k]` with `w_high[k]`, where a table row is bin * width + time step (the
-    time steps of the batch's videos laid end to end, `width` in all). Samples are grouped by
-    proposal: those of proposal r start at offsets[r]."""
+    """RoIAlign as sparse weights: table row `index[k]` with weight `weight[k]`, where a table row is
+    bin * width + time step (the time steps of the batch's videos laid end to end, `width` in all).
+    Every sample reads two rows (its lower and upper neighbour); the taps are grouped by proposal:
+    those of proposal r start at offsets[r]."""
 
-    low: torch.Tensor  # [samples]
-    high: torch.Tensor
-    w_low: torch.Tensor
-    w_high: torch.Tensor
+    index: torch.Tensor  # [taps]
+    weight: torch.Tensor  # [taps]
     offsets: torch.Tensor  # [n]
     n: int  # proposals
     n_bins: int
@@ -71,11 +68,10 @@ class Taps:
 
     def as_dense(self) -> torch.Tensor:
         """[n, n_bins, width]: the weight of every time step in every bin (for tests)."""
-        counts = torch.diff(self.offsets, append=torch.tensor([len(self.low)]))
+        counts = torch.diff(self.offsets, append=torch.tensor([len(self.index)]))
         rows = torch.repeat_interleave(torch.arange(self.n), counts)
-        dense = torch.zeros(self.n, self.n_bins * self.width, dtype=self.w_low.dtype)
-        dense.index_put_((rows, self.low), self.w_low, accumulate=True)
-        dense.index_put_((rows, self.high), self.w_high, accumulate=True)
+        dense = torch.zeros(self.n, self.n_bins * self.width, dtype=self.weight.dtype)
+        dense.index_put_((rows, self.index), self.weight, accumulate=True)
         return dense.view(self.n, self.n_bins, self.width)
 
 
@@ -128,8 +124,9 @@ def roi_taps(boxes: torch.Tensor, t: int, bins: int, first_bin: int = 0, n_bins:
         frac = y - low
         up = low < t - 1  # the next step exists (at the end both taps read step t - 1)
         low = low + j * width + video_start[row]
-        high = low + up
-    return Taps(low, high, (1.0 - frac) * weight, frac * weight, offsets, n, n_bins, width)
+        index = torch.stack([low, low + up], dim=1).flatten()  # (lower, upper) of sample 0, then 1, ...
+        weights = torch.stack([(1.0 - frac) * weight, frac * weight], dim=1).flatten()
+    return Taps(index, weights, 2 * offsets, n, n_bins, width)
 
 
 class TapCache:
@@ -160,15 +157,11 @@ def proposal_taps(
         def make() -> Taps:
             boxes = extend_anchors(anchors[0], extend_ratio) * t
             one = roi_taps(boxes, t, bins, first_bin, n_bins, aligned=aligned)
-            samples = len(one.low)
+            taps = len(one.index)
             video = torch.arange(b, device=anchors.device)[:, None]
-
-            def widen(index: torch.Tensor) -> torch.Tensor:  # table row in one video -> in the batch
-                return ((index // t) * (b * t) + index % t + video * t).flatten()
-
-            offsets = (one.offsets[None] + video * samples).flatten()
-            w_low, w_high = one.w_low.repeat(b), one.w_high.repeat(b)
-            return Taps(widen(one.low), widen(one.high), w_low, w_high, offsets, b * k, one.n_bins, b * t)
+            index = ((one.index // t) * (b * t) + one.index % t + video * t).flatten()  # in the batch
+            offsets = (one.offsets[None] + video * taps).flatten()
+            return Taps(index, one.weight.repeat(b), offsets, b * k, one.n_bins, b * t)
 
         if cache is None:
             return make()
@@ -196,10 +189,6 @@ def binned_linear(features: torch.Tensor, taps: Taps, layer: torch.nn.Linear) ->
     weight = layer.weight.view(layer.out_features, c, n_bins)  # flatten order: channel, then bin
     projected = torch.einsum("ocj,bct->jbto", weight, features)  # [bins, B, T, out]
     table = projected.reshape(n_bins * b * t, layer.out_features)
-    out = None
-    for index, weight in ((taps.low, taps.w_low), (taps.high, taps.w_high)):  # two taps per sample
-        part = F.embedding_bag(
-            index, table, taps.offsets, mode="sum", per_sample_weights=weight.to(table.dtype)
-        )
-        out = part if out is None else out + part
+    weights = taps.weight.to(table.dtype)
+    out = F.embedding_bag(taps.index, table, taps.offsets, mode="sum", per_sample_weights=weights)
     return out + layer.bias if layer.bias is not None else out
