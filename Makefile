@@ -13,8 +13,9 @@ WORK   ?= work
 DEMO_DIR    ?= $(WORK)/demo
 DEMO_CONFIG ?= examples/demo.yaml
 DEMO_VIDEOS ?= 48
+DEMO_PRETRAIN_VIDEOS ?= 24
 
-.PHONY: help install test test-fast lint demo demo-data bench docs clean clean-all anet-features anet-e2e thumos-features study-snippets study-proposals
+.PHONY: help install test test-fast lint demo demo-data demo-seeds bench docs clean clean-all anet-features anet-e2e thumos-features study-snippets study-proposals
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -36,28 +37,38 @@ lint: install  ## ruff
 	$(VENV)/bin/ruff check .
 
 DEMO_SETS = --set work_dir=$(abspath $(DEMO_DIR)) --set data.annotations=$(abspath $(DEMO_DIR))/data/anet.json \
-  --set data.video_dir=$(abspath $(DEMO_DIR))/data/videos $(SET)
+  --set data.video_dir=$(abspath $(DEMO_DIR))/data/videos \
+  --set model.encoder.checkpoint=$(abspath $(DEMO_DIR))/encoder/encoder_tsp.pth $(SET)
 DEMO_RUN  = --config $(DEMO_CONFIG) $(DEMO_SETS)
-demo-data: install  ## the synthetic dataset, extracted and cached (the first steps of `make demo`)
-	$(ETAD) synth $(DEMO_DIR)/data --videos $(DEMO_VIDEOS) --classes 4 --seed 0
+DEMO_CKPT = $(abspath $(DEMO_DIR))
+demo-data: install  ## the synthetic dataset, extracted, cached, its encoder pretrained (the first steps of `make demo`)
+	$(ETAD) synth $(DEMO_DIR)/data --videos $(DEMO_VIDEOS) --pretrain-videos $(DEMO_PRETRAIN_VIDEOS) --movers --classes 4 --seed 0
 	$(ETAD) config validate $(DEMO_CONFIG) $(DEMO_SETS)
 	$(ETAD) extract $(DEMO_RUN) --workers 2
 	$(ETAD) cache $(DEMO_RUN) --what snippets --workers 2
+	$(ETAD) train $(DEMO_RUN) --encoder --resume
 	$(ETAD) cache $(DEMO_RUN) --what features
 
+# the control: the end-to-end schedule with the encoder frozen (in its own folder, same caches)
+DEMO_CONTROL = $(DEMO_RUN) --set work_dir=$(DEMO_CKPT)/control --set cache.snippets_dir=$(DEMO_CKPT)/cache/snippets \
+  --set e2e.encoder_lr=0
+demo_infer = $(ETAD) infer $(DEMO_RUN) --checkpoint $(DEMO_CKPT)/$(1)/checkpoints/last.pt --eval \
+  --set infer.output=results/$(2).json $(3) && \
+  $(ETAD) infer $(DEMO_RUN) --checkpoint $(DEMO_CKPT)/$(1)/checkpoints/last.pt --eval \
+  --set infer.output=results/$(2)_proposals.json --set infer.classifier=none
 demo: demo-data  ## run the whole pipeline on the built-in synthetic dataset (everything goes under work/demo)
 	$(ETAD) train $(DEMO_RUN) --resume
-	$(ETAD) infer $(DEMO_RUN) --checkpoint $(abspath $(DEMO_DIR))/pretrain/checkpoints/last.pt \
-	  --set infer.output=results/pretrain.json --eval --plot 2
-	$(ETAD) train $(DEMO_RUN) --e2e --init-from $(abspath $(DEMO_DIR))/pretrain/checkpoints/last.pt --resume
-	$(ETAD) infer $(DEMO_RUN) --checkpoint $(abspath $(DEMO_DIR))/e2e/checkpoints/last.pt \
-	  --set infer.output=results/e2e.json --eval --set infer.classifier=file \
-	  --set infer.classifier_file=$(abspath $(DEMO_DIR))/results/pretrain.classes.json
-	$(ETAD) infer $(DEMO_RUN) --checkpoint $(abspath $(DEMO_DIR))/pretrain/checkpoints/last.pt \
-	  --set infer.output=results/pretrain_proposals.json --set infer.classifier=none --eval
-	$(ETAD) infer $(DEMO_RUN) --checkpoint $(abspath $(DEMO_DIR))/e2e/checkpoints/last.pt \
-	  --set infer.output=results/e2e_proposals.json --set infer.classifier=none --eval
+	$(call demo_infer,pretrain,frozen,--plot 2)
+	$(ETAD) train $(DEMO_RUN) --e2e --resume
+	$(call demo_infer,e2e,e2e)
+	$(ETAD) train $(DEMO_CONTROL) --e2e --resume
+	$(call demo_infer,control/e2e,control)
 	$(ETAD) report $(DEMO_RUN)
+
+demo-seeds: demo-data  ## the demo's three models over 3 seeds: mean ± std of mAP and AUC (about 15 min)
+	$(ETAD) study $(DEMO_RUN) --stages train --seeds 3 --out $(DEMO_CKPT)/seeds/frozen
+	$(ETAD) study $(DEMO_RUN) --stages e2e --seeds 3 --out $(DEMO_CKPT)/seeds/e2e \
+	  --vary e2e.encoder_lr=1.0e-3,0  # examples/demo.yaml's value, and the control
 
 # ---- Pipelines for real datasets -------------------------------------------------------------
 # Paths are make variables (made absolute, so they do not depend on the config's folder); the
@@ -115,7 +126,7 @@ thumos-features: install  ## THUMOS-14 from I3D features, OpenTAD's recipe: THUM
 SCALE ?= demo
 STUDY_JOBS ?= 1
 STUDY_SNIPPETS_RUN  = $(if $(filter paper,$(SCALE)),$(ANET_E2E_RUN),--config examples/study_snippets.yaml $(DEMO_SETS) \
-  --set e2e.init_from=$(abspath $(DEMO_DIR))/pretrain/checkpoints/last.pt)
+  --set e2e.init_from=$(DEMO_CKPT)/pretrain/checkpoints/last.pt)
 STUDY_PROPOSALS_RUN = $(if $(filter paper,$(SCALE)),$(ANET_FEATURES_RUN),$(DEMO_RUN))
 STUDY_DIR = $(if $(filter paper,$(SCALE)),$(WORK)/study-paper,$(DEMO_DIR))
 study-snippets: $(if $(filter paper,$(SCALE)),install,demo-data)  ## snippet ratio x strategy (+ checkpoint, full) end to end

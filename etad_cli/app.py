@@ -144,15 +144,23 @@ def synth(
     fps: Annotated[float, typer.Option(help="Frames per second.", min=1.0)] = 15.0,
     width: Annotated[int, typer.Option(help="Frame width (even).", min=32)] = 128,
     height: Annotated[int, typer.Option(help="Frame height (even).", min=32)] = 96,
+    pretrain_videos: Annotated[
+        int, typer.Option(help="Clean videos (actions alone) in a 'pretraining' subset, for train --encoder.")
+    ] = 0,
+    movers: Annotated[
+        bool, typer.Option("--movers", help="Add hollow shapes that move like actions (not annotated).")
+    ] = False,
 ) -> None:
     """Write the built-in synthetic action dataset: mp4 videos plus ActivityNet and THUMOS style annotations.
 
-    Example: etad synth work/demo/data --videos 24 --classes 4 --seed 0
+    Example: etad synth work/demo/data --videos 48 --pretrain-videos 24 --movers --classes 4 --seed 0
     """
     from stages import synth as stage
 
     with user_errors(), stage_progress("synth videos") as progress:
-        summary = stage.run(out_dir, videos, classes, seed, fps, width, height, progress=progress)
+        summary = stage.run(
+            out_dir, videos, classes, seed, fps, width, height, pretrain_videos, movers, progress=progress
+        )
     views.synth_summary(summary)
 
 
@@ -219,6 +227,10 @@ def train(
     e2e: Annotated[
         bool, typer.Option("--e2e", help="Train encoder + detector end to end from the snippet cache.")
     ] = False,
+    encoder: Annotated[
+        bool,
+        typer.Option("--encoder", help="Pretrain the encoder alone (TSP) on the snippet cache's clips."),
+    ] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last.pt.")] = False,
     restart: Annotated[
         bool, typer.Option("--restart", help="Move an earlier run aside (never deleted) and start again.")
@@ -230,28 +242,35 @@ def train(
         Path | None, typer.Option(help="--e2e only: e2e.init_from, a checkpoint to start the detector from.")
     ] = None,
 ) -> None:
-    """Pretrain the ETAD detector on cached features, or (--e2e) train encoder and detector end to end.
+    """Pretrain the ETAD detector on cached features, or (--e2e) train encoder and detector end to end,
+    or (--encoder) pretrain the encoder alone with TSP's objective.
 
-    Writes <work_dir>/pretrain/ (or e2e/ with --e2e): checkpoints/epoch_NNN.pt, last.pt, best.pt and
-    metrics.jsonl. A folder that holds an earlier run needs --resume or --restart. Several GPUs or
-    nodes: launch with torchrun.
+    Writes <work_dir>/pretrain/ (e2e/ with --e2e, encoder/ with --encoder): checkpoints/epoch_NNN.pt,
+    last.pt, best.pt and metrics.jsonl; --encoder also writes the encoder in TSP's layout
+    (encoder_train.output) for model.encoder.checkpoint. A folder that holds an earlier run needs
+    --resume or --restart. Several GPUs or nodes: launch with torchrun.
 
     Examples:
       etad train --config examples/demo.yaml
       etad train --config examples/demo.yaml --resume
+      etad train --config examples/demo.yaml --encoder
       etad train --config examples/demo.yaml --e2e --init-from work/demo/pretrain/checkpoints/last.pt
       torchrun --nproc-per-node 4 -m etad_cli train --config examples/anet_tsp_feature.yaml
     """
     from stages import e2e as e2e_stage
-    from stages import pretrain as pretrain_stage
+    from stages import encoder_pretrain, pretrain
 
     extra = [f"e2e.grad_mode={grad_mode}"] if grad_mode else []
     extra += [f"e2e.init_from={init_from.resolve()}"] if init_from else []
     with user_errors(TRAIN_INTERRUPTED):
         if extra and not e2e:
             raise UserError("--grad-mode and --init-from only apply with --e2e")
+        if e2e and encoder:
+            raise UserError("--e2e and --encoder are different runs: give one of them")
         s, main_rank = load(config, set_, extra), is_main_process()
-        name, stage = ("train --e2e", e2e_stage) if e2e else ("train", pretrain_stage)
+        name, stage = ("train", pretrain)
+        if e2e or encoder:
+            name, stage = ("train --e2e", e2e_stage) if e2e else ("train --encoder", encoder_pretrain)
         run = StageRun.start(s, name) if main_rank else None
         with stage_progress(name, visible=main_rank) as progress:
             summary = stage.run(s, resume=resume, restart=restart, progress=progress)

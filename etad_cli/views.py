@@ -15,8 +15,11 @@ MODEL_NAMES = {"pretrain": "frozen features", "e2e": "end to end", "finetune": "
 
 def synth_summary(summary) -> None:
     table = Table(title=f"synthetic dataset in {summary.out_dir}", show_header=False)
+    pretraining = f", {summary.pretrain_videos} pretraining" if summary.pretrain_videos else ""
     table.add_row(
-        "videos", f"{summary.videos} ({summary.train_videos} training, {summary.val_videos} validation)"
+        "videos",
+        f"{summary.videos + summary.pretrain_videos} ({summary.train_videos} training, "
+        f"{summary.val_videos} validation{pretraining})",
     )
     table.add_row("written / already there", f"{summary.written} / {summary.skipped}")
     table.add_row("action instances", str(summary.instances))
@@ -56,7 +59,8 @@ def training_summary(summary, title: str) -> None:
         val = "-" if e["val_loss"] is None else f"{e['val_loss']:.4f}"
         table.add_row(str(e["epoch"]), f"{e['train_loss']:.4f}", val, f"{e['lr']:.2e}", f"{e['seconds']:.1f}")
     console.print(table)
-    details = f"detector parameters: {summary.parameters:,}"
+    counted = "encoder and heads" if summary.kind == "encoder" else "detector"
+    details = f"{counted} parameters: {summary.parameters:,}"
     if summary.peak_memory_mb:
         details += f"; peak GPU memory {summary.peak_memory_mb:,.0f} MiB"
     console.print(f"{details}\ncheckpoints: {summary.out_dir / 'checkpoints'} (last.pt, best.pt)")

@@ -117,6 +117,10 @@ def run(
     if e2e.encoder_lr > 0 and trainable:
         groups.append({"params": trainable, "lr": e2e.encoder_lr})
     optimizer = make_optimizer(groups, e2e.optimizer, e2e.weight_decay)
+    grad_mode = e2e.grad_mode
+    if len(groups) == 1 and grad_mode != "frozen":  # the encoder does not train: skip its backward
+        grad_mode = "frozen"
+        notes.append("the encoder does not train (e2e.encoder_lr 0 or every stage frozen): grad mode frozen")
     det_net, enc_net = detector, encoder
     if dist.world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -139,7 +143,7 @@ def run(
             device,
         )  # fmt: skip
         with autocast(device, e2e.amp):
-            return e2e_gradients(e2e.grad_mode, job)
+            return e2e_gradients(grad_mode, job)
 
     job = Job(
         "e2e",

@@ -284,6 +284,29 @@ class E2ESettings(Optimisation):
     )
 
 
+class EncoderTrainSettings(Optimisation):
+    """`etad train --encoder`: temporally sensitive pretraining of the encoder (TSP, Alwassel et
+    al. 2021) on the snippet cache (docs/method.md §2.1)."""
+
+    lr: float = Field(1e-3, gt=0, le=1, description="learning rate of the encoder and its two heads")
+    batch_size: int = Field(32, ge=1, description="clips (snippets) per step")
+    epochs: int = Field(10, ge=1, description="training epochs")
+    lr_step: int = Field(8, ge=1, description="epochs between lr decays")
+    subset: str | None = Field(
+        None, description="annotation subset whose clips train the encoder; unset: data.train_subset"
+    )
+    init_from: FilePath | None = Field(
+        None, description="start from these encoder weights (TSP layout); unset: random initialisation"
+    )
+    clips_per_epoch: int = Field(
+        1024, ge=2, description="clips drawn per epoch, half inside an action and half outside"
+    )
+    augment: bool = Field(True, description="random crop and horizontal flip per clip")
+    output: str = Field(
+        "encoder/encoder_tsp.pth", description="the trained encoder in TSP's layout, relative to work_dir"
+    )
+
+
 class InferSettings(Section):
     """Detection and ETAD post-processing (docs/method.md)."""
 
@@ -345,6 +368,7 @@ class Settings(Section):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     e2e: E2ESettings = Field(default_factory=E2ESettings)
+    encoder_train: EncoderTrainSettings = Field(default_factory=EncoderTrainSettings)
     infer: InferSettings = Field(default_factory=InferSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
 

@@ -6,6 +6,13 @@ screen shortly before the action and stays after it: only its *motion* during th
 that an action happens and which one. So the detector has to read motion over time, not spot a
 shape. Classes are documented in docs/synthetic_dataset.md.
 
+Two options tell ETAD's story (docs/synthetic_dataset.md): `pretrain_videos` adds a "pretraining"
+subset of clean videos (actions alone on a plain, still background) for `etad train --encoder`;
+`movers` adds to every detection video two or three hollow shapes that perform another class's
+motion without being an action (not annotated). An encoder pretrained on the clean clips has never seen a
+hollow shape and answers to their motion as to an action's; training it end to end on the
+detection videos can teach it the difference, frozen features cannot.
+
 Everything is drawn from one seed: the same seed gives the same annotation files, byte for byte.
 """
 
@@ -52,6 +59,7 @@ class Instance:
     size: float
     color: tuple[int, int, int]
     params: dict[str, float] = field(default_factory=dict)
+    hollow: bool = False  # drawn as an outline: a mover (a distractor), not an actor
 
 
 @dataclass
@@ -75,6 +83,8 @@ class VideoPlan:
     distractors: list[Distractor]
     background_seed: int
     background_velocity: tuple[float, float]
+    movers: list[Instance] = field(default_factory=list)  # hollow shapes acting out a motion, unannotated
+    plain: bool = False  # a flat, still background (the clean pretraining videos)
 
 
 def _color(rng: np.random.Generator) -> tuple[int, int, int]:
@@ -112,44 +122,63 @@ def _place_instances(
     return sorted(taken)
 
 
+def _instance(
+    rng: np.random.Generator,
+    label: int,
+    start: int,
+    end: int,
+    num_frames: int,
+    fps: float,
+    width: int,
+    height: int,
+) -> Instance:
+    """An actor of class `label` acting over frames [start, end), on screen a little before and after."""
+    size_unit = min(width, height)
+    pad_before = int(rng.uniform(0.3, 2.0) * fps)
+    pad_after = int(rng.uniform(0.3, 2.0) * fps)
+    size = rng.uniform(0.07, 0.11) * size_unit
+    inst = Instance(
+        label=label,
+        start=start,
+        end=end,
+        visible_from=max(0, start - pad_before),
+        visible_to=min(num_frames, end + pad_after),
+        x=rng.uniform(0.25, 0.75) * width,
+        y=rng.uniform(0.3, 0.7) * height,
+        size=size,
+        color=_color(rng),
+    )
+    name = CLASSES[label][0]
+    if name == "slide":
+        inst.params = {"distance": rng.uniform(0.3, 0.5) * width}
+        inst.x = rng.uniform(0.1, 0.3) * width
+    elif name == "spin":
+        inst.params = {"turns": float(rng.integers(1, 4)), "angle": rng.uniform(0, math.pi)}
+    elif name == "bounce":
+        inst.params = {"bounces": float(rng.integers(2, 5)), "height": rng.uniform(0.2, 0.35) * height}
+        inst.y = rng.uniform(0.6, 0.8) * height
+    elif name == "blink":
+        inst.params = {"half_period": fps / 6.0}  # off/on three times a second
+    elif name == "orbit":
+        inst.params = {"loops": float(rng.integers(1, 3)), "radius": rng.uniform(0.12, 0.2) * size_unit}
+    return inst
+
+
 def plan_video(
-    video_id: str, rng: np.random.Generator, num_classes: int, fps: float, width: int, height: int
-) -> VideoPlan:
-    """Draw everything about one video (no pixels yet)."""
+    video_id: str, rng: np.random.Generator, num_classes: int, fps: float, width: int, height: int,
+    *, clean: bool = False, movers: bool = False,
+) -> VideoPlan:  # fmt: skip
+    """Draw everything about one video (no pixels yet). `clean`: a plain still background and no
+    distractors (pretraining videos); `movers`: add hollow shapes that act out a motion."""
     num_frames = int(round(rng.uniform(MIN_VIDEO_S, MAX_VIDEO_S) * fps))
     ranges = _place_instances(rng, num_frames, fps, int(rng.integers(0, MAX_INSTANCES + 1)))
     size_unit = min(width, height)
     label = int(rng.integers(0, num_classes))  # one activity per video, as in ActivityNet
-    instances = []
-    for start, end in ranges:
-        pad_before = int(rng.uniform(0.3, 2.0) * fps)
-        pad_after = int(rng.uniform(0.3, 2.0) * fps)
-        size = rng.uniform(0.07, 0.11) * size_unit
-        inst = Instance(
-            label=label,
-            start=start,
-            end=end,
-            visible_from=max(0, start - pad_before),
-            visible_to=min(num_frames, end + pad_after),
-            x=rng.uniform(0.25, 0.75) * width,
-            y=rng.uniform(0.3, 0.7) * height,
-            size=size,
-            color=_color(rng),
+    instances = [_instance(rng, label, start, end, num_frames, fps, width, height) for start, end in ranges]
+    if clean:
+        return VideoPlan(
+            video_id, num_frames, instances, [], int(rng.integers(0, 2**31)), (0.0, 0.0), plain=True
         )
-        name = CLASSES[label][0]
-        if name == "slide":
-            inst.params = {"distance": rng.uniform(0.3, 0.5) * width}
-            inst.x = rng.uniform(0.1, 0.3) * width
-        elif name == "spin":
-            inst.params = {"turns": float(rng.integers(1, 4)), "angle": rng.uniform(0, math.pi)}
-        elif name == "bounce":
-            inst.params = {"bounces": float(rng.integers(2, 5)), "height": rng.uniform(0.2, 0.35) * height}
-            inst.y = rng.uniform(0.6, 0.8) * height
-        elif name == "blink":
-            inst.params = {"half_period": fps / 6.0}  # off/on three times a second
-        elif name == "orbit":
-            inst.params = {"loops": float(rng.integers(1, 3)), "radius": rng.uniform(0.12, 0.2) * size_unit}
-        instances.append(inst)
     distractors = []
     for _ in range(int(rng.integers(1, 4))):
         a = int(rng.integers(0, num_frames))
@@ -168,7 +197,17 @@ def plan_video(
             )
         )
     velocity = (float(rng.uniform(-1.0, 1.0)), float(rng.uniform(-0.6, 0.6)))
-    return VideoPlan(video_id, num_frames, instances, distractors, int(rng.integers(0, 2**31)), velocity)
+    plan = VideoPlan(video_id, num_frames, instances, distractors, int(rng.integers(0, 2**31)), velocity)
+    if movers:  # drawn last, so that a dataset without them is the same as before
+        for _ in range(int(rng.integers(2, 4))):
+            length = min(int(round(rng.uniform(MIN_ACTION_S, MAX_ACTION_S) * fps)), num_frames)
+            start = int(rng.integers(0, num_frames - length + 1))
+            # another class's motion than the video's activity (when there is another class)
+            motion = (label + 1 + int(rng.integers(0, max(num_classes - 1, 1)))) % num_classes
+            mover = _instance(rng, motion, start, start + length, num_frames, fps, width, height)
+            mover.hollow = True
+            plan.movers.append(mover)
+    return plan
 
 
 def _background(seed: int, width: int, height: int) -> np.ndarray:
@@ -216,9 +255,25 @@ def _actor_pose(inst: Instance, frame: int) -> tuple[bool, float, float, float, 
     return visible, x, y, size, angle
 
 
+def _actor_mask(inst: Instance, frame: int, xx: np.ndarray, yy: np.ndarray) -> np.ndarray | None:
+    """The pixels an actor (or a mover: its outline) covers at a frame, None when not visible."""
+    if not inst.visible_from <= frame < inst.visible_to:
+        return None
+    visible, x, y, size, angle = _actor_pose(inst, frame)
+    if not visible:
+        return None
+    shape = CLASSES[inst.label][1]
+    mask = _shape_mask(shape, xx, yy, x, y, size, angle)
+    if inst.hollow:
+        mask &= ~_shape_mask(shape, xx, yy, x, y, 0.55 * size, angle)
+    return mask
+
+
 def render_frames(plan: VideoPlan, width: int, height: int) -> Iterator[np.ndarray]:
     """Yield the uint8 RGB frames [H, W, 3] of a planned video."""
     texture = _background(plan.background_seed, width, height)
+    if plan.plain:
+        texture = np.broadcast_to(texture.mean(axis=(0, 1)), texture.shape).astype(np.float32)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     vx, vy = plan.background_velocity
     for f in range(plan.num_frames):
@@ -230,11 +285,10 @@ def render_frames(plan: VideoPlan, width: int, height: int) -> Iterator[np.ndarr
                     d.shape, xx, yy, d.x + d.drift[0] * f, d.y + d.drift[1] * f, d.size, d.angle
                 )
                 frame[mask] = d.color
-        for inst in plan.instances:
-            if inst.visible_from <= f < inst.visible_to:
-                visible, x, y, size, angle = _actor_pose(inst, f)
-                if visible:
-                    frame[_shape_mask(CLASSES[inst.label][1], xx, yy, x, y, size, angle)] = inst.color
+        for inst in plan.movers + plan.instances:
+            mask = _actor_mask(inst, f, xx, yy)
+            if mask is not None:
+                frame[mask] = inst.color
         yield frame.astype(np.uint8)
 
 
@@ -243,7 +297,7 @@ def _annotation_files(
 ) -> tuple[dict, dict]:
     """The ActivityNet-1.3 style and THUMOS-14 (ActionFormer) style annotation mappings."""
     anet_db, thumos_db = {}, {}
-    thumos_subset = {"training": "Validation", "validation": "Test"}
+    thumos_subset = {"training": "Validation", "validation": "Test", "pretraining": "Pretraining"}
     for plan, subset in zip(plans, subsets):
         duration = plan.num_frames / fps
         anet_anns, thumos_anns = [], []
@@ -288,6 +342,7 @@ class SynthSummary:
     instances: int
     train_videos: int
     val_videos: int
+    pretrain_videos: int = 0
 
 
 def run(
@@ -298,18 +353,24 @@ def run(
     fps: float = 15.0,
     width: int = 128,
     height: int = 96,
+    pretrain_videos: int = 0,
+    movers: bool = False,
     *,
     progress: Progress = SILENT,
 ) -> SynthSummary:
     """Plan and write the dataset. Videos already written for the same parameters are kept
-    (resumable). It takes no settings file: the synthetic dataset is an input of the pipeline."""
+    (resumable). It takes no settings file: the synthetic dataset is an input of the pipeline.
+    `pretrain_videos` clean videos form the "pretraining" subset; `movers` adds hollow movers to
+    the detection videos (module docstring)."""
     if not 1 <= classes <= len(CLASSES):
         raise UserError(f"--classes: must be between 1 and {len(CLASSES)}, got {classes}")
     if videos < 1:
         raise UserError(f"--videos: must be at least 1, got {videos}")
+    if pretrain_videos < 0:
+        raise UserError(f"--pretrain-videos: must be at least 0, got {pretrain_videos}")
     if width % 2 or height % 2 or width < 32 or height < 32:
         raise UserError(f"frame size must be even and at least 32x32, got {width}x{height}")
-    progress.start(videos)
+    progress.start(videos + pretrain_videos)
     out_dir = Path(out_dir)
     video_dir = out_dir / "videos"
     video_dir.mkdir(parents=True, exist_ok=True)
@@ -321,6 +382,8 @@ def run(
         "width": width,
         "height": height,
     }
+    if pretrain_videos or movers:  # only then, so that earlier datasets keep their parameters
+        params.update(pretrain_videos=pretrain_videos, movers=movers)
     anet_path = out_dir / "anet.json"
     previous = json.loads(anet_path.read_text()) if anet_path.is_file() else {}
     reuse = previous.get("etad_synth") == params
@@ -333,9 +396,24 @@ def run(
     n_val = max(1, round(0.3 * videos)) if videos > 1 else 0
     subsets = ["training"] * (videos - n_val) + ["validation"] * n_val
     plans = [
-        plan_video(f"synth_{i:04d}", np.random.default_rng([seed, i]), classes, fps, width, height)
+        plan_video(
+            f"synth_{i:04d}", np.random.default_rng([seed, i]), classes, fps, width, height, movers=movers
+        )
         for i in range(videos)
     ]
+    plans += [
+        plan_video(
+            f"synth_pre_{i:04d}",
+            np.random.default_rng([seed, 1_000_000 + i]),
+            classes,
+            fps,
+            width,
+            height,
+            clean=True,
+        )  # fmt: skip
+        for i in range(pretrain_videos)
+    ]
+    subsets += ["pretraining"] * pretrain_videos
     written = skipped = 0
     for plan in plans:
         path = video_dir / f"{plan.video_id}.mp4"
@@ -356,4 +434,5 @@ def run(
         instances=sum(len(p.instances) for p in plans),
         train_videos=videos - n_val,
         val_videos=n_val,
+        pretrain_videos=pretrain_videos,
     )

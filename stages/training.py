@@ -268,6 +268,7 @@ def loader(
 @dataclass
 class TrainSummary:
     out_dir: Path
+    kind: str = "pretrain"  # the Job's kind: pretrain, e2e or encoder
     epochs: list[dict] = field(default_factory=list)  # per epoch: epoch, train_loss, val_loss, lr, seconds
     notes: list[str] = field(default_factory=list)
     resumed_from: int = 0
@@ -367,7 +368,7 @@ def _epochs(job: Job, settings: Settings, section: Optimisation, dist: Distribut
             notes: list[str] | None) -> TrainSummary:  # fmt: skip
     out_dir = run_dir(settings, job.kind)
     ckpt_dir = out_dir / "checkpoints"
-    summary = TrainSummary(out_dir, notes=list(notes or []), parameters=job.parameters)
+    summary = TrainSummary(out_dir, job.kind, notes=list(notes or []), parameters=job.parameters)
     if dist.main:
         prepare_run_dir(out_dir, resume, restart, summary.notes)
     dist.barrier()

@@ -5,6 +5,7 @@ cache/snippets/      etad cache --what snippets
 cache/features/      etad cache --what features | --from-npy
 pretrain/            etad train         (checkpoints/, metrics.jsonl)
 e2e/                 etad train --e2e
+encoder/             etad train --encoder (checkpoints/, metrics.jsonl, encoder_tsp.pth)
 results/             etad infer         (infer.output)
 logs/                every command: its settings and cost
 """

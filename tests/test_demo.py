@@ -7,6 +7,7 @@ import re
 import shutil
 
 import pytest
+import torch
 
 from tests.test_pipelines import make
 
@@ -18,39 +19,47 @@ pytestmark = [
 
 def test_demo_pipeline_writes_every_artefact_and_the_final_table(tmp_path):
     demo = tmp_path / "demo"
-    small = "--set train.epochs=3 --set train.lr_step=3 --set e2e.epochs=1"
-    done = make("demo", DEMO_DIR=demo, DEMO_VIDEOS=8, SET=small)
+    small = (
+        "--set train.epochs=2 --set train.lr_step=2 --set e2e.epochs=1 --set encoder_train.epochs=1 "
+        "--set encoder_train.clips_per_epoch=64"
+    )
+    done = make("demo", DEMO_DIR=demo, DEMO_VIDEOS=8, DEMO_PRETRAIN_VIDEOS=3, SET=small)
     database = json.loads((demo / "data" / "anet.json").read_text())["database"]
-    assert len(database) == 8 and len(list((demo / "data" / "videos").glob("*.mp4"))) == 8
+    assert len(database) == 11 and len(list((demo / "data" / "videos").glob("*.mp4"))) == 11
+    assert sum(r["subset"] == "pretraining" for r in database.values()) == 3
     for vid in database:
         assert (demo / "frames" / f"{vid}.npy").is_file() and (demo / "frames" / f"{vid}.json").is_file()
         assert (demo / "cache" / "snippets" / f"{vid}.h5").is_file()
         assert (demo / "cache" / "features" / f"{vid}.h5").is_file()
-    for run in ("pretrain", "e2e"):
+    assert (demo / "encoder" / "encoder_tsp.pth").is_file()  # TSP pretraining, read by the next stages
+    for run in ("encoder", "pretrain", "e2e", "control/e2e"):
         assert (demo / run / "checkpoints" / "last.pt").is_file()
         assert (demo / run / "metrics.jsonl").is_file()
     validation = sorted(v for v, r in database.items() if r["subset"] == "validation")
-    for name in ("pretrain", "e2e"):
+    for name in ("frozen", "e2e", "control"):
         results = json.loads((demo / "results" / f"{name}.json").read_text())["results"]
         assert sorted(results) == validation
         metrics = json.loads((demo / "results" / f"{name}.metrics.json").read_text())
         assert len(metrics["mAP"]) == 10 and 0.0 <= metrics["average_mAP"] <= 1.0
     assert len(list((demo / "results" / "plots").glob("*.png"))) == 2
-    classes = json.loads((demo / "results" / "pretrain.classes.json").read_text())  # labels the e2e model
-    labels = {a["label"] for r in database.values() for a in r["annotations"]}
-    assert sorted(classes["results"]) == validation and classes["class"] == sorted(labels)
     runs = [json.loads(line) for line in (demo / "logs" / "stages.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in runs] == [
-        "extract", "cache snippets", "cache features", "train", "infer", "train --e2e",
-        "infer", "infer", "infer",
+        "extract", "cache snippets", "train --encoder", "cache features", "train", "infer", "infer",
+        "train --e2e", "infer", "infer", "infer", "infer",
     ]  # fmt: skip
     assert all(r["seconds"] > 0 and r["peak_rss_mib"] > 0 for r in runs)
-    # the final table: one row per stage with its time and peak memory, then the two models' mAP
+    control = [
+        json.loads(line) for line in (demo / "control" / "logs" / "stages.jsonl").read_text().splitlines()
+    ]
+    assert [r["stage"] for r in control] == ["train --e2e"]
+    state = torch.load(demo / "control" / "e2e" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["settings"]["e2e"]["encoder_lr"] == 0
+    # the final table: one row per stage with its time and peak memory, then the models' mAP
     report = done.stdout[done.stdout.rindex("stages:") :]
-    for stage in ("extract", "cache snippets", "cache features", "train --e2e", "total"):
+    for stage in ("extract", "cache snippets", "train --encoder", "cache features", "train --e2e", "total"):
         assert re.search(rf"{re.escape(stage)}\s.*\d", report), stage
-    for model, name in (("frozen features", "pretrain"), ("end to end", "e2e")):
+    for model, name in (("frozen features", "frozen"), ("end to end", "e2e"), ("end to end", "control")):
         average = json.loads((demo / "results" / f"{name}.metrics.json").read_text())["average_mAP"]
-        assert re.search(rf"{model}\s.*{re.escape(f'{average:.2%}')}", report), (model, report)
+        assert re.search(rf"{model}\s.*{name}.json\s.*{re.escape(f'{average:.2%}')}", report), (model, report)
         auc = json.loads((demo / "results" / f"{name}_proposals.metrics.json").read_text())["auc"]
-        assert re.search(rf"{model}\s.*AUC {auc:.2f}", report), (model, report)
+        assert re.search(rf"{model}\s.*{name}_proposals.json\s.*AUC {auc:.2f}", report), (model, report)

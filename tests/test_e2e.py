@@ -70,6 +70,21 @@ def test_checkpoint_mode_equals_full_backprop():
     torch.testing.assert_close(enc, full_enc, rtol=1e-9, atol=1e-12)
 
 
+def test_frozen_mode_gives_the_detector_gradient_and_none_to_the_encoder():
+    _, full_det = _grads("full")
+    encoder, detector, snippets, anchors, batch = _setup()
+    encoder.train()
+
+    def loss_fn(out):
+        torch.manual_seed(123)
+        return detector_loss(out, batch, [0.7, 0.8, 0.9])
+
+    e2e_gradients("frozen", Backward(encoder, detector, snippets, loss_fn, anchors, CHUNK))
+    assert all(p.grad is None for p in encoder.parameters())
+    det = torch.cat([p.grad.flatten() for p in detector.parameters() if p.grad is not None])
+    torch.testing.assert_close(det, full_det, rtol=1e-9, atol=1e-12)
+
+
 def test_sampled_ratio_below_one_equals_restricted_full_gradient():
     gen = torch.Generator().manual_seed(5)
     picks = [sample_snippets(T, 0.5, CHUNK, "random", gen).flatten() for _ in range(2)]

@@ -98,3 +98,30 @@ def test_actors_move_only_during_their_action(label):
     assert change[15:44].max() == 0 and change[105:134].max() == 0  # on screen and still
     assert all(change[i : i + 3].max() > 0 for i in range(45, 102))  # acting: changes at least every 3 frames
     assert change[14] > 0 and change[134] > 0  # appears, disappears
+
+
+def test_the_story_options_add_clean_pretraining_videos_and_unannotated_movers(tmp_path):
+    summary = synth.run(
+        tmp_path, videos=4, classes=3, seed=3, width=64, height=48, pretrain_videos=2, movers=True
+    )
+    assert summary.pretrain_videos == 2
+    anet = json.loads((tmp_path / "anet.json").read_text())
+    subsets = [v["subset"] for v in anet["database"].values()]
+    assert subsets.count("pretraining") == 2 and subsets.count("training") + subsets.count("validation") == 4
+    # without the options the detection videos are the dataset they always were
+    plain = synth.run(tmp_path / "plain", videos=4, classes=3, seed=3, width=64, height=48)
+    before = json.loads((tmp_path / "plain" / "anet.json").read_text())["database"]
+    assert plain.pretrain_videos == 0
+    for vid, entry in before.items():
+        assert anet["database"][vid]["annotations"] == entry["annotations"]
+    # pretraining videos: a plain, still background; detection videos: movers, which are never annotated
+    clean = synth.plan_video("p", np.random.default_rng([3, 1_000_000]), 3, 15.0, 64, 48, clean=True)
+    assert clean.plain and not clean.distractors and not clean.movers
+    busy = [
+        synth.plan_video("v", np.random.default_rng([3, i]), 3, 15.0, 64, 48, movers=True) for i in range(20)
+    ]
+    assert all(2 <= len(p.movers) <= 3 and all(m.hollow for m in p.movers) for p in busy)
+    assert all(m.label != p.instances[0].label for p in busy if p.instances for m in p.movers)
+    first = next(synth.render_frames(clean, 64, 48)).astype(float)
+    background = first[np.all(first == first[0, 0], axis=2)]
+    assert len(background) > 0.8 * 64 * 48  # one flat colour behind the actors

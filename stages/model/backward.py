@@ -7,6 +7,8 @@ Every grad mode is a function with the same arguments; `e2e.grad_mode` names one
 - checkpoint (OpenTAD's temporal checkpointing): every snippet gets a gradient, activations are
   recomputed chunk by chunk in the backward pass.
 - full: plain back-propagation through every snippet (the reference; memory grows with length).
+- frozen: no encoder gradient at all; every snippet without gradients, the detector's backward
+  alone (what `etad train --e2e` runs when the encoder does not train, e.g. e2e.encoder_lr: 0).
 """
 
 from __future__ import annotations
@@ -76,6 +78,15 @@ def _every_snippet(job: Backward, encode: Callable[[torch.Tensor], torch.Tensor]
     return terms
 
 
+def frozen(job: Backward) -> dict:
+    device = job.device or job.snippets.device
+    size = job.snippets.shape[-2]
+    features = encode_chunks(job.encoder, job.snippets, job.chunk_size, size, device)
+    terms = job.loss_fn(job.detector(features, job.anchors))
+    terms["total"].backward()
+    return terms
+
+
 def checkpoint(job: Backward) -> dict:
     return _every_snippet(job, lambda x: activation_checkpoint(job.encoder, x, use_reentrant=False))
 
@@ -89,6 +100,7 @@ GRAD_MODES: dict[str, Callable[[Backward], dict]] = {
     "sampled": sampled,
     "checkpoint": checkpoint,
     "full": full,
+    "frozen": frozen,
 }
 
 
