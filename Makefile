@@ -12,7 +12,7 @@ WORK   ?= work
 
 DEMO_DIR    ?= $(WORK)/demo
 DEMO_CONFIG ?= examples/demo.yaml
-DEMO_VIDEOS ?= 48
+DEMO_VIDEOS ?= 60
 DEMO_PRETRAIN_VIDEOS ?= 24
 
 .PHONY: help install test test-fast lint demo demo-data demo-seeds bench docs clean clean-all anet-features anet-e2e thumos-features study-snippets study-proposals
@@ -68,7 +68,7 @@ demo: demo-data  ## run the whole pipeline on the built-in synthetic dataset (ev
 demo-seeds: demo-data  ## the demo's three models over 3 seeds: mean ± std of mAP and AUC (about 15 min)
 	$(ETAD) study $(DEMO_RUN) --stages train --seeds 3 --out $(DEMO_CKPT)/seeds/frozen
 	$(ETAD) study $(DEMO_RUN) --stages e2e --seeds 3 --out $(DEMO_CKPT)/seeds/e2e \
-	  --vary e2e.encoder_lr=1.0e-3,0  # examples/demo.yaml's value, and the control
+	  --vary e2e.encoder_lr=2.0e-3,0  # examples/demo.yaml's value, and the control
 
 # ---- Pipelines for real datasets -------------------------------------------------------------
 # Paths are make variables (made absolute, so they do not depend on the config's folder); the
