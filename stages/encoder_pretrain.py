@@ -236,7 +236,8 @@ def run(
         progress=progress,
         notes=dataset.notes,
     )
-    if dist.main:
-        export_tsp(encoder, heads, output_path(settings))
-        summary.notes.append(f"encoder written in TSP's layout to {output_path(settings)}")
+    output = output_path(settings)
+    if dist.main and (summary.epochs or not output.is_file()):  # a finished run is not rewritten
+        export_tsp(encoder, heads, output)
+        summary.notes.append(f"encoder written in TSP's layout to {output}")
     return summary

@@ -52,6 +52,9 @@ def test_a_trained_encoder_beats_a_random_one_and_loads_everywhere(tmp_path, syn
     result = run_cli("train", "-c", config, "--encoder")
     assert result.returncode == 0, result.stderr
     checkpoint = tmp_path / "work" / "encoder" / "encoder_tsp.pth"
+    written = checkpoint.stat().st_mtime_ns
+    again = run_cli("train", "-c", config, "--encoder", "--resume")  # finished: nothing to redo
+    assert again.returncode == 0 and checkpoint.stat().st_mtime_ns == written
     dataset = ClipDataset(load_settings(config, []), 40)
     torch.manual_seed(0)
     random_accuracy = _probe(build_encoder("tiny"), dataset)
