@@ -45,10 +45,11 @@ def test_resume_gives_identical_weights(tmp_path, cli, synth_dir, feature_work):
 @pytest.mark.parametrize(
     "variant",
     [
-        {"model": {}, "infer": {}},
+        {"model": {}, "infer": {}, "map50": 0.5},
         {
             "model": {"variant": "opentad", "roi_size": 16},
             "infer": {"post_processing": "opentad", "min_score": 1e-4},
+            "map50": 0.3,
         },
     ],
     ids=["original", "opentad"],
