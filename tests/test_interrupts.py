@@ -19,10 +19,16 @@ from tests.conftest import REPO, demo_config, run_cli, snapshot
 pytestmark = pytest.mark.slow
 
 
+def default_sigint() -> None:
+    """In the child: Ctrl-C as a terminal delivers it, whatever the test process inherited (a
+    child inherits an ignored SIGINT, and then Python never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(*args) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "etad_cli", *map(str, args)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
     )  # fmt: skip
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from stages.study import parse_vary, plan
 from tests.conftest import REPO, run_cli
+from tests.test_interrupts import default_sigint
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +39,8 @@ def test_a_study_runs_survives_an_interruption_and_resumes(trained, tmp_path):
             "--vary", "model.proposal_sampling=random,grid", "--set", "train.epochs=2"]  # fmt: skip
     out = root / "work" / "study"
     process = subprocess.Popen([sys.executable, "-m", "etad_cli", *map(str, args)], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=default_sigint)  # fmt: skip
     end = time.monotonic() + 300
     while not list(out.glob("points/*/seed0/result.json")):
         assert process.poll() is None, process.communicate()
