@@ -1,8 +1,5 @@
 """etad: the command-line interface (Typer commands, settings, console). The work lives in `stages`."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("etad")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0+unknown"
+# The one place the version is written: pyproject.toml reads it from here, and `etad --version`
+# prints it without the ~30 ms that importlib.metadata costs every command at start-up.
+__version__ = "0.2.0"

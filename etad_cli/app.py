@@ -62,11 +62,17 @@ def _root(
     """Train and run ETAD temporal action detectors end to end, from raw video frames."""
 
 
-def load(config: Path | None, overrides: list[str] | None, extra: list[str] | None = None) -> Settings:
-    """The settings of a command: the file, then --set overrides, then the command's own options."""
+def load(
+    config: Path | None,
+    overrides: list[str] | None,
+    extra: list[str] | None = None,
+    check_parts: bool = True,
+) -> Settings:
+    """The settings of a command: the file, then --set overrides, then the command's own options.
+    Commands that never build a model pass `check_parts=False`, so they do not import torch."""
     from stages.settings import load_settings
 
-    return load_settings(config, [*(overrides or []), *(extra or [])])
+    return load_settings(config, [*(overrides or []), *(extra or [])], check_parts=check_parts)
 
 
 def is_main_process() -> bool:
@@ -76,14 +82,16 @@ def is_main_process() -> bool:
 
 @config_app.command("show")
 def config_show(config: ConfigArg, set_: SetOpt = None) -> None:
-    """Print the resolved settings (defaults filled in, paths absolute).
+    """Print the resolved settings (defaults filled in, paths absolute). Part names (encoder,
+    samplers, variant, grad mode) are checked by `etad config validate`, which loads torch.
 
     Example: etad config show examples/demo.yaml --set train.lr=1e-4
     """
     from stages.settings import settings_as_yaml
 
     with user_errors():
-        console.print(settings_as_yaml(load(config, set_)), markup=False, highlight=False, end="")
+        resolved = load(config, set_, check_parts=False)
+        console.print(settings_as_yaml(resolved), markup=False, highlight=False, end="")
 
 
 @config_app.command("reference")
@@ -334,7 +342,7 @@ def eval_(
     from stages import evaluate as stage
 
     with user_errors():
-        s = load(config, set_) if config is not None else None
+        s = load(config, set_, check_parts=False) if config is not None else None
         request = stage.EvalRequest.from_settings(
             s, predictions=predictions, ground_truth=ground_truth, dataset=dataset, subset=subset,
             blocked=blocked, task=task, tious=tiou, protocol=protocol,

@@ -39,11 +39,16 @@ FilePath = Annotated[Path, AfterValidator(_resolve)]
 Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-def _one_of(registry: Callable[[], dict]) -> AfterValidator:
+def _one_of(registry: Callable[[], dict], in_torch_module: bool = False) -> AfterValidator:
     """Check a name against a registry (a plain dict in the module that owns the parts). The
-    registry is imported when a value is checked, so loading settings stays light."""
+    registry is imported when a value is checked, so loading settings stays light. Registries that
+    live in torch modules (encoders, samplers, variants, grad modes) are skipped when the caller
+    loads with `check_parts=False` (`etad eval`, `etad config show`), which then never import torch;
+    the stages that use those parts load with the check, and so does `etad config validate`."""
 
-    def check(value: str) -> str:
+    def check(value: str, info: ValidationInfo) -> str:
+        if in_torch_module and not (info.context or {}).get("check_parts", True):
+            return value
         names = registry()
         if value not in names:
             raise ValueError(f"expected one of {', '.join(names)}")
@@ -101,11 +106,11 @@ def _classifiers() -> dict:
     return CLASSIFIERS
 
 
-EncoderName = Annotated[str, _one_of(_encoders)]
-ProposalSampler = Annotated[str, _one_of(_proposal_samplers)]
-SnippetSampler = Annotated[str, _one_of(_snippet_samplers)]
-GradMode = Annotated[str, _one_of(_grad_modes)]
-VariantName = Annotated[str, _one_of(_variants)]
+EncoderName = Annotated[str, _one_of(_encoders, in_torch_module=True)]
+ProposalSampler = Annotated[str, _one_of(_proposal_samplers, in_torch_module=True)]
+SnippetSampler = Annotated[str, _one_of(_snippet_samplers, in_torch_module=True)]
+GradMode = Annotated[str, _one_of(_grad_modes, in_torch_module=True)]
+VariantName = Annotated[str, _one_of(_variants, in_torch_module=True)]
 DatasetName = Annotated[str, _one_of(_protocols)]
 ClassifierName = Annotated[str, _one_of(_classifiers)]
 PostProcessingName = Annotated[str, _one_of(_post_processing)]
@@ -455,8 +460,11 @@ def read_yaml(path: Path) -> Any:
         raise UserError(f"{path}: invalid YAML: {where}{problem[:200]}") from None
 
 
-def load_settings(path: Path | None, overrides: list[str] | None = None) -> Settings:
-    """Load and validate a settings file, then `--set` overrides; None gives the defaults."""
+def load_settings(
+    path: Path | None, overrides: list[str] | None = None, check_parts: bool = True
+) -> Settings:
+    """Load and validate a settings file, then `--set` overrides; None gives the defaults.
+    `check_parts=False` leaves out the names whose registries import torch (see `_one_of`)."""
     raw: dict[str, Any] = {}
     base_dir = Path.cwd()
     source = "settings"
@@ -473,7 +481,7 @@ def load_settings(path: Path | None, overrides: list[str] | None = None) -> Sett
     for override in overrides:
         apply_override(raw, override)
     try:
-        return Settings.model_validate(raw, context={"base_dir": base_dir})
+        return Settings.model_validate(raw, context={"base_dir": base_dir, "check_parts": check_parts})
     except ValidationError as exc:
         raise UserError("\n".join(_describe(e, source, overrides) for e in exc.errors())) from None
 

@@ -64,3 +64,33 @@ def test_unknown_command_is_a_usage_error_without_traceback():
     result = run_etad("frobnicate")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+def _imports_of(*args: str) -> set[str]:
+    """The modules a real `etad ARGS...` process imports (from `python -X importtime`)."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "etad_cli", *args],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if "|" in line}
+
+
+def test_scoring_and_showing_settings_never_import_torch():
+    """`etad eval` and `etad config show` start in well under a second: a user scoring a file waits
+    for scoring, not for torch's 6 s of imports. `config validate` checks the part names, with torch."""
+    data = Path(__file__).parent / "data"
+    scoring = _imports_of("eval", "-p", str(data / "tiny_predictions.json"), "-g", str(data / "tiny_anet.json"),
+                          "--config", "examples/demo.yaml")  # fmt: skip
+    showing = _imports_of("config", "show", "examples/demo.yaml")
+    assert "stages.evaluate" in scoring and "stages.settings" in showing
+    assert "torch" not in scoring | showing
+    assert "torch" in _imports_of("config", "validate", "examples/demo.yaml")
+
+
+def test_config_validate_checks_part_names_that_show_leaves_to_it():
+    shown = run_etad("config", "show", "examples/demo.yaml", "--set", "model.encoder.name=nope")
+    assert shown.returncode == 0 and "name: nope" in shown.stdout
+    checked = run_etad("config", "validate", "examples/demo.yaml", "--set", "model.encoder.name=nope")
+    assert checked.returncode == 2 and "model.encoder.name" in checked.stderr
+    assert "Traceback" not in checked.stderr
