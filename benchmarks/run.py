@@ -380,7 +380,8 @@ def bench_startup() -> list[tuple[str, str]]:
         "etad eval --help": [*etad, "eval", "--help"],
         "etad eval -p tiny_predictions.json -g tiny_anet.json": [
             *etad, "eval", "-p", str(tiny / "tiny_predictions.json"), "-g", str(tiny / "tiny_anet.json")],
-        "etad config show examples/demo.yaml": [*etad, "config", "show", str(REPO / "examples" / "demo.yaml")],
+        "etad config show examples/demo.yaml": [
+            *etad, "config", "show", str(REPO / "examples" / "demo.yaml")],
         # the floor under any rich --help: Typer (which parses options with pydantic) and its help renderer
         "python -c 'import typer, pydantic, typer.rich_utils'": [
             *python, "import typer, pydantic, typer.rich_utils"],

@@ -80,8 +80,8 @@ def test_scoring_and_showing_settings_never_import_torch():
     """`etad eval` and `etad config show` start in well under a second: a user scoring a file waits
     for scoring, not for torch's 6 s of imports. `config validate` checks the part names, with torch."""
     data = Path(__file__).parent / "data"
-    scoring = _imports_of("eval", "-p", str(data / "tiny_predictions.json"), "-g", str(data / "tiny_anet.json"),
-                          "--config", "examples/demo.yaml")  # fmt: skip
+    scoring = _imports_of("eval", "-p", str(data / "tiny_predictions.json"),
+                          "-g", str(data / "tiny_anet.json"), "--config", "examples/demo.yaml")  # fmt: skip
     showing = _imports_of("config", "show", "examples/demo.yaml")
     assert "stages.evaluate" in scoring and "stages.settings" in showing
     assert "torch" not in scoring | showing

@@ -99,21 +99,16 @@ class ProposalStage(nn.Module):
             rs = self.start_head(rois[:, :, : self.context].flatten(1))
             re = self.end_head(rois[:, :, -self.context :].flatten(1))
         else:  # the same numbers without the RoI tensor (stages/model/roi.py)
-            z = self.fc[1:](self.binned(feat, anchors, self.fc[0], 0, self.roi_size))
-            rs = self.start_head[1:](self.binned(feat, anchors, self.start_head[0], 0, self.context))
+            taps = proposal_taps(anchors, feat.shape[2], self.roi_size, self.extend_ratio, self.taps_cache)
             end = self.roi_size - self.context
-            re = self.end_head[1:](self.binned(feat, anchors, self.end_head[0], end, self.context))
+            z = self.fc[1:](binned_linear(feat, taps, self.fc[0]))
+            rs = self.start_head[1:](binned_linear(feat, taps.bins(0, self.context), self.start_head[0]))
+            re = self.end_head[1:](binned_linear(feat, taps.bins(end, self.context), self.end_head[0]))
         iou = torch.sigmoid(self.iou_head(z))
         se = torch.sigmoid(self.se_head(z))
         cw = self.cw_head(z) / 2  # halved for smoother regression, as the original
         reg = torch.cat([rs, re, cw, se], dim=1)
         return iou.view(b, k, 2), reg.view(b, k, 6)
-
-    def binned(self, feat, anchors, layer: nn.Linear, first_bin: int, n_bins: int) -> torch.Tensor:
-        """`layer` on the flattened RoI bins first_bin .. first_bin + n_bins - 1 of every proposal."""
-        ratio, size = self.extend_ratio, self.roi_size
-        taps = proposal_taps(anchors, feat.shape[2], size, ratio, first_bin, n_bins, self.taps_cache)
-        return binned_linear(feat, taps, layer)
 
 
 class VideoClassifier(nn.Module):

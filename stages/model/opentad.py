@@ -43,9 +43,8 @@ class SharedFCStage(nn.Module):
             z = self.fc(rois.flatten(1))
         else:
             taps = proposal_taps(
-                anchors, x.shape[2], self.roi_size, self.extend_ratio, 0, self.roi_size,
-                self.taps_cache, aligned=True,
-            )  # fmt: skip
+                anchors, x.shape[2], self.roi_size, self.extend_ratio, self.taps_cache, aligned=True
+            )
             z = self.fc[1:](binned_linear(x, taps, self.fc[0]))
         iou = torch.sigmoid(self.iou_head(z))
         reg = torch.cat([self.reg_head(z), torch.sigmoid(self.se_head(z))], dim=1)

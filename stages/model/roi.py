@@ -9,7 +9,8 @@ RoIAlign is linear in the features: bin j of a proposal is a weighted sum of a f
 (`roi_taps` computes those taps exactly as torchvision samples them). A linear layer on the
 flattened bins, `W · flatten(RoIAlign(F))`, is therefore the same taps applied to `W_j · F[:, t]`,
 which `binned_linear` computes once per video for every bin j and time step t (an einsum), then
-gathers per proposal with `embedding_bag` (two taps per sample: its lower and upper neighbour).
+gathers per proposal with `embedding_bag` (one tap per time step a bin reads, its samples' two
+interpolation weights summed into it).
 Nothing of size [proposals, C, bins] is ever built, the backward pass is the same two operations
 reversed, and the cost no longer grows with C x bins per proposal but with the number of taps.
 """
@@ -53,47 +54,83 @@ def roi_features(
 
 
 @dataclass
-class Taps:
-    """RoIAlign as sparse weights: table row `index[k]` with weight `weight[k]`, where a table row is
-    bin * width + time step (the time steps of the batch's videos laid end to end, `width` in all).
-    Every sample reads two rows (its lower and upper neighbour); the taps are grouped by proposal:
-    those of proposal r start at offsets[r]."""
+class Bucket:
+    """The taps of the proposals that take the same number of samples per bin: dense tensors, so
+    they are built by broadcasting (no per-sample gathers) and gathered by one `embedding_bag`."""
 
-    index: torch.Tensor  # [taps]
-    weight: torch.Tensor  # [taps]
-    offsets: torch.Tensor  # [n]
+    proposals: torch.Tensor  # [m]: which proposals of the batch
+    time: torch.Tensor  # [m, bins, R]: the time step each tap reads (videos laid end to end)
+    weight: torch.Tensor  # [m, bins, R]
+
+
+@dataclass
+class Taps:
+    """RoIAlign as sparse weights: bin j of a proposal is the sum of weight * features[:, time]
+    over its taps. A bin's taps are its distinct time steps (`R` per bin in a bucket, zero weights
+    where a bin reads fewer), so each step is read once however many samples fall near it."""
+
+    buckets: list[Bucket]
     n: int  # proposals
-    n_bins: int
-    width: int
+    width: int  # time steps of the batch's videos, laid end to end
+
+    def bins(self, first: int, count: int) -> Taps:
+        """The taps of bins first .. first + count - 1 only (the start and end heads' context)."""
+        parts = [Bucket(k.proposals, k.time[:, first : first + count], k.weight[:, first : first + count])
+                 for k in self.buckets]  # fmt: skip
+        return Taps(parts, self.n, self.width)
 
     def as_dense(self) -> torch.Tensor:
-        """[n, n_bins, width]: the weight of every time step in every bin (for tests)."""
-        counts = torch.diff(self.offsets, append=torch.tensor([len(self.index)]))
-        rows = torch.repeat_interleave(torch.arange(self.n), counts)
-        dense = torch.zeros(self.n, self.n_bins * self.width, dtype=self.weight.dtype)
-        dense.index_put_((rows, self.index), self.weight, accumulate=True)
-        return dense.view(self.n, self.n_bins, self.width)
+        """[n, bins, width]: the weight of every time step in every bin (for tests)."""
+        n_bins = self.buckets[0].time.shape[1] if self.buckets else 0
+        dense = torch.zeros(self.n, n_bins, self.width, dtype=torch.float32)
+        for k in self.buckets:
+            rows = k.proposals[:, None, None].expand_as(k.time)
+            bins = torch.arange(n_bins)[None, :, None].expand_as(k.time)
+            dense.index_put_((rows, bins, k.time), k.weight.float(), accumulate=True)
+        return dense
 
 
-def roi_taps(boxes: torch.Tensor, t: int, bins: int, first_bin: int = 0, n_bins: int | None = None,
-             videos: int = 1, aligned: bool = False) -> Taps:  # fmt: skip
-    """The taps of torchvision's roi_align (sampling_ratio=-1) for 1-D boxes [N, 2]
-    (start, end) in time steps over features of length t, pooled to `bins`; only bins
-    first_bin .. first_bin + n_bins - 1. With `videos` > 1, boxes are N / videos per video, and
-    video v reads time steps v * t ... (its features laid after the previous video's).
+def _bucket(boxes: torch.Tensor, step: torch.Tensor, share: torch.Tensor, video_start: torch.Tensor,
+            g: int, t: int, bins: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Time steps and weights [m, bins, R] of m boxes that take g samples per bin."""
+    j = torch.arange(bins, device=boxes.device)[None, :, None]
+    i = torch.arange(g, device=boxes.device)[None, None, :]
+    start, step = boxes[:, 0, None, None], step[:, None, None]
+    # torchvision's arithmetic, in its order: start + bin * step + ((i + 0.5) * step) / g
+    y = start + j * step + ((i + 0.5) * step) / g  # [m, bins, g]
+    weight = ((y >= -1.0) & (y <= t)) * share[:, None, None]
+    y = y.clamp(0.0, t - 1.0)
+    low = y.long()
+    frac = y - low
+    up = low < t - 1  # the next step exists (at the end both taps read step t - 1)
+    # a bin's samples are in order and (below the length cap) under one step apart: its taps are
+    # the steps first .. last (+1); sum each sample's two interpolation weights into them
+    first = low[..., :1]
+    rel = low - first
+    r = int((rel[..., -1] + up[..., -1]).max()) + 1 if len(low) else 1
+    merged = torch.zeros(*low.shape[:2], r, dtype=y.dtype, device=y.device)
+    merged.scatter_add_(2, rel, (1.0 - frac) * weight)
+    merged.scatter_add_(2, rel + up, frac * weight)
+    time = (first + torch.arange(r, device=y.device)).clamp(max=t - 1)  # past a bin's last tap: weight 0
+    return time + video_start[:, None, None], merged
+
+
+def roi_taps(boxes: torch.Tensor, t: int, bins: int, videos: int = 1, aligned: bool = False) -> Taps:
+    """The taps of torchvision's roi_align (sampling_ratio=-1) for 1-D boxes [N, 2] (start, end)
+    in time steps over features of length t, pooled to `bins`. With `videos` > 1, boxes are
+    N / videos per video, and video v reads time steps v * t ... (after the previous video's).
 
     As torchvision: aligned=False: the box is at least 1 step long; aligned=True: the box is shifted
     by -0.5 and not lengthened (an empty or reversed box reads nothing, gives 0); bin j takes
     g = ceil(length / bins) samples at start + (j + (i + 0.5) / g) * length / bins; a sample
     outside [-1, t] counts zero, one below 0 is read at 0, one at or past t - 1 reads step t - 1;
     each sample interpolates linearly between its two neighbours; the bin is the mean of its g
-    samples. Per sample that is a handful of element-wise operations, no sorting and no copies.
+    samples. Boxes are grouped by g, so each group is a few broadcast operations.
     """
-    n_bins = bins if n_bins is None else n_bins
     with torch.no_grad():
         if boxes.dtype in (torch.float16, torch.bfloat16):
             boxes = boxes.float()
-        n, device, width = len(boxes), boxes.device, videos * t
+        n, device = len(boxes), boxes.device
         finite = torch.isfinite(boxes).all(dim=1)  # a diverged refinement: NaN out, as torchvision
         boxes = torch.where(finite[:, None], boxes, torch.zeros_like(boxes))
         if aligned:
@@ -104,29 +141,18 @@ def roi_taps(boxes: torch.Tensor, t: int, bins: int, first_bin: int = 0, n_bins:
         # samples per bin; capped for boxes over MAX_LENGTH times the video (torchvision would take
         # ceil(length / bins) samples, nearly all of them outside the video)
         cap = math.ceil(MAX_LENGTH * (t + 2) / bins)
-        grid = torch.ceil(step).clamp(min=0 if aligned else 1, max=cap).long()
-        grid = torch.where(finite, grid, 1)  # so that a non-finite box gives NaN, not an empty bin
-        # per proposal: the weight of one sample (1 / g; NaN for a non-finite box) and the first
-        # time step of its video
-        per_row = grid * n_bins
-        offsets = torch.cumsum(per_row, 0) - per_row
-        share = torch.where(finite, 1.0 / grid.clamp(min=1).to(step.dtype), torch.nan)
-        video_start = (torch.arange(n, device=device) // (n // videos)) * t
-        row = torch.repeat_interleave(torch.arange(n, device=device), per_row)  # one entry per sample
-        q = torch.arange(len(row), device=device) - offsets[row]  # sample q of its proposal
-        g, step_r = grid[row], step[row]
-        j = q // g  # bin (from first_bin); sample i = q - j * g within it
-        # torchvision's arithmetic, in its order: start + bin * step + ((i + 0.5) * step) / g
-        y = boxes[row, 0] + (j + first_bin) * step_r + ((q - j * g) + 0.5) * step_r / g
-        weight = ((y >= -1.0) & (y <= t)) * share[row]
-        y = y.clamp(0.0, t - 1.0)
-        low = y.long()
-        frac = y - low
-        up = low < t - 1  # the next step exists (at the end both taps read step t - 1)
-        low = low + j * width + video_start[row]
-        index = torch.stack([low, low + up], dim=1).flatten()  # (lower, upper) of sample 0, then 1, ...
-        weights = torch.stack([(1.0 - frac) * weight, frac * weight], dim=1).flatten()
-    return Taps(index, weights, 2 * offsets, n, n_bins, width)
+        grid = torch.ceil(step).clamp(min=0, max=cap).long()
+        # the weight of one sample: 1 / g; 0 for an empty box (it reads nothing), NaN for a non-finite one
+        share = torch.where(grid > 0, 1.0 / grid.clamp(min=1).to(step.dtype), 0.0)
+        share = torch.where(finite, share, torch.nan)
+        grid = grid.clamp(min=1)
+        video_start = (torch.arange(n, device=device) // max(n // videos, 1)) * t
+        buckets = []
+        for g in torch.unique(grid).tolist():
+            chosen = torch.nonzero(grid == g).flatten()
+            args = boxes[chosen], step[chosen], share[chosen], video_start[chosen]
+            buckets.append(Bucket(chosen, *_bucket(*args, g, t, bins)))
+    return Taps(buckets, n, videos * t)
 
 
 class TapCache:
@@ -145,8 +171,8 @@ class TapCache:
 
 
 def proposal_taps(
-    anchors: torch.Tensor, t: int, bins: int, extend_ratio: float, first_bin: int, n_bins: int,
-    cache: TapCache | None = None, aligned: bool = False,
+    anchors: torch.Tensor, t: int, bins: int, extend_ratio: float, cache: TapCache | None = None,
+    aligned: bool = False,
 ) -> Taps:  # fmt: skip
     """Taps of every proposal of a batch, anchors [B, K, 2] normalised; proposal b*K + k reads time
     steps b*t + ... of the batch's features laid end to end. When every video has the same
@@ -155,30 +181,24 @@ def proposal_taps(
     if b > 1 and anchors.stride(0) == 0:  # the same proposals for every video
 
         def make() -> Taps:
-            boxes = extend_anchors(anchors[0], extend_ratio) * t
-            one = roi_taps(boxes, t, bins, first_bin, n_bins, aligned=aligned)
-            taps = len(one.index)
-            video = torch.arange(b, device=anchors.device)[:, None]
-            index = ((one.index // t) * (b * t) + one.index % t + video * t).flatten()  # in the batch
-            offsets = (one.offsets[None] + video * taps).flatten()
-            return Taps(index, one.weight.repeat(b), offsets, b * k, one.n_bins, b * t)
+            one = roi_taps(extend_anchors(anchors[0], extend_ratio) * t, t, bins, aligned=aligned)
+            video = torch.arange(b, device=anchors.device)
+
+            def spread(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:  # every video's copy
+                return (x[None] + shift.view(b, *[1] * x.dim())).flatten(0, 1)
+
+            parts = [
+                Bucket(spread(p.proposals, video * k), spread(p.time, video * t), p.weight.repeat(b, 1, 1))
+                for p in one.buckets
+            ]
+            return Taps(parts, b * k, b * t)
 
         if cache is None:
             return make()
-        key = (
-            anchors.device,
-            b,
-            t,
-            bins,
-            extend_ratio,
-            first_bin,
-            n_bins,
-            aligned,
-            anchors[0].cpu().numpy().tobytes(),
-        )
+        key = (anchors.device, b, t, bins, extend_ratio, aligned, anchors[0].cpu().numpy().tobytes())
         return cache.get(key, make)
     boxes = extend_anchors(anchors.reshape(b * k, 2), extend_ratio) * t
-    return roi_taps(boxes, t, bins, first_bin, n_bins, videos=b, aligned=aligned)
+    return roi_taps(boxes, t, bins, videos=b, aligned=aligned)
 
 
 def binned_linear(features: torch.Tensor, taps: Taps, layer: torch.nn.Linear) -> torch.Tensor:
@@ -188,7 +208,12 @@ def binned_linear(features: torch.Tensor, taps: Taps, layer: torch.nn.Linear) ->
     n_bins = layer.in_features // c
     weight = layer.weight.view(layer.out_features, c, n_bins)  # flatten order: channel, then bin
     projected = torch.einsum("ocj,bct->jbto", weight, features)  # [bins, B, T, out]
-    table = projected.reshape(n_bins * b * t, layer.out_features)
-    weights = taps.weight.to(table.dtype)
-    out = F.embedding_bag(taps.index, table, taps.offsets, mode="sum", per_sample_weights=weights)
+    table = projected.reshape(n_bins * b * t, layer.out_features)  # row: bin * width + time step
+    bin_rows = torch.arange(n_bins, device=features.device)[None, :, None] * (b * t)
+    outs, order = [], []
+    for k in taps.buckets:
+        rows, weights = (k.time + bin_rows).flatten(1), k.weight.flatten(1).to(table.dtype)
+        outs.append(F.embedding_bag(rows, table, mode="sum", per_sample_weights=weights))
+        order.append(k.proposals)
+    out = torch.cat(outs)[torch.argsort(torch.cat(order))]  # back to the proposals' order
     return out + layer.bias if layer.bias is not None else out
