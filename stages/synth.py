@@ -169,21 +169,16 @@ def plan_video(
     *, clean: bool = False, movers: bool = False,
 ) -> VideoPlan:  # fmt: skip
     """Draw everything about one video (no pixels yet). `clean`: a plain still background and no
-    distractors (pretraining videos); `movers`: add hollow shapes that act out a motion, and in a
-    clean video draw half of the actors hollow."""
+    distractors (pretraining videos); `movers`: add hollow shapes that act out a motion."""
     num_frames = int(round(rng.uniform(MIN_VIDEO_S, MAX_VIDEO_S) * fps))
     ranges = _place_instances(rng, num_frames, fps, int(rng.integers(0, MAX_INSTANCES + 1)))
     size_unit = min(width, height)
     label = int(rng.integers(0, num_classes))  # one activity per video, as in ActivityNet
     instances = [_instance(rng, label, start, end, num_frames, fps, width, height) for start, end in ranges]
     if clean:
-        plan = VideoPlan(
+        return VideoPlan(
             video_id, num_frames, instances, [], int(rng.integers(0, 2**31)), (0.0, 0.0), plain=True
         )
-        if movers:  # drawn last: half the actors are outlines, so the encoder learns motion, not fill
-            for inst in instances:
-                inst.hollow = bool(rng.random() < 0.5)
-        return plan
     distractors = []
     for _ in range(int(rng.integers(1, 4))):
         a = int(rng.integers(0, num_frames))
@@ -415,7 +410,6 @@ def run(
             width,
             height,
             clean=True,
-            movers=movers,
         )  # fmt: skip
         for i in range(pretrain_videos)
     ]
