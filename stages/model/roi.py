@@ -205,15 +205,17 @@ def binned_linear(features: torch.Tensor, taps: Taps, layer: torch.nn.Linear) ->
     """`layer(flatten(RoIAlign(features)[:, :, bins of the taps]))` for every proposal of `taps`,
     without the RoI tensor. features [B, C, T] -> [proposals, layer.out_features]."""
     b, c, t = features.shape
-    n_bins = layer.in_features // c
-    weight = layer.weight.view(layer.out_features, c, n_bins)  # flatten order: channel, then bin
-    projected = torch.einsum("ocj,bct->jbto", weight, features)  # [bins, B, T, out]
-    table = projected.reshape(n_bins * b * t, layer.out_features)  # row: bin * width + time step
-    bin_rows = torch.arange(n_bins, device=features.device)[None, :, None] * (b * t)
-    outs, order = [], []
-    for k in taps.buckets:
-        rows, weights = (k.time + bin_rows).flatten(1), k.weight.flatten(1).to(table.dtype)
-        outs.append(F.embedding_bag(rows, table, mode="sum", per_sample_weights=weights))
-        order.append(k.proposals)
-    out = torch.cat(outs)[torch.argsort(torch.cat(order))]  # back to the proposals' order
+    n_bins, out_features = layer.in_features // c, layer.out_features
+    if not taps.buckets:  # no proposals
+        return features.new_zeros(0, out_features) + (layer.bias if layer.bias is not None else 0)
+    # W_j · F[:, t] for every time step t and bin j in one matrix product: row t * n_bins + j
+    weight = layer.weight.view(out_features, c, n_bins).permute(1, 2, 0).reshape(c, n_bins * out_features)
+    table = (features.transpose(1, 2).reshape(b * t, c) @ weight).view(b * t * n_bins, out_features)
+    bins = torch.arange(n_bins, device=features.device)[None, :, None]
+    # one call for all buckets (one backward, one gradient table): bag i is one proposal's taps
+    rows = torch.cat([(k.time * n_bins + bins).flatten() for k in taps.buckets])
+    weights = torch.cat([k.weight.flatten() for k in taps.buckets]).to(table.dtype)
+    sizes = torch.cat([torch.full_like(k.proposals, k.time[0].numel()) for k in taps.buckets])
+    out = F.embedding_bag(rows, table, torch.cumsum(sizes, 0) - sizes, mode="sum", per_sample_weights=weights)
+    out = out[torch.argsort(torch.cat([k.proposals for k in taps.buckets]))]  # back to the proposals' order
     return out + layer.bias if layer.bias is not None else out
