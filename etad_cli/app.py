@@ -417,6 +417,10 @@ def study(
     jobs: Annotated[int, typer.Option(help="Points run at once (one per GPU).", min=1)] = 1,
     out: Annotated[Path | None, typer.Option(help="Study folder (default: <work_dir>/study).")] = None,
     show: Annotated[Path | None, typer.Option(help="Print the table of this study folder and exit.")] = None,
+    truth_labels: Annotated[
+        bool,
+        typer.Option(help="Also score each point with the annotation file's video labels (localisation)."),
+    ] = False,
     set_: SetOpt = None,
 ) -> None:
     """Sweep settings: train, infer and evaluate every point, then tabulate and plot mAP, memory and time.
@@ -436,7 +440,7 @@ def study(
             if config is None:
                 raise UserError("give --config (or --show DIR)")
             plan = stage_module.prepare(load(config, set_), config, set_ or [], vary or [], also or [], zip_,
-                                        seeds, stages, jobs, out)  # fmt: skip
+                                        seeds, stages, jobs, out, truth_labels)  # fmt: skip
             with stage_progress(f"study {plan.out_dir.name}") as progress:
                 stage_module.run(plan, progress=progress)
             show = plan.out_dir

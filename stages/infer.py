@@ -127,7 +127,7 @@ class Detector:
 def labeller(settings: Settings, detector: Detector) -> Labeller:
     """How a video's proposals get their classes (infer.classifier)."""
     make = CLASSIFIERS[settings.infer.classifier]
-    return make(settings.infer, detector.classes, detector.model.classifier is not None)
+    return make(settings, detector.classes, detector.model.classifier is not None)
 
 
 def cached_dataset(settings: Settings, detector: Detector) -> tuple[DetectionDataset, list[str]]:
@@ -308,12 +308,14 @@ def run_video(
     """Detections of one video file that is in no annotation file, best first; saved as
     ActivityNet-format JSON beside infer.output as `<video name>.json`."""
     notes = []
-    if settings.infer.classifier == "file":  # a classifier file has no scores for a new video
+    if settings.infer.classifier in ("file", "truth"):  # neither knows a new video
         choice = "builtin" if detector.model.classifier is not None else "none"
+        notes.append(
+            f"infer.classifier {settings.infer.classifier!r} cannot label a new video; using {choice!r}"
+        )
         settings = settings.model_copy(
             update={"infer": settings.infer.model_copy(update={"classifier": choice})}
         )
-        notes.append(f"infer.classifier 'file' cannot score a new video; using {choice!r}")
     label = labeller(settings, detector)
     features, duration = video_features(settings, detector, video, progress)
     video_id = video.stem

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.annotations import read_json
+from stages.annotations import load_annotations, read_json
 from stages.errors import UserError
 
 # UntrimmedNet (UCF101) class ids of the 20 THUMOS-14 classes, in THUMOS alphabetical order.
@@ -249,32 +249,45 @@ POST_PROCESSING: dict[str, Original | OpenTAD] = {"original": Original(), "opent
 Labeller = Callable[[str, np.ndarray | None], list[tuple[str, float]]]
 
 
-def proposals_only(infer, classes: list[str], has_head: bool) -> Labeller:
+def proposals_only(settings, classes: list[str], has_head: bool) -> Labeller:
     """No classes: every proposal is an 'action' (for proposal evaluation)."""
     return lambda _vid, _probs: [("action", 1.0)]
 
 
-def from_file(infer, classes: list[str], has_head: bool) -> Labeller:
+def from_file(settings, classes: list[str], has_head: bool) -> Labeller:
     """Video-level scores from a CUHK json or an UntrimmedNet npy (infer.classifier_file)."""
+    infer = settings.infer
     if infer.classifier_file is None:
         raise UserError("infer.classifier is 'file' but infer.classifier_file is not set")
     source = ClassifierFile(infer.classifier_file, classes)
     return lambda vid, _probs: top_classes(source.scores(vid), source.names, infer.top_k_classes)
 
 
-def from_head(infer, classes: list[str], has_head: bool) -> Labeller:
+def from_head(settings, classes: list[str], has_head: bool) -> Labeller:
     """The detector's own video classifier head (model.classifier_head)."""
     if not has_head:
         raise UserError(
             "infer.classifier is 'builtin' but the checkpoint has no classifier head "
             "(train with model.classifier_head: true, or use infer.classifier: file)"
         )
-    return lambda _vid, probs: top_classes(probs, classes, infer.top_k_classes)
+    return lambda _vid, probs: top_classes(probs, classes, settings.infer.top_k_classes)
 
 
-# The classifiers (`infer.classifier`): (infer settings, class names, has a head) -> Labeller.
+def from_truth(settings, classes: list[str], has_head: bool) -> Labeller:
+    """The annotation file's own labels of each video (score 1): a perfect video classifier, so the
+    mAP measures localisation alone. A diagnostic (it separates a detector's localisation from its
+    classifier's mistakes), never a detection result: it reads the answers."""
+    if settings.data.annotations is None:
+        raise UserError("infer.classifier is 'truth' but data.annotations is not set")
+    records = load_annotations(settings.data.annotations)
+    labels = {vid: sorted({s.label for s in r.segments}) for vid, r in records.items()}
+    return lambda vid, _probs: [(label, 1.0) for label in labels.get(vid, [])]
+
+
+# The classifiers (`infer.classifier`): (settings, class names, has a head) -> Labeller.
 CLASSIFIERS: dict[str, Callable[[object, list[str], bool], Labeller]] = {
     "builtin": from_head,
     "file": from_file,
+    "truth": from_truth,
     "none": proposals_only,
 }

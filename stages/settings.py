@@ -335,7 +335,8 @@ class InferSettings(Section):
     )
     classifier: ClassifierName = Field(
         "builtin",
-        description="labels: builtin head, a file (CUHK json / UntrimmedNet npy), or none (proposals)",
+        description="labels: builtin head, a file (CUHK json / UntrimmedNet npy), truth (the annotation "
+        "file's labels: localisation alone, a diagnostic), or none (proposals)",
     )
     classifier_file: FilePath | None = Field(None, description="CUHK json or UntrimmedNet npy")
     top_k_classes: int = Field(2, ge=1, description="classes that label every proposal")

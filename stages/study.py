@@ -4,8 +4,9 @@ A study is the grid (or, with `zip`, the pairing) of the `--vary KEY=V1,V2,...` 
 `--also KEY=V` points (references such as `e2e.grad_mode=checkpoint`), each run for every seed. A
 point runs the chain of commands in fresh processes, in its own work folder under the study folder
 (`points/<key>=<value>,.../seed<k>/`), sharing the base settings' caches: `train` (or `train --e2e`),
-then `infer --eval` twice (detections, and class-agnostic proposals for the AUC). Each process's
-own figures are read back: average mAP and mAP per tIoU, proposal AUC, peak memory (GPU: torch's
+then `infer --eval` twice (detections, and class-agnostic proposals for the AUC), and with
+`truth_labels` a third time with `infer.classifier: truth` (localisation alone). Each process's own
+figures are read back: average mAP and mAP per tIoU, proposal AUC, peak memory (GPU: torch's
 max_memory_allocated; CPU: peak RSS), seconds per iteration and in all.
 
 Resumable: a finished point has `result.json` and is skipped; an interrupted one continues
@@ -38,8 +39,17 @@ if TYPE_CHECKING:  # the settings models, for type hints only
 
 # what a point trains: frozen features, end to end, or both (end to end from the point's own detector)
 STAGES = ("train", "e2e", "train,e2e")
-COLUMNS = ["point", "seed", "average_mAP", "mAP_first_tiou", "proposal_AUC", "peak_memory_mib",
-           "memory_kind", "seconds_per_iteration", "seconds"]  # fmt: skip
+COLUMNS = ["point", "seed", "average_mAP", "truth_labels_mAP", "mAP_first_tiou", "proposal_AUC",
+           "peak_memory_mib", "memory_kind", "seconds_per_iteration", "seconds"]  # fmt: skip
+# the figures summarised over seeds (mean ± std per point)
+FIGURES = (
+    "average_mAP",
+    "truth_labels_mAP",
+    "proposal_AUC",
+    "peak_memory_mib",
+    "seconds_per_iteration",
+    "seconds",
+)
 
 
 @dataclass
@@ -64,6 +74,7 @@ class Study:
     jobs: int = 1
     base_overrides: list[str] = field(default_factory=list)
     varied: list[str] = field(default_factory=list)
+    truth_labels: bool = False  # also the average mAP with the annotation file's video labels
 
 
 def parse_vary(values: list[str]) -> list[tuple[str, list[str]]]:
@@ -138,6 +149,11 @@ def run_point(study: Study, point: Point, seed: int, cache_sets: list[str], env:
     _etad(["infer", *common, "--set", "infer.output=results/detections.json", "--eval"], log, env)
     _etad(["infer", *common, "--set", "infer.output=results/proposals.json", "--set", "infer.classifier=none",
            "--eval"], log, env)  # fmt: skip
+    truth_map = None
+    if study.truth_labels:
+        _etad(["infer", *common, "--set", "infer.output=results/truth_labels.json", "--set",
+               "infer.classifier=truth", "--eval"], log, env)  # fmt: skip
+        truth_map = json.loads((work / "results" / "truth_labels.metrics.json").read_text())["average_mAP"]
     detection = json.loads((work / "results" / "detections.metrics.json").read_text())
     proposals = json.loads((work / "results" / "proposals.metrics.json").read_text())
     trained = _last_run(work, "train --e2e" if e2e else "train")
@@ -151,6 +167,7 @@ def run_point(study: Study, point: Point, seed: int, cache_sets: list[str], env:
         "overrides": dict(point.overrides),
         "seed": seed,
         "average_mAP": detection["average_mAP"],
+        "truth_labels_mAP": truth_map,
         "mAP": detection["mAP"],
         "tiou_thresholds": detection["tiou_thresholds"],
         "mAP_first_tiou": detection["mAP"][0],
@@ -223,34 +240,40 @@ def summary(results: list[dict]) -> list[dict]:
     for name in dict.fromkeys(r["point"] for r in results):
         mine = [r for r in results if r["point"] == name]
         row = {"point": name, "seeds": len(mine), "overrides": mine[0]["overrides"]}
-        for key in ("average_mAP", "proposal_AUC", "peak_memory_mib", "seconds_per_iteration", "seconds"):
-            values = [float(r[key]) for r in mine]
-            mean = sum(values) / len(values)
-            std = (
-                math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-                if len(values) > 1
-                else 0.0
-            )
-            row[key] = (mean, std)
+        for key in FIGURES:
+            values = [r.get(key) for r in mine]
+            row[key] = None if None in values else mean_std([float(v) for v in values])
         row["memory_kind"] = mine[0]["memory_kind"]
         rows.append(row)
     return rows
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
 def markdown(rows: list[dict]) -> str:
-    head = "| point | seeds | average mAP (%) | proposal AUC | peak memory (MiB) | s / iteration | s in all |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    """The mean ± std table; a column for the truth-label mAP when every point measured it."""
+    truth = bool(rows) and all(r["truth_labels_mAP"] is not None for r in rows)
+    head = "| point | seeds | average mAP (%) |" + (" mAP, truth labels (%) |" if truth else "")
+    head += " proposal AUC | peak memory (MiB) | s / iteration | s in all |"
+    lines = [head, "|---" * (7 + truth) + "|"]
     for r in rows:
-        m, a, mem, it, sec = (r[k] for k in ("average_mAP", "proposal_AUC", "peak_memory_mib",
-                                             "seconds_per_iteration", "seconds"))  # fmt: skip
+        m, t, a, mem, it, sec = (r[k] for k in FIGURES)
         lines.append(
-            f"| {r['point']} | {r['seeds']} | {100 * m[0]:.2f} ± {100 * m[1]:.2f} | {a[0]:.2f} ± {a[1]:.2f} "
-            f"| {mem[0]:,.0f} | {it[0]:.2f} | {sec[0]:.0f} |"
+            f"| {r['point']} | {r['seeds']} | {100 * m[0]:.2f} ± {100 * m[1]:.2f} |"
+            + (f" {100 * t[0]:.2f} ± {100 * t[1]:.2f} |" if truth else "")
+            + f" {a[0]:.2f} ± {a[1]:.2f} | {mem[0]:,.0f} | {it[0]:.2f} | {sec[0]:.0f} |"
         )
     kind = rows[0]["memory_kind"] if rows else ""
+    note = " Truth labels: each video labelled with its own classes (localisation alone)." if truth else ""
     return (
         "\n".join(lines)
-        + f"\n\nMemory: {kind} of the training process. Mean ± standard deviation over seeds.\n"
+        + f"\n\nMemory: {kind} of the training process. Mean ± standard deviation over seeds.{note}\n"
     )
 
 
@@ -264,7 +287,7 @@ def write_outputs(out_dir: Path, results: list[dict], varied: list[str]) -> None
             COLUMNS + [f"mAP@{t:.2f}" for t in (results[0]["tiou_thresholds"] if results else [])]
         )
         for r in results:
-            writer.writerow([r[c] for c in COLUMNS] + list(r["mAP"]))
+            writer.writerow([r.get(c) for c in COLUMNS] + list(r["mAP"]))
     rows = summary(results)
     with atomic_output(out_dir / "study.md") as tmp:
         tmp.write_text(markdown(rows))
@@ -327,7 +350,8 @@ def _number(text: str) -> float | str:
 
 
 def prepare(settings: Settings, config: Path, overrides: list[str], vary: list[str], also: list[str],
-            zip_values: bool, seeds: int, stage: str, jobs: int, out: Path | None) -> Study:  # fmt: skip
+            zip_values: bool, seeds: int, stage: str, jobs: int, out: Path | None,
+            truth_labels: bool = False) -> Study:  # fmt: skip
     """The study the command line describes; its folder defaults to <work_dir>/study. A folder that
     holds a study of another settings file or other points is refused (never mixed)."""
     folder = Path(out or Path(settings.work_dir) / "study").resolve()
@@ -340,7 +364,7 @@ def prepare(settings: Settings, config: Path, overrides: list[str], vary: list[s
             raise UserError(
                 f"{folder}: holds another study (other settings file or points); choose another --out"
             )
-    return Study(config.resolve(), folder, points, seeds, stage, jobs, list(overrides), varied)
+    return Study(config.resolve(), folder, points, seeds, stage, jobs, list(overrides), varied, truth_labels)
 
 
 def table(out_dir: Path) -> str:

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from stages.errors import UserError
-from stages.postprocess import ClassifierFile, boundary_mask, candidates, fuse, soft_nms, top_classes
+from stages.postprocess import (
+    CLASSIFIERS,
+    ClassifierFile,
+    boundary_mask,
+    candidates,
+    fuse,
+    soft_nms,
+    top_classes,
+)
 
 
 def test_boundary_mask_keeps_peaks_and_high_values():
@@ -68,3 +77,19 @@ def test_classifier_files_are_checked(tmp_path):
     np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(UserError, match="objects.npy: not a numeric .npy file"):
         ClassifierFile(objects, ["a"] * 20)
+
+
+def test_truth_labels_each_video_with_its_own_classes(tmp_path):
+    def video(*labels: str) -> dict:
+        spans = [{"label": x, "segment": [i, i + 1]} for i, x in enumerate(labels)]
+        return {"subset": "validation", "duration": 10.0, "annotations": spans}
+
+    annotations = tmp_path / "anet.json"
+    annotations.write_text(json.dumps({"database": {"v1": video("b", "a", "b"), "v2": video()}}))
+    label = CLASSIFIERS["truth"](
+        SimpleNamespace(data=SimpleNamespace(annotations=annotations)), ["a", "b"], False
+    )
+    assert label("v1", np.array([0.1, 0.9])) == [("a", 1.0), ("b", 1.0)]  # the head's scores play no part
+    assert label("v2", None) == [] and label("unknown", None) == []
+    with pytest.raises(UserError, match="data.annotations is not set"):
+        CLASSIFIERS["truth"](SimpleNamespace(data=SimpleNamespace(annotations=None)), ["a"], False)

@@ -67,6 +67,7 @@ def test_a_study_runs_survives_an_interruption_and_resumes(trained, tmp_path):
         assert float(r["seconds_per_iteration"]) > 0 and 0 <= float(r["proposal_AUC"]) <= 100
     table = (out / "study.md").read_text()
     assert table.count("\n| model.proposal_ratio=") == 4 and "± 0.00" in table
+    assert "truth labels" not in table and all(r["truth_labels_mAP"] == "" for r in rows)  # not asked for
     for name in ("map_vs_model.proposal_ratio.png", "map_vs_model.proposal_sampling.png", "map_vs_cost.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     shown = run_cli("study", "--show", out)
@@ -78,16 +79,23 @@ def test_a_study_runs_survives_an_interruption_and_resumes(trained, tmp_path):
 
 
 def test_a_point_can_train_both_ways(tmp_path, synth_dir, feature_work):
-    """--stages train,e2e: each point trains on frozen features, then end to end from that detector."""
+    """--stages train,e2e: each point trains on frozen features, then end to end from that detector;
+    --truth-labels scores it a third time with the annotation file's video labels."""
     from tests.conftest import demo_config
 
     cache = {"features_dir": str(feature_work / "work" / "cache" / "features"),
              "snippets_dir": str(feature_work / "work" / "cache" / "snippets")}  # fmt: skip
     config = demo_config(tmp_path, synth_dir, cache=cache, train={"epochs": 1}, e2e={"epochs": 1})
-    result = run_cli("study", "-c", config, "--stages", "train,e2e", "--vary", "e2e.snippet_ratio=0.5")
+    result = run_cli(
+        "study", "-c", config, "--stages", "train,e2e", "--vary", "e2e.snippet_ratio=0.5", "--truth-labels"
+    )
     assert result.returncode == 0, result.stderr
+    assert "| mAP, truth labels (%) |" in result.stdout
+    row = next(csv.DictReader((tmp_path / "work" / "study" / "study.csv").open()))
+    assert 0.0 <= float(row["truth_labels_mAP"]) <= 1.0
     work = tmp_path / "work" / "study" / "points" / "e2e.snippet_ratio=0.5" / "seed0" / "work"
     assert (work / "pretrain" / "checkpoints" / "last.pt").is_file()
     assert (work / "e2e" / "checkpoints" / "last.pt").is_file()
     log = (work.parent / "log.txt").read_text()
     assert "--e2e --init-from" in log and str(work / "pretrain" / "checkpoints" / "last.pt") in log
+    assert "infer.classifier=truth" in log and (work / "results" / "truth_labels.metrics.json").is_file()

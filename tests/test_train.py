@@ -73,6 +73,20 @@ def test_loss_falls_and_a_tiny_model_overfits(tmp_path, cli, synth_dir, feature_
     # since the sampled losses follow the original's edge cases); OpenTAD's smaller head 0.40
     assert metrics["mAP"][0] > variant["map50"], metrics
     assert any((tmp_path / "work" / "results" / "plots").glob("*.png"))
+    # infer.classifier truth: every proposal labelled with each of its video's own classes, score kept
+    for name, choice in (("truth", "truth"), ("proposals", "none")):
+        options = ("--set", f"infer.classifier={choice}", "--set", f"infer.output=results/{name}.json")
+        result = cli("infer", "-c", config, *options)
+        assert result.exit_code == 0, result.output
+    results = tmp_path / "work" / "results"
+    truth = json.loads((results / "truth.json").read_text())["results"]
+    proposals = json.loads((results / "proposals.json").read_text())["results"]
+    database = json.loads((synth_dir / "anet.json").read_text())["database"]
+    assert sum(map(len, truth.values())) > 0
+    for video, found in proposals.items():
+        labels = {a["label"] for a in database[video]["annotations"]}
+        expected = sorted((d["score"], d["segment"], label) for d in found for label in labels)
+        assert sorted((d["score"], d["segment"], d["label"]) for d in truth.get(video, [])) == expected
 
 
 def test_torchrun_two_cpu_ranks_keep_identical_weights(tmp_path, synth_dir, feature_work):
