@@ -146,16 +146,19 @@ def run_point(study: Study, point: Point, seed: int, cache_sets: list[str], env:
             ["--init-from", str(work / "pretrain" / "checkpoints" / "last.pt")] if "," in study.stage else []
         )
         _etad(["train", *common, "--resume", "--e2e", *first], log, env)
-    _etad(["infer", *common, "--set", "infer.output=results/detections.json", "--eval"], log, env)
-    _etad(["infer", *common, "--set", "infer.output=results/proposals.json", "--set", "infer.classifier=none",
-           "--eval"], log, env)  # fmt: skip
+
+    def scored(name: str, *classifier: str) -> dict:
+        """`etad infer --eval` into results/<name>.json (with the classifier overrides); its metrics."""
+        _etad(
+            ["infer", *common, "--set", f"infer.output=results/{name}.json", *classifier, "--eval"], log, env
+        )
+        return json.loads((work / "results" / f"{name}.metrics.json").read_text())
+
+    detection = scored("detections")
+    proposals = scored("proposals", "--set", "infer.classifier=none")
     truth_map = None
     if study.truth_labels:
-        _etad(["infer", *common, "--set", "infer.output=results/truth_labels.json", "--set",
-               "infer.classifier=truth", "--eval"], log, env)  # fmt: skip
-        truth_map = json.loads((work / "results" / "truth_labels.metrics.json").read_text())["average_mAP"]
-    detection = json.loads((work / "results" / "detections.metrics.json").read_text())
-    proposals = json.loads((work / "results" / "proposals.metrics.json").read_text())
+        truth_map = scored("truth_labels", "--set", "infer.classifier=truth")["average_mAP"]
     trained = _last_run(work, "train --e2e" if e2e else "train")
     run_dir = work / ("e2e" if e2e else "pretrain")
     steps = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -249,7 +252,8 @@ def summary(results: list[dict]) -> list[dict]:
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
+    """Mean and sample standard deviation (0 for one value); NaN (a point without timed steps) stays
+    NaN, where the statistics module would raise."""
     mean = sum(values) / len(values)
     if len(values) < 2:
         return mean, 0.0
