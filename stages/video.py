@@ -127,7 +127,9 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: float, crf: int =
     with atomic_output(Path(path)) as tmp, av.open(str(tmp), mode="w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+        # one thread and no macroblock tree: x264's mbtree code gave different bytes for the same
+        # frames depending on what the process had imported before (docs/synthetic_dataset.md)
+        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0"}
         for frame in frames:
             if count == 0:
                 stream.height, stream.width = frame.shape[0], frame.shape[1]
