@@ -74,7 +74,7 @@ demo-seeds: DEMO_DIR = $(DEMO_SEEDS_DIR)
 demo-seeds: demo-data  ## the demo's three models over 3 seeds, 120 videos: mean ± std of mAP (also truth labels), AUC
 	$(ETAD) study $(DEMO_RUN) --stages train --seeds 3 --truth-labels --out $(DEMO_CKPT)/seeds/frozen
 	$(ETAD) study $(DEMO_RUN) --stages e2e --seeds 3 --truth-labels --out $(DEMO_CKPT)/seeds/e2e \
-	  --vary e2e.encoder_lr=2.0e-3,0  # examples/demo.yaml's value, and the control
+	  --vary e2e.encoder_lr=5.0e-4,0  # examples/demo.yaml's value, and the control
 
 # ---- Pipelines for real datasets -------------------------------------------------------------
 # Paths are make variables (made absolute, so they do not depend on the config's folder); the
