@@ -27,8 +27,8 @@ def test_same_seed_writes_identical_annotation_files(synth_dir, tmp_path):
 
 
 def test_videos_are_the_same_bytes_whatever_the_process_imported_first(synth_dir, tmp_path):
-    # with x264's macroblock tree, synth_0001 and synth_0005 of this dataset came out different
-    # after `import av` than in a plain process (and so did every figure measured on them)
+    # with x264's macroblock tree, synth_0001 of this dataset came out different after `import av`
+    # than in a plain process (and so did every figure measured on it)
     write = "from stages import synth; synth.run({!r}, videos=6, classes=4, seed=7, width=64, height=48)"
     for first in ("import av", "import etad_cli.app"):
         out = tmp_path / first.split()[-1]
