@@ -8,8 +8,8 @@ shape. Classes are documented in docs/synthetic_dataset.md.
 
 Two options tell ETAD's story (docs/synthetic_dataset.md): `pretrain_videos` adds a "pretraining"
 subset of clean videos (actions alone on a plain, still background) for `etad train --encoder`;
-`movers` adds to every detection video two or three hollow shapes that perform another class's
-motion without being an action (not annotated). An encoder pretrained on the clean clips has never seen a
+`movers` adds to every detection video two or three hollow shapes that perform the video's activity
+without being an action (not annotated). An encoder pretrained on the clean clips has never seen a
 hollow shape and answers to their motion as to an action's; training it end to end on the
 detection videos can teach it the difference, frozen features cannot.
 
@@ -202,9 +202,9 @@ def plan_video(
         for _ in range(int(rng.integers(2, 4))):
             length = min(int(round(rng.uniform(MIN_ACTION_S, MAX_ACTION_S) * fps)), num_frames)
             start = int(rng.integers(0, num_frames - length + 1))
-            # another class's motion than the video's activity (when there is another class)
-            motion = (label + 1 + int(rng.integers(0, max(num_classes - 1, 1)))) % num_classes
-            mover = _instance(rng, motion, start, start + length, num_frames, fps, width, height)
+            # the video's own activity: a mover differs from an actor in how it looks, not in its
+            # motion, so the video-level class stays readable and only the detector must tell them apart
+            mover = _instance(rng, label, start, start + length, num_frames, fps, width, height)
             mover.hollow = True
             plan.movers.append(mover)
     return plan
@@ -384,6 +384,8 @@ def run(
     }
     if pretrain_videos or movers:  # only then, so that earlier datasets keep their parameters
         params.update(pretrain_videos=pretrain_videos, movers=movers)
+    if movers:  # movers once acted another class: a dataset written then no longer matches
+        params["mover_motion"] = "activity"
     anet_path = out_dir / "anet.json"
     previous = json.loads(anet_path.read_text()) if anet_path.is_file() else {}
     reuse = previous.get("etad_synth") == params
