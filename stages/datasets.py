@@ -141,10 +141,29 @@ class DetectionDataset(torch.utils.data.Dataset):
         chosen = sample_proposals(self.t, self.max_duration, self.strategy, self.ratio, generator)
         anchors = self.anchors[chosen]
         start, end = boundary_targets(gt, self.t)
+        sample.update(
+            anchors=anchors,
+            gt_box=match_ground_truth(anchors, gt),
+            gt_start=start,
+            gt_end=end,
+            labels=self.labels(item),
+        )
+        return sample
+
+    def labels(self, item: Item) -> torch.Tensor:
+        """The item's classes, multi-hot [K]: the video classifier's target."""
         labels = torch.zeros(len(self.classes))
         for _, _, label in item.segments:
             labels[self.class_index[label]] = 1.0
-        sample.update(
-            anchors=anchors, gt_box=match_ground_truth(anchors, gt), gt_start=start, gt_end=end, labels=labels
-        )
-        return sample
+        return labels
+
+    def classifier_data(
+        self, encode: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every item's detector input [N, C, T] and classes [N, K], for the classifier refit;
+        `encode` turns an item's uint8 snippets [1, T, ...] into features [1, C, T] (end to end)."""
+        inputs = []
+        for item in self.items:
+            x = self.inputs(item)
+            inputs.append(encode(x[None])[0].cpu() if encode is not None else x)
+        return torch.stack(inputs), torch.stack([self.labels(item) for item in self.items])

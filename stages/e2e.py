@@ -17,7 +17,7 @@ from stages.datasets import DetectionDataset, build_items, cache_reader
 from stages.errors import UserError
 from stages.model.backward import Backward, e2e_gradients
 from stages.model.detector import VARIANTS, build_detector
-from stages.model.encoder import build_encoder, center_crop
+from stages.model.encoder import build_encoder, center_crop, encode_chunks
 from stages.model.losses import detector_loss
 from stages.progress import SILENT, Progress
 from stages.settings import Settings
@@ -27,6 +27,7 @@ from stages.training import (
     TrainSummary,
     as_float,
     autocast,
+    classifier_refit,
     fit,
     load_weights,
     make_optimizer,
@@ -145,6 +146,11 @@ def run(
         with autocast(device, e2e.amp):
             return e2e_gradients(grad_mode, job)
 
+    def final_features(snippets: torch.Tensor) -> torch.Tensor:
+        """Features of the trained encoder (evaluation mode, centre crop), as `etad infer` sees them."""
+        encoder.eval()
+        return encode_chunks(encoder, snippets, e2e.chunk_size, enc.crop_size, device)
+
     job = Job(
         "e2e",
         {"model": detector, "encoder": encoder},
@@ -157,6 +163,7 @@ def run(
         detector.detector_parameters(),
         generators={"snippets": snippet_generator},
         model_settings=model_settings,
+        finish=classifier_refit(detector, train_set, settings, device, final_features),
     )
     return fit(
         job, settings, e2e, dist, device, resume=resume, restart=restart, progress=progress, notes=notes

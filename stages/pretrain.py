@@ -22,6 +22,7 @@ from stages.training import (
     TrainSummary,
     as_float,
     autocast,
+    classifier_refit,
     fit,
     loader,
     make_optimizer,
@@ -127,6 +128,7 @@ def run(
         classes,
         model.detector_parameters(),
         model_settings=model_settings,
+        finish=classifier_refit(model, train_set, settings, device),
     )
     return fit(
         job, settings, tr, dist, device, resume=resume, restart=restart, progress=progress, notes=notes

@@ -222,6 +222,12 @@ class ModelSettings(Section):
     )
     proposal_ratio: Ratio = Field(0.06, description="share of all proposals sampled per video in training")
     classifier_head: bool = Field(False, description="train a video-level multi-label classifier too")
+    classifier_refit_steps: int = Field(
+        0,
+        ge=0,
+        description="after the last epoch, fit the classifier head again, alone and from fresh weights, on "
+        "the final features of the training items (full-batch Adam steps; 0: keep the head as trained)",
+    )
     encoder: EncoderSettings = Field(default_factory=EncoderSettings)
 
 

@@ -27,10 +27,12 @@ import torch
 
 from stages.errors import TrainingDiverged, UserError
 from stages.files import atomic_output, ensure_writable_dir
+from stages.model.classifier import refit
 from stages.progress import SILENT, Progress
 from stages.workdir import run_dir
 
-if TYPE_CHECKING:  # the settings models, for type hints only
+if TYPE_CHECKING:  # for type hints only
+    from stages.datasets import DetectionDataset
     from stages.settings import ModelSettings, Optimisation, Settings
 
 CHECKPOINT_FORMAT = "etad-checkpoint-1"
@@ -291,6 +293,28 @@ class Job:
     parameters: int = 0
     generators: dict[str, torch.Generator] = field(default_factory=dict)  # saved and restored
     model_settings: ModelSettings | None = None  # the model section as run (in_channels resolved)
+    finish: Callable[[], dict] | None = None  # after the last epoch's steps, before its checkpoint
+
+
+def classifier_refit(
+    model: torch.nn.Module,
+    dataset: DetectionDataset,
+    settings: Settings,
+    device: torch.device,
+    encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Callable[[], dict] | None:
+    """Job.finish that fits the video classifier head again on the final features of the training
+    items (stages.model.classifier.refit), or None without a head or model.classifier_refit_steps."""
+    steps = settings.model.classifier_refit_steps
+    if model.classifier is None or steps == 0:
+        return None
+
+    def finish() -> dict:
+        inputs, targets = dataset.classifier_data(encode)
+        fitted = refit(model.classifier, inputs.to(device), targets.to(device), steps, settings.seed)
+        return {"classifier_refit_steps": steps, **fitted}
+
+    return finish
 
 
 def earlier_run(out_dir: Path) -> str | None:
@@ -426,6 +450,10 @@ def _epochs(job: Job, settings: Settings, section: Optimisation, dist: Distribut
             progress.advance(
                 info=f"epoch {epoch + 1} loss {record['total']:.3f} {record['videos_per_s']:.1f} items/s"
             )
+        if epoch + 1 == section.epochs and job.finish is not None:
+            finished = job.finish()
+            log.write({"event": "finish", "epoch": epoch + 1, **finished})
+            summary.notes.append(", ".join(f"{k} {v:.4g}" for k, v in finished.items()))
         lr = job.optimizer.param_groups[0]["lr"]
         job.scheduler.step()
         train_loss = dist.mean(sum(losses) / max(len(losses), 1))

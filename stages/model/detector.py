@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from stages.model.classifier import VideoClassifier
 from stages.model.layers import GROUPS, NORM_GROUPS, conv_gn, mlp
 from stages.model.losses import balanced_bce
 from stages.model.opentad import SharedFCStage, mean_balanced_bce
@@ -109,19 +110,6 @@ class ProposalStage(nn.Module):
         cw = self.cw_head(z) / 2  # halved for smoother regression, as the original
         reg = torch.cat([rs, re, cw, se], dim=1)
         return iou.view(b, k, 2), reg.view(b, k, 6)
-
-
-class VideoClassifier(nn.Module):
-    """Optional multi-label video classifier on mean+max pooled input features. Its input is
-    detached, so it never changes the detector (or, end to end, the encoder)."""
-
-    def __init__(self, in_channels: int, hidden: int, n_classes: int) -> None:
-        super().__init__()
-        self.net = mlp([2 * in_channels, hidden, n_classes])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.detach()
-        return self.net(torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1))
 
 
 @dataclass(frozen=True)
