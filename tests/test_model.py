@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from stages.errors import TrainingDiverged
+from stages.model.classifier import VideoClassifier, refit
 from stages.model.detector import ETAD, refine
 from stages.model.losses import (
     balanced_bce,
@@ -193,3 +195,22 @@ def test_start_and_end_heads_read_their_own_context():
         _, reg2 = stage(changed, anchors)
     assert not torch.allclose(reg[..., 0], reg2[..., 0])
     assert torch.allclose(reg[..., 1], reg2[..., 1])
+
+
+def test_classifier_refit_fits_from_fresh_weights_reproducibly():
+    torch.manual_seed(0)
+    y = torch.arange(12) % 3
+    x = torch.randn(12, 8, 5) + 3.0 * torch.nn.functional.one_hot(y, 8)[:, :, None]  # class k: channel k
+    targets = torch.nn.functional.one_hot(y, 3).float()
+    a, b = VideoClassifier(8, 16, 3), VideoClassifier(8, 16, 3)
+    with torch.no_grad():
+        b.net[0].weight.add_(1.0)  # other starting weights: the refit starts afresh anyway
+    fit = refit(a, x, targets, 300, seed=5)
+    assert fit["train_accuracy"] == 1.0 and fit["loss"] < 0.1
+    refit(b, x, targets, 300, seed=5)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    refit(b, x, targets, 300, seed=6)
+    assert not torch.equal(a.net[0].weight, b.net[0].weight)
+    x[0, 0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="classifier refit, step 1"):
+        refit(a, x, targets, 10, seed=5)

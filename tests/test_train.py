@@ -104,3 +104,40 @@ def test_torchrun_two_cpu_ranks_keep_identical_weights(tmp_path, synth_dir, feat
     ]
     sums = [r["weights_checksum_per_rank"] for r in log if r.get("event") == "epoch"][0]
     assert len(sums) == 2 and sums[0] == sums[1]
+
+
+def test_the_classifier_refit_fits_the_head_on_the_final_features_and_leaves_the_detector(
+    tmp_path, cli, synth_dir, feature_work
+):
+    from stages.e2e import snippet_dataset
+    from stages.infer import Detector
+    from stages.model.classifier import VideoClassifier, refit
+    from stages.settings import load_settings
+
+    plain, refitted = tmp_path / "plain", tmp_path / "refit"
+    plain.mkdir(), refitted.mkdir()
+    configs = {}
+    for folder, steps in ((plain, 0), (refitted, 200)):
+        model = {"classifier_refit_steps": steps}
+        configs[folder] = _config(folder, synth_dir, feature_work, model=model, e2e={"epochs": 1})
+        result = cli("train", "-c", configs[folder], "--e2e")
+        assert result.exit_code == 0, result.output
+    last = "work/e2e/checkpoints/last.pt"
+    a, b = (torch.load(f / last, weights_only=True) for f in (plain, refitted))
+    head = [k for k in a["model"] if k.startswith("classifier.")]
+    # the head is detached: the detector and the encoder trained the same with or without a refit
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"] if k not in head)
+    assert all(torch.equal(a["encoder"][k], b["encoder"][k]) for k in a["encoder"])
+    log = [json.loads(line) for line in (refitted / "work/e2e/metrics.jsonl").read_text().splitlines()]
+    finish = [r for r in log if r.get("event") == "finish"]
+    assert len(finish) == 1 and finish[0]["classifier_refit_steps"] == 200
+    # the head is what a refit gives on the trained encoder's features of the training videos
+    settings = load_settings(configs[refitted], [])
+    trained = Detector(settings, refitted / last)
+    dataset, _, _ = snippet_dataset(settings, settings.model.encoder.crop_size)
+    inputs, targets = dataset.classifier_data(trained.encode)
+    expected = VideoClassifier(inputs.shape[1], settings.model.hidden_channels, len(trained.classes))
+    refit(expected, inputs, targets, 200, settings.seed)
+    assert all(
+        torch.allclose(v, b["model"]["classifier." + k], atol=1e-5) for k, v in expected.state_dict().items()
+    )

@@ -51,9 +51,10 @@ def refit(head: VideoClassifier, inputs: torch.Tensor, targets: torch.Tensor, st
             optimizer.zero_grad(set_to_none=True)
             loss = F.binary_cross_entropy_with_logits(head(inputs), targets)
             if not torch.isfinite(loss):
-                raise TrainingDiverged(f"classifier refit, step {step + 1}: the loss is {float(loss)}")
+                value = float(loss.detach())
+                raise TrainingDiverged(f"classifier refit, step {step + 1}: the loss is {value}")
             loss.backward()
             optimizer.step()
     with torch.no_grad():
         hits = targets.gather(1, head(inputs).argmax(dim=1, keepdim=True))
-    return {"loss": float(loss), "train_accuracy": float(hits.mean())}
+    return {"loss": float(loss.detach()), "train_accuracy": float(hits.mean())}
