@@ -451,8 +451,10 @@ def _epochs(job: Job, settings: Settings, section: Optimisation, dist: Distribut
                 info=f"epoch {epoch + 1} loss {record['total']:.3f} {record['videos_per_s']:.1f} items/s"
             )
         if epoch + 1 == section.epochs and job.finish is not None:
+            t0 = time.perf_counter()
             finished = job.finish()
-            log.write({"event": "finish", "epoch": epoch + 1, **finished})
+            seconds = time.perf_counter() - t0
+            log.write({"event": "finish", "epoch": epoch + 1, **finished, "seconds": seconds})
             summary.notes.append(", ".join(f"{k} {v:.4g}" for k, v in finished.items()))
         lr = job.optimizer.param_groups[0]["lr"]
         job.scheduler.step()
