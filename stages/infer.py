@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.annotations import safe_path
+from stages.annotations import load_annotations, safe_path
 from stages.checkpoints import read_checkpoint
 from stages.datasets import DetectionDataset, build_items, cache_reader
 from stages.encoding import FeatureEncoder, snippet_frame_indices
@@ -223,6 +223,8 @@ def run(
     write_results(output, results)
     if settings.infer.classifier == "builtin":  # reusable as infer.classifier_file for another model
         write_json(classes_path(output), {"class": detector.classes, "results": class_scores}, indent=None)
+        accuracy = classifier_accuracy(settings.data.annotations, detector.classes, class_scores)
+        notes += [accuracy] if accuracy else []
     summary = InferSummary(output, detector.kind, checkpoint, task_of(settings), notes=notes)
     summary.videos, summary.detections = len(results), sum(len(v) for v in results.values())
     if plot:
@@ -235,6 +237,25 @@ def run(
             summary.plots.append(path)
     summary.seconds = time.perf_counter() - began
     return summary
+
+
+def classifier_accuracy(
+    annotations: Path, classes: list[str], class_scores: dict[str, list[float]]
+) -> str | None:
+    """How often the built-in head's top class is one of the video's own, over the videos the
+    annotation file labels: the head's share of the mAP, in one line."""
+    records = load_annotations(annotations)
+    hits = [
+        classes[int(np.argmax(scores))] in {s.label for s in records[video_id].segments}
+        for video_id, scores in class_scores.items()
+        if video_id in records and records[video_id].segments
+    ]
+    if not hits:
+        return None
+    return (
+        f"built-in classifier: the top class is one of the video's own for {sum(hits)} of {len(hits)} "
+        f"labelled videos ({100 * sum(hits) / len(hits):.0f}%)"
+    )
 
 
 def task_of(settings: Settings) -> str:
