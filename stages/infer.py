@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.annotations import load_annotations, safe_path
+from stages.annotations import safe_path
 from stages.checkpoints import read_checkpoint
 from stages.datasets import DetectionDataset, build_items, cache_reader
 from stages.encoding import FeatureEncoder, snippet_frame_indices
@@ -223,8 +223,9 @@ def run(
     write_results(output, results)
     if settings.infer.classifier == "builtin":  # reusable as infer.classifier_file for another model
         write_json(classes_path(output), {"class": detector.classes, "results": class_scores}, indent=None)
-        accuracy = classifier_accuracy(settings.data.annotations, detector.classes, class_scores)
-        notes += [accuracy] if accuracy else []
+        accuracy = classifier_accuracy(dataset.items, detector.classes, class_scores)
+        if accuracy:
+            notes.append(accuracy)
     summary = InferSummary(output, detector.kind, checkpoint, task_of(settings), notes=notes)
     summary.videos, summary.detections = len(results), sum(len(v) for v in results.values())
     if plot:
@@ -240,16 +241,13 @@ def run(
 
 
 def classifier_accuracy(
-    annotations: Path, classes: list[str], class_scores: dict[str, list[float]]
+    items: list[Item], classes: list[str], class_scores: dict[str, list[float]]
 ) -> str | None:
-    """How often the built-in head's top class is one of the video's own, over the videos the
-    annotation file labels: the head's share of the mAP, in one line."""
-    records = load_annotations(annotations)
-    hits = [
-        classes[int(np.argmax(scores))] in {s.label for s in records[video_id].segments}
-        for video_id, scores in class_scores.items()
-        if video_id in records and records[video_id].segments
-    ]
+    """How often the built-in head's top class is one of the video's own, over the videos with an
+    annotated instance (read from the items, which carry the whole video's segments): the head's
+    share of the mAP, in one line."""
+    own = {item.video_id: {label for _, _, label in item.segments} for item in items}
+    hits = [classes[int(np.argmax(scores))] in own[v] for v, scores in class_scores.items() if own.get(v)]
     if not hits:
         return None
     return (
