@@ -203,7 +203,7 @@ def plan_video(
             length = min(int(round(rng.uniform(MIN_ACTION_S, MAX_ACTION_S) * fps)), num_frames)
             start = int(rng.integers(0, num_frames - length + 1))
             # the video's own activity: a mover differs from an actor in how it looks, not in its
-            # motion, so the video-level class stays readable and only the detector must tell them apart
+            # motion, so telling them apart is left to the detector's features
             mover = _instance(rng, label, start, start + length, num_frames, fps, width, height)
             mover.hollow = True
             plan.movers.append(mover)
