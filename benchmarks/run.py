@@ -60,7 +60,7 @@ def _synth_videos(folder: Path, videos: int = 8) -> Path:
 
 def _extract_settings(data: Path, work: Path, height: int, width: int):
     """Settings that extract the synthetic videos at 15 fps and the given size with decord."""
-    from stages.settings import load_settings
+    from stages.core.settings import load_settings
 
     return load_settings(
         None,
@@ -72,8 +72,8 @@ def _extract_settings(data: Path, work: Path, height: int, width: int):
 def bench_extract() -> list[tuple[str, str]]:
     """`etad extract` (1 worker) against a bare decord loop decoding the same frames, same run."""
     from stages import extract
-    from stages.snippets import resample_frame_indices
-    from stages.video import VideoReader
+    from stages.data.snippet_positions import resample_frame_indices
+    from stages.data.video_io import VideoReader
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,7 +108,7 @@ def bench_frame_formats() -> list[tuple[str, str]]:
     import numpy as np
     from PIL import Image
 
-    from stages.video import VideoReader
+    from stages.data.video_io import VideoReader
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -161,10 +161,11 @@ def bench_cache_read() -> list[tuple[str, str]]:
     """Random single-snippet reads: HDF5 snippet cache (per compression) against decord decoding them."""
     import numpy as np
 
-    from stages import cache, extract
-    from stages.settings import load_settings
-    from stages.store import VideoCache
-    from stages.video import VideoReader
+    from stages import cache
+    from stages import extract
+    from stages.core.settings import load_settings
+    from stages.data.hdf5_cache import VideoCache
+    from stages.data.video_io import VideoReader
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,10 +13,10 @@ import typer
 from etad_cli import __version__, views
 from etad_cli.console import console, stage_progress, user_errors
 from etad_cli.runlog import StageRun, read_runs
-from stages.errors import UserError
+from stages.core.errors import UserError
 
 if TYPE_CHECKING:  # the settings models load only when a command runs, so --help stays fast
-    from stages.settings import Settings
+    from stages.core.settings import Settings
 
 app = typer.Typer(
     name="etad",
@@ -70,7 +70,7 @@ def load(
 ) -> Settings:
     """The settings of a command: the file, then --set overrides, then the command's own options.
     Commands that never build a model pass `check_parts=False`, so they do not import torch."""
-    from stages.settings import load_settings
+    from stages.core.settings import load_settings
 
     return load_settings(config, [*(overrides or []), *(extra or [])], check_parts=check_parts)
 
@@ -87,7 +87,7 @@ def config_show(config: ConfigArg, set_: SetOpt = None) -> None:
 
     Example: etad config show examples/demo.yaml --set train.lr=1e-4
     """
-    from stages.settings import settings_as_yaml
+    from stages.core.settings import settings_as_yaml
 
     with user_errors():
         resolved = load(config, set_, check_parts=False)
@@ -100,7 +100,7 @@ def config_reference() -> None:
 
     Example: etad config reference > docs/settings.md
     """
-    from stages.settings import settings_reference
+    from stages.core.settings import settings_reference
 
     console.print(settings_reference(), markup=False, highlight=False, end="", soft_wrap=True)
 
@@ -122,7 +122,7 @@ def checkpoint_info(path: Annotated[Path, typer.Argument(help="Checkpoint file."
 
     Example: etad checkpoint info e2e_anet_snippet0.3_bs4_92e98.pth.tar
     """
-    from stages import checkpoints
+    from stages.core import checkpoints
 
     with user_errors():
         views.checkpoint_summary(path, checkpoints.describe(path))
@@ -137,7 +137,7 @@ def checkpoint_convert(
 
     Example: etad checkpoint convert e2e_anet_snippet0.3_bs4_92e98.pth.tar etad_e2e_anet.pt
     """
-    from stages import checkpoints
+    from stages.core import checkpoints
 
     with user_errors():
         views.checkpoint_summary(target, checkpoints.convert(source, target))
@@ -265,8 +265,9 @@ def train(
       etad train --config examples/demo.yaml --e2e --init-from work/demo/pretrain/checkpoints/last.pt
       torchrun --nproc-per-node 4 -m etad_cli train --config examples/anet_tsp_feature.yaml
     """
-    from stages import e2e as e2e_stage
-    from stages import encoder_pretrain, pretrain
+    from stages import train_e2e as e2e_stage
+    from stages import train_encoder as encoder_pretrain
+    from stages import train as pretrain
 
     extra = [f"e2e.grad_mode={grad_mode}"] if grad_mode else []
     extra += [f"e2e.init_from={init_from.resolve()}"] if init_from else []

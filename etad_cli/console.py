@@ -21,8 +21,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from stages.errors import TrainingDiverged, UserError
-from stages.progress import Progress as StageProgress
+from stages.core.errors import TrainingDiverged, UserError
+from stages.core.progress import Progress as StageProgress
 
 console = Console()
 err_console = Console(stderr=True)

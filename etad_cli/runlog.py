@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from etad_cli.console import console
-from stages.errors import UserError
+from stages.core.errors import UserError
 
 
 def peak_rss_mib() -> float:
@@ -34,7 +34,7 @@ class StageRun:
     @classmethod
     def start(cls, settings, stage: str) -> StageRun:
         """Log the resolved settings of this run (logs/<stage>-<time>-<pid>.settings.yaml)."""
-        from stages.settings import settings_as_yaml
+        from stages.core.settings import settings_as_yaml
 
         logs = settings.work_dir / "logs"
         try:

@@ -16,21 +16,21 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.annotations import load_annotations, safe_path
-from stages.encoding import (
+from stages.data.annotations import load_annotations, safe_path
+from stages.data.fingerprints import (
     FeatureEncoder,
     cut_snippets,
     feature_fingerprint,
     npy_fingerprint,
     snippet_fingerprint,
 )
-from stages.errors import UserError
-from stages.files import ensure_writable_dir, write_json
-from stages.pervideo import run_each
-from stages.progress import SILENT, Progress
-from stages.settings import Settings
-from stages.store import require_finite, stored_fingerprint, video_file, write_video_file
-from stages.workdir import features_dir, frames_dir, snippets_dir
+from stages.core.errors import UserError
+from stages.core.files import ensure_writable_dir, write_json
+from stages.data.per_video import run_each
+from stages.core.progress import SILENT, Progress
+from stages.core.settings import Settings
+from stages.data.hdf5_cache import require_finite, stored_fingerprint, video_file, write_video_file
+from stages.core.workdir import features_dir, frames_dir, snippets_dir
 
 KINDS = ("snippets", "features")
 

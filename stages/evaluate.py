@@ -1,9 +1,9 @@
 """`etad eval`: score a detection (or proposal) file against ground truth, ActivityNet style.
 
 Reads: a prediction file {"results": {video_id: [{label, score, segment}]}} and a ground-truth file
-(anything stages.annotations reads: ActivityNet, THUMOS/ActionFormer, BSN/mmaction2). Writes
+(anything stages.data.annotations reads: ActivityNet, THUMOS/ActionFormer, BSN/mmaction2). Writes
 nothing itself: it returns an `EvalReport` the CLI prints, and optionally saves as JSON or draws.
-The numbers come from `stages.metrics`. Non-finite numbers and reversed predicted segments are
+The numbers come from `stages.evaluation.metrics`. Non-finite numbers and reversed predicted segments are
 bad input: they would otherwise match or rank in ways that make the score meaningless.
 """
 
@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stages.annotations import load_annotations, read_blocked, read_json
-from stages.errors import UserError
-from stages.files import atomic_output, write_json
-from stages.metrics import average_recall_vs_proposals, detection_ap, recall_auc
-from stages.protocols import PROTOCOLS
-from stages.workdir import output_path
+from stages.data.annotations import load_annotations, read_blocked, read_json
+from stages.core.errors import UserError
+from stages.core.files import atomic_output, write_json
+from stages.evaluation.metrics import average_recall_vs_proposals, detection_ap, recall_auc
+from stages.data.protocols import PROTOCOLS
+from stages.core.workdir import output_path
 
 if TYPE_CHECKING:  # the settings models, for type hints only
-    from stages.settings import Settings
+    from stages.core.settings import Settings
 
 PREFIX = "v_"
 TASKS = ("detection", "proposals")
@@ -234,7 +234,7 @@ def evaluate(
 
 
 def run(request: EvalRequest) -> EvalReport:
-    """Score a request; see the module docstring of stages.metrics for the semantics."""
+    """Score a request; see the module docstring of stages.evaluation.metrics for the semantics."""
     r = request
     predictions, ground_truth, task = r.predictions, r.ground_truth, r.task
     proto = PROTOCOLS[r.dataset]

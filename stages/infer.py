@@ -2,7 +2,7 @@
 
 Runs the detector on every item (cached features for frozen-feature checkpoints, cached snippets
 through the trained encoder for end-to-end ones; `--video` decodes and encodes one file), then
-post-processes (stages.postprocess, the original's or OpenTAD's form): boundary-peak filter,
+post-processes (stages.evaluation.postprocess, the original's or OpenTAD's form): boundary-peak filter,
 IoU-cls x IoU-reg score, Soft-NMS, seconds, classifier fusion; windows of a video are merged with a
 second Soft-NMS. Writes an ActivityNet-format result JSON atomically.
 """
@@ -16,24 +16,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.annotations import safe_path
-from stages.checkpoints import read_checkpoint
-from stages.datasets import DetectionDataset, build_items, cache_reader
-from stages.encoding import FeatureEncoder, snippet_frame_indices
-from stages.errors import UserError
-from stages.files import atomic_output, ensure_writable_dir, write_json
+from stages.data.annotations import safe_path
+from stages.core.checkpoints import read_checkpoint
+from stages.data.datasets import DetectionDataset, build_items, cache_reader
+from stages.data.fingerprints import FeatureEncoder, snippet_frame_indices
+from stages.core.errors import UserError
+from stages.core.files import atomic_output, ensure_writable_dir, write_json
 from stages.model.detector import build_detector, final_proposals
 from stages.model.encoder import build_encoder, encode_chunks
 from stages.model.targets import proposal_map
-from stages.postprocess import CLASSIFIERS, POST_PROCESSING, Labeller
-from stages.progress import SILENT, Progress
-from stages.protocols import Item, protocol
-from stages.settings import ModelSettings, Settings
-from stages.snippets import resample_frame_indices
-from stages.store import VideoCache
-from stages.training import load_weights, pick_device, use_threads
-from stages.video import VideoError, VideoReader
-from stages.workdir import RUN_KINDS, features_dir, output_path, run_dir, snippets_dir
+from stages.evaluation.postprocess import CLASSIFIERS, POST_PROCESSING, Labeller
+from stages.core.progress import SILENT, Progress
+from stages.data.protocols import Item, protocol
+from stages.core.settings import ModelSettings, Settings
+from stages.data.snippet_positions import resample_frame_indices
+from stages.data.hdf5_cache import VideoCache
+from stages.training.loop import load_weights, pick_device, use_threads
+from stages.data.video_io import VideoError, VideoReader
+from stages.core.workdir import RUN_KINDS, features_dir, output_path, run_dir, snippets_dir
 
 
 @dataclass

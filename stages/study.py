@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stages.errors import UserError
-from stages.files import write_json
-from stages.progress import SILENT, Progress
+from stages.core.errors import UserError
+from stages.core.files import write_json
+from stages.core.progress import SILENT, Progress
 
 if TYPE_CHECKING:  # the settings models, for type hints only
-    from stages.settings import Settings
+    from stages.core.settings import Settings
 
 # what a point trains: frozen features, end to end, or both (end to end from the point's own detector)
 STAGES = ("train", "e2e", "train,e2e")
@@ -189,8 +189,8 @@ def run(study: Study, *, progress: Progress = SILENT) -> list[dict]:
     outputs. Returns every result, finished earlier or now."""
     if study.stage not in STAGES:
         raise UserError(f"--stages {study.stage}: expected one of {', '.join(STAGES)}")
-    from stages.settings import load_settings
-    from stages.workdir import features_dir, snippets_dir
+    from stages.core.settings import load_settings
+    from stages.core.workdir import features_dir, snippets_dir
 
     base = load_settings(study.config, study.base_overrides)
     cache_sets = [f"cache.snippets_dir={snippets_dir(base)}", f"cache.features_dir={features_dir(base)}"]
@@ -283,7 +283,7 @@ def markdown(rows: list[dict]) -> str:
 
 def write_outputs(out_dir: Path, results: list[dict], varied: list[str]) -> None:
     """study.csv, study.md and the plots."""
-    from stages.files import atomic_output
+    from stages.core.files import atomic_output
 
     with atomic_output(out_dir / "study.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -304,7 +304,7 @@ def plot(out_dir: Path, rows: list[dict], varied: list[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stages.files import atomic_output
+    from stages.core.files import atomic_output
 
     for key in varied:  # mAP against this value, one line per setting of the other varied keys
         fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.errors import UserError
-from stages.files import write_json
-from stages.progress import SILENT, Progress
-from stages.video import write_video
+from stages.core.errors import UserError
+from stages.core.files import write_json
+from stages.core.progress import SILENT, Progress
+from stages.data.video_io import write_video
 
 # (name, shape drawn, what the motion is). The order fixes the label ids.
 CLASSES: list[tuple[str, str, str]] = [

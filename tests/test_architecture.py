@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from stages.settings import load_settings
+from stages.core.settings import load_settings
 from tests.conftest import REPO, demo_config
 
 STAGE_MODULES = {"extract", "cache", "pretrain", "e2e", "infer", "evaluate", "synth"}

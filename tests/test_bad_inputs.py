@@ -391,7 +391,7 @@ def test_restart_moves_the_earlier_run_aside(space):
 
 
 def test_a_symlinked_video_is_not_an_escape(tmp_path):
-    from stages.annotations import safe_path
+    from stages.data.annotations import safe_path
 
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "real.mp4").write_bytes(b"")
@@ -401,8 +401,8 @@ def test_a_symlinked_video_is_not_an_escape(tmp_path):
 
 
 def test_a_randomly_initialised_encoder_is_part_of_the_feature_fingerprint():
-    from stages.encoding import feature_fingerprint
-    from stages.settings import load_settings
+    from stages.data.fingerprints import feature_fingerprint
+    from stages.core.settings import load_settings
 
     a, b = (feature_fingerprint(load_settings(None, [f"seed={seed}"])) for seed in (1, 2))
     assert a != b

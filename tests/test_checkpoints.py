@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from stages.checkpoints import read_checkpoint
-from stages.errors import UserError
+from stages.core.checkpoints import read_checkpoint
+from stages.core.errors import UserError
 from stages.model.detector import ETAD
 from stages.model.encoder import build_encoder
 from tests.conftest import run_cli, snapshot

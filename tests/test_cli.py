@@ -83,7 +83,7 @@ def test_scoring_and_showing_settings_never_import_torch():
     scoring = _imports_of("eval", "-p", str(data / "tiny_predictions.json"),
                           "-g", str(data / "tiny_anet.json"), "--config", "examples/demo.yaml")  # fmt: skip
     showing = _imports_of("config", "show", "examples/demo.yaml")
-    assert "stages.evaluate" in scoring and "stages.settings" in showing
+    assert "stages.evaluate" in scoring and "stages.core.settings" in showing
     assert "torch" not in scoring | showing
     assert "torch" in _imports_of("config", "validate", "examples/demo.yaml")
 

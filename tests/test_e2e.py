@@ -4,7 +4,7 @@ gradient of plain back-propagation (restricted to the sampled snippets), in floa
 import pytest
 import torch
 
-from stages.e2e import augment
+from stages.train_e2e import augment
 from stages.model.backward import Backward, e2e_gradients
 from stages.model.detector import ETAD
 from stages.model.encoder import SnippetEncoder

@@ -15,12 +15,12 @@ import pytest
 import torch
 import yaml
 
-from stages.encoding import cut_snippets
+from stages.data.fingerprints import cut_snippets
 from stages.model.encoder import build_encoder, center_crop
-from stages.settings import load_settings
-from stages.snippets import anet_snippet_frames
-from stages.store import VideoCache
-from stages.video import VideoReader, decord_available
+from stages.core.settings import load_settings
+from stages.data.snippet_positions import anet_snippet_frames
+from stages.data.hdf5_cache import VideoCache
+from stages.data.video_io import VideoReader, decord_available
 from tests.conftest import run_etad
 
 pytestmark = pytest.mark.slow
@@ -234,7 +234,7 @@ def test_unwritable_output_folder(tmp_path, synth_dir):
 
 
 def test_tsp_checkpoint_with_wrong_keys_is_a_clear_error(tmp_path):
-    from stages.errors import UserError
+    from stages.core.errors import UserError
     from stages.model.encoder import load_tsp_checkpoint
 
     torch.save({"model": {"features.not_a_layer.weight": torch.zeros(1)}}, tmp_path / "bad.pth")
@@ -270,7 +270,7 @@ def test_stale_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_pa
     import os
     import subprocess
 
-    from stages.files import ensure_writable_dir
+    from stages.core.files import ensure_writable_dir
 
     gone = subprocess.Popen(["true"])
     gone.wait()

@@ -4,7 +4,7 @@ one-prediction-at-a-time transcription of the official ActivityNet algorithm."""
 import numpy as np
 import pytest
 
-from stages.metrics import (
+from stages.evaluation.metrics import (
     ANET_TIOUS,
     average_recall_vs_proposals,
     detection_ap,

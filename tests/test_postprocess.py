@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from stages.errors import UserError
-from stages.postprocess import (
+from stages.core.errors import UserError
+from stages.evaluation.postprocess import (
     CLASSIFIERS,
     ClassifierFile,
     boundary_mask,

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.errors import UserError
+from stages.core.errors import UserError
 from stages.model.encoder import ENCODERS
-from stages.settings import Settings, load_settings
+from stages.core.settings import Settings, load_settings
 from tests.conftest import REPO, run_cli
 
 
@@ -118,7 +118,7 @@ def test_settings_reference_page_matches_the_models(cli):
     """docs/settings.md is generated (`make docs`): it must be current and list every key."""
     from pydantic import BaseModel
 
-    from stages.settings import settings_reference
+    from stages.core.settings import settings_reference
 
     page = (REPO / "docs" / "settings.md").read_text()
     assert page == settings_reference(), "docs/settings.md is stale: run `make docs`"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.snippets import anet_snippet_frames, resample_frame_indices, strided_snippet_frames
+from stages.data.snippet_positions import anet_snippet_frames, resample_frame_indices, strided_snippet_frames
 
 
 def test_anet_positions_spread_over_the_whole_video():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from stages import synth
-from stages.video import VideoReader, decord_available
+from stages.data.video_io import VideoReader, decord_available
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.errors import TrainingDiverged
+from stages.core.errors import TrainingDiverged
 from stages.model.layers import mlp
 
 REFIT_LR = 1e-3  # Adam, full batch

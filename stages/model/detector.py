@@ -25,7 +25,7 @@ from stages.model.opentad import SharedFCStage, mean_balanced_bce
 from stages.model.roi import TapCache, binned_linear, proposal_taps, roi_features
 
 if TYPE_CHECKING:  # the settings models, for type hints only
-    from stages.settings import ModelSettings
+    from stages.core.settings import ModelSettings
 
 
 class TemporalModule(nn.Module):

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, R2Plus1dStem, VideoResNet, r2plus1d_18
 
-from stages.errors import UserError
+from stages.core.errors import UserError
 
 MEAN = (110.2008, 100.63983, 95.99475)  # TSP [0,1] statistics x 255 (docs/method.md §2)
 STD = (58.14765, 56.46975, 55.332195)

@@ -24,16 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.annotations import load_annotations
-from stages.datasets import class_names
-from stages.errors import UserError
-from stages.files import atomic_output
+from stages.data.annotations import load_annotations
+from stages.data.datasets import class_names
+from stages.core.errors import UserError
+from stages.core.files import atomic_output
 from stages.model.encoder import build_encoder, center_crop
-from stages.progress import SILENT, Progress
-from stages.settings import Settings
-from stages.store import VideoCache
-from stages.training import Job, TrainSummary, fit, make_optimizer, start_run
-from stages.workdir import snippets_dir
+from stages.core.progress import SILENT, Progress
+from stages.core.settings import Settings
+from stages.data.hdf5_cache import VideoCache
+from stages.training.loop import Job, TrainSummary, fit, make_optimizer, start_run
+from stages.core.workdir import snippets_dir
 
 KIND = "encoder"  # the run folder under work_dir and the checkpoint kind
 

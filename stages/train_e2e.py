@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import torch
 
-from stages.checkpoints import read_checkpoint
-from stages.datasets import DetectionDataset, build_items, cache_reader
-from stages.errors import UserError
+from stages.core.checkpoints import read_checkpoint
+from stages.data.datasets import DetectionDataset, build_items, cache_reader
+from stages.core.errors import UserError
 from stages.model.backward import Backward, e2e_gradients
 from stages.model.detector import VARIANTS, build_detector
 from stages.model.encoder import build_encoder, center_crop, encode_chunks
 from stages.model.losses import detector_loss
-from stages.progress import SILENT, Progress
-from stages.settings import Settings
-from stages.store import VideoCache
-from stages.training import (
+from stages.core.progress import SILENT, Progress
+from stages.core.settings import Settings
+from stages.data.hdf5_cache import VideoCache
+from stages.training.loop import (
     Job,
     TrainSummary,
     as_float,
@@ -33,7 +33,7 @@ from stages.training import (
     make_optimizer,
     start_run,
 )
-from stages.workdir import snippets_dir
+from stages.core.workdir import snippets_dir
 
 
 def augment(snippets: torch.Tensor, crop: int, generator: torch.Generator) -> torch.Tensor:

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
-from stages.errors import UserError
-from stages.video import VideoError
+from stages.core.errors import UserError
+from stages.data.video_io import VideoError
 
 
 def guarded(job: Callable, *args: Any) -> tuple[Any, str | None]:

@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from stages.errors import TrainingDiverged, UserError
-from stages.files import atomic_output, ensure_writable_dir
+from stages.core.errors import TrainingDiverged, UserError
+from stages.core.files import atomic_output, ensure_writable_dir
 from stages.model.classifier import refit
-from stages.progress import SILENT, Progress
-from stages.workdir import run_dir
+from stages.core.progress import SILENT, Progress
+from stages.core.workdir import run_dir
 
 if TYPE_CHECKING:  # for type hints only
-    from stages.datasets import DetectionDataset
-    from stages.settings import ModelSettings, Optimisation, Settings
+    from stages.data.datasets import DetectionDataset
+    from stages.core.settings import ModelSettings, Optimisation, Settings
 
 CHECKPOINT_FORMAT = "etad-checkpoint-1"
 

@@ -24,7 +24,7 @@ from pydantic import (
     field_validator,
 )
 
-from stages.errors import UserError
+from stages.core.errors import UserError
 
 
 def _resolve(path: Path | None, info: ValidationInfo) -> Path | None:
@@ -89,19 +89,19 @@ def _grad_modes() -> dict:
 
 
 def _protocols() -> dict:
-    from stages.protocols import PROTOCOLS
+    from stages.data.protocols import PROTOCOLS
 
     return PROTOCOLS
 
 
 def _post_processing() -> dict:
-    from stages.postprocess import POST_PROCESSING
+    from stages.evaluation.postprocess import POST_PROCESSING
 
     return POST_PROCESSING
 
 
 def _classifiers() -> dict:
-    from stages.postprocess import CLASSIFIERS
+    from stages.evaluation.postprocess import CLASSIFIERS
 
     return CLASSIFIERS
 
@@ -134,7 +134,7 @@ class DataSettings(Section):
 
     dataset: DatasetName = Field(
         "anet",
-        description="temporal protocol (stages/protocols.py): anet: the whole video resized to "
+        description="temporal protocol (stages/data/protocols.py): anet: the whole video resized to "
         "temporal_scale snippets; thumos: sliding windows",
     )
     annotations: FilePath | None = Field(
@@ -331,7 +331,7 @@ class InferSettings(Section):
         None, ge=8, description="end to end: test-time centre crop; unset: the encoder's training crop"
     )
     post_processing: PostProcessingName = Field(
-        "original", description="original: sming256/ETAD's; opentad: OpenTAD's (stages/postprocess.py)"
+        "original", description="original: sming256/ETAD's; opentad: OpenTAD's (stages/evaluation/postprocess.py)"
     )
     soft_nms_sigma: float = Field(0.35, gt=0, description="Gaussian Soft-NMS decay")
     top_k: int = Field(100, ge=1, description="proposals kept per video after Soft-NMS")
@@ -544,7 +544,7 @@ def settings_reference() -> str:
     lines = [
         "# Settings reference",
         "",
-        "Generated from the pydantic models in `stages/settings.py` by `etad config reference`;",
+        "Generated from the pydantic models in `stages/core/settings.py` by `etad config reference`;",
         "do not edit by hand (a test checks that this page matches the code). Every stage reads the",
         "same YAML file; `--set section.key=value` overrides one setting on the command line. Relative",
         "paths are resolved against the YAML file's folder.",

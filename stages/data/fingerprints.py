@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stages.errors import UserError
-from stages.frames import load_frames
-from stages.protocols import protocol
-from stages.store import VideoCache, fingerprint, stored_fingerprint, video_file
-from stages.workdir import frames_dir, snippets_dir
+from stages.core.errors import UserError
+from stages.data.extracted_frames import load_frames
+from stages.data.protocols import protocol
+from stages.data.hdf5_cache import VideoCache, fingerprint, stored_fingerprint, video_file
+from stages.core.workdir import frames_dir, snippets_dir
 
 if TYPE_CHECKING:  # the settings models, for type hints only
-    from stages.settings import Settings
+    from stages.core.settings import Settings
 
 
 def snippet_fingerprint(settings: Settings) -> str:
@@ -81,7 +81,7 @@ class FeatureEncoder:
         import torch
 
         from stages.model.encoder import build_encoder
-        from stages.training import use_threads
+        from stages.training.loop import use_threads
 
         use_threads(settings.threads)
         self.settings, self.batch_size = settings, batch_size

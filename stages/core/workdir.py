@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the settings models, for type hints only
-    from stages.settings import Settings
+    from stages.core.settings import Settings
 
 RUN_KINDS = ("pretrain", "e2e")  # training runs; infer picks the newest of these by default
 

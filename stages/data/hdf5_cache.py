@@ -19,9 +19,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from stages.annotations import safe_path
-from stages.errors import UserError
-from stages.files import atomic_output
+from stages.data.annotations import safe_path
+from stages.core.errors import UserError
+from stages.core.files import atomic_output
 
 
 def fingerprint(values: dict) -> str:

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stages.errors import UserError
+from stages.core.errors import UserError
 
 UNSAFE_CHARACTERS = set("/\\\x00:") | {os.sep} | ({os.altsep} if os.altsep else set())
 MAX_ID_BYTES = 200  # file names are at most 255 bytes; room for a prefix and a suffix

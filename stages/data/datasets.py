@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from stages.annotations import VideoRecord, load_annotations
-from stages.errors import UserError
+from stages.data.annotations import VideoRecord, load_annotations
+from stages.core.errors import UserError
 from stages.model.sampling import sample_proposals
 from stages.model.targets import boundary_targets, match_ground_truth, proposal_map
-from stages.protocols import Item, pad_with_last, protocol
+from stages.data.protocols import Item, pad_with_last, protocol
 
 if TYPE_CHECKING:  # the settings models, for type hints only
-    from stages.settings import Settings
+    from stages.core.settings import Settings
 
 
 def class_names(records: dict[str, VideoRecord]) -> list[str]:

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from stages.errors import UserError
-from stages.training import CHECKPOINT_FORMAT, as_etad_checkpoint, read_weights_file
+from stages.core.errors import UserError
+from stages.training.loop import CHECKPOINT_FORMAT, as_etad_checkpoint, read_weights_file
 
 # original ETAD detector key -> etad key (regular expressions, applied in order; first match wins)
 ORIGINAL_DETECTOR_KEYS = [
@@ -208,7 +208,7 @@ def read_checkpoint(path: Path) -> dict:
 
 def convert(source: Path, target: Path) -> dict:
     """Write `source` (any known layout) as an etad checkpoint at `target`; never over a file."""
-    from stages.files import atomic_output
+    from stages.core.files import atomic_output
 
     state = read_checkpoint(source)
     target = Path(target)

@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from stages.files import atomic_output
+from stages.core.files import atomic_output
 
 Backend = Literal["auto", "decord", "pyav"]
 

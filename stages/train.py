@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from stages.datasets import DetectionDataset, build_items, cache_reader
-from stages.errors import UserError
+from stages.data.datasets import DetectionDataset, build_items, cache_reader
+from stages.core.errors import UserError
 from stages.model.detector import VARIANTS, build_detector
 from stages.model.losses import detector_loss
-from stages.progress import SILENT, Progress
-from stages.settings import Settings
-from stages.store import VideoCache
-from stages.training import (
+from stages.core.progress import SILENT, Progress
+from stages.core.settings import Settings
+from stages.data.hdf5_cache import VideoCache
+from stages.training.loop import (
     Distributed,
     Job,
     TrainSummary,
@@ -29,7 +29,7 @@ from stages.training import (
     start_run,
     to_device,
 )
-from stages.workdir import features_dir
+from stages.core.workdir import features_dir
 
 
 def feature_datasets(
