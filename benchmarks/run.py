@@ -161,8 +161,7 @@ def bench_cache_read() -> list[tuple[str, str]]:
     """Random single-snippet reads: HDF5 snippet cache (per compression) against decord decoding them."""
     import numpy as np
 
-    from stages import cache
-    from stages import extract
+    from stages import cache, extract
     from stages.core.settings import load_settings
     from stages.data.hdf5_cache import VideoCache
     from stages.data.video_io import VideoReader

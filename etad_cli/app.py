@@ -265,9 +265,9 @@ def train(
       etad train --config examples/demo.yaml --e2e --init-from work/demo/pretrain/checkpoints/last.pt
       torchrun --nproc-per-node 4 -m etad_cli train --config examples/anet_tsp_feature.yaml
     """
+    from stages import train as pretrain
     from stages import train_e2e as e2e_stage
     from stages import train_encoder as encoder_pretrain
-    from stages import train as pretrain
 
     extra = [f"e2e.grad_mode={grad_mode}"] if grad_mode else []
     extra += [f"e2e.init_from={init_from.resolve()}"] if init_from else []

@@ -16,6 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.core.errors import UserError
+from stages.core.files import ensure_writable_dir, write_json
+from stages.core.progress import SILENT, Progress
+from stages.core.settings import Settings
+from stages.core.workdir import features_dir, frames_dir, snippets_dir
 from stages.data.annotations import load_annotations, safe_path
 from stages.data.fingerprints import (
     FeatureEncoder,
@@ -24,13 +29,8 @@ from stages.data.fingerprints import (
     npy_fingerprint,
     snippet_fingerprint,
 )
-from stages.core.errors import UserError
-from stages.core.files import ensure_writable_dir, write_json
-from stages.data.per_video import run_each
-from stages.core.progress import SILENT, Progress
-from stages.core.settings import Settings
 from stages.data.hdf5_cache import require_finite, stored_fingerprint, video_file, write_video_file
-from stages.core.workdir import features_dir, frames_dir, snippets_dir
+from stages.data.per_video import run_each
 
 KINDS = ("snippets", "features")
 

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stages.data.annotations import load_annotations, read_blocked, read_json
 from stages.core.errors import UserError
 from stages.core.files import atomic_output, write_json
-from stages.evaluation.metrics import average_recall_vs_proposals, detection_ap, recall_auc
-from stages.data.protocols import PROTOCOLS
 from stages.core.workdir import output_path
+from stages.data.annotations import load_annotations, read_blocked, read_json
+from stages.data.protocols import PROTOCOLS
+from stages.evaluation.metrics import average_recall_vs_proposals, detection_ap, recall_auc
 
 if TYPE_CHECKING:  # the settings models, for type hints only
     from stages.core.settings import Settings

@@ -19,16 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.data.annotations import load_annotations, safe_path
 from stages.core.errors import UserError
 from stages.core.files import atomic_output, ensure_writable_dir, write_json
-from stages.data.extracted_frames import frames_file, read_meta, record_file
-from stages.data.per_video import run_each
 from stages.core.progress import SILENT, Progress
 from stages.core.settings import Settings
+from stages.core.workdir import frames_dir
+from stages.data.annotations import load_annotations, safe_path
+from stages.data.extracted_frames import frames_file, read_meta, record_file
+from stages.data.per_video import run_each
 from stages.data.snippet_positions import resample_frame_indices
 from stages.data.video_io import VideoReader
-from stages.core.workdir import frames_dir
 
 BATCH = 256  # frames decoded per decord call
 

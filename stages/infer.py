@@ -16,24 +16,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.data.annotations import safe_path
-from stages.core.checkpoints import read_checkpoint
-from stages.data.datasets import DetectionDataset, build_items, cache_reader
-from stages.data.fingerprints import FeatureEncoder, snippet_frame_indices
+from stages.core.checkpoints import load_weights, read_checkpoint, released_model_settings
 from stages.core.errors import UserError
 from stages.core.files import atomic_output, ensure_writable_dir, write_json
+from stages.core.progress import SILENT, Progress
+from stages.core.runtime import pick_device, use_threads
+from stages.core.settings import ModelSettings, Settings
+from stages.core.workdir import RUN_KINDS, features_dir, output_path, run_dir, snippets_dir
+from stages.data.annotations import safe_path
+from stages.data.datasets import DetectionDataset, build_items, cache_reader
+from stages.data.fingerprints import FeatureEncoder, snippet_frame_indices
+from stages.data.hdf5_cache import VideoCache
+from stages.data.protocols import Item, protocol
+from stages.data.snippet_positions import resample_frame_indices
+from stages.data.video_io import VideoError, VideoReader
+from stages.evaluation.postprocess import CLASSIFIERS, POST_PROCESSING, Labeller
 from stages.model.detector import build_detector, final_proposals
 from stages.model.encoder import build_encoder, encode_chunks
 from stages.model.targets import proposal_map
-from stages.evaluation.postprocess import CLASSIFIERS, POST_PROCESSING, Labeller
-from stages.core.progress import SILENT, Progress
-from stages.data.protocols import Item, protocol
-from stages.core.settings import ModelSettings, Settings
-from stages.data.snippet_positions import resample_frame_indices
-from stages.data.hdf5_cache import VideoCache
-from stages.training.loop import load_weights, pick_device, use_threads
-from stages.data.video_io import VideoError, VideoReader
-from stages.core.workdir import RUN_KINDS, features_dir, output_path, run_dir, snippets_dir
 
 
 @dataclass
@@ -57,16 +57,6 @@ def find_checkpoint(settings: Settings) -> Path:
         if candidate.is_file():
             return candidate
     raise UserError(f"{settings.work_dir}: no checkpoint yet; run `etad train` or give --checkpoint")
-
-
-def released_model_settings(settings: Settings, state: dict) -> dict:
-    """The model settings a checkpoint runs with. etad's own carry all of them; a released file
-    only what its weights' shapes give, the rest comes from the settings file."""
-    model = dict(state["settings"]["model"])
-    if state.get("source_layout", "etad") == "etad":
-        return model
-    mine = settings.model.model_dump()
-    return {**mine, **model, "encoder": {**mine["encoder"], **model["encoder"]}}
 
 
 class Detector:

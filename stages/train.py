@@ -9,27 +9,17 @@ from __future__ import annotations
 
 import torch
 
-from stages.data.datasets import DetectionDataset, build_items, cache_reader
 from stages.core.errors import UserError
-from stages.model.detector import VARIANTS, build_detector
-from stages.model.losses import detector_loss
 from stages.core.progress import SILENT, Progress
+from stages.core.runtime import Distributed, autocast, to_device
 from stages.core.settings import Settings
-from stages.data.hdf5_cache import VideoCache
-from stages.training.loop import (
-    Distributed,
-    Job,
-    TrainSummary,
-    as_float,
-    autocast,
-    classifier_refit,
-    fit,
-    loader,
-    make_optimizer,
-    start_run,
-    to_device,
-)
 from stages.core.workdir import features_dir
+from stages.data.datasets import DetectionDataset, build_items, cache_reader
+from stages.data.hdf5_cache import VideoCache
+from stages.model.detector import VARIANTS, build_detector
+from stages.model.losses import as_float, detector_loss
+from stages.training.loop import Job, TrainSummary, classifier_refit, fit, loader, start_run
+from stages.training.optimisation import make_optimizer
 
 
 def feature_datasets(

@@ -12,28 +12,20 @@ from __future__ import annotations
 
 import torch
 
-from stages.core.checkpoints import read_checkpoint
-from stages.data.datasets import DetectionDataset, build_items, cache_reader
+from stages.core.checkpoints import load_weights, read_checkpoint
 from stages.core.errors import UserError
+from stages.core.progress import SILENT, Progress
+from stages.core.runtime import autocast
+from stages.core.settings import Settings
+from stages.core.workdir import snippets_dir
+from stages.data.datasets import DetectionDataset, build_items, cache_reader
+from stages.data.hdf5_cache import VideoCache
 from stages.model.backward import Backward, e2e_gradients
 from stages.model.detector import VARIANTS, build_detector
 from stages.model.encoder import build_encoder, center_crop, encode_chunks
-from stages.model.losses import detector_loss
-from stages.core.progress import SILENT, Progress
-from stages.core.settings import Settings
-from stages.data.hdf5_cache import VideoCache
-from stages.training.loop import (
-    Job,
-    TrainSummary,
-    as_float,
-    autocast,
-    classifier_refit,
-    fit,
-    load_weights,
-    make_optimizer,
-    start_run,
-)
-from stages.core.workdir import snippets_dir
+from stages.model.losses import as_float, detector_loss
+from stages.training.loop import Job, TrainSummary, classifier_refit, fit, start_run
+from stages.training.optimisation import make_optimizer
 
 
 def augment(snippets: torch.Tensor, crop: int, generator: torch.Generator) -> torch.Tensor:

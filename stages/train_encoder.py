@@ -24,16 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.data.annotations import load_annotations
-from stages.data.datasets import class_names
+from stages.core.checkpoints import export_tsp
 from stages.core.errors import UserError
-from stages.core.files import atomic_output
-from stages.model.encoder import build_encoder, center_crop
 from stages.core.progress import SILENT, Progress
 from stages.core.settings import Settings
-from stages.data.hdf5_cache import VideoCache
-from stages.training.loop import Job, TrainSummary, fit, make_optimizer, start_run
 from stages.core.workdir import snippets_dir
+from stages.data.annotations import load_annotations
+from stages.data.datasets import class_names
+from stages.data.hdf5_cache import VideoCache
+from stages.model.encoder import build_encoder, center_crop
+from stages.training.loop import Job, TrainSummary, fit, start_run
+from stages.training.optimisation import make_optimizer
 
 KIND = "encoder"  # the run folder under work_dir and the checkpoint kind
 
@@ -160,15 +161,6 @@ def global_video_features(encoder, dataset: ClipDataset, chunk: int, device: tor
     return torch.stack(out)
 
 
-def export_tsp(encoder, heads: TSPHeads, path: Path) -> None:
-    """The encoder in TSP's checkpoint layout (what `model.encoder.checkpoint` reads)."""
-    state = {f"features.{k}": v.detach().cpu() for k, v in encoder.backbone.state_dict().items()}
-    state.update({k: v.detach().cpu() for k, v in heads.state_dict().items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        torch.save({"model": state, "format": "tsp", "source": "etad train --encoder"}, tmp)
-
-
 def output_path(settings: Settings) -> Path:
     path = Path(settings.encoder_train.output)
     return path if path.is_absolute() else Path(settings.work_dir) / path
@@ -238,6 +230,6 @@ def run(
     )
     output = output_path(settings)
     if dist.main and (summary.epochs or not output.is_file()):  # a finished run is not rewritten
-        export_tsp(encoder, heads, output)
+        export_tsp(encoder.backbone, heads, output)
         summary.notes.append(f"encoder written in TSP's layout to {output}")
     return summary

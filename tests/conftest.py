@@ -87,8 +87,7 @@ def demo_config(folder: Path, synth: Path, **sections) -> Path:
 def feature_work(tmp_path_factory, synth_dir) -> Path:
     """The synthetic dataset extracted and cached (snippets and tiny-encoder features); returns the
     folder holding config.yaml and work/. Tests copy what they change."""
-    from stages import cache
-    from stages import extract
+    from stages import cache, extract
     from stages.core.settings import load_settings
 
     folder = tmp_path_factory.mktemp("features")

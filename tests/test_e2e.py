@@ -4,13 +4,13 @@ gradient of plain back-propagation (restricted to the sampled snippets), in floa
 import pytest
 import torch
 
-from stages.train_e2e import augment
 from stages.model.backward import Backward, e2e_gradients
 from stages.model.detector import ETAD
 from stages.model.encoder import SnippetEncoder
 from stages.model.losses import detector_loss
 from stages.model.sampling import sample_snippets
 from stages.model.targets import boundary_targets, match_ground_truth, proposal_map
+from stages.train_e2e import augment
 
 T, CHUNK = 8, 2
 

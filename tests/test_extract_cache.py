@@ -15,12 +15,12 @@ import pytest
 import torch
 import yaml
 
-from stages.data.fingerprints import cut_snippets
-from stages.model.encoder import build_encoder, center_crop
 from stages.core.settings import load_settings
-from stages.data.snippet_positions import anet_snippet_frames
+from stages.data.fingerprints import cut_snippets
 from stages.data.hdf5_cache import VideoCache
+from stages.data.snippet_positions import anet_snippet_frames
 from stages.data.video_io import VideoReader, decord_available
+from stages.model.encoder import build_encoder, center_crop
 from tests.conftest import run_etad
 
 pytestmark = pytest.mark.slow
@@ -234,8 +234,8 @@ def test_unwritable_output_folder(tmp_path, synth_dir):
 
 
 def test_tsp_checkpoint_with_wrong_keys_is_a_clear_error(tmp_path):
+    from stages.core.checkpoints import load_tsp_checkpoint
     from stages.core.errors import UserError
-    from stages.model.encoder import load_tsp_checkpoint
 
     torch.save({"model": {"features.not_a_layer.weight": torch.zeros(1)}}, tmp_path / "bad.pth")
     with pytest.raises(

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from stages.core.errors import TrainingDiverged
+from stages.data.protocols import resize_features
 from stages.model.classifier import VideoClassifier, refit
 from stages.model.detector import ETAD, refine
 from stages.model.losses import (
@@ -18,7 +19,6 @@ from stages.model.losses import (
 from stages.model.roi import extend_anchors, roi_features
 from stages.model.sampling import chunks_to_backprop, sample_proposals, sample_snippets
 from stages.model.targets import aligned_iou, boundary_targets, match_ground_truth, pairwise_iou, proposal_map
-from stages.data.protocols import resize_features
 
 
 def test_parameter_count_of_the_anet_recipe():

@@ -15,12 +15,12 @@ from torchvision.ops import roi_align
 
 from stages.core.checkpoints import read_checkpoint
 from stages.core.errors import UserError
+from stages.core.settings import InferSettings
+from stages.evaluation.postprocess import POST_PROCESSING, boundary_mask_opentad, soft_nms_opentad
 from stages.model.detector import ETAD, final_proposals
 from stages.model.encoder import build_encoder
 from stages.model.opentad import mean_balanced_bce
 from stages.model.targets import proposal_map
-from stages.evaluation.postprocess import POST_PROCESSING, boundary_mask_opentad, soft_nms_opentad
-from stages.core.settings import InferSettings
 from tests.conftest import run_cli
 
 

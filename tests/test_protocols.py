@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from stages.data.protocols import PROTOCOLS, Item, Timeline, window_ground_truth, window_starts
 from stages.core.settings import load_settings
+from stages.data.protocols import PROTOCOLS, Item, Timeline, window_ground_truth, window_starts
 
 
 def test_window_starts_cover_the_video_and_end_on_its_last_snippet():

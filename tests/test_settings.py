@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from stages.core.errors import UserError
-from stages.model.encoder import ENCODERS
 from stages.core.settings import Settings, load_settings
+from stages.model.encoder import ENCODERS
 from tests.conftest import REPO, run_cli
 
 

@@ -1,36 +1,154 @@
-"""Checkpoints in the layouts users have: etad's own, and the original ETAD release.
+"""Every checkpoint format etad reads or writes; `torch.save` and `torch.load` appear nowhere else.
 
-`read_checkpoint(path)` detects the layout and returns an etad checkpoint (a dict with "model",
-optionally "encoder", "classes", "settings", "kind"), so that `etad infer --checkpoint`,
-`--init-from` and `etad checkpoint convert` accept a released file as it was downloaded.
+Files are always read with `torch.load(weights_only=True)`: no code is unpickled.
 
-Layouts (LAYOUTS lists them; each entry: how to recognise it, how to map its keys):
-- `etad`: what `etad train` writes (`format: etad-checkpoint-1`).
-- `etad-original`: sming256/ETAD's `{"state_dict": ...}` (`tools/train.py` saves the model without
-  its DataParallel wrapper; files saved with it carry a `module.` prefix, also accepted). Detector
-  keys live under `base_detector.`; the end-to-end release adds the mmaction2 `Recognizer3D`
-  backbone under `feature_extractor.model.backbone.` (torchvision VideoResNet key names).
-
-- `opentad`: sming256/OpenTAD's `{"state_dict": ..., "state_dict_ema": ...}` (DDP `module.` prefix),
-  the `opentad` variant of the model: `projection.`, `neck.`, `rpn_head.`, `roi_head.` keys, and
-  for end to end the backbone under `backbone.model.backbone.`. The EMA weights are used when the
-  file has them (OpenTAD tests with them exactly when it trained with EMA).
-
-A released file holds weights only: the model's shapes (and variant) come from the weights, every
-other model setting from the user's settings file.
+- etad's own (`format: etad-checkpoint-1`): what `etad train` writes once per epoch
+  (`save_checkpoint`: epoch_NNN.pt written atomically, `last.pt`/`best.pt` hard links to it) and
+  `load_checkpoint` reads back (resume, `etad infer`).
+- TSP encoder weights (`load_tsp_checkpoint`, `export_tsp`): `{"model": {...}}`, backbone keys
+  under `features.`, heads `fc*`; what `model.encoder.checkpoint` names and `etad train --encoder`
+  writes. ENCODER_FORMATS maps an encoder's `checkpoint_format` to its loader.
+- Released detector files, converted to an etad checkpoint by `read_checkpoint(path)` (LAYOUTS
+  lists them; each entry: how to recognise it, how to map its keys), so that `etad infer
+  --checkpoint`, `--init-from` and `etad checkpoint convert` accept a file as it was downloaded:
+  - `etad-original`: sming256/ETAD's `{"state_dict": ...}` (`tools/train.py` saves the model
+    without its DataParallel wrapper; files saved with it carry a `module.` prefix, also
+    accepted). Detector keys live under `base_detector.`; the end-to-end release adds the
+    mmaction2 `Recognizer3D` backbone under `feature_extractor.model.backbone.` (torchvision
+    VideoResNet key names).
+  - `opentad`: sming256/OpenTAD's `{"state_dict": ..., "state_dict_ema": ...}` (DDP `module.`
+    prefix), the `opentad` variant of the model: `projection.`, `neck.`, `rpn_head.`,
+    `roi_head.` keys, and for end to end the backbone under `backbone.model.backbone.`. The EMA
+    weights are used when the file has them (OpenTAD tests with them exactly when it trained
+    with EMA).
+  A released file holds weights only: the model's shapes (and variant) come from the weights,
+  every other model setting from the user's settings file (`released_model_settings`).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from stages.core.errors import UserError
-from stages.training.loop import CHECKPOINT_FORMAT, as_etad_checkpoint, read_weights_file
+from stages.core.files import atomic_output
+
+if TYPE_CHECKING:  # the settings models, for type hints only
+    from stages.core.settings import Settings
+
+CHECKPOINT_FORMAT = "etad-checkpoint-1"
+
+
+def load_weights(module: torch.nn.Module, state: dict, source: object, what: str = "model") -> None:
+    """module.load_state_dict(state[what]), or a one-line UserError saying why it does not fit."""
+    if not isinstance(state.get(what), dict):
+        raise UserError(f"{source}: holds no {what!r} weights")
+    try:
+        module.load_state_dict(state[what])
+    except RuntimeError as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), None)
+        detail = first or str(exc).splitlines()[0]
+        raise UserError(f"{source}: the {what} weights do not fit this model: {detail[:200]}") from None
+
+
+def save_checkpoint(folder: Path, epoch: int, state: dict, best: bool) -> Path:
+    """Write checkpoints/epoch_NNN.pt atomically, then point last.pt (and best.pt) at it (hard links,
+    so each pointer is a complete checkpoint that survives the epoch file being deleted)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"epoch_{epoch:03d}.pt"
+    tmp = folder / f".{path.name}.tmp{os.getpid()}"
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+    os.replace(tmp, path)
+    for name in ("last.pt", "best.pt") if best else ("last.pt",):
+        pointer = folder / name
+        link_tmp = folder / f".{name}.tmp{os.getpid()}"
+        link_tmp.unlink(missing_ok=True)
+        try:
+            os.link(path, link_tmp)
+        except OSError:
+            shutil.copyfile(path, link_tmp)
+        os.replace(link_tmp, pointer)
+    return path
+
+
+def read_weights_file(path: Path) -> object:
+    """torch.load with weights_only (no code is unpickled), failures as one-line UserErrors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a truncated or foreign file
+        raise UserError(f"{path}: not a loadable checkpoint ({exc.__class__.__name__})") from None
+
+
+def as_etad_checkpoint(state: object, path: Path) -> dict:
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: not an etad checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
+    if state.get("kind") == "finetune":  # the name of end-to-end runs before 0.2
+        state["kind"] = "e2e"
+    return state
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by etad."""
+    return as_etad_checkpoint(read_weights_file(path), path)
+
+
+def load_tsp_checkpoint(backbone: torch.nn.Module, path: Path) -> None:
+    """Load weights in the public TSP layout: dict key 'model', drop 'fc' keys, strip 'features.'."""
+    checkpoint = read_weights_file(path)
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: expected a dict with a 'model' state dict")
+    state = {k.removeprefix("features."): v for k, v in state.items() if "fc" not in k}
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(
+            f"{path}: keys do not match the encoder: "
+            f"{len(missing)} missing (e.g. {', '.join(missing[:3]) or '-'}), "
+            f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3]) or '-'})"
+        )
+
+
+def export_tsp(backbone: torch.nn.Module, heads: torch.nn.Module, path: Path) -> None:
+    """An encoder in TSP's checkpoint layout (what `model.encoder.checkpoint` reads): the backbone's
+    keys under `features.`, the pretraining heads' (fc_action, fc_region) beside them."""
+    state = {f"features.{k}": v.detach().cpu() for k, v in backbone.state_dict().items()}
+    state.update({k: v.detach().cpu() for k, v in heads.state_dict().items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        torch.save({"model": state, "format": "tsp", "source": "etad train --encoder"}, tmp)
+
+
+def released_model_settings(settings: Settings, state: dict) -> dict:
+    """The model settings a checkpoint runs with. etad's own carry all of them; a released file
+    only what its weights' shapes give, the rest comes from the settings file."""
+    model = dict(state["settings"]["model"])
+    if state.get("source_layout", "etad") == "etad":
+        return model
+    mine = settings.model.model_dump()
+    return {**mine, **model, "encoder": {**mine["encoder"], **model["encoder"]}}
+
+
+# An encoder's `checkpoint_format` (stages/model/encoder.py) -> the function that loads such a file
+# into its backbone.
+ENCODER_FORMATS: dict[str, Callable[[torch.nn.Module, Path], None]] = {"tsp": load_tsp_checkpoint}
+
+
+def load_encoder_weights(backbone: torch.nn.Module, checkpoint_format: str | None, path: Path) -> None:
+    """Load an encoder weight file of the given format into a backbone."""
+    if checkpoint_format not in ENCODER_FORMATS:
+        raise UserError(f"{path}: this encoder has no checkpoint loader")
+    ENCODER_FORMATS[checkpoint_format](backbone, path)
+
 
 # original ETAD detector key -> etad key (regular expressions, applied in order; first match wins)
 ORIGINAL_DETECTOR_KEYS = [
@@ -208,8 +326,6 @@ def read_checkpoint(path: Path) -> dict:
 
 def convert(source: Path, target: Path) -> dict:
     """Write `source` (any known layout) as an etad checkpoint at `target`; never over a file."""
-    from stages.core.files import atomic_output
-
     state = read_checkpoint(source)
     target = Path(target)
     if target.exists():

@@ -331,7 +331,8 @@ class InferSettings(Section):
         None, ge=8, description="end to end: test-time centre crop; unset: the encoder's training crop"
     )
     post_processing: PostProcessingName = Field(
-        "original", description="original: sming256/ETAD's; opentad: OpenTAD's (stages/evaluation/postprocess.py)"
+        "original",
+        description="original: sming256/ETAD's; opentad: OpenTAD's (stages/evaluation/postprocess.py)",
     )
     soft_nms_sigma: float = Field(0.35, gt=0, description="Gaussian Soft-NMS decay")
     top_k: int = Field(100, ge=1, description="proposals kept per video after Soft-NMS")

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from stages.data.annotations import VideoRecord, load_annotations
 from stages.core.errors import UserError
+from stages.data.annotations import VideoRecord, load_annotations
+from stages.data.protocols import Item, pad_with_last, protocol
 from stages.model.sampling import sample_proposals
 from stages.model.targets import boundary_targets, match_ground_truth, proposal_map
-from stages.data.protocols import Item, pad_with_last, protocol
 
 if TYPE_CHECKING:  # the settings models, for type hints only
     from stages.core.settings import Settings

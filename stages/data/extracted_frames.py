@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.data.annotations import safe_path
 from stages.core.errors import UserError
+from stages.data.annotations import safe_path
 
 
 def frames_file(folder: Path, video_id: str) -> Path:

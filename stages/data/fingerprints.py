@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stages.core.errors import UserError
-from stages.data.extracted_frames import load_frames
-from stages.data.protocols import protocol
-from stages.data.hdf5_cache import VideoCache, fingerprint, stored_fingerprint, video_file
 from stages.core.workdir import frames_dir, snippets_dir
+from stages.data.extracted_frames import load_frames
+from stages.data.hdf5_cache import VideoCache, fingerprint, stored_fingerprint, video_file
+from stages.data.protocols import protocol
 
 if TYPE_CHECKING:  # the settings models, for type hints only
     from stages.core.settings import Settings
@@ -80,8 +80,8 @@ class FeatureEncoder:
     def __init__(self, settings: Settings, device: str, dtype: str = "float32", batch_size: int = 32) -> None:
         import torch
 
+        from stages.core.runtime import use_threads
         from stages.model.encoder import build_encoder
-        from stages.training.loop import use_threads
 
         use_threads(settings.threads)
         self.settings, self.batch_size = settings, batch_size

@@ -19,9 +19,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from stages.data.annotations import safe_path
 from stages.core.errors import UserError
 from stages.core.files import atomic_output
+from stages.data.annotations import safe_path
 
 
 def fingerprint(values: dict) -> str:

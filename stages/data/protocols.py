@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stages.evaluation.metrics import ANET_TIOUS, THUMOS_TIOUS
 from stages.data.snippet_positions import anet_snippet_frames, strided_snippet_frames
+from stages.evaluation.metrics import ANET_TIOUS, THUMOS_TIOUS
 
 if TYPE_CHECKING:  # torch is imported where tensors are made, so `etad eval` starts without it
     import torch

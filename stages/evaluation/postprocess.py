@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.data.annotations import load_annotations, read_json
 from stages.core.errors import UserError
+from stages.data.annotations import load_annotations, read_json
 
 # UntrimmedNet (UCF101) class ids of the 20 THUMOS-14 classes, in THUMOS alphabetical order.
 THUMOS_UCF101_IDS = (7, 9, 12, 21, 22, 23, 24, 26, 31, 33, 36, 40, 45, 51, 68, 79, 85, 92, 93, 97)

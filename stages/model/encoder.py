@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, R2Plus1dStem, VideoResNet, r2plus1d_18
 
+from stages.core.checkpoints import load_encoder_weights
 from stages.core.errors import UserError
 
 MEAN = (110.2008, 100.63983, 95.99475)  # TSP [0,1] statistics x 255 (docs/method.md §2)
@@ -85,36 +86,15 @@ class EncoderSpec:
     mean: tuple[float, float, float] = MEAN  # per-channel normalisation on the 0-255 scale
     std: tuple[float, float, float] = STD
     frozen: Callable[[nn.Module, int], list[nn.Module]] = residual_stages  # (backbone, frozen_stages)
-    load: Callable[[nn.Module, Path], None] | None = None  # (backbone, file): weights in a released layout
-
-
-def load_tsp_checkpoint(backbone: nn.Module, path: Path) -> None:
-    """Load weights in the public TSP layout: dict key 'model', drop 'fc' keys, strip 'features.'."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such checkpoint file") from None
-    except Exception as exc:
-        raise UserError(f"{path}: cannot read checkpoint: {str(exc).splitlines()[0][:200]}") from None
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise UserError(f"{path}: expected a dict with a 'model' state dict")
-    state = {k.removeprefix("features."): v for k, v in state.items() if "fc" not in k}
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(
-            f"{path}: keys do not match the encoder: "
-            f"{len(missing)} missing (e.g. {', '.join(missing[:3]) or '-'}), "
-            f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3]) or '-'})"
-        )
+    checkpoint_format: str | None = "tsp"  # its weight files: a key of ENCODER_FORMATS (core/checkpoints.py)
 
 
 # The encoder registry: `model.encoder.name` is a key of this dict. To add an encoder, add an entry
 # (docs/architecture.md has a worked example).
 ENCODERS: dict[str, EncoderSpec] = {
-    "r2plus1d_34_tsp": EncoderSpec(_r2plus1d_34, 512, load=load_tsp_checkpoint),
-    "r2plus1d_18": EncoderSpec(_r2plus1d_18, 512, load=load_tsp_checkpoint),
-    "tiny": EncoderSpec(TinyR2Plus1D, 64, load=load_tsp_checkpoint),
+    "r2plus1d_34_tsp": EncoderSpec(_r2plus1d_34, 512),
+    "r2plus1d_18": EncoderSpec(_r2plus1d_18, 512),
+    "tiny": EncoderSpec(TinyR2Plus1D, 64),
 }
 
 
@@ -175,9 +155,7 @@ def build_encoder(
 ) -> SnippetEncoder:
     encoder = SnippetEncoder(name, frozen_stages, norm_eval)
     if checkpoint is not None:
-        if encoder.spec.load is None:
-            raise UserError(f"{checkpoint}: encoder {name!r} has no checkpoint loader")
-        encoder.spec.load(encoder.backbone, checkpoint)
+        load_encoder_weights(encoder.backbone, encoder.spec.checkpoint_format, checkpoint)
     return encoder
 
 

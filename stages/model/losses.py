@@ -151,3 +151,8 @@ def detector_loss(
         total = total + terms["classifier"]
     terms["total"] = total
     return terms
+
+
+def as_float(out: dict) -> dict:
+    """Detector outputs in float32 for the losses (they may come out of autocast in half precision)."""
+    return {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in out.items()}
