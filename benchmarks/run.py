@@ -60,7 +60,7 @@ def _synth_videos(folder: Path, videos: int = 8) -> Path:
 
 def _extract_settings(data: Path, work: Path, height: int, width: int):
     """Settings that extract the synthetic videos at 15 fps and the given size with decord."""
-    from stages.core.settings import load_settings
+    from stages.core.settings_file import load_settings
 
     return load_settings(
         None,
@@ -162,7 +162,7 @@ def bench_cache_read() -> list[tuple[str, str]]:
     import numpy as np
 
     from stages import cache, extract
-    from stages.core.settings import load_settings
+    from stages.core.settings_file import load_settings
     from stages.data.hdf5_cache import VideoCache
     from stages.data.video_io import VideoReader
 

@@ -69,10 +69,12 @@ def load(
     check_parts: bool = True,
 ) -> Settings:
     """The settings of a command: the file, then --set overrides, then the command's own options.
-    Commands that never build a model pass `check_parts=False`, so they do not import torch."""
-    from stages.core.settings import load_settings
+    Part names are checked against their registries; commands that never build a model pass
+    `check_parts=False`, which leaves out those that live in torch modules (no torch import)."""
+    from etad_cli.parts import registries
+    from stages.core.settings_file import load_settings
 
-    return load_settings(config, [*(overrides or []), *(extra or [])], check_parts=check_parts)
+    return load_settings(config, [*(overrides or []), *(extra or [])], parts=registries(check_parts))
 
 
 def is_main_process() -> bool:
@@ -87,7 +89,7 @@ def config_show(config: ConfigArg, set_: SetOpt = None) -> None:
 
     Example: etad config show examples/demo.yaml --set train.lr=1e-4
     """
-    from stages.core.settings import settings_as_yaml
+    from stages.core.settings_file import settings_as_yaml
 
     with user_errors():
         resolved = load(config, set_, check_parts=False)
@@ -100,9 +102,10 @@ def config_reference() -> None:
 
     Example: etad config reference > docs/settings.md
     """
-    from stages.core.settings import settings_reference
+    from etad_cli.parts import registries
+    from stages.core.settings_reference import settings_reference
 
-    console.print(settings_reference(), markup=False, highlight=False, end="", soft_wrap=True)
+    console.print(settings_reference(registries()), markup=False, highlight=False, end="", soft_wrap=True)
 
 
 @config_app.command("validate")

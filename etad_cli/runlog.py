@@ -34,7 +34,7 @@ class StageRun:
     @classmethod
     def start(cls, settings, stage: str) -> StageRun:
         """Log the resolved settings of this run (logs/<stage>-<time>-<pid>.settings.yaml)."""
-        from stages.core.settings import settings_as_yaml
+        from stages.core.settings_file import settings_as_yaml
 
         logs = settings.work_dir / "logs"
         try:

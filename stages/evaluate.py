@@ -65,7 +65,7 @@ class EvalRequest:
         if settings is not None:
             d, e = settings.data, settings.eval
             defaults = dict(
-                predictions=output_path(settings), ground_truth=d.annotations, dataset=d.dataset,
+                predictions=output_path(settings), ground_truth=d.annotations, dataset=d.protocol,
                 subset=d.eval_subset, blocked=d.blocked, task=e.task, tious=e.tiou_thresholds,
                 protocol=e.protocol,
             )  # fmt: skip

@@ -24,7 +24,7 @@ from stages.core.runtime import pick_device, use_threads
 from stages.core.settings import ModelSettings, Settings
 from stages.core.workdir import RUN_KINDS, features_dir, output_path, run_dir, snippets_dir
 from stages.data.annotations import safe_path
-from stages.data.datasets import DetectionDataset, build_items, cache_reader
+from stages.data.datasets import CacheReader, DetectionDataset, build_items
 from stages.data.fingerprints import FeatureEncoder, snippet_frame_indices
 from stages.data.hdf5_cache import VideoCache
 from stages.data.protocols import Item, protocol
@@ -91,9 +91,10 @@ class Detector:
         self.crop_size = settings.infer.crop_size or self.model_settings.encoder.crop_size
 
     @torch.no_grad()
-    def __call__(self, inputs: torch.Tensor, anchors: torch.Tensor) -> dict:
-        """inputs: features [B, C, T] or (end to end) uint8 snippets [B, T, L, H, W, 3]."""
-        if inputs.dtype == torch.uint8:
+    def __call__(self, inputs: torch.Tensor, anchors: torch.Tensor, *, snippets: bool) -> dict:
+        """inputs: features [B, C, T], or with `snippets` uint8 snippets [B, T, L, H, W, 3] that
+        the trained encoder (end to end) turns into features first."""
+        if snippets:
             inputs = self.encode(inputs)
         inputs = inputs.to(self.device)
         out = self.model(inputs, anchors.to(self.device).expand(len(inputs), -1, -1))
@@ -129,7 +130,7 @@ def cached_dataset(settings: Settings, detector: Detector) -> tuple[DetectionDat
     items, classes, notes = build_items(settings, d.eval_subset, cache.length, training=False)
     if classes != detector.classes:
         notes.append("the annotation file's classes differ from the checkpoint's; using the checkpoint's")
-    return DetectionDataset(items, detector.classes, settings, cache_reader(cache, settings), "test"), notes
+    return DetectionDataset(items, detector.classes, settings, CacheReader(cache, settings), "test"), notes
 
 
 def detect(
@@ -137,12 +138,15 @@ def detect(
     detector: Detector,
     items: list[Item],
     inputs: torch.utils.data.Dataset,
+    *,
     label: Labeller,
+    snippets: bool,
     progress: Progress = SILENT,
 ) -> tuple[dict[str, list[dict]], dict[str, list[float]]]:
     """Detections per video, in seconds: the detector over every item (`inputs[i]` is
-    {"inputs", "index": i}), then post-processing. Also the built-in head's video-level class
-    scores (those that labelled each video; empty without a head)."""
+    {"inputs", "index": i}; uint8 snippets with `snippets`, else features), then
+    post-processing. Also the built-in head's video-level class scores (those that labelled each
+    video; empty without a head)."""
     inf, d = settings.infer, settings.data
     proto = protocol(d)
     anchors = proposal_map(d.temporal_scale, detector.model_settings.max_duration)[None]
@@ -152,11 +156,11 @@ def detect(
     class_scores: dict[str, list[float]] = {}
     post = POST_PROCESSING[inf.post_processing]
     for batch in data:
-        out = detector(batch["inputs"], anchors)
+        out = detector(batch["inputs"], anchors, snippets=snippets)
         for row, index in enumerate(batch["index"].tolist()):
             item = items[index]
             segs, scores = post.item(inf, out["proposals"][row], out["iou"][row], out["tem"][row])
-            kept.setdefault(item.video_id, []).append((proto.to_seconds(d, item)(segs), scores))
+            kept.setdefault(item.video_id, []).append((proto.to_seconds(item)(segs), scores))
             if item.video_id not in labels:
                 probs = out["class_probs"][row] if "class_probs" in out else None
                 labels[item.video_id] = label(item.video_id, probs)
@@ -209,7 +213,10 @@ def run(
     dataset, notes = cached_dataset(settings, detector)
     label = labeller(settings, detector)
     progress.start(len(dataset))
-    results, class_scores = detect(settings, detector, dataset.items, dataset, label, progress)
+    results, class_scores = detect(
+        settings, detector, dataset.items, dataset,
+        label=label, snippets=dataset.load.kind == "snippets", progress=progress,
+    )  # fmt: skip
     write_results(output, results)
     if settings.infer.classifier == "builtin":  # reusable as infer.classifier_file for another model
         write_json(classes_path(output), {"class": detector.classes, "results": class_scores}, indent=None)
@@ -303,11 +310,11 @@ def video_inputs(
     proto = protocol(d)
     out = []
     for item in items:
-        rows = proto.rows(d, item) or slice(None)
+        rows = proto.rows(item) or slice(None)
         if detector.encoder is None:
-            out.append(proto.feature_input(d, features[rows]))
+            out.append(proto.feature_input(features[rows]))
         else:
-            out.append(proto.encoded_input(d, torch.from_numpy(features[rows]).T))
+            out.append(proto.encoded_input(torch.from_numpy(features[rows]).T))
     return out
 
 
@@ -328,11 +335,11 @@ def run_video(
     label = labeller(settings, detector)
     features, duration = video_features(settings, detector, video, progress)
     video_id = video.stem
-    items = protocol(settings.data).items(settings.data, video_id, duration, [], len(features))
+    items = protocol(settings.data).items(video_id, duration, [], len(features))
     inputs = [
         {"inputs": x, "index": i} for i, x in enumerate(video_inputs(settings, detector, features, items))
     ]
-    results, _ = detect(settings, detector, items, inputs, label)
+    results, _ = detect(settings, detector, items, inputs, label=label, snippets=False)
     detections = sorted(results[video_id], key=lambda det: -det["score"])
     output = safe_path(output_path(settings).parent, video.name, "{id}.json")
     write_results(output, {video_id: detections})

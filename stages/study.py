@@ -189,7 +189,7 @@ def run(study: Study, *, progress: Progress = SILENT) -> list[dict]:
     outputs. Returns every result, finished earlier or now."""
     if study.stage not in STAGES:
         raise UserError(f"--stages {study.stage}: expected one of {', '.join(STAGES)}")
-    from stages.core.settings import load_settings
+    from stages.core.settings_file import load_settings
     from stages.core.workdir import features_dir, snippets_dir
 
     base = load_settings(study.config, study.base_overrides)

@@ -14,7 +14,7 @@ from stages.core.progress import SILENT, Progress
 from stages.core.runtime import Distributed, autocast, to_device
 from stages.core.settings import Settings
 from stages.core.workdir import features_dir
-from stages.data.datasets import DetectionDataset, build_items, cache_reader
+from stages.data.datasets import CacheReader, DetectionDataset, build_items
 from stages.data.hdf5_cache import VideoCache
 from stages.model.detector import VARIANTS, build_detector
 from stages.model.losses import as_float, detector_loss
@@ -29,7 +29,7 @@ def feature_datasets(
     if settings.data.annotations is None:
         raise UserError("data.annotations is not set")
     cache = VideoCache(features_dir(settings), "features")
-    load = cache_reader(cache, settings)
+    load = CacheReader(cache, settings)
     d = settings.data
     items, classes, notes = build_items(settings, d.train_subset, cache.length, training=True)
     train = DetectionDataset(items, classes, settings, load, "train")

@@ -18,7 +18,7 @@ from stages.core.progress import SILENT, Progress
 from stages.core.runtime import autocast
 from stages.core.settings import Settings
 from stages.core.workdir import snippets_dir
-from stages.data.datasets import DetectionDataset, build_items, cache_reader
+from stages.data.datasets import CacheReader, DetectionDataset, build_items
 from stages.data.hdf5_cache import VideoCache
 from stages.model.backward import Backward, e2e_gradients
 from stages.model.detector import VARIANTS, build_detector
@@ -66,7 +66,7 @@ def snippet_dataset(settings: Settings, crop: int) -> tuple[DetectionDataset, li
         return center_crop(snippets, crop).contiguous()
 
     items, classes, notes = build_items(settings, settings.data.train_subset, cache.length, training=True)
-    load = cache_reader(cache, settings)
+    load = CacheReader(cache, settings)
     return DetectionDataset(items, classes, settings, load, "train", transform), classes, notes
 
 

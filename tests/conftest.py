@@ -88,7 +88,7 @@ def feature_work(tmp_path_factory, synth_dir) -> Path:
     """The synthetic dataset extracted and cached (snippets and tiny-encoder features); returns the
     folder holding config.yaml and work/. Tests copy what they change."""
     from stages import cache, extract
-    from stages.core.settings import load_settings
+    from stages.core.settings_file import load_settings
 
     folder = tmp_path_factory.mktemp("features")
     config = demo_config(folder, synth_dir)

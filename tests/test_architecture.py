@@ -9,7 +9,8 @@ import re
 import pytest
 import torch
 
-from stages.core.settings import load_settings
+from etad_cli.parts import registries
+from stages.core.settings_file import load_settings
 from tests.conftest import REPO, demo_config
 
 STAGE_MODULES = {"extract", "cache", "pretrain", "e2e", "infer", "evaluate", "synth"}
@@ -66,11 +67,11 @@ def worked_examples():
 def test_a_new_sampling_strategy_is_one_entry(worked_examples):
     from stages.model.sampling import sample_snippets
 
-    s = load_settings(None, ["e2e.snippet_sampling=every_other"])
+    s = load_settings(None, ["e2e.snippet_sampling=every_other"], parts=registries())
     picks = sample_snippets(12, 0.5, 2, s.e2e.snippet_sampling, torch.Generator().manual_seed(0)).flatten()
     assert len(picks) == 6 and (picks.diff() == 2).all()
     with pytest.raises(Exception, match="every_other"):  # the error lists the registered names
-        load_settings(None, ["e2e.snippet_sampling=nope"])
+        load_settings(None, ["e2e.snippet_sampling=nope"], parts=registries())
 
 
 @pytest.mark.slow

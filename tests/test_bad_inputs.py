@@ -401,7 +401,7 @@ def test_a_symlinked_video_is_not_an_escape(tmp_path):
 
 
 def test_a_randomly_initialised_encoder_is_part_of_the_feature_fingerprint():
-    from stages.core.settings import load_settings
+    from stages.core.settings_file import load_settings
     from stages.data.fingerprints import feature_fingerprint
 
     a, b = (feature_fingerprint(load_settings(None, [f"seed={seed}"])) for seed in (1, 2))

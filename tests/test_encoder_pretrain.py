@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages.core.settings import load_settings
+from stages.core.settings_file import load_settings
 from stages.model.encoder import build_encoder, center_crop
 from stages.train_encoder import ClipDataset, clip_labels
 from tests.conftest import demo_config, run_cli

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from stages.core.settings import load_settings
+from stages.core.settings_file import load_settings
 from stages.data.fingerprints import cut_snippets
 from stages.data.hdf5_cache import VideoCache
 from stages.data.snippet_positions import anet_snippet_frames

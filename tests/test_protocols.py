@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from stages.core.settings import load_settings
-from stages.data.protocols import PROTOCOLS, Item, Timeline, window_ground_truth, window_starts
+from stages.core.settings_file import load_settings
+from stages.data.protocols import PROTOCOLS, Item, Timeline, protocol, window_ground_truth, window_starts
 
 
 def test_window_starts_cover_the_video_and_end_on_its_last_snippet():
@@ -45,20 +45,28 @@ def test_window_ground_truth_keeps_complete_enough_instances():
 
 def test_whole_video_protocol_normalises_and_clips():
     s = load_settings(None, ["data.temporal_scale=8"])
-    anet = PROTOCOLS["anet"]
-    item = anet.items(s.data, "v", 50.0, [(5.0, 60.0, "a")], 8)[0]
+    anet = protocol(s.data)
+    assert isinstance(anet, PROTOCOLS["anet"])
+    item = anet.items("v", 50.0, [(5.0, 60.0, "a")], 8)[0]
     assert item.window is None
-    torch.testing.assert_close(anet.ground_truth(s.data, item, training=True), torch.tensor([[0.1, 1.0]]))
-    assert anet.to_seconds(s.data, item)(np.array([0.5, 1.2])).tolist() == [25.0, 50.0]
-    assert anet.feature_input(s.data, np.ones((20, 4), dtype=np.float32)).shape == (4, 8)
+    torch.testing.assert_close(anet.ground_truth(item, training=True), torch.tensor([[0.1, 1.0]]))
+    assert anet.to_seconds(item)(np.array([0.5, 1.2])).tolist() == [25.0, 50.0]
+    assert anet.feature_input(np.ones((20, 4), dtype=np.float32)).shape == (4, 8)
 
 
 def test_sliding_windows_pad_features_with_zeros_and_encoded_snippets_with_the_last():
-    s = load_settings(None, ["data.dataset=thumos", "data.temporal_scale=4", "data.window_overlap=0.5"])
-    thumos = PROTOCOLS["thumos"]
-    items = thumos.items(s.data, "v", 10.0, [], 6)
+    s = load_settings(None, ["data.protocol=thumos", "data.temporal_scale=4", "data.window_overlap=0.5"])
+    thumos = protocol(s.data)
+    assert isinstance(thumos, PROTOCOLS["thumos"])
+    items = thumos.items("v", 10.0, [], 6)
     assert [(i.window, i.valid) for i in items] == [(0, 4), (2, 4)]
     rows = np.arange(6, dtype=np.float32).reshape(3, 2)  # 3 snippets of 2 channels
-    assert thumos.feature_input(s.data, rows).tolist() == [[0, 2, 4, 0], [1, 3, 5, 0]]
-    padded = thumos.encoded_input(s.data, torch.from_numpy(rows).T)
+    assert thumos.feature_input(rows).tolist() == [[0, 2, 4, 0], [1, 3, 5, 0]]
+    padded = thumos.encoded_input(torch.from_numpy(rows).T)
     assert padded.tolist() == [[0, 2, 4, 4], [1, 3, 5, 5]]
+
+
+def test_the_old_setting_name_data_dataset_still_loads():
+    """data.dataset was renamed data.protocol; configs written with the old name keep working."""
+    assert load_settings(None, ["data.dataset=thumos"]).data.protocol == "thumos"
+    assert load_settings(None, ["data.protocol=thumos"]).data.protocol == "thumos"

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from stages.core.errors import UserError
-from stages.core.settings import Settings, load_settings
+from stages.core.settings import Settings
+from stages.core.settings_file import load_settings
 from stages.model.encoder import ENCODERS
 from tests.conftest import REPO, run_cli
 
@@ -36,6 +37,7 @@ def assert_clean_failure(result, *expected: str) -> list[str]:
         ("model:\n  proposal_ratio: 1.5\n", ["model.proposal_ratio: got 1.5", "less than or equal to 1"]),
         ("e2e:\n  snippet_ratio: -0.1\n", ["e2e.snippet_ratio: got -0.1", "greater than or equal to 0"]),
         ("data:\n  dataset: kinetics\n", ["data.dataset: got 'kinetics'", "expected one of anet, thumos"]),
+        ("data:\n  protocol: kinetics\n", ["data.protocol: got 'kinetics'", "expected one of anet, thumos"]),
         ("train:\n  lr: [1\n  x: 2\n", ["invalid YAML: line 3"]),
     ],
 )
@@ -118,10 +120,11 @@ def test_settings_reference_page_matches_the_models(cli):
     """docs/settings.md is generated (`make docs`): it must be current and list every key."""
     from pydantic import BaseModel
 
-    from stages.core.settings import settings_reference
+    from etad_cli.parts import registries
+    from stages.core.settings_reference import settings_reference
 
     page = (REPO / "docs" / "settings.md").read_text()
-    assert page == settings_reference(), "docs/settings.md is stale: run `make docs`"
+    assert page == settings_reference(registries()), "docs/settings.md is stale: run `make docs`"
     assert cli("config", "reference").output == page
     for section, field in Settings.model_fields.items():
         model = field.annotation

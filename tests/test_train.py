@@ -118,7 +118,7 @@ def test_torchrun_two_cpu_ranks_keep_identical_weights(tmp_path, synth_dir, feat
 def test_the_classifier_refit_fits_the_head_on_the_final_features_and_leaves_the_detector(
     tmp_path, cli, synth_dir, feature_work
 ):
-    from stages.core.settings import load_settings
+    from stages.core.settings_file import load_settings
     from stages.infer import Detector
     from stages.model.classifier import VideoClassifier, refit
     from stages.train_e2e import snippet_dataset

@@ -60,8 +60,8 @@ def build_items(
             missing.append(r.video_id)
             continue
         segments = [(s.start, s.end, s.label) for s in r.segments]
-        for item in proto.items(d, r.video_id, r.duration, segments, n):
-            if training and not proto.has_training_target(d, item):
+        for item in proto.items(r.video_id, r.duration, segments, n):
+            if training and not proto.has_training_target(item):
                 continue
             items.append(item)
     if missing:
@@ -75,32 +75,33 @@ def build_items(
     return items, classes, notes
 
 
-def cache_reader(cache, settings: Settings) -> Callable[[Item], np.ndarray]:
-    """`load(item)` over a VideoCache: the rows of an item (the whole video, or a window's). A
-    short snippet window is padded with its last snippet; features are left for the protocol."""
-    d = settings.data
-    proto = protocol(d)
+class CacheReader:
+    """`reader(item)`: the cached rows of an item (the whole video, or a window's) from a VideoCache.
+    A short snippet window is padded with its last snippet; features are left for the protocol.
+    `kind` is the cache's ('snippets' or 'features'), which the HDF5 files record."""
 
-    def load(item: Item) -> np.ndarray:
-        rows = cache.read(item.video_id, proto.rows(d, item))
-        if rows.dtype == np.uint8 and item.window is not None:
-            rows = pad_with_last(rows, d.temporal_scale)
+    def __init__(self, cache, settings: Settings) -> None:
+        self.cache, self.kind = cache, cache.kind
+        self.protocol, self.t = protocol(settings.data), settings.data.temporal_scale
+
+    def __call__(self, item: Item) -> np.ndarray:
+        rows = self.cache.read(item.video_id, self.protocol.rows(item))
+        if self.kind == "snippets" and item.window is not None:
+            rows = pad_with_last(rows, self.t)
         return rows
-
-    return load
 
 
 class DetectionDataset(torch.utils.data.Dataset):
     """Samples for the detector. `load(item)` returns an item's cached rows (features [N, C] or
-    snippets [T, ...]); mode 'train' samples proposals per the settings, 'val' uses the fixed
-    grid, 'test' returns no targets."""
+    snippets [T, ...], as `load.kind` says); mode 'train' samples proposals per the settings, 'val'
+    uses the fixed grid, 'test' returns no targets."""
 
     def __init__(
         self,
         items: list[Item],
         classes: list[str],
         settings: Settings,
-        load: Callable,
+        load: CacheReader,
         mode: str,
         transform=None,
     ) -> None:
@@ -124,9 +125,9 @@ class DetectionDataset(torch.utils.data.Dataset):
     def inputs(self, item: Item) -> torch.Tensor:
         """The detector's input for an item: features [C, T] (or snippets [T, ...] end to end)."""
         data = self.load(item)
-        if data.dtype == np.uint8:  # snippets: already one per position
+        if self.load.kind == "snippets":  # already one per position
             return torch.from_numpy(np.ascontiguousarray(data))
-        return self.protocol.feature_input(self.data, data)
+        return self.protocol.feature_input(data)
 
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
@@ -137,7 +138,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         sample = {"inputs": inputs, "index": index}
         if self.mode == "test":
             return sample
-        gt = self.protocol.ground_truth(self.data, item, training=self.mode == "train")
+        gt = self.protocol.ground_truth(item, training=self.mode == "train")
         chosen = sample_proposals(self.t, self.max_duration, self.strategy, self.ratio, generator)
         anchors = self.anchors[chosen]
         start, end = boundary_targets(gt, self.t)

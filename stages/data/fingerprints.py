@@ -26,11 +26,11 @@ def snippet_fingerprint(settings: Settings) -> str:
     d = settings.data
     return fingerprint(
         {
-            "dataset": d.dataset,
+            "dataset": d.protocol,  # named "dataset" so that caches written before the rename stay current
             "fps": d.fps,
             "size": [d.frame_height, d.frame_width],
             "snippet_length": d.snippet_length,
-            "positions": protocol(d).positions(d),
+            "positions": protocol(d).positions(),
         }
     )
 
@@ -58,7 +58,7 @@ def npy_fingerprint(npy_dir: Path) -> str:
 
 def snippet_frame_indices(settings: Settings, num_frames: int) -> np.ndarray:
     """Frame indices [T, L] of the snippets of a video with `num_frames` frames."""
-    return protocol(settings.data).snippet_frames(settings.data, num_frames)
+    return protocol(settings.data).snippet_frames(num_frames)
 
 
 def cut_snippets(settings: Settings, video_id: str) -> tuple[np.ndarray, np.ndarray, dict]:

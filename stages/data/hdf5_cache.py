@@ -97,6 +97,10 @@ class VideoCache:
         if self.kind not in f:
             f.close()
             raise UserError(damaged)
+        held = f.attrs.get("kind")
+        if held != self.kind:  # readers go by what a file says it holds, never by its dtype
+            f.close()
+            raise UserError(f"{path}: holds {held or 'an unknown kind'}, not {self.kind}; rerun `etad cache`")
         if self.expected is not None and f.attrs.get("fingerprint") != self.expected:
             f.close()
             raise UserError(

@@ -1,10 +1,12 @@
 """Temporal protocols: how a video becomes detector inputs, and detections become seconds again.
 
-`data.dataset` names one entry of PROTOCOLS. A protocol owns everything that differs between
-"the whole video resampled to T snippets" (ActivityNet, original ETAD) and "sliding windows of T
-snippets at a fixed stride" (THUMOS-14): where snippets sit, which items a video gives, the
-training ground truth of an item, how cached rows become the detector's input, conversion back to
-seconds and the evaluation defaults. Nothing outside this module asks which protocol it runs.
+`data.protocol` names one entry of PROTOCOLS; `protocol(settings.data)` builds it once, holding
+the data settings it needs, and callers pass the object on. A protocol owns everything that
+differs between "the whole video resampled to T snippets" (ActivityNet, original ETAD) and
+"sliding windows of T snippets at a fixed stride" (THUMOS-14): where snippets sit, which items a
+video gives, the training ground truth of an item, how cached rows become the detector's input,
+conversion back to seconds and the evaluation defaults. Nothing outside this module asks which
+protocol it runs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stages.core.errors import UserError
 from stages.data.snippet_positions import anet_snippet_frames, strided_snippet_frames
 from stages.evaluation.metrics import ANET_TIOUS, THUMOS_TIOUS
 
@@ -62,17 +65,20 @@ class WholeVideo:
     default_subset = "validation"
     tious = ANET_TIOUS
 
-    def snippet_frames(self, data, num_frames: int) -> np.ndarray:
-        return anet_snippet_frames(num_frames, data.temporal_scale, data.snippet_length)
+    def __init__(self, data) -> None:
+        self.data = data  # the data settings section
 
-    def positions(self, data) -> str:
+    def snippet_frames(self, num_frames: int) -> np.ndarray:
+        return anet_snippet_frames(num_frames, self.data.temporal_scale, self.data.snippet_length)
+
+    def positions(self) -> str:
         """What decides snippet positions (part of the cache fingerprint)."""
-        return str(data.temporal_scale)
+        return str(self.data.temporal_scale)
 
-    def items(self, data, video_id: str, duration: float, segments: list, n_snippets: int) -> list[Item]:
+    def items(self, video_id: str, duration: float, segments: list, n_snippets: int) -> list[Item]:
         return [Item(video_id, duration, segments)]
 
-    def ground_truth(self, data, item: Item, training: bool) -> torch.Tensor:
+    def ground_truth(self, item: Item, training: bool) -> torch.Tensor:
         """Instances normalised by the duration and clipped to [0, 1], [G, 2]."""
         import torch
 
@@ -80,24 +86,24 @@ class WholeVideo:
         boxes = [(min(max(s / d, 0.0), 1.0), min(max(e / d, 0.0), 1.0)) for s, e, _ in item.segments]
         return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 2)
 
-    def has_training_target(self, data, item: Item) -> bool:
+    def has_training_target(self, item: Item) -> bool:
         """An instance longer than 1% of the video."""
         d = item.duration
         return any(min(e / d, 1) - max(s / d, 0) > MIN_GT_LENGTH for s, e, _ in item.segments)
 
-    def rows(self, data, item: Item) -> slice | None:
+    def rows(self, item: Item) -> slice | None:
         """Which cached rows an item reads (None: all)."""
         return None
 
-    def feature_input(self, data, features: np.ndarray) -> torch.Tensor:
+    def feature_input(self, features: np.ndarray) -> torch.Tensor:
         """Cached features [N, C] of the item -> the detector's input [C, T] (resized)."""
-        return resize_features(features, data.temporal_scale)
+        return resize_features(features, self.data.temporal_scale)
 
-    def encoded_input(self, data, features: torch.Tensor) -> torch.Tensor:
+    def encoded_input(self, features: torch.Tensor) -> torch.Tensor:
         """Features [C, n] of the item's snippets encoded on the fly -> [C, T]."""
         return features
 
-    def to_seconds(self, data, item: Item) -> Callable[[np.ndarray], np.ndarray]:
+    def to_seconds(self, item: Item) -> Callable[[np.ndarray], np.ndarray]:
         return lambda x: np.clip(np.asarray(x) * item.duration, 0.0, item.duration)
 
 
@@ -155,56 +161,61 @@ class SlidingWindows:
     default_subset = "test"
     tious = THUMOS_TIOUS
 
-    def snippet_frames(self, data, num_frames: int) -> np.ndarray:
-        return strided_snippet_frames(num_frames, data.snippet_stride, data.snippet_length)
+    def __init__(self, data) -> None:
+        self.data = data  # the data settings section
 
-    def positions(self, data) -> str:
-        return f"stride {data.snippet_stride}"
+    def snippet_frames(self, num_frames: int) -> np.ndarray:
+        return strided_snippet_frames(num_frames, self.data.snippet_stride, self.data.snippet_length)
 
-    def items(self, data, video_id: str, duration: float, segments: list, n_snippets: int) -> list[Item]:
-        t = data.temporal_scale
+    def positions(self) -> str:
+        return f"stride {self.data.snippet_stride}"
+
+    def items(self, video_id: str, duration: float, segments: list, n_snippets: int) -> list[Item]:
+        t = self.data.temporal_scale
         return [
             Item(video_id, duration, segments, w, min(t, n_snippets - w))
-            for w in window_starts(n_snippets, t, data.window_overlap)
+            for w in window_starts(n_snippets, t, self.data.window_overlap)
         ]
 
-    def ground_truth(self, data, item: Item, training: bool) -> torch.Tensor:
+    def ground_truth(self, item: Item, training: bool) -> torch.Tensor:
         """Training: only instances complete enough in the window (IoA above the threshold)."""
-        threshold = data.window_ioa_threshold if training else None
-        return window_ground_truth(item, Timeline.of(data), data.temporal_scale, threshold)
+        threshold = self.data.window_ioa_threshold if training else None
+        return window_ground_truth(item, Timeline.of(self.data), self.data.temporal_scale, threshold)
 
-    def has_training_target(self, data, item: Item) -> bool:
-        return len(self.ground_truth(data, item, training=True)) > 0
+    def has_training_target(self, item: Item) -> bool:
+        return len(self.ground_truth(item, training=True)) > 0
 
-    def rows(self, data, item: Item) -> slice | None:
-        return slice(item.window, item.window + data.temporal_scale)
+    def rows(self, item: Item) -> slice | None:
+        return slice(item.window, item.window + self.data.temporal_scale)
 
-    def feature_input(self, data, features: np.ndarray) -> torch.Tensor:
+    def feature_input(self, features: np.ndarray) -> torch.Tensor:
         """A window's features [n <= T, C] -> [C, T], zero-padded past the end of the video."""
         import torch
 
-        x = torch.zeros(features.shape[1], data.temporal_scale)
+        x = torch.zeros(features.shape[1], self.data.temporal_scale)
         x[:, : len(features)] = torch.from_numpy(np.ascontiguousarray(features.T)).float()
         return x
 
-    def encoded_input(self, data, features: torch.Tensor) -> torch.Tensor:
+    def encoded_input(self, features: torch.Tensor) -> torch.Tensor:
         """A window's encoded snippets [C, n] -> [C, T], padded with the last snippet (as the
         snippet cache is read)."""
         import torch
 
-        t = data.temporal_scale
+        t = self.data.temporal_scale
         return torch.cat([features, features[:, -1:].expand(-1, t - features.shape[1])], dim=1)
 
-    def to_seconds(self, data, item: Item) -> Callable[[np.ndarray], np.ndarray]:
-        timeline, t = Timeline.of(data), data.temporal_scale
+    def to_seconds(self, item: Item) -> Callable[[np.ndarray], np.ndarray]:
+        timeline, t = Timeline.of(self.data), self.data.temporal_scale
         return lambda x: np.clip(timeline.to_seconds(np.asarray(x) * t + item.window), 0.0, item.duration)
 
 
-# The temporal protocols (`data.dataset`). To add one, write a class with the methods above and
+# The temporal protocols (`data.protocol`). To add one, write a class with the methods above and
 # add an entry here.
-PROTOCOLS: dict[str, WholeVideo | SlidingWindows] = {"anet": WholeVideo(), "thumos": SlidingWindows()}
+PROTOCOLS: dict[str, type[WholeVideo] | type[SlidingWindows]] = {"anet": WholeVideo, "thumos": SlidingWindows}
 
 
 def protocol(data) -> WholeVideo | SlidingWindows:
-    """The protocol of a data settings section."""
-    return PROTOCOLS[data.dataset]
+    """The protocol of a data settings section, built from it."""
+    if data.protocol not in PROTOCOLS:
+        raise UserError(f"data.protocol: {data.protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[data.protocol](data)
