@@ -71,10 +71,9 @@ def load(
     """The settings of a command: the file, then --set overrides, then the command's own options.
     Part names are checked against their registries; commands that never build a model pass
     `check_parts=False`, which leaves out those that live in torch modules (no torch import)."""
-    from etad_cli.parts import registries
-    from stages.core.settings_file import load_settings
+    from etad_cli.runner import load
 
-    return load_settings(config, [*(overrides or []), *(extra or [])], parts=registries(check_parts))
+    return load(config, [*(overrides or []), *(extra or [])], check_parts)
 
 
 def is_main_process() -> bool:
@@ -268,9 +267,7 @@ def train(
       etad train --config examples/demo.yaml --e2e --init-from work/demo/pretrain/checkpoints/last.pt
       torchrun --nproc-per-node 4 -m etad_cli train --config examples/anet_tsp_feature.yaml
     """
-    from stages import train as pretrain
-    from stages import train_e2e as e2e_stage
-    from stages import train_encoder as encoder_pretrain
+    from etad_cli import runner
 
     extra = [f"e2e.grad_mode={grad_mode}"] if grad_mode else []
     extra += [f"e2e.init_from={init_from.resolve()}"] if init_from else []
@@ -279,16 +276,13 @@ def train(
             raise UserError("--grad-mode and --init-from only apply with --e2e")
         if e2e and encoder:
             raise UserError("--e2e and --encoder are different runs: give one of them")
-        s, main_rank = load(config, set_, extra), is_main_process()
-        name, stage = ("train", pretrain)
-        if e2e or encoder:
-            name, stage = ("train --e2e", e2e_stage) if e2e else ("train --encoder", encoder_pretrain)
-        run = StageRun.start(s, name) if main_rank else None
-        with stage_progress(name, visible=main_rank) as progress:
-            summary = stage.run(s, resume=resume, restart=restart, progress=progress)
-    if run is not None:
-        views.training_summary(summary, f"{run.stage} -> {summary.out_dir}")
-        run.done(epochs=len(summary.epochs), peak_gpu_mib=round(summary.peak_memory_mb, 1))
+        kind, main_rank = "e2e" if e2e else "encoder" if encoder else "train", is_main_process()
+        settings = load(config, set_, extra)
+        with stage_progress(runner.TRAIN_STAGES[kind], visible=main_rank) as progress:
+            trained = runner.train(settings, kind, resume=resume, restart=restart, progress=progress,
+                                   log=main_rank)  # fmt: skip
+    if main_rank:
+        views.training_summary(trained.summary, f"{runner.TRAIN_STAGES[kind]} -> {trained.summary.out_dir}")
 
 
 @app.command("eval")
@@ -384,25 +378,16 @@ def infer(
       etad infer --config examples/demo.yaml --checkpoint work/demo/pretrain/checkpoints/best.pt --plot 4
       etad infer --config examples/demo.yaml --video my_clip.mp4
     """
-    from stages import evaluate as evaluate_stage
-    from stages import infer as stage
+    from etad_cli import runner
 
     with user_errors():
-        s = load(config, set_)
-        run = StageRun.start(s, "infer --video" if video is not None else "infer")
+        settings = load(config, set_)
         with stage_progress(f"encode {video.name}" if video is not None else "infer") as progress:
-            summary = stage.run(s, checkpoint=checkpoint, plot=plot, video=video, progress=progress)
-        views.infer_summary(summary, video is not None)
-        scores = {}
-        if evaluate and video is None:
-            request = evaluate_stage.EvalRequest.from_settings(
-                s, predictions=summary.output, task=summary.task
-            )
-            report = evaluate_stage.run(request)
-            views.eval_report(report)
-            evaluate_stage.save_json(report, summary.output.with_suffix(".metrics.json"))
-            scores = {"task": report.task, "average": report.average, "first_tiou": report.values[0]}
-        run.done(checkpoint=str(summary.checkpoint), kind=summary.kind, output=str(summary.output), **scores)
+            done = runner.infer(settings, checkpoint=checkpoint, plot=plot, video=video, evaluate=evaluate,
+                                progress=progress)  # fmt: skip
+        views.infer_summary(done.summary, video is not None)
+        if done.report is not None:
+            views.eval_report(done.report)
 
 
 @app.command()
@@ -437,18 +422,22 @@ def study(
       etad study -c examples/demo.yaml --stages train --vary model.proposal_ratio=0.06,0.2 --seeds 3
       etad study --show work/demo/study
     """
-    from stages import study as stage_module
+    from etad_cli.runner import ChildPoints
+    from stages import study as stage
 
     with user_errors():
         if show is None:
             if config is None:
                 raise UserError("give --config (or --show DIR)")
-            plan = stage_module.prepare(load(config, set_), config, set_ or [], vary or [], also or [], zip_,
-                                        seeds, stages, jobs, out, truth_labels)  # fmt: skip
-            with stage_progress(f"study {plan.out_dir.name}") as progress:
-                stage_module.run(plan, progress=progress)
+            plan = stage.prepare(load(config, set_), config=config, overrides=set_ or [], vary=vary or [],
+                                 also=also or [], zip_values=zip_, seeds=seeds, stage=stages, jobs=jobs,
+                                 out=out, truth_labels=truth_labels)  # fmt: skip
+            with stage_progress(f"study {plan.out_dir.name}") as progress, ChildPoints(
+                spread_over_gpus=jobs > 1
+            ) as runner:
+                stage.run(plan, runner=runner, progress=progress)
             show = plan.out_dir
-        console.print(stage_module.table(show), markup=False, soft_wrap=True)
+        console.print(stage.table(show), markup=False, soft_wrap=True)
 
 
 @app.command()

@@ -47,7 +47,8 @@ class StageRun:
         console.print(f"[dim]settings: {path}[/]", soft_wrap=True)
         return cls(logs, stage)
 
-    def done(self, **extra) -> None:
+    def done(self, **extra) -> dict:
+        """Append this run's cost (and `extra`) to stages.jsonl; the record written."""
         record = {
             "stage": self.stage,
             "seconds": round(time.perf_counter() - self.began, 2),
@@ -58,6 +59,7 @@ class StageRun:
         }
         with open(self.logs / "stages.jsonl", "a", encoding="utf-8") as out:
             out.write(json.dumps(record) + "\n")
+        return record
 
 
 def read_runs(work_dir: Path) -> list[dict]:

@@ -22,7 +22,7 @@ from stages.core.files import atomic_output, ensure_writable_dir, write_json
 from stages.core.progress import SILENT, Progress
 from stages.core.runtime import pick_device, use_threads
 from stages.core.settings import ModelSettings, Settings
-from stages.core.workdir import RUN_KINDS, features_dir, output_path, run_dir, snippets_dir
+from stages.core.workdir import RUN_KINDS, features_dir, last_checkpoint, output_path, snippets_dir
 from stages.data.annotations import safe_path
 from stages.data.datasets import CacheReader, DetectionDataset, build_items
 from stages.data.fingerprints import FeatureEncoder, snippet_frame_indices
@@ -53,7 +53,7 @@ class InferSummary:
 def find_checkpoint(settings: Settings) -> Path:
     """The last.pt of the end-to-end run, else of the frozen-feature run."""
     for kind in reversed(RUN_KINDS):
-        candidate = run_dir(settings, kind) / "checkpoints" / "last.pt"
+        candidate = last_checkpoint(settings, kind)
         if candidate.is_file():
             return candidate
     raise UserError(f"{settings.work_dir}: no checkpoint yet; run `etad train` or give --checkpoint")

@@ -2,11 +2,12 @@
 
 A study is the grid (or, with `zip`, the pairing) of the `--vary KEY=V1,V2,...` values, plus single
 `--also KEY=V` points (references such as `e2e.grad_mode=checkpoint`), each run for every seed. A
-point runs the chain of commands in fresh processes, in its own work folder under the study folder
+point is a `PointJob` in its own work folder under the study folder
 (`points/<key>=<value>,.../seed<k>/`), sharing the base settings' caches: `train` (or `train --e2e`),
 then `infer --eval` twice (detections, and class-agnostic proposals for the AUC), and with
-`truth_labels` a third time with `infer.classifier: truth` (localisation alone). Each process's own
-figures are read back: average mAP and mAP per tIoU, proposal AUC, peak memory (GPU: torch's
+`truth_labels` a third time with `infer.classifier: truth` (localisation alone). The point runner
+the caller hands in (the CLI's runs each point in a fresh process: etad_cli/runner.py) returns its
+figures: average mAP and mAP per tIoU, proposal AUC, peak memory (GPU: torch's
 max_memory_allocated; CPU: peak RSS), seconds per iteration and in all.
 
 Resumable: a finished point has `result.json` and is skipped; an interrupted one continues
@@ -21,10 +22,8 @@ import csv
 import itertools
 import json
 import math
-import os
 import re
-import subprocess
-import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING
 from stages.core.errors import UserError
 from stages.core.files import write_json
 from stages.core.progress import SILENT, Progress
+from stages.core.workdir import features_dir, snippets_dir, study_dir
 
 if TYPE_CHECKING:  # the settings models, for type hints only
     from stages.core.settings import Settings
@@ -66,6 +66,7 @@ class Point:
 
 @dataclass
 class Study:
+    settings: Settings  # the base settings (config file and base overrides)
     config: Path
     out_dir: Path
     points: list[Point]
@@ -107,92 +108,75 @@ def plan(vary: list[str], also: list[str], zip_values: bool) -> tuple[list[Point
     return points, keys
 
 
-def _etad(args: list[str], log: Path, env: dict) -> None:
-    """Run one etad command in a fresh process; its output goes to the point's log."""
-    with log.open("a") as out:
-        out.write(f"$ etad {' '.join(args)}\n")
-        out.flush()
-        done = subprocess.run([sys.executable, "-m", "etad_cli", *args], stdout=out, stderr=out, env=env)
-    if done.returncode != 0:
-        raise UserError(f"{log}: `etad {args[0]}` failed (exit {done.returncode}); see the log")
+@dataclass
+class PointJob:
+    """What one point runs, for the point runner (etad_cli/runner.py `ChildPoints`): the settings
+    (file and overrides), the training runs in order ("train", "e2e"; end to end from the point's
+    own detector when both), and the scorings of `infer --eval` (results/<name>.json, each with
+    its overrides). The runner's output goes to `log`."""
+
+    config: Path
+    overrides: list[str]
+    trains: tuple[str, ...]
+    scorings: dict[str, list[str]]
+    log: Path
 
 
-def _runs(work: Path) -> list[dict]:
-    """The cost records of every command run in a work folder (etad_cli/runlog.py writes them)."""
-    return [json.loads(x) for x in (work / "logs" / "stages.jsonl").read_text().splitlines()]
+# what the point runner returns: the last training run's step seconds, peak_gpu_mib and
+# peak_rss_mib, each scoring's metrics ("scores"), and the seconds of every run of the point
+PointRunner = Callable[[PointJob], dict]
 
 
-def _last_run(work: Path, stage: str) -> dict:
-    return [r for r in _runs(work) if r["stage"] == stage][-1]
+def point_job(study: Study, point: Point, seed: int, cache_sets: list[str]) -> PointJob:
+    """The job of one point and seed, in its own work folder under the study folder."""
+    folder = point_folder(study, point, seed)
+    sets = [*study.base_overrides, *cache_sets, f"work_dir={folder / 'work'}", f"seed={seed}"]
+    sets += ["train.log_every=1", "e2e.log_every=1", *(f"{k}={v}" for k, v in point.overrides)]
+    scorings = {"detections": [], "proposals": ["infer.classifier=none"]}
+    if study.truth_labels:
+        scorings["truth_labels"] = ["infer.classifier=truth"]
+    trains = {"train": ("train",), "e2e": ("e2e",), "train,e2e": ("train", "e2e")}[study.stage]
+    return PointJob(study.config, sets, trains, scorings, folder / "log.txt")
 
 
-def run_point(study: Study, point: Point, seed: int, cache_sets: list[str], env: dict) -> dict:
-    """Run (or finish) one point for one seed and return its figures."""
-    folder = study.out_dir / "points" / point.name / f"seed{seed}"
-    result_file = folder / "result.json"
+def point_folder(study: Study, point: Point, seed: int) -> Path:
+    return study.out_dir / "points" / point.name / f"seed{seed}"
+
+
+def run_point(study: Study, point: Point, seed: int, cache_sets: list[str], runner: PointRunner) -> dict:
+    """Run (or finish) one point for one seed and return its figures (result.json)."""
+    result_file = point_folder(study, point, seed) / "result.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
-    folder.mkdir(parents=True, exist_ok=True)
-    work = folder / "work"
-    e2e = study.stage.endswith("e2e")  # the figures are the last training's
-    sets = [*study.base_overrides, *cache_sets, f"work_dir={work}", f"seed={seed}"]
-    sets += ["train.log_every=1", "e2e.log_every=1", *(f"{k}={v}" for k, v in point.overrides)]
-    common = ["-c", str(study.config), *sum((["--set", s] for s in sets), [])]
-    log = folder / "log.txt"
-    if study.stage.startswith("train"):
-        _etad(["train", *common, "--resume"], log, env)
-    if e2e:
-        first = (
-            ["--init-from", str(work / "pretrain" / "checkpoints" / "last.pt")] if "," in study.stage else []
-        )
-        _etad(["train", *common, "--resume", "--e2e", *first], log, env)
-
-    def scored(name: str, *classifier: str) -> dict:
-        """`etad infer --eval` into results/<name>.json (with the classifier overrides); its metrics."""
-        _etad(
-            ["infer", *common, "--set", f"infer.output=results/{name}.json", *classifier, "--eval"], log, env
-        )
-        return json.loads((work / "results" / f"{name}.metrics.json").read_text())
-
-    detection = scored("detections")
-    proposals = scored("proposals", "--set", "infer.classifier=none")
-    truth_map = None
-    if study.truth_labels:
-        truth_map = scored("truth_labels", "--set", "infer.classifier=truth")["average_mAP"]
-    trained = _last_run(work, "train --e2e" if e2e else "train")
-    run_dir = work / ("e2e" if e2e else "pretrain")
-    steps = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    step_seconds = [r["seconds"] for r in steps if "step" in r]
-    step_seconds = step_seconds[1:] or step_seconds  # the first step warms up
-    gpu = trained.get("peak_gpu_mib") or 0.0
+    figures = runner(point_job(study, point, seed, cache_sets))
+    detection, scores = figures["scores"]["detections"], figures["scores"]
+    steps = figures["step_seconds"][1:] or figures["step_seconds"]  # the first step warms up
+    gpu = figures["peak_gpu_mib"] or 0.0
     result = {
         "point": point.name,
         "overrides": dict(point.overrides),
         "seed": seed,
         "average_mAP": detection["average_mAP"],
-        "truth_labels_mAP": truth_map,
+        "truth_labels_mAP": scores["truth_labels"]["average_mAP"] if "truth_labels" in scores else None,
         "mAP": detection["mAP"],
         "tiou_thresholds": detection["tiou_thresholds"],
         "mAP_first_tiou": detection["mAP"][0],
-        "proposal_AUC": proposals["auc"],
-        "peak_memory_mib": gpu if gpu else trained["peak_rss_mib"],
+        "proposal_AUC": scores["proposals"]["auc"],
+        "peak_memory_mib": gpu if gpu else figures["peak_rss_mib"],
         "memory_kind": "GPU max allocated" if gpu else "peak RSS",
-        "seconds_per_iteration": sum(step_seconds) / len(step_seconds) if step_seconds else math.nan,
-        "seconds": sum(r["seconds"] for r in _runs(work)),
+        "seconds_per_iteration": sum(steps) / len(steps) if steps else math.nan,
+        "seconds": figures["seconds"],
     }
     write_json(result_file, result)
     return result
 
 
-def run(study: Study, *, progress: Progress = SILENT) -> list[dict]:
-    """Run every point and seed not finished yet (in `jobs` processes at a time), then write the
-    outputs. Returns every result, finished earlier or now."""
+def run(study: Study, *, runner: PointRunner, progress: Progress = SILENT) -> list[dict]:
+    """Run every point and seed not finished yet (`jobs` at a time, each through `runner`), then
+    write the outputs. Returns every result, finished earlier or now."""
     if study.stage not in STAGES:
         raise UserError(f"--stages {study.stage}: expected one of {', '.join(STAGES)}")
-    from stages.core.settings_file import load_settings
-    from stages.core.workdir import features_dir, snippets_dir
-
-    base = load_settings(study.config, study.base_overrides)
+    base = study.settings
     cache_sets = [f"cache.snippets_dir={snippets_dir(base)}", f"cache.features_dir={features_dir(base)}"]
     study.out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"config": str(study.config), "points": [[list(o) for o in p.overrides] for p in study.points],
@@ -201,30 +185,20 @@ def run(study: Study, *, progress: Progress = SILENT) -> list[dict]:
     write_json(study.out_dir / "study.json", meta)
     tasks = [(p, s) for p in study.points for s in range(study.seeds)]
     progress.start(len(tasks))
-    gpus = _gpus() if study.jobs > 1 else []  # counting GPUs imports torch: only when it matters
 
-    def one(index_task: tuple[int, tuple[Point, int]]) -> dict:
-        index, (point, seed) = index_task
-        env = dict(os.environ)
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(gpus[index % len(gpus)])
-        result = run_point(study, point, base.seed + seed, cache_sets, env)
+    def one(task: tuple[Point, int]) -> dict:
+        point, seed = task
+        result = run_point(study, point, base.seed + seed, cache_sets, runner)
         progress.advance(info=point.name)
         return result
 
-    with ThreadPoolExecutor(max(1, study.jobs)) as pool:
-        results = list(pool.map(one, enumerate(tasks)))
+    pool = ThreadPoolExecutor(max(1, study.jobs))
+    try:
+        results = list(pool.map(one, tasks))
+    finally:  # on Ctrl-C, return at once: the runner's owner stops the points still running
+        pool.shutdown(wait=False, cancel_futures=True)
     write_outputs(study.out_dir, results, study.varied)
     return results
-
-
-def _gpus() -> list[int]:
-    try:
-        import torch
-
-        return list(range(torch.cuda.device_count()))
-    except Exception:
-        return []
 
 
 def read_results(out_dir: Path) -> tuple[list[dict], list[str]]:
@@ -353,12 +327,12 @@ def _number(text: str) -> float | str:
         return text
 
 
-def prepare(settings: Settings, config: Path, overrides: list[str], vary: list[str], also: list[str],
-            zip_values: bool, seeds: int, stage: str, jobs: int, out: Path | None,
-            truth_labels: bool = False) -> Study:  # fmt: skip
+def prepare(settings: Settings, *, config: Path, overrides: list[str], vary: list[str], also: list[str],
+            zip_values: bool = False, seeds: int = 1, stage: str = "e2e", jobs: int = 1,
+            out: Path | None = None, truth_labels: bool = False) -> Study:  # fmt: skip
     """The study the command line describes; its folder defaults to <work_dir>/study. A folder that
     holds a study of another settings file or other points is refused (never mixed)."""
-    folder = Path(out or Path(settings.work_dir) / "study").resolve()
+    folder = Path(out or study_dir(settings)).resolve()
     points, varied = plan(vary, also, zip_values)
     meta = folder / "study.json"
     if meta.is_file():
@@ -368,7 +342,8 @@ def prepare(settings: Settings, config: Path, overrides: list[str], vary: list[s
             raise UserError(
                 f"{folder}: holds another study (other settings file or points); choose another --out"
             )
-    return Study(config.resolve(), folder, points, seeds, stage, jobs, list(overrides), varied, truth_labels)
+    return Study(settings, config.resolve(), folder, points, seeds, stage, jobs, list(overrides), varied,
+                 truth_labels)  # fmt: skip
 
 
 def table(out_dir: Path) -> str:

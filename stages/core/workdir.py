@@ -7,6 +7,7 @@ pretrain/            etad train         (checkpoints/, metrics.jsonl)
 e2e/                 etad train --e2e
 encoder/             etad train --encoder (checkpoints/, metrics.jsonl, encoder_tsp.pth)
 results/             etad infer         (infer.output)
+study/               etad study         (points/<point>/seed<k>/work/ is each point's work folder)
 logs/                every command: its settings and cost
 """
 
@@ -36,6 +37,16 @@ def features_dir(settings: Settings) -> Path:
 def run_dir(settings: Settings, kind: str) -> Path:
     """The folder of a training run: pretrain/ (frozen features) or e2e/ (end to end)."""
     return Path(settings.work_dir) / kind
+
+
+def last_checkpoint(settings: Settings, kind: str) -> Path:
+    """The newest checkpoint of a training run (a hard link to its last epoch's file)."""
+    return run_dir(settings, kind) / "checkpoints" / "last.pt"
+
+
+def study_dir(settings: Settings) -> Path:
+    """Where `etad study` puts a study unless --out says otherwise."""
+    return Path(settings.work_dir) / "study"
 
 
 def output_path(settings: Settings) -> Path:

@@ -115,6 +115,7 @@ class TrainSummary:
     resumed_from: int = 0
     parameters: int = 0
     peak_memory_mb: float = 0.0
+    step_seconds: list[float] = field(default_factory=list)  # every optimizer step of this call
 
 
 @dataclass
@@ -290,6 +291,7 @@ def _step(run: Run, batch: dict, epoch: int, progress: Progress) -> float:
     job.optimizer.step()
     run.step += 1
     seconds = time.perf_counter() - t0
+    run.summary.step_seconds.append(seconds)
     record.update(epoch=epoch + 1, step=run.step, lr=job.optimizer.param_groups[0]["lr"], seconds=seconds)
     record["videos_per_s"] = len(batch["index"]) / max(seconds, 1e-9)
     if run.step % section.log_every == 0 or run.step == 1:
