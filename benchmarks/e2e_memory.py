@@ -37,7 +37,7 @@ def detector_batch(
     """Sampled anchors [b, P, 2] and targets for two ground-truth instances, as training builds them."""
     grid, gt = proposal_map(t, max_duration), torch.tensor([[0.2, 0.5], [0.6, 0.9]])
     anchors = torch.stack(
-        [grid[sample_proposals(t, max_duration, "random", 0.06, generator)] for _ in range(b)]
+        [grid[sample_proposals(t, max_duration, "random", 0.06, generator=generator)] for _ in range(b)]
     )
     start, end = boundary_targets(gt, t)
     batch = {
@@ -69,7 +69,7 @@ def measure(
     torch.manual_seed(0)
     dev = torch.device(device)
     encoder = build_encoder(encoder_name, None, frozen_stages, norm_eval=True).to(dev)
-    detector = ETAD(encoder.out_dim, 256, 24, 0.5, 3).to(dev)
+    detector = ETAD(encoder.out_dim, 256, 24, 0.5, n_stages=3).to(dev)
     params = [p for p in [*encoder.parameters(), *detector.parameters()] if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-6)
     generator = torch.Generator().manual_seed(0)
@@ -84,7 +84,19 @@ def measure(
         optimizer.zero_grad(set_to_none=True)
         loss = lambda out: detector_loss(out, batch, [0.7, 0.8, 0.9])  # noqa: E731
         e2e_gradients(
-            mode, Backward(encoder, detector, clips, loss, anchors, chunk, ratio, "random", generator, dev)
+            mode,
+            Backward(
+                encoder,
+                detector,
+                clips,
+                loss,
+                anchors=anchors,
+                chunk_size=chunk,
+                ratio=ratio,
+                sampling="random",
+                generator=generator,
+                device=dev,
+            ),
         )
         optimizer.step()
         if dev.type == "cuda":

@@ -240,7 +240,7 @@ def bench_train() -> list[tuple[str, str]]:
     from stages.model.losses import detector_loss
 
     torch.manual_seed(0)
-    model = ETAD(512, 256, 24, 0.5, 3)
+    model = ETAD(512, 256, 24, 0.5, n_stages=3)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     anchors, batch = detector_batch(16, 128, 128, torch.Generator().manual_seed(0))
     x = torch.randn(16, 512, 128)
@@ -271,7 +271,7 @@ def _detector_pair(in_channels: int = 512):
     from stages.model.detector import ETAD
 
     torch.manual_seed(0)
-    fast = ETAD(in_channels, 256, 24, 0.5, 3)
+    fast = ETAD(in_channels, 256, 24, 0.5, n_stages=3)
     reference = copy.deepcopy(fast)
     for stage in reference.stages:
         stage.roi_mode = "roialign"
@@ -305,7 +305,7 @@ def _step_batch(videos: int, ratio: float) -> tuple:
     generator = torch.Generator().manual_seed(0)
     grid, gt = proposal_map(128, 128), torch.tensor([[0.2, 0.5], [0.6, 0.9]])
     anchors = torch.stack(
-        [grid[sample_proposals(128, 128, "random", ratio, generator)] for _ in range(videos)]
+        [grid[sample_proposals(128, 128, "random", ratio, generator=generator)] for _ in range(videos)]
     )
     start, end = boundary_targets(gt, 128)
     batch = {"gt_box": torch.stack([match_ground_truth(a, gt) for a in anchors]),

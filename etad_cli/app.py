@@ -168,9 +168,9 @@ def synth(
     from stages import synth as stage
 
     with user_errors(), stage_progress("synth videos") as progress:
-        summary = stage.run(
-            out_dir, videos, classes, seed, fps, width, height, pretrain_videos, movers, progress=progress
-        )
+        summary = stage.run(out_dir, videos=videos, classes=classes, seed=seed, fps=fps, width=width,
+                            height=height, pretrain_videos=pretrain_videos, movers=movers,
+                            progress=progress)  # fmt: skip
     views.synth_summary(summary)
 
 
@@ -285,49 +285,53 @@ def train(
         views.training_summary(trained.summary, f"{runner.TRAIN_STAGES[kind]} -> {trained.summary.out_dir}")
 
 
+# the options of `etad eval` (each defaults to the settings' value when --config is given)
+PredictionsOpt = Annotated[
+    Path | None,
+    typer.Option("--predictions", "-p", help="Result JSON (default: the settings' infer.output)."),
+]
+GroundTruthOpt = Annotated[
+    Path | None,
+    typer.Option("--ground-truth", "-g", help="Ground-truth JSON (default: the settings' data.annotations)."),
+]
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(help="anet (tIoU 0.5:0.05:0.95) or thumos (0.3:0.1:0.7); default: the settings'."),
+]
+SubsetOpt = Annotated[
+    str | None, typer.Option(help="Ground-truth subset (default: validation for anet, test for thumos).")
+]
+BlockedOpt = Annotated[Path | None, typer.Option(help="JSON list of video ids left out of both files.")]
+TaskOpt = Annotated[str | None, typer.Option(help="detection (mAP, the default) or proposals (AR@AN, AUC).")]
+TiouOpt = Annotated[
+    list[float] | None,
+    typer.Option(help="tIoU threshold in (0, 1] (repeatable); replaces the dataset's list."),
+]
+ProtocolOpt = Annotated[
+    str | None,
+    typer.Option(help="official (ActivityNet) or actionformer (also drops duplicate ground truth)."),
+]
+PlotOpt = Annotated[Path | None, typer.Option(help="Draw mAP against tIoU (and per-class AP) to this PNG.")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write every number to this JSON file.")]
+EvalConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="Settings file that supplies the defaults above.")
+]
+
+
 @app.command("eval")
 def eval_(
-    predictions: Annotated[
-        Path | None,
-        typer.Option("--predictions", "-p", help="Result JSON (default: the settings' infer.output)."),
-    ] = None,
-    ground_truth: Annotated[
-        Path | None,
-        typer.Option(
-            "--ground-truth", "-g", help="Ground-truth JSON (default: the settings' data.annotations)."
-        ),
-    ] = None,
-    dataset: Annotated[
-        str | None,
-        typer.Option(help="anet (tIoU 0.5:0.05:0.95) or thumos (0.3:0.1:0.7); default: the settings'."),
-    ] = None,
-    subset: Annotated[
-        str | None, typer.Option(help="Ground-truth subset (default: validation for anet, test for thumos).")
-    ] = None,
-    blocked: Annotated[
-        Path | None, typer.Option(help="JSON list of video ids left out of both files.")
-    ] = None,
-    task: Annotated[
-        str | None, typer.Option(help="detection (mAP, the default) or proposals (AR@AN, AUC).")
-    ] = None,
-    tiou: Annotated[
-        list[float] | None,
-        typer.Option(help="tIoU threshold in (0, 1] (repeatable); replaces the dataset's list."),
-    ] = None,
-    protocol: Annotated[
-        str | None,
-        typer.Option(help="official (ActivityNet) or actionformer (also drops duplicate ground truth)."),
-    ] = None,
+    predictions: PredictionsOpt = None,
+    ground_truth: GroundTruthOpt = None,
+    dataset: DatasetOpt = None,
+    subset: SubsetOpt = None,
+    blocked: BlockedOpt = None,
+    task: TaskOpt = None,
+    tiou: TiouOpt = None,
+    protocol: ProtocolOpt = None,
     per_class: Annotated[bool, typer.Option("--per-class", help="Also show AP per class.")] = False,
-    plot: Annotated[
-        Path | None, typer.Option(help="Draw mAP against tIoU (and per-class AP) to this PNG.")
-    ] = None,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write every number to this JSON file.")
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="Settings file that supplies the defaults above.")
-    ] = None,
+    plot: PlotOpt = None,
+    json_out: JsonOpt = None,
+    config: EvalConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Score detections (mAP per tIoU) or proposals (average recall) as the official ActivityNet code does.
@@ -432,9 +436,10 @@ def study(
             plan = stage.prepare(load(config, set_), config=config, overrides=set_ or [], vary=vary or [],
                                  also=also or [], zip_values=zip_, seeds=seeds, stage=stages, jobs=jobs,
                                  out=out, truth_labels=truth_labels)  # fmt: skip
-            with stage_progress(f"study {plan.out_dir.name}") as progress, ChildPoints(
-                spread_over_gpus=jobs > 1
-            ) as runner:
+            with (
+                stage_progress(f"study {plan.out_dir.name}") as progress,
+                ChildPoints(spread_over_gpus=jobs > 1) as runner,
+            ):
                 stage.run(plan, runner=runner, progress=progress)
             show = plan.out_dir
         console.print(stage.table(show), markup=False, soft_wrap=True)

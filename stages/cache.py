@@ -22,15 +22,17 @@ from stages.core.progress import SILENT, Progress
 from stages.core.settings import Settings
 from stages.core.workdir import features_dir, frames_dir, snippets_dir
 from stages.data.annotations import load_annotations, safe_path
-from stages.data.fingerprints import (
-    FeatureEncoder,
-    cut_snippets,
-    feature_fingerprint,
-    npy_fingerprint,
-    snippet_fingerprint,
+from stages.data.extracted_frames import cut_snippets
+from stages.data.fingerprints import feature_fingerprint, npy_fingerprint, snippet_fingerprint
+from stages.data.hdf5_cache import (
+    VideoCache,
+    require_finite,
+    stored_fingerprint,
+    video_file,
+    write_video_file,
 )
-from stages.data.hdf5_cache import require_finite, stored_fingerprint, video_file, write_video_file
 from stages.data.per_video import run_each
+from stages.model.frozen_encoder import FeatureEncoder
 
 KINDS = ("snippets", "features")
 
@@ -60,8 +62,19 @@ def _snippet_job(settings: Settings, video_id: str, path: Path, stamp: str) -> N
     )
 
 
+def snippets_to_encode(settings: Settings, video_id: str) -> tuple[np.ndarray, int]:
+    """A video's snippets and frame count: from the snippet cache when it is current, else cut from
+    the extracted frames."""
+    folder, stamp = snippets_dir(settings), snippet_fingerprint(settings)
+    if stored_fingerprint(video_file(folder, video_id)) == stamp:
+        cache = VideoCache(folder, "snippets", stamp)
+        return cache.read(video_id), int(cache.attrs(video_id)["num_frames"])
+    snippets, _, meta = cut_snippets(settings, video_id)
+    return snippets, int(meta["num_frames"])
+
+
 def _feature_job(encoder: FeatureEncoder, settings: Settings, video_id: str, path: Path, stamp: str) -> None:
-    snippets, num_frames = encoder.snippets(video_id)
+    snippets, num_frames = snippets_to_encode(settings, video_id)
     attrs = {
         "kind": "features",
         "video_id": video_id,

@@ -222,6 +222,7 @@ def evaluate(
     ground_truth: Path,
     dataset: str = "anet",
     subset: str | None = None,
+    *,
     blocked: Path | None = None,
     task: str = "detection",
     tious: list[float] | None = None,
@@ -229,33 +230,25 @@ def evaluate(
 ) -> EvalReport:
     """Score `predictions` against `ground_truth` (the arguments of EvalRequest)."""
     return run(
-        EvalRequest(Path(predictions), Path(ground_truth), dataset, subset, blocked, task, tious, protocol)
+        EvalRequest(
+            Path(predictions),
+            Path(ground_truth),
+            dataset,
+            subset,
+            blocked=blocked,
+            task=task,
+            tious=tious,
+            protocol=protocol,
+        )
     )
 
 
 def run(request: EvalRequest) -> EvalReport:
     """Score a request; see the module docstring of stages.evaluation.metrics for the semantics."""
     r = request
-    predictions, ground_truth, task = r.predictions, r.ground_truth, r.task
     proto = PROTOCOLS[r.dataset]
     thresholds = np.asarray(r.tious if r.tious else proto.tious, dtype=float)
-    gt, classes, notes = read_ground_truth(
-        ground_truth, r.subset or proto.default_subset, r.protocol == "actionformer"
-    )
-    if not gt.videos:
-        raise UserError(f"{ground_truth}: no ground-truth instance in the selected subset")
-    pred = read_predictions(predictions)
-    blocked_ids = read_blocked(r.blocked) if r.blocked else set()
-    blocked_ids, note = reconcile_ids(gt, pred, blocked_ids)
-    if note:
-        notes.append(note)
-    if blocked_ids:
-        n_gt_videos = len(set(gt.videos))
-        gt = _keep(gt, np.array([v not in blocked_ids for v in gt.videos], dtype=bool))
-        pred = _keep(pred, np.array([v not in blocked_ids for v in pred.videos], dtype=bool))
-        notes.append(f"blocked list: {n_gt_videos - len(set(gt.videos))} ground-truth video(s) left out")
-    if not pred.videos:
-        raise UserError(f"{predictions}: no prediction left to score")
+    gt, pred, classes, notes = _read_both(r, proto.default_subset)
     gt_video_set = set(gt.videos)
     outside = sum(1 for v in set(pred.videos) if v not in gt_video_set)
     if outside:
@@ -271,21 +264,43 @@ def run(request: EvalRequest) -> EvalReport:
         "predicted_videos": len(set(pred.videos)),
         "predictions": len(pred.videos),
     }
-    if task == "proposals":
+    if r.task == "proposals":
         recall, avg_recall, per_video = average_recall_vs_proposals(
-            gt_video, gt.segments, pred_video, pred.segments, pred.scores, thresholds
+            gt_video, gt.segments, pred_video, pred.segments, pred_score=pred.scores, tious=thresholds
         )
         ar_at = {an: float(avg_recall[an - 1]) for an in (1, 5, 10, 50, 100)}
-        return EvalReport(
-            task,
-            thresholds.tolist(),
-            recall[:, -1].tolist(),
-            recall_auc(avg_recall, per_video),
-            ar_at=ar_at,
-            counts=counts,
-            notes=notes,
-        )
+        auc = recall_auc(avg_recall, per_video)
+        return EvalReport(r.task, thresholds.tolist(), recall[:, -1].tolist(), auc, ar_at=ar_at,
+                          counts=counts, notes=notes)  # fmt: skip
+    return _detection_report(r.task, thresholds, gt, pred, classes=classes, counts=counts, notes=notes,
+                             video_code=video_code)  # fmt: skip
 
+
+def _read_both(r: EvalRequest, default_subset: str) -> tuple[_Table, _Table, list[str], list[str]]:
+    """Ground truth and predictions of a request, without the blocked videos; the classes and notes."""
+    gt, classes, notes = read_ground_truth(
+        r.ground_truth, r.subset or default_subset, r.protocol == "actionformer"
+    )
+    if not gt.videos:
+        raise UserError(f"{r.ground_truth}: no ground-truth instance in the selected subset")
+    pred = read_predictions(r.predictions)
+    blocked_ids = read_blocked(r.blocked) if r.blocked else set()
+    blocked_ids, note = reconcile_ids(gt, pred, blocked_ids)
+    if note:
+        notes.append(note)
+    if blocked_ids:
+        n_gt_videos = len(set(gt.videos))
+        gt = _keep(gt, np.array([v not in blocked_ids for v in gt.videos], dtype=bool))
+        pred = _keep(pred, np.array([v not in blocked_ids for v in pred.videos], dtype=bool))
+        notes.append(f"blocked list: {n_gt_videos - len(set(gt.videos))} ground-truth video(s) left out")
+    if not pred.videos:
+        raise UserError(f"{r.predictions}: no prediction left to score")
+    return gt, pred, classes, notes
+
+
+def _detection_report(task: str, thresholds: np.ndarray, gt: _Table, pred: _Table, *, classes: list[str],
+                      counts: dict, notes: list[str], video_code: dict[str, int]) -> EvalReport:  # fmt: skip
+    """mAP per tIoU and AP per class; predictions of labels absent from the ground truth are dropped."""
     class_code = {c: i for i, c in enumerate(classes)}
     known = np.array([label in class_code for label in pred.labels], dtype=bool)
     if not known.all():
@@ -295,24 +310,22 @@ def run(request: EvalRequest) -> EvalReport:
             f"{int((~known).sum())} prediction(s) with {len(unknown)} label(s) absent from the ground truth "
             f"were ignored: {shown}"
         )
-        pred_video = pred_video[known]
         pred = _keep(pred, known)
     ap = detection_ap(
-        gt_video,
+        np.array([video_code[v] for v in gt.videos], dtype=np.int64),
         gt.segments,
         np.array([class_code[c] for c in gt.labels], dtype=np.int64),
-        pred_video,
-        pred.segments,
-        np.array([class_code[c] for c in pred.labels], dtype=np.int64),
-        pred.scores,
-        len(classes),
-        thresholds,
+        np.array([video_code[v] for v in pred.videos], dtype=np.int64),
+        pred_segments=pred.segments,
+        pred_label=np.array([class_code[c] for c in pred.labels], dtype=np.int64),
+        pred_score=pred.scores,
+        n_classes=len(classes),
+        tious=thresholds,
     )
     m_ap = ap.mean(axis=1)
     per_class = {c: ap[:, i].tolist() for i, c in enumerate(classes)}
-    return EvalReport(
-        task, thresholds.tolist(), m_ap.tolist(), float(m_ap.mean()), per_class, counts=counts, notes=notes
-    )
+    return EvalReport(task, thresholds.tolist(), m_ap.tolist(), float(m_ap.mean()), per_class=per_class,
+                      counts=counts, notes=notes)  # fmt: skip
 
 
 def save_json(report: EvalReport, path: Path) -> None:

@@ -110,8 +110,8 @@ def run(settings: Settings, *, workers: int = 1, progress: Progress = SILENT) ->
     except OSError as exc:
         raise UserError(f"{out_dir}: cannot write the output folder: {exc.strerror or exc}") from None
     jobs = [
-        ExtractJob(vid, safe_path(d.video_dir, vid, d.video_name), out_dir, d.fps, d.frame_height,
-                   d.frame_width, d.decoder)
+        ExtractJob(vid, safe_path(d.video_dir, vid, d.video_name), out_dir, d.fps, height=d.frame_height,
+                   width=d.frame_width, backend=d.decoder)
         for vid in records
     ]  # fmt: skip
     summary = ExtractSummary(out_dir)

@@ -25,7 +25,6 @@ from stages.core.settings import ModelSettings, Settings
 from stages.core.workdir import RUN_KINDS, features_dir, last_checkpoint, output_path, snippets_dir
 from stages.data.annotations import safe_path
 from stages.data.datasets import CacheReader, DetectionDataset, build_items
-from stages.data.fingerprints import FeatureEncoder, snippet_frame_indices
 from stages.data.hdf5_cache import VideoCache
 from stages.data.protocols import Item, protocol
 from stages.data.snippet_positions import resample_frame_indices
@@ -33,6 +32,7 @@ from stages.data.video_io import VideoError, VideoReader
 from stages.evaluation.postprocess import CLASSIFIERS, POST_PROCESSING, Labeller
 from stages.model.detector import build_detector, final_proposals
 from stages.model.encoder import build_encoder, encode_chunks
+from stages.model.frozen_encoder import FeatureEncoder
 from stages.model.targets import proposal_map
 
 
@@ -112,7 +112,7 @@ class Detector:
         """uint8 snippets [B, T, L, H, W, 3] -> features [B, D, T] with the trained encoder."""
         if self.encoder is None:
             raise UserError("this checkpoint has no encoder; it runs on cached features")
-        return encode_chunks(self.encoder, snippets, self.chunk_size, self.crop_size, self.device)
+        return encode_chunks(self.encoder, snippets, self.chunk_size, self.crop_size, device=self.device)
 
 
 def labeller(settings: Settings, detector: Detector) -> Labeller:
@@ -130,7 +130,9 @@ def cached_dataset(settings: Settings, detector: Detector) -> tuple[DetectionDat
     items, classes, notes = build_items(settings, d.eval_subset, cache.length, training=False)
     if classes != detector.classes:
         notes.append("the annotation file's classes differ from the checkpoint's; using the checkpoint's")
-    return DetectionDataset(items, detector.classes, settings, CacheReader(cache, settings), "test"), notes
+    return DetectionDataset(
+        items, detector.classes, settings, CacheReader(cache, settings), mode="test"
+    ), notes
 
 
 def detect(
@@ -207,7 +209,7 @@ def run(
     output = writable_output(settings)
     detector = Detector(settings, checkpoint)
     if video is not None:
-        summary = run_video(settings, detector, checkpoint, video, progress)
+        summary = run_video(settings, detector, checkpoint, video, progress=progress)
         summary.seconds = time.perf_counter() - began
         return summary
     dataset, notes = cached_dataset(settings, detector)
@@ -269,7 +271,7 @@ def video_features(
     except VideoError as exc:
         raise UserError(str(exc)) from None
     keep = resample_frame_indices(len(reader), reader.info.fps or d.fps, d.fps)
-    positions = keep[snippet_frame_indices(settings, len(keep))]  # [N, L] source frame indices
+    positions = keep[protocol(d).snippet_frames(len(keep))]  # [N, L] source frame indices
     batch = settings.infer.chunk_size
     frozen = (
         None
@@ -319,7 +321,7 @@ def video_inputs(
 
 
 def run_video(
-    settings: Settings, detector: Detector, checkpoint: Path, video: Path, progress: Progress = SILENT
+    settings: Settings, detector: Detector, checkpoint: Path, video: Path, *, progress: Progress = SILENT
 ) -> InferSummary:
     """Detections of one video file that is in no annotation file, best first; saved as
     ActivityNet-format JSON beside infer.output as `<video name>.json`."""
@@ -344,7 +346,13 @@ def run_video(
     output = safe_path(output_path(settings).parent, video.name, "{id}.json")
     write_results(output, {video_id: detections})
     summary = InferSummary(
-        output, detector.kind, checkpoint, task_of(settings), 1, len(detections), notes=notes
+        output,
+        detector.kind,
+        checkpoint,
+        task_of(settings),
+        videos=1,
+        detections=len(detections),
+        notes=notes,
     )
     summary.top = detections
     return summary

@@ -136,14 +136,14 @@ def point_job(study: Study, point: Point, seed: int, cache_sets: list[str]) -> P
     if study.truth_labels:
         scorings["truth_labels"] = ["infer.classifier=truth"]
     trains = {"train": ("train",), "e2e": ("e2e",), "train,e2e": ("train", "e2e")}[study.stage]
-    return PointJob(study.config, sets, trains, scorings, folder / "log.txt")
+    return PointJob(study.config, sets, trains, scorings, log=folder / "log.txt")
 
 
 def point_folder(study: Study, point: Point, seed: int) -> Path:
     return study.out_dir / "points" / point.name / f"seed{seed}"
 
 
-def run_point(study: Study, point: Point, seed: int, cache_sets: list[str], runner: PointRunner) -> dict:
+def run_point(study: Study, point: Point, seed: int, cache_sets: list[str], *, runner: PointRunner) -> dict:
     """Run (or finish) one point for one seed and return its figures (result.json)."""
     result_file = point_folder(study, point, seed) / "result.json"
     if result_file.is_file():
@@ -188,7 +188,7 @@ def run(study: Study, *, runner: PointRunner, progress: Progress = SILENT) -> li
 
     def one(task: tuple[Point, int]) -> dict:
         point, seed = task
-        result = run_point(study, point, base.seed + seed, cache_sets, runner)
+        result = run_point(study, point, base.seed + seed, cache_sets, runner=runner)
         progress.advance(info=point.name)
         return result
 
@@ -342,8 +342,8 @@ def prepare(settings: Settings, *, config: Path, overrides: list[str], vary: lis
             raise UserError(
                 f"{folder}: holds another study (other settings file or points); choose another --out"
             )
-    return Study(settings, config.resolve(), folder, points, seeds, stage, jobs, list(overrides), varied,
-                 truth_labels)  # fmt: skip
+    return Study(settings, config.resolve(), folder, points, seeds=seeds, stage=stage, jobs=jobs,
+                 base_overrides=list(overrides), varied=varied, truth_labels=truth_labels)  # fmt: skip
 
 
 def table(out_dir: Path) -> str:

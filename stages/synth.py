@@ -127,6 +127,7 @@ def _instance(
     label: int,
     start: int,
     end: int,
+    *,
     num_frames: int,
     fps: float,
     width: int,
@@ -165,49 +166,67 @@ def _instance(
 
 
 def plan_video(
-    video_id: str, rng: np.random.Generator, num_classes: int, fps: float, width: int, height: int,
-    *, clean: bool = False, movers: bool = False,
+    video_id: str, rng: np.random.Generator, num_classes: int, fps: float, *, width: int, height: int,
+    clean: bool = False, movers: bool = False,
 ) -> VideoPlan:  # fmt: skip
     """Draw everything about one video (no pixels yet). `clean`: a plain still background and no
     distractors (pretraining videos); `movers`: add hollow shapes that act out a motion."""
     num_frames = int(round(rng.uniform(MIN_VIDEO_S, MAX_VIDEO_S) * fps))
     ranges = _place_instances(rng, num_frames, fps, int(rng.integers(0, MAX_INSTANCES + 1)))
-    size_unit = min(width, height)
     label = int(rng.integers(0, num_classes))  # one activity per video, as in ActivityNet
-    instances = [_instance(rng, label, start, end, num_frames, fps, width, height) for start, end in ranges]
+    instances = [
+        _instance(rng, label, start, end, num_frames=num_frames, fps=fps, width=width, height=height)
+        for start, end in ranges
+    ]
     if clean:
         return VideoPlan(
-            video_id, num_frames, instances, [], int(rng.integers(0, 2**31)), (0.0, 0.0), plain=True
+            video_id,
+            num_frames,
+            instances,
+            [],
+            background_seed=int(rng.integers(0, 2**31)),
+            background_velocity=(0.0, 0.0),
+            plain=True,
         )
-    distractors = []
-    for _ in range(int(rng.integers(1, 4))):
-        a = int(rng.integers(0, num_frames))
-        b = int(rng.integers(0, num_frames))
-        distractors.append(
-            Distractor(
-                shape=SHAPES[int(rng.integers(0, len(SHAPES)))],
-                x=rng.uniform(0.1, 0.9) * width,
-                y=rng.uniform(0.1, 0.9) * height,
-                size=rng.uniform(0.06, 0.1) * size_unit,
-                angle=rng.uniform(0, math.pi),
-                color=_color(rng),
-                drift=(rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05)),
-                visible_from=min(a, b) if rng.random() < 0.5 else 0,
-                visible_to=max(a, b) + 1 if rng.random() < 0.5 else num_frames,
-            )
-        )
+    distractors = [_distractor(rng, num_frames, width, height) for _ in range(int(rng.integers(1, 4)))]
     velocity = (float(rng.uniform(-1.0, 1.0)), float(rng.uniform(-0.6, 0.6)))
-    plan = VideoPlan(video_id, num_frames, instances, distractors, int(rng.integers(0, 2**31)), velocity)
+    plan = VideoPlan(
+        video_id,
+        num_frames,
+        instances,
+        distractors,
+        background_seed=int(rng.integers(0, 2**31)),
+        background_velocity=velocity,
+    )
     if movers:  # drawn last, so that a dataset without them is the same as before
         for _ in range(int(rng.integers(2, 4))):
             length = min(int(round(rng.uniform(MIN_ACTION_S, MAX_ACTION_S) * fps)), num_frames)
             start = int(rng.integers(0, num_frames - length + 1))
             # the video's own activity: a mover differs from an actor in how it looks, not in its
             # motion, so telling them apart is left to the detector's features
-            mover = _instance(rng, label, start, start + length, num_frames, fps, width, height)
+            mover = _instance(
+                rng, label, start, start + length, num_frames=num_frames, fps=fps, width=width, height=height
+            )
             mover.hollow = True
             plan.movers.append(mover)
     return plan
+
+
+def _distractor(rng: np.random.Generator, num_frames: int, width: int, height: int) -> Distractor:
+    """A shape that never acts: it drifts slowly, and may appear or vanish part-way."""
+    a = int(rng.integers(0, num_frames))
+    b = int(rng.integers(0, num_frames))
+    return Distractor(
+        shape=SHAPES[int(rng.integers(0, len(SHAPES)))],
+        x=rng.uniform(0.1, 0.9) * width,
+        y=rng.uniform(0.1, 0.9) * height,
+        size=rng.uniform(0.06, 0.1) * min(width, height),
+        angle=rng.uniform(0, math.pi),
+        color=_color(rng),
+        drift=(rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05)),
+        visible_from=min(a, b) if rng.random() < 0.5 else 0,
+        visible_to=max(a, b) + 1 if rng.random() < 0.5 else num_frames,
+    )
 
 
 def _background(seed: int, width: int, height: int) -> np.ndarray:
@@ -220,7 +239,7 @@ def _background(seed: int, width: int, height: int) -> np.ndarray:
 
 
 def _shape_mask(
-    shape: str, xx: np.ndarray, yy: np.ndarray, x: float, y: float, size: float, angle: float
+    shape: str, xx: np.ndarray, yy: np.ndarray, x: float, *, y: float, size: float, angle: float
 ) -> np.ndarray:
     dx, dy = xx - x, yy - y
     if shape == "disk":
@@ -263,9 +282,9 @@ def _actor_mask(inst: Instance, frame: int, xx: np.ndarray, yy: np.ndarray) -> n
     if not visible:
         return None
     shape = CLASSES[inst.label][1]
-    mask = _shape_mask(shape, xx, yy, x, y, size, angle)
+    mask = _shape_mask(shape, xx, yy, x, y=y, size=size, angle=angle)
     if inst.hollow:
-        mask &= ~_shape_mask(shape, xx, yy, x, y, 0.55 * size, angle)
+        mask &= ~_shape_mask(shape, xx, yy, x, y=y, size=0.55 * size, angle=angle)
     return mask
 
 
@@ -282,7 +301,7 @@ def render_frames(plan: VideoPlan, width: int, height: int) -> Iterator[np.ndarr
         for d in plan.distractors:
             if d.visible_from <= f < d.visible_to:
                 mask = _shape_mask(
-                    d.shape, xx, yy, d.x + d.drift[0] * f, d.y + d.drift[1] * f, d.size, d.angle
+                    d.shape, xx, yy, d.x + d.drift[0] * f, y=d.y + d.drift[1] * f, size=d.size, angle=d.angle
                 )
                 frame[mask] = d.color
         for inst in plan.movers + plan.instances:
@@ -293,7 +312,7 @@ def render_frames(plan: VideoPlan, width: int, height: int) -> Iterator[np.ndarr
 
 
 def _annotation_files(
-    plans: list[VideoPlan], subsets: list[str], class_names: list[str], fps: float, params: dict
+    plans: list[VideoPlan], subsets: list[str], class_names: list[str], fps: float, *, params: dict
 ) -> tuple[dict, dict]:
     """The ActivityNet-1.3 style and THUMOS-14 (ActionFormer) style annotation mappings."""
     anet_db, thumos_db = {}, {}
@@ -347,6 +366,7 @@ class SynthSummary:
 
 def run(
     out_dir: Path,
+    *,
     videos: int = 24,
     classes: int = 4,
     seed: int = 0,
@@ -355,13 +375,54 @@ def run(
     height: int = 96,
     pretrain_videos: int = 0,
     movers: bool = False,
-    *,
     progress: Progress = SILENT,
 ) -> SynthSummary:
     """Plan and write the dataset. Videos already written for the same parameters are kept
     (resumable). It takes no settings file: the synthetic dataset is an input of the pipeline.
     `pretrain_videos` clean videos form the "pretraining" subset; `movers` adds hollow movers to
     the detection videos (module docstring)."""
+    params = _parameters(videos, classes, seed, fps, width=width, height=height,
+                         pretrain_videos=pretrain_videos, movers=movers)  # fmt: skip
+    progress.start(videos + pretrain_videos)
+    out_dir = Path(out_dir)
+    video_dir = out_dir / "videos"
+    video_dir.mkdir(parents=True, exist_ok=True)
+    anet_path = out_dir / "anet.json"
+    previous = json.loads(anet_path.read_text()) if anet_path.is_file() else {}
+    reuse = previous.get("etad_synth") == params
+    if not reuse:  # videos about to change: the old annotation no longer marks them done
+        anet_path.unlink(missing_ok=True)
+    class_names = [name for name, _, _ in CLASSES[:classes]]
+    n_val = max(1, round(0.3 * videos)) if videos > 1 else 0
+    subsets = ["training"] * (videos - n_val) + ["validation"] * n_val + ["pretraining"] * pretrain_videos
+    plans = [
+        plan_video(f"synth_{i:04d}", np.random.default_rng([seed, i]), classes, fps,
+                   width=width, height=height, movers=movers)
+        for i in range(videos)
+    ] + [
+        plan_video(f"synth_pre_{i:04d}", np.random.default_rng([seed, 1_000_000 + i]), classes, fps,
+                   width=width, height=height, clean=True)
+        for i in range(pretrain_videos)
+    ]  # fmt: skip
+    written = 0
+    for plan in plans:
+        path = video_dir / f"{plan.video_id}.mp4"
+        if not (reuse and path.is_file()):
+            write_video(path, render_frames(plan, width, height), fps)
+            written += 1
+        progress.advance()
+    anet, thumos = _annotation_files(plans, subsets, class_names, fps, params=params)
+    write_json(out_dir / "thumos.json", thumos)
+    write_json(anet_path, anet)  # last: its parameters mark the videos as complete
+    return SynthSummary(out_dir=out_dir, videos=videos, written=written, skipped=len(plans) - written,
+                        instances=sum(len(p.instances) for p in plans), train_videos=videos - n_val,
+                        val_videos=n_val, pretrain_videos=pretrain_videos)  # fmt: skip
+
+
+def _parameters(videos: int, classes: int, seed: int, fps: float, *, width: int, height: int,
+                pretrain_videos: int, movers: bool) -> dict:  # fmt: skip
+    """The dataset's parameters after checking them (recorded in anet.json: a rerun with the same
+    ones keeps the videos already written)."""
     if not 1 <= classes <= len(CLASSES):
         raise UserError(f"--classes: must be between 1 and {len(CLASSES)}, got {classes}")
     if videos < 1:
@@ -370,71 +431,10 @@ def run(
         raise UserError(f"--pretrain-videos: must be at least 0, got {pretrain_videos}")
     if width % 2 or height % 2 or width < 32 or height < 32:
         raise UserError(f"frame size must be even and at least 32x32, got {width}x{height}")
-    progress.start(videos + pretrain_videos)
-    out_dir = Path(out_dir)
-    video_dir = out_dir / "videos"
-    video_dir.mkdir(parents=True, exist_ok=True)
-    params = {
-        "videos": videos,
-        "classes": classes,
-        "seed": seed,
-        "fps": fps,
-        "width": width,
-        "height": height,
-    }
+    params = {"videos": videos, "classes": classes, "seed": seed, "fps": fps}
+    params.update(width=width, height=height)
     if pretrain_videos or movers:  # only then, so that earlier datasets keep their parameters
         params.update(pretrain_videos=pretrain_videos, movers=movers)
     if movers:  # movers once acted another class: a dataset written then no longer matches
         params["mover_motion"] = "activity"
-    anet_path = out_dir / "anet.json"
-    previous = json.loads(anet_path.read_text()) if anet_path.is_file() else {}
-    reuse = previous.get("etad_synth") == params
-    if not reuse:
-        anet_path.unlink(
-            missing_ok=True
-        )  # videos about to change: the old annotation no longer marks them done
-
-    class_names = [name for name, _, _ in CLASSES[:classes]]
-    n_val = max(1, round(0.3 * videos)) if videos > 1 else 0
-    subsets = ["training"] * (videos - n_val) + ["validation"] * n_val
-    plans = [
-        plan_video(
-            f"synth_{i:04d}", np.random.default_rng([seed, i]), classes, fps, width, height, movers=movers
-        )
-        for i in range(videos)
-    ]
-    plans += [
-        plan_video(
-            f"synth_pre_{i:04d}",
-            np.random.default_rng([seed, 1_000_000 + i]),
-            classes,
-            fps,
-            width,
-            height,
-            clean=True,
-        )  # fmt: skip
-        for i in range(pretrain_videos)
-    ]
-    subsets += ["pretraining"] * pretrain_videos
-    written = skipped = 0
-    for plan in plans:
-        path = video_dir / f"{plan.video_id}.mp4"
-        if reuse and path.is_file():
-            skipped += 1
-        else:
-            write_video(path, render_frames(plan, width, height), fps)
-            written += 1
-        progress.advance()
-    anet, thumos = _annotation_files(plans, subsets, class_names, fps, params)
-    write_json(out_dir / "thumos.json", thumos)
-    write_json(anet_path, anet)  # last: its parameters mark the videos as complete
-    return SynthSummary(
-        out_dir=out_dir,
-        videos=videos,
-        written=written,
-        skipped=skipped,
-        instances=sum(len(p.instances) for p in plans),
-        train_videos=videos - n_val,
-        val_videos=n_val,
-        pretrain_videos=pretrain_videos,
-    )
+    return params

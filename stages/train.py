@@ -32,11 +32,11 @@ def feature_datasets(
     load = CacheReader(cache, settings)
     d = settings.data
     items, classes, notes = build_items(settings, d.train_subset, cache.length, training=True)
-    train = DetectionDataset(items, classes, settings, load, "train")
+    train = DetectionDataset(items, classes, settings, load, mode="train")
     try:
         val_items, _, val_notes = build_items(settings, d.eval_subset, cache.length, training=True)
         notes += val_notes
-        val = DetectionDataset(val_items, classes, settings, load, "val")
+        val = DetectionDataset(val_items, classes, settings, load, mode="val")
     except UserError as exc:
         notes.append(f"no validation loss: {exc}")
         val = None
@@ -59,7 +59,7 @@ def feature_width(settings: Settings, dataset: DetectionDataset) -> int:
     return channels
 
 
-def validation_loss(model, dataset, settings: Settings, device, dist: Distributed) -> float | None:
+def validation_loss(model, dataset, settings: Settings, device, *, dist: Distributed) -> float | None:
     """Mean loss on the evaluation subset with the fixed proposal grid (no gradient)."""
     if dataset is None:
         return None
@@ -68,7 +68,7 @@ def validation_loss(model, dataset, settings: Settings, device, dist: Distribute
     total, n = 0.0, 0
     tr, thresholds = settings.train, settings.model.stage_iou_thresholds
     tem_loss = VARIANTS[settings.model.variant].tem_loss
-    data = loader(dataset, tr.batch_size, tr.workers, False, settings.seed, dist, device)
+    data = loader(dataset, tr.batch_size, tr.workers, False, seed=settings.seed, dist=dist, device=device)
     with torch.no_grad():
         for batch in data:
             batch = to_device(batch, device)
@@ -112,14 +112,14 @@ def run(
         {"model": model},
         optimizer,
         torch.optim.lr_scheduler.StepLR(optimizer, tr.lr_step, tr.lr_gamma),
-        train_set,
-        step,
-        lambda: validation_loss(net, val_set, settings, device, dist),
-        classes,
-        model.detector_parameters(),
+        train_set=train_set,
+        step=step,
+        validate=lambda: validation_loss(net, val_set, settings, device, dist=dist),
+        classes=classes,
+        parameters=model.detector_parameters(),
         model_settings=model_settings,
         finish=classifier_refit(model, train_set, settings, device),
     )
     return fit(
-        job, settings, tr, dist, device, resume=resume, restart=restart, progress=progress, notes=notes
+        job, settings, tr, dist, device=device, resume=resume, restart=restart, progress=progress, notes=notes
     )

@@ -67,13 +67,11 @@ def snippet_dataset(settings: Settings, crop: int) -> tuple[DetectionDataset, li
 
     items, classes, notes = build_items(settings, settings.data.train_subset, cache.length, training=True)
     load = CacheReader(cache, settings)
-    return DetectionDataset(items, classes, settings, load, "train", transform), classes, notes
+    return DetectionDataset(items, classes, settings, load, mode="train", transform=transform), classes, notes
 
 
-def run(
-    settings: Settings, *, resume: bool = False, restart: bool = False, progress: Progress = SILENT
-) -> TrainSummary:
-    """Train end to end for e2e.epochs epochs (continuing from last.pt with `resume`)."""
+def check(settings: Settings) -> None:
+    """Settings end-to-end training refuses before any work."""
     e2e, enc = settings.e2e, settings.model.encoder
     if e2e.amp == "fp16":
         raise UserError(
@@ -85,8 +83,12 @@ def run(
             "and the re-forward would see different BatchNorm statistics (use norm_eval: true, or "
             "grad_mode checkpoint or full)"
         )
-    device, dist = start_run(settings, e2e)
-    train_set, classes, notes = snippet_dataset(settings, enc.crop_size)
+
+
+def build_models(settings: Settings, classes: list[str], device: torch.device, notes: list[str]):
+    """(encoder, detector, the model settings as run): the encoder from model.encoder, the detector
+    as wide as its features, both started from e2e.init_from when set."""
+    e2e, enc = settings.e2e, settings.model.encoder
     encoder = build_encoder(enc.name, enc.checkpoint, enc.frozen_stages, enc.norm_eval).to(device)
     width = settings.model.in_channels
     if width is not None and encoder.out_dim != width:
@@ -105,15 +107,34 @@ def run(
         if "encoder" in state:
             load_weights(encoder, state, e2e.init_from, "encoder")
         notes.append(f"detector initialised from {e2e.init_from}")
+    return encoder, detector, model_settings
+
+
+def optimiser(settings: Settings, encoder, detector, notes: list[str]) -> tuple[torch.optim.Optimizer, str]:
+    """The optimizer (detector at e2e.lr, the encoder's trainable stages at e2e.encoder_lr) and the
+    grad mode: 'frozen' when nothing in the encoder trains (its backward is skipped)."""
+    e2e = settings.e2e
     groups = [{"params": list(detector.parameters()), "lr": e2e.lr}]
     trainable = [p for p in encoder.parameters() if p.requires_grad]
     if e2e.encoder_lr > 0 and trainable:
         groups.append({"params": trainable, "lr": e2e.encoder_lr})
-    optimizer = make_optimizer(groups, e2e.optimizer, e2e.weight_decay)
     grad_mode = e2e.grad_mode
-    if len(groups) == 1 and grad_mode != "frozen":  # the encoder does not train: skip its backward
+    if len(groups) == 1 and grad_mode != "frozen":
         grad_mode = "frozen"
         notes.append("the encoder does not train (e2e.encoder_lr 0 or every stage frozen): grad mode frozen")
+    return make_optimizer(groups, e2e.optimizer, e2e.weight_decay), grad_mode
+
+
+def run(
+    settings: Settings, *, resume: bool = False, restart: bool = False, progress: Progress = SILENT
+) -> TrainSummary:
+    """Train end to end for e2e.epochs epochs (continuing from last.pt with `resume`)."""
+    check(settings)
+    e2e, enc = settings.e2e, settings.model.encoder
+    device, dist = start_run(settings, e2e)
+    train_set, classes, notes = snippet_dataset(settings, enc.crop_size)
+    encoder, detector, model_settings = build_models(settings, classes, device, notes)
+    optimizer, grad_mode = optimiser(settings, encoder, detector, notes)
     det_net, enc_net = detector, encoder
     if dist.world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -130,33 +151,22 @@ def run(
         def loss(out: dict) -> dict:
             return detector_loss(as_float(out), batch, thresholds, tem_loss)
 
-        job = Backward(
-            enc_net, det_net, batch["inputs"], loss,
-            batch["anchors"], e2e.chunk_size, e2e.snippet_ratio, e2e.snippet_sampling, snippet_generator,
-            device,
-        )  # fmt: skip
+        job = Backward(enc_net, det_net, batch["inputs"], loss, anchors=batch["anchors"],
+                       chunk_size=e2e.chunk_size, ratio=e2e.snippet_ratio, sampling=e2e.snippet_sampling,
+                       generator=snippet_generator, device=device)  # fmt: skip
         with autocast(device, e2e.amp):
             return e2e_gradients(grad_mode, job)
 
     def final_features(snippets: torch.Tensor) -> torch.Tensor:
         """Features of the trained encoder (evaluation mode, centre crop), as `etad infer` sees them."""
         encoder.eval()
-        return encode_chunks(encoder, snippets, e2e.chunk_size, enc.crop_size, device)
+        return encode_chunks(encoder, snippets, e2e.chunk_size, enc.crop_size, device=device)
 
-    job = Job(
-        "e2e",
-        {"model": detector, "encoder": encoder},
-        optimizer,
-        torch.optim.lr_scheduler.StepLR(optimizer, e2e.lr_step, e2e.lr_gamma),
-        train_set,
-        step,
-        lambda: None,
-        classes,
-        detector.detector_parameters(),
-        generators={"snippets": snippet_generator},
-        model_settings=model_settings,
-        finish=classifier_refit(detector, train_set, settings, device, final_features),
-    )
-    return fit(
-        job, settings, e2e, dist, device, resume=resume, restart=restart, progress=progress, notes=notes
-    )
+    job = Job("e2e", {"model": detector, "encoder": encoder}, optimizer,
+              torch.optim.lr_scheduler.StepLR(optimizer, e2e.lr_step, e2e.lr_gamma), train_set=train_set,
+              step=step, validate=lambda: None, classes=classes, parameters=detector.detector_parameters(),
+              generators={"snippets": snippet_generator}, model_settings=model_settings,
+              finish=classifier_refit(detector, train_set, settings, device,
+                                      encode=final_features))  # fmt: skip
+    return fit(job, settings, e2e, dist, device=device, resume=resume, restart=restart, progress=progress,
+               notes=notes)  # fmt: skip

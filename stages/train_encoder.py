@@ -17,8 +17,6 @@ layout (encoder_train.output): {"model": {"features.<backbone key>": ..., "fc_*"
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,7 +26,7 @@ from stages.core.checkpoints import export_tsp
 from stages.core.errors import UserError
 from stages.core.progress import SILENT, Progress
 from stages.core.settings import Settings
-from stages.core.workdir import snippets_dir
+from stages.core.workdir import encoder_output, snippets_dir
 from stages.data.annotations import load_annotations
 from stages.data.datasets import class_names
 from stages.data.hdf5_cache import VideoCache
@@ -161,9 +159,23 @@ def global_video_features(encoder, dataset: ClipDataset, chunk: int, device: tor
     return torch.stack(out)
 
 
-def output_path(settings: Settings) -> Path:
-    path = Path(settings.encoder_train.output)
-    return path if path.is_absolute() else Path(settings.work_dir) / path
+def tsp_loss(action: torch.Tensor, region: torch.Tensor, batch: dict) -> dict:
+    """TSP's two terms: the action class of foreground clips, foreground vs background of all."""
+    foreground = batch["foreground"].bool()
+    region_loss = F.cross_entropy(region, batch["foreground"])
+    if foreground.any():
+        action_loss = F.cross_entropy(action[foreground], batch["label"][foreground])
+    else:
+        action_loss = action.sum() * 0.0
+    with torch.no_grad():
+        hits = (action[foreground].argmax(1) == batch["label"][foreground]).float()
+        accuracy = hits.mean() if foreground.any() else torch.zeros(())
+    return {
+        "total": action_loss + region_loss,
+        "action": action_loss,
+        "region": region_loss,
+        "action_acc": accuracy,
+    }
 
 
 def run(
@@ -191,44 +203,25 @@ def run(
             gvf.clear()
             gvf[epoch] = global_video_features(encoder, dataset, settings.cache.batch_size, device)
         enc_net.train()
-        features = enc_net(batch["inputs"])
-        action, region = head_net(features, gvf[epoch][batch["video"]])
-        foreground = batch["foreground"].bool()
-        region_loss = F.cross_entropy(region, batch["foreground"])
-        if foreground.any():
-            action_loss = F.cross_entropy(action[foreground], batch["label"][foreground])
-        else:
-            action_loss = action.sum() * 0.0
-        total = action_loss + region_loss
-        total.backward()
-        with torch.no_grad():
-            hits = (action[foreground].argmax(1) == batch["label"][foreground]).float()
-            accuracy = hits.mean() if foreground.any() else torch.zeros(())
-        return {"total": total, "action": action_loss, "region": region_loss, "action_acc": accuracy}
+        action, region = head_net(enc_net(batch["inputs"]), gvf[epoch][batch["video"]])
+        terms = tsp_loss(action, region, batch)
+        terms["total"].backward()
+        return terms
 
     job = Job(
         KIND,
         {"model": heads, "encoder": encoder},
         optimizer,
         torch.optim.lr_scheduler.StepLR(optimizer, et.lr_step, et.lr_gamma),
-        dataset,
-        step,
-        lambda: None,
-        dataset.classes,
-        sum(p.numel() for p in encoder.parameters()) + sum(p.numel() for p in heads.parameters()),
+        train_set=dataset,
+        step=step,
+        validate=lambda: None,
+        classes=dataset.classes,
+        parameters=sum(p.numel() for p in encoder.parameters()) + sum(p.numel() for p in heads.parameters()),
     )
-    summary = fit(
-        job,
-        settings,
-        et,
-        dist,
-        device,
-        resume=resume,
-        restart=restart,
-        progress=progress,
-        notes=dataset.notes,
-    )
-    output = output_path(settings)
+    summary = fit(job, settings, et, dist, device=device, resume=resume, restart=restart, progress=progress,
+                  notes=dataset.notes)  # fmt: skip
+    output = encoder_output(settings)
     if dist.main and (summary.epochs or not output.is_file()):  # a finished run is not rewritten
         export_tsp(encoder.backbone, heads, output)
         summary.notes.append(f"encoder written in TSP's layout to {output}")

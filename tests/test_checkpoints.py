@@ -78,7 +78,7 @@ def test_the_original_detector_release_loads_into_the_same_places(tmp_path, pref
     original = _release(tmp_path / "feature_anet_tsp.pth.tar", prefix=prefix)
     state = read_checkpoint(tmp_path / "feature_anet_tsp.pth.tar")
     assert state["kind"] == "pretrain" and "encoder" not in state
-    model = ETAD(512, 256, 24, 0.5, 3)
+    model = ETAD(512, 256, 24, 0.5, n_stages=3)
     model.load_state_dict(state["model"])  # strict: every key of both sides accounted for
     assert model.detector_parameters() == 10_343_450
     ours = model.state_dict()

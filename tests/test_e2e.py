@@ -18,7 +18,7 @@ T, CHUNK = 8, 2
 def _setup():
     torch.manual_seed(0)
     encoder = SnippetEncoder("tiny", frozen_stages=-1, norm_eval=True).double()
-    detector = ETAD(64, 64, 8, 0.5, 3).double()
+    detector = ETAD(64, 64, 8, 0.5, n_stages=3).double()
     snippets = torch.randint(0, 255, (2, T, 4, 16, 16, 3), dtype=torch.uint8)
     anchors = proposal_map(T, T)[None].expand(2, -1, -1).double()
     gt = torch.tensor([[0.25, 0.5]])
@@ -42,7 +42,18 @@ def _grads(mode, ratio=1.0, seed=0, restrict=None):
     if restrict is None:
         gen = torch.Generator().manual_seed(seed)
         e2e_gradients(
-            mode, Backward(encoder, detector, snippets, loss_fn, anchors, CHUNK, ratio, "random", gen)
+            mode,
+            Backward(
+                encoder,
+                detector,
+                snippets,
+                loss_fn,
+                anchors=anchors,
+                chunk_size=CHUNK,
+                ratio=ratio,
+                sampling="random",
+                generator=gen,
+            ),
         )
     else:  # full back-propagation through the sampled snippets only (reference)
         feats = encoder(snippets.flatten(0, 1)).view(2, T, -1)
@@ -79,7 +90,7 @@ def test_frozen_mode_gives_the_detector_gradient_and_none_to_the_encoder():
         torch.manual_seed(123)
         return detector_loss(out, batch, [0.7, 0.8, 0.9])
 
-    e2e_gradients("frozen", Backward(encoder, detector, snippets, loss_fn, anchors, CHUNK))
+    e2e_gradients("frozen", Backward(encoder, detector, snippets, loss_fn, anchors=anchors, chunk_size=CHUNK))
     assert all(p.grad is None for p in encoder.parameters())
     det = torch.cat([p.grad.flatten() for p in detector.parameters() if p.grad is not None])
     torch.testing.assert_close(det, full_det, rtol=1e-9, atol=1e-12)
@@ -87,7 +98,7 @@ def test_frozen_mode_gives_the_detector_gradient_and_none_to_the_encoder():
 
 def test_sampled_ratio_below_one_equals_restricted_full_gradient():
     gen = torch.Generator().manual_seed(5)
-    picks = [sample_snippets(T, 0.5, CHUNK, "random", gen).flatten() for _ in range(2)]
+    picks = [sample_snippets(T, 0.5, CHUNK, "random", generator=gen).flatten() for _ in range(2)]
     enc, _ = _grads("sampled", 0.5, seed=5)
     ref, _ = _grads("full", restrict=picks)
     full, _ = _grads("full")

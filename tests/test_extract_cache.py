@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from stages.core.settings_file import load_settings
-from stages.data.fingerprints import cut_snippets
+from stages.data.extracted_frames import cut_snippets
 from stages.data.hdf5_cache import VideoCache
 from stages.data.snippet_positions import anet_snippet_frames
 from stages.data.video_io import VideoReader, decord_available

@@ -4,8 +4,8 @@ one-prediction-at-a-time transcription of the official ActivityNet algorithm."""
 import numpy as np
 import pytest
 
+from stages.data.protocols import ANET_TIOUS
 from stages.evaluation.metrics import (
-    ANET_TIOUS,
     average_recall_vs_proposals,
     detection_ap,
     interpolated_ap,
@@ -100,15 +100,15 @@ def _random_case(rng, n_videos=6, n_classes=3, n_gt=25, n_pred=120):
 def _arrays(gt, preds):
     g = np.array(gt, dtype=float).reshape(-1, 4)
     p = np.array(preds, dtype=float).reshape(-1, 5)
-    return (
-        g[:, 0].astype(int),
-        g[:, 1:3],
-        g[:, 3].astype(int),
-        p[:, 0].astype(int),
-        p[:, 1:3],
-        p[:, 3].astype(int),
-        p[:, 4],
-    )
+    return {
+        "gt_video": g[:, 0].astype(int),
+        "gt_segments": g[:, 1:3],
+        "gt_label": g[:, 3].astype(int),
+        "pred_video": p[:, 0].astype(int),
+        "pred_segments": p[:, 1:3],
+        "pred_label": p[:, 3].astype(int),
+        "pred_score": p[:, 4],
+    }
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -116,7 +116,7 @@ def test_vectorised_matches_literal_official_algorithm(seed):
     rng = np.random.default_rng(seed)
     gt, preds = _random_case(rng)
     tious = ANET_TIOUS if seed % 2 else np.linspace(0.1, 0.9, 9)
-    fast = detection_ap(*_arrays(gt, preds), 3, tious)
+    fast = detection_ap(**_arrays(gt, preds), n_classes=3, tious=tious)
     slow = reference_ap(gt, preds, 3, tious)
     np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-12)
 
@@ -126,7 +126,7 @@ def test_detection_ap_hand_case():
     # [0,10] tp, [0,9] duplicate -> fp, [20,26] tIoU .6, [50,60] fp
     gt = [(0, 0.0, 10.0, 0), (0, 20.0, 30.0, 0)]
     preds = [(0, 0.0, 9.0, 0, 0.8), (0, 0.0, 10.0, 0, 0.9), (0, 20.0, 26.0, 0, 0.7), (0, 50.0, 60.0, 0, 0.6)]
-    ap = detection_ap(*_arrays(gt, preds), 1, np.array([0.5, 0.7]))
+    ap = detection_ap(**_arrays(gt, preds), n_classes=1, tious=np.array([0.5, 0.7]))
     # at 0.5: tp,fp,tp,fp -> precision 1,.5,2/3 recall .5,.5,1 -> .5 + .5*2/3
     assert ap[0, 0] == pytest.approx(0.5 + 0.5 * 2 / 3)
     # at 0.7: tp,fp,fp,fp -> .5
@@ -136,13 +136,13 @@ def test_detection_ap_hand_case():
 def test_zero_length_ground_truth_matches_identical_prediction():
     gt = [(0, 5.0, 5.0, 0)]
     preds = [(0, 5.0, 5.0, 0, 1.0)]
-    assert detection_ap(*_arrays(gt, preds), 1, ANET_TIOUS).min() == 1.0
+    assert detection_ap(**_arrays(gt, preds), n_classes=1, tious=ANET_TIOUS).min() == 1.0
 
 
 def test_class_without_predictions_scores_zero():
     gt = [(0, 0.0, 1.0, 0), (0, 0.0, 1.0, 1)]
     preds = [(0, 0.0, 1.0, 0, 1.0)]
-    ap = detection_ap(*_arrays(gt, preds), 2, ANET_TIOUS)
+    ap = detection_ap(**_arrays(gt, preds), n_classes=2, tious=ANET_TIOUS)
     assert ap[:, 0].min() == 1.0 and ap[:, 1].max() == 0.0
 
 
@@ -154,7 +154,7 @@ def test_average_recall_hand_case():
     pred_seg = np.array([[0.0, 10.0], [50.0, 60.0], [50.0, 60.0], [0.0, 10.0]])
     score = np.array([0.9, 0.1, 0.9, 0.1])
     recall, avg, per_video = average_recall_vs_proposals(
-        gt_video, gt_seg, pred_video, pred_seg, score, np.array([0.5]), 2
+        gt_video, gt_seg, pred_video, pred_seg, pred_score=score, tious=np.array([0.5]), max_avg_proposals=2
     )
     assert per_video[-1] == pytest.approx(2)
     assert recall[0, -1] == 1.0  # both found within 2 proposals per video

@@ -24,15 +24,17 @@ from stages.model.targets import aligned_iou, boundary_targets, match_ground_tru
 def test_parameter_count_of_the_anet_recipe():
     # From the spec's layer list: temporal module 1,284,096 + TEM 49,922 + 3 stages x 3,003,144
     assert (
-        ETAD(512, 256, 24, 0.5, 3).detector_parameters() == 1_284_096 + 49_922 + 3 * 3_003_144 == 10_343_450
+        ETAD(512, 256, 24, 0.5, n_stages=3).detector_parameters()
+        == 1_284_096 + 49_922 + 3 * 3_003_144
+        == 10_343_450
     )
 
 
 def test_classifier_head_does_not_change_detector_outputs():
     torch.manual_seed(0)
-    plain = ETAD(64, 64, 8, 0.5, 3)
+    plain = ETAD(64, 64, 8, 0.5, n_stages=3)
     torch.manual_seed(0)
-    with_head = ETAD(64, 64, 8, 0.5, 3, n_classes=5)
+    with_head = ETAD(64, 64, 8, 0.5, n_stages=3, n_classes=5)
     with_head.load_state_dict(plain.state_dict(), strict=False)
     x, a = torch.randn(2, 64, 16), proposal_map(16, 16)[None].expand(2, -1, -1)
     a_out, b_out = plain(x, a), with_head(x, a)
@@ -63,21 +65,21 @@ def test_iou_and_matching():
 
 def test_proposal_sampling_strategies():
     g = torch.Generator().manual_seed(0)
-    random = sample_proposals(128, 128, "random", 0.06, g)
+    random = sample_proposals(128, 128, "random", 0.06, generator=g)
     assert len(random) == 495 and len(set(random.tolist())) == 495
     assert len(sample_proposals(128, 128, "grid", 0.06)) == 496  # the spec's lattice count
-    block = sample_proposals(128, 128, "block", 0.06, g)
+    block = sample_proposals(128, 128, "block", 0.06, generator=g)
     assert len(block) == 495 and len(set(block.tolist())) == 495
-    again = sample_proposals(128, 128, "random", 0.06, torch.Generator().manual_seed(0))
+    again = sample_proposals(128, 128, "random", 0.06, generator=torch.Generator().manual_seed(0))
     assert torch.equal(random, again)
 
 
 def test_snippet_sampling_counts():
     assert [chunks_to_backprop(128, r, 4) for r in (0.1, 0.2, 0.3, 0.5, 1.0)] == [4, 7, 10, 16, 32]
-    picked = sample_snippets(128, 0.3, 4, "random", torch.Generator().manual_seed(1))
+    picked = sample_snippets(128, 0.3, 4, "random", generator=torch.Generator().manual_seed(1))
     assert picked.shape == (10, 4) and len(set(picked.flatten().tolist())) == 40
     assert sample_snippets(8, 1.0, 4, "uniform").flatten().tolist() == list(range(8))
-    block = sample_snippets(128, 0.3, 4, "block", torch.Generator().manual_seed(1)).flatten()
+    block = sample_snippets(128, 0.3, 4, "block", generator=torch.Generator().manual_seed(1)).flatten()
     assert torch.equal(block, torch.arange(block[0], block[0] + 40))
 
 
@@ -130,7 +132,13 @@ def test_regression_targets_and_stage_loss_without_positives():
     iou, reg = torch.full((1, 1, 2), 0.5), torch.zeros(1, 1, 6, requires_grad=True)
     far = torch.tensor([[[0.0, 0.1]]])
     terms = stage_loss(
-        iou, torch.sigmoid(reg), far, torch.tensor([[[0.8, 0.9]]]), torch.zeros(1, 8), torch.zeros(1, 8), 0.7
+        iou,
+        torch.sigmoid(reg),
+        far,
+        torch.tensor([[[0.8, 0.9]]]),
+        gt_start=torch.zeros(1, 8),
+        gt_end=torch.zeros(1, 8),
+        positive_iou=0.7,
     )
     assert float(terms["bnd_reg"].detach()) == 0.0 and torch.isfinite(terms["total"])
 
@@ -159,7 +167,7 @@ def test_forward_and_backward_lstm_branches_look_the_right_way():
     """The forward branch sees only the past, the backward branch only the future: swapping the
     LSTMs or the branches breaks this. (layer1, whose GroupNorm mixes time steps, is bypassed.)"""
     torch.manual_seed(0)
-    temporal = ETAD(32, 32, 4, 0.5, 1).temporal.eval()
+    temporal = ETAD(32, 32, 4, 0.5, n_stages=1).temporal.eval()
     temporal.layer1 = torch.nn.Identity()
     seen = {}
     temporal.layer2_f.register_forward_hook(lambda m, i, o: seen.__setitem__("f", i[0]))
@@ -185,7 +193,7 @@ def test_start_and_end_heads_read_their_own_context():
     """reg[..., 0] (start) reads the RoI bins around the start, reg[..., 1] (end) those around the
     end: changing features near the start moves the first and not the second."""
     torch.manual_seed(0)
-    stage = ETAD(8, 32, 8, 0.5, 1).stages[0].eval()
+    stage = ETAD(8, 32, 8, 0.5, n_stages=1).stages[0].eval()
     anchors = torch.tensor([[[0.4, 0.6]]])  # extended to [0.3, 0.7]; the context is 2 of 8 bins each side
     x = torch.randn(1, 32, 100)
     changed = x.clone()

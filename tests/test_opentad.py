@@ -132,7 +132,7 @@ def test_an_opentad_release_gives_opentads_outputs(tmp_path, in_dim, feat, dscal
     state = read_checkpoint(tmp_path / "epoch_5.pth")
     m = state["settings"]["model"]
     assert (m["variant"], m["in_channels"], m["roi_size"], m["fc_channels"]) == ("opentad", in_dim, 16, feat)
-    ours = ETAD(in_dim, 256, 16, 0.5, 3, 0, "opentad", feat)
+    ours = ETAD(in_dim, 256, 16, 0.5, n_stages=3, n_classes=0, variant="opentad", fc_channels=feat)
     ours.load_state_dict(state["model"])  # strict
     ours.eval()
     t = 32
@@ -186,8 +186,8 @@ def _count(in_dim: int, feat: int, roi: int = 16, hidden: int = 256, fcs: int = 
 
 
 def test_the_parameter_count_is_the_one_opentads_configs_give():
-    anet = ETAD(512, 256, 16, 0.5, 3, 0, "opentad", 512)
-    thumos = ETAD(2048, 256, 16, 0.5, 3, 0, "opentad", 256)
+    anet = ETAD(512, 256, 16, 0.5, n_stages=3, n_classes=0, variant="opentad", fc_channels=512)
+    thumos = ETAD(2048, 256, 16, 0.5, n_stages=3, n_classes=0, variant="opentad", fc_channels=256)
     assert anet.detector_parameters() == _count(512, 512) == 8_518_298  # "about 8.52 M"
     assert thumos.detector_parameters() == _count(2048, 256)
     assert sum(p.numel() for p in opentad_model(512, 512).parameters()) == 8_518_298
@@ -206,14 +206,14 @@ def test_opentads_tem_loss_is_plain_bce_when_one_kind_is_missing():
 def test_opentad_soft_nms_min_score_and_voting_by_hand():
     segs = np.array([[0.0, 10.0], [0.0, 9.0], [20.0, 30.0], [50.0, 60.0]])
     scores = np.array([0.9, 0.8, 0.5, 0.00005])
-    out, kept, idx = soft_nms_opentad(segs, scores, 0.3, 10, 1e-4)
+    out, kept, idx = soft_nms_opentad(segs, scores, 0.3, 10, min_score=1e-4)
     iou = 9 / (10 + 1e-6 + 9 + 1e-6 - 9)
     assert list(idx) == [0, 2, 1]  # the last one is below the minimum score; disjoint ones keep theirs
     np.testing.assert_allclose(kept, [0.9, 0.5, 0.8 * np.exp(-(iou**2) / 0.3)])
-    voted, _, _ = soft_nms_opentad(segs, scores, 0.3, 10, 1e-4, voting=0.85)
+    voted, _, _ = soft_nms_opentad(segs, scores, 0.3, 10, min_score=1e-4, voting=0.85)
     np.testing.assert_allclose(voted[0], (0.9 * segs[0] + 0.8 * segs[1]) / 1.7)  # IoU 0.9 >= 0.85
     np.testing.assert_allclose(voted[1], segs[2])
-    assert len(soft_nms_opentad(segs, scores, 0.3, 2, 1e-4)[0]) == 2
+    assert len(soft_nms_opentad(segs, scores, 0.3, 2, min_score=1e-4)[0]) == 2
 
 
 def test_opentad_boundary_peaks_are_not_strict():

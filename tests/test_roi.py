@@ -27,7 +27,7 @@ def test_taps_rebuild_roi_align(t, aligned):
     features = torch.randn(1, 5, t, generator=generator)
     anchors = _random_anchors(1, 300, generator)
     anchors[0, 1] = anchors[0, 1].flip(0)  # one reversed proposal
-    reference = roi_features(features, anchors, 24, 0.5, aligned)  # [K, C, R]
+    reference = roi_features(features, anchors, 24, 0.5, aligned=aligned)  # [K, C, R]
     taps = roi_taps(extend_anchors(anchors[0], 0.5) * t, t, 24, aligned=aligned)
     torch.testing.assert_close(
         torch.einsum("krt,ct->kcr", taps.as_dense(), features[0]), reference, atol=2e-6, rtol=1e-5
@@ -40,7 +40,7 @@ def test_taps_rebuild_roi_align(t, aligned):
 
 def _pair(variant: str = "original") -> tuple[ETAD, ETAD]:
     torch.manual_seed(0)
-    fast = ETAD(16, 32, 8, 0.5, 3, 0, variant)
+    fast = ETAD(16, 32, 8, 0.5, n_stages=3, n_classes=0, variant=variant)
     reference = copy.deepcopy(fast)
     for stage in reference.stages:
         stage.roi_mode = "roialign"

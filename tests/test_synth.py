@@ -80,7 +80,10 @@ def test_pyav_fallback_reads_the_same_frame_count(synth_dir):
 
 
 def test_plans_cover_the_promised_variety():
-    plans = [synth.plan_video(f"v{i}", np.random.default_rng([1, i]), 6, 15.0, 128, 96) for i in range(300)]
+    plans = [
+        synth.plan_video(f"v{i}", np.random.default_rng([1, i]), 6, 15.0, width=128, height=96)
+        for i in range(300)
+    ]
     instances = [inst for p in plans for inst in p.instances]
     counts = {len(p.instances) for p in plans}
     assert counts == {0, 1, 2, 3, 4}
@@ -98,7 +101,7 @@ def test_plans_cover_the_promised_variety():
 
 def _instances_of(label: int):
     for i in range(1000):
-        plan = synth.plan_video("v", np.random.default_rng([label, i]), 6, 15.0, 128, 96)
+        plan = synth.plan_video("v", np.random.default_rng([label, i]), 6, 15.0, width=128, height=96)
         yield from (inst for inst in plan.instances if inst.label == label)
 
 
@@ -130,10 +133,13 @@ def test_the_story_options_add_clean_pretraining_videos_and_unannotated_movers(t
     for vid, entry in before.items():
         assert anet["database"][vid]["annotations"] == entry["annotations"]
     # pretraining videos: a plain, still background; detection videos: movers, which are never annotated
-    clean = synth.plan_video("p", np.random.default_rng([3, 1_000_000]), 3, 15.0, 64, 48, clean=True)
+    clean = synth.plan_video(
+        "p", np.random.default_rng([3, 1_000_000]), 3, 15.0, width=64, height=48, clean=True
+    )
     assert clean.plain and not clean.distractors and not clean.movers
     busy = [
-        synth.plan_video("v", np.random.default_rng([3, i]), 3, 15.0, 64, 48, movers=True) for i in range(20)
+        synth.plan_video("v", np.random.default_rng([3, i]), 3, 15.0, width=64, height=48, movers=True)
+        for i in range(20)
     ]
     assert all(2 <= len(p.movers) <= 3 and all(m.hollow for m in p.movers) for p in busy)
     # a mover acts out the video's activity: it differs from an actor by its look, not its motion

@@ -146,7 +146,7 @@ def test_the_classifier_refit_fits_the_head_on_the_final_features_and_leaves_the
     dataset, _, _ = snippet_dataset(settings, settings.model.encoder.crop_size)
     inputs, targets = dataset.classifier_data(trained.encode)
     expected = VideoClassifier(inputs.shape[1], settings.model.hidden_channels, len(trained.classes))
-    refit(expected, inputs, targets, 200, settings.seed)
+    refit(expected, inputs, targets, 200, seed=settings.seed)
     assert all(
         torch.allclose(v, b["model"]["classifier." + k], atol=1e-5) for k, v in expected.state_dict().items()
     )

@@ -234,7 +234,7 @@ def _from_original(obj: dict, path: Path) -> dict:
     if unknown:
         raise UserError(f"{path}: {len(unknown)} key(s) of no known part, e.g. {unknown[0]!r}")
     stages = len({k.split(".")[1] for k in model if k.startswith("stages.")})
-    return _released(path, "etad-original", model, encoder, {
+    return _released(path, "etad-original", model, encoder, model_settings={
         "variant": "original",
         "in_channels": model["temporal.layer1.0.weight"].shape[1] * 4,  # grouped conv, 4 groups
         "hidden_channels": model["temporal.layer1.0.weight"].shape[0],
@@ -271,7 +271,7 @@ def _from_opentad(obj: dict, path: Path) -> dict:
     hidden = model["temporal.layer1.0.weight"].shape[0]
     fc = model["stages.0.fc.0.weight"]
     stages = len({k.split(".")[1] for k in model if k.startswith("stages.")})
-    return _released(path, "opentad", model, encoder, {
+    return _released(path, "opentad", model, encoder, model_settings={
         "variant": "opentad",
         "in_channels": model["temporal.layer1.0.weight"].shape[1] * 4,  # grouped conv, 4 groups
         "hidden_channels": hidden,
@@ -286,7 +286,7 @@ def _thresholds(stages: int) -> list[float]:
     return [0.7, 0.8, 0.9][:stages] + [0.9] * max(0, stages - 3)
 
 
-def _released(path: Path, layout: str, model: dict, encoder: dict, model_settings: dict) -> dict:
+def _released(path: Path, layout: str, model: dict, encoder: dict, *, model_settings: dict) -> dict:
     """An etad checkpoint from a released file's weights and the settings its shapes give."""
     converted = {
         "format": CHECKPOINT_FORMAT,

@@ -49,6 +49,13 @@ def study_dir(settings: Settings) -> Path:
     return Path(settings.work_dir) / "study"
 
 
+def encoder_output(settings: Settings) -> Path:
+    """encoder_train.output, the encoder `etad train --encoder` writes (relative to work_dir unless
+    absolute)."""
+    path = Path(settings.encoder_train.output)
+    return path if path.is_absolute() else Path(settings.work_dir) / path
+
+
 def output_path(settings: Settings) -> Path:
     """infer.output, relative to work_dir unless absolute."""
     path = Path(settings.infer.output)

@@ -102,6 +102,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         classes: list[str],
         settings: Settings,
         load: CacheReader,
+        *,
         mode: str,
         transform=None,
     ) -> None:
@@ -139,7 +140,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         if self.mode == "test":
             return sample
         gt = self.protocol.ground_truth(item, training=self.mode == "train")
-        chosen = sample_proposals(self.t, self.max_duration, self.strategy, self.ratio, generator)
+        chosen = sample_proposals(self.t, self.max_duration, self.strategy, self.ratio, generator=generator)
         anchors = self.anchors[chosen]
         start, end = boundary_targets(gt, self.t)
         sample.update(

@@ -12,8 +12,6 @@ of the video in progress is lost. Layout (docs/cache.md):
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import h5py
@@ -22,11 +20,6 @@ import numpy as np
 from stages.core.errors import UserError
 from stages.core.files import atomic_output
 from stages.data.annotations import safe_path
-
-
-def fingerprint(values: dict) -> str:
-    """A short stable hash of the settings that decide a cache's content."""
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def require_finite(array: np.ndarray, where: object) -> None:

@@ -19,11 +19,12 @@ import numpy as np
 
 from stages.core.errors import UserError
 from stages.data.snippet_positions import anet_snippet_frames, strided_snippet_frames
-from stages.evaluation.metrics import ANET_TIOUS, THUMOS_TIOUS
 
 if TYPE_CHECKING:  # torch is imported where tensors are made, so `etad eval` starts without it
     import torch
 
+ANET_TIOUS = np.linspace(0.5, 0.95, 10)  # the evaluation defaults of each protocol
+THUMOS_TIOUS = np.linspace(0.3, 0.7, 5)
 MIN_GT_LENGTH = 0.01  # ActivityNet: a training video needs one instance longer than 1% of it
 
 
@@ -173,7 +174,7 @@ class SlidingWindows:
     def items(self, video_id: str, duration: float, segments: list, n_snippets: int) -> list[Item]:
         t = self.data.temporal_scale
         return [
-            Item(video_id, duration, segments, w, min(t, n_snippets - w))
+            Item(video_id, duration, segments, w, valid=min(t, n_snippets - w))
             for w in window_starts(n_snippets, t, self.data.window_overlap)
         ]
 

@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 
-ANET_TIOUS = np.linspace(0.5, 0.95, 10)
-THUMOS_TIOUS = np.linspace(0.3, 0.7, 5)
-
 
 def _tiou(p: np.ndarray, g: np.ndarray) -> np.ndarray:
     """tIoU of broadcastable [..., 2] predictions and truths, written as the official code writes it
@@ -68,6 +65,7 @@ def match_detections(
     gt_segments: np.ndarray,
     pred_pair: np.ndarray,
     pred_segments: np.ndarray,
+    *,
     pred_rank: np.ndarray,
     tious: np.ndarray,
 ) -> np.ndarray:
@@ -129,6 +127,7 @@ def detection_ap(
     gt_segments: np.ndarray,
     gt_label: np.ndarray,
     pred_video: np.ndarray,
+    *,
     pred_segments: np.ndarray,
     pred_label: np.ndarray,
     pred_score: np.ndarray,
@@ -147,8 +146,8 @@ def detection_ap(
         gt_segments,
         pred_label.astype(np.int64) * n_videos + pred_video,
         pred_segments,
-        rank,
-        tious,
+        pred_rank=rank,
+        tious=tious,
     )
     npos = np.bincount(gt_label, minlength=n_classes)
     ap = np.zeros((len(tious), n_classes))
@@ -170,6 +169,7 @@ def average_recall_vs_proposals(
     gt_segments: np.ndarray,
     pred_video: np.ndarray,
     pred_segments: np.ndarray,
+    *,
     pred_score: np.ndarray,
     tious: np.ndarray,
     max_avg_proposals: float = 100,

@@ -52,7 +52,7 @@ def candidates(
 
 
 def soft_nms(
-    segments: np.ndarray, scores: np.ndarray, sigma: float, top_k: int, min_score: float = 0.0
+    segments: np.ndarray, scores: np.ndarray, sigma: float, top_k: int, *, min_score: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian Soft-NMS as the original: take the best, decay every remaining segment that overlaps
     it (IoU > 0) by exp(-IoU^2 / sigma), repeat until `top_k` are kept or one candidate is left (that
@@ -78,7 +78,13 @@ def soft_nms(
 
 
 def soft_nms_opentad(
-    segments: np.ndarray, scores: np.ndarray, sigma: float, top_k: int, min_score: float, voting: float = 0.0
+    segments: np.ndarray,
+    scores: np.ndarray,
+    sigma: float,
+    top_k: int,
+    *,
+    min_score: float,
+    voting: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gaussian Soft-NMS as OpenTAD's C++ op: take the best, decay *every* remaining segment by
     exp(-IoU^2 / sigma) (IoU from the clamped intersection, lengths + 1e-6), drop those that fall
@@ -200,13 +206,13 @@ class Original:
 
     def item(self, inf, proposals, iou, tem) -> tuple[np.ndarray, np.ndarray]:
         segs, scores = candidates(proposals, iou, tem)
-        return soft_nms(segs, scores, inf.soft_nms_sigma, inf.top_k, inf.min_score)
+        return soft_nms(segs, scores, inf.soft_nms_sigma, inf.top_k, min_score=inf.min_score)
 
     def video(self, inf, parts: list[tuple[np.ndarray, np.ndarray]], classes) -> list[dict]:
         segs = np.concatenate([p[0] for p in parts]).reshape(-1, 2)
         scores = np.concatenate([p[1] for p in parts])
         if len(parts) > 1:  # windows: merge those of a video
-            segs, scores = soft_nms(segs, scores, inf.soft_nms_sigma, inf.top_k, inf.min_score)
+            segs, scores = soft_nms(segs, scores, inf.soft_nms_sigma, inf.top_k, min_score=inf.min_score)
         return fuse(segs, scores, classes)
 
 
@@ -219,7 +225,7 @@ class OpenTAD:
     def item(self, inf, proposals, iou, tem) -> tuple[np.ndarray, np.ndarray]:
         segs, scores = candidates(proposals, iou, tem, boundary_mask_opentad)
         segs, scores, _ = soft_nms_opentad(
-            segs, scores, inf.soft_nms_sigma, inf.top_k, inf.min_score, inf.voting_iou
+            segs, scores, inf.soft_nms_sigma, inf.top_k, min_score=inf.min_score, voting=inf.voting_iou
         )
         return segs, scores
 
@@ -229,7 +235,7 @@ class OpenTAD:
             segs = np.array([d["segment"] for d in detections])
             scores = np.array([d["score"] for d in detections])
             segs, scores, idx = soft_nms_opentad(
-                segs, scores, inf.soft_nms_sigma, inf.top_k, inf.min_score, inf.voting_iou
+                segs, scores, inf.soft_nms_sigma, inf.top_k, min_score=inf.min_score, voting=inf.voting_iou
             )
             detections = [
                 {**detections[i], "score": float(sc), "segment": [float(seg[0]), float(seg[1])]}

@@ -44,11 +44,15 @@ def sampled(job: Backward) -> dict:
     device = job.device or job.snippets.device
     b, t = job.snippets.shape[:2]
     size = job.snippets.shape[-2]
-    features = encode_chunks(job.encoder, job.snippets, job.chunk_size, size, device).requires_grad_(True)
+    features = encode_chunks(job.encoder, job.snippets, job.chunk_size, size, device=device).requires_grad_(
+        True
+    )
     terms = job.loss_fn(job.detector(features, job.anchors))
     terms["total"].backward()
     grad = features.grad  # dL/dF [B, D, T]
-    picks = [sample_snippets(t, job.ratio, job.chunk_size, job.sampling, job.generator) for _ in range(b)]
+    picks = [
+        sample_snippets(t, job.ratio, job.chunk_size, job.sampling, generator=job.generator) for _ in range(b)
+    ]
     n_chunks = picks[0].shape[0]
     for j in range(n_chunks):  # chunk j of every video at once
         pairs = [(v, int(s)) for v in range(b) for s in picks[v][j] if s >= 0]
@@ -81,7 +85,7 @@ def _every_snippet(job: Backward, encode: Callable[[torch.Tensor], torch.Tensor]
 def frozen(job: Backward) -> dict:
     device = job.device or job.snippets.device
     size = job.snippets.shape[-2]
-    features = encode_chunks(job.encoder, job.snippets, job.chunk_size, size, device)
+    features = encode_chunks(job.encoder, job.snippets, job.chunk_size, size, device=device)
     terms = job.loss_fn(job.detector(features, job.anchors))
     terms["total"].backward()
     return terms

@@ -34,7 +34,9 @@ class VideoClassifier(nn.Module):
         return self.net(torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1))
 
 
-def refit(head: VideoClassifier, inputs: torch.Tensor, targets: torch.Tensor, steps: int, seed: int) -> dict:
+def refit(
+    head: VideoClassifier, inputs: torch.Tensor, targets: torch.Tensor, steps: int, *, seed: int
+) -> dict:
     """Fit `head` again from fresh weights (drawn from `seed`): `steps` full-batch Adam steps of
     binary cross-entropy on the training items' detector inputs [N, C, T] and multi-hot classes
     [N, K]. Returns the final loss and the training accuracy (the top class is one of the item's)."""

@@ -100,7 +100,9 @@ class ProposalStage(nn.Module):
             rs = self.start_head(rois[:, :, : self.context].flatten(1))
             re = self.end_head(rois[:, :, -self.context :].flatten(1))
         else:  # the same numbers without the RoI tensor (stages/model/roi.py)
-            taps = proposal_taps(anchors, feat.shape[2], self.roi_size, self.extend_ratio, self.taps_cache)
+            taps = proposal_taps(
+                anchors, feat.shape[2], self.roi_size, self.extend_ratio, cache=self.taps_cache
+            )
             end = self.roi_size - self.context
             z = self.fc[1:](binned_linear(feat, taps, self.fc[0]))
             rs = self.start_head[1:](binned_linear(feat, taps.bins(0, self.context), self.start_head[0]))
@@ -135,6 +137,7 @@ class ETAD(nn.Module):
         hidden: int = 256,
         roi_size: int = 24,
         extend_ratio: float = 0.5,
+        *,
         n_stages: int = 3,
         n_classes: int = 0,
         variant: str = "original",
@@ -199,8 +202,8 @@ def build_detector(model_settings: ModelSettings, n_classes: int = 0) -> ETAD:
         m.hidden_channels,
         m.roi_size,
         m.extend_ratio,
-        len(m.stage_iou_thresholds),
-        n_classes if m.classifier_head else 0,
-        m.variant,
-        m.fc_channels,
+        n_stages=len(m.stage_iou_thresholds),
+        n_classes=n_classes if m.classifier_head else 0,
+        variant=m.variant,
+        fc_channels=m.fc_channels,
     )

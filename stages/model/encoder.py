@@ -160,7 +160,7 @@ def build_encoder(
 
 
 def encode_chunks(
-    encoder: SnippetEncoder, snippets: torch.Tensor, chunk_size: int, crop: int, device: torch.device
+    encoder: SnippetEncoder, snippets: torch.Tensor, chunk_size: int, crop: int, *, device: torch.device
 ) -> torch.Tensor:
     """Stage 1 of the ETAD iteration (and end-to-end inference): uint8 snippets [B, T, L, H, W, 3]
     -> features [B, D, T], `chunk_size` snippets of every video at a time, without gradients, so

@@ -92,6 +92,7 @@ def stage_loss(
     reg: torch.Tensor,
     anchors: torch.Tensor,
     gt_box: torch.Tensor,
+    *,
     gt_start: torch.Tensor,
     gt_end: torch.Tensor,
     positive_iou: float,
@@ -142,7 +143,15 @@ def detector_loss(
     }
     total = terms["tem"]
     for anchors, iou, reg, thr in zip(out["anchors"], out["iou"], out["reg"], stage_thresholds):
-        stage = stage_loss(iou, reg, anchors, batch["gt_box"], batch["gt_start"], batch["gt_end"], thr)
+        stage = stage_loss(
+            iou,
+            reg,
+            anchors,
+            batch["gt_box"],
+            gt_start=batch["gt_start"],
+            gt_end=batch["gt_end"],
+            positive_iou=thr,
+        )
         total = total + stage.pop("total")
         for name, value in stage.items():
             terms[name] = terms[name] + value

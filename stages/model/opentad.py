@@ -43,7 +43,7 @@ class SharedFCStage(nn.Module):
             z = self.fc(rois.flatten(1))
         else:
             taps = proposal_taps(
-                anchors, x.shape[2], self.roi_size, self.extend_ratio, self.taps_cache, aligned=True
+                anchors, x.shape[2], self.roi_size, self.extend_ratio, cache=self.taps_cache, aligned=True
             )
             z = self.fc[1:](binned_linear(x, taps, self.fc[0]))
         iou = torch.sigmoid(self.iou_head(z))

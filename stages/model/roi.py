@@ -35,7 +35,12 @@ def extend_anchors(anchors: torch.Tensor, ratio: float) -> torch.Tensor:
 
 
 def roi_features(
-    features: torch.Tensor, anchors: torch.Tensor, roi_size: int, extend_ratio: float, aligned: bool = False
+    features: torch.Tensor,
+    anchors: torch.Tensor,
+    roi_size: int,
+    extend_ratio: float,
+    *,
+    aligned: bool = False,
 ) -> torch.Tensor:
     """RoIAlign over time: features [B, C, T], normalised anchors [B, K, 2] -> [B*K, C, roi_size].
 
@@ -91,7 +96,7 @@ class Taps:
 
 
 def _bucket(boxes: torch.Tensor, step: torch.Tensor, share: torch.Tensor, video_start: torch.Tensor,
-            g: int, t: int, bins: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+            *, g: int, t: int, bins: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Time steps and weights [m, bins, R] of m boxes that take g samples per bin."""
     j = torch.arange(bins, device=boxes.device)[None, :, None]
     i = torch.arange(g, device=boxes.device)[None, None, :]
@@ -115,7 +120,7 @@ def _bucket(boxes: torch.Tensor, step: torch.Tensor, share: torch.Tensor, video_
     return time + video_start[:, None, None], merged
 
 
-def roi_taps(boxes: torch.Tensor, t: int, bins: int, videos: int = 1, aligned: bool = False) -> Taps:
+def roi_taps(boxes: torch.Tensor, t: int, bins: int, videos: int = 1, *, aligned: bool = False) -> Taps:
     """The taps of torchvision's roi_align (sampling_ratio=-1) for 1-D boxes [N, 2] (start, end)
     in time steps over features of length t, pooled to `bins`. With `videos` > 1, boxes are
     N / videos per video, and video v reads time steps v * t ... (after the previous video's).
@@ -151,7 +156,7 @@ def roi_taps(boxes: torch.Tensor, t: int, bins: int, videos: int = 1, aligned: b
         for g in torch.unique(grid).tolist():
             chosen = torch.nonzero(grid == g).flatten()
             args = boxes[chosen], step[chosen], share[chosen], video_start[chosen]
-            buckets.append(Bucket(chosen, *_bucket(*args, g, t, bins)))
+            buckets.append(Bucket(chosen, *_bucket(*args, g=g, t=t, bins=bins)))
     return Taps(buckets, n, videos * t)
 
 
@@ -171,7 +176,7 @@ class TapCache:
 
 
 def proposal_taps(
-    anchors: torch.Tensor, t: int, bins: int, extend_ratio: float, cache: TapCache | None = None,
+    anchors: torch.Tensor, t: int, bins: int, extend_ratio: float, *, cache: TapCache | None = None,
     aligned: bool = False,
 ) -> Taps:  # fmt: skip
     """Taps of every proposal of a batch, anchors [B, K, 2] normalised; proposal b*K + k reads time

@@ -81,7 +81,7 @@ PROPOSAL_SAMPLERS: dict[str, Callable[[int, int, int, torch.Generator | None], t
 
 
 def sample_proposals(
-    t: int, max_duration: int, strategy: str, ratio: float, generator: torch.Generator | None = None
+    t: int, max_duration: int, strategy: str, ratio: float, *, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Indices into `proposal_map(t, max_duration)` of the proposals to train on, chosen by the
     named strategy."""
@@ -123,7 +123,7 @@ SNIPPET_SAMPLERS: dict[str, Callable[[int, int, torch.Generator | None], torch.T
 
 
 def sample_snippets(
-    n_snippets: int, ratio: float, chunk_size: int, strategy: str, generator: torch.Generator | None = None
+    n_snippets: int, ratio: float, chunk_size: int, strategy: str, *, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Snippet indices [n_chunks, chunk_size] that are re-forwarded with gradients, chosen by the
     named strategy; -1 marks an empty place (when chunk_size does not divide the count)."""

@@ -82,7 +82,14 @@ class MetricsLog:
 
 
 def loader(
-    dataset, batch_size: int, workers: int, shuffle: bool, seed: int, dist: Distributed, device: torch.device
+    dataset,
+    batch_size: int,
+    workers: int,
+    shuffle: bool,
+    *,
+    seed: int,
+    dist: Distributed,
+    device: torch.device,
 ):
     """A DataLoader whose order depends only on (seed, epoch): call `.sampler.set_epoch(e)` or rebuild."""
     sampler = None
@@ -141,6 +148,7 @@ def classifier_refit(
     dataset: DetectionDataset,
     settings: Settings,
     device: torch.device,
+    *,
     encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Callable[[], dict] | None:
     """Job.finish that fits the video classifier head again on the final features of the training
@@ -151,7 +159,7 @@ def classifier_refit(
 
     def finish() -> dict:
         inputs, targets = dataset.classifier_data(encode)
-        fitted = refit(model.classifier, inputs.to(device), targets.to(device), steps, settings.seed)
+        fitted = refit(model.classifier, inputs.to(device), targets.to(device), steps, seed=settings.seed)
         return {"classifier_refit_steps": steps, **fitted}
 
     return finish
@@ -187,7 +195,7 @@ class Run:
     step: int = 0  # optimizer steps taken so far (also before a resume)
 
 
-def fit(job: Job, settings: Settings, section: Optimisation, dist: Distributed, device: torch.device, *,
+def fit(job: Job, settings: Settings, section: Optimisation, dist: Distributed, *, device: torch.device,
         resume: bool, restart: bool = False, progress: Progress = SILENT,
         notes: list[str] | None = None) -> TrainSummary:  # fmt: skip
     """The epoch loop shared by `etad train`, `train --e2e` and `train --encoder`: seeds per epoch,
@@ -196,13 +204,23 @@ def fit(job: Job, settings: Settings, section: Optimisation, dist: Distributed, 
     try:
         out_dir = run_dir(settings, job.kind)
         summary = TrainSummary(out_dir, job.kind, notes=list(notes or []), parameters=job.parameters)
-        run = Run(job, settings, section, dist, device, summary, out_dir / "checkpoints")
+        run = Run(
+            job, settings, section, dist, device=device, summary=summary, ckpt_dir=out_dir / "checkpoints"
+        )
         if dist.main:
             prepare_run_dir(out_dir, resume, restart, summary.notes)
         dist.barrier()
         start_epoch = _resume(run) if resume else 0
         run.log = MetricsLog(out_dir / "metrics.jsonl", keep_epochs=start_epoch, enabled=dist.main)
-        data = loader(job.train_set, section.batch_size, section.workers, True, settings.seed, dist, device)
+        data = loader(
+            job.train_set,
+            section.batch_size,
+            section.workers,
+            True,
+            seed=settings.seed,
+            dist=dist,
+            device=device,
+        )
         progress.start(
             len(data) * max(section.epochs - start_epoch, 0), f"{len(job.train_set)} training items"
         )
@@ -269,7 +287,7 @@ def _epoch(run: Run, data: torch.utils.data.DataLoader, epoch: int, progress: Pr
     run.summary.epochs.append(record)
     run.log.write({"event": "epoch", **record})
     if dist.main:
-        _save(run, epoch, train_loss, val_loss, is_best)
+        _save(run, epoch, train_loss, val_loss, is_best=is_best)
     dist.barrier()
 
 
@@ -302,7 +320,7 @@ def _step(run: Run, batch: dict, epoch: int, progress: Progress) -> float:
     return record["total"]
 
 
-def _save(run: Run, epoch: int, train_loss: float, val_loss: float | None, is_best: bool) -> None:
+def _save(run: Run, epoch: int, train_loss: float, val_loss: float | None, *, is_best: bool) -> None:
     """The epoch's checkpoint: every module, optimizer, schedule, generators, classes, settings."""
     job = run.job
     state = {name: module.state_dict() for name, module in job.modules.items()}
