@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 test: install  ## run the whole test suite
 	$(PY) -m pytest -q
 
-test-fast: install  ## the unit tests only (no real videos or training runs; under a minute)
+test-fast: install  ## the unit tests only (no real videos or training runs; about a minute)
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install  ## ruff
@@ -94,7 +94,7 @@ need = @$(if $(strip $($(1))),true,{ echo "make $@: set $(1)=... ($(2))" >&2; ex
 classes = $(if $(CLASSIFIER),--set infer.classifier=file --set infer.classifier_file=$(abspath $(CLASSIFIER)),\
   --set infer.classifier=builtin --set infer.classifier_file=null --set model.classifier_head=true)
 blocked = $(if $(BLOCKED),--set data.blocked=$(abspath $(BLOCKED)))
-common  = --set data.annotations=$(abspath $(ANNOTATIONS)) $(blocked) $(classes) $(SET)
+common  = --set data.annotations=$(abspath $(ANNOTATIONS)) --set data.missing=skip $(blocked) $(classes) $(SET)
 
 ANET_FEATURES_RUN = --config $(or $(RECIPE),examples/anet_tsp_feature.yaml) --set work_dir=$(abspath $(ANET_FEATURES_WORK)) $(common)
 anet-features: install  ## ActivityNet from TSP features: ANET_FEATURES=dir of v_<id>.npy ANNOTATIONS=json
@@ -111,8 +111,8 @@ anet-e2e: install  ## ActivityNet end to end (the original recipe): ANET_VIDEOS=
 	$(call need,ANET_VIDEOS,folder of v_<id>.mp4 videos)
 	$(call need,ANNOTATIONS,ActivityNet-1.3 annotation JSON)
 	$(call need,TSP_CHECKPOINT,TSP R(2+1)D-34 checkpoint .pth)
-	$(ETAD) extract $(ANET_E2E_RUN)
-	$(ETAD) cache $(ANET_E2E_RUN) --what snippets
+	$(ETAD) cache $(ANET_E2E_RUN) --what snippets --dry-run
+	$(ETAD) cache $(ANET_E2E_RUN) --what snippets  # straight from the mp4s: frames stored once, JPEG
 	$(ETAD) train $(ANET_E2E_RUN) --e2e --resume $(if $(INIT_FROM),--init-from $(abspath $(INIT_FROM)))
 	$(ETAD) infer $(ANET_E2E_RUN) --checkpoint $(abspath $(ANET_E2E_WORK))/e2e/checkpoints/last.pt --eval
 	$(ETAD) report $(ANET_E2E_RUN)

@@ -499,9 +499,86 @@ def bench_e2e_paper_gpu() -> list[tuple[str, str]]:
     return rows
 
 
+# ActivityNet-1.3 train+val (../shared/data/anet/tsp_activitynet_v1-3_{train,valid}_metadata.csv,
+# 14,950 videos, 30 fps sources): frames decoded, and frames the 128 x 16 snippets store at 15 fps
+ANET_SOURCE_FRAMES = 52_706_220  # 2 x the 26,353,110 frames at 15 fps
+ANET_STORED_FRAMES = 21_832_681
+ANET_VIDEOS = 14_950
+
+
+def bench_data_path() -> list[tuple[str, str]]:
+    """The snippet cache at the ANet E2E shape (128 x 16 frames, 171x128, JPEG q90 vs raw), 1 core:
+    bytes per frame, cache writing straight from the videos, loader (read -> decode -> augment)."""
+    import h5py
+    import torch
+
+    from stages import cache, synth
+    from stages.core.settings_file import load_settings
+    from stages.data.hdf5_cache import VideoCache
+    from stages.train_e2e import augment
+
+    torch.set_num_threads(1)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"  # 342x256 at 30 fps, like ActivityNet's 320p sources
+        synth.run(data, videos=4, classes=4, seed=2, fps=30.0, width=342, height=256, movers=True)
+        source_frames = sum(
+            round(v["duration"] * 30)
+            for v in json.loads((data / "anet.json").read_text())["database"].values()
+        )
+        for codec in ("jpeg", "raw"):
+            work = Path(tmp) / codec
+            sets = [f"work_dir={work}", f"data.annotations={data / 'anet.json'}", "data.decoder=decord"]
+            sets += [f"data.video_dir={data / 'videos'}", f"cache.codec={codec}", "threads=1"]
+            settings = load_settings(None, sets)
+            began = time.perf_counter()
+            summary = cache.run(settings, what="snippets", subsets=None)
+            seconds = time.perf_counter() - began
+            folder = work / "cache" / "snippets"
+            stored = 0  # frames the files hold: each once
+            for path in folder.glob("*.h5"):
+                with h5py.File(path) as f:
+                    stored += int(f["snippet_frames"][()].max()) + 1
+            per_frame = summary.frame_bytes / stored
+            rows.append((f"{codec}: bytes per stored frame", f"{per_frame:,.0f}"))
+            rows.append(
+                (f"{codec}: ANet train+val projected disk", f"{per_frame * ANET_STORED_FRAMES / 1e9:,.1f} GB")
+            )
+            per_source = seconds / source_frames
+            rows.append((f"{codec}: cache writing, source frames/s per core", f"{1 / per_source:,.0f}"))
+            hours = ANET_SOURCE_FRAMES * per_source / 16 / 3600
+            rows.append((f"{codec}: ANet train+val preprocessing on 16 cores", f"{hours:.2f} h"))
+            videos = VideoCache(folder, "snippets")
+            generator = torch.Generator().manual_seed(0)
+            read = aug = 0.0
+            unique = 0
+            for video_id in videos.ids():
+                t0 = time.perf_counter()
+                snippets = torch.from_numpy(videos.read(video_id))
+                t1 = time.perf_counter()
+                augment(snippets, 112, generator)
+                read, aug = read + t1 - t0, aug + time.perf_counter() - t1
+                unique += len(set(videos.frame_indices(video_id).ravel()))
+            anet_unique = ANET_STORED_FRAMES / ANET_VIDEOS
+            per_video_read = read / unique * anet_unique  # decoding scales with the frames stored
+            per_video_aug = aug / len(videos.ids())  # the same 128 x 16 x 171 x 128 tensor each time
+            rows.append((f"{codec}: loader read+decode per ANet video", f"{per_video_read:.2f} s"))
+            rows.append((f"{codec}: loader CPU augmentation per ANet video", f"{per_video_aug:.2f} s"))
+            rows.append(
+                (
+                    f"{codec}: loader videos/s per core (CPU augmentation)",
+                    f"{1 / (per_video_read + per_video_aug):.2f}",
+                )
+            )
+            rows.append(
+                (f"{codec}: loader videos/s per core (without augmentation)", f"{1 / per_video_read:.2f}")
+            )
+    return rows
+
+
 BENCHMARKS = [
     bench_synth, bench_extract, bench_frame_formats, bench_cache_read, bench_eval, bench_train,
-    bench_detector_speed, bench_startup, bench_e2e_memory, bench_e2e_paper_gpu,
+    bench_detector_speed, bench_startup, bench_e2e_memory, bench_e2e_paper_gpu, bench_data_path,
 ]  # fmt: skip
 
 

@@ -44,6 +44,17 @@ SetOpt = Annotated[
 WorkersOpt = Annotated[
     int | None, typer.Option(help="Parallel worker processes (default: the settings').", min=1)
 ]
+SubsetOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Subsets to process, comma-separated, or all (default: the recipe's training and "
+        "evaluation subsets)."
+    ),  # fmt: skip
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(help="K/N: this machine's share of the videos (default: the Slurm array's task, if any)."),
+]
 TRAIN_INTERRUPTED = "interrupted; checkpoints of finished epochs are kept: rerun with --resume to continue"
 
 
@@ -175,24 +186,33 @@ def synth(
 
 
 @app.command()
-def extract(config: ConfigOpt, set_: SetOpt = None, workers: WorkersOpt = None) -> None:
-    """Decode every video of the annotation file (decord) into frames at data.fps and the data frame size.
+def extract(
+    config: ConfigOpt, set_: SetOpt = None, workers: WorkersOpt = None, subset: SubsetOpt = None,
+    shard: ShardOpt = None,
+) -> None:  # fmt: skip
+    """Decode the videos of the annotation file (decord) into frames at data.fps and the data frame size.
 
-    Writes <work_dir>/frames/<id>.npy (+ <id>.json when complete). Resumable: finished videos are
-    skipped. Exit code 1 if some videos failed (listed in frames/failures.json).
+    Writes <work_dir>/frames/<id>.npy (+ <id>.json when complete). Optional: `etad cache` decodes
+    the videos itself when no frames are extracted. Resumable: finished videos are skipped. Exit
+    code 1 if some videos failed (listed in frames/failures.json); absent videos stop it before any
+    work unless data.missing is skip (then listed in frames/missing.json).
 
-    Example: etad extract --config examples/demo.yaml --workers 2
+    Examples:
+      etad extract --config examples/demo.yaml --workers 2
+      etad extract --config examples/anet_tsp_e2e.yaml --subset all --shard 3/8
     """
     from stages import extract as stage
+    from stages.data.video_selection import parse_shard, parse_subsets
 
     with user_errors():
         s = load(config, set_)
+        subsets, part = parse_subsets(subset, s), parse_shard(shard)
         run = StageRun.start(s, "extract")
         with stage_progress("extract videos") as progress:
-            summary = stage.run(s, workers=workers or 1, progress=progress)
+            summary = stage.run(s, workers=workers or 1, subsets=subsets, shard=part, progress=progress)
     views.per_video_summary(f"extract -> {summary.out_dir}", summary, frames=summary.frames)
     run.done(videos=summary.done, skipped=summary.skipped, failed=len(summary.failures))
-    views.exit_on_failures(summary.failures, summary.out_dir / "failures.json")
+    views.exit_on_failures(summary.failures, summary.out_dir / f"failures{part.suffix}.json")
 
 
 @app.command()
@@ -206,28 +226,45 @@ def cache(
         Path | None, typer.Option(help="Import released per-video features (v_<id>.npy or <id>.npy, [T, D]).")
     ] = None,
     workers: WorkersOpt = None,
+    subset: SubsetOpt = None,
+    shard: ShardOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Project videos, frames, disk and time; write nothing.")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="With --dry-run: print the projection as JSON.")
+    ] = False,
 ) -> None:
-    """Cut extracted frames into snippets, or encode them, into per-video HDF5 files under <work_dir>/cache/.
+    """Cache the videos' snippets (each frame once, JPEG by default), or a frozen encoder's features,
+    into per-video HDF5 files under <work_dir>/cache/.
 
-    Resumable and kill-safe: each video file is written under a temporary name and renamed; a rerun
-    skips videos already cached with the same settings. Exit code 1 if some videos failed.
+    Frames come from `etad extract` when it ran, else straight from the video files. Resumable and
+    kill-safe: each video file is written under a temporary name and renamed; a rerun skips videos
+    already cached with the same settings. A run checks the free disk space against its projection
+    first. Exit code 1 if some videos failed.
 
     Examples:
       etad cache --config examples/demo.yaml --what snippets
-      etad cache --config examples/demo.yaml --what features
+      etad cache --config examples/anet_tsp_e2e.yaml --what snippets --dry-run
+      etad cache --config examples/anet_tsp_e2e.yaml --what snippets --shard 2/16
       etad cache --config examples/anet_tsp_feature.yaml --from-npy data/tsp_features
     """
     from stages import cache as stage
+    from stages.data.video_selection import parse_shard, parse_subsets
 
     with user_errors():
         s = load(config, set_)
-        kind = "features" if from_npy is not None else what
-        run = StageRun.start(s, f"cache {kind}")
-        with stage_progress(f"cache {kind}") as progress:
-            summary = stage.run(s, what=what, from_npy=from_npy, workers=workers, progress=progress)
+        subsets, part = parse_subsets(subset, s), parse_shard(shard)
+        if dry_run:
+            views.cache_projection(stage.project(s, what=what, subsets=subsets, shard=part), json_out)
+            return
+        run = StageRun.start(s, f"cache {'features' if from_npy is not None else what}")
+        with stage_progress(run.stage) as progress:
+            summary = stage.run(s, what=what, from_npy=from_npy, workers=workers, subsets=subsets, shard=part,
+                                progress=progress)  # fmt: skip
     views.per_video_summary(f"cache {summary.kind} -> {summary.out_dir}", summary)
     run.done(videos=summary.done, skipped=summary.skipped, failed=len(summary.failures))
-    views.exit_on_failures(summary.failures, summary.out_dir / "failures.json")
+    views.exit_on_failures(summary.failures, summary.out_dir / f"failures{part.suffix}.json")
 
 
 @app.command()
@@ -374,6 +411,9 @@ def infer(
     video: Annotated[
         Path | None, typer.Option(help="Detect actions in one video file that is in no annotation file.")
     ] = None,
+    subset: Annotated[
+        str | None, typer.Option(help="The annotation subset to detect (default: data.eval_subset).")
+    ] = None,
 ) -> None:
     """Detect actions in the evaluation subset (or one --video) and write ActivityNet-format JSON.
 
@@ -385,7 +425,7 @@ def infer(
     from etad_cli import runner
 
     with user_errors():
-        settings = load(config, set_)
+        settings = load(config, set_, [f"data.eval_subset={subset}"] if subset else [])
         with stage_progress(f"encode {video.name}" if video is not None else "infer") as progress:
             done = runner.infer(settings, checkpoint=checkpoint, plot=plot, video=video, evaluate=evaluate,
                                 progress=progress)  # fmt: skip

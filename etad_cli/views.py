@@ -33,11 +33,45 @@ def per_video_summary(title: str, summary, frames: int | None = None) -> None:
     table.add_row(
         "videos done / already done / failed", f"{summary.done} / {summary.skipped} / {len(summary.failures)}"
     )
+    if summary.missing:
+        table.add_row("videos missing (data.missing: skip)", str(len(summary.missing)))
+    if summary.shard.count > 1:
+        table.add_row("shard", f"{summary.shard.index} of {summary.shard.count}")
     if frames is not None:
         table.add_row("frames written", f"{frames:,}")
         table.add_row("speed", f"{frames / max(summary.seconds, 1e-9):,.0f} frames/s")
+    if getattr(summary, "frame_bytes", 0):
+        table.add_row("frames stored", f"{summary.frame_bytes / 2**20:,.1f} MiB")
     table.add_row("seconds", f"{summary.seconds:.1f}")
     console.print(table)
+    print_notes(summary.notes)
+
+
+def _bytes(count: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if count >= size:
+            return f"{count / size:,.2f} {unit}"
+    return f"{count / 1e3:,.1f} kB"
+
+
+def cache_projection(projection: dict, as_json: bool) -> None:
+    """`etad cache --dry-run`: what a run would process and write, before it does."""
+    if as_json:
+        console.print_json(data=projection)
+        return
+    table = Table(title="etad cache --dry-run (nothing written)", show_header=False)
+    counts = f"{projection['videos']:,} / {projection['cached']:,} / {projection['missing']:,}"
+    table.add_row("videos (to do / already cached / missing)", counts)
+    table.add_row("frames stored", f"{projection['frames']:,}")
+    table.add_row("bytes per frame (measured)", f"{projection['bytes_per_frame']:,.0f}")
+    table.add_row("projected disk", _bytes(projection["projected_bytes"]))
+    table.add_row("free disk", _bytes(projection["free_bytes"]))
+    seconds = projection["projected_seconds"]
+    table.add_row(
+        "projected time, one process", f"{seconds / 3600:,.2f} h" if seconds > 600 else f"{seconds:,.1f} s"
+    )
+    console.print(table)
+    print_notes(projection["notes"])
 
 
 def exit_on_failures(failures: list[dict], failures_file: Path) -> None:

@@ -10,28 +10,34 @@ the current fingerprint, redoes stale ones, and training refuses a stale cache. 
 
 from __future__ import annotations
 
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from stages.core.errors import UserError
-from stages.core.files import ensure_writable_dir, write_json
+from stages.core.files import ensure_writable_dir
 from stages.core.progress import SILENT, Progress
 from stages.core.settings import Settings
-from stages.core.workdir import features_dir, frames_dir, snippets_dir
+from stages.core.workdir import features_dir, snippets_dir
 from stages.data.annotations import load_annotations, safe_path
-from stages.data.extracted_frames import cut_snippets
 from stages.data.fingerprints import feature_fingerprint, npy_fingerprint, snippet_fingerprint
+from stages.data.frame_codec import encode_jpeg
 from stages.data.hdf5_cache import (
     VideoCache,
     require_finite,
     stored_fingerprint,
     video_file,
+    write_snippet_file,
     write_video_file,
 )
 from stages.data.per_video import run_each
+from stages.data.protocols import protocol
+from stages.data.video_selection import WHOLE, Shard, drop_missing, select, write_lists
+from stages.data.video_snippets import extracted, video_snippets
 from stages.model.frozen_encoder import FeatureEncoder
 
 KINDS = ("snippets", "features")
@@ -45,32 +51,37 @@ class CacheSummary:
     skipped: int = 0
     seconds: float = 0.0
     failures: list[dict] = field(default_factory=list)
+    frame_bytes: int = 0  # snippets: what the stored frames of the videos done take
+    missing: list[str] = field(default_factory=list)  # data.missing: skip
+    notes: list[str] = field(default_factory=list)
+    shard: Shard = WHOLE
 
 
-def _snippet_job(settings: Settings, video_id: str, path: Path, stamp: str) -> None:
-    snippets, indices, meta = cut_snippets(settings, video_id)
+def _snippet_job(settings: Settings, video_id: str, path: Path, stamp: str) -> int:
+    """Cache one video's snippets (from its extracted frames, else its video file); the frames' bytes."""
+    source, c = video_snippets(settings, video_id), settings.cache
     attrs = {
         "kind": "snippets",
         "video_id": video_id,
         "fingerprint": stamp,
-        "fps": meta["fps"],
-        "num_frames": meta["num_frames"],
-        "source": str(frames_dir(settings)),
+        "fps": settings.data.fps,
+        "num_frames": source.num_frames,
+        "source": source.source,
     }
-    write_video_file(
-        path, {"snippets": snippets, "frame_indices": indices}, attrs, settings.cache.compression
-    )
+    return write_snippet_file(path, source.batches(), snippet_frames=source.snippet_frames,
+                              frame_indices=source.frame_indices, attrs=attrs, codec=c.codec,
+                              quality=c.jpeg_quality, compression=c.compression)  # fmt: skip
 
 
 def snippets_to_encode(settings: Settings, video_id: str) -> tuple[np.ndarray, int]:
-    """A video's snippets and frame count: from the snippet cache when it is current, else cut from
-    the extracted frames."""
+    """A video's snippets and frame count: from the snippet cache when it is current, else from
+    its extracted frames or its video file."""
     folder, stamp = snippets_dir(settings), snippet_fingerprint(settings)
     if stored_fingerprint(video_file(folder, video_id)) == stamp:
         cache = VideoCache(folder, "snippets", stamp)
         return cache.read(video_id), int(cache.attrs(video_id)["num_frames"])
-    snippets, _, meta = cut_snippets(settings, video_id)
-    return snippets, int(meta["num_frames"])
+    source = video_snippets(settings, video_id)
+    return source.snippets(), source.num_frames
 
 
 def _feature_job(encoder: FeatureEncoder, settings: Settings, video_id: str, path: Path, stamp: str) -> None:
@@ -90,8 +101,7 @@ def _feature_job(encoder: FeatureEncoder, settings: Settings, video_id: str, pat
 
 
 def _import_npy(npy_dir: Path, video_id: str, path: Path, stamp: str) -> None:
-    candidates = [safe_path(npy_dir, video_id, "v_{id}.npy"), safe_path(npy_dir, video_id, "{id}.npy")]
-    source = next((c for c in candidates if c.is_file()), None)
+    source = next((c for c in _npy_candidates(npy_dir, video_id) if c.is_file()), None)
     if source is None:
         raise UserError(f"{npy_dir}: no v_{video_id}.npy or {video_id}.npy")
     try:
@@ -113,50 +123,129 @@ def _import_npy(npy_dir: Path, video_id: str, path: Path, stamp: str) -> None:
     write_video_file(path, {"features": features}, attrs)
 
 
-def run(
-    settings: Settings,
-    *,
-    what: str = "snippets",
-    from_npy: Path | None = None,
-    workers: int | None = None,
-    progress: Progress = SILENT,
-) -> CacheSummary:
-    """Fill the snippet or feature cache for every video of the annotation file."""
-    if what not in KINDS:
-        raise UserError(f"--what {what}: expected one of {', '.join(KINDS)}")
+def _npy_candidates(npy_dir: Path, video_id: str) -> list[Path]:
+    return [safe_path(npy_dir, video_id, "v_{id}.npy"), safe_path(npy_dir, video_id, "{id}.npy")]
+
+
+def _input_of(settings: Settings, kind: str, from_npy: Path | None) -> tuple[Callable[[str], bool], str]:
+    """Whether a video's input is there, and what that input is called (for data.missing)."""
+    d = settings.data
+    if from_npy is not None:
+        return lambda v: any(c.is_file() for c in _npy_candidates(Path(from_npy), v)), f".npy in {from_npy}"
+
+    def decodable(video_id: str) -> bool:
+        file = d.video_dir is not None and safe_path(d.video_dir, video_id, d.video_name).is_file()
+        return file or extracted(settings, video_id)
+
+    if kind == "snippets":
+        return decodable, "video file or extracted frames"
+    stamp, folder = snippet_fingerprint(settings), snippets_dir(settings)
+    return (
+        lambda v: stored_fingerprint(video_file(folder, v)) == stamp or decodable(v),
+        "snippet cache, extracted frames or video file",
+    )
+
+
+HDF5_FILE_BYTES = 9_640  # HDF5's own header and metadata in a snippet file (measured, h5py 3)
+
+
+def _stored_frames(settings: Settings, record) -> tuple[int, int]:
+    """(frames a video's snippets store, snippet frames in all), from its annotated duration."""
+    d = settings.data
+    positions = protocol(d).snippet_frames(max(1, int(np.floor((record.duration or 0.0) * d.fps + 1e-6))))
+    return len(np.unique(positions)), positions.size
+
+
+def _measure_frames(settings: Settings, ids: list[str], sample: int) -> tuple[float, float]:
+    """(bytes, seconds) per stored frame, measured on up to `sample` of these videos' own frames:
+    decode (or read) -> encode, as a run does."""
+    c, sizes, seconds = settings.cache, [], 0.0
+    for video_id in ids[:sample]:
+        source = video_snippets(settings, video_id)
+        spread = np.linspace(0, len(source.stored) - 1, min(32, len(source.stored))).astype(int)
+        wanted = source.stored[spread]
+        began = time.perf_counter()
+        frames = source.read(wanted)
+        blobs = encode_jpeg(frames, c.jpeg_quality) if c.codec == "jpeg" else list(frames)
+        seconds += time.perf_counter() - began
+        sizes += [b.nbytes for b in blobs]
+    if not sizes:
+        d = settings.data
+        return float(d.frame_height * d.frame_width * 3), 0.0
+    return float(np.mean(sizes)), seconds / len(sizes)
+
+
+def _projection(settings: Settings, records: dict, todo: list[str], kind: str, *, sample: int) -> tuple:
+    """(frames, bytes per frame, seconds per frame, projected bytes, notes) of caching `todo`."""
+    counts = [_stored_frames(settings, records[v]) for v in todo]
+    frames, index_bytes = sum(n for n, _ in counts), sum(12 * cells + 8 * (n + 1) for n, cells in counts)
+    if kind == "snippets":
+        per_frame, per_second = _measure_frames(settings, todo, sample)
+        return (
+            frames,
+            per_frame,
+            per_second,
+            frames * per_frame + index_bytes + HDF5_FILE_BYTES * len(todo),
+            [],
+        )
+    from stages.model.encoder import encoder_spec
+
+    width = encoder_spec(settings.model.encoder.name).out_dim
+    projected = sum(cells // settings.data.snippet_length for _, cells in counts) * width * 4
+    notes = ["features: the time depends on the encoder and device; not projected"]
+    return frames, 0.0, 0.0, projected + HDF5_FILE_BYTES * len(todo), notes
+
+
+def _check_space(settings: Settings, records: dict, todo: list[str], kind: str, out_dir: Path) -> None:
+    """Refuse before any work when the disk cannot hold what the run would write."""
+    projected = _projection(settings, records, todo, kind, sample=1)[3]
+    free = shutil.disk_usage(out_dir).free
+    if projected > free:
+        raise UserError(
+            f"{out_dir}: caching {len(todo)} videos needs about {projected / 1e9:.2f} GB, "
+            f"{free / 1e9:.2f} GB free; free space, or cache a share of the videos (--subset, --shard)"
+        )
+
+
+def project(settings: Settings, *, what: str = "snippets", subsets: list[str] | None = None,
+            shard: Shard = WHOLE, sample: int = 3) -> dict:  # fmt: skip
+    """What `etad cache` would do, from the annotation durations and the settings, bytes per frame
+    measured on `sample` of the user's own videos: videos, frames, projected bytes and seconds."""
     if settings.data.annotations is None:
         raise UserError("data.annotations is not set")
     records = load_annotations(settings.data.annotations)
-    kind = "snippets" if what == "snippets" and from_npy is None else "features"
+    kind = "snippets" if what == "snippets" else "features"
     out_dir = snippets_dir(settings) if kind == "snippets" else features_dir(settings)
-    try:
-        ensure_writable_dir(out_dir)
-    except OSError as exc:
-        raise UserError(f"{out_dir}: cannot write the cache folder: {exc.strerror or exc}") from None
-    if from_npy is not None:
-        if not Path(from_npy).is_dir():
-            raise UserError(f"{from_npy}: no such folder of .npy features")
-        stamp = npy_fingerprint(from_npy)
-    else:
-        stamp = snippet_fingerprint(settings) if kind == "snippets" else feature_fingerprint(settings)
-    summary = CacheSummary(kind, out_dir)
-    todo = []
-    for video_id in records:
-        path = video_file(out_dir, video_id)
-        if stored_fingerprint(path) == stamp:
-            summary.skipped += 1
-        else:
-            todo.append((video_id, path))
-    progress.start(len(todo))
-    start = time.perf_counter()
+    present, _ = _input_of(settings, kind, None)
+    ids = select(records, subsets, shard, where=str(settings.data.annotations))
+    stamp = snippet_fingerprint(settings) if kind == "snippets" else feature_fingerprint(settings)
+    current = {v for v in ids if stored_fingerprint(video_file(out_dir, v)) == stamp}
+    here = [v for v in ids if v in current or present(v)]
+    todo = [v for v in here if v not in current]
+    frames, per_frame, per_second, projected, notes = _projection(
+        settings, records, todo, kind, sample=sample
+    )
+    folder = out_dir
+    while not folder.exists():
+        folder = folder.parent
+    return {
+        "kind": kind,
+        "codec": settings.cache.codec,
+        "videos": len(todo),
+        "cached": len(here) - len(todo),
+        "missing": len(ids) - len(here),
+        "frames": frames,
+        "bytes_per_frame": per_frame,
+        "projected_bytes": int(projected),
+        "projected_seconds": frames * per_second,
+        "free_bytes": shutil.disk_usage(folder).free,
+        "notes": notes,
+    }
 
-    def record(video_id: str, _result: None, reason: str | None) -> None:
-        if reason is None:
-            summary.done += 1
-        else:
-            summary.failures.append({"video_id": video_id, "reason": reason})
-        progress.advance()
 
+def _run_jobs(settings: Settings, kind: str, from_npy: Path | None, todo: list, *, stamp: str,
+              workers: int | None, record: Callable) -> None:  # fmt: skip
+    """One job per video to do: import, cut snippets (in `workers` processes) or encode features."""
     if from_npy is not None:
         run_each([(vid, _import_npy, (Path(from_npy), vid, path, stamp)) for vid, path in todo], 1, record)
     elif kind == "snippets":
@@ -168,6 +257,57 @@ def run(
         run_each(
             [(vid, _feature_job, (encoder, settings, vid, path, stamp)) for vid, path in todo], 1, record
         )
+
+
+def run(
+    settings: Settings,
+    *,
+    what: str = "snippets",
+    from_npy: Path | None = None,
+    workers: int | None = None,
+    subsets: list[str] | None = None,
+    shard: Shard = WHOLE,
+    progress: Progress = SILENT,
+) -> CacheSummary:
+    """Fill the snippet or feature cache for the videos of `subsets` (None: every video) in this shard."""
+    if what not in KINDS:
+        raise UserError(f"--what {what}: expected one of {', '.join(KINDS)}")
+    if settings.data.annotations is None:
+        raise UserError("data.annotations is not set")
+    if from_npy is not None and not Path(from_npy).is_dir():
+        raise UserError(f"{from_npy}: no such folder of .npy features")
+    records = load_annotations(settings.data.annotations)
+    kind = "snippets" if what == "snippets" and from_npy is None else "features"
+    out_dir = snippets_dir(settings) if kind == "snippets" else features_dir(settings)
+    try:
+        ensure_writable_dir(out_dir)
+    except OSError as exc:
+        raise UserError(f"{out_dir}: cannot write the cache folder: {exc.strerror or exc}") from None
+    if from_npy is not None:
+        stamp = npy_fingerprint(from_npy)
+    else:
+        stamp = snippet_fingerprint(settings) if kind == "snippets" else feature_fingerprint(settings)
+    present, what_input = _input_of(settings, kind, from_npy)
+    ids = select(records, subsets, shard, where=str(settings.data.annotations))
+    current = {v for v in ids if stored_fingerprint(video_file(out_dir, v)) == stamp}
+    chosen = drop_missing(ids, lambda v: v in current or present(v), settings.data.missing, what=what_input)
+    summary = CacheSummary(kind, out_dir, missing=chosen.missing, notes=chosen.notes, shard=shard)
+    todo = [(v, video_file(out_dir, v)) for v in chosen.videos if v not in current]
+    summary.skipped = len(chosen.videos) - len(todo)
+    if todo and from_npy is None:
+        _check_space(settings, records, [v for v, _ in todo], kind, out_dir)
+    progress.start(len(todo))
+    start = time.perf_counter()
+
+    def record(video_id: str, result: int | None, reason: str | None) -> None:
+        if reason is None:
+            summary.done += 1
+            summary.frame_bytes += result or 0
+        else:
+            summary.failures.append({"video_id": video_id, "reason": reason})
+        progress.advance()
+
+    _run_jobs(settings, kind, from_npy, todo, stamp=stamp, workers=workers, record=record)
     summary.seconds = time.perf_counter() - start
-    write_json(out_dir / "failures.json", summary.failures)
+    write_lists(out_dir, shard, failures=summary.failures, missing=summary.missing)
     return summary

@@ -250,6 +250,9 @@ def run(request: EvalRequest) -> EvalReport:
     thresholds = np.asarray(r.tious if r.tious else proto.tious, dtype=float)
     gt, pred, classes, notes = _read_both(r, proto.default_subset)
     gt_video_set = set(gt.videos)
+    unpredicted = len(gt_video_set - set(pred.videos))
+    if unpredicted:  # missing videos (data.missing: skip) count as misses, as in the official code
+        notes.append(f"{unpredicted} of {len(gt_video_set)} ground-truth video(s) have no predictions")
     outside = sum(1 for v in set(pred.videos) if v not in gt_video_set)
     if outside:
         notes.append(
@@ -262,6 +265,7 @@ def run(request: EvalRequest) -> EvalReport:
         "ground_truth_videos": len(gt_video_set),
         "ground_truth_instances": len(gt.videos),
         "predicted_videos": len(set(pred.videos)),
+        "ground_truth_videos_without_predictions": unpredicted,
         "predictions": len(pred.videos),
     }
     if r.task == "proposals":

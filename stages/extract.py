@@ -29,6 +29,7 @@ from stages.data.extracted_frames import frames_file, read_meta, record_file
 from stages.data.per_video import run_each
 from stages.data.snippet_positions import resample_frame_indices
 from stages.data.video_io import VideoReader
+from stages.data.video_selection import WHOLE, Shard, drop_missing, select, write_lists
 
 BATCH = 256  # frames decoded per decord call
 
@@ -52,6 +53,9 @@ class ExtractSummary:
     frames: int = 0
     seconds: float = 0.0
     failures: list[dict] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # data.missing: skip
+    notes: list[str] = field(default_factory=list)
+    shard: Shard = WHOLE
 
 
 def is_done(job: ExtractJob) -> bool:
@@ -98,8 +102,10 @@ def extract_one(job: ExtractJob) -> int:
     return len(keep)
 
 
-def run(settings: Settings, *, workers: int = 1, progress: Progress = SILENT) -> ExtractSummary:
-    """Extract every video of the annotation file; returns what was done, skipped and failed."""
+def run(settings: Settings, *, workers: int = 1, subsets: list[str] | None = None, shard: Shard = WHOLE,
+        progress: Progress = SILENT) -> ExtractSummary:  # fmt: skip
+    """Extract the videos of `subsets` (None: every video) in this shard; returns what was done,
+    skipped, missing and failed."""
     d = settings.data
     if d.annotations is None or d.video_dir is None:
         raise UserError("data.annotations and data.video_dir must be set to extract")
@@ -109,18 +115,17 @@ def run(settings: Settings, *, workers: int = 1, progress: Progress = SILENT) ->
         ensure_writable_dir(out_dir)
     except OSError as exc:
         raise UserError(f"{out_dir}: cannot write the output folder: {exc.strerror or exc}") from None
-    jobs = [
-        ExtractJob(vid, safe_path(d.video_dir, vid, d.video_name), out_dir, d.fps, height=d.frame_height,
-                   width=d.frame_width, backend=d.decoder)
-        for vid in records
-    ]  # fmt: skip
-    summary = ExtractSummary(out_dir)
-    todo = []
-    for job in jobs:
-        if is_done(job):
-            summary.skipped += 1
-        else:
-            todo.append(job)
+    jobs = {
+        vid: ExtractJob(vid, safe_path(d.video_dir, vid, d.video_name), out_dir, d.fps, height=d.frame_height,
+                        width=d.frame_width, backend=d.decoder)
+        for vid in select(records, subsets, shard, where=str(d.annotations))
+    }  # fmt: skip
+    done = {vid for vid, job in jobs.items() if is_done(job)}
+    chosen = drop_missing(list(jobs), lambda v: v in done or jobs[v].video_path.is_file(), d.missing,
+                          what=f"video file in {d.video_dir}")  # fmt: skip
+    summary = ExtractSummary(out_dir, missing=chosen.missing, notes=chosen.notes, shard=shard)
+    todo = [jobs[v] for v in chosen.videos if v not in done]
+    summary.skipped = len(done)
     progress.start(len(todo))
     start = time.perf_counter()
 
@@ -135,5 +140,5 @@ def run(settings: Settings, *, workers: int = 1, progress: Progress = SILENT) ->
 
     run_each([(job.video_id, extract_one, (job,)) for job in todo], workers, record)
     summary.seconds = time.perf_counter() - start
-    write_json(out_dir / "failures.json", summary.failures)
+    write_lists(out_dir, shard, failures=summary.failures, missing=summary.missing)
     return summary

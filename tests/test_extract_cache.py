@@ -10,16 +10,17 @@ import subprocess
 import sys
 import time
 
+import h5py
 import numpy as np
 import pytest
 import torch
 import yaml
 
 from stages.core.settings_file import load_settings
-from stages.data.extracted_frames import cut_snippets
 from stages.data.hdf5_cache import VideoCache
 from stages.data.snippet_positions import anet_snippet_frames
 from stages.data.video_io import VideoReader, decord_available
+from stages.data.video_snippets import video_snippets
 from stages.model.encoder import build_encoder, center_crop
 from tests.conftest import run_etad
 
@@ -60,25 +61,59 @@ def tsp_checkpoint(path) -> dict:
     return encoder.backbone.state_dict()
 
 
+def _direct(synth_dir, video_id):
+    """A video's snippet frames decoded by decord alone: [12, 4, 32, 40, 3] and their indices."""
+    reader = VideoReader(synth_dir / "videos" / f"{video_id}.mp4", "decord", height=32, width=40)
+    indices = anet_snippet_frames(len(reader), 12, 4)
+    return reader.get_frames(indices.reshape(-1)).reshape(12, 4, 32, 40, 3), indices
+
+
 @needs_decord
-def test_extract_and_cache_match_direct_decord_decoding(tmp_path, synth_dir, cli):
-    config, settings = make_config(tmp_path, synth_dir)
-    assert cli("extract", "--config", config).exit_code == 0
+@pytest.mark.parametrize("route", ["extracted frames", "straight from the videos"])
+def test_raw_snippet_cache_matches_direct_decord_decoding(tmp_path, synth_dir, cli, route):
+    config, settings = make_config(tmp_path, synth_dir, cache={"codec": "raw"})
+    if route == "extracted frames":
+        assert cli("extract", "--config", config).exit_code == 0
     assert cli("cache", "--config", config, "--what", "snippets").exit_code == 0
+    assert (tmp_path / "work/frames").is_dir() == (route == "extracted frames")
     cache = VideoCache(tmp_path / "work/cache/snippets", "snippets")
     ids = list(json.loads((synth_dir / "anet.json").read_text())["database"])
     assert cache.ids() == sorted(ids)
     for video_id in ids:
-        reader = VideoReader(synth_dir / "videos" / f"{video_id}.mp4", "decord", height=32, width=40)
-        indices = anet_snippet_frames(len(reader), 12, 4)
+        direct, indices = _direct(synth_dir, video_id)
         assert (cache.frame_indices(video_id) == indices).all()
-        direct = reader.get_frames(indices.reshape(-1)).reshape(12, 4, 32, 40, 3)
         snippets = cache.read(video_id)
         assert snippets.dtype == np.uint8 and snippets.shape == (12, 4, 32, 40, 3)
         assert np.array_equal(snippets, direct)  # pixel for pixel: both resize inside decord
         assert np.array_equal(cache.read(video_id, 5), direct[5])  # one snippet alone
         assert np.array_equal(cache.read(video_id, np.array([7, 2])), direct[[7, 2]])
         assert cache.attrs(video_id)["fps"] == 15.0
+
+
+@needs_decord
+def test_jpeg_snippet_cache_stores_each_frame_once_close_to_the_pixels(tmp_path, synth_dir, cli):
+    """The default: each frame the snippets use is stored once as JPEG (quality 90); decoding
+    gives the frames within JPEG's error, and the same files whether frames were extracted first."""
+    config, _ = make_config(tmp_path, synth_dir)
+    assert cli("cache", "--config", config, "--what", "snippets").exit_code == 0
+    cache = VideoCache(tmp_path / "work/cache/snippets", "snippets")
+    straight = {video_id: cache.read(video_id) for video_id in cache.ids()}
+    for video_id, snippets in straight.items():
+        direct, indices = _direct(synth_dir, video_id)
+        assert snippets.shape == direct.shape and snippets.dtype == np.uint8
+        mse = np.mean((snippets.astype(float) - direct.astype(float)) ** 2)
+        assert 10 * np.log10(255**2 / mse) > 30  # PSNR in dB
+        assert np.array_equal(cache.read(video_id, 3), snippets[3])
+        with h5py.File(tmp_path / "work/cache/snippets" / f"{video_id}.h5") as f:
+            assert f.attrs["codec"] == "jpeg" and f.attrs["jpeg_quality"] == 90
+            assert len(f["jpeg_offsets"]) == len(np.unique(indices)) + 1  # each frame once
+            assert f["jpeg"].size / len(np.unique(indices)) < 32 * 40 * 3 / 2  # under half the raw bytes
+    assert cli("extract", "--config", config).exit_code == 0
+    shutil.rmtree(tmp_path / "work/cache/snippets")
+    assert cli("cache", "--config", config, "--what", "snippets").exit_code == 0
+    for video_id, snippets in straight.items():  # the same pixels, so the same JPEG
+        assert np.array_equal(cache.read(video_id), snippets)
+        assert cache.attrs(video_id)["source"].endswith("frames")  # this time from the extracted frames
 
 
 def test_cached_features_equal_the_encoder_on_the_snippets(tmp_path, synth_dir, cli):
@@ -96,7 +131,7 @@ def test_cached_features_equal_the_encoder_on_the_snippets(tmp_path, synth_dir, 
     features = VideoCache(tmp_path / "work/cache/features", "features")
     settings = load_settings(config)
     for video_id in features.ids():
-        clips, _, _ = cut_snippets(settings, video_id)
+        clips = video_snippets(settings, video_id).snippets()
         with torch.no_grad():
             expected = encoder(center_crop(torch.from_numpy(clips), 24)).numpy()
         got = features.read(video_id)
@@ -266,18 +301,22 @@ def test_r2plus1d_34_tsp_loads_the_tsp_layout(tmp_path):
 
 
 def test_stale_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
-    """A run killed mid-write leaves `.<name>.tmp<pid>`; the next run clears it, not a live run's."""
+    """A run killed mid-write leaves `.<name>.tmp<pid>@<host>`; the next run on this host clears it,
+    not a live run's, and never another host's (shards of a Slurm array share the folder)."""
     import os
     import subprocess
 
-    from stages.core.files import ensure_writable_dir
+    from stages.core.files import HOST, ensure_writable_dir, temporary
 
     gone = subprocess.Popen(["true"])
     gone.wait()
-    dead = tmp_path / f".a.h5.tmp{gone.pid}.h5"
-    live = tmp_path / f".b.npy.tmp{os.getpid()}.npy"
+    dead = tmp_path / f".a.h5.tmp{gone.pid}@{HOST}.h5"
+    old_style = tmp_path / f".c.h5.tmp{gone.pid}.h5"  # written by an earlier etad
+    elsewhere = tmp_path / f".d.h5.tmp{gone.pid}@another-node-07.h5"  # its pid means nothing here
+    live = temporary(tmp_path / "b.npy")
+    assert live.name == f".b.npy.tmp{os.getpid()}@{HOST}.npy"
     final = tmp_path / "a.h5"
-    for path in (dead, live, final):
+    for path in (dead, old_style, elsewhere, live, final):
         path.write_bytes(b"x")
     ensure_writable_dir(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, final.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, elsewhere.name, final.name])

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from stages.core.errors import UserError
-from stages.core.files import atomic_output
+from stages.core.files import atomic_output, temporary
 
 if TYPE_CHECKING:  # the settings models, for type hints only
     from stages.core.settings import Settings
@@ -63,12 +63,12 @@ def save_checkpoint(folder: Path, epoch: int, state: dict, best: bool) -> Path:
     so each pointer is a complete checkpoint that survives the epoch file being deleted)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"epoch_{epoch:03d}.pt"
-    tmp = folder / f".{path.name}.tmp{os.getpid()}"
+    tmp = temporary(path)
     torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
     os.replace(tmp, path)
     for name in ("last.pt", "best.pt") if best else ("last.pt",):
         pointer = folder / name
-        link_tmp = folder / f".{name}.tmp{os.getpid()}"
+        link_tmp = temporary(folder / name)
         link_tmp.unlink(missing_ok=True)
         try:
             os.link(path, link_tmp)

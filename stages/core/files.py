@@ -5,16 +5,23 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def temporary(path: Path) -> Path:
+    """The temporary name beside `path` that this process writes before renaming."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}@{HOST}{path.suffix}")
 
 
 @contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it to `path` only if the block finishes."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    tmp = temporary(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -28,16 +35,21 @@ def write_json(path: Path, data: object, indent: int | None = 1) -> None:
         tmp.write_text(json.dumps(data, indent=indent) + "\n", encoding="utf-8")
 
 
-TEMPORARY = re.compile(r"^\..+\.tmp(\d+)(\.[^.]*)?$")  # what atomic_output names: .<name>.tmp<pid><suffix>
+# the host in a temporary's name: on a folder shared by several machines (a Slurm array), a run
+# only ever clears the leftovers of dead processes of its own host
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+# what atomic_output names: .<name>.tmp<pid>@<host><suffix> (older etad: .<name>.tmp<pid><suffix>)
+TEMPORARY = re.compile(r"^\..+\.tmp(\d+)(?:@([A-Za-z0-9-]+))?(\.[^.]*)?$")
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete the temporaries of atomic_output left in `folder` by a process that no longer runs
-    (a killed run); those of live processes (a concurrent run) are kept."""
+    """Delete the temporaries of atomic_output left in `folder` by a process of this host that no
+    longer runs (a killed run); those of live processes (a concurrent run) and of other hosts
+    (another machine writing to the same shared folder) are kept."""
     removed = []
     for path in Path(folder).iterdir():
         match = TEMPORARY.match(path.name)
-        if match is None or not path.is_file():
+        if match is None or not path.is_file() or match.group(2) not in (None, HOST):
             continue
         try:
             os.kill(int(match.group(1)), 0)

@@ -105,6 +105,11 @@ class DataSettings(Section):
     blocked: FilePath | None = Field(
         None, description="JSON list of video ids left out of evaluation (not of training, as the original)"
     )
+    missing: Literal["error", "skip"] = Field(
+        "error",
+        description="a video whose file (or cached input) is absent: error stops before any work; skip "
+        "leaves it out and lists it in missing.json of the output folder (real datasets lack some)",
+    )
     decoder: Literal["auto", "decord", "pyav"] = Field(
         "auto", description="auto: decord if installed, else PyAV"
     )
@@ -182,7 +187,13 @@ class CacheSettings(Section):
 
     snippets_dir: str = Field("cache/snippets", description="under work_dir: one <id>.h5 per video")
     features_dir: str = Field("cache/features", description="under work_dir: one <id>.h5 per video")
-    compression: Literal["none", "gzip", "lzf"] = Field("none", description="of the snippet cache (see docs)")
+    codec: Literal["jpeg", "raw"] = Field(
+        "jpeg", description="how the snippet cache stores each frame (once): jpeg, or raw uint8 (exact)"
+    )
+    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of the snippet cache's frames")
+    compression: Literal["none", "gzip", "lzf"] = Field(
+        "none", description="HDF5 compression of raw frames in the snippet cache (see docs)"
+    )
     batch_size: int = Field(32, ge=1, description="snippets per encoder forward when caching features")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where `etad cache --what features` runs the encoder"

@@ -8,17 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from stages.core.errors import UserError
-from stages.core.workdir import frames_dir
 from stages.data.annotations import safe_path
-from stages.data.protocols import protocol
-
-if TYPE_CHECKING:  # the settings models, for type hints only
-    from stages.core.settings import Settings
 
 
 def frames_file(folder: Path, video_id: str) -> Path:
@@ -53,16 +47,3 @@ def load_frames(folder: Path, video_id: str) -> tuple[np.ndarray, dict]:
     if frames.dtype != np.uint8 or frames.ndim != 4 or len(frames) != meta.get("num_frames"):
         raise UserError(f"{path}: frames do not match their record; rerun `etad extract`")
     return frames, meta
-
-
-def cut_snippets(settings: Settings, video_id: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(snippets [T, L, H, W, 3], frame indices [T, L], extraction record) of an extracted video."""
-    folder = frames_dir(settings)
-    frames, meta = load_frames(folder, video_id)
-    d = settings.data
-    if meta.get("fps") != d.fps or tuple(frames.shape[1:3]) != (d.frame_height, d.frame_width):
-        raise UserError(
-            f"{folder}: video {video_id!r} was extracted with other fps/size; rerun `etad extract`"
-        )
-    indices = protocol(d).snippet_frames(len(frames))
-    return np.asarray(frames[indices.reshape(-1)]).reshape(*indices.shape, *frames.shape[1:]), indices, meta

@@ -23,7 +23,7 @@ def fingerprint(values: dict) -> str:
 
 
 def snippet_fingerprint(settings: Settings) -> str:
-    d = settings.data
+    d, c = settings.data, settings.cache
     return fingerprint(
         {
             "dataset": d.protocol,  # named "dataset" so that caches written before the rename stay current
@@ -31,6 +31,10 @@ def snippet_fingerprint(settings: Settings) -> str:
             "size": [d.frame_height, d.frame_width],
             "snippet_length": d.snippet_length,
             "positions": protocol(d).positions(),
+            "layout": "frames-1",  # each frame once (docs/cache.md)
+            "codec": c.codec,
+            "jpeg_quality": c.jpeg_quality if c.codec == "jpeg" else None,
+            "compression": c.compression if c.codec == "raw" else None,
         }
     )
 

@@ -4,14 +4,18 @@ One file per video (instead of one big file) is what makes a kill at any moment 
 corrupt a whole file that is being written when the process dies, but here only the temporary file
 of the video in progress is lost. Layout (docs/cache.md):
 
-  <cache>/snippets/<id>.h5   snippets [T, L, H, W, 3] uint8, chunks (1, L, H, W, 3)
-                             frame_indices [T, L] int64
+  <cache>/snippets/<id>.h5   each frame the snippets use, once: jpeg uint8 [bytes] + jpeg_offsets
+                             int64 [F + 1] (codec jpeg), or frames uint8 [F, H, W, 3] (codec raw);
+                             snippet_frames int32 [T, L]: which stored frame each snippet frame is;
+                             frame_indices int64 [T, L]: those frames' indices in the video at data.fps
   <cache>/features/<id>.h5   features [T, D] float32/float16
-  attributes on the root:    kind, video_id, fingerprint, fps, num_frames, source (+ encoder for features)
+  attributes on the root:    kind, video_id, fingerprint, fps, num_frames, source (+ encoder for
+                             features; codec, jpeg_quality, height, width for snippets)
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import h5py
@@ -20,6 +24,10 @@ import numpy as np
 from stages.core.errors import UserError
 from stages.core.files import atomic_output
 from stages.data.annotations import safe_path
+from stages.data.frame_codec import decode_jpeg, encode_jpeg
+
+MAIN = {"snippets": "snippet_frames", "features": "features"}  # the dataset that gives a file's rows
+JPEG_CHUNK = 1 << 16  # bytes per HDF5 chunk of the JPEG stream
 
 
 def require_finite(array: np.ndarray, where: object) -> None:
@@ -48,6 +56,50 @@ def write_video_file(
             f.create_dataset(name, data=array, **options)
         for key, value in attrs.items():
             f.attrs[key] = value
+
+
+def write_snippet_file(path: Path, batches: Iterable[np.ndarray], *, snippet_frames: np.ndarray,
+                       frame_indices: np.ndarray, attrs: dict, codec: str, quality: int = 90,
+                       compression: str = "none") -> int:  # fmt: skip
+    """Write one video's snippet cache atomically: the stored frames arrive in `batches` (uint8
+    [n, H, W, 3], in order: memory stays one batch's, plus the JPEG bytes), `snippet_frames`
+    [T, L] points into them. Returns the bytes the frames take on disk (before HDF5's overhead)."""
+    count, stored, shape = int(snippet_frames.max()) + 1, 0, None
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        blobs, frames = [], None
+        for batch in batches:
+            shape = batch.shape[1:3]
+            if codec == "jpeg":
+                blobs += encode_jpeg(batch, quality)
+            else:
+                if frames is None:
+                    options = {} if compression == "none" else {"compression": compression}
+                    frames = f.create_dataset("frames", (count, *shape, 3), np.uint8,
+                                              chunks=(1, *shape, 3), **options)  # fmt: skip
+                frames[stored : stored + len(batch)] = batch
+            stored += len(batch)
+        if stored != count or shape is None:
+            raise ValueError(f"{path.name}: {stored} frames stored, the snippets use {count}")
+        if codec == "jpeg":
+            offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
+            f.create_dataset("jpeg", data=np.concatenate(blobs), chunks=(min(int(offsets[-1]), JPEG_CHUNK),))
+            f.create_dataset("jpeg_offsets", data=offsets)
+            attrs = {**attrs, "jpeg_quality": quality}
+        f.create_dataset("snippet_frames", data=snippet_frames.astype(np.int32))
+        f.create_dataset("frame_indices", data=frame_indices.astype(np.int64))
+        for key, value in {**attrs, "codec": codec, "height": int(shape[0]), "width": int(shape[1])}.items():
+            f.attrs[key] = value
+        return int(offsets[-1]) if codec == "jpeg" else count * int(np.prod(shape)) * 3
+
+
+def read_frames(f: h5py.File, wanted: np.ndarray) -> np.ndarray:
+    """Stored frames [n, H, W, 3] of a snippet file, `wanted` sorted and unique."""
+    if f.attrs.get("codec") == "jpeg":
+        offsets = f["jpeg_offsets"][()]
+        lo, hi = int(offsets[wanted[0]]), int(offsets[wanted[-1] + 1])
+        stream = f["jpeg"][lo:hi]  # one read over the span (a snippet's frames are neighbours)
+        return decode_jpeg([stream[offsets[i] - lo : offsets[i + 1] - lo] for i in wanted])
+    return f["frames"][wanted]
 
 
 def stored_fingerprint(path: Path) -> str | None:
@@ -87,8 +139,14 @@ class VideoCache:
             f = h5py.File(path, "r")
         except OSError:
             raise UserError(damaged) from None
-        if self.kind not in f:
+        if MAIN[self.kind] not in f:
+            older = self.kind == "snippets" and "snippets" in f
             f.close()
+            if older:
+                raise UserError(
+                    f"{path}: a snippet cache of an older etad (every snippet's frames stored apart); "
+                    "rerun `etad cache --what snippets`"
+                )
             raise UserError(damaged)
         held = f.attrs.get("kind")
         if held != self.kind:  # readers go by what a file says it holds, never by its dtype
@@ -104,7 +162,7 @@ class VideoCache:
     def read(self, video_id: str, index: slice | np.ndarray | int | None = None) -> np.ndarray:
         """The main array of a video (all of it, or the given rows: one snippet reads one chunk)."""
         with self._open(video_id) as f:
-            data = f[self.kind]
+            data = f[MAIN[self.kind]]
             try:
                 if index is None:
                     out = data[()]
@@ -113,6 +171,9 @@ class VideoCache:
                     out = data[unique][inverse]
                 else:
                     out = data[index]
+                if self.kind == "snippets":  # frame numbers [..., L] -> the frames [..., L, H, W, 3]
+                    wanted, where = np.unique(out, return_inverse=True)
+                    out = read_frames(f, wanted)[where.reshape(out.shape)]
             except OSError:
                 raise UserError(
                     f"{f.filename}: damaged or truncated cache file; delete it and rerun `etad cache`"
@@ -126,7 +187,7 @@ class VideoCache:
         if not video_file(self.folder, video_id).is_file():
             return None
         with self._open(video_id) as f:
-            return int(f[self.kind].shape[0])
+            return int(f[MAIN[self.kind]].shape[0])
 
     def attrs(self, video_id: str) -> dict:
         with self._open(video_id) as f:

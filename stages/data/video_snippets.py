@@ -1,0 +1,97 @@
+"""The frames a video's snippets need, each read once: from `etad extract`'s frames when they are
+there (and match data.fps and the frame size), else decoded straight from the video file (decord,
+or PyAV), so that `etad cache` needs no extracted frames at all and peak disk is the cache alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from stages.core.errors import UserError
+from stages.core.workdir import frames_dir
+from stages.data.annotations import safe_path
+from stages.data.extracted_frames import frames_file, load_frames, read_meta
+from stages.data.protocols import protocol
+from stages.data.snippet_positions import resample_frame_indices
+from stages.data.video_io import VideoReader
+
+if TYPE_CHECKING:  # the settings models, for type hints only
+    from stages.core.settings import Settings
+
+BATCH = 256  # frames decoded (and encoded) at a time: memory stays one batch's
+
+
+@dataclass
+class VideoSnippets:
+    """Where a video's snippets are and how to read their frames."""
+
+    video_id: str
+    frame_indices: np.ndarray  # [T, L]: frames of the video at data.fps
+    num_frames: int  # frames of the video at data.fps
+    source: str  # the extracted frames' folder, or the video file
+    read: Callable[[np.ndarray], np.ndarray]  # frame numbers -> uint8 frames [n, H, W, 3]
+
+    @property
+    def stored(self) -> np.ndarray:
+        """The frames the snippets use, sorted, each once [F]."""
+        return np.unique(self.frame_indices)
+
+    @property
+    def snippet_frames(self) -> np.ndarray:
+        """[T, L]: for each snippet frame, its place in `stored`."""
+        return np.searchsorted(self.stored, self.frame_indices)
+
+    def batches(self, size: int = BATCH) -> Iterator[np.ndarray]:
+        """The stored frames, in order, `size` at a time."""
+        stored = self.stored
+        for start in range(0, len(stored), size):
+            yield self.read(stored[start : start + size])
+
+    def snippets(self) -> np.ndarray:
+        """Every snippet's frames at once, uint8 [T, L, H, W, 3]."""
+        frames = np.concatenate(list(self.batches()))
+        return frames[self.snippet_frames]
+
+
+def extracted(settings: Settings, video_id: str) -> bool:
+    """Whether `etad extract` wrote this video's frames at the current fps and size."""
+    d, folder = settings.data, frames_dir(settings)
+    meta = read_meta(folder, video_id)
+    return (
+        meta is not None
+        and meta.get("fps") == d.fps
+        and (meta.get("height"), meta.get("width")) == (d.frame_height, d.frame_width)
+        and frames_file(folder, video_id).is_file()
+    )
+
+
+def video_snippets(settings: Settings, video_id: str) -> VideoSnippets:
+    """A video's snippets at the protocol's positions: its extracted frames, else its video file."""
+    d = settings.data
+    if extracted(settings, video_id):
+        frames, meta = load_frames(frames_dir(settings), video_id)
+        num_frames, source = len(frames), str(frames_dir(settings))
+
+        def read(numbers: np.ndarray) -> np.ndarray:
+            return np.asarray(frames[numbers])
+
+    else:
+        if d.video_dir is None:
+            raise UserError(
+                f"{frames_dir(settings)}: video {video_id!r} is not extracted at data.fps and the frame "
+                "size, and data.video_dir is not set to decode it"
+            )
+        path = safe_path(d.video_dir, video_id, d.video_name)
+        reader = VideoReader(path, d.decoder, d.frame_height, d.frame_width)
+        keep = resample_frame_indices(len(reader), reader.info.fps or d.fps, d.fps)
+        num_frames, source = len(keep), str(path)
+
+        def read(numbers: np.ndarray) -> np.ndarray:
+            return reader.get_frames(keep[numbers])
+
+    indices = protocol(d).snippet_frames(num_frames)
+    return VideoSnippets(video_id, indices, num_frames, source, read)
