@@ -69,6 +69,10 @@ def test_loss_falls_and_a_tiny_model_overfits(tmp_path, cli, synth_dir, feature_
     ]
     losses = [r["train_loss"] for r in log if r.get("event") == "epoch"]
     assert losses[-1] < 0.75 * losses[0]
+    # data wait apart from compute: per step, and per epoch with the whole epoch's throughput
+    epoch = next(r for r in log if r.get("event") == "epoch")
+    assert 0 <= epoch["data_wait_s"] < epoch["seconds"] and epoch["items_per_s"] > 0
+    assert all(r["data_wait_s"] >= 0 and r["videos_per_s"] > 0 for r in log if "step" in r)
     result = cli("infer", "-c", config, "--eval", "--plot", "1")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "work" / "results" / "detections.metrics.json").read_text())
@@ -150,3 +154,25 @@ def test_the_classifier_refit_fits_the_head_on_the_final_features_and_leaves_the
     assert all(
         torch.allclose(v, b["model"]["classifier." + k], atol=1e-5) for k, v in expected.state_dict().items()
     )
+
+
+@pytest.mark.parametrize("command", ["e2e", "encoder"])
+def test_loader_workers_do_not_change_what_a_run_learns(tmp_path, cli, synth_dir, feature_work, command):
+    """Every sample's draws come from (seed, epoch, index): 2 DataLoader workers give the weights 0 give."""
+    cache = {"snippets_dir": str(feature_work / "work" / "cache" / "snippets")}
+    section = "e2e" if command == "e2e" else "encoder_train"
+    states = []
+    for workers in (0, 2):
+        folder = tmp_path / f"workers{workers}"
+        folder.mkdir()
+        extra = {"clips_per_epoch": 16, "batch_size": 8, "subset": "training"} if command == "encoder" else {}
+        config = demo_config(
+            folder, synth_dir, cache=cache, **{section: {"epochs": 2, "workers": workers, **extra}}
+        )
+        result = cli("train", "-c", config, f"--{command}")
+        assert result.exit_code == 0, result.output
+        run = "e2e" if command == "e2e" else "encoder"
+        states.append(torch.load(folder / "work" / run / "checkpoints" / "last.pt", weights_only=True))
+    for part in ("model", "encoder"):
+        for key, value in states[0][part].items():
+            assert torch.equal(value, states[1][part][key]), (part, key)

@@ -21,10 +21,20 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cores() -> int:
+    """The CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def loader_workers(workers: int | None) -> int:
+    """DataLoader workers: the setting, or min(cores - 1, 8) when it is unset."""
+    return workers if workers is not None else max(0, min(cores() - 1, 8))
+
+
 def use_threads(threads: int | None) -> int:
     """Set torch's CPU threads: `threads`, or every core this process may use."""
     if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = cores()
     torch.set_num_threads(threads)
     return threads
 

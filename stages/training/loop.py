@@ -29,6 +29,7 @@ from stages.core.progress import SILENT, Progress
 from stages.core.runtime import (
     Distributed,
     epoch_seed,
+    loader_workers,
     pick_device,
     seed_everything,
     to_device,
@@ -84,14 +85,18 @@ class MetricsLog:
 def loader(
     dataset,
     batch_size: int,
-    workers: int,
+    workers: int | None,
     shuffle: bool,
     *,
     seed: int,
     dist: Distributed,
     device: torch.device,
 ):
-    """A DataLoader whose order depends only on (seed, epoch): call `.sampler.set_epoch(e)` or rebuild."""
+    """A DataLoader whose order depends only on (seed, epoch): call `.sampler.set_epoch(e)` or rebuild.
+    `workers` unset: min(cores - 1, 8). Workers are started anew each epoch (not persistent): the
+    dataset's epoch, which seeds every sample's draws, reaches them only when they start; against
+    an epoch of a real dataset the restart costs seconds."""
+    workers = loader_workers(workers)
     sampler = None
     if dist.world > 1:
         sampler = torch.utils.data.DistributedSampler(
@@ -109,6 +114,7 @@ def loader(
         pin_memory=device.type == "cuda",
         generator=generator,
         persistent_workers=False,
+        prefetch_factor=4 if workers else None,
         drop_last=drop_last,
     )
 
@@ -177,6 +183,9 @@ def restore_generators(state: dict, generators: dict[str, torch.Generator]) -> N
     for name, generator in generators.items():
         if f"generator.{name}" in saved:
             generator.set_state(saved[f"generator.{name}"])
+
+
+SECTIONS = {"pretrain": "train", "e2e": "e2e", "encoder": "encoder_train"}  # a Job's kind -> its settings
 
 
 @dataclass
@@ -266,7 +275,21 @@ def _epoch(run: Run, data: torch.utils.data.DataLoader, epoch: int, progress: Pr
     if dist.world > 1:
         data.sampler.set_epoch(epoch)
     torch.manual_seed(epoch_seed(seed, epoch, dist.rank))  # the losses' negative sampling
-    losses = [_step(run, batch, epoch, progress) for batch in data]
+    losses, waited, items, batches = [], 0.0, 0, iter(data)
+    while True:  # the time spent waiting for each batch is the loader's, not the step's
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:
+            break
+        wait = time.perf_counter() - t0
+        waited, items = waited + wait, items + len(batch["index"])
+        losses.append(_step(run, batch, epoch, progress, data_wait=wait))
+    seconds = time.perf_counter() - began
+    if run.device.type == "cuda" and waited > 0.2 * seconds:
+        run.summary.notes.append(
+            f"epoch {epoch + 1}: the GPU waited on data {100 * waited / seconds:.0f}% of the time; "
+            f"raise {SECTIONS[run.job.kind]}.workers or move augmentation off the CPU"
+        )
     if epoch + 1 == run.section.epochs and job.finish is not None:
         t0 = time.perf_counter()
         finished = job.finish()
@@ -282,7 +305,8 @@ def _epoch(run: Run, data: torch.utils.data.DataLoader, epoch: int, progress: Pr
     is_best = score < run.best
     run.best = min(run.best, score)
     record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-              "seconds": time.perf_counter() - began,
+              "seconds": time.perf_counter() - began, "data_wait_s": waited,
+              "items_per_s": items / max(seconds, 1e-9),
               "weights_checksum_per_rank": dist.gather(weights_checksum(job.modules["model"]))}  # fmt: skip
     run.summary.epochs.append(record)
     run.log.write({"event": "epoch", **record})
@@ -291,8 +315,9 @@ def _epoch(run: Run, data: torch.utils.data.DataLoader, epoch: int, progress: Pr
     dist.barrier()
 
 
-def _step(run: Run, batch: dict, epoch: int, progress: Progress) -> float:
-    """One optimizer step on one batch; its total loss. A non-finite loss stops the run first."""
+def _step(run: Run, batch: dict, epoch: int, progress: Progress, *, data_wait: float) -> float:
+    """One optimizer step on one batch; its total loss. A non-finite loss stops the run first.
+    Logged: its compute seconds and items/s (`videos_per_s`), and `data_wait_s` before it."""
     job, section = run.job, run.section
     t0 = time.perf_counter()
     job.optimizer.zero_grad(set_to_none=True)
@@ -310,7 +335,8 @@ def _step(run: Run, batch: dict, epoch: int, progress: Progress) -> float:
     run.step += 1
     seconds = time.perf_counter() - t0
     run.summary.step_seconds.append(seconds)
-    record.update(epoch=epoch + 1, step=run.step, lr=job.optimizer.param_groups[0]["lr"], seconds=seconds)
+    record.update(epoch=epoch + 1, step=run.step, lr=job.optimizer.param_groups[0]["lr"], seconds=seconds,
+                  data_wait_s=data_wait)  # fmt: skip
     record["videos_per_s"] = len(batch["index"]) / max(seconds, 1e-9)
     if run.step % section.log_every == 0 or run.step == 1:
         run.log.write(record)
