@@ -29,10 +29,22 @@ from stages.training.optimisation import make_optimizer
 
 
 def augment(snippets: torch.Tensor, crop: int, generator: torch.Generator) -> torch.Tensor:
+    """`augment_seeded` with the video's seed drawn from its sample generator (in the loader)."""
+    return augment_seeded(snippets, crop, augment_seed(generator))
+
+
+def augment_seed(generator: torch.Generator) -> int:
+    """The one draw a video's augmentation takes from its sample generator."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator))
+
+
+def augment_seeded(snippets: torch.Tensor, crop: int, seed: int) -> torch.Tensor:
     """The original's training augmentation, one draw per video applied to every frame of it:
     random crop to `crop`, horizontal flip (p 0.5), RandAugment (2 ops at magnitude 9 of 10, the
     original's imgaug "default"), colour jitter (brightness, contrast, saturation in [0.5, 1.5],
-    hue in [-0.1, 0.1], in a random order). uint8 [T, L, H, W, 3] in, [T, L, crop, crop, 3] out."""
+    hue in [-0.1, 0.1], in a random order). uint8 [T, L, H, W, 3] in, [T, L, crop, crop, 3] out, on
+    the tensor's device (the parameters are drawn on the CPU from `seed`, so a video gets the same
+    draws wherever it runs)."""
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
@@ -48,19 +60,30 @@ def augment(snippets: torch.Tensor, crop: int, generator: torch.Generator) -> to
         ]
     )
     video = tv_tensors.Video(snippets.reshape(t * length, h, w, 3).permute(0, 3, 1, 2))  # all frames
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     with torch.random.fork_rng(devices=[]):  # v2 draws from torch's generator: make it this video's
         torch.manual_seed(seed)
         out = pipeline(video)
     return out.permute(0, 2, 3, 1).reshape(t, length, crop, crop, 3).contiguous()
 
 
-def snippet_dataset(settings: Settings, crop: int) -> tuple[DetectionDataset, list[str], list[str]]:
+def augments_on_device(settings: Settings, device: torch.device) -> bool:
+    """Whether the training step augments (on the training device) instead of the loader."""
+    e2e = settings.e2e
+    return e2e.augment and (
+        e2e.augment_on == "device" or (e2e.augment_on == "auto" and device.type == "cuda")
+    )
+
+
+def snippet_dataset(settings: Settings, crop: int, *, on_device: bool = False):
+    """(the training items' dataset, classes, notes). The loader crops (and augments, unless
+    `on_device`: then it only draws each video's augmentation seed for the step)."""
     if settings.data.annotations is None:
         raise UserError("data.annotations is not set")
     cache = VideoCache(snippets_dir(settings), "snippets")
 
-    def transform(snippets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def transform(snippets: torch.Tensor, generator: torch.Generator) -> torch.Tensor | dict:
+        if on_device:
+            return {"inputs": snippets, "augment_seed": augment_seed(generator)}
         if settings.e2e.augment:
             return augment(snippets, crop, generator)
         return center_crop(snippets, crop).contiguous()
@@ -132,7 +155,8 @@ def run(
     check(settings)
     e2e, enc = settings.e2e, settings.model.encoder
     device, dist = start_run(settings, e2e)
-    train_set, classes, notes = snippet_dataset(settings, enc.crop_size)
+    on_device = augments_on_device(settings, device)
+    train_set, classes, notes = snippet_dataset(settings, enc.crop_size, on_device=on_device)
     encoder, detector, model_settings = build_models(settings, classes, device, notes)
     optimizer, grad_mode = optimiser(settings, encoder, detector, notes)
     det_net, enc_net = detector, encoder
@@ -147,6 +171,9 @@ def run(
     def step(batch: dict) -> dict:
         det_net.train()
         enc_net.train()
+        if on_device:  # each video with the seed its loader drew, on the training device
+            videos = zip(batch["inputs"], batch["augment_seed"].tolist())
+            batch = {**batch, "inputs": torch.stack([augment_seeded(v, enc.crop_size, s) for v, s in videos])}
 
         def loss(out: dict) -> dict:
             return detector_loss(as_float(out), batch, thresholds, tem_loss)

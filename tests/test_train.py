@@ -176,3 +176,21 @@ def test_loader_workers_do_not_change_what_a_run_learns(tmp_path, cli, synth_dir
     for part in ("model", "encoder"):
         for key, value in states[0][part].items():
             assert torch.equal(value, states[1][part][key]), (part, key)
+
+
+def test_augmenting_in_the_step_gives_the_loaders_draws(tmp_path, cli, synth_dir, feature_work):
+    """e2e.augment_on: device (the default on CUDA) augments each video in the training step with
+    the seed its loader drew: on the CPU, the weights of augmenting in the loader."""
+    cache = {"snippets_dir": str(feature_work / "work" / "cache" / "snippets")}
+    states = []
+    for where in ("loader", "device"):
+        folder = tmp_path / where
+        folder.mkdir()
+        e2e = {"epochs": 1, "augment": True, "augment_on": where}
+        config = demo_config(folder, synth_dir, cache=cache, e2e=e2e)
+        result = cli("train", "-c", config, "--e2e")
+        assert result.exit_code == 0, result.output
+        states.append(torch.load(folder / "work" / "e2e" / "checkpoints" / "last.pt", weights_only=True))
+    for part in ("model", "encoder"):
+        for key, value in states[0][part].items():
+            assert torch.equal(value, states[1][part][key]), (part, key)

@@ -254,6 +254,11 @@ class E2ESettings(Optimisation):
         None, description="detector checkpoint from frozen-feature pretraining"
     )
     augment: bool = Field(True, description="random crop, flip and colour jitter, drawn once per video")
+    augment_on: Literal["auto", "loader", "device"] = Field(
+        "auto",
+        description="where augmentation runs: the loader's workers (CPU), or the training step on the "
+        "training device; auto: the device on CUDA, the loader on CPU (the same draws either way)",
+    )
     amp: Literal["none", "bf16", "fp16"] = Field(
         "none", description="bf16 on GPU (fp16 is refused end to end)"
     )

@@ -107,7 +107,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         transform=None,
     ) -> None:
         self.items, self.classes, self.load, self.mode = items, classes, load, mode
-        self.transform = transform  # (uint8 snippets, generator) -> snippets: end-to-end augmentation
+        # (uint8 snippets, generator) -> snippets, or a dict of sample entries: end-to-end augmentation
+        self.transform = transform
         self.data, m = settings.data, settings.model
         self.protocol = protocol(self.data)
         self.t, self.max_duration = self.data.temporal_scale, m.max_duration
@@ -134,9 +135,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         item = self.items[index]
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 10_007 + index)
         inputs = self.inputs(item)
-        if self.transform is not None:
-            inputs = self.transform(inputs, generator)
-        sample = {"inputs": inputs, "index": index}
+        transformed = self.transform(inputs, generator) if self.transform is not None else inputs
+        sample = transformed if isinstance(transformed, dict) else {"inputs": transformed}
+        sample["index"] = index
         if self.mode == "test":
             return sample
         gt = self.protocol.ground_truth(item, training=self.mode == "train")
