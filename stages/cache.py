@@ -196,7 +196,7 @@ def _projection(settings: Settings, records: dict, todo: list[str], kind: str, *
     return frames, 0.0, 0.0, projected + HDF5_FILE_BYTES * len(todo), notes
 
 
-def _check_space(settings: Settings, records: dict, todo: list[str], kind: str, out_dir: Path) -> None:
+def _check_space(settings: Settings, records: dict, todo: list[str], kind: str, *, out_dir: Path) -> None:
     """Refuse before any work when the disk cannot hold what the run would write."""
     projected = _projection(settings, records, todo, kind, sample=1)[3]
     free = shutil.disk_usage(out_dir).free
@@ -295,7 +295,7 @@ def run(
     todo = [(v, video_file(out_dir, v)) for v in chosen.videos if v not in current]
     summary.skipped = len(chosen.videos) - len(todo)
     if todo and from_npy is None:
-        _check_space(settings, records, [v for v, _ in todo], kind, out_dir)
+        _check_space(settings, records, [v for v, _ in todo], kind, out_dir=out_dir)
     progress.start(len(todo))
     start = time.perf_counter()
 

@@ -94,4 +94,4 @@ def video_snippets(settings: Settings, video_id: str) -> VideoSnippets:
             return reader.get_frames(keep[numbers])
 
     indices = protocol(d).snippet_frames(num_frames)
-    return VideoSnippets(video_id, indices, num_frames, source, read)
+    return VideoSnippets(video_id, indices, num_frames, source=source, read=read)
