@@ -73,7 +73,10 @@ def test_two_shards_at_once_on_one_folder_give_the_files_of_one_run(tmp_path, sy
     whole = _config(tmp_path, synth_dir, "whole")
     assert _etad("cache", "-c", whole, "--subset", "all").wait() == 0
     sharded = _config(tmp_path, synth_dir, "sharded")
-    first, second = (_etad("cache", "-c", sharded, "--subset", "all", "--shard", f"{k}/2") for k in (1, 2))
+    first, second = (
+        _etad("cache", "-c", sharded, "--subset", "all", "--shard", f"{k}/2", "--workers", "2")
+        for k in (1, 2)
+    )
     assert first.wait() == 0 and second.wait() == 0, first.stderr.read() + second.stderr.read()
     one, two = tmp_path / "whole/cache/snippets", tmp_path / "sharded/cache/snippets"
     assert sorted(p.name for p in two.glob("*.h5")) == sorted(p.name for p in one.glob("*.h5"))

@@ -24,8 +24,10 @@ def encode_jpeg(frames: np.ndarray, quality: int) -> list[np.ndarray]:
 
     if len(frames) == 0:
         return []
-    chw = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-    return [blob.numpy() for blob in encode(list(chw.contiguous()), quality=quality)]
+    # the transposes stay in numpy: no torch operation (and so no torch thread pool) runs here, so
+    # that `etad cache` can fork its workers after measuring a few frames
+    chw = np.ascontiguousarray(frames.transpose(0, 3, 1, 2))
+    return [blob.numpy() for blob in encode([torch.from_numpy(f) for f in chw], quality=quality)]
 
 
 def decode_jpeg(blobs: list[np.ndarray]) -> np.ndarray:
@@ -35,4 +37,4 @@ def decode_jpeg(blobs: list[np.ndarray]) -> np.ndarray:
     if not blobs:
         raise ValueError("no frame to decode")
     frames = decode([torch.from_numpy(np.ascontiguousarray(b)) for b in blobs])
-    return torch.stack(frames).permute(0, 2, 3, 1).contiguous().numpy()
+    return np.ascontiguousarray(np.stack([f.numpy() for f in frames]).transpose(0, 2, 3, 1))
