@@ -226,16 +226,20 @@ class TrainSettings(Optimisation):
     """Frozen-feature pretraining of the detector (ETAD ANet TSP recipe by default)."""
 
 
-class E2ESettings(Optimisation):
-    """End-to-end training: sequential forward, sampled-snippet backward (docs/method.md)."""
-
-    workers: int | None = Field(
+def auto_workers():
+    """The `workers` field of the runs that decode and augment video in their loader."""
+    return Field(
         None,
         ge=0,
         description="DataLoader worker processes; unset: min(cores - 1, 8) (decoding and augmentation "
         "happen in them; results do not depend on the count)",
     )
 
+
+class E2ESettings(Optimisation):
+    """End-to-end training: sequential forward, sampled-snippet backward (docs/method.md)."""
+
+    workers: int | None = auto_workers()
     lr: float = Field(5e-4, gt=0, le=1, description="detector learning rate")
     batch_size: int = Field(4, ge=1, description="videos per step")
     encoder_lr: float = Field(5e-7, ge=0, le=1, description="encoder learning rate (0 freezes it)")
@@ -268,13 +272,7 @@ class EncoderTrainSettings(Optimisation):
     """`etad train --encoder`: temporally sensitive pretraining of the encoder (TSP, Alwassel et
     al. 2021) on the snippet cache (docs/method.md §2.1)."""
 
-    workers: int | None = Field(
-        None,
-        ge=0,
-        description="DataLoader worker processes; unset: min(cores - 1, 8) (decoding and augmentation "
-        "happen in them; results do not depend on the count)",
-    )
-
+    workers: int | None = auto_workers()
     lr: float = Field(1e-3, gt=0, le=1, description="learning rate of the encoder and its two heads")
     batch_size: int = Field(32, ge=1, description="clips (snippets) per step")
     epochs: int = Field(10, ge=1, description="training epochs")

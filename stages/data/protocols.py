@@ -59,15 +59,19 @@ def pad_with_last(rows: np.ndarray, t: int) -> np.ndarray:
     return np.concatenate([rows, np.repeat(rows[-1:], t - len(rows), axis=0)])
 
 
-class WholeVideo:
+class Protocol:
+    """What every protocol holds: the data settings section it was built from."""
+
+    def __init__(self, data) -> None:
+        self.data = data
+
+
+class WholeVideo(Protocol):
     """ActivityNet: every video is one item of `temporal_scale` snippets spread over all of it;
     coordinates are fractions of the video."""
 
     default_subset = "validation"
     tious = ANET_TIOUS
-
-    def __init__(self, data) -> None:
-        self.data = data  # the data settings section
 
     def snippet_frames(self, num_frames: int) -> np.ndarray:
         return anet_snippet_frames(num_frames, self.data.temporal_scale, self.data.snippet_length)
@@ -155,15 +159,12 @@ def window_ground_truth(item: Item, timeline: Timeline, t: int, ioa_threshold: f
     return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 2)
 
 
-class SlidingWindows:
+class SlidingWindows(Protocol):
     """THUMOS-14: snippets every `snippet_stride` frames; items are windows of `temporal_scale`
     snippets overlapping by `window_overlap`; coordinates are fractions of the window."""
 
     default_subset = "test"
     tious = THUMOS_TIOUS
-
-    def __init__(self, data) -> None:
-        self.data = data  # the data settings section
 
     def snippet_frames(self, num_frames: int) -> np.ndarray:
         return strided_snippet_frames(num_frames, self.data.snippet_stride, self.data.snippet_length)
