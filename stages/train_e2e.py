@@ -10,6 +10,8 @@ Reads the snippet cache (<work_dir>/cache/snippets); writes <work_dir>/e2e/ like
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from stages.core.checkpoints import load_weights, read_checkpoint
@@ -74,20 +76,31 @@ def augments_on_device(settings: Settings, device: torch.device) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class SnippetTransform:
+    """What the loader does to a video's uint8 snippets: augment (or centre-crop) them, or with
+    `on_device` only draw the video's augmentation seed for the training step. A class, not a
+    closure, so that loader workers started by spawn (macOS, a study's child) can receive it."""
+
+    crop: int
+    augment: bool
+    on_device: bool
+
+    def __call__(self, snippets: torch.Tensor, generator: torch.Generator) -> torch.Tensor | dict:
+        if self.on_device:
+            return {"inputs": snippets, "augment_seed": augment_seed(generator)}
+        if self.augment:
+            return augment(snippets, self.crop, generator)
+        return center_crop(snippets, self.crop).contiguous()
+
+
 def snippet_dataset(settings: Settings, crop: int, *, on_device: bool = False):
     """(the training items' dataset, classes, notes). The loader crops (and augments, unless
     `on_device`: then it only draws each video's augmentation seed for the step)."""
     if settings.data.annotations is None:
         raise UserError("data.annotations is not set")
     cache = VideoCache(snippets_dir(settings), "snippets")
-
-    def transform(snippets: torch.Tensor, generator: torch.Generator) -> torch.Tensor | dict:
-        if on_device:
-            return {"inputs": snippets, "augment_seed": augment_seed(generator)}
-        if settings.e2e.augment:
-            return augment(snippets, crop, generator)
-        return center_crop(snippets, crop).contiguous()
-
+    transform = SnippetTransform(crop, settings.e2e.augment, on_device)
     items, classes, notes = build_items(settings, settings.data.train_subset, cache.length, training=True)
     load = CacheReader(cache, settings)
     return DetectionDataset(items, classes, settings, load, mode="train", transform=transform), classes, notes

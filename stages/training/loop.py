@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing as mp
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,6 +116,9 @@ def loader(
         generator=generator,
         persistent_workers=False,
         prefetch_factor=4 if workers else None,
+        # fork where there is one: workers start in no time and share the dataset's memory (in a
+        # study's child, started by spawn, the default would be spawn too)
+        multiprocessing_context="fork" if workers and "fork" in mp.get_all_start_methods() else None,
         drop_last=drop_last,
     )
 
