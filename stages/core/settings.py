@@ -231,8 +231,8 @@ def auto_workers():
     return Field(
         None,
         ge=0,
-        description="DataLoader worker processes; unset: min(cores - 1, 8) (decoding and augmentation "
-        "happen in them; results do not depend on the count)",
+        description="DataLoader worker processes; unset: min(cores - 1, 8) when training on CUDA, 0 on "
+        "the CPU (decoding and augmentation happen in them; results do not depend on the count)",
     )
 
 

@@ -94,10 +94,10 @@ def loader(
     device: torch.device,
 ):
     """A DataLoader whose order depends only on (seed, epoch): call `.sampler.set_epoch(e)` or rebuild.
-    `workers` unset: min(cores - 1, 8). Workers are started anew each epoch (not persistent): the
-    dataset's epoch, which seeds every sample's draws, reaches them only when they start; against
-    an epoch of a real dataset the restart costs seconds."""
-    workers = loader_workers(workers)
+    `workers` unset: min(cores - 1, 8) on CUDA, 0 on the CPU. Workers are started anew each epoch
+    (not persistent): the dataset's epoch, which seeds every sample's draws, reaches them only
+    when they start; against an epoch of a real dataset the restart costs seconds."""
+    workers = loader_workers(workers, device)
     sampler = None
     if dist.world > 1:
         sampler = torch.utils.data.DistributedSampler(
