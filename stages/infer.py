@@ -25,6 +25,7 @@ from stages.core.settings import ModelSettings, Settings
 from stages.core.workdir import RUN_KINDS, features_dir, last_checkpoint, output_path, snippets_dir
 from stages.data.annotations import safe_path
 from stages.data.datasets import CacheReader, DetectionDataset, build_items
+from stages.data.frame_codec import decode_jpeg, encode_jpeg
 from stages.data.hdf5_cache import VideoCache
 from stages.data.protocols import Item, protocol
 from stages.data.snippet_positions import resample_frame_indices
@@ -263,7 +264,8 @@ def video_features(
     settings: Settings, detector: Detector, video: Path, progress: Progress = SILENT
 ) -> tuple[np.ndarray, float]:
     """Features [N, D] of one video file and its duration in seconds: decoded at data.fps and the
-    data frame size, cut into snippets by the protocol, encoded in batches (the trained encoder of
+    data frame size (through cache.codec, as the snippet cache stores them), cut into snippets by
+    the protocol, encoded in batches (the trained encoder of
     an end-to-end checkpoint, else model.encoder of the settings, as `etad cache` does)."""
     d = settings.data
     try:
@@ -287,6 +289,8 @@ def video_features(
             frames = reader.get_frames(wanted)
         except VideoError as exc:
             raise UserError(str(exc)) from None
+        if settings.cache.codec == "jpeg":  # the frames as the snippet cache gives them to training
+            frames = decode_jpeg(encode_jpeg(frames, settings.cache.jpeg_quality))
         snippets = frames[where.reshape(rows.shape)]  # [n, L, H, W, 3]
         if frozen is not None:
             out.append(frozen.encode(snippets))

@@ -219,16 +219,19 @@ def test_missing_and_corrupt_videos_are_listed_and_do_not_stop_the_run(tmp_path,
     config, _ = make_config(
         tmp_path, synth_dir, data={"annotations": str(tmp_path / "ann.json"), "video_dir": str(videos)}
     )
-    result = run_etad("extract", "--config", config)
-    assert result.returncode == 1
+    result = run_etad("extract", "--config", config)  # data.missing: error, before any work
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "1 of 3 videos have no video file" in result.stderr and "'missing'" in result.stderr
+    assert not (tmp_path / "work/frames/good.json").exists()
+    result = run_etad("extract", "--config", config, "--set", "data.missing=skip")
+    assert result.returncode == 1  # the truncated video failed; the other one is done
     assert "Traceback" not in result.stderr
     failures = {
         f["video_id"]: f["reason"] for f in json.loads((tmp_path / "work/frames/failures.json").read_text())
     }
-    assert set(failures) == {"truncated", "missing"}
-    assert "no such video file" in failures["missing"] and "missing.mp4" in failures["missing"]
-    assert "truncated.mp4" in failures["truncated"]
-    assert "2 video(s) failed" in result.stderr
+    assert set(failures) == {"truncated"} and "truncated.mp4" in failures["truncated"]
+    assert json.loads((tmp_path / "work/frames/missing.json").read_text()) == ["missing"]
+    assert "1 video(s) failed" in result.stderr
     assert (tmp_path / "work/frames/good.json").is_file()
 
 
