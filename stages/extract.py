@@ -25,11 +25,12 @@ from stages.core.progress import SILENT, Progress
 from stages.core.settings import Settings
 from stages.core.workdir import frames_dir
 from stages.data.annotations import load_annotations, safe_path
-from stages.data.extracted_frames import frames_file, read_meta, record_file
+from stages.data.extracted_frames import frames_file, record_file
 from stages.data.per_video import run_each
 from stages.data.snippet_positions import resample_frame_indices
 from stages.data.video_io import VideoReader
 from stages.data.video_selection import WHOLE, Shard, drop_missing, select, write_lists
+from stages.data.video_snippets import extracted
 
 BATCH = 256  # frames decoded per decord call
 
@@ -56,16 +57,6 @@ class ExtractSummary:
     missing: list[str] = field(default_factory=list)  # data.missing: skip
     notes: list[str] = field(default_factory=list)
     shard: Shard = WHOLE
-
-
-def is_done(job: ExtractJob) -> bool:
-    meta = read_meta(job.out_dir, job.video_id)
-    return (
-        meta is not None
-        and meta.get("fps") == job.fps
-        and (meta.get("height"), meta.get("width")) == (job.height, job.width)
-        and frames_file(job.out_dir, job.video_id).is_file()
-    )
 
 
 def extract_one(job: ExtractJob) -> int:
@@ -120,7 +111,7 @@ def run(settings: Settings, *, workers: int = 1, subsets: list[str] | None = Non
                         width=d.frame_width, backend=d.decoder)
         for vid in select(records, subsets, shard, where=str(d.annotations))
     }  # fmt: skip
-    done = {vid for vid, job in jobs.items() if is_done(job)}
+    done = {vid for vid in jobs if extracted(settings, vid)}  # at the current fps and size
     chosen = drop_missing(list(jobs), lambda v: v in done or jobs[v].video_path.is_file(), d.missing,
                           what=f"video file in {d.video_dir}")  # fmt: skip
     summary = ExtractSummary(out_dir, missing=chosen.missing, notes=chosen.notes, shard=shard)
