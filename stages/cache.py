@@ -37,7 +37,7 @@ from stages.data.hdf5_cache import (
 from stages.data.per_video import run_each
 from stages.data.protocols import protocol
 from stages.data.video_selection import WHOLE, Shard, drop_missing, select, write_lists
-from stages.data.video_snippets import extracted, video_snippets
+from stages.data.video_snippets import decodable, video_snippets
 from stages.model.frozen_encoder import FeatureEncoder
 
 KINDS = ("snippets", "features")
@@ -77,7 +77,7 @@ def snippets_to_encode(settings: Settings, video_id: str) -> tuple[np.ndarray, i
     """A video's snippets and frame count: from the snippet cache when it is current, else from
     its extracted frames or its video file."""
     folder, stamp = snippets_dir(settings), snippet_fingerprint(settings)
-    if stored_fingerprint(video_file(folder, video_id)) == stamp:
+    if _current(folder, stamp)(video_id):
         cache = VideoCache(folder, "snippets", stamp)
         return cache.read(video_id), int(cache.attrs(video_id)["num_frames"])
     source = video_snippets(settings, video_id)
@@ -129,21 +129,25 @@ def _npy_candidates(npy_dir: Path, video_id: str) -> list[Path]:
 
 def _input_of(settings: Settings, kind: str, from_npy: Path | None) -> tuple[Callable[[str], bool], str]:
     """Whether a video's input is there, and what that input is called (for data.missing)."""
-    d = settings.data
     if from_npy is not None:
         return lambda v: any(c.is_file() for c in _npy_candidates(Path(from_npy), v)), f".npy in {from_npy}"
 
-    def decodable(video_id: str) -> bool:
-        file = d.video_dir is not None and safe_path(d.video_dir, video_id, d.video_name).is_file()
-        return file or extracted(settings, video_id)
-
     if kind == "snippets":
-        return decodable, "video file or extracted frames"
-    stamp, folder = snippet_fingerprint(settings), snippets_dir(settings)
-    return (
-        lambda v: stored_fingerprint(video_file(folder, v)) == stamp or decodable(v),
-        "snippet cache, extracted frames or video file",
-    )
+        return lambda v: decodable(settings, v), "video file or extracted frames"
+    current = _current(snippets_dir(settings), snippet_fingerprint(settings))
+    return lambda v: current(v) or decodable(settings, v), "snippet cache, extracted frames or video file"
+
+
+def _stamp(settings: Settings, kind: str, from_npy: Path | None) -> str:
+    """The fingerprint the run's cache files must carry."""
+    if from_npy is not None:
+        return npy_fingerprint(from_npy)
+    return snippet_fingerprint(settings) if kind == "snippets" else feature_fingerprint(settings)
+
+
+def _current(folder: Path, stamp: str) -> Callable[[str], bool]:
+    """Whether a video's file in `folder` is cached with this fingerprint (a rerun skips it)."""
+    return lambda video_id: stored_fingerprint(video_file(folder, video_id)) == stamp
 
 
 HDF5_FILE_BYTES = 9_640  # HDF5's own header and metadata in a snippet file (measured, h5py 3)
@@ -218,8 +222,7 @@ def project(settings: Settings, *, what: str = "snippets", subsets: list[str] | 
     out_dir = snippets_dir(settings) if kind == "snippets" else features_dir(settings)
     present, _ = _input_of(settings, kind, None)
     ids = select(records, subsets, shard, where=str(settings.data.annotations))
-    stamp = snippet_fingerprint(settings) if kind == "snippets" else feature_fingerprint(settings)
-    current = {v for v in ids if stored_fingerprint(video_file(out_dir, v)) == stamp}
+    current = set(filter(_current(out_dir, _stamp(settings, kind, None)), ids))
     here = [v for v in ids if v in current or present(v)]
     todo = [v for v in here if v not in current]
     frames, per_frame, per_second, projected, notes = _projection(
@@ -283,13 +286,10 @@ def run(
         ensure_writable_dir(out_dir)
     except OSError as exc:
         raise UserError(f"{out_dir}: cannot write the cache folder: {exc.strerror or exc}") from None
-    if from_npy is not None:
-        stamp = npy_fingerprint(from_npy)
-    else:
-        stamp = snippet_fingerprint(settings) if kind == "snippets" else feature_fingerprint(settings)
+    stamp = _stamp(settings, kind, from_npy)
     present, what_input = _input_of(settings, kind, from_npy)
     ids = select(records, subsets, shard, where=str(settings.data.annotations))
-    current = {v for v in ids if stored_fingerprint(video_file(out_dir, v)) == stamp}
+    current = set(filter(_current(out_dir, stamp), ids))
     chosen = drop_missing(ids, lambda v: v in current or present(v), settings.data.missing, what=what_input)
     summary = CacheSummary(kind, out_dir, missing=chosen.missing, notes=chosen.notes, shard=shard)
     todo = [(v, video_file(out_dir, v)) for v in chosen.videos if v not in current]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,7 +36,7 @@ class VideoSnippets:
     source: str  # the extracted frames' folder, or the video file
     read: Callable[[np.ndarray], np.ndarray]  # frame numbers -> uint8 frames [n, H, W, 3]
 
-    @property
+    @cached_property
     def stored(self) -> np.ndarray:
         """The frames the snippets use, sorted, each once [F]."""
         return np.unique(self.frame_indices)
@@ -67,6 +68,13 @@ def extracted(settings: Settings, video_id: str) -> bool:
         and (meta.get("height"), meta.get("width")) == (d.frame_height, d.frame_width)
         and frames_file(folder, video_id).is_file()
     )
+
+
+def decodable(settings: Settings, video_id: str) -> bool:
+    """Whether `video_snippets` can read this video: extracted frames, or its video file."""
+    d = settings.data
+    file = d.video_dir is not None and safe_path(d.video_dir, video_id, d.video_name).is_file()
+    return file or extracted(settings, video_id)
 
 
 def video_snippets(settings: Settings, video_id: str) -> VideoSnippets:
