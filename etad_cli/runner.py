@@ -166,15 +166,17 @@ class ChildPoints:
             child.start()
             self.children.add(child)
         send.close()
+        outcome = None
         try:
             outcome = receive.recv()
         except EOFError:  # the child died without a word (killed, out of memory)
-            child.join()
-            outcome = {"error": f"its process ended with exit code {child.exitcode}"}
+            pass
         finally:
             child.join()
             with self.lock:
                 self.children.discard(child)
+        if outcome is None:
+            outcome = {"error": f"its process ended with exit code {child.exitcode}"}
         if "error" in outcome:
             raise UserError(f"{job.log}: the point failed: {outcome['error']}")
         return outcome["figures"]
