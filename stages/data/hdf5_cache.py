@@ -42,17 +42,12 @@ def video_file(folder: Path, video_id: str) -> Path:
     return safe_path(folder, video_id, "{id}.h5")
 
 
-def write_video_file(
-    path: Path, arrays: dict[str, np.ndarray], attrs: dict, compression: str = "none"
-) -> None:
-    """Write one video's arrays + attributes atomically. The first array is chunked by its first axis."""
+def write_video_file(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
+    """Write one video's arrays + attributes atomically (features; snippets: write_snippet_file).
+    The first array is chunked by its first axis."""
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
         for i, (name, array) in enumerate(arrays.items()):
-            options = {}
-            if i == 0 and array.ndim >= 2:
-                options["chunks"] = (1, *array.shape[1:])
-                if compression != "none":
-                    options["compression"] = compression
+            options = {"chunks": (1, *array.shape[1:])} if i == 0 and array.ndim >= 2 else {}
             f.create_dataset(name, data=array, **options)
         for key, value in attrs.items():
             f.attrs[key] = value
