@@ -414,21 +414,27 @@ def infer(
     subset: Annotated[
         str | None, typer.Option(help="The annotation subset to detect (default: data.eval_subset).")
     ] = None,
+    shard: ShardOpt = None,
 ) -> None:
     """Detect actions in the evaluation subset (or one --video) and write ActivityNet-format JSON.
 
+    With --shard K/N each shard writes its part beside infer.output; the last to finish merges them.
+
     Examples:
       etad infer --config examples/demo.yaml --eval
+      etad infer --config examples/anet_tsp_e2e.yaml --shard 2/4 --eval
       etad infer --config examples/demo.yaml --checkpoint work/demo/pretrain/checkpoints/best.pt --plot 4
       etad infer --config examples/demo.yaml --video my_clip.mp4
     """
     from etad_cli import runner
+    from stages.data.video_selection import WHOLE, parse_shard
 
     with user_errors():
         settings = load(config, set_, [f"data.eval_subset={subset}"] if subset else [])
+        part = WHOLE if video is not None else parse_shard(shard)
         with stage_progress(f"encode {video.name}" if video is not None else "infer") as progress:
             done = runner.infer(settings, checkpoint=checkpoint, plot=plot, video=video, evaluate=evaluate,
-                                progress=progress)  # fmt: skip
+                                shard=part, progress=progress)  # fmt: skip
         views.infer_summary(done.summary, video is not None)
         if done.report is not None:
             views.eval_report(done.report)

@@ -65,17 +65,21 @@ def train(settings: Settings, kind: str, *, resume: bool = False, restart: bool 
 
 
 def infer(settings: Settings, *, checkpoint: Path | None = None, plot: int = 0, video: Path | None = None,
-          evaluate: bool = False, progress: Progress = SILENT) -> Inferred:  # fmt: skip
-    """Detections of the evaluation subset (or one video file); with `evaluate`, scored as well (the
-    report is also saved beside the detections as <output>.metrics.json)."""
+          evaluate: bool = False, shard=None, progress: Progress = SILENT) -> Inferred:  # fmt: skip
+    """Detections of the evaluation subset (or of a `shard` of it, a video_selection.Shard, or one
+    video file); with `evaluate`, scored as well once infer.output is complete (the report is also
+    saved beside the detections as <output>.metrics.json)."""
     from stages import evaluate as evaluate_stage
     from stages import infer as infer_stage
 
     run = StageRun.start(settings, "infer --video" if video is not None else "infer")
-    summary = infer_stage.run(settings, checkpoint=checkpoint, plot=plot, video=video, progress=progress)
+    from stages.data.video_selection import WHOLE
+
+    summary = infer_stage.run(settings, checkpoint=checkpoint, plot=plot, video=video, shard=shard or WHOLE,
+                              progress=progress)  # fmt: skip
     done = Inferred(summary)
     scores = {}
-    if evaluate and video is None:
+    if evaluate and video is None and summary.complete:
         request = evaluate_stage.EvalRequest.from_settings(
             settings, predictions=summary.output, task=summary.task
         )

@@ -113,11 +113,18 @@ def infer_summary(summary, one_video: bool) -> None:
         console.print(table)
         console.print(f"{summary.detections} detections -> {summary.output}", soft_wrap=True)
         return
-    console.print(
-        f"{summary.videos} videos, {summary.detections:,} detections, {summary.seconds:.1f} s"
-        f" -> {summary.output}",
-        soft_wrap=True,
-    )
+    shard = summary.shard
+    if shard.count > 1:
+        state = f"all {shard.count} parts merged -> {summary.output}" if summary.complete else (
+            f"waiting for the other shards' parts before writing {summary.output}")
+        done = f"{summary.videos} videos, {summary.detections:,} detections, {summary.seconds:.1f} s"
+        console.print(f"shard {shard.index}/{shard.count}: {done}; {state}", soft_wrap=True)
+    else:
+        console.print(
+            f"{summary.videos} videos, {summary.detections:,} detections, {summary.seconds:.1f} s"
+            f" -> {summary.output}",
+            soft_wrap=True,
+        )
     for path in summary.plots:
         console.print(f"[dim]plot: {path}[/]", soft_wrap=True)
 

@@ -36,6 +36,7 @@ from stages.data.hdf5_cache import (
 )
 from stages.data.per_video import run_each
 from stages.data.protocols import protocol
+from stages.data.video_io import VideoError
 from stages.data.video_selection import WHOLE, Shard, drop_missing, select, write_lists
 from stages.data.video_snippets import decodable, video_snippets
 from stages.model.frozen_encoder import FeatureEncoder
@@ -68,9 +69,11 @@ def _snippet_job(settings: Settings, video_id: str, path: Path, stamp: str) -> i
         "num_frames": source.num_frames,
         "source": source.source,
     }
-    return write_snippet_file(path, source.batches(), snippet_frames=source.snippet_frames,
+    batches = source.batches(as_jpeg=c.jpeg_quality if c.codec == "jpeg" else None)
+    shape = (settings.data.frame_height, settings.data.frame_width)
+    return write_snippet_file(path, batches, snippet_frames=source.snippet_frames,
                               frame_indices=source.frame_indices, attrs=attrs, codec=c.codec,
-                              quality=c.jpeg_quality, compression=c.compression)  # fmt: skip
+                              quality=c.jpeg_quality, compression=c.compression, shape=shape)  # fmt: skip
 
 
 def snippets_to_encode(settings: Settings, video_id: str) -> tuple[np.ndarray, int]:
@@ -165,11 +168,13 @@ def _measure_frames(settings: Settings, ids: list[str], sample: int) -> tuple[fl
     decode (or read) -> encode, as a run does."""
     c, sizes, seconds = settings.cache, [], 0.0
     for video_id in ids[:sample]:
-        source = video_snippets(settings, video_id)
-        spread = np.linspace(0, len(source.stored) - 1, min(32, len(source.stored))).astype(int)
-        wanted = source.stored[spread]
         began = time.perf_counter()
-        frames = source.read(wanted)
+        try:  # a video that cannot be read is the run's to report (exit 1, the others done)
+            source = video_snippets(settings, video_id)
+            spread = np.linspace(0, len(source.stored) - 1, min(32, len(source.stored))).astype(int)
+            frames = source.read(source.stored[spread])
+        except (UserError, VideoError, OSError):
+            continue
         blobs = encode_jpeg(frames, c.jpeg_quality) if c.codec == "jpeg" else list(frames)
         seconds += time.perf_counter() - began
         sizes += [b.nbytes for b in blobs]

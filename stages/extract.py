@@ -1,9 +1,10 @@
 """`etad extract`: decode every video of the annotation file at a fixed fps and frame size.
 
 Output, per video, in <work_dir>/frames/ (docs/extract.md):
-  <id>.npy    uint8 [N, H, W, 3] RGB frames (raw .npy: memory-mappable, exact, fastest to write and read;
-              the format was chosen by measurement, see docs/benchmarks.md)
-  <id>.json   written last: {video_id, num_frames, fps, height, width, source, source_frames, source_fps}.
+  <id>.h5     every RGB frame at data.fps, once, in the snippet cache's frame layout: JPEG by default
+              (`cache.codec`, `cache.jpeg_quality`: about a ninth of raw uint8), or raw uint8
+  <id>.json   written last: {video_id, num_frames, fps, height, width, codec, jpeg_quality, source,
+              source_frames, source_fps}.
               Its presence (with matching fps and size) is what marks the video as done.
   failures.json   [{video_id, reason}] of the last run.
 A rerun skips finished videos and redoes half-written ones. A video that is missing or cannot be
@@ -13,11 +14,10 @@ decoded is listed in failures.json and does not stop the run.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+import h5py
 
 from stages.core.errors import UserError
 from stages.core.files import atomic_output, ensure_writable_dir, write_json
@@ -26,6 +26,7 @@ from stages.core.settings import Settings
 from stages.core.workdir import frames_dir
 from stages.data.annotations import load_annotations, safe_path
 from stages.data.extracted_frames import frames_file, record_file
+from stages.data.hdf5_cache import store_frames
 from stages.data.per_video import run_each
 from stages.data.snippet_positions import resample_frame_indices
 from stages.data.video_io import VideoReader
@@ -44,6 +45,9 @@ class ExtractJob:
     height: int
     width: int
     backend: str
+    codec: str = "jpeg"
+    quality: int = 90
+    compression: str = "none"
 
 
 @dataclass
@@ -60,31 +64,21 @@ class ExtractSummary:
 
 
 def extract_one(job: ExtractJob) -> int:
-    """Decode one video into <id>.npy and then <id>.json; returns the number of frames written.
-
-    A writer thread stores batch k while decord decodes batch k+1 (both release the GIL), so
-    extraction runs at about the speed of decoding alone.
-    """
+    """Decode one video into <id>.h5 and then <id>.json; returns the number of frames written.
+    Frames are decoded, encoded and written BATCH at a time: memory does not grow with the video."""
     reader = VideoReader(job.video_path, job.backend, job.height, job.width)
     keep = resample_frame_indices(len(reader), reader.info.fps or job.fps, job.fps)
-    shape = (len(keep), job.height, job.width, 3)
-    with atomic_output(frames_file(job.out_dir, job.video_id)) as tmp, open(tmp, "wb") as out:
-        np.lib.format.write_array_header_1_0(out, {"descr": "|u1", "fortran_order": False, "shape": shape})
-        with ThreadPoolExecutor(1) as writer:
-            pending = None
-            for start in range(0, len(keep), BATCH):
-                batch = reader.get_frames(keep[start : start + BATCH])
-                if pending is not None:
-                    pending.result()
-                pending = writer.submit(out.write, np.ascontiguousarray(batch).data)
-            if pending is not None:
-                pending.result()
+    batches = (reader.get_frames(keep[start : start + BATCH]) for start in range(0, len(keep), BATCH))
+    with atomic_output(frames_file(job.out_dir, job.video_id)) as tmp, h5py.File(tmp, "w") as f:
+        store_frames(f, batches, len(keep), codec=job.codec, quality=job.quality, compression=job.compression)
     meta = {
         "video_id": job.video_id,
         "num_frames": int(len(keep)),
         "fps": job.fps,
         "height": job.height,
         "width": job.width,
+        "codec": job.codec,
+        "jpeg_quality": job.quality if job.codec == "jpeg" else None,
         "source": str(job.video_path),
         "source_frames": len(reader),
         "source_fps": reader.info.fps,
@@ -97,7 +91,7 @@ def run(settings: Settings, *, workers: int = 1, subsets: list[str] | None = Non
         progress: Progress = SILENT) -> ExtractSummary:  # fmt: skip
     """Extract the videos of `subsets` (None: every video) in this shard; returns what was done,
     skipped, missing and failed."""
-    d = settings.data
+    d, c = settings.data, settings.cache
     if d.annotations is None or d.video_dir is None:
         raise UserError("data.annotations and data.video_dir must be set to extract")
     records = load_annotations(d.annotations)
@@ -108,7 +102,8 @@ def run(settings: Settings, *, workers: int = 1, subsets: list[str] | None = Non
         raise UserError(f"{out_dir}: cannot write the output folder: {exc.strerror or exc}") from None
     jobs = {
         vid: ExtractJob(vid, safe_path(d.video_dir, vid, d.video_name), out_dir, d.fps, height=d.frame_height,
-                        width=d.frame_width, backend=d.decoder)
+                        width=d.frame_width, backend=d.decoder, codec=c.codec, quality=c.jpeg_quality,
+                        compression=c.compression)
         for vid in select(records, subsets, shard, where=str(d.annotations))
     }  # fmt: skip
     done = {vid for vid in jobs if extracted(settings, vid)}  # at the current fps and size

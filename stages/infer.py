@@ -9,6 +9,7 @@ second Soft-NMS. Writes an ActivityNet-format result JSON atomically.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from stages.data.hdf5_cache import VideoCache
 from stages.data.protocols import Item, protocol
 from stages.data.snippet_positions import resample_frame_indices
 from stages.data.video_io import VideoError, VideoReader
+from stages.data.video_selection import WHOLE, Shard
 from stages.evaluation.postprocess import CLASSIFIERS, POST_PROCESSING, Labeller
 from stages.model.detector import build_detector, final_proposals
 from stages.model.encoder import build_encoder, encode_chunks
@@ -49,6 +51,8 @@ class InferSummary:
     plots: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     top: list[dict] = field(default_factory=list)  # --video: the detections, best first
+    shard: Shard = WHOLE
+    complete: bool = True  # False: this shard's part is written, infer.output waits for the others
 
 
 def find_checkpoint(settings: Settings) -> Path:
@@ -122,13 +126,19 @@ def labeller(settings: Settings, detector: Detector) -> Labeller:
     return make(settings, detector.classes, detector.model.classifier is not None)
 
 
-def cached_dataset(settings: Settings, detector: Detector) -> tuple[DetectionDataset, list[str]]:
+def cached_dataset(
+    settings: Settings, detector: Detector, shard: Shard = WHOLE
+) -> tuple[DetectionDataset, list[str]]:
+    """The evaluation subset's items (of this shard's videos: every N-th of the sorted ids)."""
     d = settings.data
     if d.annotations is None:
         raise UserError("data.annotations is not set")
     kind = "snippets" if detector.encoder is not None else "features"
     cache = VideoCache(snippets_dir(settings) if kind == "snippets" else features_dir(settings), kind)
     items, classes, notes = build_items(settings, d.eval_subset, cache.length, training=False)
+    if shard.count > 1:
+        mine = set(sorted({item.video_id for item in items})[shard.index - 1 :: shard.count])
+        items = [item for item in items if item.video_id in mine]
     if classes != detector.classes:
         notes.append("the annotation file's classes differ from the checkpoint's; using the checkpoint's")
     return DetectionDataset(
@@ -201,9 +211,11 @@ def run(
     checkpoint: Path | None = None,
     plot: int = 0,
     video: Path | None = None,
+    shard: Shard = WHOLE,
     progress: Progress = SILENT,
 ) -> InferSummary:
-    """Detect the evaluation subset (or one `video` file) with a checkpoint (default: the newest run's)."""
+    """Detect the evaluation subset (or this `shard` of its videos, or one `video` file) with a
+    checkpoint (default: the newest run's)."""
     began = time.perf_counter()
     use_threads(settings.threads)
     checkpoint = checkpoint or find_checkpoint(settings)
@@ -213,21 +225,23 @@ def run(
         summary = run_video(settings, detector, checkpoint, video, progress=progress)
         summary.seconds = time.perf_counter() - began
         return summary
-    dataset, notes = cached_dataset(settings, detector)
+    dataset, notes = cached_dataset(settings, detector, shard)
     label = labeller(settings, detector)
     progress.start(len(dataset))
     results, class_scores = detect(
         settings, detector, dataset.items, dataset,
         label=label, snippets=dataset.load.kind == "snippets", progress=progress,
     )  # fmt: skip
-    write_results(output, results)
-    if settings.infer.classifier == "builtin":  # reusable as infer.classifier_file for another model
-        write_json(classes_path(output), {"class": detector.classes, "results": class_scores}, indent=None)
-        accuracy = classifier_accuracy(dataset.items, detector.classes, class_scores)
-        if accuracy:
-            notes.append(accuracy)
-    summary = InferSummary(output, detector.kind, checkpoint, task_of(settings), notes=notes)
+    summary = InferSummary(output, detector.kind, checkpoint, task_of(settings), notes=notes, shard=shard)
     summary.videos, summary.detections = len(results), sum(len(v) for v in results.values())
+    classes = detector.classes if settings.infer.classifier == "builtin" else None
+    if shard.count > 1:
+        summary.complete = write_shard(output, shard, checkpoint, results=results, class_scores=class_scores,
+                                       classes=classes)  # fmt: skip
+    else:
+        write_outputs(output, results, class_scores, classes)
+        if classes is not None and (accuracy := classifier_accuracy(dataset.items, classes, class_scores)):
+            notes.append(accuracy)
     if plot:
         items = {item.video_id: item for item in dataset.items}
         folder = output.parent / "plots"
@@ -238,6 +252,48 @@ def run(
             summary.plots.append(path)
     summary.seconds = time.perf_counter() - began
     return summary
+
+
+def write_outputs(output: Path, results: dict, class_scores: dict, classes: list[str] | None) -> None:
+    """infer.output, and with the built-in head (`classes`) its video-level scores beside it
+    (reusable as infer.classifier_file for another model)."""
+    write_results(output, results)
+    if classes is not None:
+        write_json(classes_path(output), {"class": classes, "results": class_scores}, indent=None)
+
+
+def shard_output(output: Path, shard: Shard) -> Path:
+    """Where a shard writes its part of infer.output: <stem>.shard2of8.json beside it."""
+    return output.with_name(f"{output.stem}{shard.suffix}{output.suffix}")
+
+
+def _identity(checkpoint: Path) -> str:
+    """Which checkpoint a shard's part came from (path, size, modification time): parts of an
+    earlier checkpoint are never merged with this one's."""
+    stat = checkpoint.stat()
+    return f"{checkpoint.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def write_shard(output: Path, shard: Shard, checkpoint: Path, *, results: dict, class_scores: dict,
+                classes: list[str] | None) -> bool:  # fmt: skip
+    """Write this shard's part; when every shard's part of this checkpoint is there, merge them into
+    infer.output (post-processing is per video, so the merge equals one run's output). Returns
+    whether infer.output was written. Two shards that finish at once both merge the same parts."""
+    mark = {"of": shard.count, "checkpoint": _identity(checkpoint)}
+    part = {"results": results, "class_scores": class_scores, "shard": mark}
+    write_json(shard_output(output, shard), part)
+    parts = []
+    for index in range(1, shard.count + 1):
+        try:
+            held = json.loads(shard_output(output, Shard(index, shard.count)).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+        if held.get("shard") != mark:
+            return False  # another checkpoint's part, or another split: wait for this run's
+        parts.append(held)
+    results = dict(sorted((k, v) for held in parts for k, v in held["results"].items()))
+    write_outputs(output, results, {k: v for held in parts for k, v in held["class_scores"].items()}, classes)
+    return True
 
 
 def classifier_accuracy(

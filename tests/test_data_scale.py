@@ -16,7 +16,7 @@ import yaml
 from stages.core.errors import UserError
 from stages.data.annotations import VideoRecord
 from stages.data.video_selection import WHOLE, Shard, parse_shard, select
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 
 
 def test_a_shard_is_k_of_n_from_the_option_or_the_slurm_array():
@@ -86,6 +86,47 @@ def test_two_shards_at_once_on_one_folder_give_the_files_of_one_run(tmp_path, sy
         assert all(np.array_equal(a[name][0][k], b[name][0][k]) for k in a[name][0])
     assert json.loads((two / "failures.shard1of2.json").read_text()) == []
     assert not list(two.glob(".*tmp*"))  # no temporary left behind
+
+
+def _numbers(value) -> list[float]:
+    """Every number in a JSON value, in order."""
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _numbers(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in _numbers(v)]
+    return [value] if isinstance(value, (int, float)) else []
+
+
+@pytest.mark.slow
+def test_infer_shards_merge_into_the_output_of_one_run(trained, tmp_path):
+    root = tmp_path / "tiny"
+    shutil.copytree(trained, root)
+    config = root / "tiny.yaml"
+    assert run_cli("infer", "-c", config, "--set", "infer.output=results/whole.json").returncode == 0
+    sets = ["--set", "infer.output=results/sharded.json"]
+    results = root / "work/results"
+    for k in (1, 2, 3):
+        done = run_cli("infer", "-c", config, *sets, "--shard", f"{k}/3", *(["--eval"] if k == 3 else []))
+        assert done.returncode == 0, done.stderr
+        assert (results / f"sharded.shard{k}of3.json").is_file()
+        assert (results / "sharded.json").is_file() == (k == 3)  # the last shard merges the three parts
+    assert "all 3 parts merged" in done.stdout and "average" in done.stdout  # --eval once complete
+    for name in ("{}.json", "{}.classes.json"):  # equal up to float rounding (other batches)
+        whole = json.loads((results / name.format("whole")).read_text())
+        sharded = json.loads((results / name.format("sharded")).read_text())
+        assert sharded.keys() == whole.keys() and sharded["results"].keys() == whole["results"].keys()
+        for video, expected in whole["results"].items():
+            assert _numbers(sharded["results"][video]) == pytest.approx(_numbers(expected), rel=1e-5)
+            if name == "{}.json":
+                assert [d["label"] for d in sharded["results"][video]] == [d["label"] for d in expected]
+    parts = [json.loads((results / f"sharded.shard{k}of3.json").read_text())["results"] for k in (1, 2, 3)]
+    assert sorted(v for part in parts for v in part) == sorted(whole["results"])  # 2 videos: one part empty
+    checkpoint = root / "work/pretrain/checkpoints/last.pt"
+    checkpoint.touch()  # another checkpoint now: the old parts are not merged with its part
+    (results / "sharded.json").unlink()
+    done = run_cli("infer", "-c", config, *sets, "--shard", "1/3")
+    assert done.returncode == 0 and "waiting for the other shards" in done.stdout
+    assert not (results / "sharded.json").exists()
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ def test_demo_pipeline_writes_every_artefact_and_the_final_table(tmp_path):
     assert len(database) == 11 and len(list((demo / "data" / "videos").glob("*.mp4"))) == 11
     assert sum(r["subset"] == "pretraining" for r in database.values()) == 3
     for vid in database:
-        assert (demo / "frames" / f"{vid}.npy").is_file() and (demo / "frames" / f"{vid}.json").is_file()
+        assert (demo / "frames" / f"{vid}.h5").is_file() and (demo / "frames" / f"{vid}.json").is_file()
         assert (demo / "cache" / "snippets" / f"{vid}.h5").is_file()
         assert (demo / "cache" / "features" / f"{vid}.h5").is_file()
     assert (demo / "encoder" / "encoder_tsp.pth").is_file()  # TSP pretraining, read by the next stages

@@ -109,9 +109,15 @@ def test_jpeg_snippet_cache_stores_each_frame_once_close_to_the_pixels(tmp_path,
             assert len(f["jpeg_offsets"]) == len(np.unique(indices)) + 1  # each frame once
             assert f["jpeg"].size / len(np.unique(indices)) < 32 * 40 * 3 / 2  # under half the raw bytes
     assert cli("extract", "--config", config).exit_code == 0
+    for video_id in straight:  # extract writes the same compact frames: every frame at data.fps once
+        record = json.loads((tmp_path / f"work/frames/{video_id}.json").read_text())
+        with h5py.File(tmp_path / f"work/frames/{video_id}.h5") as f:
+            assert (f.attrs["codec"], record["codec"], record["jpeg_quality"]) == ("jpeg", "jpeg", 90)
+            assert len(f["jpeg_offsets"]) == record["num_frames"] + 1
+            assert f["jpeg"].size / record["num_frames"] < 32 * 40 * 3 / 2
     shutil.rmtree(tmp_path / "work/cache/snippets")
     assert cli("cache", "--config", config, "--what", "snippets").exit_code == 0
-    for video_id, snippets in straight.items():  # the same pixels, so the same JPEG
+    for video_id, snippets in straight.items():  # the JPEG bytes copied as they are: the same pixels
         assert np.array_equal(cache.read(video_id), snippets)
         assert cache.attrs(video_id)["source"].endswith("frames")  # this time from the extracted frames
 
@@ -165,11 +171,25 @@ def test_extract_is_resumable(tmp_path, synth_dir, cli):
     frames = tmp_path / "work/frames"
     first = sorted(frames.glob("synth_*.json"))[0]
     first.unlink()  # as if killed after the frames but before the completion record
-    (frames / ".half-written.npy.tmp1.npy").write_bytes(b"junk")
+    (frames / ".half-written.h5.tmp1.h5").write_bytes(b"junk")
     result = cli("extract", "--config", config)
     assert result.exit_code == 0
     assert "1 / 5 / 0" in result.stdout
     assert first.is_file()
+
+
+def test_a_truncated_frames_file_fails_its_video_only(tmp_path, synth_dir, cli):
+    config, _ = make_config(tmp_path, synth_dir)
+    assert cli("extract", "--config", config).exit_code == 0
+    broken = sorted((tmp_path / "work/frames").glob("synth_*.h5"))[0]
+    broken.write_bytes(broken.read_bytes()[:600])
+    result = cli("cache", "--config", config, "--what", "snippets")
+    assert result.exit_code == 1  # that video failed, naming its file; the others are cached
+    failures = json.loads((tmp_path / "work/cache/snippets/failures.json").read_text())
+    reason = f"{broken}: unreadable or truncated frames file; rerun `etad extract`"
+    assert [f["reason"] for f in failures] == [reason]
+    cached = {p.stem for p in (tmp_path / "work/cache/snippets").glob("*.h5")}
+    assert broken.stem not in cached and len(cached) == len(list(broken.parent.glob("synth_*.h5"))) - 1
 
 
 def test_sigkill_during_cache_loses_nothing(tmp_path, synth_dir, cli):

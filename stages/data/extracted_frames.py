@@ -1,22 +1,28 @@
 """Extracted frames on disk: written by `etad extract`, read by `etad cache` (docs/extract.md).
 
-Per video in <work_dir>/frames/: <id>.npy (uint8 [N, H, W, 3]) and <id>.json, its completion record
-{video_id, num_frames, fps, height, width, source, source_frames, source_fps}, written last.
+Per video in <work_dir>/frames/: <id>.h5, every frame of the video at data.fps stored once in the
+snippet cache's frame layout (JPEG by default, `cache.codec` and `cache.jpeg_quality`; see
+`hdf5_cache.store_frames`), and <id>.json, its completion record {video_id, num_frames, fps,
+height, width, codec, jpeg_quality, source, source_frames, source_fps}, written last.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import h5py
 import numpy as np
 
 from stages.core.errors import UserError
 from stages.data.annotations import safe_path
+from stages.data.hdf5_cache import read_frames, read_jpeg
 
 
 def frames_file(folder: Path, video_id: str) -> Path:
-    return safe_path(folder, video_id, "{id}.npy")
+    return safe_path(folder, video_id, "{id}.h5")
 
 
 def record_file(folder: Path, video_id: str) -> Path:
@@ -32,18 +38,31 @@ def read_meta(folder: Path, video_id: str) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
-def load_frames(folder: Path, video_id: str) -> tuple[np.ndarray, dict]:
-    """(frames memory-mapped as uint8 [N, H, W, 3], completion record) of an extracted video."""
+def frame_reader(
+    folder: Path, video_id: str, *, encoded: bool = False
+) -> tuple[Callable[[np.ndarray], Any], dict]:
+    """(read, completion record) of an extracted video; `read` takes sorted unique frame numbers and
+    gives uint8 frames [n, H, W, 3], or with `encoded` their JPEG byte strings (a jpeg-codec file).
+    The file is checked against its record once, here."""
     meta = read_meta(folder, video_id)
     if meta is None:
         raise UserError(f"{folder}: video {video_id!r} has not been extracted; run `etad extract` first")
     path = frames_file(folder, video_id)
+    unreadable = f"{path}: unreadable or truncated frames file; rerun `etad extract`"
     try:
-        frames = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"{path}: unreadable frames ({exc.__class__.__name__}); rerun `etad extract`"
-        ) from None
-    if frames.dtype != np.uint8 or frames.ndim != 4 or len(frames) != meta.get("num_frames"):
-        raise UserError(f"{path}: frames do not match their record; rerun `etad extract`")
-    return frames, meta
+        with h5py.File(path, "r") as f:
+            stored = len(f["jpeg_offsets"]) - 1 if f.attrs.get("codec") == "jpeg" else len(f["frames"])
+    except (OSError, KeyError):
+        raise UserError(unreadable) from None
+    if stored != meta.get("num_frames"):
+        said = meta.get("num_frames")
+        raise UserError(f"{path}: {stored} frames, its record says {said}; rerun `etad extract`")
+
+    def read(numbers: np.ndarray) -> np.ndarray:
+        try:
+            with h5py.File(path, "r") as f:
+                return read_jpeg(f, numbers) if encoded else read_frames(f, numbers)
+        except (OSError, KeyError):
+            raise UserError(unreadable) from None
+
+    return read, meta

@@ -53,16 +53,19 @@ def write_video_file(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> 
             f.attrs[key] = value
 
 
-def write_snippet_file(path: Path, batches: Iterable[np.ndarray], *, snippet_frames: np.ndarray,
-                       frame_indices: np.ndarray, attrs: dict, codec: str, quality: int = 90,
-                       compression: str = "none") -> int:  # fmt: skip
-    """Write one video's snippet cache atomically: the stored frames arrive in `batches` (uint8
-    [n, H, W, 3], in order: memory stays one batch's, plus the JPEG bytes), `snippet_frames`
-    [T, L] points into them. Returns the bytes the frames take on disk (before HDF5's overhead)."""
-    count, stored, shape = int(snippet_frames.max()) + 1, 0, None
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
-        blobs, frames = [], None
-        for batch in batches:
+def store_frames(f: h5py.File, batches: Iterable[np.ndarray | list[np.ndarray]], count: int, *, codec: str,
+                 quality: int = 90, compression: str = "none",
+                 shape: tuple[int, int] | None = None) -> int:  # fmt: skip
+    """Write `count` frames, arriving in `batches` (uint8 [n, H, W, 3], in order: memory stays one
+    batch's, plus the JPEG bytes), into an open HDF5 file in the layout `read_frames` reads, with
+    the codec, height and width attributes. With codec jpeg a batch may be a list of JPEG byte
+    strings already at `quality` (extracted frames: stored as they are, no second generation of
+    loss; `shape` (H, W) then says their size). Returns the frames' bytes (before HDF5's overhead)."""
+    stored, blobs, frames = 0, [], None
+    for batch in batches:
+        if isinstance(batch, list):
+            blobs += batch
+        else:
             shape = batch.shape[1:3]
             if codec == "jpeg":
                 blobs += encode_jpeg(batch, quality)
@@ -72,28 +75,44 @@ def write_snippet_file(path: Path, batches: Iterable[np.ndarray], *, snippet_fra
                     frames = f.create_dataset("frames", (count, *shape, 3), np.uint8,
                                               chunks=(1, *shape, 3), **options)  # fmt: skip
                 frames[stored : stored + len(batch)] = batch
-            stored += len(batch)
-        if stored != count or shape is None:
-            raise ValueError(f"{path.name}: {stored} frames stored, the snippets use {count}")
-        if codec == "jpeg":
-            offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
-            f.create_dataset("jpeg", data=np.concatenate(blobs), chunks=(min(int(offsets[-1]), JPEG_CHUNK),))
-            f.create_dataset("jpeg_offsets", data=offsets)
-            attrs = {**attrs, "jpeg_quality": quality}
+        stored += len(batch)
+    if stored != count or shape is None:
+        raise ValueError(f"{Path(f.filename).name}: {stored} frames stored, {count} expected")
+    f.attrs.update({"codec": codec, "height": int(shape[0]), "width": int(shape[1])})
+    if codec == "raw":
+        return count * int(np.prod(shape)) * 3
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
+    f.create_dataset("jpeg", data=np.concatenate(blobs), chunks=(min(int(offsets[-1]), JPEG_CHUNK),))
+    f.create_dataset("jpeg_offsets", data=offsets)
+    f.attrs["jpeg_quality"] = quality
+    return int(offsets[-1])
+
+
+def write_snippet_file(path: Path, batches: Iterable, *, snippet_frames: np.ndarray,
+                       frame_indices: np.ndarray, attrs: dict, **storage) -> int:  # fmt: skip
+    """Write one video's snippet cache atomically: its stored frames (`store_frames`, which takes
+    `storage`: codec, quality, ...) and `snippet_frames` [T, L], which points into them. Returns
+    the frames' bytes."""
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        size = store_frames(f, batches, int(snippet_frames.max()) + 1, **storage)
         f.create_dataset("snippet_frames", data=snippet_frames.astype(np.int32))
         f.create_dataset("frame_indices", data=frame_indices.astype(np.int64))
-        for key, value in {**attrs, "codec": codec, "height": int(shape[0]), "width": int(shape[1])}.items():
-            f.attrs[key] = value
-        return int(offsets[-1]) if codec == "jpeg" else count * int(np.prod(shape)) * 3
+        f.attrs.update(attrs)
+        return size
+
+
+def read_jpeg(f: h5py.File, wanted: np.ndarray) -> list[np.ndarray]:
+    """The JPEG byte strings of stored frames `wanted` (sorted, unique) of a jpeg-codec file."""
+    offsets = f["jpeg_offsets"][()]
+    lo, hi = int(offsets[wanted[0]]), int(offsets[wanted[-1] + 1])
+    stream = f["jpeg"][lo:hi]  # one read over the span (a snippet's frames are neighbours)
+    return [stream[offsets[i] - lo : offsets[i + 1] - lo] for i in wanted]
 
 
 def read_frames(f: h5py.File, wanted: np.ndarray) -> np.ndarray:
-    """Stored frames [n, H, W, 3] of a snippet file, `wanted` sorted and unique."""
+    """Stored frames [n, H, W, 3] of a snippet or frames file, `wanted` sorted and unique."""
     if f.attrs.get("codec") == "jpeg":
-        offsets = f["jpeg_offsets"][()]
-        lo, hi = int(offsets[wanted[0]]), int(offsets[wanted[-1] + 1])
-        stream = f["jpeg"][lo:hi]  # one read over the span (a snippet's frames are neighbours)
-        return decode_jpeg([stream[offsets[i] - lo : offsets[i + 1] - lo] for i in wanted])
+        return decode_jpeg(read_jpeg(f, wanted))
     return f["frames"][wanted]
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from stages.core.errors import UserError
 from stages.core.workdir import frames_dir
 from stages.data.annotations import safe_path
-from stages.data.extracted_frames import frames_file, load_frames, read_meta
+from stages.data.extracted_frames import frame_reader, frames_file, read_meta
 from stages.data.protocols import protocol
 from stages.data.snippet_positions import resample_frame_indices
 from stages.data.video_io import VideoReader
@@ -35,6 +35,9 @@ class VideoSnippets:
     num_frames: int  # frames of the video at data.fps
     source: str  # the extracted frames' folder, or the video file
     read: Callable[[np.ndarray], np.ndarray]  # frame numbers -> uint8 frames [n, H, W, 3]
+    # extracted JPEG frames: frame numbers -> their JPEG bytes, and the quality they were written at
+    read_jpeg: Callable[[np.ndarray], list[np.ndarray]] | None = None
+    jpeg_quality: int | None = None
 
     @cached_property
     def stored(self) -> np.ndarray:
@@ -46,11 +49,14 @@ class VideoSnippets:
         """[T, L]: for each snippet frame, its place in `stored`."""
         return np.searchsorted(self.stored, self.frame_indices)
 
-    def batches(self, size: int = BATCH) -> Iterator[np.ndarray]:
-        """The stored frames, in order, `size` at a time."""
-        stored = self.stored
+    def batches(self, size: int = BATCH, *, as_jpeg: int | None = None) -> Iterator[np.ndarray | list]:
+        """The stored frames, in order, `size` at a time; with `as_jpeg` (a quality), their JPEG bytes
+        as they are where the source holds them at that quality (no decode, no second encode)."""
+        stored, read = self.stored, self.read
+        if as_jpeg is not None and self.read_jpeg is not None and self.jpeg_quality == as_jpeg:
+            read = self.read_jpeg
         for start in range(0, len(stored), size):
-            yield self.read(stored[start : start + size])
+            yield read(stored[start : start + size])
 
     def snippets(self) -> np.ndarray:
         """Every snippet's frames at once, uint8 [T, L, H, W, 3]."""
@@ -79,14 +85,13 @@ def decodable(settings: Settings, video_id: str) -> bool:
 
 def video_snippets(settings: Settings, video_id: str) -> VideoSnippets:
     """A video's snippets at the protocol's positions: its extracted frames, else its video file."""
-    d = settings.data
+    d, encoded = settings.data, {}
     if extracted(settings, video_id):
-        frames, meta = load_frames(frames_dir(settings), video_id)
-        num_frames, source = len(frames), str(frames_dir(settings))
-
-        def read(numbers: np.ndarray) -> np.ndarray:
-            return np.asarray(frames[numbers])
-
+        read, meta = frame_reader(frames_dir(settings), video_id)
+        num_frames, source = int(meta["num_frames"]), str(frames_dir(settings))
+        if meta.get("codec") == "jpeg":
+            read_jpeg, _ = frame_reader(frames_dir(settings), video_id, encoded=True)
+            encoded = {"read_jpeg": read_jpeg, "jpeg_quality": meta.get("jpeg_quality")}
     else:
         if d.video_dir is None:
             raise UserError(
@@ -102,4 +107,4 @@ def video_snippets(settings: Settings, video_id: str) -> VideoSnippets:
             return reader.get_frames(keep[numbers])
 
     indices = protocol(d).snippet_frames(num_frames)
-    return VideoSnippets(video_id, indices, num_frames, source=source, read=read)
+    return VideoSnippets(video_id, indices, num_frames, source=source, read=read, **encoded)
