@@ -15,7 +15,7 @@ DEMO_CONFIG ?= examples/demo.yaml
 DEMO_VIDEOS ?= 60
 DEMO_PRETRAIN_VIDEOS ?= 24
 
-.PHONY: help install test test-fast lint demo demo-data demo-seeds bench docs clean clean-all anet-features anet-e2e thumos-features study-snippets study-proposals
+.PHONY: help install test test-fast lint demo demo-data demo-seeds bench bench-gpu docs clean clean-all anet-features anet-e2e thumos-features study-snippets study-proposals
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -150,6 +150,9 @@ docs: install  ## regenerate docs/settings.md from the settings models
 
 bench: install  ## benchmarks; results go to docs/benchmarks.md by hand, with the machine
 	$(PY) benchmarks/run.py
+
+bench-gpu: install  ## on a CUDA machine: the cuda tests and the paper-setting GPU figures (~8 min; one line without CUDA)
+	$(PY) benchmarks/gpu.py
 
 clean:  ## remove outputs (work/) and caches, keep .venv
 	rm -rf $(WORK) .pytest_cache .ruff_cache

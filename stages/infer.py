@@ -21,7 +21,7 @@ from stages.core.checkpoints import load_weights, read_checkpoint, released_mode
 from stages.core.errors import UserError
 from stages.core.files import atomic_output, ensure_writable_dir, write_json
 from stages.core.progress import SILENT, Progress
-from stages.core.runtime import pick_device, use_threads
+from stages.core.runtime import autocast, pick_device, use_threads
 from stages.core.settings import ModelSettings, Settings
 from stages.core.workdir import RUN_KINDS, features_dir, last_checkpoint, output_path, snippets_dir
 from stages.data.annotations import safe_path
@@ -34,7 +34,7 @@ from stages.data.video_io import VideoError, VideoReader
 from stages.data.video_selection import WHOLE, Shard
 from stages.evaluation.postprocess import CLASSIFIERS, POST_PROCESSING, Labeller
 from stages.model.detector import build_detector, final_proposals
-from stages.model.encoder import build_encoder, encode_chunks
+from stages.model.encoder import build_encoder, clips_that_fit, encode_chunks
 from stages.model.frozen_encoder import FeatureEncoder
 from stages.model.targets import proposal_map
 
@@ -94,6 +94,12 @@ class Detector:
             self.encoder.to(self.device).eval()
         self.chunk_size = settings.infer.chunk_size
         self.crop_size = settings.infer.crop_size or self.model_settings.encoder.crop_size
+        self.amp = settings.infer.amp
+        self.max_clips = settings.infer.max_clips
+        if self.encoder is not None and self.max_clips is None:
+            shape = (settings.data.snippet_length, self.crop_size)
+            with autocast(self.device, self.amp):
+                self.max_clips = clips_that_fit(self.encoder, shape, self.device)
 
     @torch.no_grad()
     def __call__(self, inputs: torch.Tensor, anchors: torch.Tensor, *, snippets: bool) -> dict:
@@ -117,7 +123,9 @@ class Detector:
         """uint8 snippets [B, T, L, H, W, 3] -> features [B, D, T] with the trained encoder."""
         if self.encoder is None:
             raise UserError("this checkpoint has no encoder; it runs on cached features")
-        return encode_chunks(self.encoder, snippets, self.chunk_size, self.crop_size, device=self.device)
+        with autocast(self.device, self.amp):
+            return encode_chunks(self.encoder, snippets, self.chunk_size, self.crop_size, device=self.device,
+                                 max_clips=self.max_clips)  # fmt: skip
 
 
 def labeller(settings: Settings, detector: Detector) -> Labeller:

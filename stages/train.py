@@ -2,7 +2,8 @@
 
 Reads <work_dir>/cache/features/<id>.h5; writes <work_dir>/pretrain/checkpoints/epoch_NNN.pt with
 last.pt / best.pt pointers, and <work_dir>/pretrain/metrics.jsonl. Resumable from last.pt.
-Multi-GPU / multi-node through torchrun (DistributedDataParallel; gloo on CPU, nccl on GPU).
+Multi-GPU / multi-node through torchrun (gradients averaged by hand, stages/training/loop.py; gloo on
+CPU, nccl on GPU).
 """
 
 from __future__ import annotations
@@ -91,20 +92,13 @@ def run(
     model = build_detector(model_settings, len(classes)).to(device)
     thresholds, tem_loss = model_settings.stage_iou_thresholds, VARIANTS[model_settings.variant].tem_loss
     optimizer = make_optimizer([{"params": model.parameters(), "lr": tr.lr}], tr.optimizer, tr.weight_decay)
-    net = model
-    if dist.world > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    scaler = torch.amp.GradScaler(enabled=tr.amp == "fp16" and device.type == "cuda")
 
-    def step(batch: dict) -> dict:
-        net.train()
+    def step(batch: dict, scale) -> dict:
+        model.train()
         with autocast(device, tr.amp):
-            out = net(batch["inputs"], batch["anchors"])
+            out = model(batch["inputs"], batch["anchors"])
         terms = detector_loss(as_float(out), batch, thresholds, tem_loss)
-        scaler.scale(terms["total"]).backward()
-        if scaler.is_enabled():
-            scaler.unscale_(optimizer)
+        (terms["total"] * scale).backward()
         return terms
 
     job = Job(
@@ -114,7 +108,7 @@ def run(
         torch.optim.lr_scheduler.StepLR(optimizer, tr.lr_step, tr.lr_gamma),
         train_set=train_set,
         step=step,
-        validate=lambda: validation_loss(net, val_set, settings, device, dist=dist),
+        validate=lambda: validation_loss(model, val_set, settings, device, dist=dist),
         classes=classes,
         parameters=model.detector_parameters(),
         model_settings=model_settings,

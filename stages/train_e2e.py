@@ -17,7 +17,7 @@ import torch
 from stages.core.checkpoints import load_weights, read_checkpoint
 from stages.core.errors import UserError
 from stages.core.progress import SILENT, Progress
-from stages.core.runtime import autocast
+from stages.core.runtime import PhaseMemory, autocast
 from stages.core.settings import Settings
 from stages.core.workdir import snippets_dir
 from stages.data.datasets import CacheReader, DetectionDataset, build_items
@@ -86,12 +86,15 @@ class SnippetTransform:
     augment: bool
     on_device: bool
 
-    def __call__(self, snippets: torch.Tensor, generator: torch.Generator) -> torch.Tensor | dict:
+    def __call__(self, snippets: torch.Tensor, generator: torch.Generator) -> dict:
+        """The sample's inputs and its `snippet_seed`: the sampled backward's draw of snippets, from
+        the sample's generator like every other draw of it (so it does not depend on the rank)."""
+        seed = {"snippet_seed": int(torch.randint(0, 2**62, (1,), generator=generator))}
         if self.on_device:
-            return {"inputs": snippets, "augment_seed": augment_seed(generator)}
+            return {"inputs": snippets, "augment_seed": augment_seed(generator), **seed}
         if self.augment:
-            return augment(snippets, self.crop, generator)
-        return center_crop(snippets, self.crop).contiguous()
+            return {"inputs": augment(snippets, self.crop, generator), **seed}
+        return {"inputs": center_crop(snippets, self.crop).contiguous(), **seed}
 
 
 def snippet_dataset(settings: Settings, crop: int, *, on_device: bool = False):
@@ -109,10 +112,6 @@ def snippet_dataset(settings: Settings, crop: int, *, on_device: bool = False):
 def check(settings: Settings) -> None:
     """Settings end-to-end training refuses before any work."""
     e2e, enc = settings.e2e, settings.model.encoder
-    if e2e.amp == "fp16":
-        raise UserError(
-            "e2e.amp: fp16 is not supported end to end (the cached feature gradient needs a scaler); use bf16"
-        )
     if e2e.grad_mode == "sampled" and not enc.norm_eval and e2e.encoder_lr > 0:
         raise UserError(
             "model.encoder.norm_eval: false does not work with e2e.grad_mode 'sampled': the no-grad pass "
@@ -172,18 +171,13 @@ def run(
     train_set, classes, notes = snippet_dataset(settings, enc.crop_size, on_device=on_device)
     encoder, detector, model_settings = build_models(settings, classes, device, notes)
     optimizer, grad_mode = optimiser(settings, encoder, detector, notes)
-    det_net, enc_net = detector, encoder
-    if dist.world > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        det_net = torch.nn.parallel.DistributedDataParallel(detector, device_ids=ids)
-        enc_net = torch.nn.parallel.DistributedDataParallel(encoder, device_ids=ids)
-    snippet_generator = torch.Generator().manual_seed(settings.seed + 1000 * dist.rank)
     thresholds = settings.model.stage_iou_thresholds
     tem_loss = VARIANTS[settings.model.variant].tem_loss
+    memory = PhaseMemory(device)  # CUDA: peak memory per phase of the step, in metrics.jsonl
 
-    def step(batch: dict) -> dict:
-        det_net.train()
-        enc_net.train()
+    def step(batch: dict, scale) -> dict:
+        detector.train()
+        encoder.train()
         if on_device:  # each video with the seed its loader drew, on the training device
             videos = zip(batch["inputs"], batch["augment_seed"].tolist())
             batch = {**batch, "inputs": torch.stack([augment_seeded(v, enc.crop_size, s) for v, s in videos])}
@@ -191,9 +185,10 @@ def run(
         def loss(out: dict) -> dict:
             return detector_loss(as_float(out), batch, thresholds, tem_loss)
 
-        job = Backward(enc_net, det_net, batch["inputs"], loss, anchors=batch["anchors"],
+        job = Backward(encoder, detector, batch["inputs"], loss, anchors=batch["anchors"],
                        chunk_size=e2e.chunk_size, ratio=e2e.snippet_ratio, sampling=e2e.snippet_sampling,
-                       generator=snippet_generator, device=device)  # fmt: skip
+                       seeds=batch["snippet_seed"].tolist(), scale=scale, device=device,
+                       phase=memory)  # fmt: skip
         with autocast(device, e2e.amp):
             return e2e_gradients(grad_mode, job)
 
@@ -205,7 +200,7 @@ def run(
     job = Job("e2e", {"model": detector, "encoder": encoder}, optimizer,
               torch.optim.lr_scheduler.StepLR(optimizer, e2e.lr_step, e2e.lr_gamma), train_set=train_set,
               step=step, validate=lambda: None, classes=classes, parameters=detector.detector_parameters(),
-              generators={"snippets": snippet_generator}, model_settings=model_settings,
+              model_settings=model_settings, memory=memory,
               finish=classifier_refit(detector, train_set, settings, device,
                                       encode=final_features))  # fmt: skip
     return fit(job, settings, e2e, dist, device=device, resume=resume, restart=restart, progress=progress,

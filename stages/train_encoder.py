@@ -117,7 +117,10 @@ class ClipDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.order)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        if epoch != self.epoch:  # a persistent loader worker meets the next epoch
+            self.set_epoch(epoch)
         clip_id = int(self.order[index])
         video, row = (int(x) for x in self.where[clip_id])
         clip = torch.from_numpy(self.cache.read(self.videos[video], row))  # [L, H, W, 3] uint8
@@ -190,22 +193,17 @@ def run(
     heads = TSPHeads(encoder.out_dim, len(dataset.classes)).to(device)
     trainable = [p for p in encoder.parameters() if p.requires_grad] + list(heads.parameters())
     optimizer = make_optimizer([{"params": trainable, "lr": et.lr}], et.optimizer, et.weight_decay)
-    enc_net, head_net = encoder, heads
-    if dist.world > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        enc_net = torch.nn.parallel.DistributedDataParallel(encoder, device_ids=ids)
-        head_net = torch.nn.parallel.DistributedDataParallel(heads, device_ids=ids)
     gvf: dict[int, torch.Tensor] = {}
 
-    def step(batch: dict) -> dict:
+    def step(batch: dict, scale) -> dict:
         epoch = int(batch["epoch"][0])
         if epoch not in gvf:  # once per epoch, with the encoder as it is then
             gvf.clear()
             gvf[epoch] = global_video_features(encoder, dataset, settings.cache.batch_size, device)
-        enc_net.train()
-        action, region = head_net(enc_net(batch["inputs"]), gvf[epoch][batch["video"]])
+        encoder.train()
+        action, region = heads(encoder(batch["inputs"]), gvf[epoch][batch["video"]])
         terms = tsp_loss(action, region, batch)
-        terms["total"].backward()
+        (terms["total"] * scale).backward()
         return terms
 
     job = Job(

@@ -22,6 +22,18 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 DATA = REPO / "tests" / "data"  # small fixture files written by hand
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `cuda` are skipped, with the reason, where torch sees no CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False here)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """A small synthetic dataset: 6 videos (4 training, 2 validation), 4 classes, 64x48 frames."""

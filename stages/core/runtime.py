@@ -3,6 +3,8 @@ torchrun's process group (DDP), plus the mixed-precision context and moving a ba
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -53,13 +55,22 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return seed * 1_000_003 + epoch * 7919 + rank * 104_729 + 17
 
 
+BUCKET = 1 << 24  # gradient elements per all-reduce: fewer calls, at most 64 MB more memory (fp32)
+
+
 @dataclass
 class Distributed:
-    """torchrun's environment: rank, world size, local rank; a single process when absent."""
+    """torchrun's environment: rank, world size, local rank; a single process when absent.
+
+    Collectives run on the backend's device (NCCL takes CUDA tensors only; gloo the CPU's). There is
+    no DistributedDataParallel wrapper: each rank runs its step's backward passes (however many a
+    grad mode takes), then `average_gradients` reduces every gradient once, which holds for every
+    grad mode and for a model with nothing to train."""
 
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    on: torch.device = torch.device("cpu")  # where collectives put their tensors
 
     @property
     def main(self) -> bool:
@@ -73,11 +84,13 @@ class Distributed:
         import torch.distributed as dist
 
         rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        on = torch.device("cpu")
         if device.type == "cuda":
             torch.cuda.set_device(local)
+            on = torch.device("cuda", local)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return cls(rank, world, local)
+        return cls(rank, world, local, on)
 
     def device(self, device: torch.device) -> torch.device:
         return torch.device("cuda", self.local_rank) if device.type == "cuda" and self.world > 1 else device
@@ -90,28 +103,95 @@ class Distributed:
         """The mean of a number over all ranks (every rank gets it)."""
         if self.world == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self.on)
         torch.distributed.all_reduce(t)
         return float(t.item()) / self.world
+
+    def all_finite(self, value: float) -> bool:
+        """Whether the number is finite on every rank (so that all stop together, none waits)."""
+        return self.mean(0.0 if math.isfinite(value) else 1.0) == 0.0
 
     def gather(self, value: float) -> list[float]:
         """One number from every rank, in rank order (a check that replicas agree)."""
         if self.world == 1:
             return [value]
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self.on)
         out = [torch.zeros_like(t) for _ in range(self.world)]
         torch.distributed.all_gather(out, t)
         return [float(x.item()) for x in out]
+
+    def average_gradients(self, params: list[torch.Tensor], accumulate: int = 1) -> None:
+        """Every gradient summed over the ranks and divided by world x accumulate: the mean over
+        the step's micro-batches of all ranks. A parameter without a gradient on some rank counts
+        zero there; one without a gradient anywhere keeps none (the optimizer skips it)."""
+        if self.world > 1:
+            has = torch.tensor([float(p.grad is not None) for p in params], device=self.on)
+            torch.distributed.all_reduce(has)
+            for p, held in zip(params, has.tolist()):
+                if held and p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            grads = [p.grad for p in params if p.grad is not None]
+            for bucket in _buckets(grads):
+                flat = torch.cat([g.reshape(-1) for g in bucket])
+                torch.distributed.all_reduce(flat)
+                for g, part in zip(bucket, flat.split([g.numel() for g in bucket])):
+                    g.copy_(part.view_as(g))
+        if self.world * accumulate > 1:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.div_(self.world * accumulate)
+
+    def broadcast(self, modules, *, buffers_only: bool = False) -> None:
+        """Rank 0's weights (and buffers: BatchNorm statistics) to every rank: the same start, and
+        the same statistics as the checkpoint, which rank 0 writes."""
+        if self.world == 1:
+            return
+        for module in modules:
+            tensors = list(module.buffers()) + ([] if buffers_only else list(module.parameters()))
+            for t in tensors:
+                torch.distributed.broadcast(t.data, 0)
 
     def close(self) -> None:
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
+def _buckets(grads: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Gradients grouped by dtype and device, about BUCKET elements a group, in order."""
+    out: list[list[torch.Tensor]] = []
+    size, key = 0, None
+    for g in grads:
+        if not out or (g.dtype, g.device) != key or size + g.numel() > BUCKET:
+            out.append([])
+            size, key = 0, (g.dtype, g.device)
+        out[-1].append(g)
+        size += g.numel()
+    return out
+
+
 def weights_checksum(model: torch.nn.Module) -> float:
     """A number that differs when any weight differs (to check that DDP replicas agree)."""
     with torch.no_grad():
         return float(sum((p.double() * (i + 1)).sum() for i, p in enumerate(model.parameters())))
+
+
+class PhaseMemory:
+    """Peak CUDA memory of each phase of a step (encoder forward, detector, sampled backward,
+    refit), the peak statistics reset when a phase starts, so that a figure is that phase's own
+    (allocated at its start plus what it added). Off CUDA it records nothing."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peaks_mib = device, {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        if self.device.type != "cuda":
+            yield
+            return
+        torch.cuda.reset_peak_memory_stats(self.device)
+        yield
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+        self.peaks_mib[name] = max(self.peaks_mib.get(name, 0.0), peak)
 
 
 def autocast(device: torch.device, amp: str):

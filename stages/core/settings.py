@@ -211,14 +211,20 @@ class Optimisation(Section):
     optimizer: Literal["adamw", "adam"] = Field("adamw", description="AdamW (ETAD) or Adam")
     lr: float = Field(1e-3, gt=0, le=1, description="learning rate (of the detector)")
     weight_decay: float = Field(1e-4, ge=0, description="weight decay (decoupled with AdamW)")
-    batch_size: int = Field(16, ge=1, description="videos (or windows) per step")
+    batch_size: int = Field(16, ge=1, description="videos (or windows) per micro-batch, per process")
+    accumulate: int = Field(
+        1, ge=1, description="micro-batches per optimizer step, gradients averaged: a step sees "
+        "batch_size x accumulate x processes items (N GPUs equal 1 GPU with N x accumulate)"
+    )  # fmt: skip
     epochs: int = Field(6, ge=1, description="training epochs")
     lr_step: int = Field(5, ge=1, description="epochs between lr decays")
     lr_gamma: float = Field(0.1, gt=0, le=1, description="lr decay factor")
     grad_clip: float = Field(0.0, ge=0, description="max gradient L2 norm; 0 turns clipping off")
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
-    amp: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision on GPU")
+    amp: Literal["none", "bf16", "fp16"] = Field(
+        "none", description="mixed precision on GPU: bf16, or fp16 with a gradient scaler"
+    )
     log_every: int = Field(10, ge=1, description="steps between metrics.jsonl records")
 
 
@@ -264,7 +270,7 @@ class E2ESettings(Optimisation):
         "training device; auto: the device on CUDA, the loader on CPU (the same draws either way)",
     )
     amp: Literal["none", "bf16", "fp16"] = Field(
-        "none", description="bf16 on GPU (fp16 is refused end to end)"
+        "none", description="mixed precision on GPU: bf16, or fp16 with a gradient scaler"
     )
 
 
@@ -299,6 +305,11 @@ class InferSettings(Section):
     chunk_size: int = Field(
         32, ge=1, description="snippets per encoder forward (end-to-end checkpoints, --video)"
     )
+    max_clips: int | None = Field(
+        None, ge=1, description="clips per encoder call (end to end, --video): bounds inference memory; "
+        "unset: from the free GPU memory on CUDA (measured on 2 clips), 32 on the CPU"
+    )  # fmt: skip
+    amp: Literal["none", "bf16"] = Field("none", description="bf16: the encoder in bfloat16 on CUDA")
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
     crop_size: int | None = Field(

@@ -131,9 +131,12 @@ class DetectionDataset(torch.utils.data.Dataset):
             return torch.from_numpy(np.ascontiguousarray(data))
         return self.protocol.feature_input(data)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Sample `index`, or (epoch, index) from a training loader: its draws come from (seed,
+        epoch, index) alone."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         item = self.items[index]
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 10_007 + index)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 10_007 + index)
         inputs = self.inputs(item)
         transformed = self.transform(inputs, generator) if self.transform is not None else inputs
         sample = transformed if isinstance(transformed, dict) else {"inputs": transformed}

@@ -1,12 +1,14 @@
 """How the snippet cache stores frames: each decoded frame once, as JPEG (default) or raw uint8.
 
-JPEG goes through torchvision.io (libjpeg-turbo on CPU): at 171x128 and quality 90 a frame of
-natural-looking video takes about a tenth of its raw 65,664 bytes (docs/cache.md has the measured
-figures), and decodes at thousands of frames per second per core. `raw` keeps the pixels exact.
+JPEG is written by Pillow and read by torchvision.io (both libjpeg-turbo on CPU): at 171x128 and
+quality 90 a frame of natural-looking video takes about a ninth of its raw 65,664 bytes
+(docs/cache.md has the measured figures), and decodes at thousands of frames per second per
+core. `raw` keeps the pixels exact.
 """
 
 from __future__ import annotations
 
+import io
 import warnings
 
 import numpy as np
@@ -19,15 +21,19 @@ warnings.filterwarnings("ignore", "The image decoding and encoding capabilities"
 
 
 def encode_jpeg(frames: np.ndarray, quality: int) -> list[np.ndarray]:
-    """uint8 frames [N, H, W, 3] -> N JPEG byte strings (uint8 arrays)."""
-    from torchvision.io import encode_jpeg as encode
+    """uint8 frames [N, H, W, 3] -> N JPEG byte strings (uint8 arrays).
 
-    if len(frames) == 0:
-        return []
-    # the transposes stay in numpy: no torch operation (and so no torch thread pool) runs here, so
-    # that `etad cache` can fork its workers after measuring a few frames
-    chw = np.ascontiguousarray(frames.transpose(0, 3, 1, 2))
-    return [blob.numpy() for blob in encode([torch.from_numpy(f) for f in chw], quality=quality)]
+    Pillow (libjpeg-turbo) with optimised Huffman tables: 7% fewer bytes than torchvision's
+    encoder at 171x128, q90, for the same decoded pixels (entropy coding is lossless), and no
+    slower; no torch operation runs here, so `etad cache` can fork its workers after measuring."""
+    from PIL import Image
+
+    out = []
+    for frame in frames:
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(frame)).save(buffer, "JPEG", quality=quality, optimize=True)
+        out.append(np.frombuffer(buffer.getvalue(), np.uint8))
+    return out
 
 
 def decode_jpeg(blobs: list[np.ndarray]) -> np.ndarray:

@@ -36,35 +36,51 @@ class Backward:
     chunk_size: int
     ratio: float = 1.0
     sampling: str = "random"
-    generator: torch.Generator | None = None
+    generator: torch.Generator | None = None  # the snippet draws of every video, or
+    seeds: list[int] | None = None  # one seed per video (training: from the sample's own draws)
+    scale: torch.Tensor | float = 1.0  # backward passes take scale x loss (fp16's gradient scaler)
     device: torch.device | None = None
+    phase: Callable[[str], contextlib.AbstractContextManager] = lambda name: contextlib.nullcontext()  # noqa: E731
+
+    def backward(self, terms: dict) -> dict:
+        (terms["total"] * self.scale).backward()
+        return terms
+
+    def picks(self, t: int) -> list[torch.Tensor]:
+        """The snippets each video re-encodes with gradients, [chunks, chunk_size] (-1: none)."""
+        if self.seeds is not None:
+            generators = [torch.Generator().manual_seed(int(s)) for s in self.seeds]
+        else:
+            generators = [self.generator] * self.snippets.shape[0]
+        return [sample_snippets(t, self.ratio, self.chunk_size, self.sampling, generator=g)
+                for g in generators]  # fmt: skip
 
 
 def sampled(job: Backward) -> dict:
     device = job.device or job.snippets.device
-    b, t = job.snippets.shape[:2]
-    size = job.snippets.shape[-2]
-    features = encode_chunks(job.encoder, job.snippets, job.chunk_size, size, device=device).requires_grad_(
-        True
-    )
-    terms = job.loss_fn(job.detector(features, job.anchors))
-    terms["total"].backward()
-    grad = features.grad  # dL/dF [B, D, T]
-    picks = [
-        sample_snippets(t, job.ratio, job.chunk_size, job.sampling, generator=job.generator) for _ in range(b)
-    ]
-    n_chunks = picks[0].shape[0]
+    t, size = job.snippets.shape[1], job.snippets.shape[-2]
+    with job.phase("encoder forward"):
+        features = encode_chunks(job.encoder, job.snippets, job.chunk_size, size, device=device)
+    features.requires_grad_(True)
+    with job.phase("detector"):
+        terms = job.backward(job.loss_fn(job.detector(features, job.anchors)))
+    grad = features.grad  # dL/dF [B, D, T] (times the scale)
+    picks = job.picks(t)
+    with job.phase("sampled backward"):
+        _reencode(job, picks, grad, device)
+    return terms
+
+
+def _reencode(job: Backward, picks: list[torch.Tensor], grad: torch.Tensor, device: torch.device) -> None:
+    """The sampled snippets again, chunk by chunk with gradients, each taking its dL/dF."""
+    b, n_chunks = len(picks), picks[0].shape[0]
     for j in range(n_chunks):  # chunk j of every video at once
         pairs = [(v, int(s)) for v in range(b) for s in picks[v][j] if s >= 0]
         videos = torch.tensor([v for v, _ in pairs])
         index = torch.tensor([s for _, s in pairs])
         clips = job.snippets[videos, index].to(device, non_blocking=True)
-        # under DDP, gradients are averaged across ranks once, after the last chunk
-        last = j == n_chunks - 1 or not hasattr(job.encoder, "no_sync")
-        with contextlib.nullcontext() if last else job.encoder.no_sync():
-            feats = job.encoder(clips)  # [n, D], with gradients
-            feats.backward(grad[videos.to(device), :, index.to(device)])
-    return terms
+        feats = job.encoder(clips)  # [n, D], with gradients
+        feats.backward(grad[videos.to(device), :, index.to(device)])
 
 
 def _every_snippet(job: Backward, encode: Callable[[torch.Tensor], torch.Tensor]) -> dict:
@@ -72,23 +88,21 @@ def _every_snippet(job: Backward, encode: Callable[[torch.Tensor], torch.Tensor]
     b, t = job.snippets.shape[:2]
     size = job.snippets.shape[-2]
     chunks = []
-    for start in range(0, t, job.chunk_size):
-        clips = center_crop(job.snippets[:, start : start + job.chunk_size], size).to(device)
-        n = clips.shape[1]
-        chunks.append(encode(clips.flatten(0, 1)).view(b, n, -1))
+    with job.phase("encoder forward"):
+        for start in range(0, t, job.chunk_size):
+            clips = center_crop(job.snippets[:, start : start + job.chunk_size], size).to(device)
+            n = clips.shape[1]
+            chunks.append(encode(clips.flatten(0, 1)).view(b, n, -1))
     features = torch.cat(chunks, dim=1).transpose(1, 2)
-    terms = job.loss_fn(job.detector(features, job.anchors))
-    terms["total"].backward()
-    return terms
+    with job.phase("detector and encoder backward"):
+        return job.backward(job.loss_fn(job.detector(features, job.anchors)))
 
 
 def frozen(job: Backward) -> dict:
     device = job.device or job.snippets.device
     size = job.snippets.shape[-2]
     features = encode_chunks(job.encoder, job.snippets, job.chunk_size, size, device=device)
-    terms = job.loss_fn(job.detector(features, job.anchors))
-    terms["total"].backward()
-    return terms
+    return job.backward(job.loss_fn(job.detector(features, job.anchors)))
 
 
 def checkpoint(job: Backward) -> dict:

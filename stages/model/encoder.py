@@ -160,16 +160,43 @@ def build_encoder(
 
 
 def encode_chunks(
-    encoder: SnippetEncoder, snippets: torch.Tensor, chunk_size: int, crop: int, *, device: torch.device
+    encoder: SnippetEncoder,
+    snippets: torch.Tensor,
+    chunk_size: int,
+    crop: int,
+    *,
+    device: torch.device,
+    max_clips: int | None = None,
 ) -> torch.Tensor:
     """Stage 1 of the ETAD iteration (and end-to-end inference): uint8 snippets [B, T, L, H, W, 3]
-    -> features [B, D, T], `chunk_size` snippets of every video at a time, without gradients, so
-    activation memory is that of one chunk however long the videos are."""
+    -> float32 features [B, D, T], `chunk_size` snippets of every video at a time, without
+    gradients, so activation memory is that of one chunk however long the videos are; at most
+    `max_clips` clips per encoder call (B x chunk_size otherwise: inference bounds its memory so)."""
     b, t = snippets.shape[:2]
     out = []
     with torch.no_grad():
         for start in range(0, t, chunk_size):
             clips = center_crop(snippets[:, start : start + chunk_size], crop).to(device, non_blocking=True)
             n = clips.shape[1]
-            out.append(encoder(clips.flatten(0, 1)).view(b, n, -1))
+            flat = clips.flatten(0, 1)
+            parts = flat.split(max_clips) if max_clips else [flat]
+            out.append(torch.cat([encoder(part).float() for part in parts]).view(b, n, -1))
     return torch.cat(out, dim=1).transpose(1, 2).contiguous()
+
+
+def clips_that_fit(encoder: SnippetEncoder, clip_shape: tuple[int, int], device: torch.device, *,
+                   share: float = 0.5, cpu_default: int = 32) -> int:  # fmt: skip
+    """Clips per no-grad encoder call that fit in `share` of the free GPU memory: the activation
+    memory of 2 clips (frames, crop) measured once, then scaled; `cpu_default` off CUDA."""
+    if device.type != "cuda":
+        return cpu_default
+    frames, crop = clip_shape
+    probe = torch.zeros(2, frames, crop, crop, 3, dtype=torch.uint8, device=device)
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.no_grad():
+        encoder(probe)
+    per_clip = max((torch.cuda.max_memory_allocated(device) - base) / 2, 1.0)
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(4096, int(share * free / per_clip)))

@@ -1,9 +1,16 @@
 """The training loop every `etad train` variant runs (`fit`): a Job says what to train and how to
 take a step; the loop seeds, steps, logs, checkpoints and resumes.
 
-Reproducibility: every random draw is derived from (seed, epoch[, index, rank]) at the start of an
-epoch, and the state of every other generator a run draws from is saved in its checkpoints, so a
-run resumed from an epoch checkpoint continues exactly as an uninterrupted run would.
+Reproducibility: every random draw is derived from the seed and where it happens: the data order
+from (seed, epoch) (training.batches), an item's draws (augmentation, proposals, sampled snippets)
+from (seed, epoch, item), the losses' from (seed, epoch, micro-batch). Nothing carries over from
+one epoch to the next but the weights, optimizer, schedule and fp16 scale, all in the checkpoints,
+so a resumed run continues exactly as an uninterrupted one, and N ranks equal one process taking
+the same micro-batches (`accumulate`).
+
+Several processes (torchrun): no DistributedDataParallel wrapper; each rank takes its step's
+backward passes, then the gradients are averaged once (Distributed.average_gradients), and one
+optimizer-step function (optimisation.Precision) serves every precision.
 
 Safety: a run folder that holds an earlier run is never overwritten by accident (`--resume`
 continues it, `--restart` moves it aside); a non-finite loss stops the run before the optimizer
@@ -12,8 +19,8 @@ step, keeping the last good checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import multiprocessing as mp
 import time
 from collections.abc import Callable
@@ -29,7 +36,7 @@ from stages.core.files import atomic_output
 from stages.core.progress import SILENT, Progress
 from stages.core.runtime import (
     Distributed,
-    epoch_seed,
+    PhaseMemory,
     loader_workers,
     pick_device,
     seed_everything,
@@ -39,6 +46,8 @@ from stages.core.runtime import (
 )
 from stages.core.workdir import run_dir
 from stages.model.classifier import refit
+from stages.training.batches import EpochBatches, micro_batch_seed
+from stages.training.optimisation import Precision
 from stages.training.run_folder import prepare_run_dir
 
 if TYPE_CHECKING:  # for type hints only
@@ -92,34 +101,25 @@ def loader(
     seed: int,
     dist: Distributed,
     device: torch.device,
+    accumulate: int = 1,
 ):
-    """A DataLoader whose order depends only on (seed, epoch): call `.sampler.set_epoch(e)` or rebuild.
-    `workers` unset: min(cores - 1, 8) on CUDA, 0 on the CPU. Workers are started anew each epoch
-    (not persistent): the dataset's epoch, which seeds every sample's draws, reaches them only
-    when they start; against an epoch of a real dataset the restart costs seconds."""
+    """A DataLoader over this rank's micro-batches (training.batches.EpochBatches: drawn from
+    (seed, epoch) alone; call `.batch_sampler.set_epoch(e)`). `workers` unset: min(cores - 1, 8)
+    on CUDA, 0 on the CPU; workers persist across epochs (the epoch travels with each item key)."""
     workers = loader_workers(workers, device)
-    sampler = None
-    if dist.world > 1:
-        sampler = torch.utils.data.DistributedSampler(
-            dataset, dist.world, dist.rank, shuffle=shuffle, seed=seed
-        )
-    generator = torch.Generator().manual_seed(seed)
-    # training drops the last incomplete batch, as the original, unless that would leave no batch
-    drop_last = shuffle and len(dataset) // max(dist.world, 1) >= batch_size
+    batches = EpochBatches(len(dataset), batch_size, world=dist.world, rank=dist.rank, accumulate=accumulate,
+                           seed=seed, shuffle=shuffle)  # fmt: skip
     return torch.utils.data.DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
+        batch_sampler=batches,
         num_workers=workers,
         pin_memory=device.type == "cuda",
-        generator=generator,
-        persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed),  # worker seeds; leaves torch's own generator be
+        persistent_workers=workers > 0,
         prefetch_factor=4 if workers else None,
         # fork where there is one: workers start in no time and share the dataset's memory (in a
         # study's child, started by spawn, the default would be spawn too)
         multiprocessing_context="fork" if workers and "fork" in mp.get_all_start_methods() else None,
-        drop_last=drop_last,
     )
 
 
@@ -131,7 +131,8 @@ class TrainSummary:
     notes: list[str] = field(default_factory=list)
     resumed_from: int = 0
     parameters: int = 0
-    peak_memory_mb: float = 0.0
+    peak_memory_mb: float = 0.0  # CUDA: the training step's peak (its phases' without the refit)
+    phase_memory_mb: dict[str, float] = field(default_factory=dict)  # CUDA: per phase, incl. refit
     step_seconds: list[float] = field(default_factory=list)  # every optimizer step of this call
 
 
@@ -144,13 +145,14 @@ class Job:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     train_set: torch.utils.data.Dataset
-    step: Callable[[dict], dict]  # batch -> loss terms; leaves gradients in the parameters
+    # (batch, scale) -> loss terms; leaves the gradients of scale x loss in the parameters
+    step: Callable[[dict, torch.Tensor | float], dict]
     validate: Callable[[], float | None]
     classes: list[str]
     parameters: int = 0
-    generators: dict[str, torch.Generator] = field(default_factory=dict)  # saved and restored
     model_settings: ModelSettings | None = None  # the model section as run (in_channels resolved)
     finish: Callable[[], dict] | None = None  # after the last epoch's steps, before its checkpoint
+    memory: PhaseMemory | None = None  # the step's phases' peak CUDA memory, when the step records them
 
 
 def classifier_refit(
@@ -175,20 +177,6 @@ def classifier_refit(
     return finish
 
 
-def rng_state(generators: dict[str, torch.Generator]) -> dict:
-    """The state of the generators that carry over from one epoch to the next (tensors only, so
-    that checkpoints load with weights_only)."""
-    return {f"generator.{name}": g.get_state() for name, g in generators.items()}
-
-
-def restore_generators(state: dict, generators: dict[str, torch.Generator]) -> None:
-    """Put back the generators a run draws from across epochs (the others are re-seeded per epoch)."""
-    saved = state.get("rng") or {}
-    for name, generator in generators.items():
-        if f"generator.{name}" in saved:
-            generator.set_state(saved[f"generator.{name}"])
-
-
 SECTIONS = {"pretrain": "train", "e2e": "e2e", "encoder": "encoder_train"}  # a Job's kind -> its settings
 
 
@@ -203,6 +191,7 @@ class Run:
     device: torch.device
     summary: TrainSummary
     ckpt_dir: Path
+    precision: Precision
     log: MetricsLog | None = None
     best: float = float("inf")
     step: int = 0  # optimizer steps taken so far (also before a resume)
@@ -217,33 +206,28 @@ def fit(job: Job, settings: Settings, section: Optimisation, dist: Distributed, 
     try:
         out_dir = run_dir(settings, job.kind)
         summary = TrainSummary(out_dir, job.kind, notes=list(notes or []), parameters=job.parameters)
-        run = Run(
-            job, settings, section, dist, device=device, summary=summary, ckpt_dir=out_dir / "checkpoints"
-        )
+        run = Run(job, settings, section, dist, device=device, summary=summary,
+                  ckpt_dir=out_dir / "checkpoints", precision=Precision(section.amp, device))  # fmt: skip
         if dist.main:
             prepare_run_dir(out_dir, resume, restart, summary.notes)
         dist.barrier()
         start_epoch = _resume(run) if resume else 0
+        dist.broadcast(job.modules.values())  # every rank starts from rank 0's weights
         run.log = MetricsLog(out_dir / "metrics.jsonl", keep_epochs=start_epoch, enabled=dist.main)
-        data = loader(
-            job.train_set,
-            section.batch_size,
-            section.workers,
-            True,
-            seed=settings.seed,
-            dist=dist,
-            device=device,
-        )
-        progress.start(
-            len(data) * max(section.epochs - start_epoch, 0), f"{len(job.train_set)} training items"
-        )
+        data = loader(job.train_set, section.batch_size, section.workers, True, seed=settings.seed, dist=dist,
+                      device=device, accumulate=section.accumulate)  # fmt: skip
+        steps = len(data) // section.accumulate
+        progress.start(steps * max(section.epochs - start_epoch, 0), f"{len(job.train_set)} training items")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        run.step = start_epoch * len(data)
+        run.step = start_epoch * steps
         for epoch in range(start_epoch, section.epochs):
             _epoch(run, data, epoch, progress)
         if device.type == "cuda":
             summary.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
+            if job.memory is not None and job.memory.peaks_mib:
+                summary.phase_memory_mb = dict(job.memory.peaks_mib)
+                summary.peak_memory_mb = max(v for k, v in summary.phase_memory_mb.items() if k != "refit")
         return summary
     finally:
         dist.close()
@@ -263,31 +247,22 @@ def _resume(run: Run) -> int:
         load_weights(module, state, path, name)
     job.optimizer.load_state_dict(state["optimizer"])
     job.scheduler.load_state_dict(state["scheduler"])
-    restore_generators(state, job.generators)
+    if state.get("scaler"):
+        run.precision.scaler.load_state_dict(state["scaler"])
     run.best = float(state.get("best", run.best))
     run.summary.resumed_from = int(state["epoch"])
     return run.summary.resumed_from
 
 
 def _epoch(run: Run, data: torch.utils.data.DataLoader, epoch: int, progress: Progress) -> None:
-    """One epoch: its seeds, every step, the finish hook after the last one, the epoch record and
-    checkpoint."""
-    job, dist, seed = run.job, run.dist, run.settings.seed
+    """One epoch: every step, the finish hook after the last one, the epoch record and checkpoint."""
+    job, dist = run.job, run.dist
     began = time.perf_counter()
-    job.train_set.set_epoch(epoch)
-    data.generator.manual_seed(epoch_seed(seed, epoch))
-    if dist.world > 1:
-        data.sampler.set_epoch(epoch)
-    torch.manual_seed(epoch_seed(seed, epoch, dist.rank))  # the losses' negative sampling
+    data.batch_sampler.set_epoch(epoch)
     losses, waited, items, batches = [], 0.0, 0, iter(data)
-    while True:  # the time spent waiting for each batch is the loader's, not the step's
-        t0 = time.perf_counter()
-        batch = next(batches, None)
-        if batch is None:
-            break
-        wait = time.perf_counter() - t0
-        waited, items = waited + wait, items + len(batch["index"])
-        losses.append(_step(run, batch, epoch, progress, data_wait=wait))
+    for index in range(len(data) // run.section.accumulate):
+        loss, wait, count = _step(run, batches, epoch, index, progress=progress)
+        losses, waited, items = losses + [loss], waited + wait, items + count
     seconds = time.perf_counter() - began
     if run.device.type == "cuda" and waited > 0.2 * seconds:
         run.summary.notes.append(
@@ -296,13 +271,15 @@ def _epoch(run: Run, data: torch.utils.data.DataLoader, epoch: int, progress: Pr
         )
     if epoch + 1 == run.section.epochs and job.finish is not None:
         t0 = time.perf_counter()
-        finished = job.finish()
+        with job.memory("refit") if job.memory is not None else contextlib.nullcontext():
+            finished = job.finish()
         run.log.write(
             {"event": "finish", "epoch": epoch + 1, **finished, "seconds": time.perf_counter() - t0}
         )
         run.summary.notes.append(", ".join(f"{k} {v:.4g}" for k, v in finished.items()))
     lr = job.optimizer.param_groups[0]["lr"]
     job.scheduler.step()
+    dist.broadcast(job.modules.values(), buffers_only=True)  # rank 0's BatchNorm statistics, as saved
     train_loss = dist.mean(sum(losses) / max(len(losses), 1))
     val_loss = job.validate()
     score = val_loss if val_loss is not None else train_loss
@@ -312,6 +289,8 @@ def _epoch(run: Run, data: torch.utils.data.DataLoader, epoch: int, progress: Pr
               "seconds": time.perf_counter() - began, "data_wait_s": waited,
               "items_per_s": items / max(seconds, 1e-9),
               "weights_checksum_per_rank": dist.gather(weights_checksum(job.modules["model"]))}  # fmt: skip
+    if job.memory is not None and job.memory.peaks_mib:
+        record["peak_mib_per_phase"] = dict(job.memory.peaks_mib)
     run.summary.epochs.append(record)
     run.log.write({"event": "epoch", **record})
     if dist.main:
@@ -319,35 +298,51 @@ def _epoch(run: Run, data: torch.utils.data.DataLoader, epoch: int, progress: Pr
     dist.barrier()
 
 
-def _step(run: Run, batch: dict, epoch: int, progress: Progress, *, data_wait: float) -> float:
-    """One optimizer step on one batch; its total loss. A non-finite loss stops the run first.
-    Logged: its compute seconds and items/s (`videos_per_s`), and `data_wait_s` before it."""
-    job, section = run.job, run.section
+def _micro_batches(run: Run, batches, epoch: int, index: int):
+    """(batch, seconds waited for it) of step `index`'s micro-batches, torch's generator seeded
+    for each (the losses' negative sampling) from its place among every rank's micro-batches."""
+    accumulate, dist = run.section.accumulate, run.dist
+    for a in range(accumulate):
+        t0 = time.perf_counter()
+        batch = next(batches)
+        wait = time.perf_counter() - t0
+        place = (index * accumulate + a) * dist.world + dist.rank
+        torch.manual_seed(micro_batch_seed(run.settings.seed, epoch, place))
+        yield to_device(batch, run.device), wait
+
+
+def _step(run: Run, batches, epoch: int, index: int, *, progress: Progress) -> tuple[float, float, int]:
+    """Optimizer step `index` of the epoch over `section.accumulate` micro-batches: (its mean total
+    loss, seconds waited for data, items). A non-finite loss on any rank stops every rank first.
+    Logged: its compute seconds, items/s (`videos_per_s`), `data_wait_s`, and a skipped fp16 step."""
+    job, section, dist = run.job, run.section, run.dist
     t0 = time.perf_counter()
     job.optimizer.zero_grad(set_to_none=True)
-    terms = job.step(to_device(batch, run.device))
-    record = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}
-    if not math.isfinite(record["total"]):
+    records, waited, items = [], 0.0, 0
+    for batch, wait in _micro_batches(run, batches, epoch, index):
+        terms = job.step(batch, run.precision.scale)
+        records.append({k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()})
+        waited, items = waited + wait, items + len(batch["index"])
+    record = {k: sum(r[k] for r in records) / len(records) for k in records[0]}
+    if not dist.all_finite(record["total"]):
         raise TrainingDiverged(
-            f"epoch {epoch + 1}, step {run.step + 1}: the loss is {record['total']}; stopped before "
-            f"the optimizer step (the last good checkpoint in {run.ckpt_dir} is kept)"
+            f"epoch {epoch + 1}, step {run.step + 1}: the loss is {record['total']} (on this rank or "
+            f"another); stopped before the optimizer step (the last good checkpoint in {run.ckpt_dir} "
+            "is kept)"
         )
-    if section.grad_clip > 0:
-        params = [p for group in job.optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, section.grad_clip)
-    job.optimizer.step()
+    dist.average_gradients([p for g in job.optimizer.param_groups for p in g["params"]], section.accumulate)
+    if not run.precision.step(job.optimizer, section.grad_clip):
+        record["skipped"] = 1.0  # fp16: a gradient overflowed; the scale shrinks and the next step retries
     run.step += 1
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 - waited
     run.summary.step_seconds.append(seconds)
     record.update(epoch=epoch + 1, step=run.step, lr=job.optimizer.param_groups[0]["lr"], seconds=seconds,
-                  data_wait_s=data_wait)  # fmt: skip
-    record["videos_per_s"] = len(batch["index"]) / max(seconds, 1e-9)
-    if run.step % section.log_every == 0 or run.step == 1:
+                  data_wait_s=waited, videos_per_s=items / max(seconds, 1e-9))  # fmt: skip
+    if run.step % section.log_every == 0 or run.step == 1 or "skipped" in record:
         run.log.write(record)
-    progress.advance(
-        info=f"epoch {epoch + 1} loss {record['total']:.3f} {record['videos_per_s']:.1f} items/s"
-    )
-    return record["total"]
+    speed = f"{record['videos_per_s']:.1f} items/s"
+    progress.advance(info=f"epoch {epoch + 1} loss {record['total']:.3f} {speed}")
+    return record["total"], waited, items
 
 
 def _save(run: Run, epoch: int, train_loss: float, val_loss: float | None, *, is_best: bool) -> None:
@@ -362,7 +357,7 @@ def _save(run: Run, epoch: int, train_loss: float, val_loss: float | None, *, is
         epoch=epoch + 1,
         optimizer=job.optimizer.state_dict(),
         scheduler=job.scheduler.state_dict(),
-        rng=rng_state(job.generators),
+        scaler=run.precision.scaler.state_dict(),
         best=run.best,
         classes=job.classes,
         settings=run_settings,
