@@ -152,7 +152,7 @@ def loader_rate(device: torch.device, videos: int = 8) -> dict:
 def two_gpus() -> dict:
     if torch.cuda.device_count() < 2:
         return {"skipped": f"{torch.cuda.device_count()} GPU on this machine"}
-    return {"skipped": "not measured by this script yet: `torchrun --nproc-per-node 2 -m etad_cli train --e2e`"}
+    return {"skipped": "not measured by this script yet: torchrun --nproc-per-node 2 -m etad_cli train --e2e"}
 
 
 def table(figures: dict) -> str:
