@@ -10,6 +10,7 @@ the current fingerprint, redoes stale ones, and training refuses a stale cache. 
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from stages.core.progress import SILENT, Progress
 from stages.core.settings import Settings
 from stages.core.workdir import features_dir, snippets_dir
 from stages.data.annotations import load_annotations, safe_path
-from stages.data.fingerprints import feature_fingerprint, npy_fingerprint, snippet_fingerprint
+from stages.data.fingerprints import Expected, feature_fingerprint, npy_fingerprint, snippet_fingerprint
 from stages.data.frame_codec import encode_jpeg
 from stages.data.hdf5_cache import (
     VideoCache,
@@ -65,6 +66,7 @@ def _snippet_job(settings: Settings, video_id: str, path: Path, stamp: str) -> i
         "kind": "snippets",
         "video_id": video_id,
         "fingerprint": stamp,
+        "fingerprint_of": json.dumps(Expected.of(settings, "snippets").described, default=str),
         "fps": settings.data.fps,
         "num_frames": source.num_frames,
         "source": source.source,
@@ -81,7 +83,7 @@ def snippets_to_encode(settings: Settings, video_id: str) -> tuple[np.ndarray, i
     its extracted frames or its video file."""
     folder, stamp = snippets_dir(settings), snippet_fingerprint(settings)
     if _current(folder, stamp)(video_id):
-        cache = VideoCache(folder, "snippets", stamp)
+        cache = VideoCache(folder, "snippets", Expected.of(settings, "snippets"))
         return cache.read(video_id), int(cache.attrs(video_id)["num_frames"])
     source = video_snippets(settings, video_id)
     return source.snippets(), source.num_frames
@@ -93,6 +95,7 @@ def _feature_job(encoder: FeatureEncoder, settings: Settings, video_id: str, pat
         "kind": "features",
         "video_id": video_id,
         "fingerprint": stamp,
+        "fingerprint_of": json.dumps(Expected.of(settings, "features").described, default=str),
         "fps": settings.data.fps,
         "num_frames": num_frames,
         "encoder": encoder.encoder.name,

@@ -26,6 +26,7 @@ from stages.core.settings import ModelSettings, Settings
 from stages.core.workdir import RUN_KINDS, features_dir, last_checkpoint, output_path, snippets_dir
 from stages.data.annotations import safe_path
 from stages.data.datasets import CacheReader, DetectionDataset, build_items
+from stages.data.fingerprints import Expected
 from stages.data.frame_codec import decode_jpeg, encode_jpeg
 from stages.data.hdf5_cache import VideoCache
 from stages.data.protocols import Item, protocol
@@ -142,7 +143,8 @@ def cached_dataset(
     if d.annotations is None:
         raise UserError("data.annotations is not set")
     kind = "snippets" if detector.encoder is not None else "features"
-    cache = VideoCache(snippets_dir(settings) if kind == "snippets" else features_dir(settings), kind)
+    folder = snippets_dir(settings) if kind == "snippets" else features_dir(settings)
+    cache = VideoCache(folder, kind, Expected.of(settings, kind))
     items, classes, notes = build_items(settings, d.eval_subset, cache.length, training=False)
     if shard.count > 1:
         mine = set(sorted({item.video_id for item in items})[shard.index - 1 :: shard.count])

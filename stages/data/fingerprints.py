@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,38 +23,80 @@ def fingerprint(values: dict) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def snippet_fingerprint(settings: Settings) -> str:
+def snippet_inputs(settings: Settings) -> dict:
+    """The settings that decide a snippet cache file's content."""
     d, c = settings.data, settings.cache
-    return fingerprint(
-        {
-            "dataset": d.protocol,  # named "dataset" so that caches written before the rename stay current
-            "fps": d.fps,
-            "size": [d.frame_height, d.frame_width],
-            "snippet_length": d.snippet_length,
-            "positions": protocol(d).positions(),
-            "layout": "frames-1",  # each frame once (docs/cache.md)
-            "codec": c.codec,
-            "jpeg_quality": c.jpeg_quality if c.codec == "jpeg" else None,
-            "compression": c.compression if c.codec == "raw" else None,
-        }
-    )
+    return {
+        "dataset": d.protocol,  # named "dataset" so that caches written before the rename stay current
+        "fps": d.fps,
+        "size": [d.frame_height, d.frame_width],
+        "snippet_length": d.snippet_length,
+        "positions": protocol(d).positions(),
+        "layout": "frames-1",  # each frame once (docs/cache.md)
+        "codec": c.codec,
+        "jpeg_quality": c.jpeg_quality if c.codec == "jpeg" else None,
+        "compression": c.compression if c.codec == "raw" else None,
+    }
 
 
-def feature_fingerprint(settings: Settings) -> str:
+def feature_inputs(settings: Settings) -> dict:
+    """The settings that decide a feature cache file's content (the snippets' by their hash)."""
     e = settings.model.encoder
     checkpoint = str(e.checkpoint) if e.checkpoint else None
     stamp = e.checkpoint.stat().st_mtime_ns if e.checkpoint and e.checkpoint.is_file() else None
-    return fingerprint(
-        {
-            "snippets": snippet_fingerprint(settings),
-            "encoder": e.name,
-            "checkpoint": [checkpoint, stamp],
-            # a randomly initialised encoder is drawn from the seed: another seed, other features
-            "seed": settings.seed if checkpoint is None else None,
-            "crop": e.crop_size,
-            "dtype": settings.cache.dtype,
-        }
-    )
+    return {
+        "snippets": snippet_fingerprint(settings),
+        "encoder": e.name,
+        # (not the seed: features of a random encoder, drawn from the seed they were cached with,
+        # serve training runs of any seed, as `etad study --seeds` does)
+        "checkpoint": [checkpoint, stamp],
+        "crop": e.crop_size,
+        "dtype": settings.cache.dtype,
+    }
+
+
+def snippet_fingerprint(settings: Settings) -> str:
+    return fingerprint(snippet_inputs(settings))
+
+
+def feature_fingerprint(settings: Settings) -> str:
+    return fingerprint(feature_inputs(settings))
+
+
+# what a fingerprint input is called in the settings (for the line that refuses a stale cache)
+SETTING_NAMES = {
+    "dataset": "data.protocol", "fps": "data.fps", "size": "data.frame_height / data.frame_width",
+    "snippet_length": "data.snippet_length", "positions": "the snippet positions (data.temporal_scale, "
+    "data.snippet_stride)", "layout": "the cache layout (an older etad)", "codec": "cache.codec",
+    "jpeg_quality": "cache.jpeg_quality", "compression": "cache.compression", "encoder": "model.encoder.name",
+    "checkpoint": "model.encoder.checkpoint (or its file was rewritten)", "crop": "model.encoder.crop_size",
+    "dtype": "cache.dtype",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a reader wants of a cache's files: the fingerprint of the settings it runs with, and
+    those settings by name (a file records its own), to say which setting differs."""
+
+    stamp: str
+    described: dict
+
+    @classmethod
+    def of(cls, settings: Settings, kind: str) -> Expected:
+        if kind == "snippets":
+            return cls(snippet_fingerprint(settings), snippet_inputs(settings))
+        inputs = feature_inputs(settings)
+        return cls(fingerprint(inputs), {**snippet_inputs(settings), **inputs, "snippets": None})
+
+    def differences(self, recorded: dict) -> str:
+        """'data.fps (15.0 in the cache, 10.0 now), ...' for the settings that differ from a file's record."""
+        parts = []
+        for key, wanted in self.described.items():
+            if key in recorded and json.loads(json.dumps(wanted, default=str)) != recorded[key]:
+                name = SETTING_NAMES.get(key, key)
+                parts.append(f"{name} ({recorded[key]!r} in the cache, {wanted!r} now)")
+        return ", ".join(parts)
 
 
 def npy_fingerprint(npy_dir: Path) -> str:

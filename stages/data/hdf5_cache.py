@@ -15,6 +15,7 @@ of the video in progress is lost. Layout (docs/cache.md):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import numpy as np
 from stages.core.errors import UserError
 from stages.core.files import atomic_output
 from stages.data.annotations import safe_path
+from stages.data.fingerprints import Expected
 from stages.data.frame_codec import decode_jpeg, encode_jpeg
 
 MAIN = {"snippets": "snippet_frames", "features": "features"}  # the dataset that gives a file's rows
@@ -128,14 +130,15 @@ def stored_fingerprint(path: Path) -> str | None:
 class VideoCache:
     """Read one kind of cache ('snippets' or 'features') by video id.
 
-    `expected_fingerprint`, when given, makes reading a file written with other settings an error
-    (a stale cache) instead of silently training on it.
+    `expected` (fingerprints.Expected: the settings a reader runs with), when given, makes reading
+    a file written with other settings an error naming the settings that differ (a stale cache),
+    instead of silently training on it. Imported features (`--from-npy`) depend on no setting.
     """
 
-    def __init__(self, folder: Path, kind: str, expected_fingerprint: str | None = None) -> None:
+    def __init__(self, folder: Path, kind: str, expected: Expected | None = None) -> None:
         self.folder = Path(folder)
         self.kind = kind
-        self.expected = expected_fingerprint
+        self.expected = expected
         if not self.folder.is_dir():
             raise UserError(f"{self.folder}: no {kind} cache here; run `etad cache --what {kind}` first")
 
@@ -166,12 +169,20 @@ class VideoCache:
         if held != self.kind:  # readers go by what a file says it holds, never by its dtype
             f.close()
             raise UserError(f"{path}: holds {held or 'an unknown kind'}, not {self.kind}; rerun `etad cache`")
-        if self.expected is not None and f.attrs.get("fingerprint") != self.expected:
+        if self.expected is not None and self._stale(f):
+            try:
+                recorded = json.loads(f.attrs.get("fingerprint_of", "{}"))
+            except (TypeError, ValueError):
+                recorded = {}
             f.close()
-            raise UserError(
-                f"{path}: stale cache (written with other settings); rerun `etad cache --what {self.kind}`"
-            )
+            differs = self.expected.differences(recorded) or "other settings"
+            raise UserError(f"{path}: stale {self.kind} cache, written with {differs}; "
+                            f"rerun `etad cache --what {self.kind}`")  # fmt: skip
         return f
+
+    def _stale(self, f: h5py.File) -> bool:
+        imported = self.kind == "features" and f.attrs.get("encoder") == "npy"
+        return not imported and f.attrs.get("fingerprint") != self.expected.stamp
 
     def read(self, video_id: str, index: slice | np.ndarray | int | None = None) -> np.ndarray:
         """The main array of a video (all of it, or the given rows: one snippet reads one chunk)."""

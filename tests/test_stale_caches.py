@@ -1,0 +1,51 @@
+"""Every reader refuses a cache written with other settings, in one line naming the setting that
+differs and the command that rebuilds it (exit 2, nothing trained)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_train import _config
+
+pytestmark = pytest.mark.slow
+
+CASES = [  # (the command, a setting changed after caching, the name the refusal gives, the cache)
+    (["train"], "data.fps=10", "data.fps (15.0 in the cache, 10.0 now)", "features"),
+    (["train"], "model.encoder.crop_size=32", "model.encoder.crop_size (40 in the cache", "features"),
+    (["train"], "data.frame_height=40", "data.frame_height / data.frame_width", "features"),
+    (["train", "--e2e"], "data.snippet_length=2", "data.snippet_length (8 in the cache, 2 now)", "snippets"),
+    (["train", "--e2e"], "cache.codec=raw", "cache.codec ('jpeg' in the cache, 'raw' now)", "snippets"),
+    (["train", "--e2e"], "data.temporal_scale=16", "the snippet positions", "snippets"),
+    (["train", "--encoder"], "data.fps=10", "data.fps (15.0 in the cache, 10.0 now)", "snippets"),
+]
+
+
+@pytest.mark.parametrize("command,change,named,kind", CASES, ids=[f"{c[0][-1]} {c[1]}" for c in CASES])
+def test_a_reader_refuses_a_stale_cache_naming_the_setting(tmp_path, cli, synth_dir, feature_work, command,
+                                                           change, named, kind):  # fmt: skip
+    config = _config(tmp_path, synth_dir, feature_work, encoder_train={"subset": "training"})
+    result = cli(*command, "-c", config, "--set", change, "--set", "train.epochs=1", "--set", "e2e.epochs=1")
+    assert result.exit_code == 2, result.output
+    line = " ".join(result.output.split())
+    assert f"stale {kind} cache, written with {named}" in line
+    assert f"rerun `etad cache --what {kind}`" in line
+    assert not (tmp_path / "work" / "pretrain").exists() and not (tmp_path / "work" / "e2e").exists()
+
+
+def test_a_raw_cache_with_other_compression_is_stale(tmp_path, cli, synth_dir):
+    from tests.conftest import demo_config
+
+    config = demo_config(tmp_path, synth_dir, cache={"codec": "raw", "compression": "none"})
+    assert cli("cache", "-c", config, "--what", "snippets", "--subset", "training").exit_code == 0
+    result = cli("train", "-c", config, "--e2e", "--set", "cache.compression=gzip", "--set", "e2e.epochs=1")
+    assert result.exit_code == 2
+    assert "cache.compression ('none' in the cache, 'gzip' now)" in " ".join(result.output.split())
+
+
+def test_infer_refuses_a_stale_cache_and_the_current_one_still_runs(tmp_path, cli, synth_dir, feature_work):
+    config = _config(tmp_path, synth_dir, feature_work, train={"epochs": 1})
+    assert cli("train", "-c", config).exit_code == 0
+    stale = cli("infer", "-c", config, "--set", "data.fps=10")
+    assert stale.exit_code == 2
+    assert "stale features cache, written with data.fps" in " ".join(stale.output.split())
+    assert cli("infer", "-c", config).exit_code == 0
