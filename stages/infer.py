@@ -124,9 +124,9 @@ class Detector:
         """uint8 snippets [B, T, L, H, W, 3] -> features [B, D, T] with the trained encoder."""
         if self.encoder is None:
             raise UserError("this checkpoint has no encoder; it runs on cached features")
-        with autocast(self.device, self.amp):
+        with autocast(self.device, self.amp):  # bf16 features come back as float32 for the detector
             return encode_chunks(self.encoder, snippets, self.chunk_size, self.crop_size, device=self.device,
-                                 max_clips=self.max_clips)  # fmt: skip
+                                 max_clips=self.max_clips).float()  # fmt: skip
 
 
 def labeller(settings: Settings, detector: Detector) -> Labeller:

@@ -33,6 +33,8 @@ from stages.core.errors import UserError
 from stages.core.files import write_json
 from stages.core.progress import SILENT, Progress
 from stages.core.workdir import features_dir, snippets_dir, study_dir
+from stages.data.fingerprints import Expected
+from stages.data.hdf5_cache import VideoCache
 
 if TYPE_CHECKING:  # the settings models, for type hints only
     from stages.core.settings import Settings
@@ -171,6 +173,20 @@ def run_point(study: Study, point: Point, seed: int, cache_sets: list[str], *, r
     return result
 
 
+def check_caches(settings: Settings, stage: str) -> None:
+    """Before the first point: the caches the points read exist and are current for the study's
+    settings (one line naming what is missing or stale, and the command that builds it), instead
+    of every point failing the same way."""
+    kinds = {"train": ["features"], "e2e": ["snippets"], "train,e2e": ["features", "snippets"]}[stage]
+    for kind in kinds:
+        folder = snippets_dir(settings) if kind == "snippets" else features_dir(settings)
+        cache = VideoCache(folder, kind, Expected.of(settings, kind))  # refuses a missing folder
+        ids = cache.ids()
+        if not ids:
+            raise UserError(f"{folder}: the {kind} cache is empty; run `etad cache --what {kind}` first")
+        cache.length(ids[0])  # refuses a stale file, naming the setting that differs
+
+
 def run(study: Study, *, runner: PointRunner, progress: Progress = SILENT) -> list[dict]:
     """Run every point and seed not finished yet (`jobs` at a time, each through `runner`), then
     write the outputs. Returns every result, finished earlier or now."""
@@ -184,6 +200,8 @@ def run(study: Study, *, runner: PointRunner, progress: Progress = SILENT) -> li
             "base_overrides": study.base_overrides}  # fmt: skip
     write_json(study.out_dir / "study.json", meta)
     tasks = [(p, s) for p in study.points for s in range(study.seeds)]
+    if any(not (point_folder(study, p, base.seed + s) / "result.json").is_file() for p, s in tasks):
+        check_caches(base, study.stage)
     progress.start(len(tasks))
 
     def one(task: tuple[Point, int]) -> dict:

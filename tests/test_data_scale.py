@@ -116,7 +116,8 @@ def test_infer_shards_merge_into_the_output_of_one_run(trained, tmp_path):
         sharded = json.loads((results / name.format("sharded")).read_text())
         assert sharded.keys() == whole.keys() and sharded["results"].keys() == whole["results"].keys()
         for video, expected in whole["results"].items():
-            assert _numbers(sharded["results"][video]) == pytest.approx(_numbers(expected), rel=1e-5)
+            close = pytest.approx(_numbers(expected), rel=1e-4, abs=1e-6)
+            assert _numbers(sharded["results"][video]) == close
             if name == "{}.json":
                 assert [d["label"] for d in sharded["results"][video]] == [d["label"] for d in expected]
     parts = [json.loads((results / f"sharded.shard{k}of3.json").read_text())["results"] for k in (1, 2, 3)]

@@ -99,3 +99,16 @@ def test_a_point_can_train_both_ways(tmp_path, synth_dir, feature_work):
     log = (work.parent / "log.txt").read_text()
     assert "--e2e --init-from" in log and str(work / "pretrain" / "checkpoints" / "last.pt") in log
     assert "infer.classifier=truth" in log and (work / "results" / "truth_labels.metrics.json").is_file()
+
+
+def test_a_study_without_its_caches_stops_before_the_first_point(tmp_path, synth_dir):
+    from tests.conftest import demo_config
+
+    config = demo_config(tmp_path, synth_dir)
+    for stage, kind in (("train", "features"), ("e2e", "snippets")):
+        done = run_cli("study", "-c", config, "--stages", stage, "--vary", "model.proposal_ratio=0.2,0.5")
+        assert done.returncode == 2
+        line = " ".join(done.stderr.split())
+        assert f"no {kind} cache here; run `etad cache --what {kind}` first" in line
+        assert "Traceback" not in line
+        assert not (tmp_path / "work" / "study" / "points").exists()  # no point was started

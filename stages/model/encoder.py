@@ -169,7 +169,7 @@ def encode_chunks(
     max_clips: int | None = None,
 ) -> torch.Tensor:
     """Stage 1 of the ETAD iteration (and end-to-end inference): uint8 snippets [B, T, L, H, W, 3]
-    -> float32 features [B, D, T], `chunk_size` snippets of every video at a time, without
+    -> features [B, D, T], `chunk_size` snippets of every video at a time, without
     gradients, so activation memory is that of one chunk however long the videos are; at most
     `max_clips` clips per encoder call (B x chunk_size otherwise: inference bounds its memory so)."""
     b, t = snippets.shape[:2]
@@ -180,7 +180,7 @@ def encode_chunks(
             n = clips.shape[1]
             flat = clips.flatten(0, 1)
             parts = flat.split(max_clips) if max_clips else [flat]
-            out.append(torch.cat([encoder(part).float() for part in parts]).view(b, n, -1))
+            out.append(torch.cat([encoder(part) for part in parts]).view(b, n, -1))
     return torch.cat(out, dim=1).transpose(1, 2).contiguous()
 
 
