@@ -114,12 +114,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.t, self.max_duration = self.data.temporal_scale, m.max_duration
         self.strategy = m.proposal_sampling if mode == "train" else "grid"
         self.ratio = m.proposal_ratio
-        self.seed, self.epoch = settings.seed, 0
+        self.seed = settings.seed
         self.anchors = proposal_map(self.t, self.max_duration)
         self.class_index = {c: i for i, c in enumerate(classes)}
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.items)
@@ -132,9 +129,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         return self.protocol.feature_input(data)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        """Sample `index`, or (epoch, index) from a training loader: its draws come from (seed,
-        epoch, index) alone."""
-        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        """Sample `index` (epoch 0), or (epoch, index) from a training loader: its draws come from
+        (seed, epoch, index) alone."""
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         item = self.items[index]
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 10_007 + index)
         inputs = self.inputs(item)
