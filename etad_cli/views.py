@@ -114,17 +114,13 @@ def infer_summary(summary, one_video: bool) -> None:
         console.print(f"{summary.detections} detections -> {summary.output}", soft_wrap=True)
         return
     shard = summary.shard
+    done = f"{summary.videos} videos, {summary.detections:,} detections, {summary.seconds:.1f} s"
     if shard.count > 1:
         state = f"all {shard.count} parts merged -> {summary.output}" if summary.complete else (
             f"waiting for the other shards' parts before writing {summary.output}")
-        done = f"{summary.videos} videos, {summary.detections:,} detections, {summary.seconds:.1f} s"
         console.print(f"shard {shard.index}/{shard.count}: {done}; {state}", soft_wrap=True)
     else:
-        console.print(
-            f"{summary.videos} videos, {summary.detections:,} detections, {summary.seconds:.1f} s"
-            f" -> {summary.output}",
-            soft_wrap=True,
-        )
+        console.print(f"{done} -> {summary.output}", soft_wrap=True)
     for path in summary.plots:
         console.print(f"[dim]plot: {path}[/]", soft_wrap=True)
 

@@ -59,14 +59,14 @@ class CacheSummary:
     shard: Shard = WHOLE
 
 
-def _snippet_job(settings: Settings, video_id: str, path: Path, stamp: str) -> int:
+def _snippet_job(settings: Settings, video_id: str, path: Path, expected: Expected) -> int:
     """Cache one video's snippets (from its extracted frames, else its video file); the frames' bytes."""
     source, c = video_snippets(settings, video_id), settings.cache
     attrs = {
         "kind": "snippets",
         "video_id": video_id,
-        "fingerprint": stamp,
-        "fingerprint_of": json.dumps(Expected.of(settings, "snippets").described, default=str),
+        "fingerprint": expected.stamp,
+        "fingerprint_of": json.dumps(expected.described, default=str),
         "fps": settings.data.fps,
         "num_frames": source.num_frames,
         "source": source.source,
@@ -89,13 +89,15 @@ def snippets_to_encode(settings: Settings, video_id: str) -> tuple[np.ndarray, i
     return source.snippets(), source.num_frames
 
 
-def _feature_job(encoder: FeatureEncoder, settings: Settings, video_id: str, path: Path, stamp: str) -> None:
+def _feature_job(
+    encoder: FeatureEncoder, settings: Settings, video_id: str, path: Path, expected: Expected
+) -> None:
     snippets, num_frames = snippets_to_encode(settings, video_id)
     attrs = {
         "kind": "features",
         "video_id": video_id,
-        "fingerprint": stamp,
-        "fingerprint_of": json.dumps(Expected.of(settings, "features").described, default=str),
+        "fingerprint": expected.stamp,
+        "fingerprint_of": json.dumps(expected.described, default=str),
         "fps": settings.data.fps,
         "num_frames": num_frames,
         "encoder": encoder.encoder.name,
@@ -256,17 +258,20 @@ def project(settings: Settings, *, what: str = "snippets", subsets: list[str] | 
 
 def _run_jobs(settings: Settings, kind: str, from_npy: Path | None, todo: list, *, stamp: str,
               workers: int | None, record: Callable) -> None:  # fmt: skip
-    """One job per video to do: import, cut snippets (in `workers` processes) or encode features."""
+    """One job per video to do: import, cut snippets (in `workers` processes) or encode features;
+    the files record the run's fingerprint `stamp` and (snippets, features) its settings by name."""
     if from_npy is not None:
         run_each([(vid, _import_npy, (Path(from_npy), vid, path, stamp)) for vid, path in todo], 1, record)
-    elif kind == "snippets":
-        jobs = [(vid, _snippet_job, (settings, vid, path, stamp)) for vid, path in todo]
+        return
+    expected = Expected.of(settings, kind)  # once per run, its stamp is `stamp`
+    if kind == "snippets":
+        jobs = [(vid, _snippet_job, (settings, vid, path, expected)) for vid, path in todo]
         run_each(jobs, workers or settings.cache.workers, record)
     elif todo:
         c = settings.cache  # the encoder runs in this process: torch already uses every core
         encoder = FeatureEncoder(settings, c.device, c.dtype, c.batch_size)
         run_each(
-            [(vid, _feature_job, (encoder, settings, vid, path, stamp)) for vid, path in todo], 1, record
+            [(vid, _feature_job, (encoder, settings, vid, path, expected)) for vid, path in todo], 1, record
         )
 
 
