@@ -576,9 +576,35 @@ def bench_data_path() -> list[tuple[str, str]]:
     return rows
 
 
+def bench_ranks() -> list[tuple[str, str]]:
+    """2 CPU ranks (gloo) vs 1 process, 2 epochs of the demo's E2E on 6 synthetic videos: relative L2."""
+    from stages import cache, synth
+    from stages.core.settings_file import load_settings
+    from tests.conftest import demo_config
+    from tests.test_distributed import _e2e_config, _relative, _run, _trained
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        synth.run(root / "synth", videos=6, classes=4, seed=7, width=64, height=48)
+        (root / "shared").mkdir()
+        cache.run(load_settings(demo_config(root / "shared", root / "synth"), []), what="snippets")
+        runs = {}
+        for name, ranks, batch, accumulate in (("2x1", 2, 1, 1), ("1x1x2", 1, 1, 2), ("1x2", 1, 2, 1)):
+            (root / name).mkdir()
+            config = _e2e_config(root / name, root / "synth", root / "shared", accumulate=accumulate,
+                                 batch_size=batch)  # fmt: skip
+            _run(config, ranks).check_returncode()
+            runs[name] = _trained(root / name)
+    return [
+        ("2 ranks x batch 1 vs 1 process x batch 1 x accumulate 2",
+         f"{_relative(runs['1x1x2'], runs['2x1']):.2g}"),
+        ("2 ranks x batch 1 vs 1 process x batch 2", f"{_relative(runs['1x2'], runs['2x1']):.2%}"),
+    ]
+
+
 BENCHMARKS = [
     bench_synth, bench_extract, bench_frame_formats, bench_cache_read, bench_eval, bench_train,
-    bench_detector_speed, bench_startup, bench_e2e_memory, bench_e2e_paper_gpu, bench_data_path,
+    bench_detector_speed, bench_startup, bench_e2e_memory, bench_e2e_paper_gpu, bench_data_path, bench_ranks,
 ]  # fmt: skip
 
 

@@ -24,8 +24,8 @@ def encode_jpeg(frames: np.ndarray, quality: int) -> list[np.ndarray]:
     """uint8 frames [N, H, W, 3] -> N JPEG byte strings (uint8 arrays).
 
     Pillow (libjpeg-turbo) with optimised Huffman tables: 7% fewer bytes than torchvision's
-    encoder at 171x128, q90, for the same decoded pixels (entropy coding is lossless), and no
-    slower; no torch operation runs here, so `etad cache` can fork its workers after measuring."""
+    encoder at 171x128, q90 (`make bench`, data_path; Huffman coding is lossless); no torch
+    operation runs here, so `etad cache` can fork its workers after measuring."""
     from PIL import Image
 
     out = []
