@@ -250,6 +250,12 @@ def _resume(run: Run) -> int:
     if state.get("scaler"):
         run.precision.scaler.load_state_dict(state["scaler"])
     run.best = float(state.get("best", run.best))
+    began_with = state.get("threads")
+    if run.device.type == "cpu" and began_with and began_with != torch.get_num_threads():
+        run.summary.notes.append(
+            f"resumed with {torch.get_num_threads()} CPU threads, the run began with {began_with}: CPU kernels "
+            "split sums by thread, so the weights will not be bitwise an uninterrupted run's (set `threads`)"
+        )
     run.summary.resumed_from = int(state["epoch"])
     return run.summary.resumed_from
 
@@ -361,6 +367,7 @@ def _save(run: Run, epoch: int, train_loss: float, val_loss: float | None, *, is
         best=run.best,
         classes=job.classes,
         settings=run_settings,
+        threads=torch.get_num_threads(),  # CPU results are bitwise reproducible for one thread count
         train_loss=train_loss,
         val_loss=val_loss,
     )
