@@ -596,8 +596,10 @@ def bench_ranks() -> list[tuple[str, str]]:
             _run(config, ranks).check_returncode()
             runs[name] = _trained(root / name)
     return [
-        ("2 ranks x batch 1 vs 1 process x batch 1 x accumulate 2",
-         f"{_relative(runs['1x1x2'], runs['2x1']):.2g}"),
+        (
+            "2 ranks x batch 1 vs 1 process x batch 1 x accumulate 2",
+            f"{_relative(runs['1x1x2'], runs['2x1']):.2g}",
+        ),
         ("2 ranks x batch 1 vs 1 process x batch 2", f"{_relative(runs['1x2'], runs['2x1']):.2%}"),
     ]
 

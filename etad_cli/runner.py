@@ -6,7 +6,8 @@
 - `ChildPoints`: what `etad study` runs each point with: `train` and `infer` in a fresh child
   process per point (so each point's peak memory is its own, and one GPU can be given to it),
   the point's figures sent back as a return value. Leaving its `with` block stops any child
-  still running (Ctrl-C on a study never leaves a trainer behind).
+  still running (Ctrl-C on a study never leaves a trainer behind), and a child whose study was
+  killed outright stops itself.
 
 The commands in etad_cli/app.py call these and print what they return; each run appends its cost
 (seconds, peak memory) to <work_dir>/logs/stages.jsonl, which `etad report` reads.
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +138,8 @@ def _point_child(job: PointJob, send, gpu: int | None) -> None:
     failed, go back through `send`."""
     if gpu is not None:  # before torch is imported
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also where the study ignores SIGINT (`&`)
+    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
     job.log.parent.mkdir(parents=True, exist_ok=True)
     with job.log.open("a") as out:
         os.dup2(out.fileno(), 1)
@@ -147,6 +152,15 @@ def _point_child(job: PointJob, send, gpu: int | None) -> None:
     except Exception as exc:  # a bug in one point must say what it was, not hang the study
         traceback.print_exc()
         send.send({"error": f"{exc.__class__.__name__}: {str(exc)[:200]}"})
+
+
+def _stop_when_orphaned(parent: int) -> None:
+    """A point's child stops as on Ctrl-C (its checkpoints kept) once the study that started it is
+    gone, even killed with SIGKILL, where no cleanup of the study's own runs: no trainer is left
+    running for a rerun to start a second one beside."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 class ChildPoints:
@@ -193,7 +207,7 @@ class ChildPoints:
             children = list(self.children)
         for child in children:
             if child.is_alive():
-                os.kill(child.pid, 2)  # SIGINT: the trainer stops as on Ctrl-C, checkpoints kept
+                os.kill(child.pid, signal.SIGINT)  # the trainer stops as on Ctrl-C, checkpoints kept
         for child in children:
             child.join(30)
             if child.is_alive():

@@ -116,8 +116,11 @@ def infer_summary(summary, one_video: bool) -> None:
     shard = summary.shard
     done = f"{summary.videos} videos, {summary.detections:,} detections, {summary.seconds:.1f} s"
     if shard.count > 1:
-        state = f"all {shard.count} parts merged -> {summary.output}" if summary.complete else (
-            f"waiting for the other shards' parts before writing {summary.output}")
+        state = (
+            f"all {shard.count} parts merged -> {summary.output}"
+            if summary.complete
+            else (f"waiting for the other shards' parts before writing {summary.output}")
+        )
         console.print(f"shard {shard.index}/{shard.count}: {done}; {state}", soft_wrap=True)
     else:
         console.print(f"{done} -> {summary.output}", soft_wrap=True)

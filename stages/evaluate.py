@@ -167,7 +167,7 @@ def _detection(path: Path, video_id: str, i: int, det: object) -> tuple[tuple[fl
 
 def read_predictions(path: Path) -> _Table:
     """Every prediction of a result file, in file order."""
-    data = read_json(path, "prediction file")
+    data = read_json(path, "prediction file", unique_keys=True)  # a video twice: which list counts?
     results = data.get("results") if isinstance(data, dict) else None
     if not isinstance(results, dict):
         raise UserError(f"{path}: expected a top-level 'results' mapping video id -> list of detections")

@@ -17,16 +17,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
-
 from stages.core.errors import UserError
-from stages.core.files import atomic_output, ensure_writable_dir, write_json
+from stages.core.files import ensure_writable_dir, write_json
 from stages.core.progress import SILENT, Progress
 from stages.core.settings import Settings
 from stages.core.workdir import frames_dir
 from stages.data.annotations import load_annotations, safe_path
-from stages.data.extracted_frames import frames_file, record_file
-from stages.data.hdf5_cache import store_frames
+from stages.data.extracted_frames import frames_file, record_file, source_stamp
+from stages.data.hdf5_cache import new_hdf5, store_frames
 from stages.data.per_video import run_each
 from stages.data.snippet_positions import resample_frame_indices
 from stages.data.video_io import VideoReader
@@ -66,10 +64,11 @@ class ExtractSummary:
 def extract_one(job: ExtractJob) -> int:
     """Decode one video into <id>.h5 and then <id>.json; returns the number of frames written.
     Frames are decoded, encoded and written BATCH at a time: memory does not grow with the video."""
+    stamp = source_stamp(job.video_path)  # before decoding: a file replaced meanwhile is redone
     reader = VideoReader(job.video_path, job.backend, job.height, job.width)
     keep = resample_frame_indices(len(reader), reader.info.fps or job.fps, job.fps)
     batches = (reader.get_frames(keep[start : start + BATCH]) for start in range(0, len(keep), BATCH))
-    with atomic_output(frames_file(job.out_dir, job.video_id)) as tmp, h5py.File(tmp, "w") as f:
+    with new_hdf5(frames_file(job.out_dir, job.video_id)) as f:
         store_frames(f, batches, len(keep), codec=job.codec, quality=job.quality, compression=job.compression)
     meta = {
         "video_id": job.video_id,
@@ -80,6 +79,7 @@ def extract_one(job: ExtractJob) -> int:
         "codec": job.codec,
         "jpeg_quality": job.quality if job.codec == "jpeg" else None,
         "source": str(job.video_path),
+        "source_stamp": stamp,
         "source_frames": len(reader),
         "source_fps": reader.info.fps,
     }

@@ -10,6 +10,7 @@ second Soft-NMS. Writes an ActivityNet-format result JSON atomically.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -404,8 +405,21 @@ def run_video(
         settings = settings.model_copy(
             update={"infer": settings.infer.model_copy(update={"classifier": choice})}
         )
+    output = safe_path(output_path(settings).parent, video.name, "{id}.json")
+    subset = output_path(settings)
+    companions = {subset.name, f"{subset.stem}.classes.json", f"{subset.stem}.metrics.json"}
+    shard_part = rf"{re.escape(subset.stem)}\.shard\d+of\d+\.json"
+    if output.name in companions or re.fullmatch(shard_part, output.name):
+        raise UserError(
+            f"--video {video}: its detections would be written to {output}, a file of the "
+            "subset's detections (infer.output); rename the video or set infer.output"
+        )
     label = labeller(settings, detector)
     features, duration = video_features(settings, detector, video, progress)
+    frames, length = round(duration * settings.data.fps), settings.data.snippet_length
+    if frames < length:
+        notes.append(f"{video}: {frames} frame(s) at data.fps, shorter than one snippet ({length} frames): "
+                     "its detections are drawn from a few repeated frames")  # fmt: skip
     video_id = video.stem
     items = protocol(settings.data).items(video_id, duration, [], len(features))
     inputs = [
@@ -413,7 +427,6 @@ def run_video(
     ]
     results, _ = detect(settings, detector, items, inputs, label=label, snippets=False)
     detections = sorted(results[video_id], key=lambda det: -det["score"])
-    output = safe_path(output_path(settings).parent, video.name, "{id}.json")
     write_results(output, {video_id: detections})
     summary = InferSummary(
         output,

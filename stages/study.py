@@ -19,6 +19,7 @@ iteration).
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import json
 import math
@@ -33,6 +34,7 @@ from stages.core.errors import UserError
 from stages.core.files import write_json
 from stages.core.progress import SILENT, Progress
 from stages.core.workdir import features_dir, snippets_dir, study_dir
+from stages.data.annotations import read_json
 from stages.data.fingerprints import Expected
 from stages.data.hdf5_cache import VideoCache
 
@@ -62,8 +64,13 @@ class Point:
 
     @property
     def name(self) -> str:
+        """The overrides as text; where characters had to be replaced or the text cut, a hash of the
+        whole text follows, so two points never share a folder."""
         text = ",".join(f"{k}={v}" for k, v in self.overrides) or "base"
-        return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", text)[:180]
+        safe = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", text)
+        if safe == text and len(text) <= 180:
+            return text
+        return f"{safe[:160]}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 @dataclass
@@ -107,6 +114,10 @@ def plan(vary: list[str], also: list[str], zip_values: bool) -> tuple[list[Point
         points += [Point([(k, vs[0])]) for k, vs in parse_vary([text])]
     if not points:
         points = [Point([])]
+    names = [p.name for p in points]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"point {twice[0]} is given twice (--vary / --also)")
     return points, keys
 
 
@@ -148,8 +159,9 @@ def point_folder(study: Study, point: Point, seed: int) -> Path:
 def run_point(study: Study, point: Point, seed: int, cache_sets: list[str], *, runner: PointRunner) -> dict:
     """Run (or finish) one point for one seed and return its figures (result.json)."""
     result_file = point_folder(study, point, seed) / "result.json"
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
+    done = finished(result_file)
+    if done is not None:
+        return done
     figures = runner(point_job(study, point, seed, cache_sets))
     detection, scores = figures["scores"]["detections"], figures["scores"]
     steps = figures["step_seconds"][1:] or figures["step_seconds"]  # the first step warms up
@@ -169,8 +181,21 @@ def run_point(study: Study, point: Point, seed: int, cache_sets: list[str], *, r
         "seconds_per_iteration": sum(steps) / len(steps) if steps else math.nan,
         "seconds": figures["seconds"],
     }
+    result_file.parent.mkdir(parents=True, exist_ok=True)
     write_json(result_file, result)
     return result
+
+
+def finished(result_file: Path) -> dict | None:
+    """A point's figures, or None when it has not finished (no result.json, or one a crash or a full
+    disk left unreadable: the point runs again, its training resumed)."""
+    if not result_file.is_file():
+        return None
+    try:
+        result = read_json(result_file, "point result")
+    except UserError:
+        return None
+    return result if isinstance(result, dict) and "average_mAP" in result else None
 
 
 def check_caches(settings: Settings, stage: str) -> None:
@@ -195,12 +220,13 @@ def run(study: Study, *, runner: PointRunner, progress: Progress = SILENT) -> li
     base = study.settings
     cache_sets = [f"cache.snippets_dir={snippets_dir(base)}", f"cache.features_dir={features_dir(base)}"]
     study.out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"config": str(study.config), "points": [[list(o) for o in p.overrides] for p in study.points],
-            "seeds": study.seeds, "stage": study.stage, "varied": study.varied,
-            "base_overrides": study.base_overrides}  # fmt: skip
-    write_json(study.out_dir / "study.json", meta)
+    write_json(
+        study.out_dir / "study.json",
+        identity(study)
+        | {"seeds": study.seeds, "varied": study.varied, "base_overrides": study.base_overrides},
+    )
     tasks = [(p, s) for p in study.points for s in range(study.seeds)]
-    if any(not (point_folder(study, p, base.seed + s) / "result.json").is_file() for p, s in tasks):
+    if any(finished(point_folder(study, p, base.seed + s) / "result.json") is None for p, s in tasks):
         check_caches(base, study.stage)
     progress.start(len(tasks))
 
@@ -224,9 +250,10 @@ def read_results(out_dir: Path) -> tuple[list[dict], list[str]]:
     meta = out_dir / "study.json"
     if not meta.is_file():
         raise UserError(f"{out_dir}: not a study folder (no study.json)")
-    varied = json.loads(meta.read_text()).get("varied", [])
-    results = [json.loads(p.read_text()) for p in sorted(out_dir.glob("points/*/seed*/result.json"))]
-    return results, varied
+    held = read_json(meta, "study file")
+    varied = held.get("varied", []) if isinstance(held, dict) else []
+    results = [finished(p) for p in sorted(out_dir.glob("points/*/seed*/result.json"))]
+    return [r for r in results if r is not None], varied
 
 
 def summary(results: list[dict]) -> list[dict]:
@@ -352,16 +379,37 @@ def prepare(settings: Settings, *, config: Path, overrides: list[str], vary: lis
     holds a study of another settings file or other points is refused (never mixed)."""
     folder = Path(out or study_dir(settings)).resolve()
     points, varied = plan(vary, also, zip_values)
+    study = Study(settings, config.resolve(), folder, points, seeds=seeds, stage=stage, jobs=jobs,
+                  base_overrides=list(overrides), varied=varied, truth_labels=truth_labels)  # fmt: skip
     meta = folder / "study.json"
     if meta.is_file():
-        held = json.loads(meta.read_text())
-        same_points = held.get("points") == [[list(o) for o in p.overrides] for p in points]
-        if held.get("config") != str(config.resolve()) or not same_points:
-            raise UserError(
-                f"{folder}: holds another study (other settings file or points); choose another --out"
-            )
-    return Study(settings, config.resolve(), folder, points, seeds=seeds, stage=stage, jobs=jobs,
-                 base_overrides=list(overrides), varied=varied, truth_labels=truth_labels)  # fmt: skip
+        held, now = read_json(meta, "study file"), identity(study)
+        if not isinstance(held, dict):
+            raise UserError(f"{meta}: not a study file (expected a JSON object)")
+        differs = [IDENTITY[k] for k in now if k in held and held[k] != now[k]]  # older files lack some
+        if differs:
+            raise UserError(f"{folder}: holds another study (other {', '.join(differs)}); its results "
+                            "would be reused for these settings: choose another --out")  # fmt: skip
+    return study
+
+
+# what makes two studies the same (a rerun reuses the finished points), as the refusal names it
+IDENTITY = {
+    "config": "settings file",
+    "points": "points",
+    "stage": "--stages",
+    "truth_labels": "--truth-labels",
+    "settings": "settings values (--set or the file's content)",
+}
+
+
+def identity(study: Study) -> dict:
+    """The study's identity as study.json records it: settings file, points, stages, scorings, and a
+    digest of the base settings' values."""
+    values = json.dumps(study.settings.model_dump(mode="json"), sort_keys=True)
+    return {"config": str(study.config), "points": [[list(o) for o in p.overrides] for p in study.points],
+            "stage": study.stage, "truth_labels": study.truth_labels,
+            "settings": hashlib.sha256(values.encode()).hexdigest()[:16]}  # fmt: skip
 
 
 def table(out_dir: Path) -> str:

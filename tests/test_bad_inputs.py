@@ -223,6 +223,52 @@ def _train_twice(s: Space) -> list:
     return ["train", "-c", s.config]
 
 
+HELD: list = []  # run-folder locks a case holds while its command runs (released after the test)
+
+
+def _train_while_another_trains(s: Space) -> list:
+    """Another `etad train` holds the run folder (as a second terminal or an orphaned study point)."""
+    from stages.training.run_folder import RunLock
+
+    HELD.append(RunLock(s.work / "pretrain"))
+    return ["train", "-c", s.config, "--resume", "--set", "train.epochs=3"]
+
+
+def _resume_on_other_inputs(s: Space) -> list:
+    return ["train", "-c", s.config, "--resume", "--set", "data.temporal_scale=16", "--set", "train.epochs=3"]
+
+
+def _prediction_id_twice(s: Space) -> list:
+    """The same video twice in `results`: JSON keeps the last, so the score would depend on order."""
+    text = s.predictions.read_text()
+    data = json.loads(text)
+    first = next(iter(data["results"]))
+    body = json.dumps(data["results"][first])
+    s.predictions.write_text(text.replace('"results": {', f'"results": {{"{first}": {body}, ', 1))
+    return ["eval", "-p", s.predictions, "-g", s.annotations]
+
+
+def _malformed_checkpoint(change: Callable[[dict], None]):
+    def setup(s: Space) -> list:
+        state = torch.load(s.checkpoint(), weights_only=True)
+        change(state)
+        torch.save(state, s.root / "odd.pt")
+        return ["checkpoint", "info", s.root / "odd.pt"]
+
+    return setup
+
+
+def _video_named_like_the_results(s: Space) -> list:
+    (s.root / "detections").write_bytes(b"not decoded: refused first")
+    return ["infer", "-c", s.config, "--video", s.root / "detections"]
+
+
+def _truncated_study(s: Space) -> list:
+    (s.root / "study").mkdir()
+    (s.root / "study" / "study.json").write_text('{"config": "tiny.yaml", "poi')
+    return ["study", "--show", s.root / "study"]
+
+
 CASES = [
     # settings
     ("unknown key", _settings_case("bogus: 1\n"), 2, "bogus: unknown key"),
@@ -321,6 +367,34 @@ CASES = [
     ("checkpoints/ is a file", _checkpoints_is_a_file, 2, "checkpoints: cannot write checkpoints"),
     ("object classifier file", _object_classifier, 2, "objects.npy: not a numeric .npy file"),
     ("train over a finished run", _train_twice, 2, "pass --resume to continue it or --restart"),
+    ("two trainers in one folder", _train_while_another_trains, 2, "another training run (process"),
+    ("resume on other inputs", _resume_on_other_inputs, 2, "began with data.temporal_scale=8"),
+    ("video id twice in predictions", _prediction_id_twice, 2, "appears twice"),
+    (
+        "checkpoint settings not a mapping",
+        _malformed_checkpoint(lambda d: d.update(settings="x")),
+        2,
+        "'settings' is str, expected a mapping",
+    ),
+    (
+        "checkpoint classes not a list",
+        _malformed_checkpoint(lambda d: d.update(classes=5)),
+        2,
+        "'classes' is int",
+    ),
+    (
+        "checkpoint model settings",
+        _malformed_checkpoint(lambda d: d["settings"].update(model=1)),
+        2,
+        "'settings.model' is int",
+    ),
+    (
+        "--video named like infer.output",
+        _video_named_like_the_results,
+        2,
+        "a file of the subset's detections",
+    ),
+    ("truncated study.json", _truncated_study, 2, "study.json: invalid JSON"),
 ]
 
 
@@ -328,7 +402,11 @@ CASES = [
 def test_bad_input(space, setup, code, message):
     argv = setup(space)
     before = snapshot(space.work)
-    result = run_cli(*argv)  # an exception escaping the command fails here: a user would see a traceback
+    try:
+        result = run_cli(*argv)  # an exception escaping the command fails here: a user would see a traceback
+    finally:
+        while HELD:
+            HELD.pop().release()
     assert result.returncode == code, (result.stdout[-800:], result.stderr[-800:])
     assert "Traceback" not in result.stdout + result.stderr
     assert len(result.stderr) < 2000  # cut short, never an expanded value

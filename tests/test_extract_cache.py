@@ -343,3 +343,20 @@ def test_stale_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_pa
         path.write_bytes(b"x")
     ensure_writable_dir(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, elsewhere.name, final.name])
+
+
+def test_extract_redoes_a_video_whose_file_changed(tmp_path, synth_dir, cli):
+    """The record keeps the source file's path, size and time: another data.video_dir, or a video
+    replaced in place, is extracted again, not kept from the old file."""
+    config, _ = make_config(tmp_path, synth_dir)
+    assert cli("extract", "--config", config).exit_code == 0
+    videos = tmp_path / "other_videos"
+    shutil.copytree(synth_dir / "videos", videos)
+    result = cli("extract", "--config", config, "--set", f"data.video_dir={videos}")
+    assert result.exit_code == 0 and "6 / 0 / 0" in result.stdout, result.stdout  # another folder
+    first, second = sorted(videos.glob("*.mp4"))[:2]
+    shutil.copyfile(second, first)  # replaced in place by another video
+    result = cli("extract", "--config", config, "--set", f"data.video_dir={videos}")
+    assert result.exit_code == 0 and "1 / 5 / 0" in result.stdout, result.stdout
+    record = json.loads((tmp_path / "work" / "frames" / f"{first.stem}.json").read_text())
+    assert record["source_stamp"] == [first.stat().st_size, first.stat().st_mtime_ns]

@@ -62,3 +62,18 @@ def test_video_that_is_not_a_video_is_a_clear_error(trained, cli, tmp_path):
     result = cli("infer", "-c", config, "--checkpoint", str(checkpoints["pretrain"]), "--video", str(bad))
     assert result.exit_code == 2
     assert str(bad) in result.output and "Traceback" not in result.output
+
+
+def test_a_video_shorter_than_a_snippet_says_so(trained, cli, tmp_path):
+    """One frame is a valid video, but its detections come from that frame repeated: a note says so."""
+    import numpy as np
+
+    from stages.data.video_io import write_video
+
+    config, checkpoints = trained
+    video = tmp_path / "one.mp4"
+    write_video(video, [np.full((48, 64, 3), 90, np.uint8)], 15.0)
+    result = cli("infer", "-c", config, "--checkpoint", str(checkpoints["pretrain"]), "--video", str(video))
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "1 frame(s) at data.fps, shorter than one snippet (8 frames)" in text

@@ -19,7 +19,8 @@ RUNS = {  # flag -> (run folder, its settings section, the section's settings fo
 
 def _weights(path) -> dict[str, torch.Tensor]:
     state = torch.load(path, weights_only=True)
-    return {f"{part}.{k}": v for part in ("model", "encoder") if part in state for k, v in state[part].items()}
+    parts = [part for part in ("model", "encoder") if part in state]
+    return {f"{part}.{k}": v for part in parts for k, v in state[part].items()}
 
 
 @pytest.mark.parametrize("flag", list(RUNS), ids=["train-encoder", "train", "train-e2e"])

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -112,3 +115,88 @@ def test_a_study_without_its_caches_stops_before_the_first_point(tmp_path, synth
         assert f"no {kind} cache here; run `etad cache --what {kind}` first" in line
         assert "Traceback" not in line
         assert not (tmp_path / "work" / "study" / "points").exists()  # no point was started
+
+
+def _figures(job) -> dict:
+    """What the point runner hands back (etad_cli/runner.py; real points run in the tests above):
+    here the study's own bookkeeping is under test, not a point's training."""
+    detections = {"average_mAP": 0.25, "mAP": [0.3, 0.2], "tiou_thresholds": [0.5, 0.75]}
+    return {"step_seconds": [0.1, 0.1], "peak_gpu_mib": 0, "peak_rss_mib": 100.0, "seconds": 1.0,
+            "scores": {"detections": detections, "proposals": {"auc": 50.0}}}  # fmt: skip
+
+
+def test_a_rerun_with_other_settings_is_refused_and_an_unreadable_result_runs_again(trained, tmp_path):
+    from stages import study as stage
+    from stages.core.errors import UserError
+    from stages.core.settings_file import load_settings
+
+    config = tmp_path / "tiny.yaml"
+    shutil.copytree(trained, tmp_path, dirs_exist_ok=True)
+
+    def prepare(stage_name: str = "train", sets: tuple = ()) -> stage.Study:
+        settings = load_settings(config, list(sets))
+        vary = ["model.proposal_ratio=0.2,0.5"]
+        return stage.prepare(settings, config=config, overrides=list(sets), vary=vary, also=[],
+                             stage=stage_name, out=tmp_path / "study")  # fmt: skip
+
+    calls = []
+    stage.run(prepare(), runner=lambda job: calls.append(job) or _figures(job))
+    assert len(calls) == 2
+    for stage_name, sets, named in (("e2e", (), "--stages"), ("train", ("train.lr=0.5",), "settings values")):
+        with pytest.raises(UserError, match=f"holds another study \\(other {named}"):
+            prepare(stage_name, sets)
+    results = sorted((tmp_path / "study").glob("points/*/seed*/result.json"))
+    results[0].write_text("")  # as a full disk or a crash might leave it
+    stage.run(prepare(), runner=lambda job: calls.append(job) or _figures(job))
+    assert len(calls) == 3 and calls[-1].log.parent == results[0].parent  # only that point again
+    assert stage.read_results(tmp_path / "study")[0][0]["average_mAP"] == 0.25
+
+
+def test_points_never_share_a_folder():
+    long = "x" * 200
+    names = [p.name for p in plan([f"a={long}1,{long}2", "b=x/y,x_y"], [], zip_values=True)[0]]
+    assert len(set(names)) == 2 and all(len(n) <= 180 for n in names)
+    assert plan(["a=1"], [], zip_values=False)[0][0].name == "a=1"  # plain names stay readable
+    with pytest.raises(Exception, match="is given twice"):
+        plan(["a=1,2"], ["a=1"], zip_values=False)
+
+
+def test_a_killed_study_leaves_no_trainer_and_its_rerun_finishes(trained, tmp_path):
+    """SIGKILL on `etad study` (no cleanup runs): its point's trainer stops by itself, and the same
+    command then resumes the point (no epoch logged twice)."""
+    root = tmp_path / "space"
+    shutil.copytree(trained, root)
+    args = ["study", "-c", root / "tiny.yaml", "--stages", "train", "--vary", "model.proposal_ratio=0.2",
+            "--set", "train.epochs=100"]  # fmt: skip
+    work = root / "work" / "study" / "points" / "model.proposal_ratio=0.2" / "seed0" / "work"
+    lock, metrics = work / "logs" / "pretrain.lock", work / "pretrain" / "metrics.jsonl"
+    study = subprocess.Popen([sys.executable, "-m", "etad_cli", *map(str, args)], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    end = time.monotonic() + 240
+    while not (metrics.is_file() and metrics.read_text().count('"event": "epoch"') >= 3):
+        assert study.poll() is None and time.monotonic() < end
+        time.sleep(0.2)
+    trainer = int(lock.read_text())
+    study.kill()
+    study.wait()
+    end = time.monotonic() + 60
+    while _alive(trainer):
+        assert time.monotonic() < end, "the point's trainer outlived its study"
+        time.sleep(0.2)
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    epochs = [
+        json.loads(line)["epoch"] for line in metrics.read_text().splitlines() if '"event": "epoch"' in line
+    ]
+    assert epochs == list(range(1, 101))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (ended, not yet reaped by its orphaned parent's reaper) counts as ended
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from stages.core.errors import UserError
+from stages.core.errors import FULL, UserError, disk_full
 from stages.core.files import atomic_output, temporary
 
 if TYPE_CHECKING:  # the settings models, for type hints only
@@ -64,7 +64,15 @@ def save_checkpoint(folder: Path, epoch: int, state: dict, best: bool) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"epoch_{epoch:03d}.pt"
     tmp = temporary(path)
-    torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+    try:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+    except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in FULL:
+            raise disk_full(path, exc) from None
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else exc.__class__.__name__
+        raise UserError(f"{path}: cannot write the checkpoint ({reason}); free space on the disk and rerun "
+                        "with --resume: the earlier checkpoints are kept") from None  # fmt: skip
     os.replace(tmp, path)
     for name in ("last.pt", "best.pt") if best else ("last.pt",):
         pointer = folder / name
@@ -346,20 +354,39 @@ def describe_state(state: dict) -> dict:
         for name in ("model", "encoder")
         if isinstance(state.get(name), dict)
     }
-    model = (state.get("settings") or {}).get("model", {})
+    settings = _mapping(state.get("settings"), "settings")
+    model = _mapping(settings.get("model"), "settings.model")
+    classes = state.get("classes") or []
+    if not isinstance(classes, list):
+        raise ValueError(f"'classes' is {type(classes).__name__}, expected a list of class names")
     return {
         "layout": state.get("source_layout", "etad"),
         "kind": state.get("kind"),
         "epoch": state.get("epoch"),
         "parameters": parts,
-        "classes": len(state.get("classes") or []),
+        "classes": len(classes),
         "model": {
             k: model.get(k)
             for k in ("variant", "in_channels", "hidden_channels", "roi_size", "fc_channels", "max_duration")
         },
-        "encoder": (model.get("encoder") or {}).get("name") if "encoder" in parts else None,
+        "encoder": _mapping(model.get("encoder"), "settings.model.encoder").get("name")
+        if "encoder" in parts
+        else None,
     }
 
 
+def _mapping(value: object, where: str) -> dict:
+    """A checkpoint's sub-mapping (absent: empty), or ValueError naming the key."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"'{where}' is {type(value).__name__}, expected a mapping")
+    return value
+
+
 def describe(path: Path) -> dict:
-    return describe_state(read_checkpoint(path))
+    state = read_checkpoint(path)
+    try:
+        return describe_state(state)
+    except ValueError as exc:
+        raise UserError(f"{path}: malformed checkpoint: {exc}") from None

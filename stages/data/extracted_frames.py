@@ -3,7 +3,8 @@
 Per video in <work_dir>/frames/: <id>.h5, every frame of the video at data.fps stored once in the
 snippet cache's frame layout (JPEG by default, `cache.codec` and `cache.jpeg_quality`; see
 `hdf5_cache.store_frames`), and <id>.json, its completion record {video_id, num_frames, fps,
-height, width, codec, jpeg_quality, source, source_frames, source_fps}, written last.
+height, width, codec, jpeg_quality, source, source_stamp (size, mtime), source_frames,
+source_fps}, written last.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ def frames_file(folder: Path, video_id: str) -> Path:
 
 def record_file(folder: Path, video_id: str) -> Path:
     return safe_path(folder, video_id, "{id}.json")
+
+
+def source_stamp(video: Path) -> list[int]:
+    """What tells a replaced video file from the one extracted: its size and modification time."""
+    stat = video.stat()
+    return [stat.st_size, stat.st_mtime_ns]
 
 
 def read_meta(folder: Path, video_id: str) -> dict | None:

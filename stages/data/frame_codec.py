@@ -32,7 +32,7 @@ def encode_jpeg(frames: np.ndarray, quality: int) -> list[np.ndarray]:
     for frame in frames:
         buffer = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(frame)).save(buffer, "JPEG", quality=quality, optimize=True)
-        out.append(np.frombuffer(buffer.getvalue(), np.uint8))
+        out.append(np.frombuffer(bytearray(buffer.getbuffer()), np.uint8))  # writable: torch takes it as is
     return out
 
 

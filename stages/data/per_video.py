@@ -7,17 +7,22 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
-from stages.core.errors import UserError
+from stages.core.errors import FULL, DiskFull, UserError, disk_full
 from stages.data.video_io import VideoError
 
 
 def guarded(job: Callable, *args: Any) -> tuple[Any, str | None]:
-    """(result, None), or (None, the reason it failed) instead of raising."""
+    """(result, None), or (None, the reason it failed) instead of raising; a full disk stops the run
+    (every later video would fail the same way)."""
     try:
         return job(*args), None
+    except DiskFull:
+        raise
     except (UserError, VideoError) as exc:
         return None, str(exc)
     except OSError as exc:
+        if exc.errno in FULL:
+            raise disk_full(exc.filename or "a cache file", exc) from None
         return None, f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
     except Exception as exc:  # a decoder or encoder bug on one file must not end the run
         return None, f"{exc.__class__.__name__}: {str(exc)[:200]}"
@@ -35,5 +40,9 @@ def run_each(
         return
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         futures = {pool.submit(guarded, job, *args): video_id for video_id, job, args in tasks}
-        for future in as_completed(futures):
-            on_done(futures[future], *future.result())
+        try:
+            for future in as_completed(futures):
+                on_done(futures[future], *future.result())
+        except DiskFull:
+            pool.shutdown(cancel_futures=True)
+            raise

@@ -5,6 +5,7 @@ or PyAV), so that `etad cache` needs no extracted frames at all and peak disk is
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -15,7 +16,7 @@ import numpy as np
 from stages.core.errors import UserError
 from stages.core.workdir import frames_dir
 from stages.data.annotations import safe_path
-from stages.data.extracted_frames import frame_reader, frames_file, read_meta
+from stages.data.extracted_frames import frame_reader, frames_file, read_meta, source_stamp
 from stages.data.protocols import protocol
 from stages.data.snippet_positions import resample_frame_indices
 from stages.data.video_io import VideoReader
@@ -65,15 +66,23 @@ class VideoSnippets:
 
 
 def extracted(settings: Settings, video_id: str) -> bool:
-    """Whether `etad extract` wrote this video's frames at the current fps and size."""
+    """Whether `etad extract` wrote this video's frames at the current fps and size, from the video
+    file data.video_dir names now, as that file is now (size and time; unset video_dir: the frames
+    are all there is)."""
     d, folder = settings.data, frames_dir(settings)
     meta = read_meta(folder, video_id)
-    return (
+    current = (
         meta is not None
         and meta.get("fps") == d.fps
         and (meta.get("height"), meta.get("width")) == (d.frame_height, d.frame_width)
         and frames_file(folder, video_id).is_file()
     )
+    if not current or d.video_dir is None:
+        return current
+    video = safe_path(d.video_dir, video_id, d.video_name)
+    if os.path.abspath(str(meta.get("source"))) != os.path.abspath(video):
+        return False  # another video folder or name pattern
+    return not video.is_file() or meta.get("source_stamp", source_stamp(video)) == source_stamp(video)
 
 
 def decodable(settings: Settings, video_id: str) -> bool:

@@ -48,7 +48,7 @@ from stages.core.workdir import run_dir
 from stages.model.classifier import refit
 from stages.training.batches import EpochBatches, micro_batch_seed
 from stages.training.optimisation import Precision
-from stages.training.run_folder import prepare_run_dir
+from stages.training.run_folder import RunLock, prepare_run_dir
 
 if TYPE_CHECKING:  # for type hints only
     from stages.core.settings import ModelSettings, Optimisation, Settings
@@ -203,12 +203,14 @@ def fit(job: Job, settings: Settings, section: Optimisation, dist: Distributed, 
     """The epoch loop shared by `etad train`, `train --e2e` and `train --encoder`: seeds per epoch,
     steps, clips, logs JSON lines, validates, writes a checkpoint per epoch, resumes from last.pt.
     Closes the process group of `start_run` when it ends, however it ends."""
+    lock = None
     try:
         out_dir = run_dir(settings, job.kind)
         summary = TrainSummary(out_dir, job.kind, notes=list(notes or []), parameters=job.parameters)
         run = Run(job, settings, section, dist, device=device, summary=summary,
                   ckpt_dir=out_dir / "checkpoints", precision=Precision(section.amp, device))  # fmt: skip
         if dist.main:
+            lock = RunLock(out_dir)
             prepare_run_dir(out_dir, resume, restart, summary.notes)
         dist.barrier()
         start_epoch = _resume(run) if resume else 0
@@ -230,6 +232,8 @@ def fit(job: Job, settings: Settings, section: Optimisation, dist: Distributed, 
                 summary.peak_memory_mb = max(v for k, v in summary.phase_memory_mb.items() if k != "refit")
         return summary
     finally:
+        if lock is not None:
+            lock.release()
         dist.close()
 
 
@@ -243,6 +247,7 @@ def _resume(run: Run) -> int:
     job = run.job
     if state.get("kind") != job.kind:
         raise UserError(f"{path}: a {state.get('kind')} checkpoint, cannot resume {job.kind}")
+    _same_data(path, state, run.settings)
     for name, module in job.modules.items():
         load_weights(module, state, path, name)
     job.optimizer.load_state_dict(state["optimizer"])
@@ -253,11 +258,28 @@ def _resume(run: Run) -> int:
     began_with = state.get("threads")
     if run.device.type == "cpu" and began_with and began_with != torch.get_num_threads():
         run.summary.notes.append(
-            f"resumed with {torch.get_num_threads()} CPU threads, the run began with {began_with}: CPU kernels "
-            "split sums by thread, so the weights will not be bitwise an uninterrupted run's (set `threads`)"
+            f"resumed with {torch.get_num_threads()} CPU threads, the run began with {began_with}: CPU "
+            "kernels split sums by thread, so the weights will not be bitwise an uninterrupted run's "
+            "(set `threads`)"
         )
     run.summary.resumed_from = int(state["epoch"])
     return run.summary.resumed_from
+
+
+# what a run's inputs are made of: a resumed run must see the inputs it began with
+RESUME_DATA = ("protocol", "fps", "frame_height", "frame_width", "snippet_length", "snippet_stride",
+               "temporal_scale", "window_overlap")  # fmt: skip
+
+
+def _same_data(path: Path, state: dict, settings: Settings) -> None:
+    began = (state.get("settings") or {}).get("data") or {}
+    now = settings.data.model_dump(mode="json")
+    for key in RESUME_DATA:
+        if key in began and began[key] != now[key]:
+            raise UserError(
+                f"{path}: the run began with data.{key}={began[key]}, the settings now say {now[key]}; "
+                "--resume continues a run only on the inputs it began with (or pass --restart)"
+            )
 
 
 def _epoch(run: Run, data: torch.utils.data.DataLoader, epoch: int, progress: Progress) -> None:

@@ -8,6 +8,11 @@ import time
 from pathlib import Path
 
 from stages.core.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 from stages.core.files import ensure_writable_dir
 
 
@@ -34,6 +39,38 @@ def set_aside(out_dir: Path) -> Path:
         n += 1
     os.replace(out_dir, target)
     return target
+
+
+class RunLock:
+    """An exclusive lock on a run folder while a run trains in it, so a second `etad train` (another
+    terminal, a study rerun beside an orphaned point) refuses instead of writing into the same
+    checkpoints and metrics. The lock file is <work_dir>/logs/<run>.lock, outside the run folder
+    (`--restart` moves that), holding the pid; the operating system drops the lock when its process
+    dies, however it dies."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir.parent / "logs" / f"{out_dir.name}.lock"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a+")
+        if fcntl is None:  # Windows: no advisory locks; the folder checks below still apply
+            return
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "?"
+            self._file.close()
+            raise UserError(
+                f"{out_dir}: another training run (process {holder}) is running in this folder; "
+                "wait for it to end or stop it"
+            ) from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"{os.getpid()}\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        self._file.close()  # closing drops the lock
 
 
 def prepare_run_dir(out_dir: Path, resume: bool, restart: bool, notes: list[str]) -> None:
