@@ -496,13 +496,18 @@ def report(config: ConfigOpt, set_: SetOpt = None) -> None:
     """Summarise a work folder: each stage's time and peak memory, and every evaluated model's mAP.
 
     Reads <work_dir>/logs/stages.jsonl (the last run of each stage) and compares the frozen-feature
-    and end-to-end models that `etad infer --eval` scored. `make demo` ends with it.
+    and end-to-end models that `etad infer --eval` scored; plots every run's loss curves and the
+    models' scores to <work_dir>/report/curves.png. `make demo` ends with it.
 
     Example: etad report --config examples/demo.yaml
     """
+    from stages.training.curves import plot_curves
+
     with user_errors():
         s = load(config, set_)
-        views.run_report(s.work_dir, read_runs(s.work_dir))
+        scored = views.run_report(s.work_dir, read_runs(s.work_dir))
+        png = plot_curves(s.work_dir, scored, s.work_dir / "report" / "curves.png")
+        views.curves_written(s.work_dir, png)
 
 
 def main() -> None:

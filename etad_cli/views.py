@@ -157,8 +157,8 @@ def eval_report(report, per_class: bool = False) -> None:
     print_notes(report.notes)
 
 
-def run_report(work_dir: Path, runs: list[dict]) -> None:
-    """`etad report`: the last run of each stage, then every evaluated model."""
+def run_report(work_dir: Path, runs: list[dict]) -> list[dict]:
+    """`etad report`: the last run of each stage, then every evaluated model (returned)."""
     latest: dict[tuple, dict] = {}
     for r in runs:  # the last run of each stage (and of each infer output), in the order they finished
         key = (r["stage"], r.get("output"))
@@ -174,7 +174,7 @@ def run_report(work_dir: Path, runs: list[dict]) -> None:
     console.print(table)
     scored = [r for r in latest.values() if "average" in r]
     if not scored:
-        return
+        return scored
     models = Table(
         title="evaluated models",
         caption="detection: average mAP over the tIoU thresholds and "
@@ -191,6 +191,14 @@ def run_report(work_dir: Path, runs: list[dict]) -> None:
             values = f"AUC {r['average']:.2f}", f"{r['first_tiou']:.2%}"
         models.add_row(name, Path(r["output"]).name, *values)
     console.print(models)
+    return scored
+
+
+def curves_written(work_dir: Path, png: Path | None) -> None:
+    if png is not None:
+        console.print(f"curves: {png}", soft_wrap=True)
+    if any(Path(work_dir).glob("**/tensorboard")):
+        console.print(f"TensorBoard: tensorboard --logdir {work_dir}", soft_wrap=True)
 
 
 def checkpoint_summary(path: Path, info: dict) -> None:

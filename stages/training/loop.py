@@ -47,6 +47,7 @@ from stages.core.runtime import (
 from stages.core.workdir import run_dir
 from stages.model.classifier import refit
 from stages.training.batches import EpochBatches, micro_batch_seed
+from stages.training.curves import TensorBoard
 from stages.training.optimisation import Precision
 from stages.training.run_folder import RunLock, prepare_run_dir
 
@@ -67,12 +68,15 @@ def start_run(settings: Settings, section: Optimisation) -> tuple[torch.device, 
 
 class MetricsLog:
     """JSON lines, one per logged iteration or epoch. A resumed run first drops the records of the
-    epochs after its checkpoint (an interrupted epoch is run again and logged again)."""
+    epochs after its checkpoint (an interrupted epoch is run again and logged again). Where
+    TensorBoard is installed, the same records also go to <run>/tensorboard/ (training.curves)."""
 
-    def __init__(self, path: Path, keep_epochs: int, enabled: bool = True) -> None:
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path, keep_epochs: int, enabled: bool = True, step: int = 0) -> None:
+        """`step`: the optimizer steps before this run (a resume): later events are purged."""
+        self.path, self.enabled, self.board = path, enabled, None
         if not enabled:
             return
+        self.board = TensorBoard.open(path.parent / "tensorboard", purge_step=step + 1 if step else None)
         path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if keep_epochs > 0 and path.is_file():
@@ -90,6 +94,13 @@ class MetricsLog:
         if self.enabled:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+        step = record.get("step", record.get("at_step"))  # a step's record, or an epoch's
+        if self.board is not None and step is not None:
+            self.board.write(record, int(step))
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
 
 
 def loader(
@@ -203,7 +214,7 @@ def fit(job: Job, settings: Settings, section: Optimisation, dist: Distributed, 
     """The epoch loop shared by `etad train`, `train --e2e` and `train --encoder`: seeds per epoch,
     steps, clips, logs JSON lines, validates, writes a checkpoint per epoch, resumes from last.pt.
     Closes the process group of `start_run` when it ends, however it ends."""
-    lock = None
+    lock, run = None, None
     try:
         out_dir = run_dir(settings, job.kind)
         summary = TrainSummary(out_dir, job.kind, notes=list(notes or []), parameters=job.parameters)
@@ -215,7 +226,6 @@ def fit(job: Job, settings: Settings, section: Optimisation, dist: Distributed, 
         dist.barrier()
         start_epoch = _resume(run) if resume else 0
         dist.broadcast(job.modules.values())  # every rank starts from rank 0's weights
-        run.log = MetricsLog(out_dir / "metrics.jsonl", keep_epochs=start_epoch, enabled=dist.main)
         data = loader(job.train_set, section.batch_size, section.workers, True, seed=settings.seed, dist=dist,
                       device=device, accumulate=section.accumulate)  # fmt: skip
         steps = len(data) // section.accumulate
@@ -223,6 +233,9 @@ def fit(job: Job, settings: Settings, section: Optimisation, dist: Distributed, 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         run.step = start_epoch * steps
+        run.log = MetricsLog(
+            out_dir / "metrics.jsonl", keep_epochs=start_epoch, enabled=dist.main, step=run.step
+        )
         for epoch in range(start_epoch, section.epochs):
             _epoch(run, data, epoch, progress)
         if device.type == "cuda":
@@ -232,6 +245,8 @@ def fit(job: Job, settings: Settings, section: Optimisation, dist: Distributed, 
                 summary.peak_memory_mb = max(v for k, v in summary.phase_memory_mb.items() if k != "refit")
         return summary
     finally:
+        if run is not None and run.log is not None:
+            run.log.close()
         if lock is not None:
             lock.release()
         dist.close()
@@ -313,8 +328,8 @@ def _epoch(run: Run, data: torch.utils.data.DataLoader, epoch: int, progress: Pr
     score = val_loss if val_loss is not None else train_loss
     is_best = score < run.best
     run.best = min(run.best, score)
-    record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-              "seconds": time.perf_counter() - began, "data_wait_s": waited,
+    record = {"epoch": epoch + 1, "at_step": run.step, "train_loss": train_loss, "val_loss": val_loss,
+              "lr": lr, "seconds": time.perf_counter() - began, "data_wait_s": waited,
               "items_per_s": items / max(seconds, 1e-9),
               "weights_checksum_per_rank": dist.gather(weights_checksum(job.modules["model"]))}  # fmt: skip
     if job.memory is not None and job.memory.peaks_mib:
