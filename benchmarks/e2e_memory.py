@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stages.model.backward import Backward, e2e_gradients  # noqa: E402
 from stages.model.detector import ETAD  # noqa: E402
-from stages.model.encoder import build_encoder  # noqa: E402
+from stages.model.encoder import ENCODERS, build_encoder  # noqa: E402
 from stages.model.losses import detector_loss  # noqa: E402
 from stages.model.sampling import sample_proposals  # noqa: E402
 from stages.model.targets import boundary_targets, match_ground_truth, proposal_map  # noqa: E402
@@ -138,7 +138,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mode", choices=["sampled", "checkpoint", "full"], required=True)
     p.add_argument("--snippets", type=int, required=True)
-    p.add_argument("--encoder", default="r2plus1d_18", choices=["r2plus1d_34_tsp", "r2plus1d_18", "tiny"])
+    p.add_argument("--encoder", default="r2plus1d_18", choices=list(ENCODERS))
     p.add_argument("--frozen-stages", type=int, default=-1, help="-1: every stage learns")
     p.add_argument("--frames", type=int, default=8, help="frames per snippet")
     p.add_argument("--size", type=int, default=56, help="crop size")

@@ -464,6 +464,32 @@ def bench_e2e_memory() -> list[tuple[str, str]]:
     return rows
 
 
+# one encoder per family at a clip shape it takes that a CPU can backpropagate 128 snippets through
+FAMILY_POINTS = {
+    "cnn (torchvision r3d_18)": ("r3d_18", 8, 56),
+    "transformer (torchvision swin3d_t)": ("swin3d_t", 8, 64),
+    "transformer (VideoMAE, videomae_tiny)": ("videomae_tiny", 8, 32),
+}
+
+
+def bench_encoder_families() -> list[tuple[str, str]]:
+    """Sampled vs full backward activation memory at 128 snippets per encoder family (1 video, ratio 0.3,
+    chunk 4, every stage learning; a process per point)."""
+    rows, figures = [], []
+    for family, (name, frames, size) in FAMILY_POINTS.items():
+        shape = ("--encoder", name, "--frames", str(frames), "--size", str(size))
+        full, sampled = (_e2e_point(mode, 128, *shape) for mode in ("full", "sampled"))
+        ratio = full["activation_mib"] / sampled["activation_mib"]
+        memory = f"{full['activation_mib']:,.0f} | {sampled['activation_mib']:,.0f} MiB ({ratio:.1f}x less)"
+        rows.append((f"{family}, {frames} x {size}^2: full | sampled", memory))
+        figures.append({"family": family, "encoder": name, "frames": frames, "size": size,
+                        "full": full, "sampled": sampled, "ratio": ratio})  # fmt: skip
+    out = REPO / "docs" / "images" / "encoder_families.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine(), "points": figures}, indent=1))
+    return rows
+
+
 def bench_e2e_paper_gpu() -> list[tuple[str, str]]:
     """The paper's setting on a GPU: TSP R(2+1)D-34, 128 x 16 x 112^2 snippets, ratio 0.3, chunk 4."""
     import torch
@@ -606,7 +632,8 @@ def bench_ranks() -> list[tuple[str, str]]:
 
 BENCHMARKS = [
     bench_synth, bench_extract, bench_frame_formats, bench_cache_read, bench_eval, bench_train,
-    bench_detector_speed, bench_startup, bench_e2e_memory, bench_e2e_paper_gpu, bench_data_path, bench_ranks,
+    bench_detector_speed, bench_startup, bench_e2e_memory, bench_encoder_families, bench_e2e_paper_gpu,
+    bench_data_path, bench_ranks,
 ]  # fmt: skip
 
 

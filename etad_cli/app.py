@@ -4,6 +4,7 @@ its summary (etad_cli/views.py). Nothing here knows how a stage does its work.""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -489,6 +490,27 @@ def study(
                 stage.run(plan, runner=runner, progress=progress)
             show = plan.out_dir
         console.print(stage.table(show), markup=False, soft_wrap=True)
+
+
+@app.command()
+def encoders(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the registry as JSON.")] = False,
+) -> None:
+    """List the encoders model.encoder.name can be, with their clip shapes and checkpoint formats.
+
+    Each row: parameters, feature width, the clip shape the encoder takes, its stages (what
+    frozen_stages counts) and the weight files it loads.
+
+    Example: etad encoders --json
+    """
+    from stages.model.encoder import describe_encoders
+
+    with user_errors():
+        rows = describe_encoders()
+        if as_json:
+            print(json.dumps(rows, indent=1))
+        else:
+            views.encoder_table(rows)
 
 
 @app.command()

@@ -214,3 +214,19 @@ def checkpoint_summary(path: Path, info: dict) -> None:
         "classes", str(info["classes"]) if info["classes"] else "none (label with infer.classifier: file)"
     )
     console.print(table)
+
+
+def encoder_table(rows: list[dict]) -> None:
+    """`etad encoders`: the registry, one row per encoder."""
+    table = Table(title="encoders (model.encoder.name)", caption_justify="left",
+                  caption="clip: frames x crop (n: a multiple, +: at least); parameters '-': needs "
+                  "pip install 'etad\\[hf]'; `etad encoders --json` says more")  # fmt: skip
+    for column in ("name", "family", "parameters", "width", "clip", "frozen_stages", "formats"):
+        table.add_column(
+            column, justify="right" if column in ("parameters", "width") else "left", no_wrap=True
+        )
+    for r in rows:
+        count = f"{r['parameters'] / 1e6:.1f} M" if r["parameters"] is not None else "-"
+        stages, formats = f"-1 .. {r['stages']}", ", ".join(r["checkpoint_formats"])
+        table.add_row(r["name"], r["family"], count, str(r["width"]), r["clip_short"], stages, formats)
+    console.print(table)

@@ -219,15 +219,15 @@ def run(study: Study, *, runner: PointRunner, progress: Progress = SILENT) -> li
         raise UserError(f"--stages {study.stage}: expected one of {', '.join(STAGES)}")
     base = study.settings
     cache_sets = [f"cache.snippets_dir={snippets_dir(base)}", f"cache.features_dir={features_dir(base)}"]
+    tasks = [(p, s) for p in study.points for s in range(study.seeds)]
+    if any(finished(point_folder(study, p, base.seed + s) / "result.json") is None for p, s in tasks):
+        check_caches(base, study.stage)  # before study.json: a refused study leaves no folder behind
     study.out_dir.mkdir(parents=True, exist_ok=True)
     write_json(
         study.out_dir / "study.json",
         identity(study)
         | {"seeds": study.seeds, "varied": study.varied, "base_overrides": study.base_overrides},
     )
-    tasks = [(p, s) for p in study.points for s in range(study.seeds)]
-    if any(finished(point_folder(study, p, base.seed + s) / "result.json") is None for p, s in tasks):
-        check_caches(base, study.stage)
     progress.start(len(tasks))
 
     def one(task: tuple[Point, int]) -> dict:

@@ -25,7 +25,7 @@ from stages.data.fingerprints import Expected
 from stages.data.hdf5_cache import VideoCache
 from stages.model.backward import Backward, e2e_gradients
 from stages.model.detector import VARIANTS, build_detector
-from stages.model.encoder import build_encoder, center_crop, encode_chunks
+from stages.model.encoder import build_encoder, center_crop, encode_chunks, encoder_spec
 from stages.model.losses import as_float, detector_loss
 from stages.training.loop import Job, TrainSummary, classifier_refit, fit, start_run
 from stages.training.optimisation import make_optimizer
@@ -113,7 +113,8 @@ def snippet_dataset(settings: Settings, crop: int, *, on_device: bool = False):
 def check(settings: Settings) -> None:
     """Settings end-to-end training refuses before any work."""
     e2e, enc = settings.e2e, settings.model.encoder
-    if e2e.grad_mode == "sampled" and not enc.norm_eval and e2e.encoder_lr > 0:
+    batchnorm = encoder_spec(enc.name).batchnorm  # LayerNorm encoders have no batch statistics
+    if e2e.grad_mode == "sampled" and not enc.norm_eval and e2e.encoder_lr > 0 and batchnorm:
         raise UserError(
             "model.encoder.norm_eval: false does not work with e2e.grad_mode 'sampled': the no-grad pass "
             "and the re-forward would see different BatchNorm statistics (use norm_eval: true, or "

@@ -27,15 +27,17 @@ def test_help_lists_every_command_with_one_line():
         "report",
         "study",
         "checkpoint",
+        "encoders",
     ):
-        line = next(line for line in result.stdout.splitlines() if f" {command} " in line)
+        lines = result.stdout.splitlines()
+        line = next(line for line in lines if line.lstrip("│ ").startswith(f"{command} "))
         assert len(line.split(command, 1)[1].strip(" │")) > 10, line
 
 
 def test_every_command_help_shows_an_example():
     for command in (["synth"], ["extract"], ["cache"], ["train"], ["infer"], ["eval"], ["report"],
                     ["config", "show"], ["config", "validate"], ["config", "reference"], ["study"],
-                    ["checkpoint", "info"], ["checkpoint", "convert"]):  # fmt: skip
+                    ["checkpoint", "info"], ["checkpoint", "convert"], ["encoders"]):  # fmt: skip
         result = run_etad(*command, "--help")
         assert result.returncode == 0, command
         assert "Example" in result.stdout and f"etad {' '.join(command)} " in result.stdout, command

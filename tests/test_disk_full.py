@@ -47,7 +47,9 @@ def test_cache_on_a_full_disk_stops_with_one_line_and_the_rerun_finishes(tmp_pat
     assert len(list(out.glob("*.h5"))) == 6
 
 
-def test_train_on_a_full_disk_keeps_its_checkpoints_and_leaves_no_temporary(tmp_path, synth_dir, feature_work):
+def test_train_on_a_full_disk_keeps_its_checkpoints_and_leaves_no_temporary(
+    tmp_path, synth_dir, feature_work
+):
     cache = {"features_dir": str(feature_work / "work" / "cache" / "features")}
     config = demo_config(tmp_path, synth_dir, cache=cache, train={"epochs": 2})
     result = _run_limited(200_000, "train", "-c", config)  # a detector checkpoint is ~4 MB

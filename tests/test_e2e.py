@@ -15,11 +15,15 @@ from stages.train_e2e import augment
 T, CHUNK = 8, 2
 
 
-def _setup():
+CLIPS = {"tiny": (4, 16), "videomae_tiny": (8, 32)}  # encoder -> (frames, crop) of its clips here
+
+
+def _setup(name: str = "tiny"):
     torch.manual_seed(0)
-    encoder = SnippetEncoder("tiny", frozen_stages=-1, norm_eval=True).double()
+    encoder = SnippetEncoder(name, frozen_stages=-1, norm_eval=True).double()
     detector = ETAD(64, 64, 8, 0.5, n_stages=3).double()
-    snippets = torch.randint(0, 255, (2, T, 4, 16, 16, 3), dtype=torch.uint8)
+    frames, crop = CLIPS[name]
+    snippets = torch.randint(0, 255, (2, T, frames, crop, crop, 3), dtype=torch.uint8)
     anchors = proposal_map(T, T)[None].expand(2, -1, -1).double()
     gt = torch.tensor([[0.25, 0.5]])
     start, end = boundary_targets(gt, T)
@@ -31,8 +35,8 @@ def _setup():
     return encoder, detector, snippets, anchors, batch
 
 
-def _grads(mode, ratio=1.0, seed=0, restrict=None):
-    encoder, detector, snippets, anchors, batch = _setup()
+def _grads(mode, ratio=1.0, seed=0, restrict=None, name="tiny"):
+    encoder, detector, snippets, anchors, batch = _setup(name)
     encoder.train()
 
     def loss_fn(out):
@@ -104,6 +108,22 @@ def test_sampled_ratio_below_one_equals_restricted_full_gradient():
     full, _ = _grads("full")
     torch.testing.assert_close(enc, ref, rtol=1e-9, atol=1e-12)
     assert not torch.allclose(enc, full)  # the other snippets really are left out
+
+
+def test_partial_backward_is_exact_for_a_transformer_encoder():
+    """VideoMAE (LayerNorm, attention; the `hf` extra): sampled backward at ratio 1 is plain
+    back-propagation, and below 1 it is back-propagation restricted to the sampled snippets."""
+    pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
+    full, _ = _grads("full", name="videomae_tiny")
+    enc, _ = _grads("sampled", 1.0, name="videomae_tiny")
+    assert full.abs().sum() > 0
+    torch.testing.assert_close(enc, full, rtol=1e-9, atol=1e-12)
+    gen = torch.Generator().manual_seed(5)
+    picks = [sample_snippets(T, 0.5, CHUNK, "random", generator=gen).flatten() for _ in range(2)]
+    enc, _ = _grads("sampled", 0.5, seed=5, name="videomae_tiny")
+    ref, _ = _grads("full", restrict=picks, name="videomae_tiny")
+    torch.testing.assert_close(enc, ref, rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(enc, full)
 
 
 def test_augment_draws_once_per_video():

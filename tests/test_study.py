@@ -114,7 +114,7 @@ def test_a_study_without_its_caches_stops_before_the_first_point(tmp_path, synth
         line = " ".join(done.stderr.split())
         assert f"no {kind} cache here; run `etad cache --what {kind}` first" in line
         assert "Traceback" not in line
-        assert not (tmp_path / "work" / "study" / "points").exists()  # no point was started
+        assert not (tmp_path / "work" / "study").exists()  # no point was started, no study recorded
 
 
 def _figures(job) -> dict:

@@ -7,7 +7,7 @@ Files are always read with `torch.load(weights_only=True)`: no code is unpickled
   `load_checkpoint` reads back (resume, `etad infer`).
 - TSP encoder weights (`load_tsp_checkpoint`, `export_tsp`): `{"model": {...}}`, backbone keys
   under `features.`, heads `fc*`; what `model.encoder.checkpoint` names and `etad train --encoder`
-  writes. ENCODER_FORMATS maps an encoder's `checkpoint_format` to its loader.
+  writes. ENCODER_FORMATS maps a format name (an encoder's `formats`) to its loader.
 - Released detector files, converted to an etad checkpoint by `read_checkpoint(path)` (LAYOUTS
   lists them; each entry: how to recognise it, how to map its keys), so that `etad infer
   --checkpoint`, `--init-from` and `etad checkpoint convert` accept a file as it was downloaded:
@@ -116,14 +116,39 @@ def load_tsp_checkpoint(backbone: torch.nn.Module, path: Path) -> None:
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise UserError(f"{path}: expected a dict with a 'model' state dict")
-    state = {k.removeprefix("features."): v for k, v in state.items() if "fc" not in k}
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    state = {k.removeprefix("features."): v for k, v in state.items()}
+    _load_trunk(backbone, state, path)  # TSP's heads: fc, fc_action, fc_region
+
+
+HEADS = ("fc", "fc_action", "fc_region", "head", "classifier")  # top-level names of classification heads
+
+
+def _load_trunk(backbone: torch.nn.Module, state: dict, path: Path) -> None:
+    """Load every key of `state` but its classification heads' (top-level names in HEADS: a ViT
+    block's `mlp.fc1` stays), strictly: any other missing or unexpected key is an error."""
+    state = {k: v for k, v in state.items() if k.split(".")[0] not in HEADS}
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape
+        reason = str(exc).strip().splitlines()[-1].strip()[:160]
+        raise UserError(f"{path}: weights of another shape: {reason}") from None
     if missing or unexpected:
         raise UserError(
             f"{path}: keys do not match the encoder: "
             f"{len(missing)} missing (e.g. {', '.join(missing[:3]) or '-'}), "
             f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3]) or '-'})"
         )
+
+
+def load_torchvision_checkpoint(backbone: torch.nn.Module, path: Path) -> None:
+    """torchvision's own weight file of the model (`torch.save(model.state_dict())`, e.g.
+    r3d_18-b3b3357e.pth; also under 'state_dict' or 'model'), its classification head left out."""
+    checkpoint = read_weights_file(path)
+    if isinstance(checkpoint, dict):
+        checkpoint = checkpoint.get("state_dict", checkpoint.get("model", checkpoint))
+    if not isinstance(checkpoint, dict) or not all(torch.is_tensor(v) for v in checkpoint.values()):
+        raise UserError(f"{path}: expected a state dict (parameter name -> tensor)")
+    _load_trunk(backbone, checkpoint, path)
 
 
 def export_tsp(backbone: torch.nn.Module, heads: torch.nn.Module, path: Path) -> None:
@@ -146,16 +171,26 @@ def released_model_settings(settings: Settings, state: dict) -> dict:
     return {**mine, **model, "encoder": {**mine["encoder"], **model["encoder"]}}
 
 
-# An encoder's `checkpoint_format` (stages/model/encoder.py) -> the function that loads such a file
-# into its backbone.
-ENCODER_FORMATS: dict[str, Callable[[torch.nn.Module, Path], None]] = {"tsp": load_tsp_checkpoint}
+# A format name of an encoder's `formats` (stages/model/encoder.py) -> the function that loads such a
+# file into its backbone (Hugging Face folders are read in stages/model/video_backbones.py).
+ENCODER_FORMATS: dict[str, Callable[[torch.nn.Module, Path], None]] = {
+    "tsp": load_tsp_checkpoint,
+    "torchvision": load_torchvision_checkpoint,
+}
 
 
-def load_encoder_weights(backbone: torch.nn.Module, checkpoint_format: str | None, path: Path) -> None:
-    """Load an encoder weight file of the given format into a backbone."""
-    if checkpoint_format not in ENCODER_FORMATS:
+def load_encoder_weights(backbone: torch.nn.Module, loaders: dict[str, Callable], path: Path) -> None:
+    """Load an encoder weight file into a backbone with the first of its formats' loaders (name ->
+    loader, in order) that fits the file; the error names what each said."""
+    if not loaders:
         raise UserError(f"{path}: this encoder has no checkpoint loader")
-    ENCODER_FORMATS[checkpoint_format](backbone, path)
+    reasons = []
+    for name, load in loaders.items():
+        try:
+            return load(backbone, path)
+        except UserError as exc:
+            reasons.append(f"as {name}: {str(exc).removeprefix(f'{path}: ')}")
+    raise UserError(f"{path}: " + "; ".join(reasons))
 
 
 # original ETAD detector key -> etad key (regular expressions, applied in order; first match wins)

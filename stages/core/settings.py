@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 
@@ -127,16 +128,23 @@ class EncoderSettings(Section):
 
     name: EncoderName = Field(
         "r2plus1d_34_tsp",
-        description="a name of the encoder registry (stages/model/encoder.py): r2plus1d_34_tsp (ETAD), "
-        "torchvision r2plus1d_18, or tiny (CPU demo and tests)",
+        description="a name of the encoder registry (stages/model/encoder.py; `etad encoders` lists them): "
+        "r2plus1d_34_tsp (ETAD), torchvision's video models, VideoMAE, or tiny (CPU demo and tests)",
     )
     checkpoint: FilePath | None = Field(
-        None, description="weights; TSP layout (key 'model', 'features.' prefix)"
+        None,
+        description="local weights in one of the encoder's formats (`etad encoders`): TSP's file, "
+        "torchvision's state_dict or a Hugging Face folder",
     )
     crop_size: int = Field(
         112, ge=8, description="frames are centre-cropped (random crop in e2e training) to this size"
     )
-    frozen_stages: int = Field(2, ge=-1, le=4, description="stem + this many residual stages are frozen")
+    frozen_stages: int = Field(
+        2,
+        ge=-1,
+        description="the stem + this many stages are frozen (-1: none; the range is the encoder's, "
+        "`etad encoders`)",
+    )
     norm_eval: bool = Field(True, description="keep every BatchNorm in eval mode (running statistics frozen)")
 
 
@@ -369,3 +377,24 @@ class Settings(Section):
     encoder_train: EncoderTrainSettings = Field(default_factory=EncoderTrainSettings)
     infer: InferSettings = Field(default_factory=InferSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+
+    @model_validator(mode="after")
+    def _fits_the_encoder(self, info: ValidationInfo) -> Settings:
+        """The clips the data gives (data.snippet_length frames, model.encoder.crop_size) and
+        frozen_stages against the encoder's registry entry, when the caller handed the registry in."""
+        encoders = ((info.context or {}).get("parts") or {}).get("model.encoder.name") or {}
+        spec = encoders.get(self.model.encoder.name)
+        if spec is None or not hasattr(spec, "clip"):
+            return self
+        enc = self.model.encoder
+        problem = spec.clip.problem(self.data.snippet_length, enc.crop_size)
+        if problem is not None:
+            raise ValueError(
+                f"model.encoder: {enc.name} takes clips of {spec.clip.describe()}; the settings give "
+                f"{self.data.snippet_length} frames (data.snippet_length) x {enc.crop_size} "
+                "(model.encoder.crop_size)"
+            )
+        problem = spec.frozen_problem(enc.frozen_stages)
+        if problem is not None:
+            raise ValueError(f"model.encoder.{problem} for {enc.name}")
+        return self

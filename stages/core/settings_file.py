@@ -59,6 +59,8 @@ def _describe(error: dict[str, Any], source: str, overrides: list[str]) -> str:
     if error["type"] == "missing":
         return f"{source}: {key}: missing"
     message = error["msg"].removeprefix("Value error, ")[:200]
+    if not error["loc"]:  # a check across sections: its message names the keys
+        return f"{source}: {message}"
     return f"{source}: {key}: got {short_repr(error['input'])}: {message}"
 
 

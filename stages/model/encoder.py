@@ -1,30 +1,42 @@
-"""Video encoders: a snippet of frames in, one feature vector out (docs/method.md §2).
+"""Video encoders: a snippet of frames in, one feature vector out (docs/method.md §2,
+docs/encoders.md).
 
+ENCODERS is the registry: one EncoderSpec per name says everything etad needs about an encoder:
+its builder, feature width, the clip shape it accepts, its normalisation, its stages (what
+`frozen_stages` counts), its checkpoint formats and whether it has BatchNorm (`norm_eval`).
 - `r2plus1d_34_tsp`: TSP's R(2+1)D-34 (torchvision VideoResNet blocks, layers [3,4,6,3], BatchNorm
-  eps 1e-3 / momentum 0.9, fc removed, mean-pooled 512-d), loading the public TSP checkpoint layout.
-- `r2plus1d_18`: torchvision's R(2+1)D-18 (512-d), random init (no downloads here).
+  eps 1e-3 / momentum 0.9), loading the public TSP checkpoint layout.
+- torchvision's video models under their builder names (r3d_18, mc3_18, r2plus1d_18, s3d,
+  mvit_v1_b, mvit_v2_s, swin3d_t/s/b), loading torchvision's own weight files.
+- `videomae_s/b/l` through Hugging Face transformers (`pip install 'etad[hf]'`), and
+  `videomae_tiny`, etad's small one for CPU runs.
 - `tiny`: a 3-stage (2+1)D network with 16/32/64 channels (64-d) for CPU runs: the demo and tests.
 
-All take uint8 clips [N, L, H, W, 3] (already cropped), normalise with the TSP statistics on the
-0-255 scale (docs/method.md §2) and return [N, D]. `frozen_stages` freezes the stem plus the first k
-residual stages; `norm_eval` keeps every BatchNorm in eval mode (running statistics frozen).
+All take uint8 clips [N, L, H, W, 3] (already cropped), normalise with their statistics on the
+0-255 scale and return [N, D]. `frozen_stages` k freezes the first part (the stem) plus the first
+k stages (-1: nothing); `norm_eval` keeps every BatchNorm in eval mode (running statistics frozen).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, R2Plus1dStem, VideoResNet, r2plus1d_18
+from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, R2Plus1dStem, VideoResNet
 
-from stages.core.checkpoints import load_encoder_weights
+from stages.core.checkpoints import ENCODER_FORMATS, load_encoder_weights
 from stages.core.errors import UserError
+from stages.model import video_backbones as vb
 
 MEAN = (110.2008, 100.63983, 95.99475)  # TSP [0,1] statistics x 255 (docs/method.md §2)
 STD = (58.14765, 56.46975, 55.332195)
+KINETICS = (MEAN, STD)  # torchvision's R(2+1)D, R3D, MC3 and S3D use TSP's Kinetics statistics
+MVIT = ((114.75, 114.75, 114.75), (57.375, 57.375, 57.375))  # 0.45 / 0.225 x 255
+IMAGENET = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))  # Swin3D and VideoMAE
 
 
 def _r2plus1d_34() -> VideoResNet:
@@ -32,12 +44,6 @@ def _r2plus1d_34() -> VideoResNet:
     for module in net.modules():
         if isinstance(module, nn.BatchNorm3d):  # TSP's "Caffe2" BatchNorm settings
             module.eps, module.momentum = 1e-3, 0.9
-    net.fc = nn.Identity()
-    return net
-
-
-def _r2plus1d_18() -> VideoResNet:
-    net = r2plus1d_18(weights=None)
     net.fc = nn.Identity()
     return net
 
@@ -68,13 +74,52 @@ class TinyR2Plus1D(nn.Module):
         return x.mean(dim=(2, 3, 4))
 
 
-def residual_stages(backbone: nn.Module, frozen_stages: int) -> list[nn.Module]:
-    """The freezing rule of ResNet-like backbones: the stem and the first `frozen_stages` of
-    layer1..layer4 (nothing when frozen_stages < 0)."""
-    if frozen_stages < 0:
-        return []
-    names = ["stem"] + [f"layer{i}" for i in range(1, frozen_stages + 1)]
-    return [getattr(backbone, n) for n in names if hasattr(backbone, n)]
+@dataclass(frozen=True)
+class ClipShape:
+    """The clips an encoder accepts: frames and square crop, each fixed or a minimum and a multiple."""
+
+    frames: int | None = None  # exactly this many frames (fixed positional embeddings); None: any
+    min_frames: int = 1
+    frame_multiple: int = 1  # tubelets: frames divisible by the tubelet length
+    crop: int | None = None
+    min_crop: int = 16
+    crop_multiple: int = 1
+    example: tuple[int, int] = (8, 32)  # a small (frames, crop) it takes: the tests' shape
+
+    def problem(self, frames: int, crop: int) -> str | None:
+        """Why (frames, crop) does not fit, or None."""
+        if (self.frames is not None and frames != self.frames) or frames < self.min_frames \
+                or frames % self.frame_multiple:  # fmt: skip
+            return f"frames {self.describe_frames()}"
+        if (self.crop is not None and crop != self.crop) or crop < self.min_crop or crop % self.crop_multiple:
+            return f"crop {self.describe_crop()}"
+        return None
+
+    def describe_frames(self) -> str:
+        if self.frames is not None:
+            return str(self.frames)
+        return f">= {self.min_frames}" + (
+            f", a multiple of {self.frame_multiple}" if self.frame_multiple > 1 else ""
+        )
+
+    def describe_crop(self) -> str:
+        if self.crop is not None:
+            return str(self.crop)
+        return f">= {self.min_crop}" + (
+            f", a multiple of {self.crop_multiple}" if self.crop_multiple > 1 else ""
+        )
+
+    def describe(self) -> str:
+        return f"frames {self.describe_frames()}, crop {self.describe_crop()}"
+
+    def short(self) -> str:
+        """'16 x 224' (fixed), '14+ x 224+' (at least), '2n x 32n' (multiples)."""
+
+        def one(fixed: int | None, least: int, multiple: int) -> str:
+            return str(fixed) if fixed is not None else f"{multiple}n" if multiple > 1 else f"{least}+"
+
+        frames = one(self.frames, self.min_frames, self.frame_multiple)
+        return f"{frames} x {one(self.crop, self.min_crop, self.crop_multiple)}"
 
 
 @dataclass(frozen=True)
@@ -83,19 +128,90 @@ class EncoderSpec:
 
     build: Callable[[], nn.Module]  # a backbone: float clips [N, 3, L, H, W] (normalised) -> [N, out_dim]
     out_dim: int  # feature width: model.in_channels when that is unset
+    stages: Callable[[nn.Module], list[list[nn.Module]]] = vb.resnet_stages  # stem first, then the stages
+    clip: ClipShape = field(default_factory=ClipShape)
     mean: tuple[float, float, float] = MEAN  # per-channel normalisation on the 0-255 scale
     std: tuple[float, float, float] = STD
-    frozen: Callable[[nn.Module, int], list[nn.Module]] = residual_stages  # (backbone, frozen_stages)
-    checkpoint_format: str | None = "tsp"  # its weight files: a key of ENCODER_FORMATS (core/checkpoints.py)
+    formats: tuple[str, ...] = ("tsp",)  # its weight files: keys of LOADERS, tried in order ("tsp" is
+    # also the layout etad writes: `etad train --encoder`, so every encoder lists it)
+    batchnorm: bool = True  # has BatchNorm (norm_eval matters; sampled backward needs it frozen)
+    family: str = "cnn"  # for `etad encoders` and the memory benchmark: cnn or transformer
+    n_stages: int = 4  # what frozen_stages may be at most (the stages after the stem)
+
+    def frozen_problem(self, frozen_stages: int) -> str | None:
+        if not -1 <= frozen_stages <= self.n_stages:
+            return f"frozen_stages {frozen_stages}: expected -1 (none) to {self.n_stages} (all)"
+        return None
 
 
-# The encoder registry: `model.encoder.name` is a key of this dict. To add an encoder, add an entry
-# (docs/architecture.md has a worked example).
+LOADERS = {**ENCODER_FORMATS, "huggingface": vb.load_videomae}  # format name -> loader(backbone, path)
+
+
+def _torchvision(name: str, head: str, width: int, *, stages, clip: ClipShape, norm, n_stages: int,
+                 transformer: bool = False) -> EncoderSpec:  # fmt: skip
+    """A torchvision video model: its builder name, the head attribute it loses, its width."""
+    build = partial(vb.torchvision_video, name, head)
+    return EncoderSpec(build, width, stages=stages, clip=clip, mean=norm[0], std=norm[1],
+                       formats=("torchvision", "tsp"), batchnorm=not transformer,
+                       family="transformer" if transformer else "cnn", n_stages=n_stages)  # fmt: skip
+
+
+def _videomae(size: str, clip: ClipShape) -> EncoderSpec:
+    config = vb.VIDEOMAE_SIZES[size]
+    return EncoderSpec(partial(vb.VideoMAE, size), config["hidden_size"], stages=vb.videomae_stages,
+                       clip=clip, mean=IMAGENET[0], std=IMAGENET[1], formats=("huggingface", "tsp"),
+                       batchnorm=False, family="transformer",
+                       n_stages=config["num_hidden_layers"])  # fmt: skip
+
+
+RESNET_CLIP = ClipShape(min_frames=1, min_crop=16, example=(8, 32))
+S3D_CLIP = ClipShape(min_frames=14, min_crop=224, example=(16, 224))  # its final 2x7x7 average pool
+MVIT_CLIP = ClipShape(frames=16, crop=224, example=(16, 224))  # positional embeddings of 16 x 224 x 224
+SWIN_CLIP = ClipShape(min_frames=2, frame_multiple=2, min_crop=32, crop_multiple=32, example=(4, 64))
+VIDEOMAE_CLIP = ClipShape(frames=16, crop=224, frame_multiple=2, example=(16, 224))  # 2 x 16 x 16 tubelets
+RESNET = {"stages": vb.resnet_stages, "clip": RESNET_CLIP, "norm": KINETICS, "n_stages": 4}
+MVIT_ = {"stages": vb.mvit_stages, "clip": MVIT_CLIP, "norm": MVIT, "n_stages": 16, "transformer": True}
+SWIN = {"stages": vb.swin3d_stages, "clip": SWIN_CLIP, "norm": IMAGENET, "n_stages": 4, "transformer": True}
+
+# The encoder registry: `model.encoder.name` is a key of this dict. To add an encoder, add an
+# entry (docs/encoders.md: one module + its test).
 ENCODERS: dict[str, EncoderSpec] = {
-    "r2plus1d_34_tsp": EncoderSpec(_r2plus1d_34, 512),
-    "r2plus1d_18": EncoderSpec(_r2plus1d_18, 512),
-    "tiny": EncoderSpec(TinyR2Plus1D, 64),
+    "r2plus1d_34_tsp": EncoderSpec(_r2plus1d_34, 512, clip=RESNET_CLIP, formats=("tsp", "torchvision")),
+    "r2plus1d_18": _torchvision("r2plus1d_18", "fc", 512, **RESNET),
+    "r3d_18": _torchvision("r3d_18", "fc", 512, **RESNET),
+    "mc3_18": _torchvision("mc3_18", "fc", 512, **RESNET),
+    "s3d": _torchvision(
+        "s3d", "classifier", 1024, stages=vb.s3d_stages, clip=S3D_CLIP, norm=KINETICS, n_stages=3
+    ),
+    "mvit_v1_b": _torchvision("mvit_v1_b", "head", 768, **MVIT_),
+    "mvit_v2_s": _torchvision("mvit_v2_s", "head", 768, **MVIT_),
+    "swin3d_t": _torchvision("swin3d_t", "head", 768, **SWIN),
+    "swin3d_s": _torchvision("swin3d_s", "head", 768, **SWIN),
+    "swin3d_b": _torchvision("swin3d_b", "head", 1024, **SWIN),
+    "videomae_s": _videomae("videomae_s", VIDEOMAE_CLIP),
+    "videomae_b": _videomae("videomae_b", VIDEOMAE_CLIP),
+    "videomae_l": _videomae("videomae_l", VIDEOMAE_CLIP),
+    "videomae_tiny": _videomae(
+        "videomae_tiny", ClipShape(frames=8, crop=32, frame_multiple=2, example=(8, 32))
+    ),
+    "tiny": EncoderSpec(TinyR2Plus1D, 64, clip=RESNET_CLIP, n_stages=3),
 }
+
+
+def describe_encoders() -> list[dict]:
+    """The registry as `etad encoders` lists it: each encoder built once (random weights) to count
+    its parameters; VideoMAE's count is None where transformers is not installed."""
+    rows = []
+    for name, spec in ENCODERS.items():
+        try:
+            parameters = sum(p.numel() for p in spec.build().parameters())
+        except UserError:  # an optional extra that is not installed
+            parameters = None
+        rows.append({"name": name, "family": spec.family, "parameters": parameters, "width": spec.out_dim,
+                     "clip": spec.clip.describe(), "clip_short": spec.clip.short(), "stages": spec.n_stages,
+                     "checkpoint_formats": list(spec.formats), "batchnorm": spec.batchnorm,
+                     "mean": list(spec.mean), "std": list(spec.std)})  # fmt: skip
+    return rows
 
 
 def encoder_spec(name: str) -> EncoderSpec:
@@ -121,7 +237,10 @@ class SnippetEncoder(nn.Module):
                 p.requires_grad_(False)
 
     def frozen_modules(self) -> list[nn.Module]:
-        return self.spec.frozen(self.backbone, self.frozen_stages)
+        """The stem and the first `frozen_stages` stages (none for -1)."""
+        if self.frozen_stages < 0:
+            return []
+        return [m for stage in self.spec.stages(self.backbone)[: self.frozen_stages + 1] for m in stage]
 
     def train(self, mode: bool = True) -> SnippetEncoder:
         """Train mode, except that frozen stages (and, with norm_eval, every BatchNorm) stay in eval mode."""
@@ -155,7 +274,7 @@ def build_encoder(
 ) -> SnippetEncoder:
     encoder = SnippetEncoder(name, frozen_stages, norm_eval)
     if checkpoint is not None:
-        load_encoder_weights(encoder.backbone, encoder.spec.checkpoint_format, checkpoint)
+        load_encoder_weights(encoder.backbone, {f: LOADERS[f] for f in encoder.spec.formats}, checkpoint)
     return encoder
 
 
