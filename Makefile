@@ -52,6 +52,8 @@ demo-data: install  ## the synthetic dataset, extracted, cached, its encoder pre
 # the control: the end-to-end schedule with the encoder frozen (in its own folder, same caches)
 DEMO_CONTROL = $(DEMO_RUN) --set work_dir=$(DEMO_CKPT)/control --set cache.snippets_dir=$(DEMO_CKPT)/cache/snippets \
   --set e2e.encoder_lr=0
+# end to end starts from the frozen-feature detector (the demo's protocol: README), the control too
+DEMO_INIT = --init-from $(DEMO_CKPT)/pretrain/checkpoints/last.pt
 demo_infer = $(ETAD) infer $(DEMO_RUN) --checkpoint $(DEMO_CKPT)/$(1)/checkpoints/last.pt --eval \
   --set infer.output=results/$(2).json $(3) && \
   $(ETAD) infer $(DEMO_RUN) --checkpoint $(DEMO_CKPT)/$(1)/checkpoints/last.pt --eval \
@@ -59,9 +61,9 @@ demo_infer = $(ETAD) infer $(DEMO_RUN) --checkpoint $(DEMO_CKPT)/$(1)/checkpoint
 demo: demo-data  ## run the whole pipeline on the built-in synthetic dataset (everything goes under work/demo)
 	$(ETAD) train $(DEMO_RUN) --resume
 	$(call demo_infer,pretrain,frozen,--plot 2)
-	$(ETAD) train $(DEMO_RUN) --e2e --resume
+	$(ETAD) train $(DEMO_RUN) --e2e --resume $(DEMO_INIT)
 	$(call demo_infer,e2e,e2e)
-	$(ETAD) train $(DEMO_CONTROL) --e2e --resume
+	$(ETAD) train $(DEMO_CONTROL) --e2e --resume $(DEMO_INIT)
 	$(call demo_infer,control/e2e,control)
 	$(ETAD) report $(DEMO_RUN)
 
@@ -73,8 +75,8 @@ demo-seeds: DEMO_VIDEOS = $(DEMO_SEEDS_VIDEOS)
 demo-seeds: DEMO_DIR = $(DEMO_SEEDS_DIR)
 demo-seeds: demo-data  ## the demo's three models over 3 seeds, 120 videos: mean ± std of mAP (also truth labels), AUC
 	$(ETAD) study $(DEMO_RUN) --stages train --seeds 3 --truth-labels --out $(DEMO_CKPT)/seeds/frozen
-	$(ETAD) study $(DEMO_RUN) --stages e2e --seeds 3 --truth-labels --out $(DEMO_CKPT)/seeds/e2e \
-	  --vary e2e.encoder_lr=5.0e-4,0  # examples/demo.yaml's value, and the control
+	$(ETAD) study $(DEMO_RUN) --stages train,e2e --seeds 3 --truth-labels --out $(DEMO_CKPT)/seeds/from_frozen \
+	  --vary e2e.encoder_lr=5.0e-4,0  # each seed's e2e from its own frozen detector; control: encoder frozen
 
 # ---- Pipelines for real datasets -------------------------------------------------------------
 # Paths are make variables (made absolute, so they do not depend on the config's folder); the
