@@ -89,6 +89,11 @@ class Detector:
             raise UserError(f"{checkpoint}: holds non-finite (NaN or inf) weights; it cannot detect anything")
         self.model.to(self.device).eval()
         self.encoder = None
+        self.inputs = "snippets" if "encoder" in state else "features"
+        trained_on, expected = state.get("inputs"), Expected.of(settings, self.inputs)
+        if isinstance(trained_on, dict) and (differs := expected.differences(trained_on, "at training")):
+            raise UserError(f"{checkpoint}: trained on {self.inputs} made with other settings than these: "
+                            f"{differs}; infer with the settings the model was trained with")  # fmt: skip
         if "encoder" in state:
             e = self.model_settings.encoder
             self.encoder = build_encoder(e.name, None, e.frozen_stages, e.norm_eval)
@@ -143,7 +148,7 @@ def cached_dataset(
     d = settings.data
     if d.annotations is None:
         raise UserError("data.annotations is not set")
-    kind = "snippets" if detector.encoder is not None else "features"
+    kind = detector.inputs
     folder = snippets_dir(settings) if kind == "snippets" else features_dir(settings)
     cache = VideoCache(folder, kind, Expected.of(settings, kind))
     items, classes, notes = build_items(settings, d.eval_subset, cache.length, training=False)

@@ -49,3 +49,31 @@ def test_infer_refuses_a_stale_cache_and_the_current_one_still_runs(tmp_path, cl
     assert stale.exit_code == 2
     assert "stale features cache, written with data.fps" in " ".join(stale.output.split())
     assert cli("infer", "-c", config).exit_code == 0
+
+
+def test_a_model_is_never_run_or_resumed_on_current_features_of_other_settings(
+    tmp_path, cli, synth_dir, feature_work
+):
+    """Features cached afresh with another crop are current for the settings that name them, but
+    not what the detector was trained on: `etad infer` and `train --resume` refuse them, naming the
+    setting (the checkpoint records its inputs), and run again with the training settings."""
+    config = _config(tmp_path, synth_dir, feature_work, train={"epochs": 1})
+    assert cli("train", "-c", config).exit_code == 0
+    other = ["--set", "model.encoder.crop_size=32", "--set", f"cache.features_dir={tmp_path / 'crop32'}"]
+    assert cli("cache", "-c", config, "--what", "features", *other).exit_code == 0
+    checkpoint = tmp_path / "work" / "pretrain" / "checkpoints" / "last.pt"
+    before = checkpoint.read_bytes()
+
+    inferred = cli("infer", "-c", config, *other)
+    assert inferred.exit_code == 2, inferred.output
+    line = " ".join(inferred.output.split())
+    assert "trained on features made with other settings than these: model.encoder.crop_size (40 at " \
+           "training, 32 now)" in line  # fmt: skip
+    assert not (tmp_path / "work" / "results" / "detections.json").exists()
+
+    resumed = cli("train", "-c", config, "--resume", "--set", "train.epochs=2", *other)
+    assert resumed.exit_code == 2, resumed.output
+    assert "the run began on inputs made with other settings: model.encoder.crop_size (40 then, 32 now)" \
+        in " ".join(resumed.output.split())  # fmt: skip
+    assert checkpoint.read_bytes() == before
+    assert cli("infer", "-c", config).exit_code == 0

@@ -89,13 +89,19 @@ class Expected:
         inputs = feature_inputs(settings)
         return cls(fingerprint(inputs), {**snippet_inputs(settings), **inputs, "snippets": None})
 
-    def differences(self, recorded: dict) -> str:
-        """'data.fps (15.0 in the cache, 10.0 now), ...' for the settings that differ from a file's record."""
+    def as_record(self) -> dict:
+        """The settings by name as JSON values: what a cache file or a checkpoint records."""
+        return json.loads(json.dumps(self.described, default=str))
+
+    def differences(self, recorded: dict, where: str = "in the cache") -> str:
+        """'data.fps (15.0 in the cache, 10.0 now), ...' for the settings that differ from a record
+        (a cache file's, or a checkpoint's: the inputs it was trained on)."""
+        now = self.as_record()
         parts = []
-        for key, wanted in self.described.items():
-            if key in recorded and json.loads(json.dumps(wanted, default=str)) != recorded[key]:
+        for key, wanted in now.items():
+            if key in recorded and wanted != recorded[key]:
                 name = SETTING_NAMES.get(key, key)
-                parts.append(f"{name} ({recorded[key]!r} in the cache, {wanted!r} now)")
+                parts.append(f"{name} ({recorded[key]!r} {where}, {self.described[key]!r} now)")
         return ", ".join(parts)
 
 

@@ -45,6 +45,7 @@ from stages.core.runtime import (
     weights_checksum,
 )
 from stages.core.workdir import run_dir
+from stages.data.fingerprints import Expected
 from stages.model.classifier import refit
 from stages.training.batches import EpochBatches, micro_batch_seed
 from stages.training.curves import TensorBoard
@@ -164,6 +165,9 @@ class Job:
     model_settings: ModelSettings | None = None  # the model section as run (in_channels resolved)
     finish: Callable[[], dict] | None = None  # after the last epoch's steps, before its checkpoint
     memory: PhaseMemory | None = None  # the step's phases' peak CUDA memory, when the step records them
+    # what it is trained on: the cache's settings by name (fingerprints.Expected), saved in every
+    # checkpoint so that `--resume` and `etad infer` refuse inputs made with other settings
+    inputs: Expected | None = None
 
 
 def classifier_refit(
@@ -263,6 +267,10 @@ def _resume(run: Run) -> int:
     if state.get("kind") != job.kind:
         raise UserError(f"{path}: a {state.get('kind')} checkpoint, cannot resume {job.kind}")
     _same_data(path, state, run.settings)
+    began_on = state.get("inputs")
+    if isinstance(began_on, dict) and job.inputs and (differs := job.inputs.differences(began_on, "then")):
+        raise UserError(f"{path}: the run began on inputs made with other settings: {differs}; --resume "
+                        "continues a run only on the inputs it began with (or pass --restart)")  # fmt: skip
     for name, module in job.modules.items():
         load_weights(module, state, path, name)
     job.optimizer.load_state_dict(state["optimizer"])
@@ -405,6 +413,7 @@ def _save(run: Run, epoch: int, train_loss: float, val_loss: float | None, *, is
         classes=job.classes,
         settings=run_settings,
         threads=torch.get_num_threads(),  # CPU results are bitwise reproducible for one thread count
+        inputs=job.inputs.as_record() if job.inputs is not None else None,
         train_loss=train_loss,
         val_loss=val_loss,
     )
