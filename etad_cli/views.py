@@ -218,13 +218,15 @@ def checkpoint_summary(path: Path, info: dict) -> None:
 
 def encoder_table(rows: list[dict]) -> None:
     """`etad encoders`: the registry, one row per encoder."""
-    table = Table(title="encoders (model.encoder.name)", caption_justify="left",
-                  caption="clip: frames x crop (n: a multiple, +: at least); parameters '-': needs "
-                  "pip install 'etad\\[hf]'; `etad encoders --json` says more")  # fmt: skip
-    for column in ("name", "family", "parameters", "width", "clip", "frozen_stages", "formats"):
-        table.add_column(
-            column, justify="right" if column in ("parameters", "width") else "left", no_wrap=True
-        )
+    # no rules and one space between columns: the seven columns fit 80 characters (a pipe, a log)
+    # without cutting a number; only the formats column wraps where the terminal is narrower
+    caption = ("clip: frames x crop (n: a multiple, +: at least); parameters '-': needs pip install "
+               "'etad\\[hf]'; `etad encoders --json` says more")
+    table = Table(title="encoders (model.encoder.name)", caption=caption, caption_justify="left", box=None,
+                  padding=(0, 1, 0, 0))  # fmt: skip
+    for column in ("name", "family", "params", "width", "clip", "frozen", "formats"):
+        table.add_column(column, justify="right" if column in ("params", "width") else "left",
+                         no_wrap=column != "formats")  # fmt: skip
     for r in rows:
         count = f"{r['parameters'] / 1e6:.1f} M" if r["parameters"] is not None else "-"
         stages, formats = f"-1 .. {r['stages']}", ", ".join(r["checkpoint_formats"])

@@ -199,12 +199,14 @@ ENCODERS: dict[str, EncoderSpec] = {
 
 
 def describe_encoders() -> list[dict]:
-    """The registry as `etad encoders` lists it: each encoder built once (random weights) to count
-    its parameters; VideoMAE's count is None where transformers is not installed."""
+    """The registry as `etad encoders` lists it: each encoder built once on the meta device (shapes
+    only: no memory, no initialisation; 1 s instead of 30 s for all of them) to count its
+    parameters; VideoMAE's count is None where transformers is not installed."""
     rows = []
     for name, spec in ENCODERS.items():
         try:
-            parameters = sum(p.numel() for p in spec.build().parameters())
+            with torch.device("meta"):
+                parameters = sum(p.numel() for p in spec.build().parameters())
         except UserError:  # an optional extra that is not installed
             parameters = None
         rows.append({"name": name, "family": spec.family, "parameters": parameters, "width": spec.out_dim,
