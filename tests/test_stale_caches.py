@@ -4,6 +4,7 @@ differs and the command that rebuilds it (exit 2, nothing trained)."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.test_train import _config
 
@@ -43,9 +44,18 @@ def test_a_raw_cache_with_other_compression_is_stale(tmp_path, cli, synth_dir):
 
 
 def test_infer_refuses_a_stale_cache_and_the_current_one_still_runs(tmp_path, cli, synth_dir, feature_work):
+    """Other settings than the training run's are refused by the checkpoint's record of its inputs;
+    a checkpoint without that record (an earlier etad's) still meets the cache's own check."""
     config = _config(tmp_path, synth_dir, feature_work, train={"epochs": 1})
     assert cli("train", "-c", config).exit_code == 0
     stale = cli("infer", "-c", config, "--set", "data.fps=10")
+    assert stale.exit_code == 2
+    assert "trained on features made with other settings than these: data.fps (15.0 at training, 10.0 now)" \
+        in " ".join(stale.output.split())  # fmt: skip
+    state = torch.load(tmp_path / "work" / "pretrain" / "checkpoints" / "last.pt", weights_only=True)
+    del state["inputs"]
+    torch.save(state, tmp_path / "unrecorded.pt")
+    stale = cli("infer", "-c", config, "--set", "data.fps=10", "--checkpoint", tmp_path / "unrecorded.pt")
     assert stale.exit_code == 2
     assert "stale features cache, written with data.fps" in " ".join(stale.output.split())
     assert cli("infer", "-c", config).exit_code == 0
