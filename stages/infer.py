@@ -89,11 +89,14 @@ class Detector:
             raise UserError(f"{checkpoint}: holds non-finite (NaN or inf) weights; it cannot detect anything")
         self.model.to(self.device).eval()
         self.encoder = None
-        self.inputs = "snippets" if "encoder" in state else "features"
-        trained_on, expected = state.get("inputs"), Expected.of(settings, self.inputs)
-        if isinstance(trained_on, dict) and (differs := expected.differences(trained_on, "at training")):
-            raise UserError(f"{checkpoint}: trained on {self.inputs} made with other settings than these: "
-                            f"{differs}; infer with the settings the model was trained with")  # fmt: skip
+        # what it reads (cached snippets through its encoder, or cached features), made with the
+        # settings it was trained on (its checkpoint's record; earlier and released ones have none)
+        self.input_kind = "snippets" if "encoder" in state else "features"
+        self.expected = Expected.of(settings, self.input_kind)
+        trained_on = state.get("inputs")
+        if isinstance(trained_on, dict) and (differs := self.expected.differences(trained_on, "at training")):
+            raise UserError(f"{checkpoint}: trained on {self.input_kind} made with other settings than "
+                            f"these: {differs}; infer with the settings it was trained with")  # fmt: skip
         if "encoder" in state:
             e = self.model_settings.encoder
             self.encoder = build_encoder(e.name, None, e.frozen_stages, e.norm_eval)
@@ -148,9 +151,9 @@ def cached_dataset(
     d = settings.data
     if d.annotations is None:
         raise UserError("data.annotations is not set")
-    kind = detector.inputs
+    kind = detector.input_kind
     folder = snippets_dir(settings) if kind == "snippets" else features_dir(settings)
-    cache = VideoCache(folder, kind, Expected.of(settings, kind))
+    cache = VideoCache(folder, kind, detector.expected)
     items, classes, notes = build_items(settings, d.eval_subset, cache.length, training=False)
     if shard.count > 1:
         mine = set(sorted({item.video_id for item in items})[shard.index - 1 :: shard.count])

@@ -200,8 +200,8 @@ ENCODERS: dict[str, EncoderSpec] = {
 
 def describe_encoders() -> list[dict]:
     """The registry as `etad encoders` lists it: each encoder built once on the meta device (shapes
-    only: no memory, no initialisation; 1 s instead of 30 s for all of them) to count its
-    parameters; VideoMAE's count is None where transformers is not installed."""
+    only: no memory, no initialisation) to count its parameters; VideoMAE's count is None where
+    transformers is not installed."""
     rows = []
     for name, spec in ENCODERS.items():
         try:
