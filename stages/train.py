@@ -114,7 +114,7 @@ def run(
         parameters=model.detector_parameters(),
         model_settings=model_settings,
         finish=classifier_refit(model, train_set, settings, device),
-        inputs=Expected.of(settings, "features"),
+        inputs=train_set.load.cache.expected,  # the settings the training cache was checked against
     )
     return fit(
         job, settings, tr, dist, device=device, resume=resume, restart=restart, progress=progress, notes=notes

@@ -202,7 +202,7 @@ def run(
     job = Job("e2e", {"model": detector, "encoder": encoder}, optimizer,
               torch.optim.lr_scheduler.StepLR(optimizer, e2e.lr_step, e2e.lr_gamma), train_set=train_set,
               step=step, validate=lambda: None, classes=classes, parameters=detector.detector_parameters(),
-              model_settings=model_settings, memory=memory, inputs=Expected.of(settings, "snippets"),
+              model_settings=model_settings, memory=memory, inputs=train_set.load.cache.expected,
               finish=classifier_refit(detector, train_set, settings, device,
                                       encode=final_features))  # fmt: skip
     return fit(job, settings, e2e, dist, device=device, resume=resume, restart=restart, progress=progress,
