@@ -27,11 +27,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
-test: install  ## run the whole test suite
-	$(PY) -m pytest -q
+PYTEST = $(PY) -m pytest -q -n auto --dist worksteal --durations=15
+test: install  ## run the whole test suite in parallel (one worker per core), the 15 slowest listed
+	$(PYTEST)
 
-test-fast: install  ## the unit tests only (no real videos or training runs; about a minute)
-	$(PY) -m pytest -q -m "not slow"
+test-fast: install  ## the unit tests only (no real videos or training runs)
+	$(PYTEST) -m "not slow"
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check .

@@ -606,8 +606,8 @@ def bench_ranks() -> list[tuple[str, str]]:
     """2 CPU ranks (gloo) vs 1 process, 2 epochs of the demo's E2E on 6 synthetic videos: relative L2."""
     from stages import cache, synth
     from stages.core.settings_file import load_settings
-    from tests.conftest import demo_config
-    from tests.test_distributed import _e2e_config, _relative, _run, _trained
+    from tests.helpers import demo_config
+    from tests.training.test_distributed import _e2e_config, _relative, _run, _trained
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -618,7 +618,7 @@ def bench_ranks() -> list[tuple[str, str]]:
         for name, ranks, batch, accumulate in (("2x1", 2, 1, 1), ("1x1x2", 1, 1, 2), ("1x2", 1, 2, 1)):
             (root / name).mkdir()
             config = _e2e_config(root / name, root / "synth", root / "shared", accumulate=accumulate,
-                                 batch_size=batch)  # fmt: skip
+                                 epochs=2, batch_size=batch)  # fmt: skip
             _run(config, ranks).check_returncode()
             runs[name] = _trained(root / name)
     return [

@@ -1,31 +1,58 @@
-"""Shared fixtures: the synthetic dataset (written once per session), a CLI runner, and ../shared data."""
+"""Fixtures every level shares: the synthetic dataset, its caches and the tiny trained workspace,
+each built once per test process (an xdist worker) and copied by the tests that change them; and
+one CPU share per xdist worker. Helpers (ways to run `etad`, config writers) are in tests/helpers.py."""
 
 from __future__ import annotations
 
-import hashlib
-import json
+import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from etad_cli.app import app
 from stages import synth
+from tests.helpers import FILES, demo_config, run_cli, write_features
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-DATA = REPO / "tests" / "data"  # small fixture files written by hand
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def pytest_configure(config) -> None:
+    """Under xdist each worker takes its own share of the cores (CPU affinity, which the processes it
+    starts inherit) and as many torch / BLAS threads: two workers on two cores never run four
+    threads (docs/testing.md has the measured difference)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker is None or workers < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < workers:
+        return
+    share = cpus[int(worker.removeprefix("gw")) % workers :: workers]
+    os.sched_setaffinity(0, share)
+    os.environ.update({name: str(len(share)) for name in THREAD_VARIABLES})
+    import torch
+
+    torch.set_num_threads(len(share))
+
+
+LONGEST_FIRST = ("pipelines", "training")  # the levels whose tests run longest
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Tests marked `cuda` are skipped, with the reason, where torch sees no CUDA device."""
+    """The slow tests first, the pipelines' and training's first of all, so that xdist's workers
+    finish together instead of one waiting on the last long test; tests marked `cuda` are skipped,
+    with the reason, where torch sees no CUDA device."""
     import torch
 
+    def rank(item) -> int:
+        level = item.path.parent.name
+        slow = "slow" in item.keywords
+        return 0 if slow and level in LONGEST_FIRST else 1 if slow else 2
+
+    items.sort(key=rank)  # stable: the file order within each rank
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False here)")
@@ -53,48 +80,6 @@ def cli():
     return invoke
 
 
-def run_etad(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the real `etad` entry point in a subprocess (to see exit codes and tracebacks as a user does)."""
-    return subprocess.run(
-        [sys.executable, "-m", "etad_cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """Run `etad ARGS...` in this process (fast: torch is imported once) with run_etad's result.
-    An exception that escapes a command is raised here: a user would have seen its traceback."""
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
-
-
-def shared_file(*parts: str) -> Path:
-    """A file under ../shared/data, or skip the test when that folder is absent (a user's clone)."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.is_file():
-        pytest.skip(f"reference data {path} is absent (it lives in ../shared beside the checkout)")
-    return path
-
-
-def demo_config(folder: Path, synth: Path, **sections) -> Path:
-    """A copy of examples/demo.yaml pointing at `synth` and writing under `folder`; `sections` update
-    top-level sections, e.g. train={"epochs": 2}."""
-    config = yaml.safe_load((REPO / "examples" / "demo.yaml").read_text())
-    config["work_dir"] = str(folder / "work")
-    config["data"].update(annotations=str(synth / "anet.json"), video_dir=str(synth / "videos"))
-    config["model"]["encoder"]["checkpoint"] = None  # a random tiny encoder unless a test gives one
-    for name, values in sections.items():
-        config.setdefault(name, {}).update(values)
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 @pytest.fixture(scope="session")
 def feature_work(tmp_path_factory, synth_dir) -> Path:
     """The synthetic dataset extracted and cached (snippets and tiny-encoder features); returns the
@@ -111,28 +96,12 @@ def feature_work(tmp_path_factory, synth_dir) -> Path:
     return folder
 
 
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file under a folder and a hash of its content."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and "logs" not in p.parts
-    }
-
-
-def write_features(folder: Path, annotations: Path, width: int = 8) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for video_id in json.loads(annotations.read_text())["database"]:
-        np.save(folder / f"{video_id}.npy", rng.standard_normal((20, width)).astype(np.float32))
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> Path:
     """The tiny workspace after `cache --from-npy` and one epoch of `train` (copied by each test)."""
     root = tmp_path_factory.mktemp("tiny")
     for name in ("tiny.yaml", "tiny_anet.json", "tiny_predictions.json"):
-        shutil.copy(DATA / name, root / name)
+        shutil.copy(FILES / name, root / name)
     config = yaml.safe_load((root / "tiny.yaml").read_text())
     config["work_dir"] = "work"
     (root / "tiny.yaml").write_text(yaml.safe_dump(config))

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, R2Plus1dStem, VideoResNet
 
 from stages.core.checkpoints import ENCODER_FORMATS, load_encoder_weights
 from stages.core.errors import UserError
@@ -39,7 +38,11 @@ MVIT = ((114.75, 114.75, 114.75), (57.375, 57.375, 57.375))  # 0.45 / 0.225 x 25
 IMAGENET = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))  # Swin3D and VideoMAE
 
 
-def _r2plus1d_34() -> VideoResNet:
+def _r2plus1d_34() -> nn.Module:
+    # torchvision is imported where a network is built: importing it costs 2-3 s (it loads
+    # torch._dynamo), which commands that build no network (extract, cache snippets, eval) skip
+    from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, R2Plus1dStem, VideoResNet
+
     net = VideoResNet(block=BasicBlock, conv_makers=[Conv2Plus1D] * 4, layers=[3, 4, 6, 3], stem=R2Plus1dStem)
     for module in net.modules():
         if isinstance(module, nn.BatchNorm3d):  # TSP's "Caffe2" BatchNorm settings
@@ -56,6 +59,8 @@ class TinyR2Plus1D(nn.Module):
     """A small R(2+1)D (stem + 3 residual stages of one block, 16/32/64 channels) for CPU runs."""
 
     def __init__(self) -> None:
+        from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D
+
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv3d(3, 16, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1), bias=False),

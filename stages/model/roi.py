@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import roi_align
 
 MAX_LENGTH = 4  # proposals longer than 4 videos (extended) are sampled as if 4 videos long
 
@@ -54,6 +53,8 @@ def roi_features(
     zeros = torch.zeros_like(batch_index)
     ext = ext.reshape(-1, 2).to(features.dtype)
     boxes = torch.stack([batch_index, zeros, ext[:, 0], zeros + 1, ext[:, 1]], dim=1)
+    from torchvision.ops import roi_align  # here: importing torchvision costs seconds (encoder.py)
+
     out = roi_align(features.unsqueeze(-1), boxes, (roi_size, 1), 1.0, -1, aligned=aligned)
     return out.squeeze(-1)
 

@@ -22,7 +22,7 @@ from stages.data.snippet_positions import anet_snippet_frames
 from stages.data.video_io import VideoReader, decord_available
 from stages.data.video_snippets import video_snippets
 from stages.model.encoder import build_encoder, center_crop
-from tests.conftest import run_etad
+from tests.helpers import run_etad
 
 pytestmark = pytest.mark.slow
 needs_decord = pytest.mark.skipif(not decord_available(), reason="decord has no wheel for this platform")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_train import _config
+from tests.helpers import cached_config
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ CASES = [  # (the command, a setting changed after caching, the name the refusal
 @pytest.mark.parametrize("command,change,named,kind", CASES, ids=[f"{c[0][-1]} {c[1]}" for c in CASES])
 def test_a_reader_refuses_a_stale_cache_naming_the_setting(tmp_path, cli, synth_dir, feature_work, command,
                                                            change, named, kind):  # fmt: skip
-    config = _config(tmp_path, synth_dir, feature_work, encoder_train={"subset": "training"})
+    config = cached_config(tmp_path, synth_dir, feature_work, encoder_train={"subset": "training"})
     result = cli(*command, "-c", config, "--set", change, "--set", "train.epochs=1", "--set", "e2e.epochs=1")
     assert result.exit_code == 2, result.output
     line = " ".join(result.output.split())
@@ -34,7 +34,7 @@ def test_a_reader_refuses_a_stale_cache_naming_the_setting(tmp_path, cli, synth_
 
 
 def test_a_raw_cache_with_other_compression_is_stale(tmp_path, cli, synth_dir):
-    from tests.conftest import demo_config
+    from tests.helpers import demo_config
 
     config = demo_config(tmp_path, synth_dir, cache={"codec": "raw", "compression": "none"})
     assert cli("cache", "-c", config, "--what", "snippets", "--subset", "training").exit_code == 0
@@ -46,7 +46,7 @@ def test_a_raw_cache_with_other_compression_is_stale(tmp_path, cli, synth_dir):
 def test_infer_refuses_a_stale_cache_and_the_current_one_still_runs(tmp_path, cli, synth_dir, feature_work):
     """Other settings than the training run's are refused by the checkpoint's record of its inputs;
     a checkpoint without that record (an earlier etad's) still meets the cache's own check."""
-    config = _config(tmp_path, synth_dir, feature_work, train={"epochs": 1})
+    config = cached_config(tmp_path, synth_dir, feature_work, train={"epochs": 1})
     assert cli("train", "-c", config).exit_code == 0
     stale = cli("infer", "-c", config, "--set", "data.fps=10")
     assert stale.exit_code == 2
@@ -67,7 +67,7 @@ def test_a_model_is_never_run_or_resumed_on_current_features_of_other_settings(
     """Features cached afresh with another crop are current for the settings that name them, but
     not what the detector was trained on: `etad infer` and `train --resume` refuse them, naming the
     setting (the checkpoint records its inputs), and run again with the training settings."""
-    config = _config(tmp_path, synth_dir, feature_work, train={"epochs": 1})
+    config = cached_config(tmp_path, synth_dir, feature_work, train={"epochs": 1})
     assert cli("train", "-c", config).exit_code == 0
     other = ["--set", "model.encoder.crop_size=32", "--set", f"cache.features_dir={tmp_path / 'crop32'}"]
     assert cli("cache", "-c", config, "--what", "features", *other).exit_code == 0

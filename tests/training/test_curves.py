@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def _epoch_losses(work) -> list[float]:

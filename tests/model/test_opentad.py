@@ -21,7 +21,7 @@ from stages.model.detector import ETAD, final_proposals
 from stages.model.encoder import build_encoder
 from stages.model.opentad import mean_balanced_bce
 from stages.model.targets import proposal_map
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 class ConvModule(nn.Module):

@@ -16,7 +16,7 @@ from stages.core.runtime import Distributed
 from stages.model.encoder import build_encoder, encode_chunks
 from stages.training.batches import micro_batch_seed, rank_batches
 from stages.training.optimisation import Precision
-from tests.conftest import REPO, demo_config
+from tests.helpers import REPO, demo_config
 
 
 def test_ranks_take_the_micro_batches_of_one_process_with_their_accumulation():
@@ -104,7 +104,7 @@ def test_a_clip_cap_gives_the_features_of_one_call():
 def _e2e_config(folder, synth_dir, feature_work, *, encoder=None, **e2e):
     cache = {"snippets_dir": str(feature_work / "work" / "cache" / "snippets")}
     path = demo_config(folder, synth_dir, cache=cache, model={"classifier_refit_steps": 20},
-                       e2e={"epochs": 2, "batch_size": 1, **e2e})  # fmt: skip
+                       e2e={"epochs": 1, "batch_size": 1, **e2e})  # fmt: skip
     config = yaml.safe_load(path.read_text())
     config["model"]["encoder"].update(encoder or {})
     path.write_text(yaml.safe_dump(config))
@@ -146,7 +146,7 @@ def test_two_ranks_train_end_to_end_in_every_grad_mode(
     assert out.returncode == 0, out.stderr[-3000:]
     log = [json.loads(line) for line in (tmp_path / "work/e2e/metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in log if r.get("event") == "epoch"]
-    assert len(epochs) == 2 and all(len(set(r["weights_checksum_per_rank"])) == 1 for r in epochs)
+    assert len(epochs) == 1 and len(set(epochs[0]["weights_checksum_per_rank"])) == 1
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import torch
 
 from etad_cli.parts import registries
 from stages.core.settings_file import load_settings
-from tests.conftest import REPO, demo_config
+from tests.helpers import REPO, demo_config
 
 # who may import whom, package by package (docs/architecture.md has the picture)
 LAYERS = {

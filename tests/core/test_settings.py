@@ -11,7 +11,7 @@ from stages.core.errors import UserError
 from stages.core.settings import Settings
 from stages.core.settings_file import load_settings
 from stages.model.encoder import ENCODERS
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, run_cli
 
 
 def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:

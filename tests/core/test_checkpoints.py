@@ -1,6 +1,6 @@
 """Released checkpoints: the original ETAD layout (detector alone, and end to end with the mmaction2
 backbone) loads as written, with and without DataParallel's prefix; unknown layouts are refused.
-OpenTAD's layout: tests/test_opentad.py."""
+OpenTAD's layout: tests/model/test_opentad.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from stages.core.checkpoints import read_checkpoint
 from stages.core.errors import UserError
 from stages.model.detector import ETAD
 from stages.model.encoder import build_encoder
-from tests.conftest import run_cli, snapshot
+from tests.helpers import run_cli, snapshot
 
 
 def _mlp(sizes: list[int], sigmoid: bool = False) -> nn.Sequential:

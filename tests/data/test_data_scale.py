@@ -16,7 +16,7 @@ import yaml
 from stages.core.errors import UserError
 from stages.data.annotations import VideoRecord
 from stages.data.video_selection import WHOLE, Shard, parse_shard, select
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, run_cli
 
 
 def test_a_shard_is_k_of_n_from_the_option_or_the_slurm_array():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stages.evaluate import evaluate
-from tests.conftest import run_cli, shared_file
+from tests.helpers import run_cli, shared_file
 
 
 def _write(path, data):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, demo_config
+from tests.helpers import REPO, demo_config
 
 pytestmark = pytest.mark.slow
 

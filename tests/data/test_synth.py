@@ -11,7 +11,7 @@ import pytest
 
 from stages import synth
 from stages.data.video_io import VideoReader, decord_available
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import demo_config
+from tests.helpers import demo_config
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from stages.study import parse_vary, plan
-from tests.conftest import REPO, run_cli
-from tests.test_interrupts import default_sigint
+from tests.helpers import REPO, default_sigint, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +83,7 @@ def test_a_study_runs_survives_an_interruption_and_resumes(trained, tmp_path):
 def test_a_point_can_train_both_ways(tmp_path, synth_dir, feature_work):
     """--stages train,e2e: each point trains on frozen features, then end to end from that detector;
     --truth-labels scores it a third time with the annotation file's video labels."""
-    from tests.conftest import demo_config
+    from tests.helpers import demo_config
 
     cache = {"features_dir": str(feature_work / "work" / "cache" / "features"),
              "snippets_dir": str(feature_work / "work" / "cache" / "snippets")}  # fmt: skip
@@ -105,7 +104,7 @@ def test_a_point_can_train_both_ways(tmp_path, synth_dir, feature_work):
 
 
 def test_a_study_without_its_caches_stops_before_the_first_point(tmp_path, synth_dir):
-    from tests.conftest import demo_config
+    from tests.helpers import demo_config
 
     config = demo_config(tmp_path, synth_dir)
     for stage, kind in (("train", "features"), ("e2e", "snippets")):
@@ -167,7 +166,7 @@ def test_a_killed_study_leaves_no_trainer_and_its_rerun_finishes(trained, tmp_pa
     root = tmp_path / "space"
     shutil.copytree(trained, root)
     args = ["study", "-c", root / "tiny.yaml", "--stages", "train", "--vary", "model.proposal_ratio=0.2",
-            "--set", "train.epochs=100"]  # fmt: skip
+            "--set", "train.epochs=40"]  # fmt: skip
     work = root / "work" / "study" / "points" / "model.proposal_ratio=0.2" / "seed0" / "work"
     lock, metrics = work / "logs" / "pretrain.lock", work / "pretrain" / "metrics.jsonl"
     study = subprocess.Popen([sys.executable, "-m", "etad_cli", *map(str, args)], cwd=REPO,
@@ -188,7 +187,7 @@ def test_a_killed_study_leaves_no_trainer_and_its_rerun_finishes(trained, tmp_pa
     epochs = [
         json.loads(line)["epoch"] for line in metrics.read_text().splitlines() if '"event": "epoch"' in line
     ]
-    assert epochs == list(range(1, 101))
+    assert epochs == list(range(1, 41))
 
 
 def _alive(pid: int) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import torch
 
 from stages import synth
 from stages.model.encoder import build_encoder
-from tests.conftest import REPO
+from tests.helpers import make
 
 pytestmark = [
     pytest.mark.slow,
@@ -32,15 +31,9 @@ THUMOS_CLASSES = [
 SMALL = (
     "--set model.hidden_channels=32 --set model.roi_size=4 --set model.proposal_ratio=0.3 "
     "--set train.epochs=2 --set train.lr_step=2 --set train.batch_size=4 --set train.device=cpu "
-    "--set infer.device=cpu --set infer.batch_size=4"
+    "--set infer.device=cpu --set infer.batch_size=4 --set model.classifier_refit_steps=50"
 )
 
-
-def make(target: str, **variables: str | Path) -> subprocess.CompletedProcess:
-    args = ["make", "--no-print-directory", target, *(f"{k}={v}" for k, v in variables.items())]
-    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
 
 
 def fake_features(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from etad_cli import __version__
-from tests.conftest import run_etad
+from tests.helpers import FILES, REPO, run_etad
 
 
 def test_help_lists_every_command_with_one_line():
@@ -72,7 +72,7 @@ def _imports_of(*args: str) -> set[str]:
     """The modules a real `etad ARGS...` process imports (from `python -X importtime`)."""
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "etad_cli", *args],
-        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     return {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if "|" in line}
@@ -81,7 +81,7 @@ def _imports_of(*args: str) -> set[str]:
 def test_scoring_and_showing_settings_never_import_torch():
     """`etad eval` and `etad config show` start in well under a second: a user scoring a file waits
     for scoring, not for torch's 6 s of imports. `config validate` checks the part names, with torch."""
-    data = Path(__file__).parent / "data"
+    data = FILES
     scoring = _imports_of("eval", "-p", str(data / "tiny_predictions.json"),
                           "-g", str(data / "tiny_anet.json"), "--config", "examples/demo.yaml")  # fmt: skip
     showing = _imports_of("config", "show", "examples/demo.yaml")

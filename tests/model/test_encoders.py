@@ -14,7 +14,7 @@ from torch import nn
 from stages.core.checkpoints import export_tsp
 from stages.core.errors import UserError
 from stages.model.encoder import ENCODERS, build_encoder, encoder_spec
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 HAS_HF = importlib.util.find_spec("transformers") is not None
 # the largest at their fixed 16 x 224 x 224: their code path is videomae_s's, their width is checked
@@ -133,7 +133,7 @@ def test_a_vit_block_fc_survives_and_a_file_of_another_encoder_is_refused(tmp_pa
 def test_a_clip_shape_the_encoder_cannot_take_is_refused_when_settings_load(
     tmp_path, synth_dir, sets, message
 ):
-    from tests.conftest import demo_config
+    from tests.helpers import demo_config
 
     config = demo_config(tmp_path, synth_dir)
     result = run_cli("config", "validate", config, *[x for s in sets for x in ("--set", s)])
@@ -162,7 +162,7 @@ def test_one_epoch_end_to_end_with_a_torchvision_model_and_videomae(
 ):
     """`etad train --e2e` (sampled backward) then `etad infer --eval` on the synthetic set."""
     _needs(name)
-    from tests.conftest import demo_config
+    from tests.helpers import demo_config
 
     cache = {"snippets_dir": str(feature_work / "work" / "cache" / "snippets")}
     config = demo_config(tmp_path, synth_dir, cache=cache, e2e={"epochs": 1, "encoder_lr": 1e-4},

@@ -10,7 +10,7 @@ import torch
 from stages.core.settings_file import load_settings
 from stages.model.encoder import build_encoder, center_crop
 from stages.train_encoder import ClipDataset, clip_labels
-from tests.conftest import demo_config, run_cli
+from tests.helpers import demo_config, run_cli
 
 
 def test_clip_labels_follow_the_centre_of_each_snippet():
@@ -51,7 +51,7 @@ def _probe(encoder, dataset: ClipDataset, splits: int = 10) -> float:
 def test_a_trained_encoder_beats_a_random_one_and_loads_everywhere(tmp_path, synth_dir, feature_work):
     cache = {"snippets_dir": str(feature_work / "work" / "cache" / "snippets"),
              "features_dir": str(tmp_path / "features")}  # fmt: skip
-    training = {"subset": "training", "epochs": 6, "clips_per_epoch": 512, "lr": 3e-3, "lr_step": 5}
+    training = {"subset": "training", "epochs": 3, "clips_per_epoch": 256, "lr": 3e-3, "lr_step": 3}
     config = demo_config(tmp_path, synth_dir, cache=cache, encoder_train=training)
     result = run_cli("train", "-c", config, "--encoder")
     assert result.returncode == 0, result.stderr

@@ -1,7 +1,7 @@
 """Bad input, every kind a demanding user has tried: each gives its exit code, one error line that
 names the file, no traceback, and leaves what was already written unchanged.
 
-The workspace is tests/data/tiny.yaml: a hand-written annotation file, random features imported
+The workspace is tests/files/tiny.yaml: a hand-written annotation file, random features imported
 with `etad cache --from-npy`, and a detector trained for one epoch (seconds on a CPU).
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import run_cli, snapshot
+from tests.helpers import run_cli, snapshot
 
 
 @dataclass

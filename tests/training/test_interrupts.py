@@ -14,15 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, demo_config, run_cli, snapshot
+from tests.helpers import REPO, default_sigint, demo_config, run_cli, snapshot
 
 pytestmark = pytest.mark.slow
 
-
-def default_sigint() -> None:
-    """In the child: Ctrl-C as a terminal delivers it, whatever the test process inherited (a
-    child inherits an ignored SIGINT, and then Python never raises KeyboardInterrupt)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _start(*args) -> subprocess.Popen:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import demo_config, run_etad
+from tests.helpers import demo_config, run_etad
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,106 @@
+"""What tests share besides fixtures: paths, ways to run `etad`, config writers, and file helpers.
+Fixtures live in the conftest.py of the level that uses them (tests/conftest.py: the synthetic
+dataset and the tiny trained workspaces most levels start from)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from etad_cli.app import app
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+FILES = REPO / "tests" / "files"  # small fixture files written by hand
+# the demo refits its classifier head for 3,000 steps (3 s a run here); tests that check the refit
+# set their own count, the others need a head, not a good one
+REFIT_STEPS = 50
+
+
+def run_etad(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real `etad` entry point in a subprocess (to see exit codes and tracebacks as a user does)."""
+    return subprocess.run(
+        [sys.executable, "-m", "etad_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """Run `etad ARGS...` in this process (fast: torch is imported once) with run_etad's result.
+    An exception that escapes a command is raised here: a user would have seen its traceback."""
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+
+
+def make(target: str, **variables: str | Path) -> subprocess.CompletedProcess:
+    """`make TARGET VAR=value...` in the checkout; asserts it succeeded."""
+    args = ["make", "--no-print-directory", target, *(f"{k}={v}" for k, v in variables.items())]
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def default_sigint() -> None:
+    """In the child: Ctrl-C as a terminal delivers it, whatever the test process inherited (a
+    child inherits an ignored SIGINT, and then Python never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def shared_file(*parts: str) -> Path:
+    """A file under ../shared/data, or skip the test when that folder is absent (a user's clone)."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.is_file():
+        pytest.skip(f"reference data {path} is absent (it lives in ../shared beside the checkout)")
+    return path
+
+
+def demo_config(folder: Path, synth: Path, **sections) -> Path:
+    """A copy of examples/demo.yaml pointing at `synth` and writing under `folder`; `sections` update
+    top-level sections, e.g. train={"epochs": 2}."""
+    config = yaml.safe_load((REPO / "examples" / "demo.yaml").read_text())
+    config["work_dir"] = str(folder / "work")
+    config["data"].update(annotations=str(synth / "anet.json"), video_dir=str(synth / "videos"))
+    config["model"]["encoder"]["checkpoint"] = None  # a random tiny encoder unless a test gives one
+    config["model"]["classifier_refit_steps"] = REFIT_STEPS
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def cached_config(folder: Path, synth: Path, feature_work: Path, **sections) -> Path:
+    """demo_config with its own work folder that reads the shared snippet and feature caches."""
+    cache = {"features_dir": str(feature_work / "work" / "cache" / "features"),
+             "snippets_dir": str(feature_work / "work" / "cache" / "snippets")}  # fmt: skip
+    return demo_config(folder, synth, cache=cache, **sections)
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under a folder and a hash of its content."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "logs" not in p.parts
+    }
+
+
+def write_features(folder: Path, annotations: Path, width: int = 8) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for video_id in json.loads(annotations.read_text())["database"]:
+        np.save(folder / f"{video_id}.npy", rng.standard_normal((20, width)).astype(np.float32))
