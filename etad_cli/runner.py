@@ -75,6 +75,9 @@ def infer(settings: Settings, *, checkpoint: Path | None = None, plot: int = 0, 
     from stages import evaluate as evaluate_stage
     from stages import infer as infer_stage
 
+    if evaluate and video is not None:
+        raise UserError(f"--video {video}: --eval scores a subset against its annotation file, and this "
+                        "video is in none; detect it without --eval, or add it to an annotation file")
     run = StageRun.start(settings, "infer --video" if video is not None else "infer")
     from stages.data.video_selection import WHOLE
 

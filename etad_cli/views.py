@@ -64,6 +64,10 @@ def cache_projection(projection: dict, as_json: bool) -> None:
     table.add_row("videos (to do / already cached / missing)", counts)
     table.add_row("frames stored", f"{projection['frames']:,}")
     table.add_row("bytes per frame (measured)", f"{projection['bytes_per_frame']:,.0f}")
+    if projection.get("measured"):
+        low, median, high = projection["measured"]["bytes_per_frame"]
+        table.add_row(f"  over {projection['measured']['videos']} videos (min / median / max)",
+                      f"{low:,.0f} / {median:,.0f} / {high:,.0f}")  # fmt: skip
     table.add_row("projected disk", _bytes(projection["projected_bytes"]))
     table.add_row("free disk", _bytes(projection["free_bytes"]))
     seconds = projection["projected_seconds"]

@@ -37,6 +37,7 @@ from stages.data.hdf5_cache import (
 )
 from stages.data.per_video import run_each
 from stages.data.protocols import protocol
+from stages.data.video_facts import VideoNotes
 from stages.data.video_io import VideoError
 from stages.data.video_selection import WHOLE, Shard, drop_missing, select, write_lists
 from stages.data.video_snippets import decodable, video_snippets
@@ -56,13 +57,22 @@ class CacheSummary:
     frame_bytes: int = 0  # snippets: what the stored frames of the videos done take
     missing: list[str] = field(default_factory=list)  # data.missing: skip
     notes: list[str] = field(default_factory=list)
+    videos: VideoNotes = field(default_factory=VideoNotes)  # what decoding found, per video
     shard: Shard = WHOLE
 
 
-def _snippet_job(settings: Settings, video_id: str, path: Path, expected: Expected) -> int:
-    """Cache one video's snippets (from its extracted frames, else its video file); the frames' bytes."""
-    source, c = video_snippets(settings, video_id), settings.cache
-    attrs = {
+def _snippet_job(settings: Settings, video_id: str, path: Path, expected: Expected,
+                 annotated: float | None) -> tuple[int, dict | None]:  # fmt: skip
+    """Cache one video's snippets (from its extracted frames, else its video file); the frames' bytes
+    and what decoding found (VideoFacts' record, recorded in the file as `video`)."""
+    source, c = video_snippets(settings, video_id, annotated), settings.cache
+    facts: dict = {}
+
+    def attrs() -> dict:
+        facts.update((source.facts() if source.facts else None) or {})
+        return {**fixed, **({"video": json.dumps(facts)} if facts else {})}
+
+    fixed = {
         "kind": "snippets",
         "video_id": video_id,
         "fingerprint": expected.stamp,
@@ -73,9 +83,10 @@ def _snippet_job(settings: Settings, video_id: str, path: Path, expected: Expect
     }
     batches = source.batches(as_jpeg=c.jpeg_quality if c.codec == "jpeg" else None)
     shape = (settings.data.frame_height, settings.data.frame_width)
-    return write_snippet_file(path, batches, snippet_frames=source.snippet_frames,
+    size = write_snippet_file(path, batches, snippet_frames=source.snippet_frames,
                               frame_indices=source.frame_indices, attrs=attrs, codec=c.codec,
                               quality=c.jpeg_quality, compression=c.compression, shape=shape)  # fmt: skip
+    return size, facts or None
 
 
 def snippets_to_encode(settings: Settings, video_id: str) -> tuple[np.ndarray, int]:
@@ -168,51 +179,80 @@ def _stored_frames(settings: Settings, record) -> tuple[int, int]:
     return len(np.unique(positions)), positions.size
 
 
-def _measure_frames(settings: Settings, ids: list[str], sample: int) -> tuple[float, float]:
-    """(bytes, seconds) per stored frame, measured on up to `sample` of these videos' own frames:
-    decode (or read) -> encode, as a run does."""
-    c, sizes, seconds = settings.cache, [], 0.0
-    for video_id in ids[:sample]:
+def sample_videos(ids: list[str], seed: int, least: int = 8, share: float = 0.01) -> list[str]:
+    """The videos a dry run measures: max(least, share of them), drawn (seeded) over the whole set,
+    in the set's order. Footage varies by video (2.4x in bytes per frame on six real files), so
+    the first few of an annotation file say little about the rest."""
+    count = min(len(ids), max(least, int(np.ceil(share * len(ids)))))
+    chosen = np.random.default_rng(seed).choice(len(ids), size=count, replace=False)
+    return [ids[i] for i in sorted(chosen)]
+
+
+@dataclass
+class Measured:
+    """What a dry run measured on its sample of the user's own videos."""
+
+    bytes_per_frame: list[float] = field(default_factory=list)  # each video's mean
+    seconds: float = 0.0  # decode + encode, all sampled frames
+    frames: int = 0  # sampled frames
+    decoded: float = 0.0  # frames at data.fps the measured videos decode to
+    annotated: float = 0.0  # ... and their annotations' durations give
+    unreadable: list[str] = field(default_factory=list)
+
+
+def _measure_frames(settings: Settings, records: dict, ids: list[str]) -> Measured:
+    """Bytes and seconds per stored frame, and decoded against annotated length, measured on
+    `ids`: decode (or read) -> encode, as a run does."""
+    c, d, out = settings.cache, settings.data, Measured()
+    for video_id in ids:
         began = time.perf_counter()
         try:  # a video that cannot be read is the run's to report (exit 1, the others done)
             source = video_snippets(settings, video_id)
             spread = np.linspace(0, len(source.stored) - 1, min(32, len(source.stored))).astype(int)
             frames = source.read(source.stored[spread])
-        except (UserError, VideoError, OSError):
+        except (UserError, VideoError, OSError) as exc:
+            out.unreadable.append(f"{video_id} ({str(exc)[:120]})")
             continue
         blobs = encode_jpeg(frames, c.jpeg_quality) if c.codec == "jpeg" else list(frames)
-        seconds += time.perf_counter() - began
-        sizes += [b.nbytes for b in blobs]
-    if not sizes:
-        d = settings.data
-        return float(d.frame_height * d.frame_width * 3), 0.0
-    return float(np.mean(sizes)), seconds / len(sizes)
+        out.seconds += time.perf_counter() - began
+        out.frames += len(blobs)
+        out.bytes_per_frame.append(float(np.mean([b.nbytes for b in blobs])))
+        out.decoded += len(np.unique(source.frame_indices))
+        out.annotated += _stored_frames(settings, records[video_id])[0]
+    if not out.bytes_per_frame:
+        out.bytes_per_frame = [float(d.frame_height * d.frame_width * 3)]
+    return out
 
 
-def _projection(settings: Settings, records: dict, todo: list[str], kind: str, *, sample: int) -> tuple:
-    """(frames, bytes per frame, seconds per frame, projected bytes, notes) of caching `todo`."""
+def _projection(settings: Settings, records: dict, todo: list[str], kind: str, *,
+                sample: int | None) -> tuple:  # fmt: skip
+    """(frames, bytes per frame, seconds per frame, projected bytes, notes, spread) of caching `todo`;
+    `sample`: how many videos to measure (None: max(8, 1%) of them)."""
     counts = [_stored_frames(settings, records[v]) for v in todo]
     frames, index_bytes = sum(n for n, _ in counts), sum(12 * cells + 8 * (n + 1) for n, cells in counts)
     if kind == "snippets":
-        per_frame, per_second = _measure_frames(settings, todo, sample)
-        return (
-            frames,
-            per_frame,
-            per_second,
-            frames * per_frame + index_bytes + HDF5_FILE_BYTES * len(todo),
-            [],
-        )
+        chosen = sample_videos(todo, settings.seed, least=sample or 8, share=0.0 if sample else 0.01)
+        measured = _measure_frames(settings, records, chosen)
+        if measured.annotated:  # the annotations' durations, corrected by what the videos decode to
+            frames = int(round(frames * measured.decoded / measured.annotated))
+        per_frame = float(np.mean(measured.bytes_per_frame))
+        notes = [f"could not measure {len(measured.unreadable)} of {len(chosen)} sampled videos: "
+                 + "; ".join(measured.unreadable[:3])] if measured.unreadable else []  # fmt: skip
+        spread = [float(x) for x in np.percentile(measured.bytes_per_frame, [0, 50, 100])]
+        return (frames, per_frame, measured.seconds / max(measured.frames, 1),
+                frames * per_frame + index_bytes + HDF5_FILE_BYTES * len(todo), notes,
+                {"videos": len(chosen) - len(measured.unreadable), "bytes_per_frame": spread})  # fmt: skip
     from stages.model.encoder import encoder_spec
 
     width = encoder_spec(settings.model.encoder.name).out_dim
     projected = sum(cells // settings.data.snippet_length for _, cells in counts) * width * 4
     notes = ["features: the time depends on the encoder and device; not projected"]
-    return frames, 0.0, 0.0, projected + HDF5_FILE_BYTES * len(todo), notes
+    return frames, 0.0, 0.0, projected + HDF5_FILE_BYTES * len(todo), notes, None
 
 
 def _check_space(settings: Settings, records: dict, todo: list[str], kind: str, *, out_dir: Path) -> None:
     """Refuse before any work when the disk cannot hold what the run would write."""
-    projected = _projection(settings, records, todo, kind, sample=1)[3]
+    projected = _projection(settings, records, todo, kind, sample=1)[3]  # one video: a quick check
     free = shutil.disk_usage(out_dir).free
     if projected > free:
         raise UserError(
@@ -222,9 +262,10 @@ def _check_space(settings: Settings, records: dict, todo: list[str], kind: str, 
 
 
 def project(settings: Settings, *, what: str = "snippets", subsets: list[str] | None = None,
-            shard: Shard = WHOLE, sample: int = 3) -> dict:  # fmt: skip
-    """What `etad cache` would do, from the annotation durations and the settings, bytes per frame
-    measured on `sample` of the user's own videos: videos, frames, projected bytes and seconds."""
+            shard: Shard = WHOLE, sample: int | None = None) -> dict:  # fmt: skip
+    """What `etad cache` would do, from the annotation durations and the settings, measured on
+    `sample` of the user's own videos (None: max(8, 1%), spread over the set): videos, frames,
+    projected bytes and seconds, and the spread of bytes per frame over the videos measured."""
     if settings.data.annotations is None:
         raise UserError("data.annotations is not set")
     records = load_annotations(settings.data.annotations)
@@ -235,7 +276,7 @@ def project(settings: Settings, *, what: str = "snippets", subsets: list[str] | 
     current = set(filter(_current(out_dir, _stamp(settings, kind, None)), ids))
     here = [v for v in ids if v in current or present(v)]
     todo = [v for v in here if v not in current]
-    frames, per_frame, per_second, projected, notes = _projection(
+    frames, per_frame, per_second, projected, notes, spread = _projection(
         settings, records, todo, kind, sample=sample
     )
     folder = out_dir
@@ -252,12 +293,13 @@ def project(settings: Settings, *, what: str = "snippets", subsets: list[str] | 
         "projected_bytes": int(projected),
         "projected_seconds": frames * per_second,
         "free_bytes": shutil.disk_usage(folder).free,
+        "measured": spread,
         "notes": notes,
     }
 
 
 def _run_jobs(settings: Settings, kind: str, from_npy: Path | None, todo: list, *, stamp: str,
-              workers: int | None, record: Callable) -> None:  # fmt: skip
+              workers: int | None, record: Callable, records: dict) -> None:  # fmt: skip
     """One job per video to do: import, cut snippets (in `workers` processes) or encode features;
     the files record the run's fingerprint `stamp` and (snippets, features) its settings by name."""
     if from_npy is not None:
@@ -265,7 +307,8 @@ def _run_jobs(settings: Settings, kind: str, from_npy: Path | None, todo: list, 
         return
     expected = Expected.of(settings, kind)  # once per run, its stamp is `stamp`
     if kind == "snippets":
-        jobs = [(vid, _snippet_job, (settings, vid, path, expected)) for vid, path in todo]
+        durations = {vid: record.duration for vid, record in records.items()}
+        jobs = [(vid, _snippet_job, (settings, vid, path, expected, durations[vid])) for vid, path in todo]
         run_each(jobs, workers or settings.cache.workers, record)
     elif todo:
         c = settings.cache  # the encoder runs in this process: torch already uses every core
@@ -312,15 +355,19 @@ def run(
     progress.start(len(todo))
     start = time.perf_counter()
 
-    def record(video_id: str, result: int | None, reason: str | None) -> None:
+    def record(video_id: str, result, reason: str | None) -> None:
         if reason is None:
             summary.done += 1
-            summary.frame_bytes += result or 0
+            if kind == "snippets":  # (frame bytes, what decoding found)
+                summary.frame_bytes += result[0]
+                if result[1]:
+                    summary.videos.add(video_id, result[1], records[video_id].duration, settings.data.fps)
         else:
             summary.failures.append({"video_id": video_id, "reason": reason})
         progress.advance()
 
-    _run_jobs(settings, kind, from_npy, todo, stamp=stamp, workers=workers, record=record)
+    _run_jobs(settings, kind, from_npy, todo, stamp=stamp, workers=workers, record=record, records=records)
     summary.seconds = time.perf_counter() - start
     write_lists(out_dir, shard, failures=summary.failures, missing=summary.missing)
+    summary.notes += summary.videos.write(out_dir, shard)
     return summary

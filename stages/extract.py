@@ -22,16 +22,15 @@ from stages.core.files import ensure_writable_dir, write_json
 from stages.core.progress import SILENT, Progress
 from stages.core.settings import Settings
 from stages.core.workdir import frames_dir
-from stages.data.annotations import load_annotations, safe_path
+from stages.data.annotations import load_annotations
 from stages.data.extracted_frames import frames_file, record_file, source_stamp
 from stages.data.hdf5_cache import new_hdf5, store_frames
 from stages.data.per_video import run_each
-from stages.data.snippet_positions import resample_frame_indices
-from stages.data.video_io import VideoReader
+from stages.data.video_facts import VideoNotes, open_video
 from stages.data.video_selection import WHOLE, Shard, drop_missing, select, write_lists
-from stages.data.video_snippets import extracted
+from stages.data.video_snippets import extracted, video_path
 
-BATCH = 256  # frames decoded per decord call
+BATCH = 256  # frames decoded, encoded and written at a time
 
 
 @dataclass
@@ -43,6 +42,9 @@ class ExtractJob:
     height: int
     width: int
     backend: str
+    annotated: float | None = None  # the annotation file's duration, seconds
+    resize: str = "stretch"
+    truncated: str = "note"
     codec: str = "jpeg"
     quality: int = 90
     compression: str = "none"
@@ -58,33 +60,38 @@ class ExtractSummary:
     failures: list[dict] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # data.missing: skip
     notes: list[str] = field(default_factory=list)
+    videos: VideoNotes = field(default_factory=VideoNotes)  # what decoding found, per video
     shard: Shard = WHOLE
 
 
-def extract_one(job: ExtractJob) -> int:
-    """Decode one video into <id>.h5 and then <id>.json; returns the number of frames written.
-    Frames are decoded, encoded and written BATCH at a time: memory does not grow with the video."""
+def extract_one(job: ExtractJob) -> tuple[int, dict]:
+    """Decode one video into <id>.h5 and then <id>.json; returns the number of frames written and
+    what decoding found (VideoFacts). Frames are decoded, encoded and written BATCH at a time:
+    memory does not grow with the video."""
     stamp = source_stamp(job.video_path)  # before decoding: a file replaced meanwhile is redone
-    reader = VideoReader(job.video_path, job.backend, job.height, job.width)
-    keep = resample_frame_indices(len(reader), reader.info.fps or job.fps, job.fps)
-    batches = (reader.get_frames(keep[start : start + BATCH]) for start in range(0, len(keep), BATCH))
+    video = open_video(job.video_path, job.fps, backend=job.backend, size=(job.height, job.width),
+                       resize=job.resize, annotated=job.annotated, truncated=job.truncated)  # fmt: skip
     with new_hdf5(frames_file(job.out_dir, job.video_id)) as f:
-        store_frames(f, batches, len(keep), codec=job.codec, quality=job.quality, compression=job.compression)
+        store_frames(f, video.frames(BATCH), len(video), codec=job.codec, quality=job.quality,
+                     compression=job.compression)  # fmt: skip
+    facts = video.finish().as_record()
     meta = {
         "video_id": job.video_id,
-        "num_frames": int(len(keep)),
+        "num_frames": len(video),
         "fps": job.fps,
         "height": job.height,
         "width": job.width,
+        "resize": job.resize,
         "codec": job.codec,
         "jpeg_quality": job.quality if job.codec == "jpeg" else None,
         "source": str(job.video_path),
         "source_stamp": stamp,
-        "source_frames": len(reader),
-        "source_fps": reader.info.fps,
+        "source_frames": facts["coded_frames"],
+        "source_fps": facts["source_fps"],
+        "video": facts,
     }
     write_json(record_file(job.out_dir, job.video_id), meta)
-    return len(keep)
+    return len(video), facts
 
 
 def run(settings: Settings, *, workers: int = 1, subsets: list[str] | None = None, shard: Shard = WHOLE,
@@ -101,24 +108,27 @@ def run(settings: Settings, *, workers: int = 1, subsets: list[str] | None = Non
     except OSError as exc:
         raise UserError(f"{out_dir}: cannot write the output folder: {exc.strerror or exc}") from None
     jobs = {
-        vid: ExtractJob(vid, safe_path(d.video_dir, vid, d.video_name), out_dir, d.fps, height=d.frame_height,
-                        width=d.frame_width, backend=d.decoder, codec=c.codec, quality=c.jpeg_quality,
+        vid: ExtractJob(vid, video_path(d, vid), out_dir, d.fps, height=d.frame_height, width=d.frame_width,
+                        backend=d.decoder, annotated=records[vid].duration, resize=d.resize,
+                        truncated=d.truncated, codec=c.codec, quality=c.jpeg_quality,
                         compression=c.compression)
         for vid in select(records, subsets, shard, where=str(d.annotations))
     }  # fmt: skip
     done = {vid for vid in jobs if extracted(settings, vid)}  # at the current fps and size
+    named = " or ".join(d.video_names)
     chosen = drop_missing(list(jobs), lambda v: v in done or jobs[v].video_path.is_file(), d.missing,
-                          what=f"video file in {d.video_dir}")  # fmt: skip
+                          what=f"video file in {d.video_dir} (named {named})")  # fmt: skip
     summary = ExtractSummary(out_dir, missing=chosen.missing, notes=chosen.notes, shard=shard)
     todo = [jobs[v] for v in chosen.videos if v not in done]
     summary.skipped = len(done)
     progress.start(len(todo))
     start = time.perf_counter()
 
-    def record(video_id: str, frames: int | None, reason: str | None) -> None:
+    def record(video_id: str, result: tuple[int, dict] | None, reason: str | None) -> None:
         if reason is None:
             summary.done += 1
-            summary.frames += frames
+            summary.frames += result[0]
+            summary.videos.add(video_id, result[1], records[video_id].duration, d.fps)
         else:
             summary.failures.append({"video_id": video_id, "reason": reason})
         speed = summary.frames / max(time.perf_counter() - start, 1e-9)
@@ -127,4 +137,5 @@ def run(settings: Settings, *, workers: int = 1, subsets: list[str] | None = Non
     run_each([(job.video_id, extract_one, (job,)) for job in todo], workers, record)
     summary.seconds = time.perf_counter() - start
     write_lists(out_dir, shard, failures=summary.failures, missing=summary.missing)
+    summary.notes += summary.videos.write(out_dir, shard)
     return summary

@@ -31,8 +31,7 @@ from stages.data.fingerprints import Expected
 from stages.data.frame_codec import decode_jpeg, encode_jpeg
 from stages.data.hdf5_cache import VideoCache
 from stages.data.protocols import Item, protocol
-from stages.data.snippet_positions import resample_frame_indices
-from stages.data.video_io import VideoError, VideoReader
+from stages.data.video_io import TimedVideo, VideoError
 from stages.data.video_selection import WHOLE, Shard
 from stages.evaluation.postprocess import CLASSIFIERS, POST_PROCESSING, Labeller
 from stages.model.detector import build_detector, final_proposals
@@ -241,7 +240,7 @@ def run(
     output = writable_output(settings)
     detector = Detector(settings, checkpoint)
     if video is not None:
-        summary = run_video(settings, detector, checkpoint, video, progress=progress)
+        summary = run_video(settings, detector, checkpoint, video, plot=plot > 0, progress=progress)
         summary.seconds = time.perf_counter() - began
         return summary
     dataset, notes = cached_dataset(settings, detector, shard)
@@ -344,11 +343,11 @@ def video_features(
     an end-to-end checkpoint, else model.encoder of the settings, as `etad cache` does)."""
     d = settings.data
     try:
-        reader = VideoReader(video, d.decoder, d.frame_height, d.frame_width)
+        reader = TimedVideo(video, d.fps, d.decoder, height=d.frame_height, width=d.frame_width,
+                            resize=d.resize)
     except VideoError as exc:
         raise UserError(str(exc)) from None
-    keep = resample_frame_indices(len(reader), reader.info.fps or d.fps, d.fps)
-    positions = keep[protocol(d).snippet_frames(len(keep))]  # [N, L] source frame indices
+    positions = protocol(d).snippet_frames(len(reader))  # [N, L] frames at data.fps
     batch = settings.infer.chunk_size
     frozen = (
         None
@@ -361,7 +360,7 @@ def video_features(
         rows = positions[start : start + batch]
         wanted, where = np.unique(rows, return_inverse=True)
         try:
-            frames = reader.get_frames(wanted)
+            frames = reader.read(wanted)
         except VideoError as exc:
             raise UserError(str(exc)) from None
         if settings.cache.codec == "jpeg":  # the frames as the snippet cache gives them to training
@@ -378,7 +377,8 @@ def video_features(
             f"{video}: the encoder gives {features.shape[1]}-d features but the checkpoint's detector "
             f"expects {detector.model_settings.in_channels} (model.encoder differs from training)"
         )
-    return features, len(keep) / d.fps
+    reader.finish()
+    return features, len(reader) / d.fps  # the frames the snippets cover (docs/method.md, "Frames and time")
 
 
 def video_inputs(
@@ -399,11 +399,11 @@ def video_inputs(
     return out
 
 
-def run_video(
-    settings: Settings, detector: Detector, checkpoint: Path, video: Path, *, progress: Progress = SILENT
-) -> InferSummary:
+def run_video(settings: Settings, detector: Detector, checkpoint: Path, video: Path, *, plot: bool = False,
+              progress: Progress = SILENT) -> InferSummary:  # fmt: skip
     """Detections of one video file that is in no annotation file, best first; saved as
-    ActivityNet-format JSON beside infer.output as `<video name>.json`."""
+    ActivityNet-format JSON beside infer.output as `<video name>.json`; with `plot`, their timeline
+    as `<video name>.png` in plots/ beside it."""
     notes = []
     if settings.infer.classifier in ("file", "truth"):  # neither knows a new video
         choice = "builtin" if detector.model.classifier is not None else "none"
@@ -446,6 +446,11 @@ def run_video(
         notes=notes,
     )
     summary.top = detections
+    if plot:
+        path = safe_path(output.parent / "plots", video.name, "{id}.png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plot_timeline(Item(video_id, duration, []), detections, path)
+        summary.plots.append(path)
     return summary
 
 

@@ -88,8 +88,10 @@ class DataSettings(Section):
         None, description="ActivityNet-1.3 or THUMOS-14 style JSON ('database')"
     )
     video_dir: FilePath | None = Field(None, description="folder of the video files")
-    video_name: str = Field(
-        "{id}.mp4", description="file name of a video in video_dir; '{id}' is the video id"
+    video_name: str | list[str] = Field(
+        "{id}.mp4",
+        description="file name of a video in video_dir, '{id}' the video id; a list is tried in order "
+        "(e.g. ['{id}.mp4', '{id}.avi']), and '{id}.*' takes any extension",
     )
     train_subset: str = Field("training", description="subset of the annotation file that training uses")
     eval_subset: str = Field("validation", description="subset that `etad infer` detects and evaluates")
@@ -114,13 +116,34 @@ class DataSettings(Section):
     decoder: Literal["auto", "decord", "pyav"] = Field(
         "auto", description="auto: decord if installed, else PyAV"
     )
+    resize: Literal["stretch", "crop"] = Field(
+        "stretch",
+        description="stretch: frames resized to frame_width x frame_height (the original); crop: resized "
+        "to cover it keeping the aspect ratio, then its centre cut (4:3 sources, 16:9 recipes)",
+    )
+    truncated: Literal["note", "error"] = Field(
+        "note",
+        description="a video that decodes shorter than its annotated duration (by more than max(1 s, 2%)): "
+        "note lists it in the summary; error fails it (exit 1, the other videos done)",
+    )
 
     @field_validator("video_name")
     @classmethod
-    def _has_id(cls, value: str) -> str:
-        if "{id}" not in value or "/" in value or "\\" in value:
-            raise ValueError("expected a file name containing '{id}', e.g. 'v_{id}.mp4'")
+    def _has_id(cls, value: str | list[str]) -> str | list[str]:
+        names = [value] if isinstance(value, str) else value
+        for name in names:
+            if "{id}" not in name or "/" in name or "\\" in name:
+                raise ValueError("expected file names containing '{id}', e.g. 'v_{id}.mp4' or a list")
+            if "*" in name and name != "{id}.*":
+                raise ValueError("the only pattern with '*' is '{id}.*' (any extension)")
+        if not names:
+            raise ValueError("expected at least one file name pattern")
         return value
+
+    @property
+    def video_names(self) -> list[str]:
+        """The file name patterns, in the order they are tried."""
+        return [self.video_name] if isinstance(self.video_name, str) else list(self.video_name)
 
 
 class EncoderSettings(Section):

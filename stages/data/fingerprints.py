@@ -30,6 +30,10 @@ def snippet_inputs(settings: Settings) -> dict:
         "dataset": d.protocol,  # named "dataset" so that caches written before the rename stay current
         "fps": d.fps,
         "size": [d.frame_height, d.frame_width],
+        "resize": d.resize,
+        # frames by display time (data/video_io.py); caches decoded by frame index before it may hold
+        # frames of other times on B-frame, dropped-frame and variable-rate files: they are rebuilt
+        "timing": "display-time",
         "snippet_length": d.snippet_length,
         "positions": protocol(d).positions(),
         "layout": "frames-1",  # each frame once (docs/cache.md)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -115,15 +115,17 @@ def store_frames(f: h5py.File, batches: Iterable[np.ndarray | list[np.ndarray]],
 
 
 def write_snippet_file(path: Path, batches: Iterable, *, snippet_frames: np.ndarray,
-                       frame_indices: np.ndarray, attrs: dict, **storage) -> int:  # fmt: skip
+                       frame_indices: np.ndarray, attrs: dict | Callable[[], dict],
+                       **storage) -> int:  # fmt: skip
     """Write one video's snippet cache atomically: its stored frames (`store_frames`, which takes
-    `storage`: codec, quality, ...) and `snippet_frames` [T, L], which points into them. Returns
-    the frames' bytes."""
+    `storage`: codec, quality, ...) and `snippet_frames` [T, L], which points into them; `attrs`,
+    when a function, is asked once the frames are read (what decoding found is known then).
+    Returns the frames' bytes."""
     with new_hdf5(path) as f:
         size = store_frames(f, batches, int(snippet_frames.max()) + 1, **storage)
         f.create_dataset("snippet_frames", data=snippet_frames.astype(np.int32))
         f.create_dataset("frame_indices", data=frame_indices.astype(np.int64))
-        f.attrs.update(attrs)
+        f.attrs.update(attrs() if callable(attrs) else attrs)
         return size
 
 

@@ -4,11 +4,15 @@ ActivityNet (original ETAD, docs/method.md §1): mmaction2's test-mode `SampleFr
 in both training and test, so positions are deterministic: offset_i = round(i * max_offset / (T-1))
 with max_offset = max(N - L, 0) and numpy's round-half-to-even; frames offset_i + [0..L-1] mod N.
 THUMOS: snippets start every `stride` frames; frames past the end repeat the last frame.
+Frames at data.fps: output frame k shows the picture displayed at time k / fps (video_io.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+TIME_TOLERANCE = 1e-3  # seconds: a picture this close after an output time is the one shown then
+# (Matroska and WebM round timestamps to the millisecond)
 
 
 def anet_snippet_frames(num_frames: int, num_snippets: int, snippet_length: int) -> np.ndarray:
@@ -32,10 +36,13 @@ def strided_snippet_frames(num_frames: int, stride: int, snippet_length: int) ->
     return np.minimum(starts[:, None] + np.arange(snippet_length)[None, :], num_frames - 1)
 
 
-def resample_frame_indices(source_frames: int, source_fps: float, target_fps: float) -> np.ndarray:
-    """Which source frames to keep to turn a video into `target_fps`: frame k shows time k / target_fps."""
-    duration = source_frames / source_fps
-    count = max(1, int(np.floor(duration * target_fps + 1e-6)))
-    return np.minimum(
-        np.floor(np.arange(count) * (source_fps / target_fps) + 1e-6).astype(np.int64), source_frames - 1
-    )
+def output_frames(duration: float, fps: float) -> int:
+    """How many frames a video of `duration` seconds has at `fps`: floor(duration * fps), at least 1."""
+    return max(1, int(np.floor((duration + TIME_TOLERANCE) * fps)))
+
+
+def shown_at(times: np.ndarray, count: int, fps: float) -> np.ndarray:
+    """For each output time k / fps (k < count): the picture shown then, the last whose display
+    time is at or before it (`times` rising, from 0)."""
+    wanted = np.arange(count) / fps
+    return np.maximum(np.searchsorted(times, wanted + TIME_TOLERANCE, side="right") - 1, 0)

@@ -5,10 +5,12 @@ or PyAV), so that `etad cache` needs no extracted frames at all and peak disk is
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,11 +20,10 @@ from stages.core.workdir import frames_dir
 from stages.data.annotations import safe_path
 from stages.data.extracted_frames import frame_reader, frames_file, read_meta, source_stamp
 from stages.data.protocols import protocol
-from stages.data.snippet_positions import resample_frame_indices
-from stages.data.video_io import VideoReader
+from stages.data.video_facts import open_video
 
 if TYPE_CHECKING:  # the settings models, for type hints only
-    from stages.core.settings import Settings
+    from stages.core.settings import DataSettings, Settings
 
 BATCH = 256  # frames decoded (and encoded) at a time: memory stays one batch's
 
@@ -39,6 +40,7 @@ class VideoSnippets:
     # extracted JPEG frames: frame numbers -> their JPEG bytes, and the quality they were written at
     read_jpeg: Callable[[np.ndarray], list[np.ndarray]] | None = None
     jpeg_quality: int | None = None
+    facts: Callable[[], dict] | None = None  # a video file's VideoFacts record, once its frames are read
 
     @cached_property
     def stored(self) -> np.ndarray:
@@ -65,6 +67,20 @@ class VideoSnippets:
         return frames[self.snippet_frames]
 
 
+def video_path(d: DataSettings, video_id: str) -> Path:
+    """The video file of `video_id` in data.video_dir: the first of data.video_name's patterns that
+    names an existing file (`{id}.*`: any extension, the first in sorted order), else the first
+    pattern's path (for messages)."""
+    candidates = []
+    for pattern in d.video_names:
+        if pattern == "{id}.*":
+            stem = safe_path(d.video_dir, video_id, "{id}")
+            candidates += sorted(p for p in d.video_dir.glob(glob.escape(stem.name) + ".*") if p.is_file())
+        else:
+            candidates.append(safe_path(d.video_dir, video_id, pattern))
+    return next((p for p in candidates if p.is_file()), candidates[0] if candidates else stem)
+
+
 def extracted(settings: Settings, video_id: str) -> bool:
     """Whether `etad extract` wrote this video's frames at the current fps and size, from the video
     file data.video_dir names now, as that file is now (size and time; unset video_dir: the frames
@@ -75,11 +91,12 @@ def extracted(settings: Settings, video_id: str) -> bool:
         meta is not None
         and meta.get("fps") == d.fps
         and (meta.get("height"), meta.get("width")) == (d.frame_height, d.frame_width)
+        and meta.get("resize") == d.resize  # absent: frames extracted by frame index, before display time
         and frames_file(folder, video_id).is_file()
     )
     if not current or d.video_dir is None:
         return current
-    video = safe_path(d.video_dir, video_id, d.video_name)
+    video = video_path(d, video_id)
     if os.path.abspath(str(meta.get("source"))) != os.path.abspath(video):
         return False  # another video folder or name pattern
     return not video.is_file() or meta.get("source_stamp", source_stamp(video)) == source_stamp(video)
@@ -88,12 +105,13 @@ def extracted(settings: Settings, video_id: str) -> bool:
 def decodable(settings: Settings, video_id: str) -> bool:
     """Whether `video_snippets` can read this video: extracted frames, or its video file."""
     d = settings.data
-    file = d.video_dir is not None and safe_path(d.video_dir, video_id, d.video_name).is_file()
+    file = d.video_dir is not None and video_path(d, video_id).is_file()
     return file or extracted(settings, video_id)
 
 
-def video_snippets(settings: Settings, video_id: str) -> VideoSnippets:
-    """A video's snippets at the protocol's positions: its extracted frames, else its video file."""
+def video_snippets(settings: Settings, video_id: str, annotated: float | None = None) -> VideoSnippets:
+    """A video's snippets at the protocol's positions: its extracted frames, else its video file
+    (`annotated`: its annotated duration, for data.truncated)."""
     d, encoded = settings.data, {}
     if extracted(settings, video_id):
         read, meta = frame_reader(frames_dir(settings), video_id)
@@ -101,19 +119,18 @@ def video_snippets(settings: Settings, video_id: str) -> VideoSnippets:
         if meta.get("codec") == "jpeg":
             read_jpeg, _ = frame_reader(frames_dir(settings), video_id, encoded=True)
             encoded = {"read_jpeg": read_jpeg, "jpeg_quality": meta.get("jpeg_quality")}
+        encoded["facts"] = lambda: meta.get("video")
     else:
         if d.video_dir is None:
             raise UserError(
                 f"{frames_dir(settings)}: video {video_id!r} is not extracted at data.fps and the frame "
                 "size, and data.video_dir is not set to decode it"
             )
-        path = safe_path(d.video_dir, video_id, d.video_name)
-        reader = VideoReader(path, d.decoder, d.frame_height, d.frame_width)
-        keep = resample_frame_indices(len(reader), reader.info.fps or d.fps, d.fps)
-        num_frames, source = len(keep), str(path)
-
-        def read(numbers: np.ndarray) -> np.ndarray:
-            return reader.get_frames(keep[numbers])
+        path = video_path(d, video_id)
+        video = open_video(path, d.fps, backend=d.decoder, size=(d.frame_height, d.frame_width),
+                           resize=d.resize, annotated=annotated, truncated=d.truncated)  # fmt: skip
+        num_frames, source, read = len(video), str(path), video.read
+        encoded = {"facts": lambda: video.finish().as_record()}
 
     indices = protocol(d).snippet_frames(num_frames)
     return VideoSnippets(video_id, indices, num_frames, source=source, read=read, **encoded)

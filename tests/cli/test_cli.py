@@ -34,6 +34,7 @@ def test_help_lists_every_command_with_one_line():
         assert len(line.split(command, 1)[1].strip(" │")) > 10, line
 
 
+@pytest.mark.slow  # `etad` in a subprocess
 def test_every_command_help_shows_an_example():
     for command in (["synth"], ["extract"], ["cache"], ["train"], ["infer"], ["eval"], ["report"],
                     ["config", "show"], ["config", "validate"], ["config", "reference"], ["study"],
@@ -78,6 +79,7 @@ def _imports_of(*args: str) -> set[str]:
     return {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if "|" in line}
 
 
+@pytest.mark.slow  # `etad` in a subprocess
 def test_scoring_and_showing_settings_never_import_torch():
     """`etad eval` and `etad config show` start in well under a second: a user scoring a file waits
     for scoring, not for torch's 6 s of imports. `config validate` checks the part names, with torch."""
@@ -90,6 +92,7 @@ def test_scoring_and_showing_settings_never_import_torch():
     assert "torch" in _imports_of("config", "validate", "examples/demo.yaml")
 
 
+@pytest.mark.slow  # `etad` in a subprocess
 def test_config_validate_checks_part_names_that_show_leaves_to_it():
     shown = run_etad("config", "show", "examples/demo.yaml", "--set", "model.encoder.name=nope")
     assert shown.returncode == 0 and "name: nope" in shown.stdout

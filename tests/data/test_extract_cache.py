@@ -19,7 +19,7 @@ import yaml
 from stages.core.settings_file import load_settings
 from stages.data.hdf5_cache import VideoCache
 from stages.data.snippet_positions import anet_snippet_frames
-from stages.data.video_io import VideoReader, decord_available
+from stages.data.video_io import decord_available
 from stages.data.video_snippets import video_snippets
 from stages.model.encoder import build_encoder, center_crop
 from tests.helpers import run_etad
@@ -63,9 +63,11 @@ def tsp_checkpoint(path) -> dict:
 
 def _direct(synth_dir, video_id):
     """A video's snippet frames decoded by decord alone: [12, 4, 32, 40, 3] and their indices."""
-    reader = VideoReader(synth_dir / "videos" / f"{video_id}.mp4", "decord", height=32, width=40)
-    indices = anet_snippet_frames(len(reader), 12, 4)
-    return reader.get_frames(indices.reshape(-1)).reshape(12, 4, 32, 40, 3), indices
+    import decord
+
+    reader = decord.VideoReader(str(synth_dir / "videos" / f"{video_id}.mp4"), height=32, width=40)
+    indices = anet_snippet_frames(len(reader), 12, 4)  # the synthetic videos are at data.fps
+    return reader.get_batch(indices.reshape(-1).tolist()).asnumpy().reshape(12, 4, 32, 40, 3), indices
 
 
 @needs_decord

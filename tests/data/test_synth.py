@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from stages import synth
-from stages.data.video_io import VideoReader, decord_available
+from stages.data.video_io import TimedVideo, decord_available
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
@@ -54,10 +54,10 @@ def test_every_video_opens_with_decord_and_matches_its_annotation(synth_dir):
     subsets = [v["subset"] for v in anet["database"].values()]
     assert subsets.count("training") == 4 and subsets.count("validation") == 2
     for video_id, entry in anet["database"].items():
-        reader = VideoReader(synth_dir / "videos" / f"{video_id}.mp4", backend="decord")
-        assert reader.info.fps == pytest.approx(15.0)
-        assert reader.info.num_frames == round(entry["duration"] * 15)
-        assert (reader.info.height, reader.info.width) == (48, 64)
+        video = TimedVideo(synth_dir / "videos" / f"{video_id}.mp4", 15.0, backend="decord")
+        assert video.facts.source_fps == pytest.approx(15.0) and video.facts.header_fps == pytest.approx(15.0)
+        assert len(video) == video.facts.coded_frames == round(entry["duration"] * 15)
+        assert video.read([0]).shape == (1, 48, 64, 3) and video.facts.anomalies(15.0) == []
         assert synth.MIN_VIDEO_S - 0.1 <= entry["duration"] <= synth.MAX_VIDEO_S + 0.1
         assert len(entry["annotations"]) <= synth.MAX_INSTANCES
         for ann in entry["annotations"]:
@@ -73,10 +73,10 @@ def test_every_video_opens_with_decord_and_matches_its_annotation(synth_dir):
 
 def test_pyav_fallback_reads_the_same_frame_count(synth_dir):
     video = sorted((synth_dir / "videos").glob("*.mp4"))[0]
-    reader = VideoReader(video, backend="pyav")
-    assert reader.get_frames([0, len(reader) - 1]).shape == (2, 48, 64, 3)
+    reader = TimedVideo(video, 15.0, backend="pyav")
+    assert reader.read([0, len(reader) - 1]).shape == (2, 48, 64, 3)
     if decord_available():
-        assert len(reader) == len(VideoReader(video, backend="decord"))
+        assert len(reader) == len(TimedVideo(video, 15.0, backend="decord"))
 
 
 def test_plans_cover_the_promised_variety():

@@ -143,6 +143,7 @@ def test_a_clip_shape_the_encoder_cannot_take_is_refused_when_settings_load(
     assert "got {" not in line  # the one line names the keys, without echoing the whole file
 
 
+@pytest.mark.slow  # `etad` in a subprocess
 def test_etad_encoders_lists_the_registry():
     result = run_cli("encoders", "--json")
     assert result.returncode == 0, result.stderr

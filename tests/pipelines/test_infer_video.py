@@ -77,3 +77,17 @@ def test_a_video_shorter_than_a_snippet_says_so(trained, cli, tmp_path):
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "1 frame(s) at data.fps, shorter than one snippet (8 frames)" in text
+
+
+def test_a_video_gets_its_timeline_with_plot_and_eval_is_refused(trained, cli, synth_dir, tmp_path):
+    config, checkpoints = trained
+    video = sorted((synth_dir / "videos").glob("*.mp4"))[0]
+    args = ("infer", "-c", config, "--checkpoint", str(checkpoints["pretrain"]), "--video", str(video))
+    result = cli(*args, "--plot", "1")
+    assert result.exit_code == 0, result.output
+    plot = config.parent / "work" / "results" / "plots" / f"{video.name}.png"
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    refused = cli(*args, "--eval")
+    text = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "--eval scores a subset against its annotation file" in text
+    assert "Traceback" not in refused.output
