@@ -22,10 +22,12 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 def pytest_configure(config) -> None:
     """Under xdist each worker takes its own share of the cores (CPU affinity, which the processes it
     starts inherit) and as many torch / BLAS threads: two workers on two cores never run four
-    threads (docs/testing.md has the measured difference)."""
+    threads (docs/architecture.md, "Tests", has the measured difference; ETAD_TEST_PIN=0 turns it off
+    to measure it again)."""
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if worker is None or workers < 2 or not hasattr(os, "sched_setaffinity"):
+    pin = os.environ.get("ETAD_TEST_PIN", "1") != "0"
+    if worker is None or workers < 2 or not pin or not hasattr(os, "sched_setaffinity"):
         return
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < workers:

@@ -23,6 +23,7 @@ is absent and the writer of test videos. Nothing else in the project imports dec
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -94,14 +95,11 @@ def decord_available() -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
-    """An exception as one short line: decord's C++ location prefix and check text dropped."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[0] if lines else exc.__class__.__name__
-    if "] " in text and text.startswith("["):  # "[12:00:00] /src/video_reader.cc:270: message"
-        text = text.split("] ", 1)[1]
-    if ".cc:" in text:  # "/github/workspace/src/...cc:218: Check failed: ..."
-        text = text.split(": ", 1)[-1]
-    return text[:160]
+    """An exception as one short line, without decord's C++ times and source locations
+    ("[12:00:00] /src/video/ffmpeg/threaded_decoder.cc:218: Check failed: ...")."""
+    text = " ".join(str(exc).split()) or exc.__class__.__name__
+    text = re.sub(r"\[\d\d:\d\d:\d\d\]\s*|\S*\.(cc|cpp|h):\d+:\s*", "", text).strip()
+    return (text or exc.__class__.__name__)[:160]
 
 
 @contextmanager
@@ -338,7 +336,9 @@ class TimedVideo:
         except VideoError:
             raise
         except Exception as exc:  # decord and av raise many types for a broken file
-            raise VideoError(f"{self.path}: decoding failed: {_first_line(exc)}") from None
+            hint = "; data.decoder: pyav skips damaged packets" if self.backend == "decord" else ""
+            why = _first_line(exc)[:100]
+            raise VideoError(f"{self.path}: damaged, {self.backend} cannot decode it: {why}{hint}") from None
         if len(got) < len(wanted):
             got.update(self._hold(wanted, got))
         self._recent = got

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from stages.data.hdf5_cache import read_frames
-from stages.data.video_io import TimedVideo, decord_available, write_video
+from stages.data.video_io import TimedVideo, VideoError, decord_available, write_video
 from tests.helpers import run_cli
 from tests.videos import number_of, shown, write
 
@@ -206,3 +206,60 @@ def test_peak_memory_does_not_grow_with_the_video(long_video, decoder):
     decoded_mib = FRAMES * HEIGHT * WIDTH * 3 / 2**20
     assert measured["frames"] == FRAMES
     assert measured["grew_mib"] < decoded_mib / 8, (measured, decoded_mib)
+
+
+def test_crop_keeps_the_aspect_ratio_and_stretch_keeps_everything(tmp_path):
+    """A 4:3 source with red bands at the top and bottom eighths, to a 16:9 frame: `stretch` (the
+    original's) squashes the bands in, `crop` cuts them off and keeps the centre's proportions."""
+    import av
+
+    path = tmp_path / "banded.mp4"
+    picture = np.zeros((96, 128, 3), np.uint8)
+    picture[:, :] = (0, 200, 0)
+    picture[:12], picture[-12:] = (200, 0, 0), (200, 0, 0)
+    write_video(path, [picture] * 10, 10.0)
+    for decoder in DECODERS:
+        stretched = TimedVideo(path, 10.0, decoder, height=36, width=64).read([0])[0].astype(int)
+        cropped = TimedVideo(path, 10.0, decoder, height=36, width=64, resize="crop").read([0])[0].astype(int)
+        assert cropped.shape == stretched.shape == (36, 64, 3)
+        assert stretched[1, 32, 0] > 150 and stretched[-2, 32, 0] > 150  # the bands, squashed in
+        assert cropped[:, :, 0].max() < 60 and cropped[18, 32, 1] > 150  # only the green centre
+    assert av  # PyAV wrote it
+
+
+def test_dry_run_projects_the_bytes_of_a_mixed_set_within_ten_percent(numbered):
+    root, _ = numbered
+    config = _config(root, "pyav")
+    work = root / "work-pyav"
+    args = ("cache", "-c", config, "--subset", "all", "--set", f"work_dir={work}-dry")
+    projected = run_cli(*args, "--dry-run", "--json")
+    assert projected.returncode == 0, projected.stderr
+    plan = json.loads(projected.stdout)
+    low, median, high = plan["measured"]["bytes_per_frame"]
+    assert plan["measured"]["videos"] == len(VIDEOS) and low <= median <= high
+    assert run_cli(*args).returncode == 0
+    written = sum(p.stat().st_size for p in (root / "work-pyav-dry" / "cache" / "snippets").glob("*.h5"))
+    assert abs(plan["projected_bytes"] - written) <= 0.10 * written, (plan["projected_bytes"], written)
+
+
+def test_a_damaged_file_is_decoded_around_its_bad_packets_or_fails_in_one_line(tmp_path):
+    """PyAV skips packets that do not decode (as players do) and says how many pictures it lost;
+    decord stops on them: one line naming the file, no C++ location, the way out named."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "broken.mp4"
+    write_video(path, [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(60)], 30.0, crf=30)
+    data = bytearray(path.read_bytes())
+    for at in range(len(data) // 3, 2 * len(data) // 3, 997):
+        data[at : at + 40] = bytes(range(40))
+    path.write_bytes(bytes(data))
+    video = TimedVideo(path, 15.0, "pyav", height=48, width=64)
+    assert sum(len(batch) for batch in video.frames(64)) == 30
+    facts = video.finish()
+    assert facts.decoded_frames < facts.coded_frames == 60
+    assert any(kind == "damaged" for kind, _ in facts.anomalies(15.0))
+    assert any("did not decode" in note for note in facts.notes)
+    if decord_available():
+        with pytest.raises(VideoError) as failed:
+            TimedVideo(path, 15.0, "decord", height=48, width=64).read(np.arange(30))
+        line = str(failed.value)
+        assert "\n" not in line and ".cc:" not in line and str(path) in line and "data.decoder: pyav" in line
