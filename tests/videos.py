@@ -57,7 +57,8 @@ def write(path: Path, times: list[float], *, codec: str = "libx264", rate: float
         if audio_first:
             audio = container.add_stream("aac", rate=8000)
         stream = container.add_stream(codec, rate=Fraction(rate).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.width, stream.height = WIDTH, HEIGHT
+        stream.pix_fmt = "rgb24" if codec == "cinepak" else "yuv420p"  # Cinepak codes RGB
         stream.time_base = stream.codec_context.time_base = base
         if codec == "libx264":
             stream.options = {"bf": str(b_frames), "preset": "veryfast", "threads": "1"}

@@ -1,5 +1,6 @@
 """Frames by display time on videos that carry what real files carry (tests/videos.py writes them
-with PyAV; each picture shows its own number): for both decoders, through `etad extract`, exactly
+with PyAV, in the codecs of the issue's real files: H.264, MPEG-4 Part 2, MS-MPEG4, Cinepak; each
+picture shows its own number): for both decoders, through `etad extract`, exactly
 which source picture is stored for each time; the two decoders agree; damaged, cut and empty files
 are one line each; and the PyAV reader's memory stays flat on a long video."""
 
@@ -36,6 +37,10 @@ VIDEOS = {
     "header_disagrees": ("mkv", {"times": np.arange(45) / 15, "rate": 30, "time_base": Fraction(1, 1000)},
                          "rate mismatch"),  # fmt: skip
     "ten_fps": ("mp4", {"times": np.arange(40) / 10, "rate": 10}, "upsampled"),
+    "msmpeg4_ten_fps": ("avi", {"times": np.arange(40) / 10, "codec": "msmpeg4", "rate": 10, "b_frames": 0},
+                        "upsampled"),  # fmt: skip
+    "cinepak_dropped": ("avi", {"times": np.r_[np.arange(20), np.arange(50, 80)] / 15, "codec": "cinepak",
+                                "rate": 15, "b_frames": 0}, "variable rate"),  # fmt: skip
 }
 
 
@@ -236,7 +241,7 @@ def test_dry_run_projects_the_bytes_of_a_mixed_set_within_ten_percent(numbered):
     assert projected.returncode == 0, projected.stderr
     plan = json.loads(projected.stdout)
     low, median, high = plan["measured"]["bytes_per_frame"]
-    assert plan["measured"]["videos"] == len(VIDEOS) and low <= median <= high
+    assert plan["measured"]["videos"] == min(len(VIDEOS), 8) and low <= median <= high  # max(8, 1%)
     assert run_cli(*args).returncode == 0
     written = sum(p.stat().st_size for p in (root / "work-pyav-dry" / "cache" / "snippets").glob("*.h5"))
     assert abs(plan["projected_bytes"] - written) <= 0.10 * written, (plan["projected_bytes"], written)
