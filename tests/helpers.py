@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -24,6 +25,11 @@ FILES = REPO / "tests" / "files"  # small fixture files written by hand
 # the demo refits its classifier head for 3,000 steps (3 s a run here); tests that check the refit
 # set their own count, the others need a head, not a good one
 REFIT_STEPS = 50
+
+
+def cpu_share() -> int:
+    """The cores this test process may use: 1 on an xdist worker (tests/conftest.py pins each)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def run_etad(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -76,6 +82,7 @@ def demo_config(folder: Path, synth: Path, **sections) -> Path:
     config["data"].update(annotations=str(synth / "anet.json"), video_dir=str(synth / "videos"))
     config["model"]["encoder"]["checkpoint"] = None  # a random tiny encoder unless a test gives one
     config["model"]["classifier_refit_steps"] = REFIT_STEPS
+    config["threads"] = cpu_share()  # the demo's 2 threads on a test worker's one core: 14% slower
     for name, values in sections.items():
         config.setdefault(name, {}).update(values)
     path = folder / "config.yaml"

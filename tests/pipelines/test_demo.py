@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from tests.helpers import make
+from tests.helpers import cpu_share, make
 
 pytestmark = [
     pytest.mark.slow,
@@ -21,7 +21,8 @@ def test_demo_pipeline_writes_every_artefact_and_the_final_table(tmp_path):
     demo = tmp_path / "demo"
     small = (
         "--set train.epochs=2 --set train.lr_step=2 --set e2e.epochs=1 --set encoder_train.epochs=1 "
-        "--set encoder_train.clips_per_epoch=64 --set model.classifier_refit_steps=50"
+        "--set encoder_train.clips_per_epoch=64 --set model.classifier_refit_steps=50 "
+        f"--set threads={cpu_share()}"
     )
     done = make("demo", DEMO_DIR=demo, DEMO_VIDEOS=8, DEMO_PRETRAIN_VIDEOS=3, SET=small)
     database = json.loads((demo / "data" / "anet.json").read_text())["database"]
