@@ -152,9 +152,18 @@ def _input_of(settings: Settings, kind: str, from_npy: Path | None) -> tuple[Cal
         return lambda v: any(c.is_file() for c in _npy_candidates(Path(from_npy), v)), f".npy in {from_npy}"
 
     if kind == "snippets":
-        return lambda v: decodable(settings, v), "video file or extracted frames"
+        return lambda v: decodable(settings, v), f"video file or extracted frames ({_where_videos(settings)})"
     current = _current(snippets_dir(settings), snippet_fingerprint(settings))
-    return lambda v: current(v) or decodable(settings, v), "snippet cache, extracted frames or video file"
+    what = f"snippet cache, extracted frames or video file ({_where_videos(settings)})"
+    return lambda v: current(v) or decodable(settings, v), what
+
+
+def _where_videos(settings: Settings) -> str:
+    """Where video files were looked for, for a missing video's message."""
+    d = settings.data
+    if d.video_dir is None:
+        return "data.video_dir unset"
+    return f"videos named {' or '.join(d.video_names)} in {d.video_dir}"
 
 
 def _stamp(settings: Settings, kind: str, from_npy: Path | None) -> str:

@@ -164,6 +164,7 @@ def test_missing_videos_stop_the_run_or_are_listed_and_skipped(tmp_path, synth_d
         len(lines) == 1
         and "1 of 6 videos have no video file" in lines[0]
         and "data.missing: skip" in lines[0]
+        and f"videos named {{id}}.mp4 in {data / 'videos'}" in lines[0]  # where, and the patterns tried
     )
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "work/cache/snippets").glob("*.h5")}
     assert after == {k: v for k, v in cached.items() if k != f"{gone}.h5"}  # nothing cached lost or redone
@@ -172,6 +173,7 @@ def test_missing_videos_stop_the_run_or_are_listed_and_skipped(tmp_path, synth_d
     assert json.loads((tmp_path / "work/cache/snippets/missing.json").read_text()) == [gone]
     result = cli("extract", "-c", config)
     assert result.exit_code == 2 and "1 of 6 videos have no video file" in result.stderr
+    assert f"in {data / 'videos'} (named {{id}}.mp4)" in " ".join(result.stderr.split())
 
 
 @pytest.mark.slow
