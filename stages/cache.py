@@ -209,9 +209,10 @@ class Measured:
     unreadable: list[str] = field(default_factory=list)
 
 
-def _measure_frames(settings: Settings, records: dict, ids: list[str]) -> Measured:
-    """Bytes and seconds per stored frame, and decoded against annotated length, measured on
-    `ids`: decode (or read) -> encode, as a run does."""
+def _measure_frames(settings: Settings, stored: dict[str, int], ids: list[str]) -> Measured:
+    """Bytes and seconds per stored frame, and decoded against annotated length (`stored`: the
+    frames each video's annotated duration gives), measured on `ids`: decode (or read) -> encode,
+    as a run does."""
     c, d, out = settings.cache, settings.data, Measured()
     for video_id in ids:
         began = time.perf_counter()
@@ -227,7 +228,7 @@ def _measure_frames(settings: Settings, records: dict, ids: list[str]) -> Measur
         out.frames += len(blobs)
         out.bytes_per_frame.append(float(np.mean([b.nbytes for b in blobs])))
         out.decoded += len(np.unique(source.frame_indices))
-        out.annotated += _stored_frames(settings, records[video_id])[0]
+        out.annotated += stored[video_id]
     if not out.bytes_per_frame:
         out.bytes_per_frame = [float(d.frame_height * d.frame_width * 3)]
     return out
@@ -241,7 +242,7 @@ def _projection(settings: Settings, records: dict, todo: list[str], kind: str, *
     frames, index_bytes = sum(n for n, _ in counts), sum(12 * cells + 8 * (n + 1) for n, cells in counts)
     if kind == "snippets":
         chosen = sample_videos(todo, settings.seed, least=sample or 8, share=0.0 if sample else 0.01)
-        measured = _measure_frames(settings, records, chosen)
+        measured = _measure_frames(settings, {v: n for v, (n, _) in zip(todo, counts, strict=True)}, chosen)
         if measured.annotated:  # the annotations' durations, corrected by what the videos decode to
             frames = int(round(frames * measured.decoded / measured.annotated))
         per_frame = float(np.mean(measured.bytes_per_frame))

@@ -125,7 +125,7 @@ def captured_stderr(lines: list[str]) -> Iterator[None]:
 @dataclass
 class _Index:
     times: np.ndarray  # display times of the pictures, seconds from the first, rising
-    last_duration: float  # how long the last picture shows
+    interval: float  # the median interval between them (the last picture shows this long)
     header_fps: float
     timestamps: str
     size: tuple[int, int]  # the pictures' height and width
@@ -171,12 +171,13 @@ def _index(path: Path) -> _Index:
         kind = "decode order" if rising and reorders and len(raw) > 2 else "rising"
         times = np.sort(raw)
     times = times - times[0]
-    intervals = np.diff(times)
-    median = float(np.median(intervals)) if len(intervals) else (step or 1.0)
     # the last picture shows for the usual interval (a packet's own duration may come from a
-    # header rate that the timestamps contradict)
-    last = median if len(intervals) else (durations[-1] * float(base or 0) or step or 1.0)
-    return _Index(times=times, last_duration=last, header_fps=header, timestamps=kind, size=size, notes=notes)
+    # header rate that the timestamps contradict); a single picture, for its packet's duration
+    if len(times) > 1:
+        interval = float(np.median(np.diff(times)))
+    else:
+        interval = durations[-1] * float(base or 0) or step or 1.0
+    return _Index(times=times, interval=interval, header_fps=header, timestamps=kind, size=size, notes=notes)
 
 
 # ---- 2. the decoders: pictures in output order, forward only ------------------------------------
@@ -288,11 +289,10 @@ class TimedVideo:
         self.target = (height, width)
         self.decode_size = _decode_size(index.size, self.target, resize)
         self.times = index.times
-        duration = float(index.times[-1] + index.last_duration)
+        duration = float(index.times[-1] + index.interval)
         count = output_frames(duration, fps)
         self.source_of = shown_at(index.times, count, fps)  # [count] picture shown at each frame
-        intervals = np.diff(index.times)
-        median = float(np.median(intervals)) if len(intervals) else index.last_duration
+        intervals, median = np.diff(index.times), index.interval
         self.facts = VideoFacts(
             header_fps=round(index.header_fps, 4),
             source_fps=round(1.0 / median, 4) if median > 0 else index.header_fps,
@@ -387,7 +387,7 @@ class TimedVideo:
         if self._pictures is not None:
             if self.facts.decoded_frames is None and self._pictures.position >= self.facts.coded_frames:
                 self.facts.decoded_frames = self.facts.coded_frames
-            if getattr(self._pictures, "reordered", False) and self.facts.timestamps == "rising":
+            if self._pictures.reordered and self.facts.timestamps == "rising":
                 self.facts.timestamps = "decode order"
             self._pictures.close()
             self._pictures = None
