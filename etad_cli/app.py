@@ -104,7 +104,7 @@ def config_show(config: ConfigArg, set_: SetOpt = None) -> None:
 
     with user_errors():
         resolved = load(config, set_, check_parts=False)
-        console.print(settings_as_yaml(resolved), markup=False, highlight=False, end="")
+        console.print(settings_as_yaml(resolved), end="")
 
 
 @config_app.command("reference")
@@ -116,7 +116,7 @@ def config_reference() -> None:
     from etad_cli.parts import registries
     from stages.core.settings_reference import settings_reference
 
-    console.print(settings_reference(registries()), markup=False, highlight=False, end="", soft_wrap=True)
+    console.print(settings_reference(registries()), end="", soft_wrap=True)
 
 
 @config_app.command("validate")
@@ -391,10 +391,10 @@ def eval_(
         views.eval_report(report, per_class)
         if json_out is not None:
             stage.save_json(report, json_out)
-            console.print(f"[dim]metrics: {json_out}[/]")
+            console.print(f"metrics: {json_out}", style="dim", soft_wrap=True)
         if plot is not None:
             stage.plot(report, plot, per_class)
-            console.print(f"[dim]plot: {plot}[/]")
+            console.print(f"plot: {plot}", style="dim", soft_wrap=True)
 
 
 @app.command()
@@ -482,14 +482,15 @@ def study(
                 raise UserError("give --config (or --show DIR)")
             plan = stage.prepare(load(config, set_), config=config, overrides=set_ or [], vary=vary or [],
                                  also=also or [], zip_values=zip_, seeds=seeds, stage=stages, jobs=jobs,
-                                 out=out, truth_labels=truth_labels)  # fmt: skip
+                                 out=out, truth_labels=truth_labels,
+                                 check=lambda sets: load(config, sets))  # fmt: skip
             with (
                 stage_progress(f"study {plan.out_dir.name}") as progress,
                 ChildPoints(spread_over_gpus=jobs > 1) as runner,
             ):
                 stage.run(plan, runner=runner, progress=progress)
             show = plan.out_dir
-        console.print(stage.table(show), markup=False, soft_wrap=True)
+        console.print(stage.table(show), soft_wrap=True)
 
 
 @app.command()

@@ -2,16 +2,20 @@
 
 A `UserError` is a problem with the user's input (a bad file, a bad value). It is printed as one
 line per problem on stderr and the command exits with code 2, never with a traceback.
+
+Both consoles print strings as text, never as rich markup, and show control characters as escapes:
+ids, labels, paths and checkpoint fields come from files, and a crafted one must not colour the
+terminal or hide a link in it (`[link=…]`, an OSC 8 escape). Styles are given as `style=` or `Text`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,21 +24,41 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from stages.core.errors import TrainingDiverged, UserError
 from stages.core.progress import Progress as StageProgress
 
-console = Console()
-err_console = Console(stderr=True)
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
+
+
+def visible(text: str) -> str:
+    """`text` with its control characters (ESC starts a terminal command) written as escapes."""
+    return CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+class TextConsole(Console):
+    """A console for which every string is plain text (tables' cells and titles included)."""
+
+    def __init__(self, **options) -> None:
+        super().__init__(markup=False, highlight=False, **options)
+
+    def render_str(self, text: str, **options) -> Text:
+        options["markup"] = False
+        return super().render_str(visible(text), **options)
+
+
+console = TextConsole()
+err_console = TextConsole(stderr=True)
 
 EXIT_FAILED = 1  # the command ran but its work failed (some videos, a diverging run)
 EXIT_USER_ERROR = 2
 RESUME_HINT = "interrupted; finished work is kept: rerun the same command to continue"
-__all__ = ["UserError", "console", "err_console", "print_notes", "stage_progress", "user_errors"]
+__all__ = ["UserError", "console", "err_console", "print_notes", "stage_progress", "user_errors", "visible"]
 
 
 def _error(line: str) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    err_console.print(Text.assemble(("error:", "bold red"), " ", visible(line)), soft_wrap=True)
 
 
 @contextmanager
@@ -61,7 +85,7 @@ def user_errors(interrupted: str = RESUME_HINT) -> Iterator[None]:
 def print_notes(notes: list[str]) -> None:
     """What a stage left out or assumed, one yellow line each on stderr."""
     for note in notes:
-        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+        err_console.print(Text.assemble(("note:", "yellow"), " ", visible(note)), soft_wrap=True)
 
 
 class RichProgress(StageProgress):
@@ -85,7 +109,7 @@ def stage_progress(description: str, visible: bool = True) -> Iterator[RichProgr
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.fields[info]}", markup=False),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),

@@ -44,7 +44,7 @@ class StageRun:
             path.write_text(settings_as_yaml(settings))
         except OSError as exc:
             raise UserError(f"{logs}: cannot write to the work folder: {exc.strerror or exc}") from None
-        console.print(f"[dim]settings: {path}[/]", soft_wrap=True)
+        console.print(f"settings: {path}", style="dim", soft_wrap=True)
         return cls(logs, stage)
 
     def done(self, **extra) -> dict:

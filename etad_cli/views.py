@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from etad_cli.console import EXIT_FAILED, console, err_console, print_notes
+from etad_cli.console import EXIT_FAILED, console, err_console, print_notes, visible
+from stages.core.files import human_bytes
 
+SHOWN_FAILURES = 20  # failed videos listed on the terminal; failures.json has them all
 MODEL_NAMES = {"pretrain": "frozen features", "e2e": "end to end", "finetune": "end to end"}
 
 
@@ -47,13 +49,6 @@ def per_video_summary(title: str, summary, frames: int | None = None) -> None:
     print_notes(summary.notes)
 
 
-def _bytes(count: float) -> str:
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
-        if count >= size:
-            return f"{count / size:,.2f} {unit}"
-    return f"{count / 1e3:,.1f} kB"
-
-
 def cache_projection(projection: dict, as_json: bool) -> None:
     """`etad cache --dry-run`: what a run would process and write, before it does."""
     if as_json:
@@ -68,8 +63,8 @@ def cache_projection(projection: dict, as_json: bool) -> None:
         low, median, high = projection["measured"]["bytes_per_frame"]
         table.add_row(f"  over {projection['measured']['videos']} videos (min / median / max)",
                       f"{low:,.0f} / {median:,.0f} / {high:,.0f}")  # fmt: skip
-    table.add_row("projected disk", _bytes(projection["projected_bytes"]))
-    table.add_row("free disk", _bytes(projection["free_bytes"]))
+    table.add_row("projected disk", human_bytes(projection["projected_bytes"]))
+    table.add_row("free disk", human_bytes(projection["free_bytes"]))
     seconds = projection["projected_seconds"]
     table.add_row(
         "projected time, one process", f"{seconds / 3600:,.2f} h" if seconds > 600 else f"{seconds:,.1f} s"
@@ -82,9 +77,11 @@ def exit_on_failures(failures: list[dict], failures_file: Path) -> None:
     """List failed videos; exit code 1 says that the stage finished but some videos failed."""
     if not failures:
         return
-    for failure in failures:
-        line = f"[red]failed[/] {escape(failure['video_id'])}: {escape(failure['reason'])}"
-        err_console.print(line, highlight=False, soft_wrap=True)
+    for failure in failures[:SHOWN_FAILURES]:
+        line = visible(f"{failure['video_id']}: {failure['reason']}")
+        err_console.print(Text.assemble(("failed", "red"), " ", line), soft_wrap=True)
+    if len(failures) > SHOWN_FAILURES:
+        err_console.print(f"... and {len(failures) - SHOWN_FAILURES:,} more", soft_wrap=True)
     err_console.print(f"{len(failures)} video(s) failed; listed in {failures_file}", soft_wrap=True)
     raise typer.Exit(EXIT_FAILED)
 
@@ -106,7 +103,7 @@ def training_summary(summary, title: str) -> None:
 
 
 def infer_summary(summary, one_video: bool) -> None:
-    console.print(f"[dim]checkpoint: {summary.checkpoint}[/]", soft_wrap=True)
+    console.print(f"checkpoint: {summary.checkpoint}", style="dim", soft_wrap=True)
     print_notes(summary.notes)
     if one_video:
         table = Table(title=f"{summary.output.stem}: top detections")
@@ -129,7 +126,7 @@ def infer_summary(summary, one_video: bool) -> None:
     else:
         console.print(f"{done} -> {summary.output}", soft_wrap=True)
     for path in summary.plots:
-        console.print(f"[dim]plot: {path}[/]", soft_wrap=True)
+        console.print(f"plot: {path}", style="dim", soft_wrap=True)
 
 
 def eval_report(report, per_class: bool = False) -> None:
@@ -141,11 +138,11 @@ def eval_report(report, per_class: bool = False) -> None:
     for tiou, value in zip(report.tious, report.values):
         table.add_row(f"{tiou:.2f}", f"{100 * value:.2f}")
     if detection:
-        table.add_row("[bold]average", f"[bold]{100 * report.average:.2f}")
+        table.add_row("average", f"{100 * report.average:.2f}", style="bold")
     else:
         for an, value in report.ar_at.items():
             table.add_row(f"AR@{an}", f"{100 * value:.2f}")
-        table.add_row("[bold]AUC", f"[bold]{report.average:.2f}")
+        table.add_row("AUC", f"{report.average:.2f}", style="bold")
     console.print(table)
     if per_class and report.per_class:
         classes = Table(title="AP per class (%)")
@@ -212,7 +209,7 @@ def checkpoint_summary(path: Path, info: dict) -> None:
     for part, count in info["parameters"].items():
         table.add_row(f"{part} parameters", f"{count:,}")
     if info["encoder"]:
-        table.add_row("encoder", info["encoder"])
+        table.add_row("encoder", str(info["encoder"]))
     table.add_row("model", ", ".join(f"{k} {v}" for k, v in info["model"].items() if v is not None))
     table.add_row(
         "classes", str(info["classes"]) if info["classes"] else "none (label with infer.classifier: file)"
@@ -225,7 +222,7 @@ def encoder_table(rows: list[dict]) -> None:
     # no rules and one space between columns: the seven columns fit 80 characters (a pipe, a log)
     # without cutting a number; only the formats column wraps where the terminal is narrower
     caption = ("clip: frames x crop (n: a multiple, +: at least); parameters '-': needs pip install "
-               "'etad\\[hf]'; `etad encoders --json` says more")
+               "'etad[hf]'; `etad encoders --json` says more")
     table = Table(title="encoders (model.encoder.name)", caption=caption, caption_justify="left", box=None,
                   padding=(0, 1, 0, 0))  # fmt: skip
     for column in ("name", "family", "params", "width", "clip", "frozen", "formats"):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.core.errors import UserError
-from stages.core.files import ensure_writable_dir
+from stages.core.files import ensure_writable_dir, human_bytes
 from stages.core.progress import SILENT, Progress
 from stages.core.settings import Settings
 from stages.core.workdir import features_dir, snippets_dir
@@ -182,8 +182,11 @@ HDF5_FILE_BYTES = 9_640  # HDF5's own header and metadata in a snippet file (mea
 
 
 def _stored_frames(settings: Settings, record) -> tuple[int, int]:
-    """(frames a video's snippets store, snippet frames in all), from its annotated duration."""
+    """(frames a video's snippets store, snippet frames in all), from its annotated duration (none
+    when that is unusable: NaN, or 1e9 s, which would be gigabytes of positions)."""
     d = settings.data
+    if record.unusable() and record.problem is None:
+        return 0, 0
     positions = protocol(d).snippet_frames(max(1, int(np.floor((record.duration or 0.0) * d.fps + 1e-6))))
     return len(np.unique(positions)), positions.size
 
@@ -220,15 +223,18 @@ def _measure_frames(settings: Settings, stored: dict[str, int], ids: list[str]) 
             source = video_snippets(settings, video_id)
             spread = np.linspace(0, len(source.stored) - 1, min(32, len(source.stored))).astype(int)
             frames = source.read(source.stored[spread])
-        except (UserError, VideoError, OSError) as exc:
-            out.unreadable.append(f"{video_id} ({str(exc)[:120]})")
+        except Exception as exc:  # noqa: BLE001 - any reason a video cannot be read is reported, not raised
+            known = isinstance(exc, UserError | VideoError)
+            reason = str(exc) if known else f"{exc.__class__.__name__}: {exc}"
+            out.unreadable.append(f"{video_id} ({reason[:120]})")
             continue
         blobs = encode_jpeg(frames, c.jpeg_quality) if c.codec == "jpeg" else list(frames)
         out.seconds += time.perf_counter() - began
         out.frames += len(blobs)
         out.bytes_per_frame.append(float(np.mean([b.nbytes for b in blobs])))
-        out.decoded += len(np.unique(source.frame_indices))
-        out.annotated += stored[video_id]
+        if stored[video_id]:  # (an unusable annotated duration gives nothing to compare with)
+            out.decoded += len(np.unique(source.frame_indices))
+            out.annotated += stored[video_id]
     if not out.bytes_per_frame:
         out.bytes_per_frame = [float(d.frame_height * d.frame_width * 3)]
     return out
@@ -239,6 +245,7 @@ def _projection(settings: Settings, records: dict, todo: list[str], kind: str, *
     """(frames, bytes per frame, seconds per frame, projected bytes, notes, spread) of caching `todo`;
     `sample`: how many videos to measure (None: max(8, 1%) of them)."""
     counts = [_stored_frames(settings, records[v]) for v in todo]
+    unusable = [v for v in todo if records[v].unusable() and records[v].problem is None]
     frames, index_bytes = sum(n for n, _ in counts), sum(12 * cells + 8 * (n + 1) for n, cells in counts)
     if kind == "snippets":
         chosen = sample_videos(todo, settings.seed, least=sample or 8, share=0.0 if sample else 0.01)
@@ -248,6 +255,12 @@ def _projection(settings: Settings, records: dict, todo: list[str], kind: str, *
         per_frame = float(np.mean(measured.bytes_per_frame))
         notes = [f"could not measure {len(measured.unreadable)} of {len(chosen)} sampled videos: "
                  + "; ".join(measured.unreadable[:3])] if measured.unreadable else []  # fmt: skip
+        if chosen and len(measured.unreadable) == len(chosen):
+            notes.append("no sampled video could be read: bytes per frame assumed raw, time not projected; "
+                         "a run would list these videos as failed")  # fmt: skip
+        if unusable:
+            notes.append(f"{len(unusable)} video(s) not projected, their annotated duration unusable (first: "
+                         f"{unusable[0]}: {records[unusable[0]].unusable()})")  # fmt: skip
         spread = [float(x) for x in np.percentile(measured.bytes_per_frame, [0, 50, 100])]
         return (frames, per_frame, measured.seconds / max(measured.frames, 1),
                 frames * per_frame + index_bytes + HDF5_FILE_BYTES * len(todo), notes,
@@ -266,8 +279,8 @@ def _check_space(settings: Settings, records: dict, todo: list[str], kind: str, 
     free = shutil.disk_usage(out_dir).free
     if projected > free:
         raise UserError(
-            f"{out_dir}: caching {len(todo)} videos needs about {projected / 1e9:.2f} GB, "
-            f"{free / 1e9:.2f} GB free; free space, or cache a share of the videos (--subset, --shard)"
+            f"{out_dir}: caching {len(todo)} videos needs about {human_bytes(projected)}, "
+            f"{human_bytes(free)} free; free space, or cache a share of the videos (--subset, --shard)"
         )
 
 

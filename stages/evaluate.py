@@ -21,6 +21,7 @@ from stages.core.files import atomic_output, write_json
 from stages.core.workdir import output_path
 from stages.data.annotations import load_annotations, read_blocked, read_json
 from stages.data.protocols import PROTOCOLS
+from stages.evaluation.detections import check_detection
 from stages.evaluation.metrics import average_recall_vs_proposals, detection_ap, recall_auc
 
 if TYPE_CHECKING:  # the settings models, for type hints only
@@ -147,24 +148,6 @@ def read_ground_truth(path: Path, subset: str | None, dedup: bool) -> tuple[_Tab
     return _Table(videos, np.array(segments, dtype=float).reshape(-1, 2), labels), classes, notes
 
 
-def _detection(path: Path, video_id: str, i: int, det: object) -> tuple[tuple[float, float], float, str]:
-    """One detection's (segment, score, label), or a UserError naming the file, video and index."""
-    where = f"{path}: video {video_id!r} detection {i}"
-    try:
-        start, end = det["segment"]  # type: ignore[index]
-        segment, score = (float(start), float(end)), float(det["score"])  # type: ignore[index]
-        label = str(det.get("label", ""))  # type: ignore[union-attr]
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise UserError(f"{where}: malformed ({exc.__class__.__name__}: {str(exc)[:100]})") from None
-    if not (math.isfinite(segment[0]) and math.isfinite(segment[1])):
-        raise UserError(f"{where}: segment [{segment[0]}, {segment[1]}] is not finite")
-    if not math.isfinite(score):
-        raise UserError(f"{where}: score {score} is not finite")
-    if segment[1] < segment[0]:
-        raise UserError(f"{where}: segment [{segment[0]}, {segment[1]}] ends before it starts")
-    return segment, score, label
-
-
 def read_predictions(path: Path) -> _Table:
     """Every prediction of a result file, in file order."""
     data = read_json(path, "prediction file", unique_keys=True)  # a video twice: which list counts?
@@ -176,7 +159,7 @@ def read_predictions(path: Path) -> _Table:
         if not isinstance(detections, list):
             raise UserError(f"{path}: video {video_id!r}: expected a list of detections")
         for i, det in enumerate(detections):
-            segment, score, label = _detection(path, video_id, i, det)
+            segment, score, label = check_detection(path, video_id, i, det)
             videos.append(video_id)
             segments.append(segment)
             scores.append(score)

@@ -9,7 +9,9 @@ second Soft-NMS. Writes an ActivityNet-format result JSON atomically.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from stages.core.progress import SILENT, Progress
 from stages.core.runtime import autocast, pick_device, use_threads
 from stages.core.settings import ModelSettings, Settings
 from stages.core.workdir import RUN_KINDS, features_dir, last_checkpoint, output_path, snippets_dir
-from stages.data.annotations import safe_path
+from stages.data.annotations import read_json, safe_path
 from stages.data.datasets import CacheReader, DetectionDataset, build_items
 from stages.data.fingerprints import Expected
 from stages.data.frame_codec import decode_jpeg, encode_jpeg
@@ -33,6 +35,7 @@ from stages.data.hdf5_cache import VideoCache
 from stages.data.protocols import Item, protocol
 from stages.data.video_io import TimedVideo, VideoError
 from stages.data.video_selection import WHOLE, Shard
+from stages.evaluation.detections import check_results
 from stages.evaluation.postprocess import CLASSIFIERS, POST_PROCESSING, Labeller
 from stages.model.detector import build_detector, final_proposals
 from stages.model.encoder import build_encoder, clips_that_fit, encode_chunks
@@ -92,7 +95,7 @@ class Detector:
         # settings it was trained on (its checkpoint's record; earlier and released ones have none)
         self.input_kind = "snippets" if "encoder" in state else "features"
         self.expected = Expected.of(settings, self.input_kind)
-        trained_on = state.get("inputs")
+        trained_on = self.trained_on = state.get("inputs")
         if isinstance(trained_on, dict) and (differs := self.expected.differences(trained_on, "at training")):
             raise UserError(f"{checkpoint}: trained on {self.input_kind} made with other settings than "
                             f"these: {differs}; infer with the settings it was trained with")  # fmt: skip
@@ -153,6 +156,9 @@ def cached_dataset(
     kind = detector.input_kind
     folder = snippets_dir(settings) if kind == "snippets" else features_dir(settings)
     cache = VideoCache(folder, kind, detector.expected)
+    trained_on = detector.trained_on  # the features' origin is known once the folder is opened
+    if isinstance(trained_on, dict) and (differs := cache.expected.differences(trained_on, "at training")):
+        raise UserError(f"{folder}: the checkpoint was trained on other features: {differs}")
     items, classes, notes = build_items(settings, d.eval_subset, cache.length, training=False)
     if shard.count > 1:
         mine = set(sorted({item.video_id for item in items})[shard.index - 1 :: shard.count])
@@ -254,8 +260,8 @@ def run(
     summary.videos, summary.detections = len(results), sum(len(v) for v in results.values())
     classes = detector.classes if settings.infer.classifier == "builtin" else None
     if shard.count > 1:
-        summary.complete = write_shard(output, shard, checkpoint, results=results, class_scores=class_scores,
-                                       classes=classes)  # fmt: skip
+        summary.complete = write_shard(output, shard, checkpoint, settings, results=results,
+                                       class_scores=class_scores, classes=classes)  # fmt: skip
     else:
         write_outputs(output, results, class_scores, classes)
         if classes is not None and (accuracy := classifier_accuracy(dataset.items, classes, class_scores)):
@@ -285,33 +291,65 @@ def shard_output(output: Path, shard: Shard) -> Path:
     return output.with_name(f"{output.stem}{shard.suffix}{output.suffix}")
 
 
-def _identity(checkpoint: Path) -> str:
-    """Which checkpoint a shard's part came from (path, size, modification time): parts of an
-    earlier checkpoint are never merged with this one's."""
+# the settings that leave a part's content unchanged: where it goes and how fast it is made
+SPEED_ONLY = {"output", "device", "workers", "batch_size", "max_clips"}
+
+
+def _identity(checkpoint: Path, settings: Settings) -> str:
+    """What a shard's part was made by: the checkpoint (path, size, modification time) and the
+    settings that change detections (infer's, but for speed and output; data's): parts of another
+    checkpoint or other settings (top_k, classifier, ...) are never merged with this run's."""
     stat = checkpoint.stat()
-    return f"{checkpoint.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    infer = {k: v for k, v in settings.infer.model_dump(mode="json").items() if k not in SPEED_ONLY}
+    values = json.dumps({"infer": infer, "data": settings.data.model_dump(mode="json")}, sort_keys=True)
+    digest = hashlib.sha256(values.encode()).hexdigest()[:16]
+    return f"{checkpoint.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{digest}"
 
 
-def write_shard(output: Path, shard: Shard, checkpoint: Path, *, results: dict, class_scores: dict,
-                classes: list[str] | None) -> bool:  # fmt: skip
-    """Write this shard's part; when every shard's part of this checkpoint is there, merge them into
-    infer.output (post-processing is per video, so the merge equals one run's output). Returns
-    whether infer.output was written. Two shards that finish at once both merge the same parts."""
-    mark = {"of": shard.count, "checkpoint": _identity(checkpoint)}
+def write_shard(output: Path, shard: Shard, checkpoint: Path, settings: Settings, *, results: dict,
+                class_scores: dict, classes: list[str] | None) -> bool:  # fmt: skip
+    """Write this shard's part; when every shard's part of this checkpoint and these settings is
+    there, merge them into infer.output (post-processing is per video, so the merge equals one
+    run's output). Returns whether infer.output was written. Two shards that finish at once both
+    merge the same parts. A part is checked as `etad eval` checks a prediction file before merging."""
+    mark = {"of": shard.count, "checkpoint": _identity(checkpoint, settings)}
     part = {"results": results, "class_scores": class_scores, "shard": mark}
     write_json(shard_output(output, shard), part)
     parts = []
     for index in range(1, shard.count + 1):
-        try:
-            held = json.loads(shard_output(output, Shard(index, shard.count)).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        path = shard_output(output, Shard(index, shard.count))
+        if not path.is_file():
             return False
+        try:
+            held = read_json(path, "shard part")
+        except UserError:
+            return False  # being written by its shard (the rename is atomic: a kill mid-write)
+        if not isinstance(held, dict):
+            raise UserError(f"{path}: not a shard part (expected a JSON object); delete it and rerun shard "
+                            f"{index}/{shard.count}")  # fmt: skip
         if held.get("shard") != mark:
-            return False  # another checkpoint's part, or another split: wait for this run's
-        parts.append(held)
+            return False  # another checkpoint's part, other settings, or another split: wait for this run's
+        parts.append(_checked_part(path, held, len(classes) if classes is not None else None))
     results = dict(sorted((k, v) for held in parts for k, v in held["results"].items()))
     write_outputs(output, results, {k: v for held in parts for k, v in held["class_scores"].items()}, classes)
     return True
+
+
+def _checked_part(path: Path, part: dict, classes: int | None) -> dict:
+    """A shard's part whose detections and class scores are well formed (edited by hand, or of a
+    damaged disk: never merged into an output that `etad eval` would refuse, or NaN in JSON)."""
+    check_results(path, part.get("results"))
+    scores = part.get("class_scores")
+    if not isinstance(scores, dict):
+        raise UserError(f"{path}: 'class_scores' is not a mapping; delete it and rerun its shard")
+    for video_id, values in scores.items():
+        ok = isinstance(values, list) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values
+        )
+        if not ok or (classes is not None and len(values) != classes):
+            raise UserError(f"{path}: video {video_id!r}: class scores are not {classes or 'the'} finite "
+                            "numbers; delete it and rerun its shard")  # fmt: skip
+    return part
 
 
 def classifier_accuracy(
@@ -413,7 +451,8 @@ def run_video(settings: Settings, detector: Detector, checkpoint: Path, video: P
         settings = settings.model_copy(
             update={"infer": settings.infer.model_copy(update={"classifier": choice})}
         )
-    output = safe_path(output_path(settings).parent, video.name, "{id}.json")
+    # named for the video file; a hidden file's (.clip.mp4) without its leading dots
+    output = safe_path(output_path(settings).parent, video.name.lstrip(".") or "video", "{id}.json")
     subset = output_path(settings)
     companions = {subset.name, f"{subset.stem}.classes.json", f"{subset.stem}.metrics.json"}
     shard_part = rf"{re.escape(subset.stem)}\.shard\d+of\d+\.json"
@@ -447,7 +486,7 @@ def run_video(settings: Settings, detector: Detector, checkpoint: Path, video: P
     )
     summary.top = detections
     if plot:
-        path = safe_path(output.parent / "plots", video.name, "{id}.png")
+        path = safe_path(output.parent / "plots", output.stem, "{id}.png")
         path.parent.mkdir(parents=True, exist_ok=True)
         plot_timeline(Item(video_id, duration, []), detections, path)
         summary.plots.append(path)

@@ -87,14 +87,23 @@ class Study:
     truth_labels: bool = False  # also the average mAP with the annotation file's video labels
 
 
-def parse_vary(values: list[str]) -> list[tuple[str, list[str]]]:
+# what the study sets in every point itself: varying them would run one seed twice (`seed`: use
+# --seeds) or train inside another run's folder and report its results (`work_dir`)
+OWNED = {"seed": "use --seeds", "work_dir": "each point has its own folder under --out"}
+
+
+def parse_vary(values: list[str], option: str = "--vary") -> list[tuple[str, list[str]]]:
     """`KEY=V1,V2,...` -> (key, [values]); brackets keep a list value whole (`k=[1,2],[3,4]`)."""
     out = []
     for text in values:
         key, sep, rest = text.partition("=")
-        if not sep or not key.strip() or not rest.strip():
-            raise UserError(f"--vary {text}: expected KEY=V1,V2,... e.g. --vary e2e.snippet_ratio=0.1,0.3")
-        out.append((key.strip(), [v.strip() for v in re.split(r",(?![^\[]*\])", rest) if v.strip()]))
+        key = key.strip()
+        items = [v.strip() for v in re.split(r",(?![^\[]*\])", rest) if v.strip()]
+        if not sep or not key or not items:
+            raise UserError(f"{option} {text}: expected KEY=V1,V2,... e.g. --vary e2e.snippet_ratio=0.1,0.3")
+        if key in OWNED:
+            raise UserError(f"{option} {text}: the study sets {key} in every point itself; {OWNED[key]}")
+        out.append((key, items))
     return out
 
 
@@ -111,7 +120,7 @@ def plan(vary: list[str], also: list[str], zip_values: bool) -> tuple[list[Point
         combos = list(itertools.product(*[v for _, v in axes])) if axes else []
     points = [Point(list(zip(keys, combo))) for combo in combos]
     for text in also:
-        points += [Point([(k, vs[0])]) for k, vs in parse_vary([text])]
+        points += [Point([(k, vs[0])]) for k, vs in parse_vary([text], "--also")]
     if not points:
         points = [Point([])]
     names = [p.name for p in points]
@@ -195,7 +204,37 @@ def finished(result_file: Path) -> dict | None:
         result = read_json(result_file, "point result")
     except UserError:
         return None
-    return result if isinstance(result, dict) and "average_mAP" in result else None
+    return result if result_problem(result) is None else None
+
+
+def result_problem(result: object) -> str | None:
+    """What is wrong with a result.json's content (edited, or of another etad), or None."""
+    if not isinstance(result, dict):
+        return "not a JSON object"
+    for key, kind in RESULT_FIELDS.items():
+        value = result.get(key)
+        if kind == "number":
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        elif kind == "seconds":  # NaN: a point without timed steps
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        elif kind == "numbers":
+            ok = isinstance(value, list) and bool(value) and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        elif kind == "optional number":
+            ok = value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            return f"{key}: {'missing' if key not in result else f'unexpected value {str(value)[:40]!r}'}"
+    return None
+
+
+RESULT_FIELDS = {
+    "point": str, "overrides": dict, "seed": int, "average_mAP": "number",
+    "truth_labels_mAP": "optional number", "mAP": "numbers", "tiou_thresholds": "numbers",
+    "mAP_first_tiou": "number", "proposal_AUC": "number", "peak_memory_mib": "number",
+    "memory_kind": str, "seconds_per_iteration": "seconds", "seconds": "number",
+}  # fmt: skip
 
 
 def check_caches(settings: Settings, stage: str) -> None:
@@ -254,6 +293,20 @@ def read_results(out_dir: Path) -> tuple[list[dict], list[str]]:
     varied = held.get("varied", []) if isinstance(held, dict) else []
     results = [finished(p) for p in sorted(out_dir.glob("points/*/seed*/result.json"))]
     return [r for r in results if r is not None], varied
+
+
+def unusable_results(out_dir: Path) -> list[str]:
+    """The result.json files of a study folder that cannot be read or do not hold a point's
+    figures (edited by hand, cut by a full disk), each with its problem: a rerun redoes them."""
+    out = []
+    for path in sorted(out_dir.glob("points/*/seed*/result.json")):
+        try:
+            problem = result_problem(read_json(path, "point result"))
+        except UserError as exc:
+            problem = str(exc).removeprefix(f"{path}: ")
+        if problem is not None:
+            out.append(f"{path}: {problem}")
+    return out
 
 
 def summary(results: list[dict]) -> list[dict]:
@@ -374,11 +427,19 @@ def _number(text: str) -> float | str:
 
 def prepare(settings: Settings, *, config: Path, overrides: list[str], vary: list[str], also: list[str],
             zip_values: bool = False, seeds: int = 1, stage: str = "e2e", jobs: int = 1,
-            out: Path | None = None, truth_labels: bool = False) -> Study:  # fmt: skip
+            out: Path | None = None, truth_labels: bool = False,
+            check: Callable[[list[str]], object] | None = None) -> Study:  # fmt: skip
     """The study the command line describes; its folder defaults to <work_dir>/study. A folder that
-    holds a study of another settings file or other points is refused (never mixed)."""
+    holds a study of another settings file or other points is refused (never mixed). `check`
+    validates a point's overrides (the CLI's settings loader): every point is checked before the
+    first runs, so an unknown key or a bad value stops the study at once, not minutes in."""
     folder = Path(out or study_dir(settings)).resolve()
     points, varied = plan(vary, also, zip_values)
+    for point in points if check is not None else []:
+        try:
+            check([*overrides, *(f"{k}={v}" for k, v in point.overrides)])
+        except UserError as exc:
+            raise UserError(f"point {point.name}: {exc}") from None
     study = Study(settings, config.resolve(), folder, points, seeds=seeds, stage=stage, jobs=jobs,
                   base_overrides=list(overrides), varied=varied, truth_labels=truth_labels)  # fmt: skip
     meta = folder / "study.json"
@@ -415,6 +476,9 @@ def identity(study: Study) -> dict:
 def table(out_dir: Path) -> str:
     """The markdown table of a finished or running study, and where its files are."""
     results, _ = read_results(out_dir)
+    unusable = unusable_results(out_dir)
+    skipped = (f"\n{len(unusable)} result file(s) left out, as unfinished (a rerun of the study redoes "
+               f"them): {unusable[0]}\n") if unusable else ""  # fmt: skip
     if not results:
-        return f"{out_dir}: no point has finished yet"
-    return markdown(summary(results)) + f"\n{out_dir}: study.csv, study.md, map_vs_*.png\n"
+        return f"{out_dir}: no point has finished yet{skipped}"
+    return markdown(summary(results)) + f"\n{out_dir}: study.csv, study.md, map_vs_*.png\n" + skipped

@@ -134,6 +134,10 @@ def build_models(settings: Settings, classes: list[str], device: torch.device, n
     detector = build_detector(model_settings, len(classes)).to(device)
     if e2e.init_from is not None:
         state = read_checkpoint(e2e.init_from)  # etad's, or a released layout
+        if state.get("kind") == "encoder":
+            raise UserError(f"{e2e.init_from}: an encoder checkpoint (`etad train --encoder`), not a "
+                            "detector's; give its exported encoder as model.encoder.checkpoint, and to "
+                            "--init-from a checkpoint of `etad train` or `etad train --e2e`")  # fmt: skip
         theirs = ((state.get("settings") or {}).get("model") or {}).get("variant", "original")
         if theirs != model_settings.variant:
             raise UserError(

@@ -53,8 +53,9 @@ def load_weights(module: torch.nn.Module, state: dict, source: object, what: str
     try:
         module.load_state_dict(state[what])
     except RuntimeError as exc:
-        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), None)
-        detail = first or str(exc).splitlines()[0]
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        first = next((line for line in lines if "size mismatch" in line), None)
+        detail = first or (lines[1] if len(lines) > 1 else lines[0])  # not "Error(s) in loading ..."
         raise UserError(f"{source}: the {what} weights do not fit this model: {detail[:200]}") from None
 
 
@@ -368,18 +369,26 @@ def read_checkpoint(path: Path) -> dict:
 
 
 def convert(source: Path, target: Path) -> dict:
-    """Write `source` (any known layout) as an etad checkpoint at `target`; never over a file."""
+    """Write `source` (any known layout) as an etad checkpoint at `target`; never over a file. The
+    checkpoint is checked before anything is written, and written under a temporary name."""
     state = read_checkpoint(source)
     target = Path(target)
     if target.exists():
         raise UserError(f"{target}: exists; give a new file name")
+    try:
+        described = describe_state(state)
+    except ValueError as exc:
+        raise UserError(f"{source}: malformed checkpoint: {exc}") from None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(target) as tmp:
             torch.save(state, tmp)
     except OSError as exc:
         raise UserError(f"{target}: cannot write: {exc.strerror or exc}") from None
-    return describe_state(state)
+    except RuntimeError as exc:  # torch's zip writer reports a full disk as RuntimeError
+        first = str(exc).splitlines()[0][:120] if str(exc) else exc.__class__.__name__
+        raise UserError(f"{target}: cannot write ({first}); is the disk full?") from None
+    return described
 
 
 def describe_state(state: dict) -> dict:

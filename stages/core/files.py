@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -10,23 +11,43 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+NAME_BYTES = 255  # the longest file name of common file systems (ext4, XFS, APFS, NTFS)
+
 
 def temporary(path: Path) -> Path:
-    """The temporary name beside `path` that this process writes before renaming."""
+    """The temporary name beside `path` that this process writes before renaming; a long name is
+    cut and a hash of it added, so the temporary of a name that fits fits too."""
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp{os.getpid()}@{HOST}{path.suffix}")
+    tail = f".tmp{os.getpid()}@{HOST}{path.suffix}"
+    name = path.name
+    if len(f".{name}{tail}".encode()) > NAME_BYTES:
+        name = f"{name[:100]}~{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    return path.with_name(f".{name}{tail}")
 
 
 @contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it to `path` only if the block finishes."""
+    """Yield a temporary path beside `path`; rename it to `path` only if the block finishes. An
+    OSError without a file name (a full disk met by a write) is given `path`'s."""
     path = Path(path)
     tmp = temporary(path)
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None or Path(exc.filename) == tmp:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def human_bytes(count: float) -> str:
+    """A byte count in the unit that fits it (TB, GB, MB, kB, bytes)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= size:
+            return f"{count / size:,.2f} {unit}"
+    return f"{count:,.0f} bytes"
 
 
 def write_json(path: Path, data: object, indent: int | None = 1) -> None:

@@ -21,7 +21,8 @@ from pathlib import Path
 from stages.core.errors import UserError
 
 UNSAFE_CHARACTERS = set("/\\\x00:") | {os.sep} | ({os.altsep} if os.altsep else set())
-MAX_ID_BYTES = 200  # file names are at most 255 bytes; room for a prefix and a suffix
+MAX_DURATION = 1e6  # seconds; an annotated duration beyond it is an error in the file, not a video
+MAX_ID_BYTES = 240  # file names are at most 255 bytes: room for "v_" and ".json" (temporaries are cut)
 
 
 @dataclass
@@ -44,6 +45,8 @@ class VideoRecord:
         """Why this video cannot train a detector, or None."""
         if self.duration is None or not math.isfinite(self.duration) or self.duration <= 0:
             return f"duration {self.duration} is not a positive number"
+        if self.duration > MAX_DURATION:
+            return f"duration {self.duration:g} s is longer than {MAX_DURATION:g} s (11.6 days)"
         return self.problem
 
 
@@ -82,6 +85,12 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
     return out
 
 
+def _integer(text: str) -> int | float:
+    """A JSON integer; one of more digits than a float can hold reads as a float (inf beyond 1e308),
+    so that 401 digits is refused as non-finite, like 1e400, and never overflows later."""
+    return int(text) if len(text.lstrip("-")) <= 300 else float(text)
+
+
 def read_json(path: Path, what: str = "JSON file", unique_keys: bool = False) -> object:
     """Parse a JSON file, turning every failure into a one-line UserError naming the file; with
     `unique_keys`, a key given twice in one object is an error (JSON would keep the last)."""
@@ -94,7 +103,7 @@ def read_json(path: Path, what: str = "JSON file", unique_keys: bool = False) ->
     if not text.strip():
         raise UserError(f"{path}: empty {what}")
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys if unique_keys else None)
+        return json.loads(text, object_pairs_hook=_unique_keys if unique_keys else None, parse_int=_integer)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except ValueError as exc:  # from _unique_keys

@@ -45,6 +45,33 @@ def read_meta(folder: Path, video_id: str) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
+def stored_count(path: Path) -> int | None:
+    """How many frames a frames file holds, or None when it cannot be opened (cut short, damaged)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("codec") == "jpeg":
+                offsets = f["jpeg_offsets"]
+                return len(offsets) - 1 if int(offsets[-1]) == len(f["jpeg"]) else None
+            return len(f["frames"])
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
+def intact(folder: Path, video_id: str, meta: dict) -> bool:
+    """Whether a video's frames file opens and holds the frames its record says (a file cut short
+    by a full disk or a copy is not: `etad extract` redoes it)."""
+    return stored_count(frames_file(folder, video_id)) == meta.get("num_frames")
+
+
+def jpeg_problem(blobs: list[np.ndarray]) -> int | None:
+    """The first of some JPEG byte strings that does not start and end as a JPEG does (SOI, EOI
+    markers): garbage written over a file. Checking the markers costs nothing; decoding would."""
+    for i, blob in enumerate(blobs):
+        if len(blob) < 4 or blob[0] != 0xFF or blob[1] != 0xD8 or blob[-2] != 0xFF or blob[-1] != 0xD9:
+            return i
+    return None
+
+
 def frame_reader(
     folder: Path, video_id: str, *, encoded: bool = False
 ) -> tuple[Callable[[np.ndarray], Any], dict]:
@@ -55,21 +82,24 @@ def frame_reader(
     if meta is None:
         raise UserError(f"{folder}: video {video_id!r} has not been extracted; run `etad extract` first")
     path = frames_file(folder, video_id)
-    unreadable = f"{path}: unreadable or truncated frames file; rerun `etad extract`"
-    try:
-        with h5py.File(path, "r") as f:
-            stored = len(f["jpeg_offsets"]) - 1 if f.attrs.get("codec") == "jpeg" else len(f["frames"])
-    except (OSError, KeyError):
-        raise UserError(unreadable) from None
+    damaged = f"{path}: damaged frames file (%s); delete it and rerun `etad extract`"
+    stored = stored_count(path)
+    if stored is None:
+        raise UserError(damaged % "unreadable or cut short")
     if stored != meta.get("num_frames"):
         said = meta.get("num_frames")
-        raise UserError(f"{path}: {stored} frames, its record says {said}; rerun `etad extract`")
+        raise UserError(damaged % f"{stored} frames, its record says {said}")
 
     def read(numbers: np.ndarray) -> np.ndarray:
         try:
             with h5py.File(path, "r") as f:
-                return read_jpeg(f, numbers) if encoded else read_frames(f, numbers)
-        except (OSError, KeyError):
-            raise UserError(unreadable) from None
+                if not encoded:
+                    return read_frames(f, numbers)
+                blobs = read_jpeg(f, numbers)
+        except (OSError, KeyError, RuntimeError, ValueError, IndexError):  # RuntimeError: JPEG decoding
+            raise UserError(damaged % "frames that do not decode") from None
+        if (bad := jpeg_problem(blobs)) is not None:  # copied into a cache as they are: checked first
+            raise UserError(damaged % f"frame {int(numbers[bad])} is not a JPEG")
+        return blobs
 
     return read, meta

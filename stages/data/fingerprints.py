@@ -74,7 +74,7 @@ SETTING_NAMES = {
     "data.snippet_stride)", "layout": "the cache layout (an older etad)", "codec": "cache.codec",
     "jpeg_quality": "cache.jpeg_quality", "compression": "cache.compression", "encoder": "model.encoder.name",
     "checkpoint": "model.encoder.checkpoint (or its file was rewritten)", "crop": "model.encoder.crop_size",
-    "dtype": "cache.dtype",
+    "dtype": "cache.dtype", "features": "the features' origin (an encoder, or .npy imported with --from-npy)",
 }  # fmt: skip
 
 
@@ -92,6 +92,11 @@ class Expected:
             return cls(snippet_fingerprint(settings), snippet_inputs(settings))
         inputs = feature_inputs(settings)
         return cls(fingerprint(inputs), {**snippet_inputs(settings), **inputs, "snippets": None})
+
+    def with_origin(self, origin: str) -> Expected:
+        """The same, knowing where a feature folder's features come from (`features`: an encoder,
+        or an import): a detector trained on one origin refuses the other."""
+        return Expected(self.stamp, {**self.described, "features": origin})
 
     def as_record(self) -> dict:
         """The settings by name as JSON values: what a cache file or a checkpoint records."""

@@ -153,12 +153,29 @@ def stored_fingerprint(path: Path) -> str | None:
         return None
 
 
+def _imported(f: h5py.File) -> bool:
+    return f.attrs.get("kind") == "features" and f.attrs.get("encoder") == "npy"
+
+
+def _origin(f: h5py.File) -> str:
+    """Where a feature file's features come from, as messages and checkpoints name it."""
+    return "imported .npy" if _imported(f) else "encoder"
+
+
+def _source(f: h5py.File) -> str:
+    """An imported file's .npy folder, or `encoder`."""
+    return f"imported .npy from {Path(str(f.attrs.get('source', '?'))).parent}" if _imported(f) else "encoder"
+
+
 class VideoCache:
     """Read one kind of cache ('snippets' or 'features') by video id.
 
     `expected` (fingerprints.Expected: the settings a reader runs with), when given, makes reading
     a file written with other settings an error naming the settings that differ (a stale cache),
-    instead of silently training on it. Imported features (`--from-npy`) depend on no setting.
+    instead of silently training on it. Imported features (`--from-npy`) depend on no setting, but a
+    feature folder holds features of one origin: its first file's (an encoder, or one import); a
+    file of another origin is refused, and `expected` then records the origin (a checkpoint's
+    `inputs`), so that a detector trained on one origin refuses the other.
     """
 
     def __init__(self, folder: Path, kind: str, expected: Expected | None = None) -> None:
@@ -167,6 +184,15 @@ class VideoCache:
         self.expected = expected
         if not self.folder.is_dir():
             raise UserError(f"{self.folder}: no {kind} cache here; run `etad cache --what {kind}` first")
+        self.origin: tuple[str, str, Path] | None = None  # features: (origin, its fingerprint, first file)
+        first = next(iter(self.ids()), None) if kind == "features" and expected is not None else None
+        if first is not None:
+            path = video_file(self.folder, first)
+            with self._checked(path) as f:
+                origin = _origin(f)
+                stamp = str(f.attrs.get("fingerprint")) if _imported(f) else expected.stamp
+                self.origin = (origin, stamp, path)
+            self.expected = expected.with_origin(origin)
 
     def ids(self) -> list[str]:
         return sorted(p.stem for p in self.folder.glob("*.h5") if not p.name.startswith("."))
@@ -175,6 +201,15 @@ class VideoCache:
         path = video_file(self.folder, video_id)
         if not path.is_file():
             raise UserError(f"{path}: video {video_id!r} is not in the {self.kind} cache; run `etad cache`")
+        f = self._checked(path)
+        if self.origin is not None:
+            self._same_origin(f)
+        elif self.expected is not None and self._stale(f):
+            self._refuse_stale(f)
+        return f
+
+    def _checked(self, path: Path) -> h5py.File:
+        """The open file, refused when it is damaged or holds another kind."""
         damaged = (
             f"{path}: damaged or truncated cache file; delete it and rerun `etad cache --what {self.kind}`"
         )
@@ -195,20 +230,36 @@ class VideoCache:
         if held != self.kind:  # readers go by what a file says it holds, never by its dtype
             f.close()
             raise UserError(f"{path}: holds {held or 'an unknown kind'}, not {self.kind}; rerun `etad cache`")
-        if self.expected is not None and self._stale(f):
-            try:
-                recorded = json.loads(f.attrs.get("fingerprint_of", "{}"))
-            except (TypeError, ValueError):
-                recorded = {}
-            f.close()
-            differs = self.expected.differences(recorded) or "other settings"
-            raise UserError(f"{path}: stale {self.kind} cache, written with {differs}; "
-                            f"rerun `etad cache --what {self.kind}`")  # fmt: skip
         return f
 
     def _stale(self, f: h5py.File) -> bool:
-        imported = self.kind == "features" and f.attrs.get("encoder") == "npy"
-        return not imported and f.attrs.get("fingerprint") != self.expected.stamp
+        return f.attrs.get("fingerprint") != self.expected.stamp
+
+    def _refuse_stale(self, f: h5py.File) -> None:
+        try:
+            recorded = json.loads(f.attrs.get("fingerprint_of", "{}"))
+        except (TypeError, ValueError):
+            recorded = {}
+        path = f.filename
+        f.close()
+        differs = self.expected.differences(recorded) or "other settings"
+        raise UserError(f"{path}: stale {self.kind} cache, written with {differs}; "
+                        f"rerun `etad cache --what {self.kind}`")  # fmt: skip
+
+    def _same_origin(self, f: h5py.File) -> None:
+        """A feature file of the folder's origin (its first file's), and current when of an encoder."""
+        origin, stamp, first = self.origin
+        imported = _imported(f)
+        if imported != origin.startswith("imported") or (imported and f.attrs.get("fingerprint") != stamp):
+            mine, path = _source(f), f.filename
+            with h5py.File(first, "r") as held:
+                theirs = _source(held)
+            f.close()
+            raise UserError(f"{path}: features {mine}, but {first.name} in the same folder holds features "
+                            f"{theirs}: a feature folder holds one origin; give each its own "
+                            "cache.features_dir")  # fmt: skip
+        if not imported and self._stale(f):
+            self._refuse_stale(f)
 
     def read(self, video_id: str, index: slice | np.ndarray | int | None = None) -> np.ndarray:
         """The main array of a video (all of it, or the given rows: one snippet reads one chunk)."""
@@ -224,10 +275,16 @@ class VideoCache:
                     out = data[index]
                 if self.kind == "snippets":  # frame numbers [..., L] -> the frames [..., L, H, W, 3]
                     wanted, where = np.unique(out, return_inverse=True)
+                    jpeg = f.attrs.get("codec") == "jpeg"
+                    stored = len(f["jpeg_offsets"]) - 1 if jpeg else len(f["frames"])
+                    if wanted.size and (wanted[0] < 0 or wanted[-1] >= stored):
+                        raise IndexError(f"snippet_frames points at frame {wanted[-1]} of {stored}")
                     out = read_frames(f, wanted)[where.reshape(out.shape)]
-            except OSError:
+            except (OSError, KeyError, RuntimeError, ValueError, IndexError) as exc:  # RuntimeError: JPEG
+                problem = str(exc) if isinstance(exc, IndexError) else "frames that do not decode"
                 raise UserError(
-                    f"{f.filename}: damaged or truncated cache file; delete it and rerun `etad cache`"
+                    f"{f.filename}: damaged cache file ({problem[:100]}); delete it and rerun "
+                    f"`etad cache --what {self.kind}`"
                 ) from None
         if self.kind == "features":
             require_finite(out, f"{video_file(self.folder, video_id)} (video {video_id!r})")

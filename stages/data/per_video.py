@@ -5,10 +5,13 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from stages.core.errors import FULL, DiskFull, UserError, disk_full
 from stages.data.video_io import VideoError
+
+LOST = "a worker process died (killed, e.g. out of memory) before this video was done; rerun to do it"
 
 
 def guarded(job: Callable, *args: Any) -> tuple[Any, str | None]:
@@ -33,7 +36,9 @@ def run_each(
     workers: int,
     on_done: Callable[[str, Any, str | None], None],
 ) -> None:
-    """Run job(*args) for each (video_id, job, args); on_done(video_id, result, failure) as each ends."""
+    """Run job(*args) for each (video_id, job, args); on_done(video_id, result, failure) as each ends.
+    A worker killed from outside (the OOM killer) breaks the pool: every video not finished by then
+    is reported as failed with that reason, so the run ends cleanly and a rerun does them."""
     if workers <= 1:
         for video_id, job, args in tasks:
             on_done(video_id, *guarded(job, *args))
@@ -42,7 +47,11 @@ def run_each(
         futures = {pool.submit(guarded, job, *args): video_id for video_id, job, args in tasks}
         try:
             for future in as_completed(futures):
-                on_done(futures[future], *future.result())
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    outcome = (None, LOST)
+                on_done(futures[future], *outcome)
         except DiskFull:
             pool.shutdown(cancel_futures=True)
             raise

@@ -46,21 +46,30 @@ def parse_shard(text: str | None, env: Mapping[str, str] = os.environ) -> Shard:
     if text is None:
         if "SLURM_ARRAY_TASK_ID" not in env or "SLURM_ARRAY_TASK_COUNT" not in env:
             return WHOLE
-        try:
-            first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-            index, count = int(env["SLURM_ARRAY_TASK_ID"]) - first + 1, int(env["SLURM_ARRAY_TASK_COUNT"])
-        except ValueError:
-            raise UserError("SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT: not whole numbers") from None
-        source = f"the Slurm array (task {env['SLURM_ARRAY_TASK_ID']} of {count})"
+        names = tuple(f"SLURM_ARRAY_TASK_{n}" for n in ("ID", "COUNT", "MIN", "STEP"))
+        task, count, first, step = (env.get(n, default) for n, default in zip(names, ("", "", "0", "1")))
+        if not all(_whole(v) for v in (task, count, first, step)) or int(step) < 1:
+            raise UserError(f"{', '.join(names)}: expected whole numbers (step >= 1)")
+        # --array=0-6:2 runs tasks 0, 2, 4, 6: the shard is the task's place in that list
+        offset, step = int(task) - int(first), int(step)
+        if offset % step:
+            raise UserError(f"the Slurm array: task {task} is not min {first} + a multiple of step {step}")
+        index, count = offset // step + 1, int(count)
+        source = f"the Slurm array (task {task}, shard {index} of {count})"
     else:
         parts = text.split("/")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        if len(parts) != 2 or not all(_whole(p.strip()) for p in parts):
             raise UserError(f"--shard {text}: expected K/N, e.g. --shard 2/8")
         index, count = int(parts[0]), int(parts[1])
         source = f"--shard {text}"
     if count < 1 or not 1 <= index <= count:
         raise UserError(f"{source}: shard {index} of {count} does not exist (expected 1 <= K <= N)")
     return Shard(index, count)
+
+
+def _whole(text: str) -> bool:
+    """Digits 0-9 only (str.isdigit() also takes superscripts such as '²', which int() refuses)."""
+    return text.isascii() and text.isdigit()
 
 
 def default_subsets(settings: Settings) -> list[str]:
@@ -70,13 +79,14 @@ def default_subsets(settings: Settings) -> list[str]:
 
 
 def parse_subsets(text: str | None, settings: Settings) -> list[str] | None:
-    """`--subset a,b` -> [a, b]; `all` -> None (every video); unset -> the recipe's subsets."""
+    """`--subset a,b` -> [a, b]; `all`, alone or in the list -> None (every video); unset -> the
+    recipe's subsets. Names are checked against the annotation file by `select`."""
     if text is None:
         return default_subsets(settings)
     names = [s.strip() for s in text.split(",") if s.strip()]
     if not names:
         raise UserError("--subset: expected a subset name, a comma-separated list, or all")
-    return None if names == ["all"] else names
+    return None if "all" in (n.lower() for n in names) else names
 
 
 @dataclass
@@ -90,8 +100,14 @@ class Selection:
 
 def select(records: Mapping[str, VideoRecord], subsets: list[str] | None, shard: Shard, *,
            where: str) -> list[str]:  # fmt: skip
-    """The sorted ids of the chosen subsets (None: all), this shard's share of them."""
+    """The sorted ids of the chosen subsets (None: all), this shard's share of them; a subset the
+    annotation file does not have is an error (a misspelled name must not drop its videos quietly)."""
     wanted = None if subsets is None else {s.lower() for s in subsets}
+    held = {(r.subset or "").lower() for r in records.values()}
+    unknown = [s for s in subsets or [] if s.lower() not in held]
+    if unknown:
+        have = ", ".join(sorted(h for h in held if h)) or "no subset names"
+        raise UserError(f"{where}: no subset named {', '.join(map(repr, unknown))} (the file has {have})")
     ids = sorted(v for v, r in records.items() if wanted is None or (r.subset or "").lower() in wanted)
     if not ids:
         raise UserError(f"{where}: no video in subset(s) {', '.join(subsets or [])}")

@@ -18,7 +18,7 @@ import numpy as np
 from stages.core.errors import UserError
 from stages.core.workdir import frames_dir
 from stages.data.annotations import safe_path
-from stages.data.extracted_frames import frame_reader, frames_file, read_meta, source_stamp
+from stages.data.extracted_frames import frame_reader, intact, read_meta, source_stamp
 from stages.data.protocols import protocol
 from stages.data.video_facts import open_video
 
@@ -92,7 +92,7 @@ def extracted(settings: Settings, video_id: str) -> bool:
         and meta.get("fps") == d.fps
         and (meta.get("height"), meta.get("width")) == (d.frame_height, d.frame_width)
         and meta.get("resize") == d.resize  # absent: frames extracted by frame index, before display time
-        and frames_file(folder, video_id).is_file()
+        and intact(folder, video_id, meta)
     )
     if not current or d.video_dir is None:
         return current

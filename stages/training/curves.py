@@ -22,13 +22,21 @@ class TensorBoard:
         self.writer = writer
 
     @classmethod
-    def open(cls, folder: Path, purge_step: int | None) -> TensorBoard | None:
-        """A writer into `folder`, or None where TensorBoard is not installed."""
+    def open(cls, folder: Path, purge_step: int | None) -> tuple[TensorBoard | None, str | None]:
+        """(a writer into `folder`, None), or (None, why not) where TensorBoard is not installed or
+        fails: an optional extra never stops a training run."""
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # torch's writer needs the tensorboard package
-            return None
-        return cls(SummaryWriter(log_dir=str(folder), purge_step=purge_step))
+            return None, None
+        except Exception as exc:  # installed but broken (a version clash raising at import)
+            return None, f"TensorBoard is installed but fails to import ({exc.__class__.__name__}: " \
+                f"{str(exc)[:100]}); metrics.jsonl and the PNG curves are written without it"
+        try:
+            return cls(SummaryWriter(log_dir=str(folder), purge_step=purge_step)), None
+        except Exception as exc:
+            return None, f"{folder}: TensorBoard cannot write ({exc.__class__.__name__}); curves go to " \
+                "metrics.jsonl only"
 
     def write(self, record: dict, step: int) -> None:
         event = record.get("event")

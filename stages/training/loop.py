@@ -74,19 +74,16 @@ class MetricsLog:
 
     def __init__(self, path: Path, keep_epochs: int, enabled: bool = True, step: int = 0) -> None:
         """`step`: the optimizer steps before this run (a resume): later events are purged."""
-        self.path, self.enabled, self.board = path, enabled, None
+        self.path, self.enabled, self.board, self.note = path, enabled, None, None
         if not enabled:
             return
-        self.board = TensorBoard.open(path.parent / "tensorboard", purge_step=step + 1 if step else None)
+        purge = step + 1 if step else None
+        self.board, self.note = TensorBoard.open(path.parent / "tensorboard", purge_step=purge)
         path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if keep_epochs > 0 and path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a kill
-                if int(record.get("epoch", 0)) <= keep_epochs:
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                if (epoch := _epoch_of(line)) is not None and epoch <= keep_epochs:
                     kept.append(line + "\n")
         with atomic_output(path) as tmp:
             tmp.write_text("".join(kept), encoding="utf-8")
@@ -102,6 +99,17 @@ class MetricsLog:
     def close(self) -> None:
         if self.board is not None:
             self.board.close()
+
+
+def _epoch_of(line: str) -> int | None:
+    """The epoch of a metrics.jsonl record; None for a line cut by a kill or edited into something
+    else (not an object, an epoch that is not a whole number): a resume drops such lines."""
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    epoch = record.get("epoch", 0) if isinstance(record, dict) else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
 
 def loader(
@@ -240,6 +248,8 @@ def fit(job: Job, settings: Settings, section: Optimisation, dist: Distributed, 
         run.log = MetricsLog(
             out_dir / "metrics.jsonl", keep_epochs=start_epoch, enabled=dist.main, step=run.step
         )
+        if run.log.note:
+            summary.notes.append(run.log.note)
         for epoch in range(start_epoch, section.epochs):
             _epoch(run, data, epoch, progress)
         if device.type == "cuda":
@@ -266,7 +276,7 @@ def _resume(run: Run) -> int:
     job = run.job
     if state.get("kind") != job.kind:
         raise UserError(f"{path}: a {state.get('kind')} checkpoint, cannot resume {job.kind}")
-    _same_data(path, state, run.settings)
+    _same_settings(path, state, run.settings, SECTIONS[job.kind])
     began_on = state.get("inputs")
     if isinstance(began_on, dict) and job.inputs and (differs := job.inputs.differences(began_on, "then")):
         raise UserError(f"{path}: the run began on inputs made with other settings: {differs}; --resume "
@@ -289,20 +299,37 @@ def _resume(run: Run) -> int:
     return run.summary.resumed_from
 
 
-# what a run's inputs are made of: a resumed run must see the inputs it began with
-RESUME_DATA = ("protocol", "fps", "frame_height", "frame_width", "snippet_length", "snippet_stride",
-               "temporal_scale", "window_overlap")  # fmt: skip
+# what a resumed run must share with the run it continues: the inputs (data) and how it optimises
+# (the optimizer's state only fits its own optimizer and parameter groups; a checkpoint records one
+# set of settings for the whole run). `epochs` may grow: the schedule steps every lr_step epochs.
+RESUME_SAME = {
+    "data": ("protocol", "fps", "frame_height", "frame_width", "snippet_length", "snippet_stride",
+             "temporal_scale", "window_overlap"),
+    "optimisation": ("optimizer", "lr", "weight_decay", "batch_size", "accumulate", "lr_step", "lr_gamma",
+                     "grad_clip", "amp", "encoder_lr"),
+    "model.encoder": ("name", "frozen_stages"),
+}  # fmt: skip
 
 
-def _same_data(path: Path, state: dict, settings: Settings) -> None:
-    began = (state.get("settings") or {}).get("data") or {}
-    now = settings.data.model_dump(mode="json")
-    for key in RESUME_DATA:
-        if key in began and began[key] != now[key]:
-            raise UserError(
-                f"{path}: the run began with data.{key}={began[key]}, the settings now say {now[key]}; "
-                "--resume continues a run only on the inputs it began with (or pass --restart)"
-            )
+def _same_settings(path: Path, state: dict, settings: Settings, section: str) -> None:
+    """Refuse --resume with settings that change the inputs or the optimisation the run began with."""
+    began = state.get("settings") if isinstance(state.get("settings"), dict) else {}
+    now = settings.model_dump(mode="json")
+    for group, keys in RESUME_SAME.items():
+        name = section if group == "optimisation" else group
+        then_values, now_values = began, now
+        for part in name.split("."):
+            then_values = then_values.get(part) if isinstance(then_values, dict) else None
+            now_values = now_values.get(part) if isinstance(now_values, dict) else None
+        if not isinstance(then_values, dict) or not isinstance(now_values, dict):
+            continue  # an older checkpoint without this section
+        for key in keys:
+            if key in then_values and key in now_values and then_values[key] != now_values[key]:
+                raise UserError(
+                    f"{path}: the run began with {name}.{key}={then_values[key]}, the settings now say "
+                    f"{now_values[key]}; --resume continues a run only with the inputs and optimisation "
+                    "it began with (or pass --restart)"
+                )
 
 
 def _epoch(run: Run, data: torch.utils.data.DataLoader, epoch: int, progress: Progress) -> None:

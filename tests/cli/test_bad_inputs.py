@@ -298,7 +298,7 @@ CASES = [
         2,
         "not [start, end]",
     ),
-    ("300-character id", _annotation_case(_long_id), 2, "longer than 200 bytes"),
+    ("300-character id", _annotation_case(_long_id), 2, "longer than 240 bytes"),
     ("path-like id", _annotation_case(_path_id), 2, "path separator"),
     ("duplicate video id", _duplicate_id, 2, "'vid0' appears twice"),
     ("not JSON", _annotation_case(lambda d: d.clear()), 2, "expected a top-level 'database'"),

@@ -38,8 +38,9 @@ def test_shards_split_the_chosen_subsets_without_overlap():
     parts = [select(records, ["training", "validation"], Shard(k, 3), where="x") for k in (1, 2, 3)]
     assert sorted(sum(parts, [])) == chosen and sum(map(len, parts)) == len(chosen)
     assert len(select(records, None, WHOLE, where="x")) == 20
-    with pytest.raises(UserError, match="no video in subset"):
-        select(records, ["pretraining"], WHOLE, where="x")
+    for wrong in (["pretraining"], ["training", "validaton"]):  # a misspelled name never drops its videos
+        with pytest.raises(UserError, match="no subset named .*the file has testing, training, validation"):
+            select(records, wrong, WHOLE, where="x")
 
 
 def _config(tmp_path, synth_dir, work: str = "work", **data) -> str:
