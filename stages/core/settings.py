@@ -402,17 +402,6 @@ class Settings(Section):
     eval: EvalSettings = Field(default_factory=EvalSettings)
 
     @model_validator(mode="after")
-    def _crop_fits_the_frames(self) -> Settings:
-        """A centre crop larger than the frames is a settings error, not a failure of every video."""
-        d, short = self.data, min(self.data.frame_height, self.data.frame_width)
-        for key, crop in (("model.encoder.crop_size", self.model.encoder.crop_size),
-                          ("infer.crop_size", self.infer.crop_size)):  # fmt: skip
-            if crop is not None and crop > short:
-                raise ValueError(f"{key} {crop} is larger than the frames (data.frame_height "
-                                 f"{d.frame_height} x data.frame_width {d.frame_width})")  # fmt: skip
-        return self
-
-    @model_validator(mode="after")
     def _fits_the_encoder(self, info: ValidationInfo) -> Settings:
         """The clips the data gives (data.snippet_length frames, model.encoder.crop_size) and
         frozen_stages against the encoder's registry entry, when the caller handed the registry in."""

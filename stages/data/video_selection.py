@@ -72,10 +72,15 @@ def _whole(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+class RecipeSubsets(list):
+    """The subsets a recipe names (not --subset): one the annotation file lacks is passed over (a
+    file without a pretraining subset serves a recipe that has one)."""
+
+
 def default_subsets(settings: Settings) -> list[str]:
     """The subsets a recipe uses: training, evaluation, and the encoder's pretraining when set."""
     subsets = [settings.data.train_subset, settings.data.eval_subset, settings.encoder_train.subset]
-    return list(dict.fromkeys(s for s in subsets if s))
+    return RecipeSubsets(dict.fromkeys(s for s in subsets if s))
 
 
 def parse_subsets(text: str | None, settings: Settings) -> list[str] | None:
@@ -100,12 +105,13 @@ class Selection:
 
 def select(records: Mapping[str, VideoRecord], subsets: list[str] | None, shard: Shard, *,
            where: str) -> list[str]:  # fmt: skip
-    """The sorted ids of the chosen subsets (None: all), this shard's share of them; a subset the
-    annotation file does not have is an error (a misspelled name must not drop its videos quietly)."""
+    """The sorted ids of the chosen subsets (None: all), this shard's share of them; a subset given
+    with --subset that the annotation file does not have is an error (a misspelled name must not
+    drop its videos quietly)."""
     wanted = None if subsets is None else {s.lower() for s in subsets}
     held = {(r.subset or "").lower() for r in records.values()}
     unknown = [s for s in subsets or [] if s.lower() not in held]
-    if unknown:
+    if unknown and not isinstance(subsets, RecipeSubsets):
         have = ", ".join(sorted(h for h in held if h)) or "no subset names"
         raise UserError(f"{where}: no subset named {', '.join(map(repr, unknown))} (the file has {have})")
     ids = sorted(v for v, r in records.items() if wanted is None or (r.subset or "").lower() in wanted)

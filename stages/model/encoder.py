@@ -267,6 +267,14 @@ class SnippetEncoder(nn.Module):
         return self.backbone(x)
 
 
+def require_crop_fits(size: int, height: int, width: int, key: str = "model.encoder.crop_size") -> None:
+    """A crop larger than the frames is a settings error, found before the first video (not one
+    failure per video)."""
+    if size > min(height, width):
+        raise UserError(f"{key} {size} is larger than the frames (data.frame_height {height} x "
+                        f"data.frame_width {width}); lower it or raise the frame size")  # fmt: skip
+
+
 def center_crop(clips: torch.Tensor, size: int) -> torch.Tensor:
     """Centre crop the spatial dims of clips [..., H, W, 3] to size x size (test-time crop)."""
     height, width = clips.shape[-3], clips.shape[-2]

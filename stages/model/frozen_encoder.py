@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from stages.core.runtime import pick_device, use_threads
-from stages.model.encoder import build_encoder, center_crop
+from stages.model.encoder import build_encoder, center_crop, require_crop_fits
 
 if TYPE_CHECKING:  # the settings models, for type hints only
     from stages.core.settings import Settings
@@ -21,7 +21,8 @@ class FeatureEncoder:
     def __init__(self, settings: Settings, device: str, dtype: str = "float32", batch_size: int = 32) -> None:
         use_threads(settings.threads)
         self.settings, self.batch_size = settings, batch_size
-        e = settings.model.encoder
+        e, d = settings.model.encoder, settings.data
+        require_crop_fits(e.crop_size, d.frame_height, d.frame_width)
         self.device = pick_device(device)
         self.dtype = getattr(torch, dtype)
         torch.manual_seed(settings.seed)  # a randomly initialised encoder is the same on every run

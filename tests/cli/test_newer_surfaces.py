@@ -389,6 +389,7 @@ def test_the_consoles_print_file_text_as_text_even_on_a_terminal():
 # the weak but clean ones
 def test_weak_spots_name_the_file_and_use_units_that_fit(tmp_path, synth_dir):
     from stages.core.files import atomic_output, human_bytes, temporary
+    from stages.model.frozen_encoder import FeatureEncoder
 
     assert (
         human_bytes(4_096) == "4.10 kB" and human_bytes(12) == "12 bytes" and human_bytes(3.2e9) == "3.20 GB"
@@ -402,10 +403,9 @@ def test_weak_spots_name_the_file_and_use_units_that_fit(tmp_path, synth_dir):
         raise OSError(errno.ENOSPC, "No space left on device")
     assert caught.value.filename == str(target) and caught.value.errno == errno.ENOSPC
     config = demo_config(tmp_path, synth_dir)
-    result = run_cli("config", "validate", config, "--set", "model.encoder.crop_size=96")
-    assert result.returncode == 2 and "crop_size 96 is larger than the frames" in " ".join(
-        result.stderr.split()
-    )
+    settings = _load(config, "model.encoder.crop_size=96")
+    with pytest.raises(UserError, match="crop_size 96 is larger than the frames .data.frame_height 48"):
+        FeatureEncoder(settings, "cpu")
 
 
 def test_init_from_an_encoder_checkpoint_says_what_it_is(tmp_path, synth_dir):

@@ -122,8 +122,7 @@ def test_a_vit_block_fc_survives_and_a_file_of_another_encoder_is_refused(tmp_pa
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (["model.encoder.name=mvit_v2_s", "model.encoder.crop_size=224", "data.frame_height=256",
-          "data.frame_width=256"],
+        (["model.encoder.name=mvit_v2_s", "model.encoder.crop_size=224"],
          "mvit_v2_s takes clips of frames 16, crop 224; the settings give 8 frames (data.snippet_length)"),
         (["model.encoder.name=swin3d_t", "data.snippet_length=8", "model.encoder.crop_size=40"],
          "swin3d_t takes clips of frames >= 2, a multiple of 2, crop >= 32, a multiple of 32"),
