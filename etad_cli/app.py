@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from etad_cli import __version__, views
-from etad_cli.console import console, stage_progress, user_errors
+from etad_cli.console import console, print_notes, stage_progress, user_errors
 from etad_cli.runlog import StageRun, read_runs
 from stages.core.errors import UserError
 
@@ -389,12 +389,54 @@ def eval_(
         )  # fmt: skip
         report = stage.run(request)
         views.eval_report(report, per_class)
+        if report.task == "detection" and request.dataset in ("anet", "thumos"):
+            hint = (f"what the errors are: etad diagnose --dataset {request.dataset} "
+                    f"-g {request.ground_truth} -p {request.predictions}"
+                    + (f" --subset {request.subset}" if request.subset else ""))  # fmt: skip
+            console.print(hint, style="dim", soft_wrap=True)
         if json_out is not None:
             stage.save_json(report, json_out)
             console.print(f"metrics: {json_out}", style="dim", soft_wrap=True)
         if plot is not None:
             stage.plot(report, plot, per_class)
             console.print(f"plot: {plot}", style="dim", soft_wrap=True)
+
+
+@app.command()
+def diagnose(
+    predictions: PredictionsOpt = None,
+    ground_truth: GroundTruthOpt = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="anet or thumos: DETAD's tIoUs and buckets (default: the settings').")
+    ] = None,
+    subset: Annotated[
+        str | None, typer.Option(help="Ground-truth subset (default: data.eval_subset; validation / test).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: diagnosis/ beside the predictions).")
+    ] = None,
+    config: EvalConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """What a detector gets wrong: DETAD's false-positive profile, sensitivity and false negatives.
+
+    Writes diagnosis.json, diagnosis.md and three PNG figures (docs/diagnose.md).
+
+    Examples:
+      etad diagnose --dataset anet -g activity_net.v1-3.min.json -p results.json --out diagnosis
+      etad diagnose --config examples/demo.yaml
+    """
+    from stages import diagnose as stage
+
+    with user_errors():
+        s = load(config, set_, check_parts=False) if config is not None else None
+        request = stage.request(s, predictions=predictions, ground_truth=ground_truth, dataset=dataset,
+                                subset=subset, out=out)  # fmt: skip
+        result = stage.run(**request)
+    console.print(stage.headline(result), soft_wrap=True)
+    where = f"diagnosis: {request['out']} (diagnosis.json, diagnosis.md, 3 figures)"
+    console.print(where, style="dim", soft_wrap=True)
+    print_notes(result["notes"])
 
 
 @app.command()

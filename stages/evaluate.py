@@ -19,9 +19,9 @@ import numpy as np
 from stages.core.errors import UserError
 from stages.core.files import atomic_output, write_json
 from stages.core.workdir import output_path
-from stages.data.annotations import load_annotations, read_blocked, read_json
+from stages.data.annotations import load_annotations, read_blocked
 from stages.data.protocols import PROTOCOLS
-from stages.evaluation.detections import check_detection
+from stages.evaluation.detections import Instances, read_predictions
 from stages.evaluation.metrics import average_recall_vs_proposals, detection_ap, recall_auc
 
 if TYPE_CHECKING:  # the settings models, for type hints only
@@ -102,17 +102,7 @@ class EvalReport:
         }
 
 
-@dataclass
-class _Table:
-    """Instances as flat arrays (what the metrics take)."""
-
-    videos: list[str]
-    segments: np.ndarray
-    labels: list[str]
-    scores: np.ndarray | None = None
-
-
-def read_ground_truth(path: Path, subset: str | None, dedup: bool) -> tuple[_Table, list[str], list[str]]:
+def read_ground_truth(path: Path, subset: str | None, dedup: bool) -> tuple[Instances, list[str], list[str]]:
     """Ground-truth instances of one subset (case-insensitive), the class list in order of first
     appearance (as the official evaluator builds it), and notes about what was filtered."""
     records = load_annotations(path, require_duration=False)
@@ -145,35 +135,14 @@ def read_ground_truth(path: Path, subset: str | None, dedup: bool) -> tuple[_Tab
     if dedup:
         notes.append(f"actionformer protocol: {dropped} duplicate ground-truth instance(s) dropped")
     classes = list(dict.fromkeys(labels))
-    return _Table(videos, np.array(segments, dtype=float).reshape(-1, 2), labels), classes, notes
-
-
-def read_predictions(path: Path) -> _Table:
-    """Every prediction of a result file, in file order."""
-    data = read_json(path, "prediction file", unique_keys=True)  # a video twice: which list counts?
-    results = data.get("results") if isinstance(data, dict) else None
-    if not isinstance(results, dict):
-        raise UserError(f"{path}: expected a top-level 'results' mapping video id -> list of detections")
-    videos, segments, labels, scores = [], [], [], []
-    for video_id, detections in results.items():
-        if not isinstance(detections, list):
-            raise UserError(f"{path}: video {video_id!r}: expected a list of detections")
-        for i, det in enumerate(detections):
-            segment, score, label = check_detection(path, video_id, i, det)
-            videos.append(video_id)
-            segments.append(segment)
-            scores.append(score)
-            labels.append(label)
-    return _Table(
-        videos, np.array(segments, dtype=float).reshape(-1, 2), labels, np.array(scores, dtype=float)
-    )
+    return Instances(videos, np.array(segments, dtype=float).reshape(-1, 2), labels), classes, notes
 
 
 def _strip(video_id: str) -> str:
     return video_id[len(PREFIX) :] if video_id.startswith(PREFIX) else video_id
 
 
-def reconcile_ids(gt: _Table, pred: _Table, blocked: set[str]) -> tuple[set[str], str | None]:
+def reconcile_ids(gt: Instances, pred: Instances, blocked: set[str]) -> tuple[set[str], str | None]:
     """Ids are exact strings. When the files disagree only about the `v_` prefix (BSN-style files
     have it, official ones do not), match without it and say so instead of scoring zeros."""
     gt_ids, pred_ids = set(gt.videos), set(pred.videos)
@@ -190,9 +159,9 @@ def reconcile_ids(gt: _Table, pred: _Table, blocked: set[str]) -> tuple[set[str]
     return {_strip(v) for v in blocked}, note
 
 
-def _keep(table: _Table, mask: np.ndarray) -> _Table:
+def _keep(table: Instances, mask: np.ndarray) -> Instances:
     idx = np.flatnonzero(mask)
-    return _Table(
+    return Instances(
         [table.videos[i] for i in idx],
         table.segments[idx],
         [table.labels[i] for i in idx],
@@ -263,7 +232,7 @@ def run(request: EvalRequest) -> EvalReport:
                              video_code=video_code)  # fmt: skip
 
 
-def _read_both(r: EvalRequest, default_subset: str) -> tuple[_Table, _Table, list[str], list[str]]:
+def _read_both(r: EvalRequest, default_subset: str) -> tuple[Instances, Instances, list[str], list[str]]:
     """Ground truth and predictions of a request, without the blocked videos; the classes and notes."""
     gt, classes, notes = read_ground_truth(
         r.ground_truth, r.subset or default_subset, r.protocol == "actionformer"
@@ -285,8 +254,9 @@ def _read_both(r: EvalRequest, default_subset: str) -> tuple[_Table, _Table, lis
     return gt, pred, classes, notes
 
 
-def _detection_report(task: str, thresholds: np.ndarray, gt: _Table, pred: _Table, *, classes: list[str],
-                      counts: dict, notes: list[str], video_code: dict[str, int]) -> EvalReport:  # fmt: skip
+def _detection_report(task: str, thresholds: np.ndarray, gt: Instances, pred: Instances, *,
+                      classes: list[str], counts: dict, notes: list[str],
+                      video_code: dict[str, int]) -> EvalReport:  # fmt: skip
     """mAP per tIoU and AP per class; predictions of labels absent from the ground truth are dropped."""
     class_code = {c: i for i, c in enumerate(classes)}
     known = np.array([label in class_code for label in pred.labels], dtype=bool)

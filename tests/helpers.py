@@ -111,3 +111,42 @@ def write_features(folder: Path, annotations: Path, width: int = 8) -> None:
     rng = np.random.default_rng(0)
     for video_id in json.loads(annotations.read_text())["database"]:
         np.save(folder / f"{video_id}.npy", rng.standard_normal((20, width)).astype(np.float32))
+
+
+def write_anet_diagnosis_case(shared: Path, folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """ActivityNet validation as `etad diagnose` reads it: the reconstructed ground truth with each
+    video's duration (TSP's metadata; never shorter than its last instance, as TSP's 30 fps re-encodes
+    run a frame short), and the official sample submission perturbed (seeded): each instance three
+    times, jittered by 15% of its length, 15% relabelled, scored at random, plus four random
+    detections per video. Returns (ground truth, predictions)."""
+    import csv
+
+    gt = json.loads((shared / "anet" / "anet1.3_val_gt_reconstructed.json").read_text())
+    with (shared / "anet" / "tsp_activitynet_v1-3_valid_metadata.csv").open() as f:
+        durations = {r["filename"][2:-4]: float(r["video-duration"]) for r in csv.DictReader(f)}
+    for video_id, entry in gt["database"].items():
+        ends = [a["segment"][1] for a in entry["annotations"]]
+        entry["duration"] = max([durations[video_id], *ends])
+    submission = json.loads((shared / "anet" / "sample_detection_prediction.json").read_text())
+    rng = np.random.default_rng(seed)
+    labels = sorted({d["label"] for dets in submission["results"].values() for d in dets})
+    results = {}
+    for video_id, detections in submission["results"].items():
+        duration, out = gt["database"][video_id]["duration"], []
+        for d in detections:
+            (start, end), length = d["segment"], d["segment"][1] - d["segment"][0]
+            for _ in range(3):
+                jitter = rng.normal(0, 0.15 * length, 2)
+                s, e = max(0.0, start + jitter[0]), min(duration, end + jitter[1])
+                label = d["label"] if rng.random() > 0.15 else labels[rng.integers(len(labels))]
+                out.append({"label": label, "score": float(rng.random()), "segment": [s, max(e, s + 0.5)]})
+        for _ in range(4):
+            s = rng.random() * duration
+            e = min(duration, s + rng.random() * duration * 0.3) + 0.1
+            out.append({"label": labels[rng.integers(len(labels))], "score": float(rng.random() * 0.5),
+                        "segment": [s, e]})  # fmt: skip
+        results[video_id] = out
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "gt.json").write_text(json.dumps(gt))
+    (folder / "predictions.json").write_text(json.dumps({"version": "VERSION 1.3", "results": results}))
+    return folder / "gt.json", folder / "predictions.json"

@@ -5,10 +5,23 @@ the video and the detection."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from stages.core.errors import UserError
-from stages.data.annotations import unsafe_id_reason
+from stages.data.annotations import read_json, unsafe_id_reason
+
+
+@dataclass
+class Instances:
+    """Ground-truth instances or predictions as flat arrays (what the metrics take)."""
+
+    videos: list[str]
+    segments: np.ndarray
+    labels: list[str]
+    scores: np.ndarray | None = None
 
 
 def check_detection(path: Path, video_id: str, i: int, det: object) -> tuple[tuple[float, float], float, str]:
@@ -44,3 +57,24 @@ def check_results(path: Path, results: object) -> dict[str, list[dict]]:
         for i, det in enumerate(detections):
             check_detection(path, video_id, i, det)
     return results
+
+
+def read_predictions(path: Path) -> Instances:
+    """Every prediction of a result file, in file order."""
+    data = read_json(path, "prediction file", unique_keys=True)  # a video twice: which list counts?
+    results = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(results, dict):
+        raise UserError(f"{path}: expected a top-level 'results' mapping video id -> list of detections")
+    videos, segments, labels, scores = [], [], [], []
+    for video_id, detections in results.items():
+        if not isinstance(detections, list):
+            raise UserError(f"{path}: video {video_id!r}: expected a list of detections")
+        for i, det in enumerate(detections):
+            segment, score, label = check_detection(path, video_id, i, det)
+            videos.append(video_id)
+            segments.append(segment)
+            scores.append(score)
+            labels.append(label)
+    return Instances(
+        videos, np.array(segments, dtype=float).reshape(-1, 2), labels, np.array(scores, dtype=float)
+    )

@@ -51,7 +51,7 @@ def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return order, uniq, starts
 
 
-def _score_ranks(labels: np.ndarray, scores: np.ndarray, n_classes: int) -> list[np.ndarray]:
+def score_ranks(labels: np.ndarray, scores: np.ndarray, n_classes: int) -> list[np.ndarray]:
     """Per class, prediction indices best first, ranked exactly as the official code ranks them."""
     ranked = []
     for c in range(n_classes):
@@ -69,15 +69,16 @@ def match_detections(
     pred_rank: np.ndarray,
     tious: np.ndarray,
 ) -> np.ndarray:
-    """Greedy matching -> true-positive flags [n_thresholds, n_predictions].
+    """Greedy matching -> the ground-truth index each prediction matched [n_thresholds,
+    n_predictions], -1 where it matched none (a false positive).
 
     `*_pair` is one integer per instance naming its (class, video) pair; predictions of a pair are
     matched in `pred_rank` order (lower first) against the pair's ground truth in file order.
     """
     n_thr, n_pred = len(tious), len(pred_pair)
-    tp = np.zeros((n_thr, n_pred), dtype=bool)
+    matched = np.full((n_thr, n_pred), -1, dtype=np.int64)
     if n_pred == 0 or len(gt_pair) == 0:
-        return tp
+        return matched
     gt_order, gt_keys, gt_starts = _groups(gt_pair)
     gt_counts = np.diff(np.append(gt_starts, len(gt_order)))
     where = np.searchsorted(gt_keys, pred_pair)
@@ -116,10 +117,11 @@ def match_detections(
         hit_at = stop.argmax(axis=-1)  # [T, A]
         found = np.take_along_axis(stop, hit_at[..., None], axis=-1)[..., 0]
         hit = found & ~np.take_along_axis(below, hit_at[..., None], axis=-1)[..., 0]
-        tp[:, rows] = hit
         t_idx, a_idx = np.nonzero(hit)
-        locked[t_idx, gi[a_idx, hit_at[t_idx, a_idx]]] = True
-    return tp
+        taken = gi[a_idx, hit_at[t_idx, a_idx]]
+        locked[t_idx, taken] = True
+        matched[t_idx, rows[a_idx]] = taken
+    return matched
 
 
 def detection_ap(
@@ -137,7 +139,7 @@ def detection_ap(
     """Average precision [n_thresholds, n_classes]. Videos and labels are integer codes; every
     prediction label must be < n_classes (drop unknown labels before)."""
     n_videos = int(max(gt_video.max(initial=-1), pred_video.max(initial=-1))) + 1
-    ranked = _score_ranks(pred_label, pred_score, n_classes)
+    ranked = score_ranks(pred_label, pred_score, n_classes)
     rank = np.empty(len(pred_label), dtype=np.int64)
     for idx in ranked:
         rank[idx] = np.arange(len(idx))
@@ -148,7 +150,7 @@ def detection_ap(
         pred_segments,
         pred_rank=rank,
         tious=tious,
-    )
+    ) >= 0
     npos = np.bincount(gt_label, minlength=n_classes)
     ap = np.zeros((len(tious), n_classes))
     for c, idx in enumerate(ranked):
