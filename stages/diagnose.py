@@ -88,17 +88,18 @@ def read_inputs(ground_truth: Path, predictions: Path, dataset: str, subset: str
     classes = list(dict.fromkeys(r[3] for r in rows))  # DETAD's class index: first appearance
     video = np.array([r[0] for r in rows])
     segments = np.array([(r[1], r[2]) for r in rows], dtype=float)
-    values, source = _characteristics(ground_truth, dataset, rows, video, segments, videos)
+    values, source = _characteristics(ground_truth, dataset, rows, video=video, segments=segments,
+                                      videos=videos)  # fmt: skip
     keep = (segments[:, 0] < segments[:, 1]) & (values["coverage"] <= 1.0)  # as DETAD leaves out
     bins = {name: detad.BINS[dataset][name][1] for name in values}
     label = _codes([r[3] for r in rows], classes)
     buckets = {n: detad.bucket(v[keep], detad.BINS[dataset][n][0]) for n, v in values.items()}
-    truth = detad.Truth(video[keep], segments[keep], label[keep], len(classes), buckets)
+    truth = detad.Truth(video=video[keep], segments=segments[keep], label=label[keep],
+                        n_classes=len(classes), buckets=buckets)  # fmt: skip
     notes = [f"{int((~keep).sum())} ground-truth instance(s) of zero length or covering more than their "
              "video left out, as DETAD leaves them out"] if (~keep).any() else []  # fmt: skip
-    return Inputs(
-        truth, _predictions(predictions, classes, videos, subset), classes, videos, bins, source, notes
-    )
+    pred = _predictions(predictions, classes, videos, subset)
+    return Inputs(truth, pred, classes=classes, videos=videos, bins=bins, source=source, notes=notes)
 
 
 def _codes(names: list[str], vocabulary: list[str]) -> np.ndarray:
@@ -106,7 +107,7 @@ def _codes(names: list[str], vocabulary: list[str]) -> np.ndarray:
     return np.array([index[n] for n in names], dtype=np.int64)
 
 
-def _characteristics(path: Path, dataset: str, rows: list, video: np.ndarray, segments: np.ndarray,
+def _characteristics(path: Path, dataset: str, rows: list, *, video: np.ndarray, segments: np.ndarray,
                      videos: list[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:  # fmt: skip
     """Each characteristic's value per instance: the file's where every instance carries it, else
     (length, coverage, number of instances) computed from the ground truth and the durations."""
@@ -177,7 +178,7 @@ def analyse(inputs: Inputs, dataset: str) -> dict:
             "per_tiou": {f"{t:.2f}": detad.shares(types[i : i + 1]) for i, t in enumerate(tious)},
             "per_k": detad.profile(truth, top, types),
         },
-        "mAP_N_gain_removing": detad.gains(truth, top, matched_top, types, base),
+        "mAP_N_gain_removing": detad.gains(truth, top, matched_top, types=types, base=base),
         "sensitivity": detad.sensitivity(truth, pred, matched, inputs.bins),
         "false_negative": detad.false_negatives(truth, matched_fn, inputs.bins),
         "notes": inputs.notes,

@@ -220,7 +220,7 @@ def profile(truth: Truth, pred: Predictions, types: np.ndarray, chunks: int = LI
     return {f"{k + 1}G": shares(types[:, np.concatenate(parts)]) for k, parts in enumerate(by_chunk)}
 
 
-def gains(truth: Truth, pred: Predictions, matched: np.ndarray, types: np.ndarray, base: float) -> dict:
+def gains(truth: Truth, pred: Predictions, matched: np.ndarray, *, types: np.ndarray, base: float) -> dict:
     """The average mAP_N gained by removing each error type's predictions (DETAD's `ap_gain`)."""
     ranked, _ = _ranked(pred, truth.n_classes)
     npos = np.bincount(truth.label, minlength=truth.n_classes)

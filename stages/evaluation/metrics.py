@@ -69,12 +69,9 @@ def match_detections(
     pred_rank: np.ndarray,
     tious: np.ndarray,
 ) -> np.ndarray:
-    """Greedy matching -> the ground-truth index each prediction matched [n_thresholds,
-    n_predictions], -1 where it matched none (a false positive).
-
-    `*_pair` is one integer per instance naming its (class, video) pair; predictions of a pair are
-    matched in `pred_rank` order (lower first) against the pair's ground truth in file order.
-    """
+    """Greedy matching -> the ground-truth index each prediction matched [n_thresholds, n_predictions]
+    (-1: none). `*_pair` is one integer per instance naming its (class, video) pair; predictions of
+    a pair are matched in `pred_rank` order (lower first) against the pair's ground truth in file order."""
     n_thr, n_pred = len(tious), len(pred_pair)
     matched = np.full((n_thr, n_pred), -1, dtype=np.int64)
     if n_pred == 0 or len(gt_pair) == 0:

@@ -18,7 +18,8 @@ A, B = 0, 1
 
 
 def _truth(segments, labels, videos, n_classes=2) -> detad.Truth:
-    return detad.Truth(np.array(videos), np.array(segments, dtype=float), np.array(labels), n_classes, {})
+    points = np.array(segments, dtype=float)
+    return detad.Truth(np.array(videos), points, np.array(labels), n_classes=n_classes, buckets={})
 
 
 def _pred(segments, labels, videos, scores) -> detad.Predictions:
@@ -57,7 +58,7 @@ def test_every_error_type_on_a_case_worked_by_hand():
     ap2, m2 = detad.normalised_ap(truth, top_fp, tious)
     t2 = detad.error_types(truth, top_fp, m2, tious)
     assert ap2[0, A] == pytest.approx(0.5)  # precision 1 * 1 / (1 * 1 + 1) at recall 1
-    gain = detad.gains(truth, top_fp, m2, t2, float(ap2.mean()))
+    gain = detad.gains(truth, top_fp, m2, types=t2, base=float(ap2.mean()))
     assert gain["background"] == pytest.approx(0.25) and gain["localization"] == 0.0  # (1 - 0.5) / 2 classes
 
 
