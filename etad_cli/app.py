@@ -439,6 +439,48 @@ def diagnose(
     print_notes(result["notes"])
 
 
+@app.command("view")
+def view_page(
+    predictions: PredictionsOpt = None,
+    ground_truth: GroundTruthOpt = None,
+    dataset: Annotated[str | None, typer.Option(help="anet or thumos (default: the settings').")] = None,
+    subset: Annotated[
+        str | None, typer.Option(help="Ground-truth subset (default: data.eval_subset; validation / test).")
+    ] = None,
+    videos: Annotated[
+        Path | None, typer.Option(help="Folder of the video files (<id>.*), played beside the timeline.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: view/ beside the predictions).")
+    ] = None,
+    top: Annotated[int, typer.Option(help="Detections shown per video.", min=1)] = 20,
+    subtitles: Annotated[
+        str | None, typer.Option(help="Also write srt or ass subtitles of the detections (one file a video).")
+    ] = None,
+    config: EvalConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Look at detections: a self-contained HTML page (offline) with each video's timeline and player.
+
+    Ground truth above the top detections (colour: class, opacity: score, hover: DETAD error type),
+    a click seeks the video; videos sortable by AP or errors; AP per class; the diagnosis figures.
+
+    Examples:
+      etad view --dataset anet -g activity_net.v1-3.min.json -p results.json --videos videos/ --out view
+      etad view --config examples/demo.yaml --subtitles srt
+    """
+    from stages import view as stage
+
+    with user_errors():
+        s = load(config, set_, check_parts=False) if config is not None else None
+        request = stage.request(s, predictions=predictions, ground_truth=ground_truth, dataset=dataset,
+                                subset=subset, videos=videos, out=out)  # fmt: skip
+        done = stage.run(**request, top=top, subtitle=subtitles)
+    shown = f"{done['videos']} videos ({done['with_file']} with a local file) -> {done['page']}"
+    console.print(shown, soft_wrap=True)
+    print_notes(done["notes"])
+
+
 @app.command()
 def infer(
     config: ConfigOpt,

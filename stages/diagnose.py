@@ -12,8 +12,6 @@ Layout and definitions: docs/diagnose.md.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,14 +20,12 @@ import numpy as np
 from stages.core.errors import UserError
 from stages.core.files import atomic_output, ensure_writable_dir, write_json
 from stages.core.workdir import output_path
-from stages.data.annotations import load_annotations, read_json, unsafe_id_reason
 from stages.evaluation import detad
-from stages.evaluation.detections import read_predictions
+from stages.evaluation.detad_files import Inputs, default_subset, read_inputs
 
 if TYPE_CHECKING:  # the settings models, for type hints only
     from stages.core.settings import Settings
 
-DATASETS = tuple(detad.BINS)
 NAMES = {  # what the tables and figures call the characteristics and error types
     "coverage": "Coverage", "length": "Length", "num-instances": "# Instances",
     "context-size": "Context Size",
@@ -38,118 +34,6 @@ NAMES = {  # what the tables and figures call the characteristics and error type
     "localization": "Localization", "confusion": "Confusion", "background": "Background",
 }  # fmt: skip
 COLORS = ["#33a02c", "#b2df8a", "#1f78b4", "#fb9a99", "#e31a1c", "#a6cee3"]  # DETAD's, by error type
-
-
-@dataclass
-class Inputs:
-    """The analysed ground truth and predictions, with the codes that name them."""
-
-    truth: detad.Truth
-    pred: detad.Predictions
-    classes: list[str]
-    videos: list[str]  # video codes -> ids (the truth's first, then predictions' other videos)
-    bins: dict[str, list[str]]  # the characteristics analysed -> their bucket names
-    source: dict[str, str]  # characteristic -> "file" or "computed"
-    notes: list[str] = field(default_factory=list)
-
-
-def default_subset(path: Path, dataset: str) -> str:
-    """DETAD's subset: ActivityNet's validation; THUMOS-14's test (named `test` or `testing`)."""
-    if dataset != "thumos":
-        return "validation"
-    held = {(r.subset or "").lower() for r in load_annotations(path, require_duration=False).values()}
-    return next((s for s in ("test", "testing") if s in held), "test")
-
-
-def read_inputs(ground_truth: Path, predictions: Path, dataset: str, subset: str) -> Inputs:
-    """Ground truth of `subset` with its characteristics, and the predictions coded alike; bad
-    input (unknown labels, another dataset's file, no ground truth in the subset) is one line."""
-    if dataset not in DATASETS:
-        raise UserError(f"--dataset {dataset}: expected one of {', '.join(DATASETS)}")
-    records = load_annotations(ground_truth, require_duration=False)  # ids, segments and numbers checked
-    raw = read_json(ground_truth, "annotation file")
-    database = raw["database"] if isinstance(raw, dict) and isinstance(raw.get("database"), dict) else raw
-    wanted = {k: r for k, r in records.items() if (r.subset or "").lower() == subset.lower()}
-    if not wanted:
-        held = sorted({r.subset for r in records.values() if r.subset})
-        raise UserError(
-            f"{ground_truth}: no video in subset {subset!r} (subsets: {', '.join(held) or 'none'})"
-        )
-    videos, rows = list(wanted), []
-    for code, (video_id, record) in enumerate(wanted.items()):
-        extra = database[video_id].get("annotations") or []
-        for i, seg in enumerate(record.segments):
-            if not (math.isfinite(seg.start) and math.isfinite(seg.end)):
-                raise UserError(f"{ground_truth}: video {video_id!r} annotation {i}: segment is not finite")
-            given = extra[i] if i < len(extra) else {}
-            rows.append((code, seg.start, seg.end, seg.label, given, record.duration))
-    if not rows:
-        raise UserError(f"{ground_truth}: subset {subset!r} has no ground-truth instance")
-    classes = list(dict.fromkeys(r[3] for r in rows))  # DETAD's class index: first appearance
-    video = np.array([r[0] for r in rows])
-    segments = np.array([(r[1], r[2]) for r in rows], dtype=float)
-    values, source = _characteristics(ground_truth, dataset, rows, video=video, segments=segments,
-                                      videos=videos)  # fmt: skip
-    keep = (segments[:, 0] < segments[:, 1]) & (values["coverage"] <= 1.0)  # as DETAD leaves out
-    bins = {name: detad.BINS[dataset][name][1] for name in values}
-    label = _codes([r[3] for r in rows], classes)
-    buckets = {n: detad.bucket(v[keep], detad.BINS[dataset][n][0]) for n, v in values.items()}
-    truth = detad.Truth(video=video[keep], segments=segments[keep], label=label[keep],
-                        n_classes=len(classes), buckets=buckets)  # fmt: skip
-    notes = [f"{int((~keep).sum())} ground-truth instance(s) of zero length or covering more than their "
-             "video left out, as DETAD leaves them out"] if (~keep).any() else []  # fmt: skip
-    pred = _predictions(predictions, classes, videos, subset)
-    return Inputs(truth, pred, classes=classes, videos=videos, bins=bins, source=source, notes=notes)
-
-
-def _codes(names: list[str], vocabulary: list[str]) -> np.ndarray:
-    index = {name: i for i, name in enumerate(vocabulary)}
-    return np.array([index[n] for n in names], dtype=np.int64)
-
-
-def _characteristics(path: Path, dataset: str, rows: list, *, video: np.ndarray, segments: np.ndarray,
-                     videos: list[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:  # fmt: skip
-    """Each characteristic's value per instance: the file's where every instance carries it, else
-    (length, coverage, number of instances) computed from the ground truth and the durations."""
-    values, source = {}, {}
-    for name in detad.BINS[dataset]:
-        given = [r[4].get(name) if isinstance(r[4], dict) else None for r in rows]
-        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in given):
-            values[name], source[name] = np.array(given, dtype=float), "file"
-    missing = [n for n in detad.COMPUTED if n not in values]
-    if missing:
-        durations = np.array([np.nan if r[5] is None else r[5] for r in rows], dtype=float)
-        if "coverage" in missing and not np.isfinite(durations).all():
-            first = videos[int(video[~np.isfinite(durations)][0])]
-            raise UserError(f"{path}: video {first!r} has no duration; coverage needs every video's "
-                            "duration (or DETAD's characteristics in the file)")  # fmt: skip
-        computed = detad.computed_characteristics(segments, video, durations)
-        for name in missing:
-            values[name], source[name] = computed[name], "computed"
-    return {n: values[n] for n in detad.BINS[dataset] if n in values}, source
-
-
-def _predictions(path: Path, classes: list[str], videos: list[str], subset: str) -> detad.Predictions:
-    table = read_predictions(path)  # every segment and score finite and ordered, or one line
-    known = {c: i for i, c in enumerate(classes)}
-    unknown = sorted({label for label in table.labels if label not in known})
-    if unknown:
-        raise UserError(f"{path}: {len(unknown)} label(s) not among the ground truth's {len(classes)} "
-                        f"classes of subset {subset!r} (first: {unknown[0][:60]!r}); a prediction file of "
-                        "another dataset?")  # fmt: skip
-    for video_id in dict.fromkeys(table.videos):  # the viewer names files after them
-        if (reason := unsafe_id_reason(video_id)) is not None:
-            raise UserError(f"{path}: video id {video_id[:80]!r} {reason}")
-    code = {v: i for i, v in enumerate(videos)}
-    if table.videos and not any(v in code for v in table.videos):
-        raise UserError(
-            f"{path}: no prediction is for a video of subset {subset!r}; another dataset or subset?"
-        )
-    for v in table.videos:  # videos without ground truth: their predictions are all background
-        code.setdefault(v, len(code))
-    return detad.Predictions(np.array([code[v] for v in table.videos], dtype=np.int64), table.segments,
-                             np.array([known[label] for label in table.labels], dtype=np.int64),
-                             np.asarray(table.scores, dtype=float))  # fmt: skip
 
 
 def analyse(inputs: Inputs, dataset: str) -> dict:

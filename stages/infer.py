@@ -22,7 +22,7 @@ import torch
 
 from stages.core.checkpoints import load_weights, read_checkpoint, released_model_settings
 from stages.core.errors import UserError
-from stages.core.files import atomic_output, ensure_writable_dir, write_json
+from stages.core.files import ensure_writable_dir, write_json
 from stages.core.progress import SILENT, Progress
 from stages.core.runtime import autocast, pick_device, use_threads
 from stages.core.settings import ModelSettings, Settings
@@ -37,6 +37,7 @@ from stages.data.video_io import TimedVideo, VideoError
 from stages.data.video_selection import WHOLE, Shard
 from stages.evaluation.detections import check_results
 from stages.evaluation.postprocess import CLASSIFIERS, POST_PROCESSING, Labeller
+from stages.evaluation.timeline import plot_timeline
 from stages.model.detector import build_detector, final_proposals
 from stages.model.encoder import build_encoder, clips_that_fit, encode_chunks
 from stages.model.frozen_encoder import FeatureEncoder
@@ -491,32 +492,3 @@ def run_video(settings: Settings, detector: Detector, checkpoint: Path, video: P
         plot_timeline(Item(video_id, duration, []), detections, path)
         summary.plots.append(path)
     return summary
-
-
-def plot_timeline(item: Item, detections: list[dict], path: Path, top: int = 10) -> None:
-    """Ground truth above, the top detections below, on the video's time axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    best = sorted(detections, key=lambda d: -d["score"])[:top]
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.3 * (len(best) + 1)))
-    for s, e, label in item.segments:
-        ax.barh(0, e - s, left=s, color="tab:green", height=0.6)
-        ax.text(s, 0, f" {label}", va="center", fontsize=7)
-    for row, det in enumerate(best, start=1):
-        s, e = det["segment"]
-        ax.barh(
-            row, e - s, left=s, color="tab:blue", alpha=0.3 + 0.7 * min(1.0, det["score"] / best[0]["score"])
-        )
-        ax.text(s, row, f" {det['label']} {det['score']:.2f}", va="center", fontsize=7)
-    ax.set_yticks([0, *range(1, len(best) + 1)], ["truth", *[f"#{i}" for i in range(1, len(best) + 1)]])
-    ax.invert_yaxis()
-    ax.set_xlim(0, item.duration)
-    ax.set_xlabel("seconds")
-    ax.set_title(item.video_id)
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)

@@ -1,0 +1,55 @@
+"""One video's timeline: its ground truth on one row and its top detections below, best first,
+each as opaque as its score is near the best. `infer --plot` draws it as a PNG and `etad view`
+as an interactive page, from the same rows (`timeline_rows`)."""
+
+from __future__ import annotations
+
+import colorsys
+from pathlib import Path
+
+from stages.core.files import atomic_output
+
+
+def timeline_rows(truth: list[tuple[float, float, str]], detections: list[dict], top: int) -> dict:
+    """{"truth": [[start, end, label]], "detections": [[start, end, label, score, opacity]]}: the
+    `top` detections by score, best first; opacity 0.3..1 as the score nears the best one's."""
+    best = sorted(detections, key=lambda d: -d["score"])[:top]
+    high = max((d["score"] for d in best), default=1.0) or 1.0
+    return {
+        "truth": [[float(s), float(e), str(label)] for s, e, label in truth],
+        "detections": [[float(d["segment"][0]), float(d["segment"][1]), str(d["label"]), float(d["score"]),
+                        0.3 + 0.7 * min(1.0, max(0.0, d["score"] / high))] for d in best],  # fmt: skip
+    }
+
+
+def class_color(index: int) -> str:
+    """A colour per class, spread around the hue circle by the golden ratio (neighbours differ)."""
+    r, g, b = colorsys.hsv_to_rgb((index * 0.618033988749895) % 1.0, 0.65, 0.85)
+    return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
+
+
+def plot_timeline(item, detections: list[dict], path: Path, top: int = 10) -> None:
+    """`item` (an Item: video_id, duration, segments) as a PNG: truth above, detections below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = timeline_rows(item.segments, detections, top)
+    best = rows["detections"]
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.3 * (len(best) + 1)))
+    for s, e, label in rows["truth"]:
+        ax.barh(0, e - s, left=s, color="tab:green", height=0.6)
+        ax.text(s, 0, f" {label}", va="center", fontsize=7)
+    for row, (s, e, label, score, opacity) in enumerate(best, start=1):
+        ax.barh(row, e - s, left=s, color="tab:blue", alpha=opacity)
+        ax.text(s, row, f" {label} {score:.2f}", va="center", fontsize=7)
+    ax.set_yticks([0, *range(1, len(best) + 1)], ["truth", *[f"#{i}" for i in range(1, len(best) + 1)]])
+    ax.invert_yaxis()
+    ax.set_xlim(0, item.duration)
+    ax.set_xlabel("seconds")
+    ax.set_title(item.video_id)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)

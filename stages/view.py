@@ -1,0 +1,218 @@
+"""`etad view`: a self-contained HTML page to look at detections (docs/view.md).
+
+Per video a timeline (stages/evaluation/timeline.py): the ground truth on one row, the top
+detections below, coloured by class, as opaque as their score, each with its DETAD error type
+(stages/evaluation/detad.py, at tIoU 0.5) on hover; the video playing beside it when its file is
+local (a click on a segment seeks the player; the player's time moves a cursor over the timeline).
+Videos sortable by AP or by errors; AP per class; the diagnosis figures when `etad diagnose` wrote
+them. Works offline from the file system: no CDN, no server, data inlined. `subtitles` also writes
+one SRT or ASS file per video with its detections, for any player.
+"""
+
+from __future__ import annotations
+
+import base64
+import glob
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import numpy as np
+
+from stages.core.errors import UserError
+from stages.core.files import atomic_output, ensure_writable_dir
+from stages.core.workdir import output_path
+from stages.data.annotations import safe_path
+from stages.evaluation import detad
+from stages.evaluation.detad_files import Inputs, default_subset, read_inputs
+from stages.evaluation.metrics import interpolated_ap
+from stages.evaluation.timeline import class_color, timeline_rows
+
+if TYPE_CHECKING:  # the settings models, for type hints only
+    from stages.core.settings import Settings
+
+TIOU = 0.5  # the tIoU of the error types and per-video AP shown
+SUBTITLES = ("srt", "ass")
+FIGURES = ("false_positive_analysis.png", "sensitivity_analysis.png", "false_negative_analysis.png")
+TEMPLATE = Path(__file__).with_name("view.html")
+
+
+def request(settings: Settings | None, **given) -> dict:
+    """run()'s arguments: the options given, else the settings' (infer.output, data.annotations,
+    data.protocol, data.eval_subset, data.video_dir); output: view/ beside the predictions."""
+    given = {k: v for k, v in given.items() if v not in (None, "")}
+    if settings is not None:
+        d = settings.data
+        defaults = {"predictions": output_path(settings), "ground_truth": d.annotations,
+                    "dataset": d.protocol, "subset": d.eval_subset, "videos": d.video_dir}  # fmt: skip
+        given = {**{k: v for k, v in defaults.items() if v is not None}, **given}
+    if given.get("predictions") is None or given.get("ground_truth") is None:
+        raise UserError(
+            "give --predictions and --ground-truth, or --config with infer.output and data.annotations"
+        )
+    given.setdefault("dataset", "anet")
+    given.setdefault("out", Path(given["predictions"]).parent / "view")
+    return given
+
+
+def video_ap(inputs: Inputs, matched: np.ndarray) -> dict[int, float]:
+    """Each video's AP at TIOU: the mean over its ground-truth classes of the AP of that class's
+    detections in the video (VOC-style, as the official evaluator computes AP)."""
+    truth, pred = inputs.truth, inputs.pred
+    out: dict[int, list[float]] = {}
+    order = np.lexsort((-pred.score, pred.label, pred.video))  # per (video, class), best first
+    keys = pred.video[order] * truth.n_classes + pred.label[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, dtype=int)
+    groups = dict(zip(keys[starts].tolist(), np.split(order, starts[1:]), strict=True)) if len(keys) else {}
+    pairs, counts = np.unique(truth.video * truth.n_classes + truth.label, return_counts=True)
+    for pair, npos in zip(pairs.tolist(), counts.tolist(), strict=True):
+        idx = groups.get(pair, np.zeros(0, dtype=int))
+        tp = (matched[0, idx] >= 0).astype(float)
+        tp_cumsum, fp_cumsum = np.cumsum(tp), np.cumsum(1 - tp)
+        recall, precision = tp_cumsum / npos, tp_cumsum / np.maximum(tp_cumsum + fp_cumsum, 1e-12)
+        ap = interpolated_ap(precision, recall) if len(idx) else 0.0
+        out.setdefault(pair // truth.n_classes, []).append(ap)
+    return {v: float(np.mean(aps)) for v, aps in out.items()}
+
+
+def class_ap(inputs: Inputs, matched: np.ndarray) -> list[float]:
+    """AP at TIOU of each class over the whole subset."""
+    truth, pred = inputs.truth, inputs.pred
+    npos = np.bincount(truth.label, minlength=truth.n_classes)
+    out = []
+    for c in range(truth.n_classes):
+        idx = np.flatnonzero(pred.label == c)
+        idx = idx[pred.score[idx].argsort()[::-1]]
+        tp = (matched[0, idx] >= 0).astype(float)
+        tp_cumsum, fp_cumsum = np.cumsum(tp), np.cumsum(1 - tp)
+        ok = npos[c] > 0 and len(idx) > 0
+        precision, recall = tp_cumsum / np.maximum(tp_cumsum + fp_cumsum, 1e-12), tp_cumsum / max(npos[c], 1)
+        out.append(interpolated_ap(precision, recall) if ok else 0.0)
+    return out
+
+
+def find_video(folder: Path | None, video_id: str) -> Path | None:
+    """The video file of an id in `folder`: <id>.<any extension>, the first in sorted order."""
+    if folder is None or not Path(folder).is_dir():
+        return None
+    stem = safe_path(Path(folder), video_id, "{id}")
+    found = sorted(p for p in Path(folder).glob(glob.escape(stem.name) + ".*") if p.is_file())
+    return found[0] if found else None
+
+
+def page_data(inputs: Inputs, *, top: int, videos: Path | None, out: Path, figures: list[Path]) -> dict:
+    """Everything the page shows, as JSON (numbers rounded to what a timeline can show)."""
+    truth, pred = inputs.truth, inputs.pred
+    _, matched = detad.normalised_ap(truth, pred, np.array([TIOU]))
+    types = detad.error_types(truth, pred, matched, np.array([TIOU]))[0]
+    per_video_ap = video_ap(inputs, matched)
+    by_video: dict[int, list[int]] = {}
+    for i, v in enumerate(pred.video.tolist()):
+        by_video.setdefault(v, []).append(i)
+    truth_of: dict[int, list[tuple]] = {}
+    for (s, e), c, v in zip(truth.segments.tolist(), truth.label.tolist(), truth.video.tolist(), strict=True):
+        truth_of.setdefault(v, []).append((s, e, inputs.classes[c]))
+    index, entries = {c: i for i, c in enumerate(inputs.classes)}, []
+    for code, video_id in enumerate(inputs.videos[: len(inputs.durations)]):
+        mine = by_video.get(code, [])
+        detections = [{"segment": pred.segments[i].tolist(), "label": inputs.classes[pred.label[i]],
+                       "score": float(pred.score[i]), "type": int(types[i])} for i in mine]  # fmt: skip
+        rows = timeline_rows(truth_of.get(code, []), detections, top)
+        kept = sorted(detections, key=lambda d: -d["score"])[:top]
+        file = find_video(videos, video_id)
+        entries.append({
+            "id": video_id,
+            "duration": inputs.durations[code],
+            "src": quote(os.path.relpath(file, out)) if file is not None else None,
+            "ap": round(per_video_ap.get(code, 0.0), 4),
+            "errors": sum(d["type"] != detad.TRUE_POSITIVE for d in kept),
+            "truth": [[round(s, 2), round(e, 2), index[label]] for s, e, label in rows["truth"]],
+            "detections": [[round(s, 2), round(e, 2), index[label], round(score, 4), round(op, 3), d["type"]]
+                           for (s, e, label, score, op), d in zip(rows["detections"], kept, strict=True)],
+        })  # fmt: skip
+    return {
+        "classes": inputs.classes,
+        "tiouText": f"{TIOU:g}",
+        "colors": [class_color(i) for i in range(len(inputs.classes))],
+        "errorTypes": list(detad.ERROR_TYPES),
+        "tiou": TIOU,
+        "videos": entries,
+        "classAP": [round(a, 4) for a in class_ap(inputs, matched)],
+        "figures": [{"name": p.stem, "src": _data_uri(p)} for p in figures],
+    }
+
+
+def _data_uri(png: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+
+
+def html(data: dict) -> str:
+    """The page: the template with the data inlined as JSON that no `</script>` can end."""
+    blob = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c").replace("\u2028", "\\u2028")
+    return TEMPLATE.read_text(encoding="utf-8").replace("/*DATA*/null", blob.replace("\u2029", "\\u2029"))
+
+
+def _clock(seconds: float, ass: bool) -> str:
+    hours, rest = divmod(max(0.0, seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    if ass:  # H:MM:SS.cc
+        return f"{int(hours)}:{int(minutes):02d}:{secs:05.2f}"
+    whole = int(secs)
+    return f"{int(hours):02d}:{int(minutes):02d}:{whole:02d},{int(round((secs - whole) * 1000)) % 1000:03d}"
+
+
+def subtitles(video: dict, classes: list[str], kind: str) -> str:
+    """The video's detections as SRT or ASS cues (label and score), in time order."""
+    cues = sorted(video["detections"], key=lambda d: d[0])
+    if kind == "srt":
+        return "".join(f"{i}\n{_clock(s, False)} --> {_clock(e, False)}\n{classes[c]} ({score:.2f})\n\n"
+                       for i, (s, e, c, score, *_) in enumerate(cues, start=1))  # fmt: skip
+    head = ("[Script Info]\nScriptType: v4.00+\nPlayResX: 640\nPlayResY: 360\n\n[V4+ Styles]\n"
+            "Format: Name, Fontname, Fontsize, PrimaryColour, BackColour, BorderStyle, Outline, Alignment\n"
+            "Style: Default,Arial,18,&H00FFFFFF,&H80000000,3,1,2\n\n[Events]\n"
+            "Format: Layer, Start, End, Style, Text\n")  # fmt: skip
+    return head + "".join(
+        f"Dialogue: 0,{_clock(s, True)},{_clock(e, True)},Default,{_ass_text(classes[c], score)}\n"
+        for s, e, c, score, *_ in cues
+    )
+
+
+def _ass_text(label: str, score: float) -> str:
+    """A cue's text; braces would start ASS override codes, newlines end the line."""
+    return f"{label} ({score:.2f})".replace("{", "(").replace("}", ")").replace("\n", " ")
+
+
+def run(ground_truth: Path, predictions: Path, *, dataset: str, out: Path, subset: str | None = None,
+        videos: Path | None = None, top: int = 20, subtitle: str | None = None) -> dict:  # fmt: skip
+    """Write <out>/index.html (and subtitles/<id>.srt|ass); returns what was written."""
+    if subtitle is not None and subtitle not in SUBTITLES:
+        raise UserError(f"--subtitles {subtitle}: expected one of {', '.join(SUBTITLES)}")
+    if top < 1:
+        raise UserError(f"--top {top}: expected at least 1")
+    subset = subset or default_subset(Path(ground_truth), dataset)
+    inputs = read_inputs(Path(ground_truth), Path(predictions), dataset, subset)
+    out = Path(out)
+    try:
+        ensure_writable_dir(out)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write the output folder: {exc.strerror or exc}") from None
+    diagnosis = Path(predictions).parent / "diagnosis"
+    figures = [diagnosis / name for name in FIGURES if (diagnosis / name).is_file()]
+    folder = Path(videos) if videos else None
+    data = page_data(inputs, top=top, videos=folder, out=out.resolve(), figures=figures)
+    with atomic_output(out / "index.html") as tmp:
+        tmp.write_text(html(data), encoding="utf-8")
+    written = [out / "index.html"]
+    if subtitle is not None:
+        folder = out / "subtitles"
+        folder.mkdir(exist_ok=True)
+        for video in data["videos"]:
+            path = safe_path(folder, video["id"], "{id}." + subtitle)
+            with atomic_output(path) as tmp:
+                tmp.write_text(subtitles(video, data["classes"], subtitle), encoding="utf-8")
+            written.append(path)
+    played = sum(v["src"] is not None for v in data["videos"])
+    return {"page": out / "index.html", "videos": len(data["videos"]), "with_file": played,
+            "figures": len(figures), "written": written, "notes": inputs.notes}  # fmt: skip
