@@ -665,8 +665,38 @@ def bench_ranks() -> list[tuple[str, str]]:
     ]
 
 
+def bench_diagnose() -> list[tuple[str, str]]:
+    """Whole processes on ActivityNet validation (the official sample submission perturbed, seeded:
+    42,666 detections): `etad diagnose` beside `etad eval` of the same files, best of 3 each."""
+    import subprocess
+
+    from tests.helpers import write_anet_diagnosis_case
+
+    shared = REPO.parent / "shared" / "data"
+    if not (shared / "anet" / "sample_detection_prediction.json").is_file():
+        return [("skipped", f"{shared} is absent")]
+    with tempfile.TemporaryDirectory() as tmp:
+        gt, pred = write_anet_diagnosis_case(shared, Path(tmp) / "case")
+        files = ["--dataset", "anet", "-g", gt, "-p", pred]
+        commands = {"etad diagnose": ["diagnose", *files, "--out", Path(tmp) / "out"],
+                    "etad eval": ["eval", *files]}  # fmt: skip
+        best = {}
+        for name, args in commands.items():
+            times = []
+            for _ in range(3):
+                began = time.perf_counter()
+                command = [sys.executable, "-m", "etad_cli", *map(str, args)]
+                subprocess.run(command, check=True, capture_output=True)
+                times.append(time.perf_counter() - began)
+            best[name] = min(times)
+    return [(f"{name}, whole process (s)", f"{t:.2f}") for name, t in best.items()] + [
+        ("diagnose / eval", f"{best['etad diagnose'] / best['etad eval']:.1f}x")
+    ]
+
+
 BENCHMARKS = [
     bench_synth, bench_extract, bench_decoders, bench_frame_formats, bench_cache_read, bench_eval,
+    bench_diagnose,
     bench_train,
     bench_detector_speed, bench_startup, bench_e2e_memory, bench_encoder_families, bench_e2e_paper_gpu,
     bench_data_path, bench_ranks,
