@@ -13,7 +13,7 @@ import numpy as np
 from stages.core.errors import UserError
 from stages.data.annotations import load_annotations, read_json, unsafe_id_reason
 from stages.evaluation import detad
-from stages.evaluation.detections import read_predictions
+from stages.evaluation.detections import Instances, read_predictions
 
 DATASETS = tuple(detad.BINS)
 
@@ -77,7 +77,8 @@ def read_inputs(ground_truth: Path, predictions: Path, dataset: str, subset: str
                         n_classes=len(classes), buckets=buckets)  # fmt: skip
     notes = [f"{int((~keep).sum())} ground-truth instance(s) of zero length or covering more than their "
              "video left out, as DETAD leaves them out"] if (~keep).any() else []  # fmt: skip
-    pred = _predictions(predictions, classes, videos, subset)
+    labels = {seg.label for r in records.values() for seg in r.segments}
+    pred = _predictions(predictions, classes, videos, subset=subset, labels=labels, notes=notes)
     durations = [r.duration if r.duration else max((seg.end for seg in r.segments), default=0.0)
                  for r in wanted.values()]  # fmt: skip
     return Inputs(truth, pred, classes=classes, videos=videos, bins=bins, source=source, durations=durations,
@@ -111,14 +112,26 @@ def _characteristics(path: Path, dataset: str, rows: list, *, video: np.ndarray,
     return {n: values[n] for n in detad.BINS[dataset] if n in values}, source
 
 
-def _predictions(path: Path, classes: list[str], videos: list[str], subset: str) -> detad.Predictions:
+def _predictions(path: Path, classes: list[str], videos: list[str], *, subset: str, labels: set[str],
+                 notes: list[str]) -> detad.Predictions:  # fmt: skip
+    """The predictions coded as the truth: a label the annotation file never names is an error (a
+    file of another dataset); one of another subset's classes is dropped with a note, as `etad eval`
+    drops it (DETAD's code raises KeyError)."""
     table = read_predictions(path)  # every segment and score finite and ordered, or one line
     known = {c: i for i, c in enumerate(classes)}
-    unknown = sorted({label for label in table.labels if label not in known})
+    unknown = sorted({label for label in table.labels if label not in labels})
     if unknown:
-        raise UserError(f"{path}: {len(unknown)} label(s) not among the ground truth's {len(classes)} "
-                        f"classes of subset {subset!r} (first: {unknown[0][:60]!r}); a prediction file of "
-                        "another dataset?")  # fmt: skip
+        raise UserError(f"{path}: {len(unknown)} label(s) the ground truth never names (first: "
+                        f"{unknown[0][:60]!r}); a prediction file of another dataset?")  # fmt: skip
+    elsewhere = sorted({label for label in table.labels if label not in known})
+    if elsewhere:
+        kept = np.array([label in known for label in table.labels], dtype=bool)
+        notes.append(f"{int((~kept).sum())} prediction(s) of {len(elsewhere)} class(es) without ground truth "
+                     f"in subset {subset!r} left out (first: {elsewhere[0][:60]!r}), as etad eval leaves "
+                     "them out")  # fmt: skip
+        videos_kept = [v for v, k in zip(table.videos, kept, strict=True) if k]
+        labels_kept = [x for x, k in zip(table.labels, kept, strict=True) if k]
+        table = Instances(videos_kept, table.segments[kept], labels_kept, table.scores[kept])
     for video_id in dict.fromkeys(table.videos):  # the viewer names files after them
         if (reason := unsafe_id_reason(video_id)) is not None:
             raise UserError(f"{path}: video id {video_id[:80]!r} {reason}")

@@ -140,7 +140,7 @@ def test_bad_input_is_one_line(tmp_path, trained):
         assert result.returncode == 2, (message, result.stdout)
         assert message in " ".join(result.stderr.split()) and result.stderr.count("error:") == 1
 
-    check(lambda d: d["results"][video][0].update(label="Applying sunscreen"), "not among the ground truth's")
+    check(lambda d: d["results"][video][0].update(label="Applying sunscreen"), "the ground truth never names")
     check(lambda d: d["results"][video][0].update(score=float("nan")), "score nan is not finite")
     check(lambda d: d["results"].update({"../escape": d["results"][video]}), "contains the path separator")
     check(lambda d: None, "no video in subset 'testing'", subset="testing")
