@@ -457,6 +457,9 @@ def view_page(
     subtitles: Annotated[
         str | None, typer.Option(help="Also write srt or ass subtitles of the detections (one file a video).")
     ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="With --config: detect with this checkpoint first (etad infer).")
+    ] = None,
     config: EvalConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -468,11 +471,18 @@ def view_page(
     Examples:
       etad view --dataset anet -g activity_net.v1-3.min.json -p results.json --videos videos/ --out view
       etad view --config examples/demo.yaml --subtitles srt
+      etad view --config examples/demo.yaml --checkpoint work/demo/e2e/checkpoints/best.pt
     """
+    from etad_cli import runner
     from stages import view as stage
 
     with user_errors():
-        s = load(config, set_, check_parts=False) if config is not None else None
+        if checkpoint is not None and config is None:
+            raise UserError("--checkpoint detects with the settings of --config: give both")
+        s = load(config, set_, check_parts=checkpoint is not None) if config is not None else None
+        if checkpoint is not None:  # detections of this checkpoint first, into infer.output
+            with stage_progress("infer") as progress:
+                runner.infer(s, checkpoint=checkpoint, progress=progress)
         request = stage.request(s, predictions=predictions, ground_truth=ground_truth, dataset=dataset,
                                 subset=subset, videos=videos, out=out)  # fmt: skip
         done = stage.run(**request, top=top, subtitle=subtitles)

@@ -112,3 +112,15 @@ def test_view_refuses_bad_input_in_one_line(tmp_path, synth_dir):
     result = run_cli(*args, "-p", tmp_path / "bad.json", "--out", tmp_path / "y")
     assert result.returncode == 2 and "contains the path separator" in result.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_view_detects_with_a_checkpoint_first(tmp_path, trained):
+    root = tmp_path / "tiny"
+    shutil.copytree(trained, root)
+    checkpoint = root / "work" / "pretrain" / "checkpoints" / "last.pt"
+    result = run_cli("view", "-c", root / "tiny.yaml", "--checkpoint", checkpoint)
+    assert result.returncode == 0, result.stderr
+    assert (root / "work" / "results" / "detections.json").is_file()  # infer ran, into infer.output
+    page = (root / "work" / "results" / "view" / "index.html").read_text()
+    assert '"videos":[{"id":' in page
+    assert run_cli("view", "--checkpoint", checkpoint, "-g", root / "tiny_anet.json").returncode == 2
