@@ -33,6 +33,9 @@ checkpoint_app = typer.Typer(
     help="Inspect or convert checkpoints (etad's and released ones).", no_args_is_help=True
 )
 app.add_typer(checkpoint_app, name="checkpoint")
+annotations_app = typer.Typer(help="Convert other benchmarks' annotation files; check what a file holds.",
+                              no_args_is_help=True)  # fmt: skip
+app.add_typer(annotations_app, name="annotations")
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML settings file.", show_default=False)]
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML settings file.", show_default=False)]
@@ -128,6 +131,56 @@ def config_validate(config: ConfigArg, set_: SetOpt = None) -> None:
     with user_errors():
         load(config, set_)
         console.print(f"{config}: valid")
+
+
+@annotations_app.command("convert")
+def annotations_convert(
+    source: Annotated[Path, typer.Argument(help="The dataset's own annotation file.")],
+    from_: Annotated[str, typer.Option("--from", help="epic100, multithumos, charades or csv.")],
+    out: Annotated[Path, typer.Option(help="The ActivityNet-layout JSON to write (a new file).")],
+    video_info: Annotated[
+        Path | None, typer.Option(help="epic100: EPIC_100_video_info.csv (durations).")
+    ] = None,
+    verbs: Annotated[Path | None, typer.Option(help="epic100: EPIC_100_verb_classes.csv (names).")] = None,
+    nouns: Annotated[Path | None, typer.Option(help="epic100: EPIC_100_noun_classes.csv (names).")] = None,
+    label: Annotated[str, typer.Option(help="epic100: verb, noun or action (verb noun).")] = "action",
+    subset: Annotated[
+        str | None, typer.Option(help="The subset name the rows get (default: the file's).")
+    ] = None,
+    classes: Annotated[
+        Path | None, typer.Option(help="multithumos / charades: the class list (id name).")
+    ] = None,
+    durations: Annotated[Path | None, typer.Option(help="csv: a video,duration CSV.")] = None,
+) -> None:
+    """Write another benchmark's annotations in ActivityNet's layout (every etad command reads it).
+
+    Examples:
+      etad annotations convert EPIC_100_validation.csv --from epic100 --video-info EPIC_100_video_info.csv \\
+        --verbs EPIC_100_verb_classes.csv --nouns EPIC_100_noun_classes.csv --label verb --out epic_verb.json
+      etad annotations convert multithumos.json --from multithumos --out multithumos_anet.json
+      etad annotations convert my_labels.csv --from csv --durations durations.csv --out mine.json
+    """
+    from stages import annotations as stage
+
+    options = {"video_info": video_info, "verbs": verbs, "nouns": nouns, "label": label, "classes": classes,
+               "durations": durations, **({"subset": subset} if subset else {})}  # fmt: skip
+    with user_errors():
+        done = stage.convert(source, fmt=from_, out=out, **options)
+    instances = sum(len(e["annotations"]) for e in done.database.values())
+    console.print(f"{len(done.database)} videos, {instances} instances ({done.clipped} clipped to their "
+                  f"video's duration) -> {out}", soft_wrap=True)  # fmt: skip
+    print_notes(done.notes)
+
+
+@annotations_app.command("check")
+def annotations_check(
+    path: Annotated[Path, typer.Argument(help="An annotation file (ActivityNet layout).")],
+) -> None:
+    """What an annotation file holds, per subset, in one table."""
+    from stages import annotations as stage
+
+    with user_errors():
+        views.annotations_table(stage.check(path))
 
 
 @checkpoint_app.command("info")
@@ -334,7 +387,8 @@ GroundTruthOpt = Annotated[
 ]
 DatasetOpt = Annotated[
     str | None,
-    typer.Option(help="anet (tIoU 0.5:0.05:0.95) or thumos (0.3:0.1:0.7); default: the settings'."),
+    typer.Option(help="anet, thumos, hacs, fineaction, epic100, ego4d_mq, multithumos or charades: the "
+                 "benchmark's tIoUs, subset and detections per video; default: the settings'."),
 ]
 SubsetOpt = Annotated[
     str | None, typer.Option(help="Ground-truth subset (default: validation for anet, test for thumos).")

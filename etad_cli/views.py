@@ -233,3 +233,18 @@ def encoder_table(rows: list[dict]) -> None:
         stages, formats = f"-1 .. {r['stages']}", ", ".join(r["checkpoint_formats"])
         table.add_row(r["name"], r["family"], count, str(r["width"]), r["clip_short"], stages, formats)
     console.print(table)
+
+
+def annotations_table(report: dict) -> None:
+    """`etad annotations check`: one row per subset."""
+    table = Table(title=f"{report['file']}: {report['classes']} classes",
+                  caption="zero: zero length; outside: outside [0, duration]; overlap: pairs of one class "
+                  "overlapping in a video", caption_justify="left")  # fmt: skip
+    columns = {"videos": "videos", "instances": "instances", "classes": "classes", "zero_length": "zero",
+               "out_of_range": "outside", "overlapping": "overlap", "no_duration": "no duration"}  # fmt: skip
+    table.add_column("subset")
+    for name in columns.values():
+        table.add_column(name, justify="right")
+    for subset, row in report["subsets"].items():
+        table.add_row(subset, *(f"{row[c]:,}" for c in columns))
+    console.print(table)

@@ -20,7 +20,7 @@ from stages.core.errors import UserError
 from stages.core.files import atomic_output, write_json
 from stages.core.workdir import output_path
 from stages.data.annotations import load_annotations, read_blocked
-from stages.data.protocols import PROTOCOLS
+from stages.evaluation.benchmarks import BENCHMARKS, keep_best_per_video
 from stages.evaluation.detections import Instances, read_predictions
 from stages.evaluation.metrics import average_recall_vs_proposals, detection_ap, recall_auc
 
@@ -47,7 +47,7 @@ class EvalRequest:
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
-            ("--dataset", self.dataset, tuple(PROTOCOLS)),
+            ("--dataset", self.dataset, tuple(BENCHMARKS)),
             ("--task", self.task, TASKS),
             ("--protocol", self.protocol, EVAL_PROTOCOLS),
         ):
@@ -198,9 +198,14 @@ def evaluate(
 def run(request: EvalRequest) -> EvalReport:
     """Score a request; see the module docstring of stages.evaluation.metrics for the semantics."""
     r = request
-    proto = PROTOCOLS[r.dataset]
-    thresholds = np.asarray(r.tious if r.tious else proto.tious, dtype=float)
-    gt, pred, classes, notes = _read_both(r, proto.default_subset)
+    bench = BENCHMARKS[r.dataset]
+    thresholds = np.asarray(r.tious if r.tious else bench.tious, dtype=float)
+    gt, pred, classes, notes = _read_both(r, bench.subset)
+    kept = keep_best_per_video(pred.videos, pred.scores, bench.max_per_video)
+    if not kept.all():
+        notes.append(f"{r.dataset} protocol: each video's best {bench.max_per_video} detections kept "
+                     f"({int((~kept).sum())} left out)")  # fmt: skip
+        pred = _keep(pred, kept)
     gt_video_set = set(gt.videos)
     unpredicted = len(gt_video_set - set(pred.videos))
     if unpredicted:  # missing videos (data.missing: skip) count as misses, as in the official code

@@ -1,0 +1,66 @@
+"""`etad annotations convert` and `check`: other benchmarks' annotation files in the layout every
+etad command reads (ActivityNet's JSON), and what a file holds (docs/annotations.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from stages.core.errors import UserError
+from stages.core.files import write_json
+from stages.data.annotations import load_annotations
+from stages.data.converters import FORMATS, Converted
+
+
+def convert(source: Path, *, fmt: str, out: Path, **options) -> Converted:
+    """Convert `source` (a FORMATS name) and write it to `out` (a new file, written atomically)."""
+    if fmt not in FORMATS:
+        raise UserError(f"--from {fmt}: expected one of {', '.join(FORMATS)}")
+    if Path(out).exists():
+        raise UserError(f"{out}: exists; give a new file name")
+    converted = FORMATS[fmt](Path(source), **options)
+    if not converted.database:
+        raise UserError(f"{source}: no video to convert")
+    write_json(
+        Path(out),
+        {"version": f"etad conversion of {Path(source).name} ({fmt})", "database": converted.database},
+    )
+    load_annotations(Path(out))  # what every command will read: checked once more
+    return converted
+
+
+def check(path: Path) -> dict:
+    """What an annotation file holds, per subset: videos, instances, classes, and the instances of
+    zero length, outside [0, duration], and overlapping another of their class in their video."""
+    records = load_annotations(Path(path), require_duration=False)
+    rows: dict[str, dict] = {}
+    for record in records.values():
+        blank = dict.fromkeys(
+            ("videos", "instances", "zero_length", "out_of_range", "overlapping", "no_duration"), 0
+        )
+        row = rows.setdefault(record.subset or "(none)", {**blank, "classes": set()})
+        row["videos"] += 1
+        row["no_duration"] += record.duration is None
+        segs = record.segments
+        row["instances"] += len(segs)
+        row["classes"].update(s.label for s in segs)
+        row["zero_length"] += sum(s.end <= s.start for s in segs)
+        if record.duration is not None:
+            row["out_of_range"] += sum(s.start < 0 or s.end > record.duration + 1e-6 for s in segs)
+        by_class: dict[str, list] = {}
+        for s in segs:
+            by_class.setdefault(s.label, []).append((s.start, s.end))
+        for spans in by_class.values():
+            a = np.array(sorted(spans))
+            if len(a) > 1:  # pairs that overlap: start before an earlier one's end
+                row["overlapping"] += int(
+                    sum(
+                        ((a[i + 1 :, 0] < a[i, 1]) & (a[i + 1 :, 0] < a[i + 1 :, 1])).sum()
+                        for i in range(len(a) - 1)
+                    )
+                )
+    for row in rows.values():
+        row["classes"] = len(row["classes"])
+    total_classes = len({s.label for r in records.values() for s in r.segments})
+    return {"file": str(path), "subsets": rows, "classes": total_classes}

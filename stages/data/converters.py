@@ -1,0 +1,246 @@
+"""Other benchmarks' annotation files, as ActivityNet-layout databases ({id: {subset, duration,
+annotations: [{segment, label, ...}]}}): what every etad command reads. FORMATS names them.
+
+Durations come from the dataset's own source; segments are clipped to [0, duration] where the
+benchmark's own protocol clips them, and counted; a malformed row, an unknown class id or a missing
+duration is one line naming the file and the row.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stages.core.errors import UserError
+
+
+@dataclass
+class Converted:
+    database: dict[str, dict]
+    clipped: int = 0  # segments cut to their video's duration
+    notes: list[str] = field(default_factory=list)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    try:
+        with Path(path).open(newline="", encoding="utf-8-sig") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{path}: not a readable CSV file ({exc.__class__.__name__})") from None
+
+
+def _need(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
+    missing = [c for c in columns if rows and c not in rows[0]]
+    if not rows or missing:
+        raise UserError(
+            f"{path}: expected the columns {', '.join(columns)}"
+            + (f"; missing {', '.join(missing)}" if missing else "; no rows")
+        )
+
+
+def _number(path: Path, row: int, what: str, text: str) -> float:
+    """A finite number of a row, or one line naming the file, the row and the column."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise UserError(f"{path}: row {row}: {what} {str(text)[:40]!r} is not a number") from None
+    if not math.isfinite(value):
+        raise UserError(f"{path}: row {row}: {what} {text!r} is not finite")
+    return value
+
+
+def _clock(path: Path, row: int, text: str) -> float:
+    """EPIC's HH:MM:SS.ff (or .fff) -> seconds; never its 60-per-second frame columns."""
+    match = re.fullmatch(r"(\d+):(\d{2}):(\d{2}(?:\.\d+)?)", (text or "").strip())
+    if match is None:
+        raise UserError(f"{path}: row {row}: timestamp {str(text)[:40]!r} is not HH:MM:SS.ff")
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def _add(out: Converted, video: str, *, subset: str, duration: float, segment: tuple[float, float],
+         label: str, extra: dict | None = None) -> None:  # fmt: skip
+    """One instance, clipped to [0, duration] (counted)."""
+    entry = out.database.setdefault(video, {"subset": subset, "duration": duration, "annotations": []})
+    start, end = segment
+    clipped = [min(max(start, 0.0), duration), min(max(end, 0.0), duration)]
+    out.clipped += clipped != [start, end]
+    entry["annotations"].append({"segment": clipped, "label": label, **(extra or {})})
+
+
+def _classes(path: Path | None, id_column: str = "id", key_column: str = "key") -> dict[int, str] | None:
+    if path is None:
+        return None
+    rows = _rows(path)
+    _need(path, rows, (id_column, key_column))
+    return {
+        int(_number(path, i, id_column, r[id_column])): r[key_column] for i, r in enumerate(rows, start=2)
+    }
+
+
+def epic100(path: Path, *, video_info: Path | None = None, verbs: Path | None = None,
+            nouns: Path | None = None,
+            label: str = "action", subset: str = "validation", **_) -> Converted:  # fmt: skip
+    """EPIC-KITCHENS-100 (EPIC_100_{train,validation}.csv): segments from start/stop_timestamp,
+    durations from EPIC_100_video_info.csv; `label` verb, noun or action ("verb noun"), the other
+    classes kept as fields (verb, noun, verb_class, noun_class)."""
+    if label not in ("verb", "noun", "action"):
+        raise UserError(f"--label {label}: expected verb, noun or action")
+    if video_info is None:
+        raise UserError("--from epic100 needs --video-info EPIC_100_video_info.csv (the videos' durations)")
+    info = _rows(video_info)
+    _need(video_info, info, ("video_id", "duration"))
+    durations = {
+        r["video_id"]: _number(video_info, i, "duration", r["duration"]) for i, r in enumerate(info, 2)
+    }
+    names = {"verb": _classes(verbs), "noun": _classes(nouns)}
+    rows = _rows(path)
+    _need(path, rows, ("video_id", "start_timestamp", "stop_timestamp", "verb_class", "noun_class"))
+    out = Converted({})
+    for i, r in enumerate(rows, start=2):  # row 1 is the header
+        video = r["video_id"]
+        if video not in durations:
+            raise UserError(f"{path}: row {i}: video {video!r} is not in {video_info}")
+        ids = {k: int(_number(path, i, f"{k}_class", r[f"{k}_class"])) for k in ("verb", "noun")}
+        keys = {}
+        for k, table in names.items():
+            if table is not None and ids[k] not in table:
+                raise UserError(
+                    f"{path}: row {i}: {k}_class {ids[k]} is not a class of {verbs if k == 'verb' else nouns}"
+                )
+            keys[k] = table[ids[k]] if table is not None else str(ids[k])
+        name = {"verb": keys["verb"], "noun": keys["noun"], "action": f"{keys['verb']} {keys['noun']}"}[label]
+        extra = {
+            "verb": keys["verb"],
+            "noun": keys["noun"],
+            "verb_class": ids["verb"],
+            "noun_class": ids["noun"],
+        }
+        segment = (_clock(path, i, r["start_timestamp"]), _clock(path, i, r["stop_timestamp"]))
+        _add(out, video, subset=subset, duration=durations[video], segment=segment, label=name, extra=extra)
+    return out
+
+
+def multithumos(path: Path, *, classes: Path | None = None, **_) -> Converted:
+    """MultiTHUMOS (multithumos.json: {id: {subset, duration, actions: [[class 1..65, start, end]]}}),
+    class names from class_list.txt (`<id> <name>` lines) when given, else the ids."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not JSON ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of video id -> {{subset, duration, actions}}")
+    names = None
+    if classes is not None:
+        lines = [line.split(maxsplit=1) for line in Path(classes).read_text().splitlines() if line.strip()]
+        names = {int(n): name.strip() for n, name in lines}
+    out = Converted({})
+    for video, entry in data.items():
+        where = f"{path}: video {video!r}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("actions"), list):
+            raise UserError(f"{where}: expected {{subset, duration, actions}}")
+        duration = entry.get("duration")
+        if duration is None:
+            raise UserError(f"{where}: has no duration")
+        if isinstance(duration, bool) or not isinstance(duration, int | float) or not math.isfinite(duration):
+            raise UserError(f"{where}: duration {str(duration)[:40]!r} is not a number")
+        out.database[video] = {
+            "subset": str(entry.get("subset", "")),
+            "duration": float(duration),
+            "annotations": [],
+        }
+        for k, action in enumerate(entry["actions"]):
+            if not (
+                isinstance(action, list)
+                and len(action) == 3
+                and all(isinstance(x, int | float) for x in action)
+            ):
+                raise UserError(f"{where}: action {k} is not [class, start, end]")
+            cls = int(action[0])
+            if names is not None and cls not in names:
+                raise UserError(f"{where}: action {k}: class {cls} is not in {classes}")
+            segment = (float(action[1]), float(action[2]))
+            _add(out, video, subset="", duration=float(duration), segment=segment,
+                 label=names[cls] if names else str(cls))  # fmt: skip
+    return out
+
+
+def charades(path: Path, *, subset: str = "testing", classes: Path | None = None, **_) -> Converted:
+    """Charades (Charades_v1_{train,test}.csv: id, length (s), actions "c092 11.90 21.20;..."); the
+    actions past the video's length (about 30% of them) are clipped, as Charades' protocol clips them."""
+    rows = _rows(path)
+    _need(path, rows, ("id", "length", "actions"))
+    names = None
+    if classes is not None:
+        lines = [line.split(maxsplit=1) for line in Path(classes).read_text().splitlines() if line.strip()]
+        names = {code: name.strip() for code, name in lines}
+    out = Converted({})
+    for i, r in enumerate(rows, start=2):
+        duration = _number(path, i, "length", r["length"])
+        out.database.setdefault(r["id"], {"subset": subset, "duration": duration, "annotations": []})
+        for part in filter(None, (r["actions"] or "").split(";")):
+            fields = part.split()
+            if len(fields) != 3:
+                raise UserError(f"{path}: row {i}: action {part[:40]!r} is not 'cNNN start end'")
+            if names is not None and fields[0] not in names:
+                raise UserError(f"{path}: row {i}: class {fields[0]!r} is not in {classes}")
+            segment = (_number(path, i, "start", fields[1]), _number(path, i, "end", fields[2]))
+            _add(out, r["id"], subset=subset, duration=duration, segment=segment,
+                 label=names[fields[0]] if names else fields[0])  # fmt: skip
+    return out
+
+
+def generic_csv(path: Path, *, durations: Path | None = None, subset: str = "validation", **_) -> Converted:
+    """A user's own `video,start,end,label[,subset]` CSV (seconds); durations from a
+    `video,duration` CSV (`--durations`), else each video's last end. A time past a given duration
+    is an error (nothing says the file is cut)."""
+    rows = _rows(path)
+    _need(path, rows, ("video", "start", "end", "label"))
+    lengths = None
+    if durations is not None:
+        table = _rows(durations)
+        _need(durations, table, ("video", "duration"))
+        lengths = {
+            r["video"]: _number(durations, i, "duration", r["duration"]) for i, r in enumerate(table, 2)
+        }
+    out = Converted({})
+    ends: dict[str, float] = {}
+    for i, r in enumerate(rows, start=2):
+        start, end = _number(path, i, "start", r["start"]), _number(path, i, "end", r["end"])
+        if end < start or start < 0:
+            raise UserError(f"{path}: row {i}: segment [{start}, {end}] is not 0 <= start <= end")
+        if not r["label"]:
+            raise UserError(f"{path}: row {i}: empty label")
+        video = r["video"]
+        if lengths is not None:
+            if video not in lengths:
+                raise UserError(f"{path}: row {i}: video {video!r} has no duration in {durations}")
+            if end > lengths[video]:
+                raise UserError(f"{path}: row {i}: end {end} is past the video's duration {lengths[video]}")
+        ends[video] = max(ends.get(video, 0.0), end)
+        entry = out.database.setdefault(
+            video, {"subset": r.get("subset") or subset, "duration": None, "annotations": []}
+        )
+        entry["annotations"].append({"segment": [start, end], "label": r["label"]})
+    for video, entry in out.database.items():
+        entry["duration"] = lengths[video] if lengths is not None else ends[video]
+    if lengths is None:
+        out.notes.append("no --durations: each video's duration is its last instance's end")
+    return out
+
+
+FORMATS: dict[str, Callable[..., Converted]] = {
+    "epic100": epic100,
+    "multithumos": multithumos,
+    "charades": charades,
+    "csv": generic_csv,
+}

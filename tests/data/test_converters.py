@@ -1,0 +1,112 @@
+"""`etad annotations convert / check` on the real EPIC-KITCHENS-100 and MultiTHUMOS files in
+../shared/data (skipped where absent), each scored against itself with its own protocol, and bad rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import run_cli, shared_file
+
+
+def _as_predictions(annotations, path, subset):
+    database = json.loads(annotations.read_text())["database"]
+    results = {v: [{"label": a["label"], "segment": a["segment"], "score": 1.0} for a in e["annotations"]]
+               for v, e in database.items() if e["subset"] == subset}  # fmt: skip
+    path.write_text(json.dumps({"results": results}))
+
+
+def _perfect(tmp_path, dataset, gt, subset, tious):
+    _as_predictions(gt, tmp_path / f"{gt.stem}_pred.json", subset)
+    out = tmp_path / f"{gt.stem}_metrics.json"
+    done = run_cli("eval", "--dataset", dataset, "-g", gt, "-p", tmp_path / f"{gt.stem}_pred.json",
+                   "--subset", subset, "--json", out)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads(out.read_text())
+    assert metrics["tiou_thresholds"] == pytest.approx(tious) and metrics["mAP"] == [1.0] * len(tious)
+
+
+def test_epic_kitchens_validation_converts_with_its_counts_and_scores_itself_perfectly(tmp_path):
+    csv = shared_file("epic100", "EPIC_100_validation.csv")
+    folder = csv.parent
+    expected = {"verb": 78, "noun": 211, "action": 1352}  # classes that occur (../shared/data/SOURCES.md)
+    for label, classes in expected.items():
+        out = tmp_path / f"epic_{label}.json"
+        done = run_cli("annotations", "convert", csv, "--from", "epic100", "--label", label, "--out", out,
+                       "--video-info", folder / "EPIC_100_video_info.csv",
+                       "--verbs", folder / "EPIC_100_verb_classes.csv",
+                       "--nouns", folder / "EPIC_100_noun_classes.csv")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "138 videos, 9668 instances (1 clipped" in done.stdout  # P29_05_563 ends 0.01 s past its video
+        database = json.loads(out.read_text())["database"]
+        assert len({a["label"] for e in database.values() for a in e["annotations"]}) == classes
+        first = database["P01_11"]["annotations"][0]
+        assert first["segment"] == [0.0, 1.89] and {"verb", "noun", "verb_class", "noun_class"} <= set(first)
+    _perfect(tmp_path, "epic100", tmp_path / "epic_action.json", "validation", [0.1, 0.2, 0.3, 0.4, 0.5])
+    from stages.annotations import check
+
+    held = check(tmp_path / "epic_verb.json")
+    assert held["classes"] == 78 and held["subsets"]["validation"]["instances"] == 9668
+    assert held["subsets"]["validation"]["overlapping"] == 684  # same-verb pairs overlapping (counted apart)
+    assert run_cli("annotations", "check", tmp_path / "epic_verb.json").returncode == 0
+
+
+def test_multithumos_converts_with_its_counts_and_scores_itself_perfectly(tmp_path):
+    source = shared_file("multithumos", "multithumos.json")
+    out = tmp_path / "multithumos.json"
+    done = run_cli("annotations", "convert", source, "--from", "multithumos", "--out", out)
+    assert done.returncode == 0 and "413 videos, 38690 instances (65 clipped" in done.stdout
+    database = json.loads(out.read_text())["database"]
+    counts = {}
+    for entry in database.values():
+        counts[entry["subset"]] = counts.get(entry["subset"], 0) + len(entry["annotations"])
+    assert counts == {"training": 18482, "testing": 20208}
+    assert len({a["label"] for e in database.values() for a in e["annotations"]}) == 65
+    _perfect(tmp_path, "multithumos", out, "testing", [round(0.1 * k, 1) for k in range(1, 10)])
+    again = run_cli("annotations", "convert", source, "--from", "multithumos", "--out", out)
+    assert again.returncode == 2 and "exists; give a new file name" in again.stderr  # never over a file
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content", "message"),
+    [
+        ("csv", "video,start,end,label\nv1,0,5,a\nv1,abc,6,a\n", "row 3: start 'abc' is not a number"),
+        ("csv", "video,start,end,label\nv1,0,50,a\n", "row 2: end 50.0 is past the video's duration 10.0"),
+        ("csv", "video,begin,end,label\nv1,0,5,a\n", "the columns video, start, end, label; missing start"),
+        ("charades", "id,length,actions\nAB,30,c092 1 2;c009 x 3\n", "row 2: start 'x' is not a number"),
+        ("charades", "id,length,actions\nAB12,abc,c092 1 2\n", "row 2: length 'abc' is not a number"),
+        ("multithumos", '{"v": {"subset": "testing", "actions": [[1, 0, 2]]}}', "video 'v': has no duration"),
+        ("multithumos", '{"v": {"duration": "12.5", "actions": []}}', "duration '12.5' is not a number"),
+    ],
+)  # fmt: skip
+def test_a_bad_row_is_one_line_naming_the_file_and_row(tmp_path, fmt, content, message):
+    source = tmp_path / ("in.json" if fmt == "multithumos" else "in.csv")
+    source.write_text(content)
+    (tmp_path / "durations.csv").write_text("video,duration\nv1,10\n")
+    extra = ["--durations", tmp_path / "durations.csv"] if fmt == "csv" else []
+    done = run_cli("annotations", "convert", source, "--from", fmt, "--out", tmp_path / "out.json", *extra)
+    assert done.returncode == 2 and done.stderr.count("error:") == 1, done.stderr
+    assert message in " ".join(done.stderr.split()) and str(source) in done.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_charades_clips_actions_past_the_video_and_epic_refuses_an_unknown_class(tmp_path):
+    (tmp_path / "c.csv").write_text("id,length,actions\nAB12,30.0,c092 11.90 21.20;c009 25 33.5\nCD34,10,\n")
+    done = run_cli(
+        "annotations", "convert", tmp_path / "c.csv", "--from", "charades", "--out", tmp_path / "c.json"
+    )
+    assert done.returncode == 0 and "2 videos, 2 instances (1 clipped" in done.stdout
+    assert json.loads((tmp_path / "c.json").read_text())["database"]["AB12"]["annotations"][1]["segment"] == [
+        25.0,
+        30.0,
+    ]
+    folder = shared_file("epic100", "EPIC_100_validation.csv").parent
+    rows = (folder / "EPIC_100_validation.csv").read_text().splitlines()[:3]
+    rows[2] = rows[2].replace(",put-down,1,", ",put-down,999,")
+    (tmp_path / "e.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "o.json"
+    done = run_cli("annotations", "convert", tmp_path / "e.csv", "--from", "epic100", "--out", out,
+                   "--video-info", folder / "EPIC_100_video_info.csv",
+                   "--verbs", folder / "EPIC_100_verb_classes.csv")  # fmt: skip
+    assert done.returncode == 2 and "row 3: verb_class 999 is not a class of" in done.stderr
