@@ -76,12 +76,13 @@ def headline(result: dict) -> str:
     common = max(errors, key=errors.get)
     gain = result["mAP_N_gain_removing"]
     costly = max(gain, key=gain.get)
-    line = (f"{100 * errors[common]:.1f}% of your top predictions are {NAMES[common].lower()} errors; "
-            f"fixing {NAMES[costly].lower()} errors would add {100 * gain[costly]:.2f} "
-            "average-mAP_N")  # fmt: skip
-    return line + (
-        f" (removing {NAMES[common].lower()} errors: {100 * gain[common]:+.2f})." if costly != common else "."
-    )
+    line = f"{100 * errors[common]:.1f}% of your top predictions are {NAMES[common].lower()} errors"
+    if gain[costly] <= 0:
+        return line + "; removing no error type would raise average-mAP_N."
+    line += f"; fixing {NAMES[costly].lower()} errors would add {100 * gain[costly]:.2f} average-mAP_N"
+    if costly != common:
+        line += f" (removing {NAMES[common].lower()} errors: {100 * gain[common]:+.2f})"
+    return line + "."
 
 
 def markdown(result: dict) -> str:
