@@ -136,8 +136,9 @@ def _relative(a: dict, b: dict) -> float:
 @pytest.mark.parametrize(
     "grad_mode,frozen_stages",
     # 3: all of tiny frozen (DDP with parameters that get no gradient). `full` (plain autograd through
-    # the same modules) is left to the single-process tests: its ranks sync as `checkpoint`'s do
-    [("sampled", 0), ("checkpoint", 0), ("sampled", 3), ("frozen", 0)],
+    # the same modules) is left to the single-process tests: its ranks sync as `checkpoint`'s do;
+    # ("sampled", 0), the demo's, is the next test's two-rank run (which checks the ranks too)
+    [("checkpoint", 0), ("sampled", 3), ("frozen", 0)],
 )
 def test_two_ranks_train_end_to_end_in_every_grad_mode(
     tmp_path, synth_dir, feature_work, grad_mode, frozen_stages
@@ -164,6 +165,8 @@ def test_two_ranks_equal_one_process_taking_the_same_micro_batches(tmp_path, syn
         out = _run(config, ranks)
         assert out.returncode == 0, out.stderr[-3000:]
         runs[name] = _trained(folder)
+    log = [json.loads(line) for line in (tmp_path / "two/work/e2e/metrics.jsonl").read_text().splitlines()]
+    assert len({c for r in log if r.get("event") == "epoch" for c in r["weights_checksum_per_rank"]}) == 1
     assert runs["one"].keys() == runs["two"].keys()
     assert _relative(runs["one"], runs["two"]) < 1e-5
 
