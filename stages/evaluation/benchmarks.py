@@ -1,7 +1,7 @@
 """The benchmarks `etad eval --dataset` scores, each with its own protocol: tIoU thresholds, the
-default subset, and the detections kept per video (the best by score; None keeps all, as the
-official ActivityNet and THUMOS-14 code does). Read from each benchmark's usual evaluation
-(docs/benchmarks_protocols.md says where)."""
+default subset, and the detections a submission keeps per video (what infer.top_k should be;
+`etad eval` scores every detection given, as the official evaluators do, and notes videos over
+it). docs/annotations.md has the table."""
 
 from __future__ import annotations
 
@@ -33,16 +33,11 @@ BENCHMARKS: dict[str, Benchmark] = {
 }
 
 
-def keep_best_per_video(videos: list[str], scores: np.ndarray, limit: int | None) -> np.ndarray:
-    """A mask of each video's `limit` best detections by score (ties: the earlier in the file)."""
-    keep = np.ones(len(videos), dtype=bool)
+def over_budget(videos: list[str], limit: int | None) -> int:
+    """How many videos have more than `limit` detections."""
     if limit is None:
-        return keep
-    by_video: dict[str, list[int]] = {}
-    for i, v in enumerate(videos):
-        by_video.setdefault(v, []).append(i)
-    for rows in by_video.values():
-        if len(rows) > limit:
-            idx = np.array(rows)
-            keep[idx[np.argsort(-scores[idx], kind="stable")[limit:]]] = False
-    return keep
+        return 0
+    counts: dict[str, int] = {}
+    for v in videos:
+        counts[v] = counts.get(v, 0) + 1
+    return sum(n > limit for n in counts.values())
