@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from stages.evaluation import detad
-from tests.helpers import run_cli, run_etad, shared_file, write_anet_diagnosis_case
+from tests.helpers import run_cli, shared_file, write_anet_diagnosis_case
 
 A, B = 0, 1
 
@@ -111,8 +111,8 @@ def test_the_thumos_characteristics_equal_detads_published_file():
 def test_the_activitynet_validation_set_is_diagnosed_in_seconds(tmp_path):
     shared = shared_file("anet", "anet1.3_val_gt_reconstructed.json").parents[1]
     gt, predictions = write_anet_diagnosis_case(shared, tmp_path / "case")
-    began = time.perf_counter()
-    done = run_etad("diagnose", "--dataset", "anet", "-g", gt, "-p", predictions, "--out", tmp_path / "out")
+    began = time.perf_counter()  # in this process: the whole process is timed by `make bench`
+    done = run_cli("diagnose", "--dataset", "anet", "-g", gt, "-p", predictions, "--out", tmp_path / "out")
     seconds = time.perf_counter() - began
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "out" / "diagnosis.json").read_text())
@@ -123,7 +123,7 @@ def test_the_activitynet_validation_set_is_diagnosed_in_seconds(tmp_path):
     assert set(result["sensitivity"]) == {"coverage", "length", "num-instances"}
     for name in ("false_positive_analysis", "sensitivity_analysis", "false_negative_analysis"):
         assert (tmp_path / "out" / f"{name}.png").stat().st_size > 10_000
-    assert "of your top predictions are" in done.stdout and seconds < 60  # DETAD's code: 7 min here
+    assert "of your top predictions are" in done.stdout and seconds < 30  # DETAD's code: 7 min here
 
 
 def test_bad_input_is_one_line(tmp_path, trained):

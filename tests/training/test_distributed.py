@@ -16,7 +16,7 @@ from stages.core.runtime import Distributed
 from stages.model.encoder import build_encoder, encode_chunks
 from stages.training.batches import micro_batch_seed, rank_batches
 from stages.training.optimisation import Precision
-from tests.helpers import REPO, demo_config
+from tests.helpers import REPO, demo_config, run_cli
 
 
 def test_ranks_take_the_micro_batches_of_one_process_with_their_accumulation():
@@ -112,9 +112,11 @@ def _e2e_config(folder, synth_dir, feature_work, *, encoder=None, **e2e):
 
 
 def _run(config, ranks: int) -> subprocess.CompletedProcess:
-    launch = (
-        ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)] if ranks > 1 else []
-    )
+    """`etad train --e2e`: under torchrun with `ranks` > 1; one rank runs in this process (no second
+    torch import: 3 s a run)."""
+    if ranks == 1:
+        return run_cli("train", "-c", config, "--e2e")
+    launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
     cmd = [sys.executable, *launch, "-m", "etad_cli", "train", "-c", str(config), "--e2e"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
