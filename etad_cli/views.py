@@ -139,6 +139,8 @@ def eval_report(report, per_class: bool = False) -> None:
         table.add_row(f"{tiou:.2f}", f"{100 * value:.2f}")
     if detection:
         table.add_row("average", f"{100 * report.average:.2f}", style="bold")
+        for name, value in report.recall_at.items():
+            table.add_row(name, f"{100 * value:.2f}")
     else:
         for an, value in report.ar_at.items():
             table.add_row(f"AR@{an}", f"{100 * value:.2f}")

@@ -20,7 +20,7 @@ from stages.core.errors import UserError
 from stages.core.files import atomic_output, write_json
 from stages.core.workdir import output_path
 from stages.data.annotations import load_annotations, read_blocked
-from stages.evaluation.benchmarks import BENCHMARKS, over_budget
+from stages.evaluation.benchmarks import BENCHMARKS, over_budget, recall_at_multiples
 from stages.evaluation.detections import Instances, read_predictions
 from stages.evaluation.metrics import average_recall_vs_proposals, detection_ap, recall_auc
 
@@ -86,6 +86,7 @@ class EvalReport:
     average: float  # average mAP, or AUC of AR-AN (percent) for proposals
     per_class: dict[str, list[float]] = field(default_factory=dict)  # label -> AP per tIoU
     ar_at: dict[int, float] = field(default_factory=dict)  # proposals: AN -> average recall
+    recall_at: dict[str, float] = field(default_factory=dict)  # Ego4D MQ: "R@1x tIoU 0.5" -> recall
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -97,6 +98,7 @@ class EvalReport:
             "average_mAP" if self.task == "detection" else "auc": self.average,
             **({"per_class_AP": self.per_class} if self.per_class else {}),
             **({"average_recall": {str(k): v for k, v in self.ar_at.items()}} if self.ar_at else {}),
+            **({"recall_at": self.recall_at} if self.recall_at else {}),
             "counts": self.counts,
             "notes": self.notes,
         }
@@ -232,8 +234,11 @@ def run(request: EvalRequest) -> EvalReport:
         auc = recall_auc(avg_recall, per_video)
         return EvalReport(r.task, thresholds.tolist(), recall[:, -1].tolist(), auc, ar_at=ar_at,
                           counts=counts, notes=notes)  # fmt: skip
-    return _detection_report(r.task, thresholds, gt, pred, classes=classes, counts=counts, notes=notes,
-                             video_code=video_code)  # fmt: skip
+    report = _detection_report(r.task, thresholds, gt, pred, classes=classes, counts=counts, notes=notes,
+                               video_code=video_code)  # fmt: skip
+    if bench.recall_at:  # Ego4D MQ: recall at 1x and 5x each (clip, class)'s ground-truth count
+        report.recall_at = recall_at_multiples(gt, pred, tious=bench.recall_at[0], ranks=bench.recall_at[1])
+    return report
 
 
 def _read_both(r: EvalRequest, default_subset: str) -> tuple[Instances, Instances, list[str], list[str]]:

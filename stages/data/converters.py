@@ -238,9 +238,48 @@ def generic_csv(path: Path, *, durations: Path | None = None, subset: str = "val
     return out
 
 
+def ego4d_mq(path: Path, **_) -> Converted:
+    """Ego4D Moment Queries (moments_{train,val}.json: videos -> clips -> annotators -> labels): one
+    entry per clip (its clip_uid), its duration video_end_sec - video_start_sec, the primary labels
+    of every annotator at their clip-relative start_time / end_time (as Ego4D's own conversion takes
+    them), subset = the video's split; segments clipped to the clip and counted."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not JSON ({exc.__class__.__name__})") from None
+    videos = data.get("videos") if isinstance(data, dict) else None
+    if not isinstance(videos, list):
+        raise UserError(f"{path}: expected {{'videos': [...]}} (Ego4D's moments file)")
+    out = Converted({})
+    for v, video in enumerate(videos):
+        for c, clip in enumerate(video.get("clips") or [] if isinstance(video, dict) else []):
+            where = f"{path}: video {v} clip {c}"
+            try:
+                clip_id, split = str(clip["clip_uid"]), str(video["split"])
+                duration = float(clip["video_end_sec"]) - float(clip["video_start_sec"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise UserError(f"{where}: malformed ({exc.__class__.__name__}: {str(exc)[:60]})") from None
+            if not math.isfinite(duration) or duration <= 0:
+                raise UserError(f"{where}: clip {clip_id!r} lasts {duration} s")
+            out.database.setdefault(clip_id, {"subset": split, "duration": duration, "annotations": []})
+            for annotator in clip.get("annotations") or []:
+                for label in annotator.get("labels") or []:
+                    if not label.get("primary"):
+                        continue
+                    segment = (_number(path, v, "start_time", label.get("start_time")),
+                               _number(path, v, "end_time", label.get("end_time")))  # fmt: skip
+                    name = str(label.get("label"))
+                    _add(out, clip_id, subset=split, duration=duration, segment=segment, label=name)
+    out.notes.append("Ego4D MQ: each annotator's primary labels kept, as Ego4D's conversion keeps them")
+    return out
+
+
 FORMATS: dict[str, Callable[..., Converted]] = {
     "epic100": epic100,
     "multithumos": multithumos,
     "charades": charades,
+    "ego4d-mq": ego4d_mq,
     "csv": generic_csv,
 }

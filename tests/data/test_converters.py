@@ -110,3 +110,52 @@ def test_charades_clips_actions_past_the_video_and_epic_refuses_an_unknown_class
                    "--video-info", folder / "EPIC_100_video_info.csv",
                    "--verbs", folder / "EPIC_100_verb_classes.csv")  # fmt: skip
     assert done.returncode == 2 and "row 3: verb_class 999 is not a class of" in done.stderr
+
+
+def test_ego4d_moment_queries_convert_per_clip_and_score_recall_at_multiples(tmp_path):
+    clips = [
+        {"clip_uid": "clip1", "video_start_sec": 100.0, "video_end_sec": 580.0, "annotations": [
+            {"labels": [{"start_time": 10.0, "end_time": 30.0, "label": "cut", "primary": True},
+                        {"start_time": 50.0, "end_time": 90.0, "label": "wash", "primary": True},
+                        {"start_time": 11.0, "end_time": 29.0, "label": "hold", "primary": False}]},
+            {"labels": [{"start_time": 12.0, "end_time": 31.0, "label": "cut", "primary": True},
+                        {"start_time": 470.0, "end_time": 490.0, "label": "wash", "primary": True}]}]},
+        {"clip_uid": "clip2", "video_start_sec": 580.0, "video_end_sec": 1060.0, "annotations": [
+            {"labels": [{"start_time": 5.0, "end_time": 8.0, "label": "cut", "primary": True}]}]},
+    ]  # fmt: skip
+    (tmp_path / "moments.json").write_text(
+        json.dumps({"videos": [{"video_uid": "A", "split": "val", "clips": clips}]})
+    )
+    done = run_cli(
+        "annotations",
+        "convert",
+        tmp_path / "moments.json",
+        "--from",
+        "ego4d-mq",
+        "--out",
+        tmp_path / "gt.json",
+    )
+    assert (
+        done.returncode == 0 and "2 videos, 5 instances (1 clipped" in done.stdout
+    )  # 490 s > the 480 s clip
+    database = json.loads((tmp_path / "gt.json").read_text())["database"]
+    assert database["clip1"]["duration"] == 480.0 and database["clip1"]["annotations"][3]["segment"] == [
+        470.0,
+        480.0,
+    ]
+    predictions = {"clip1": [{"label": "cut", "segment": [10.0, 30.0], "score": 0.9},
+                             {"label": "cut", "segment": [40.0, 45.0], "score": 0.8},
+                             {"label": "wash", "segment": [460.0, 480.0], "score": 0.7}]}  # fmt: skip
+    (tmp_path / "p.json").write_text(json.dumps({"results": predictions}))
+    out = tmp_path / "m.json"
+    done = run_cli(
+        "eval", "--dataset", "ego4d_mq", "-g", tmp_path / "gt.json", "-p", tmp_path / "p.json", "--json", out
+    )
+    assert done.returncode == 0, done.stderr
+    recall = json.loads(out.read_text())["recall_at"]
+    # cut: [10, 30] retrieves both cut instances (tIoU 1 and 18/21); wash: [460, 480] has tIoU 0.5
+    # with [470, 480], retrieved only above 0.3; clip2 has no detection: 2 (or 3) of 5 instances
+    assert (
+        recall["R@1x tIoU 0.3"] == 0.6 and recall["R@1x tIoU 0.5"] == 0.4 and recall["R@5x tIoU 0.7"] == 0.4
+    )
+    assert "R@5x tIoU 0.5" in done.stdout
