@@ -137,10 +137,10 @@ def _relative(a: dict, b: dict) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "grad_mode,frozen_stages",
-    # 3: all of tiny frozen (DDP with parameters that get no gradient). `full` (plain autograd through
-    # the same modules) is left to the single-process tests: its ranks sync as `checkpoint`'s do;
-    # ("sampled", 0), the demo's, is the next test's two-rank run (which checks the ranks too)
-    [("checkpoint", 0), ("sampled", 3), ("frozen", 0)],
+    # 3: all of tiny frozen (DDP with parameters that get no gradient, as grad_mode `frozen` has).
+    # `full` (plain autograd through the same modules) syncs as `checkpoint` does; ("sampled", 0),
+    # the demo's, is the next test's two-rank run (which checks the ranks too)
+    [("checkpoint", 0), ("sampled", 3)],
 )
 def test_two_ranks_train_end_to_end_in_every_grad_mode(
     tmp_path, synth_dir, feature_work, grad_mode, frozen_stages
