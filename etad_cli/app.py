@@ -136,7 +136,8 @@ def config_validate(config: ConfigArg, set_: SetOpt = None) -> None:
 @annotations_app.command("convert")
 def annotations_convert(
     source: Annotated[Path, typer.Argument(help="The dataset's own annotation file.")],
-    from_: Annotated[str, typer.Option("--from", help="epic100, multithumos, charades or csv.")],
+    from_: Annotated[str, typer.Option("--from", help="A name of `FORMATS`: epic100, multithumos, charades, "
+                                                     "ego4d-mq, thumos-txt (a folder), csv.")],
     out: Annotated[Path, typer.Option(help="The ActivityNet-layout JSON to write (a new file).")],
     video_info: Annotated[
         Path | None, typer.Option(help="epic100: EPIC_100_video_info.csv (durations).")
@@ -150,7 +151,7 @@ def annotations_convert(
     classes: Annotated[
         Path | None, typer.Option(help="multithumos / charades: the class list (id name).")
     ] = None,
-    durations: Annotated[Path | None, typer.Option(help="csv: a video,duration CSV.")] = None,
+    durations: Annotated[Path | None, typer.Option(help="csv, thumos-txt: a video,duration CSV.")] = None,
 ) -> None:
     """Write another benchmark's annotations in ActivityNet's layout (every etad command reads it).
 

@@ -75,6 +75,13 @@ def _add(out: Converted, video: str, *, subset: str, duration: float, segment: t
     entry["annotations"].append({"segment": clipped, "label": label, **(extra or {})})
 
 
+def _durations(path: Path) -> dict[str, float]:
+    """A `video,duration` CSV."""
+    table = _rows(path)
+    _need(path, table, ("video", "duration"))
+    return {r["video"]: _number(path, i, "duration", r["duration"]) for i, r in enumerate(table, start=2)}
+
+
 def _classes(path: Path | None, id_column: str = "id", key_column: str = "key") -> dict[int, str] | None:
     if path is None:
         return None
@@ -205,13 +212,7 @@ def generic_csv(path: Path, *, durations: Path | None = None, subset: str = "val
     is an error (nothing says the file is cut)."""
     rows = _rows(path)
     _need(path, rows, ("video", "start", "end", "label"))
-    lengths = None
-    if durations is not None:
-        table = _rows(durations)
-        _need(durations, table, ("video", "duration"))
-        lengths = {
-            r["video"]: _number(durations, i, "duration", r["duration"]) for i, r in enumerate(table, 2)
-        }
+    lengths = _durations(durations) if durations is not None else None
     out = Converted({})
     ends: dict[str, float] = {}
     for i, r in enumerate(rows, start=2):
@@ -276,10 +277,48 @@ def ego4d_mq(path: Path, **_) -> Converted:
     return out
 
 
+def thumos_txt(path: Path, *, durations: Path | None = None, subset: str | None = None, **_) -> Converted:
+    """THUMOS-14's official annotation folder (`<Class>_<subset>.txt`, lines `<video> <start> <end>`
+    in seconds; `Ambiguous_<subset>.txt` left out, as the evaluation leaves it out); durations from a
+    `video,duration` CSV (`--durations`), else each video's last end (noted)."""
+    folder = Path(path)
+    files = sorted(p for p in folder.glob("*_*.txt") if p.is_file()) if folder.is_dir() else []
+    if not files:
+        raise UserError(f"{folder}: no <Class>_<subset>.txt files (THUMOS-14's annotation folder)")
+    lengths = _durations(durations) if durations is not None else None
+    out, ends, ambiguous = Converted({}), {}, 0
+    for file in files:
+        label, _, split = file.stem.rpartition("_")
+        lines = [line.split() for line in file.read_text(encoding="utf-8", errors="replace").splitlines()]
+        for i, fields in enumerate(lines, start=1):
+            if not fields:
+                continue
+            if len(fields) != 3:
+                got = " ".join(fields)[:60]
+                raise UserError(f"{file}: row {i}: expected '<video> <start> <end>', got {got!r}")
+            if label == "Ambiguous":
+                ambiguous += 1
+                continue
+            video = fields[0]
+            start, end = _number(file, i, "start", fields[1]), _number(file, i, "end", fields[2])
+            if lengths is not None and video not in lengths:
+                raise UserError(f"{file}: row {i}: video {video!r} has no duration in {durations}")
+            duration = lengths[video] if lengths is not None else max(end, ends.get(video, 0.0))
+            ends[video] = max(end, ends.get(video, 0.0))
+            _add(out, video, subset=subset or split, duration=duration, segment=(start, end), label=label)
+    for video, entry in out.database.items():
+        entry["duration"] = lengths[video] if lengths is not None else ends[video]
+    out.notes.append(f"{ambiguous} Ambiguous instance(s) left out, as THUMOS-14's evaluation leaves them out")
+    if lengths is None:
+        out.notes.append("no --durations: each video's duration is its last instance's end")
+    return out
+
+
 FORMATS: dict[str, Callable[..., Converted]] = {
     "epic100": epic100,
     "multithumos": multithumos,
     "charades": charades,
     "ego4d-mq": ego4d_mq,
+    "thumos-txt": thumos_txt,
     "csv": generic_csv,
 }

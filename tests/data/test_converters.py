@@ -159,3 +159,28 @@ def test_ego4d_moment_queries_convert_per_clip_and_score_recall_at_multiples(tmp
         recall["R@1x tIoU 0.3"] == 0.6 and recall["R@1x tIoU 0.5"] == 0.4 and recall["R@5x tIoU 0.7"] == 0.4
     )
     assert "R@5x tIoU 0.5" in done.stdout
+
+
+def test_thumos_annotation_folders_convert_without_ambiguous(tmp_path):
+    folder = tmp_path / "annotation"
+    folder.mkdir()
+    (folder / "CliffDiving_test.txt").write_text("video_test_0000004 0.2 1.1\nvideo_test_0000004 11.4 12.2\n")
+    (folder / "HighJump_test.txt").write_text("video_test_0000006 3.0 6.5\n")
+    (folder / "Ambiguous_test.txt").write_text("video_test_0000004 2.0 3.0\n")
+    (tmp_path / "durations.csv").write_text(
+        "video,duration\nvideo_test_0000004,33.83\nvideo_test_0000006,67.11\n"
+    )
+    durations = ["--durations", tmp_path / "durations.csv"]
+    args = ["annotations", "convert", folder, "--from=thumos-txt"]
+    done = run_cli(*args, *durations, "--out", tmp_path / "t.json")
+    assert done.returncode == 0 and "2 videos, 3 instances (0 clipped" in done.stdout
+    assert "1 Ambiguous instance(s) left out" in done.stderr
+    database = json.loads((tmp_path / "t.json").read_text())["database"]
+    expected = [{"segment": [0.2, 1.1], "label": "CliffDiving"},
+                {"segment": [11.4, 12.2], "label": "CliffDiving"}]  # fmt: skip
+    assert database["video_test_0000004"] == {"subset": "test", "duration": 33.83, "annotations": expected}
+    (folder / "HighJump_test.txt").write_text("video_test_0000006 3.0\n")
+    done = run_cli("annotations", "convert", folder, "--from", "thumos-txt", "--out", tmp_path / "u.json")
+    assert (
+        done.returncode == 2 and "HighJump_test.txt: row 1: expected '<video> <start> <end>'" in done.stderr
+    )
