@@ -149,9 +149,10 @@ def _data_uri(png: Path) -> str:
 
 
 def html(data: dict) -> str:
-    """The page: the template with the data inlined as JSON that no `</script>` can end."""
-    blob = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c").replace("\u2028", "\\u2028")
-    return TEMPLATE.read_text(encoding="utf-8").replace("/*DATA*/null", blob.replace("\u2029", "\\u2029"))
+    """The page: the template with the data inlined as JSON (ASCII, `<` escaped: no `</script>`
+    in a label can end it)."""
+    blob = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
+    return TEMPLATE.read_text(encoding="utf-8").replace("/*DATA*/null", blob)
 
 
 def _clock(seconds: float, ass: bool) -> str:
