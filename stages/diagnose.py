@@ -19,9 +19,8 @@ import numpy as np
 
 from stages.core.errors import UserError
 from stages.core.files import atomic_output, ensure_writable_dir, write_json
-from stages.core.workdir import output_path
 from stages.evaluation import detad
-from stages.evaluation.detad_files import Inputs, default_subset, read_inputs
+from stages.evaluation.detad_files import Inputs, default_subset, files_request, read_inputs
 
 if TYPE_CHECKING:  # the settings models, for type hints only
     from stages.core.settings import Settings
@@ -167,19 +166,7 @@ def _save(fig, path: Path) -> Path:
 def request(settings: Settings | None, **given) -> dict:
     """run()'s arguments: the options given, else the settings' (infer.output, data.annotations,
     data.protocol, data.eval_subset); the output folder defaults to diagnosis/ beside the predictions."""
-    given = {k: v for k, v in given.items() if v not in (None, "")}
-    if settings is not None:
-        d = settings.data
-        defaults = {"predictions": output_path(settings), "ground_truth": d.annotations,
-                    "dataset": d.protocol, "subset": d.eval_subset}  # fmt: skip
-        given = {**{k: v for k, v in defaults.items() if v is not None}, **given}
-    if given.get("predictions") is None or given.get("ground_truth") is None:
-        raise UserError(
-            "give --predictions and --ground-truth, or --config with infer.output and data.annotations"
-        )
-    given.setdefault("dataset", "anet")
-    given.setdefault("out", Path(given["predictions"]).parent / "diagnosis")
-    return given
+    return files_request(settings, given, folder="diagnosis")
 
 
 def run(ground_truth: Path, predictions: Path, *, dataset: str, subset: str | None = None, out: Path) -> dict:

@@ -23,11 +23,10 @@ import numpy as np
 
 from stages.core.errors import UserError
 from stages.core.files import atomic_output, ensure_writable_dir
-from stages.core.workdir import output_path
 from stages.data.annotations import safe_path
 from stages.evaluation import detad
-from stages.evaluation.detad_files import Inputs, default_subset, read_inputs
-from stages.evaluation.metrics import interpolated_ap
+from stages.evaluation.detad_files import Inputs, default_subset, files_request, read_inputs
+from stages.evaluation.metrics import voc_ap
 from stages.evaluation.timeline import class_color, timeline_rows
 
 if TYPE_CHECKING:  # the settings models, for type hints only
@@ -42,19 +41,7 @@ TEMPLATE = Path(__file__).with_name("view.html")
 def request(settings: Settings | None, **given) -> dict:
     """run()'s arguments: the options given, else the settings' (infer.output, data.annotations,
     data.protocol, data.eval_subset, data.video_dir); output: view/ beside the predictions."""
-    given = {k: v for k, v in given.items() if v not in (None, "")}
-    if settings is not None:
-        d = settings.data
-        defaults = {"predictions": output_path(settings), "ground_truth": d.annotations,
-                    "dataset": d.protocol, "subset": d.eval_subset, "videos": d.video_dir}  # fmt: skip
-        given = {**{k: v for k, v in defaults.items() if v is not None}, **given}
-    if given.get("predictions") is None or given.get("ground_truth") is None:
-        raise UserError(
-            "give --predictions and --ground-truth, or --config with infer.output and data.annotations"
-        )
-    given.setdefault("dataset", "anet")
-    given.setdefault("out", Path(given["predictions"]).parent / "view")
-    return given
+    return files_request(settings, given, folder="view", videos=True)
 
 
 def video_ap(inputs: Inputs, matched: np.ndarray) -> dict[int, float]:
@@ -69,10 +56,7 @@ def video_ap(inputs: Inputs, matched: np.ndarray) -> dict[int, float]:
     pairs, counts = np.unique(truth.video * truth.n_classes + truth.label, return_counts=True)
     for pair, npos in zip(pairs.tolist(), counts.tolist(), strict=True):
         idx = groups.get(pair, np.zeros(0, dtype=int))
-        tp = (matched[0, idx] >= 0).astype(float)
-        tp_cumsum, fp_cumsum = np.cumsum(tp), np.cumsum(1 - tp)
-        recall, precision = tp_cumsum / npos, tp_cumsum / np.maximum(tp_cumsum + fp_cumsum, 1e-12)
-        ap = interpolated_ap(precision, recall) if len(idx) else 0.0
+        ap = float(voc_ap(matched[:1, idx] >= 0, npos)[0]) if len(idx) else 0.0
         out.setdefault(pair // truth.n_classes, []).append(ap)
     return {v: float(np.mean(aps)) for v, aps in out.items()}
 
@@ -85,11 +69,8 @@ def class_ap(inputs: Inputs, matched: np.ndarray) -> list[float]:
     for c in range(truth.n_classes):
         idx = np.flatnonzero(pred.label == c)
         idx = idx[pred.score[idx].argsort()[::-1]]
-        tp = (matched[0, idx] >= 0).astype(float)
-        tp_cumsum, fp_cumsum = np.cumsum(tp), np.cumsum(1 - tp)
         ok = npos[c] > 0 and len(idx) > 0
-        precision, recall = tp_cumsum / np.maximum(tp_cumsum + fp_cumsum, 1e-12), tp_cumsum / max(npos[c], 1)
-        out.append(interpolated_ap(precision, recall) if ok else 0.0)
+        out.append(float(voc_ap(matched[:1, idx] >= 0, int(npos[c]))[0]) if ok else 0.0)
     return out
 
 

@@ -375,10 +375,7 @@ def convert(source: Path, target: Path) -> dict:
     target = Path(target)
     if target.exists():
         raise UserError(f"{target}: exists; give a new file name")
-    try:
-        described = describe_state(state)
-    except ValueError as exc:
-        raise UserError(f"{source}: malformed checkpoint: {exc}") from None
+    described = _described(state, source)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(target) as tmp:
@@ -429,7 +426,11 @@ def _mapping(value: object, where: str) -> dict:
 
 
 def describe(path: Path) -> dict:
-    state = read_checkpoint(path)
+    return _described(read_checkpoint(path), path)
+
+
+def _described(state: dict, path: Path) -> dict:
+    """describe_state, or one line naming the checkpoint and its malformed field."""
     try:
         return describe_state(state)
     except ValueError as exc:

@@ -9,7 +9,6 @@ duration is one line naming the file and the row.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stages.core.errors import UserError
+from stages.data.annotations import read_json
 
 
 @dataclass
@@ -73,6 +73,17 @@ def _add(out: Converted, video: str, *, subset: str, duration: float, segment: t
     clipped = [min(max(start, 0.0), duration), min(max(end, 0.0), duration)]
     out.clipped += clipped != [start, end]
     entry["annotations"].append({"segment": clipped, "label": label, **(extra or {})})
+
+
+def _class_list(path: Path, key: Callable[[str], object]) -> dict:
+    """`<id> <name>` lines (MultiTHUMOS' class_list.txt, Charades' classes): id (as `key`) -> name."""
+    try:
+        lines = [line.split(maxsplit=1) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+        return {key(fields[0]): fields[1].strip() for fields in lines if fields}
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (UnicodeDecodeError, IndexError, ValueError) as exc:
+        raise UserError(f"{path}: not a list of '<id> <name>' lines ({exc.__class__.__name__})") from None
 
 
 def _durations(path: Path) -> dict[str, float]:
@@ -138,18 +149,10 @@ def epic100(path: Path, *, video_info: Path | None = None, verbs: Path | None = 
 def multithumos(path: Path, *, classes: Path | None = None, **_) -> Converted:
     """MultiTHUMOS (multithumos.json: {id: {subset, duration, actions: [[class 1..65, start, end]]}}),
     class names from class_list.txt (`<id> <name>` lines) when given, else the ids."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not JSON ({exc.__class__.__name__})") from None
+    data = read_json(Path(path), "annotation file")
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of video id -> {{subset, duration, actions}}")
-    names = None
-    if classes is not None:
-        lines = [line.split(maxsplit=1) for line in Path(classes).read_text().splitlines() if line.strip()]
-        names = {int(n): name.strip() for n, name in lines}
+    names = _class_list(classes, int) if classes is not None else None
     out = Converted({})
     for video, entry in data.items():
         where = f"{path}: video {video!r}"
@@ -186,10 +189,7 @@ def charades(path: Path, *, subset: str = "testing", classes: Path | None = None
     actions past the video's length (about 30% of them) are clipped, as Charades' protocol clips them."""
     rows = _rows(path)
     _need(path, rows, ("id", "length", "actions"))
-    names = None
-    if classes is not None:
-        lines = [line.split(maxsplit=1) for line in Path(classes).read_text().splitlines() if line.strip()]
-        names = {code: name.strip() for code, name in lines}
+    names = _class_list(classes, str) if classes is not None else None
     out = Converted({})
     for i, r in enumerate(rows, start=2):
         duration = _number(path, i, "length", r["length"])
@@ -244,12 +244,7 @@ def ego4d_mq(path: Path, **_) -> Converted:
     entry per clip (its clip_uid), its duration video_end_sec - video_start_sec, the primary labels
     of every annotator at their clip-relative start_time / end_time (as Ego4D's own conversion takes
     them), subset = the video's split; segments clipped to the clip and counted."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not JSON ({exc.__class__.__name__})") from None
+    data = read_json(Path(path), "annotation file")
     videos = data.get("videos") if isinstance(data, dict) else None
     if not isinstance(videos, list):
         raise UserError(f"{path}: expected {{'videos': [...]}} (Ego4D's moments file)")

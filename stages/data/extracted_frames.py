@@ -19,7 +19,7 @@ import numpy as np
 
 from stages.core.errors import UserError
 from stages.data.annotations import safe_path
-from stages.data.hdf5_cache import read_frames, read_jpeg
+from stages.data.hdf5_cache import frame_count, read_frames, read_jpeg
 
 
 def frames_file(folder: Path, video_id: str) -> Path:
@@ -49,10 +49,9 @@ def stored_count(path: Path) -> int | None:
     """How many frames a frames file holds, or None when it cannot be opened (cut short, damaged)."""
     try:
         with h5py.File(path, "r") as f:
-            if f.attrs.get("codec") == "jpeg":
-                offsets = f["jpeg_offsets"]
-                return len(offsets) - 1 if int(offsets[-1]) == len(f["jpeg"]) else None
-            return len(f["frames"])
+            if f.attrs.get("codec") == "jpeg" and int(f["jpeg_offsets"][-1]) != len(f["jpeg"]):
+                return None  # the offsets point past the stream: the file was cut
+            return frame_count(f)
     except (OSError, KeyError, ValueError, IndexError):
         return None
 

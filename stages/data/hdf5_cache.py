@@ -137,6 +137,11 @@ def read_jpeg(f: h5py.File, wanted: np.ndarray) -> list[np.ndarray]:
     return [stream[offsets[i] - lo : offsets[i + 1] - lo] for i in wanted]
 
 
+def frame_count(f: h5py.File) -> int:
+    """How many frames a snippet or frames file stores (either codec)."""
+    return len(f["jpeg_offsets"]) - 1 if f.attrs.get("codec") == "jpeg" else len(f["frames"])
+
+
 def read_frames(f: h5py.File, wanted: np.ndarray) -> np.ndarray:
     """Stored frames [n, H, W, 3] of a snippet or frames file, `wanted` sorted and unique."""
     if f.attrs.get("codec") == "jpeg":
@@ -275,8 +280,7 @@ class VideoCache:
                     out = data[index]
                 if self.kind == "snippets":  # frame numbers [..., L] -> the frames [..., L, H, W, 3]
                     wanted, where = np.unique(out, return_inverse=True)
-                    jpeg = f.attrs.get("codec") == "jpeg"
-                    stored = len(f["jpeg_offsets"]) - 1 if jpeg else len(f["frames"])
+                    stored = frame_count(f)
                     if wanted.size and (wanted[0] < 0 or wanted[-1] >= stored):
                         raise IndexError(f"snippet_frames points at frame {wanted[-1]} of {stored}")
                     out = read_frames(f, wanted)[where.reshape(out.shape)]

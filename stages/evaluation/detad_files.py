@@ -7,13 +7,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from stages.core.errors import UserError
+from stages.core.workdir import output_path
 from stages.data.annotations import load_annotations, read_json, unsafe_id_reason
 from stages.evaluation import detad
 from stages.evaluation.detections import Instances, read_predictions
+
+if TYPE_CHECKING:  # the settings models, for type hints only
+    from stages.core.settings import Settings
 
 DATASETS = tuple(detad.BINS)
 
@@ -30,6 +35,27 @@ class Inputs:
     source: dict[str, str]  # characteristic -> "file" or "computed"
     durations: list[float] = field(default_factory=list)  # the subset's videos (codes 0..): seconds
     notes: list[str] = field(default_factory=list)
+
+
+def files_request(settings: Settings | None, given: dict, *, folder: str, videos: bool = False) -> dict:
+    """The files `etad diagnose` and `etad view` read: the options given, else the settings'
+    (infer.output, data.annotations, data.protocol, data.eval_subset; with `videos`,
+    data.video_dir); the output folder defaults to `folder` beside the predictions."""
+    given = {k: v for k, v in given.items() if v not in (None, "")}
+    if settings is not None:
+        d = settings.data
+        defaults = {"predictions": output_path(settings), "ground_truth": d.annotations,
+                    "dataset": d.protocol, "subset": d.eval_subset}  # fmt: skip
+        if videos:
+            defaults["videos"] = d.video_dir
+        given = {**{k: v for k, v in defaults.items() if v is not None}, **given}
+    if given.get("predictions") is None or given.get("ground_truth") is None:
+        raise UserError(
+            "give --predictions and --ground-truth, or --config with infer.output and data.annotations"
+        )
+    given.setdefault("dataset", "anet")
+    given.setdefault("out", Path(given["predictions"]).parent / folder)
+    return given
 
 
 def default_subset(path: Path, dataset: str) -> str:

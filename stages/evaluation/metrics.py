@@ -153,14 +153,19 @@ def detection_ap(
     for c, idx in enumerate(ranked):
         if len(idx) == 0 or npos[c] == 0:
             continue
-        tp_c = tp[:, idx].astype(float)
-        tp_cumsum = np.cumsum(tp_c, axis=1).astype(np.float64)
-        fp_cumsum = np.cumsum(1.0 - tp_c, axis=1).astype(np.float64)
-        recall = tp_cumsum / float(npos[c])
-        precision = tp_cumsum / (tp_cumsum + fp_cumsum)
-        for t in range(len(tious)):
-            ap[t, c] = interpolated_ap(precision[t], recall[t])
+        ap[:, c] = voc_ap(tp[:, idx], int(npos[c]))
     return ap
+
+
+def voc_ap(tp: np.ndarray, npos: int) -> np.ndarray:
+    """AP [T] of true-positive flags [T, n] ranked best first, against `npos` ground-truth
+    instances, as the official code computes it (n > 0, npos > 0)."""
+    tp_c = tp.astype(float)
+    tp_cumsum = np.cumsum(tp_c, axis=1).astype(np.float64)
+    fp_cumsum = np.cumsum(1.0 - tp_c, axis=1).astype(np.float64)
+    recall = tp_cumsum / float(npos)
+    precision = tp_cumsum / (tp_cumsum + fp_cumsum)
+    return np.array([interpolated_ap(precision[t], recall[t]) for t in range(len(tp_c))])
 
 
 def average_recall_vs_proposals(
