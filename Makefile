@@ -66,6 +66,8 @@ demo: demo-data  ## run the whole pipeline on the built-in synthetic dataset (ev
 	$(call demo_infer,e2e,e2e)
 	$(ETAD) train $(DEMO_CONTROL) --e2e --resume $(DEMO_INIT)
 	$(call demo_infer,control/e2e,control)
+	$(ETAD) diagnose $(DEMO_RUN) --set infer.output=results/e2e.json
+	$(ETAD) view $(DEMO_RUN) --set infer.output=results/e2e.json --subtitles srt
 	$(ETAD) report $(DEMO_RUN)
 
 # demo-seeds: its own dataset, twice the demo's videos (at 60, 18 validation videos: one video
