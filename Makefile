@@ -14,8 +14,9 @@ DEMO_DIR    ?= $(WORK)/demo
 DEMO_CONFIG ?= examples/demo.yaml
 DEMO_VIDEOS ?= 60
 DEMO_PRETRAIN_VIDEOS ?= 24
+SYNTH_EXTRA ?=
 
-.PHONY: help install test test-fast lint demo demo-data demo-seeds bench bench-gpu docs clean clean-all anet-features anet-e2e thumos-features study-snippets study-proposals
+.PHONY: help install test test-fast lint demo demo-data demo-seeds study-multilabel bench bench-gpu docs clean clean-all anet-features anet-e2e thumos-features study-snippets study-proposals
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -43,7 +44,7 @@ DEMO_SETS = --set work_dir=$(abspath $(DEMO_DIR)) --set data.annotations=$(abspa
 DEMO_RUN  = --config $(DEMO_CONFIG) $(DEMO_SETS)
 DEMO_CKPT = $(abspath $(DEMO_DIR))
 demo-data: install  ## the synthetic dataset, extracted, cached, its encoder pretrained (the first steps of `make demo`)
-	$(ETAD) synth $(DEMO_DIR)/data --videos $(DEMO_VIDEOS) --pretrain-videos $(DEMO_PRETRAIN_VIDEOS) --movers --classes 4 --seed 0
+	$(ETAD) synth $(DEMO_DIR)/data --videos $(DEMO_VIDEOS) --pretrain-videos $(DEMO_PRETRAIN_VIDEOS) --movers --classes 4 --seed 0 $(SYNTH_EXTRA)
 	$(ETAD) config validate $(DEMO_CONFIG) $(DEMO_SETS)
 	$(ETAD) extract $(DEMO_RUN) --workers 2
 	$(ETAD) cache $(DEMO_RUN) --what snippets --workers 2
@@ -80,6 +81,17 @@ demo-seeds: demo-data  ## the demo's three models over 3 seeds, 120 videos: mean
 	$(ETAD) study $(DEMO_RUN) --stages train --seeds 3 --truth-labels --out $(DEMO_CKPT)/seeds/frozen
 	$(ETAD) study $(DEMO_RUN) --stages train,e2e --seeds 3 --truth-labels --out $(DEMO_CKPT)/seeds/from_frozen \
 	  --vary e2e.encoder_lr=5.0e-4,0  # each seed's e2e from its own frozen detector; control: encoder frozen
+
+# study-multilabel: the demo's recipe on a synthetic set whose videos hold instances of several
+# classes that may overlap (`etad synth --multi-label`): the video-level classifier head against the
+# per-proposal one (model.classifier), frozen features, 3 seeds (docs/method.md, "Labelling proposals")
+MULTILABEL_DIR ?= $(WORK)/multilabel
+study-multilabel: DEMO_VIDEOS = 120
+study-multilabel: DEMO_DIR = $(MULTILABEL_DIR)
+study-multilabel: SYNTH_EXTRA = --multi-label
+study-multilabel: demo-data  ## video vs per-proposal classifier on a multi-label synthetic set, 3 seeds
+	$(ETAD) study $(DEMO_RUN) --stages train --seeds 3 --truth-labels --out $(DEMO_CKPT)/study \
+	  --vary model.classifier=video,proposal
 
 # ---- Pipelines for real datasets -------------------------------------------------------------
 # Paths are make variables (made absolute, so they do not depend on the config's folder); the

@@ -237,7 +237,7 @@ def epic(code: Path, python: str, folder: Path, seed: int = 3) -> None:
     for task in ("verb", "noun", "action"):
         gt = folder / f"epic_{task}.json"
         gt.unlink(missing_ok=True)
-        annotations.convert(source / "EPIC_100_validation.csv", fmt="epic100", out=gt, label=task,
+        annotations.convert([source / "EPIC_100_validation.csv"], fmt="epic100", out=gt, label=task,
                             video_info=source / "EPIC_100_video_info.csv",
                             verbs=source / "EPIC_100_verb_classes.csv",
                             nouns=source / "EPIC_100_noun_classes.csv")  # fmt: skip

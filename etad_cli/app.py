@@ -135,7 +135,8 @@ def config_validate(config: ConfigArg, set_: SetOpt = None) -> None:
 
 @annotations_app.command("convert")
 def annotations_convert(
-    source: Annotated[Path, typer.Argument(help="The dataset's own annotation file.")],
+    sources: Annotated[list[Path], typer.Argument(help="The dataset's own annotation file(s), e.g. its "
+                                                      "training and validation files: one output.")],
     from_: Annotated[str, typer.Option("--from", help="A name of `FORMATS`: epic100, multithumos, charades, "
                                                      "ego4d-mq, thumos-txt (a folder), csv.")],
     out: Annotated[Path, typer.Option(help="The ActivityNet-layout JSON to write (a new file).")],
@@ -156,8 +157,9 @@ def annotations_convert(
     """Write another benchmark's annotations in ActivityNet's layout (every etad command reads it).
 
     Examples:
-      etad annotations convert EPIC_100_validation.csv --from epic100 --video-info EPIC_100_video_info.csv \\
-        --verbs EPIC_100_verb_classes.csv --nouns EPIC_100_noun_classes.csv --label verb --out epic_verb.json
+      etad annotations convert EPIC_100_train.csv EPIC_100_validation.csv --from epic100 \\
+        --video-info EPIC_100_video_info.csv --verbs EPIC_100_verb_classes.csv \\
+        --nouns EPIC_100_noun_classes.csv --label verb --out epic_verb.json
       etad annotations convert multithumos.json --from multithumos --out multithumos_anet.json
       etad annotations convert my_labels.csv --from csv --durations durations.csv --out mine.json
     """
@@ -166,7 +168,7 @@ def annotations_convert(
     options = {"video_info": video_info, "verbs": verbs, "nouns": nouns, "label": label, "classes": classes,
                "durations": durations, **({"subset": subset} if subset else {})}  # fmt: skip
     with user_errors():
-        done = stage.convert(source, fmt=from_, out=out, **options)
+        done = stage.convert(sources, fmt=from_, out=out, **options)
     instances = sum(len(e["annotations"]) for e in done.database.values())
     console.print(f"{len(done.database)} videos, {instances} instances ({done.clipped} clipped to their "
                   f"video's duration) -> {out}", soft_wrap=True)  # fmt: skip
@@ -226,6 +228,10 @@ def synth(
     movers: Annotated[
         bool, typer.Option("--movers", help="Add hollow shapes that move like actions (not annotated).")
     ] = False,
+    multi_label: Annotated[
+        bool,
+        typer.Option("--multi-label", help="Instances of several classes per video, free to overlap."),
+    ] = False,
 ) -> None:
     """Write the built-in synthetic action dataset: mp4 videos plus ActivityNet and THUMOS style annotations.
 
@@ -236,7 +242,7 @@ def synth(
     with user_errors(), stage_progress("synth videos") as progress:
         summary = stage.run(out_dir, videos=videos, classes=classes, seed=seed, fps=fps, width=width,
                             height=height, pretrain_videos=pretrain_videos, movers=movers,
-                            progress=progress)  # fmt: skip
+                            multi_label=multi_label, progress=progress)  # fmt: skip
     views.synth_summary(summary)
 
 

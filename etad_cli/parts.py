@@ -9,12 +9,14 @@ def registries(with_torch: bool = True) -> dict[str, dict]:
     """Setting key -> registry. `with_torch=False` leaves out the registries that live in torch
     modules, so that `etad eval` and `etad config show` start without importing torch."""
     from stages.data.protocols import PROTOCOLS
+    from stages.evaluation.benchmarks import BENCHMARKS
     from stages.evaluation.postprocess import CLASSIFIERS, POST_PROCESSING
 
     parts = {
         "data.protocol": PROTOCOLS,
         "infer.classifier": CLASSIFIERS,
         "infer.post_processing": POST_PROCESSING,
+        "eval.benchmark": BENCHMARKS,
     }
     if with_torch:
         from stages.model.backward import GRAD_MODES

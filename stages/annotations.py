@@ -13,21 +13,30 @@ from stages.data.annotations import load_annotations
 from stages.data.converters import FORMATS, Converted
 
 
-def convert(source: Path, *, fmt: str, out: Path, **options) -> Converted:
-    """Convert `source` (a FORMATS name) and write it to `out` (a new file, written atomically)."""
+def convert(sources: list[Path], *, fmt: str, out: Path, **options) -> Converted:
+    """Convert `sources` (files of one FORMATS name, e.g. a dataset's training and validation
+    files) into one database and write it to `out` (a new file, written atomically): training and
+    evaluation read one file, so that both see the same classes."""
     if fmt not in FORMATS:
         raise UserError(f"--from {fmt}: expected one of {', '.join(FORMATS)}")
     if Path(out).exists():
         raise UserError(f"{out}: exists; give a new file name")
-    converted = FORMATS[fmt](Path(source), **options)
-    if not converted.database:
-        raise UserError(f"{source}: no video to convert")
-    write_json(
-        Path(out),
-        {"version": f"etad conversion of {Path(source).name} ({fmt})", "database": converted.database},
-    )
+    merged = Converted({})
+    where: dict[str, Path] = {}
+    for source in map(Path, sources):
+        converted = FORMATS[fmt](source, **options)
+        if not converted.database:
+            raise UserError(f"{source}: no video to convert")
+        if twice := next((v for v in converted.database if v in where), None):
+            raise UserError(f"{source}: video {twice!r} is in {where[twice]} too; give each video once")
+        where.update(dict.fromkeys(converted.database, source))
+        merged.database.update(converted.database)
+        merged.clipped += converted.clipped
+        merged.notes += converted.notes
+    names = " + ".join(Path(source).name for source in sources)
+    write_json(Path(out), {"version": f"etad conversion of {names} ({fmt})", "database": merged.database})
     load_annotations(Path(out))  # what every command will read: checked once more
-    return converted
+    return merged
 
 
 def check(path: Path) -> dict:

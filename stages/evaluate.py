@@ -66,9 +66,9 @@ class EvalRequest:
         if settings is not None:
             d, e = settings.data, settings.eval
             defaults = dict(
-                predictions=output_path(settings), ground_truth=d.annotations, dataset=d.protocol,
-                subset=d.eval_subset, blocked=d.blocked, task=e.task, tious=e.tiou_thresholds,
-                protocol=e.protocol,
+                predictions=output_path(settings), ground_truth=d.annotations,
+                dataset=e.benchmark or d.protocol, subset=d.eval_subset, blocked=d.blocked, task=e.task,
+                tious=e.tiou_thresholds, protocol=e.protocol,
             )  # fmt: skip
             given = {**{k: v for k, v in defaults.items() if v is not None}, **given}
         if given.get("predictions") is None or given.get("ground_truth") is None:

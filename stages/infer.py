@@ -38,6 +38,7 @@ from stages.data.video_selection import WHOLE, Shard
 from stages.evaluation.detections import check_results
 from stages.evaluation.postprocess import CLASSIFIERS, POST_PROCESSING, Labeller
 from stages.evaluation.timeline import plot_timeline
+from stages.model.classifier import VideoClassifier
 from stages.model.detector import build_detector, final_proposals
 from stages.model.encoder import build_encoder, clips_that_fit, encode_chunks
 from stages.model.frozen_encoder import FeatureEncoder
@@ -130,6 +131,8 @@ class Detector:
         }
         if "classes" in out:
             result["class_probs"] = torch.sigmoid(out["classes"]).cpu().numpy()
+        if "proposal_classes" in out:
+            result["proposal_probs"] = torch.sigmoid(out["proposal_classes"]).cpu().numpy()
         return result
 
     def encode(self, snippets: torch.Tensor) -> torch.Tensor:
@@ -183,8 +186,9 @@ def detect(
 ) -> tuple[dict[str, list[dict]], dict[str, list[float]]]:
     """Detections per video, in seconds: the detector over every item (`inputs[i]` is
     {"inputs", "index": i}; uint8 snippets with `snippets`, else features), then
-    post-processing. Also the built-in head's video-level class scores (those that labelled each
-    video; empty without a head)."""
+    post-processing. Also the built-in video head's class scores (those that labelled each video;
+    empty without one). With the per-proposal head and infer.classifier builtin, each kept
+    proposal is labelled by its own classes instead."""
     inf, d = settings.infer, settings.data
     proto = protocol(d)
     anchors = proposal_map(d.temporal_scale, detector.model_settings.max_duration)[None]
@@ -195,17 +199,22 @@ def detect(
     post = POST_PROCESSING[inf.post_processing]
     for batch in data:
         out = detector(batch["inputs"], anchors, snippets=snippets)
+        per_proposal = "proposal_probs" in out and inf.classifier == "builtin"
         for row, index in enumerate(batch["index"].tolist()):
             item = items[index]
-            segs, scores = post.item(inf, out["proposals"][row], out["iou"][row], out["tem"][row])
-            kept.setdefault(item.video_id, []).append((proto.to_seconds(item)(segs), scores))
-            if item.video_id not in labels:
-                probs = out["class_probs"][row] if "class_probs" in out else None
-                labels[item.video_id] = label(item.video_id, probs)
-                if probs is not None:
-                    class_scores[item.video_id] = probs.round(6).tolist()
+            segs, scores, rows = post.item(inf, out["proposals"][row], out["iou"][row], out["tem"][row])
+            if per_proposal:
+                classes = [label(item.video_id, probs) for probs in out["proposal_probs"][row][rows]]
+            else:
+                if item.video_id not in labels:
+                    probs = out["class_probs"][row] if "class_probs" in out else None
+                    labels[item.video_id] = label(item.video_id, probs)
+                    if probs is not None:
+                        class_scores[item.video_id] = probs.round(6).tolist()
+                classes = [labels[item.video_id]] * len(segs)
+            kept.setdefault(item.video_id, []).append((proto.to_seconds(item)(segs), scores, classes))
         progress.advance(len(batch["index"]))
-    results = {video_id: post.video(inf, parts, labels[video_id]) for video_id, parts in kept.items()}
+    results = {video_id: post.video(inf, parts) for video_id, parts in kept.items()}
     return results, class_scores
 
 
@@ -259,7 +268,8 @@ def run(
     )  # fmt: skip
     summary = InferSummary(output, detector.kind, checkpoint, task_of(settings), notes=notes, shard=shard)
     summary.videos, summary.detections = len(results), sum(len(v) for v in results.values())
-    classes = detector.classes if settings.infer.classifier == "builtin" else None
+    video_head = isinstance(detector.model.classifier, VideoClassifier)  # the proposal head: no video scores
+    classes = detector.classes if settings.infer.classifier == "builtin" and video_head else None
     if shard.count > 1:
         summary.complete = write_shard(output, shard, checkpoint, settings, results=results,
                                        class_scores=class_scores, classes=classes)  # fmt: skip

@@ -44,6 +44,7 @@ SHAPES = ("square", "disk", "bar")
 MAX_INSTANCES = 4
 MIN_ACTION_S, MAX_ACTION_S = 1.0, 15.0
 MIN_VIDEO_S, MAX_VIDEO_S = 10.0, 60.0
+MULTI_LABEL_INSTANCES = (2, 6)  # instances per video with `multi_label` (fewest, most)
 EDGE_PROBABILITY = 0.2  # chance that an instance is pinned to the video start (and, separately, the end)
 
 
@@ -165,18 +166,36 @@ def _instance(
     return inst
 
 
+def _overlapping_ranges(rng: np.random.Generator, num_frames: int, fps: float) -> list[tuple[int, int]]:
+    """MULTI_LABEL_INSTANCES [start, end) frame ranges placed independently: they may overlap."""
+    ranges = []
+    for _ in range(int(rng.integers(MULTI_LABEL_INSTANCES[0], MULTI_LABEL_INSTANCES[1] + 1))):
+        length = min(int(round(rng.uniform(MIN_ACTION_S, MAX_ACTION_S) * fps)), num_frames)
+        start = int(rng.integers(0, num_frames - length + 1))
+        ranges.append((start, start + length))
+    return sorted(ranges)
+
+
 def plan_video(
     video_id: str, rng: np.random.Generator, num_classes: int, fps: float, *, width: int, height: int,
-    clean: bool = False, movers: bool = False,
+    clean: bool = False, movers: bool = False, multi_label: bool = False,
 ) -> VideoPlan:  # fmt: skip
     """Draw everything about one video (no pixels yet). `clean`: a plain still background and no
-    distractors (pretraining videos); `movers`: add hollow shapes that act out a motion."""
+    distractors (pretraining videos); `movers`: add hollow shapes that act out a motion;
+    `multi_label`: instances of several classes, free to overlap in time (as in EPIC-KITCHENS or
+    MultiTHUMOS) instead of one activity per video."""
     num_frames = int(round(rng.uniform(MIN_VIDEO_S, MAX_VIDEO_S) * fps))
-    ranges = _place_instances(rng, num_frames, fps, int(rng.integers(0, MAX_INSTANCES + 1)))
-    label = int(rng.integers(0, num_classes))  # one activity per video, as in ActivityNet
+    if multi_label:
+        ranges = _overlapping_ranges(rng, num_frames, fps)
+        labels = [int(rng.integers(0, num_classes)) for _ in ranges]
+        label = labels[0]  # the movers' motion
+    else:
+        ranges = _place_instances(rng, num_frames, fps, int(rng.integers(0, MAX_INSTANCES + 1)))
+        label = int(rng.integers(0, num_classes))  # one activity per video, as in ActivityNet
+        labels = [label] * len(ranges)
     instances = [
-        _instance(rng, label, start, end, num_frames=num_frames, fps=fps, width=width, height=height)
-        for start, end in ranges
+        _instance(rng, lab, start, end, num_frames=num_frames, fps=fps, width=width, height=height)
+        for lab, (start, end) in zip(labels, ranges)
     ]
     if clean:
         return VideoPlan(
@@ -375,14 +394,16 @@ def run(
     height: int = 96,
     pretrain_videos: int = 0,
     movers: bool = False,
+    multi_label: bool = False,
     progress: Progress = SILENT,
 ) -> SynthSummary:
     """Plan and write the dataset. Videos already written for the same parameters are kept
     (resumable). It takes no settings file: the synthetic dataset is an input of the pipeline.
     `pretrain_videos` clean videos form the "pretraining" subset; `movers` adds hollow movers to
-    the detection videos (module docstring)."""
+    the detection videos (module docstring); `multi_label` gives the detection videos instances of
+    several classes that may overlap (plan_video)."""
     params = _parameters(videos, classes, seed, fps, width=width, height=height,
-                         pretrain_videos=pretrain_videos, movers=movers)  # fmt: skip
+                         pretrain_videos=pretrain_videos, movers=movers, multi_label=multi_label)  # fmt: skip
     progress.start(videos + pretrain_videos)
     out_dir = Path(out_dir)
     video_dir = out_dir / "videos"
@@ -397,7 +418,7 @@ def run(
     subsets = ["training"] * (videos - n_val) + ["validation"] * n_val + ["pretraining"] * pretrain_videos
     plans = [
         plan_video(f"synth_{i:04d}", np.random.default_rng([seed, i]), classes, fps,
-                   width=width, height=height, movers=movers)
+                   width=width, height=height, movers=movers, multi_label=multi_label)
         for i in range(videos)
     ] + [
         plan_video(f"synth_pre_{i:04d}", np.random.default_rng([seed, 1_000_000 + i]), classes, fps,
@@ -420,7 +441,7 @@ def run(
 
 
 def _parameters(videos: int, classes: int, seed: int, fps: float, *, width: int, height: int,
-                pretrain_videos: int, movers: bool) -> dict:  # fmt: skip
+                pretrain_videos: int, movers: bool, multi_label: bool = False) -> dict:  # fmt: skip
     """The dataset's parameters after checking them (recorded in anet.json: a rerun with the same
     ones keeps the videos already written)."""
     if not 1 <= classes <= len(CLASSES):
@@ -437,4 +458,6 @@ def _parameters(videos: int, classes: int, seed: int, fps: float, *, width: int,
         params.update(pretrain_videos=pretrain_videos, movers=movers)
     if movers:  # movers once acted another class: a dataset written then no longer matches
         params["mover_motion"] = "activity"
+    if multi_label:
+        params["multi_label"] = True
     return params

@@ -60,6 +60,7 @@ VariantName = Annotated[str, part("model.variant")]
 ProtocolName = Annotated[str, part("data.protocol")]
 ClassifierName = Annotated[str, part("infer.classifier")]
 PostProcessingName = Annotated[str, part("infer.post_processing")]
+BenchmarkName = Annotated[str, part("eval.benchmark")]
 
 
 def _tiou(value: float) -> float:
@@ -203,14 +204,30 @@ class ModelSettings(Section):
         "random", description="which proposals train the detector per video (stages/model/sampling.py)"
     )
     proposal_ratio: Ratio = Field(0.06, description="share of all proposals sampled per video in training")
-    classifier_head: bool = Field(False, description="train a video-level multi-label classifier too")
+    classifier_head: bool = Field(
+        False, description="train a multi-label classifier head too (which one: model.classifier)"
+    )
+    classifier: Literal["video", "proposal"] = Field(
+        "video",
+        description="which head: video (the video's classes label all its proposals: one activity per "
+        "video, ActivityNet) or proposal (each proposal's classes from its pooled features: dense "
+        "multi-label sets, EPIC, MultiTHUMOS, Charades, Ego4D)",
+    )
     classifier_refit_steps: int = Field(
         0,
         ge=0,
-        description="after the last epoch, fit the classifier head again, alone and from fresh weights, on "
-        "the final features of the training items (full-batch Adam steps; 0: keep the head as trained)",
+        description="after the last epoch, fit the video classifier head again, alone and from fresh "
+        "weights, on the final features of the training items (full-batch Adam steps; 0: keep the head "
+        "as trained; the proposal head trains with the detector and is not refitted)",
     )
     encoder: EncoderSettings = Field(default_factory=EncoderSettings)
+
+    @field_validator("classifier")
+    @classmethod
+    def _head_is_on(cls, value: str, info: ValidationInfo) -> str:
+        if value == "proposal" and not info.data.get("classifier_head"):
+            raise ValueError("the proposal head is a head: turn it on with model.classifier_head: true")
+        return value
 
 
 class CacheSettings(Section):
@@ -377,6 +394,12 @@ class EvalSettings(Section):
     )
     task: Literal["detection", "proposals"] = Field(
         "detection", description="detection (mAP) or proposals (AR@AN and AUC)"
+    )
+    benchmark: BenchmarkName | None = Field(
+        None,
+        description="whose protocol `etad eval` and `infer --eval` score by (tIoUs, default subset, "
+        "detections per video, Ego4D's recall; stages/evaluation/benchmarks.py, like eval --dataset); "
+        "unset: data.protocol's",
     )
 
 

@@ -74,7 +74,11 @@ def settings_reference(parts: dict[str, dict]) -> str:
                 nested.append((f"{prefix}{name}", kind))
                 continue
             meaning = (field.description or "").replace("|", "\\|")
-            kind_text = _choices(field.metadata, parts) or _type_name(kind) + _bounds(field.metadata)
+            named = _choices(field.metadata, parts)
+            inner = [get_args(a)[1:] for a in get_args(kind) if get_origin(a) is Annotated]  # a part | None
+            if not named and inner and _choices(inner[0], parts):
+                named = _choices(inner[0], parts) + " or null"
+            kind_text = named or _type_name(kind) + _bounds(field.metadata)
             lines.append(f"| `{prefix}{name}` | {kind_text} | {_default(field)} | {meaning} |")
         lines.append("")
         for key, kind in nested:

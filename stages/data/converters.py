@@ -86,6 +86,11 @@ def _class_list(path: Path, key: Callable[[str], object]) -> dict:
         raise UserError(f"{path}: not a list of '<id> <name>' lines ({exc.__class__.__name__})") from None
 
 
+def _split_of(path: Path, train: str, other: str) -> str:
+    """The subset of a dataset whose files are named by split (EPIC_100_train.csv, Charades_v1_test.csv)."""
+    return train if "train" in Path(path).stem.lower() else other
+
+
 def _durations(path: Path) -> dict[str, float]:
     """A `video,duration` CSV."""
     table = _rows(path)
@@ -105,10 +110,12 @@ def _classes(path: Path | None, id_column: str = "id", key_column: str = "key") 
 
 def epic100(path: Path, *, video_info: Path | None = None, verbs: Path | None = None,
             nouns: Path | None = None,
-            label: str = "action", subset: str = "validation", **_) -> Converted:  # fmt: skip
+            label: str = "action", subset: str | None = None, **_) -> Converted:  # fmt: skip
     """EPIC-KITCHENS-100 (EPIC_100_{train,validation}.csv): segments from start/stop_timestamp,
     durations from EPIC_100_video_info.csv; `label` verb, noun or action ("verb noun"), the other
-    classes kept as fields (verb, noun, verb_class, noun_class)."""
+    classes kept as fields (verb, noun, verb_class, noun_class). Subset: the file's split, from its
+    name (train, else validation), unless given."""
+    subset = subset or _split_of(path, "train", "validation")
     if label not in ("verb", "noun", "action"):
         raise UserError(f"--label {label}: expected verb, noun or action")
     if video_info is None:
@@ -184,9 +191,11 @@ def multithumos(path: Path, *, classes: Path | None = None, **_) -> Converted:
     return out
 
 
-def charades(path: Path, *, subset: str = "testing", classes: Path | None = None, **_) -> Converted:
+def charades(path: Path, *, subset: str | None = None, classes: Path | None = None, **_) -> Converted:
     """Charades (Charades_v1_{train,test}.csv: id, length (s), actions "c092 11.90 21.20;..."); the
-    actions past the video's length (about 30% of them) are clipped, as Charades' protocol clips them."""
+    actions past the video's length (about 30% of them) are clipped, as Charades' protocol clips them.
+    Subset: from the file's name (training, else testing), unless given."""
+    subset = subset or _split_of(path, "training", "testing")
     rows = _rows(path)
     _need(path, rows, ("id", "length", "actions"))
     names = _class_list(classes, str) if classes is not None else None

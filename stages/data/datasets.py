@@ -18,7 +18,7 @@ from stages.core.errors import UserError
 from stages.data.annotations import VideoRecord, load_annotations
 from stages.data.protocols import Item, pad_with_last, protocol
 from stages.model.sampling import sample_proposals
-from stages.model.targets import boundary_targets, match_ground_truth, proposal_map
+from stages.model.targets import boundary_targets, match_ground_truth, proposal_classes, proposal_map
 
 if TYPE_CHECKING:  # the settings models, for type hints only
     from stages.core.settings import Settings
@@ -140,16 +140,18 @@ class DetectionDataset(torch.utils.data.Dataset):
         sample["index"] = index
         if self.mode == "test":
             return sample
-        gt = self.protocol.ground_truth(item, training=self.mode == "train")
+        gt, gt_labels = self.protocol.ground_truth(item, training=self.mode == "train")
         chosen = sample_proposals(self.t, self.max_duration, self.strategy, self.ratio, generator=generator)
         anchors = self.anchors[chosen]
         start, end = boundary_targets(gt, self.t)
+        gt_classes = torch.tensor([self.class_index[label] for label in gt_labels], dtype=torch.long)
         sample.update(
             anchors=anchors,
             gt_box=match_ground_truth(anchors, gt),
             gt_start=start,
             gt_end=end,
             labels=self.labels(item),
+            proposal_classes=proposal_classes(anchors, gt, gt_classes),
         )
         return sample
 

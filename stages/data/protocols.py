@@ -83,13 +83,14 @@ class WholeVideo(Protocol):
     def items(self, video_id: str, duration: float, segments: list, n_snippets: int) -> list[Item]:
         return [Item(video_id, duration, segments)]
 
-    def ground_truth(self, item: Item, training: bool) -> torch.Tensor:
-        """Instances normalised by the duration and clipped to [0, 1], [G, 2]."""
+    def ground_truth(self, item: Item, training: bool) -> tuple[torch.Tensor, list[str]]:
+        """Instances normalised by the duration and clipped to [0, 1], [G, 2], and their labels."""
         import torch
 
         d = item.duration
         boxes = [(min(max(s / d, 0.0), 1.0), min(max(e / d, 0.0), 1.0)) for s, e, _ in item.segments]
-        return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 2)
+        labels = [label for _, _, label in item.segments]
+        return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 2), labels
 
     def has_training_target(self, item: Item) -> bool:
         """An instance longer than 1% of the video."""
@@ -140,14 +141,16 @@ def window_starts(n_snippets: int, t: int, overlap: float) -> list[int]:
     return starts
 
 
-def window_ground_truth(item: Item, timeline: Timeline, t: int, ioa_threshold: float | None) -> torch.Tensor:
-    """Instances of a window in normalised window coordinates [G, 2]. With a threshold (training,
-    as OpenTAD's sliding windows): only those of which more than that share lies between the
-    window's first and last snippet, cut to that span."""
+def window_ground_truth(
+    item: Item, timeline: Timeline, t: int, ioa_threshold: float | None
+) -> tuple[torch.Tensor, list[str]]:
+    """Instances of a window in normalised window coordinates [G, 2], and their labels. With a
+    threshold (training, as OpenTAD's sliding windows): only those of which more than that share
+    lies between the window's first and last snippet, cut to that span."""
     import torch
 
-    boxes = []
-    for start, end, _ in item.segments:
+    boxes, labels = [], []
+    for start, end, label in item.segments:
         s, e = timeline.to_snippets(start) - item.window, timeline.to_snippets(end) - item.window
         if e <= s:
             continue
@@ -156,7 +159,10 @@ def window_ground_truth(item: Item, timeline: Timeline, t: int, ioa_threshold: f
             boxes.append((s / t, e / t))
         elif (hi - lo) / (e - s) > ioa_threshold:
             boxes.append((lo / t, hi / t))
-    return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 2)
+        else:
+            continue
+        labels.append(label)
+    return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 2), labels
 
 
 class SlidingWindows(Protocol):
@@ -179,13 +185,13 @@ class SlidingWindows(Protocol):
             for w in window_starts(n_snippets, t, self.data.window_overlap)
         ]
 
-    def ground_truth(self, item: Item, training: bool) -> torch.Tensor:
+    def ground_truth(self, item: Item, training: bool) -> tuple[torch.Tensor, list[str]]:
         """Training: only instances complete enough in the window (IoA above the threshold)."""
         threshold = self.data.window_ioa_threshold if training else None
         return window_ground_truth(item, Timeline.of(self.data), self.data.temporal_scale, threshold)
 
     def has_training_target(self, item: Item) -> bool:
-        return len(self.ground_truth(item, training=True)) > 0
+        return len(self.ground_truth(item, training=True)[1]) > 0
 
     def rows(self, item: Item) -> slice | None:
         return slice(item.window, item.window + self.data.temporal_scale)

@@ -38,9 +38,10 @@ def boundary_mask_opentad(p: np.ndarray) -> np.ndarray:
 
 def candidates(
     proposals: np.ndarray, iou: np.ndarray, tem: np.ndarray, mask: Callable = boundary_mask
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Proposals [K, 2] (normalised) whose start and end fall on possible boundaries, with their
-    score IoU-cls x IoU-reg. tem [2, T] holds the start and end probabilities."""
+    score IoU-cls x IoU-reg and their rows in `proposals`. tem [2, T] holds the start and end
+    probabilities."""
     t = tem.shape[1]
     start_ok, end_ok = mask(tem[0]), mask(tem[1])
     start_ok[0] = True
@@ -48,15 +49,16 @@ def candidates(
     s_idx = np.clip((proposals[:, 0] * t).astype(np.int64), 0, t - 1)
     e_idx = np.clip((proposals[:, 1] * t).astype(np.int64), 0, t - 1)
     keep = start_ok[s_idx] & end_ok[e_idx]
-    return proposals[keep], (iou[keep, 0] * iou[keep, 1])
+    return proposals[keep], (iou[keep, 0] * iou[keep, 1]), np.flatnonzero(keep)
 
 
 def soft_nms(
     segments: np.ndarray, scores: np.ndarray, sigma: float, top_k: int, *, min_score: float = 0.0
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gaussian Soft-NMS as the original: take the best, decay every remaining segment that overlaps
     it (IoU > 0) by exp(-IoU^2 / sigma), repeat until `top_k` are kept or one candidate is left (that
-    last one is not kept, as in the original). Returns kept segments and their decayed scores."""
+    last one is not kept, as in the original). Returns kept segments, their decayed scores and
+    their rows in `segments` (for their labels)."""
     segs, sc = segments.astype(np.float64), scores.astype(np.float64).copy()
     order = np.argsort(-sc, kind="stable")
     segs, sc = segs[order], sc[order]
@@ -74,7 +76,7 @@ def soft_nms(
         decay = alive & (iou > 0)
         sc[decay] *= np.exp(-(iou[decay] ** 2) / sigma)
     idx = np.array(kept, dtype=np.int64)
-    return segs[idx], sc[idx]
+    return segs[idx], sc[idx], order[idx]
 
 
 def soft_nms_opentad(
@@ -126,12 +128,17 @@ def top_classes(scores: np.ndarray, names: list[str], k: int) -> list[tuple[str,
     return [(names[i], float(scores[i])) for i in order]
 
 
-def fuse(segments_s: np.ndarray, scores: np.ndarray, classes: list[tuple[str, float]]) -> list[dict]:
-    """One detection per (segment, class): score = proposal score x class score."""
+# The classes of each segment: [(label, class score)] per segment (a video-level classifier gives
+# every segment of the video the same list; the per-proposal head gives each its own).
+SegmentClasses = list[list[tuple[str, float]]]
+
+
+def fuse(segments_s: np.ndarray, scores: np.ndarray, classes: SegmentClasses) -> list[dict]:
+    """One detection per (segment, class of that segment): score = proposal score x class score."""
     return [
         {"label": label, "score": float(score * cls_score), "segment": [float(seg[0]), float(seg[1])]}
-        for seg, score in zip(segments_s, scores)
-        for label, cls_score in classes
+        for seg, score, own in zip(segments_s, scores, classes)
+        for label, cls_score in own
     ]
 
 
@@ -202,17 +209,25 @@ class ClassifierFile:
 @dataclass(frozen=True)
 class Original:
     """The original ETAD: per item boundary filter and Soft-NMS; windows of a video merged by one
-    more Soft-NMS before the video's classes label every segment."""
+    more Soft-NMS before the segments get their classes.
 
-    def item(self, inf, proposals, iou, tem) -> tuple[np.ndarray, np.ndarray]:
-        segs, scores = candidates(proposals, iou, tem)
-        return soft_nms(segs, scores, inf.soft_nms_sigma, inf.top_k, min_score=inf.min_score)
+    `item` returns the kept segments, their scores and their rows in the item's proposals; `video`
+    takes each item's (segments in seconds, scores, SegmentClasses)."""
 
-    def video(self, inf, parts: list[tuple[np.ndarray, np.ndarray]], classes) -> list[dict]:
+    def item(self, inf, proposals, iou, tem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        segs, scores, rows = candidates(proposals, iou, tem)
+        segs, scores, kept = soft_nms(segs, scores, inf.soft_nms_sigma, inf.top_k, min_score=inf.min_score)
+        return segs, scores, rows[kept]
+
+    def video(self, inf, parts: list[tuple[np.ndarray, np.ndarray, SegmentClasses]]) -> list[dict]:
         segs = np.concatenate([p[0] for p in parts]).reshape(-1, 2)
         scores = np.concatenate([p[1] for p in parts])
+        classes = [own for p in parts for own in p[2]]
         if len(parts) > 1:  # windows: merge those of a video
-            segs, scores = soft_nms(segs, scores, inf.soft_nms_sigma, inf.top_k, min_score=inf.min_score)
+            segs, scores, kept = soft_nms(
+                segs, scores, inf.soft_nms_sigma, inf.top_k, min_score=inf.min_score
+            )
+            classes = [classes[i] for i in kept]
         return fuse(segs, scores, classes)
 
 
@@ -222,15 +237,15 @@ class OpenTAD:
     labelled, then (more than one window) one class-agnostic Soft-NMS with voting over them all;
     segments rounded to 0.01 s and scores to 4 decimals."""
 
-    def item(self, inf, proposals, iou, tem) -> tuple[np.ndarray, np.ndarray]:
-        segs, scores = candidates(proposals, iou, tem, boundary_mask_opentad)
-        segs, scores, _ = soft_nms_opentad(
+    def item(self, inf, proposals, iou, tem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        segs, scores, rows = candidates(proposals, iou, tem, boundary_mask_opentad)
+        segs, scores, kept = soft_nms_opentad(
             segs, scores, inf.soft_nms_sigma, inf.top_k, min_score=inf.min_score, voting=inf.voting_iou
         )
-        return segs, scores
+        return segs, scores, rows[kept]
 
-    def video(self, inf, parts: list[tuple[np.ndarray, np.ndarray]], classes) -> list[dict]:
-        detections = [d for segs, scores in parts for d in fuse(segs, scores, classes)]
+    def video(self, inf, parts: list[tuple[np.ndarray, np.ndarray, SegmentClasses]]) -> list[dict]:
+        detections = [d for segs, scores, classes in parts for d in fuse(segs, scores, classes)]
         if len(parts) > 1 and detections:
             segs = np.array([d["segment"] for d in detections])
             scores = np.array([d["score"] for d in detections])
@@ -251,7 +266,8 @@ class OpenTAD:
 POST_PROCESSING: dict[str, Original | OpenTAD] = {"original": Original(), "opentad": OpenTAD()}
 
 
-# A labeller: (video id, the built-in head's class probabilities or None) -> [(label, score)].
+# A labeller: (video id, the built-in head's class probabilities or None) -> [(label, score)]. The
+# probabilities are the video's (video head) or one proposal's (proposal head).
 Labeller = Callable[[str, np.ndarray | None], list[tuple[str, float]]]
 
 
@@ -270,7 +286,8 @@ def from_file(settings, classes: list[str], has_head: bool) -> Labeller:
 
 
 def from_head(settings, classes: list[str], has_head: bool) -> Labeller:
-    """The detector's own video classifier head (model.classifier_head)."""
+    """The detector's own classifier head (model.classifier_head): the video's classes, or with the
+    per-proposal head (model.classifier: proposal) each proposal's."""
     if not has_head:
         raise UserError(
             "infer.classifier is 'builtin' but the checkpoint has no classifier head "

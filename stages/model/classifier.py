@@ -1,8 +1,15 @@
-"""The optional video-level classifier head (`model.classifier_head`) and its refit.
+"""The optional classifier heads (`model.classifier_head`, `model.classifier`) and the video head's refit.
 
-The head is etad's addition: the original ETAD labels its proposals with external video-level
-scores (CUHK's for ActivityNet). It reads the detector's input features, mean- and max-pooled over
-time, and its input is detached, so it never changes the detector (or, end to end, the encoder).
+The heads are etad's addition: the original ETAD labels its proposals with external video-level
+scores (CUHK's for ActivityNet). Two kinds:
+- `video` (VideoClassifier): the classes of the whole video, which then label every proposal. It
+  reads the detector's input features, mean- and max-pooled over time, and its input is detached,
+  so it never changes the detector (or, end to end, the encoder). Right where a video holds one
+  activity (ActivityNet, HACS, FineAction).
+- `proposal` (ProposalClassifier): the classes of each proposal, from the RoI features the first
+  cascade stage pools for it. Its gradient reaches the detector's features, which then learn to
+  tell classes apart. For dense sets where instances of several classes share a video and overlap
+  (EPIC-KITCHENS, MultiTHUMOS, Charades, Ego4D-MQ).
 
 `refit` fits it again, alone, after the detector has trained (`model.classifier_refit_steps`).
 While the detector trains, the head sees each training item once per epoch in batches of a few,
@@ -11,6 +18,8 @@ labels videos more accurately and more steadily (docs/method.md, "The video clas
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +41,23 @@ class VideoClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach()
         return self.net(torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1))
+
+
+class ProposalClassifier(nn.Module):
+    """Multi-label classes of proposals from their pooled features [N, F] -> logits [N, K]. The last
+    bias starts at the prior 1/K (sigmoid(-log(K - 1))), so that the first steps' loss is not
+    dominated by every class being called present."""
+
+    def __init__(self, in_features: int, hidden: int, n_classes: int) -> None:
+        super().__init__()
+        self.net = mlp([in_features, hidden, n_classes])
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+    def reset_prior(self) -> None:
+        n = self.net[-1].out_features
+        nn.init.constant_(self.net[-1].bias, -math.log(n - 1) if n > 1 else 0.0)
 
 
 def refit(

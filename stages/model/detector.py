@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from stages.model.classifier import VideoClassifier
+from stages.model.classifier import ProposalClassifier, VideoClassifier
 from stages.model.layers import GROUPS, NORM_GROUPS, conv_gn, mlp
 from stages.model.losses import balanced_bce
 from stages.model.opentad import SharedFCStage, mean_balanced_bce
@@ -90,8 +90,11 @@ class ProposalStage(nn.Module):
         self.roi_mode = "taps"  # or "roialign", the reference (tests and benchmarks)
         self.taps_cache = TapCache()
 
-    def forward(self, x: torch.Tensor, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, H, T], anchors [B, K, 2] -> iou [B, K, 2] (cls, reg) and reg [B, K, 6]."""
+    def forward(
+        self, x: torch.Tensor, anchors: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, H, T], anchors [B, K, 2] -> iou [B, K, 2] (cls, reg), reg [B, K, 6] and the pooled
+        proposal features [B * K, fc] the heads read (the per-proposal classifier reads them too)."""
         b, k = anchors.shape[:2]
         feat = self.reduce(x + self.residual(x))
         if self.roi_mode == "roialign":  # the reference: materialise RoI features, as the original
@@ -111,7 +114,7 @@ class ProposalStage(nn.Module):
         se = torch.sigmoid(self.se_head(z))
         cw = self.cw_head(z) / 2  # halved for smoother regression, as the original
         reg = torch.cat([rs, re, cw, se], dim=1)
-        return iou.view(b, k, 2), reg.view(b, k, 6)
+        return iou.view(b, k, 2), reg.view(b, k, 6), z
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,7 @@ class ETAD(nn.Module):
         n_classes: int = 0,
         variant: str = "original",
         fc_channels: int | None = None,
+        classifier: str = "video",
     ) -> None:
         super().__init__()
         if in_channels % GROUPS or hidden % (2 * NORM_GROUPS):
@@ -157,7 +161,13 @@ class ETAD(nn.Module):
         make_stage, fc = VARIANTS[variant].stage, fc_channels or 2 * hidden
         self.variant = variant
         self.stages = nn.ModuleList(make_stage(hidden, roi_size, extend_ratio, fc) for _ in range(n_stages))
-        self.classifier = VideoClassifier(in_channels, hidden, n_classes) if n_classes else None
+        self.classifier: VideoClassifier | ProposalClassifier | None = None
+        if n_classes and classifier == "video":
+            self.classifier = VideoClassifier(in_channels, hidden, n_classes)
+        elif n_classes and classifier == "proposal":
+            self.classifier = ProposalClassifier(fc, hidden, n_classes)
+        elif n_classes:
+            raise ValueError(f"unknown classifier head {classifier!r} (video or proposal)")
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -167,6 +177,8 @@ class ETAD(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        if isinstance(self.classifier, ProposalClassifier):
+            self.classifier.reset_prior()
 
     def detector_parameters(self) -> int:
         """Parameter count without the optional classifier (the original's count)."""
@@ -175,16 +187,20 @@ class ETAD(nn.Module):
 
     def forward(self, features: torch.Tensor, anchors: torch.Tensor) -> dict:
         """features [B, C, T], anchors [B, K, 2] -> tem [B, 2, T] probabilities; per stage the anchors
-        it evaluated, iou [B, K, 2] and reg [B, K, 6]; class logits [B, n] when the head exists."""
+        it evaluated, iou [B, K, 2] and reg [B, K, 6]; with a head, class logits: video-level
+        "classes" [B, n], or per proposal "proposal_classes" [B, K, n] (read from the first stage,
+        whose anchors are the given ones: those the training targets were matched to)."""
         x = self.temporal(features)
         out: dict = {"tem": torch.sigmoid(self.tem(x)), "anchors": [], "iou": [], "reg": []}
-        for stage in self.stages:
-            iou, reg = stage(x, anchors)
+        for index, stage in enumerate(self.stages):
+            iou, reg, pooled = stage(x, anchors)
+            if index == 0 and isinstance(self.classifier, ProposalClassifier):
+                out["proposal_classes"] = self.classifier(pooled).view(*anchors.shape[:2], -1)
             out["anchors"].append(anchors)
             out["iou"].append(iou)
             out["reg"].append(reg)
             anchors = refine(anchors, reg.detach())
-        if self.classifier is not None:
+        if isinstance(self.classifier, VideoClassifier):
             out["classes"] = self.classifier(features)
         return out
 
@@ -206,4 +222,5 @@ def build_detector(model_settings: ModelSettings, n_classes: int = 0) -> ETAD:
         n_classes=n_classes if m.classifier_head else 0,
         variant=m.variant,
         fc_channels=m.fc_channels,
+        classifier=m.classifier,
     )

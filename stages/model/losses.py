@@ -127,10 +127,25 @@ def stage_loss(
     }
 
 
+def proposal_class_loss(logits: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """The per-proposal head's loss: binary cross-entropy summed over classes, averaged over the
+    anchors that overlap an instance (slot 0 set). logits [B, K, n], slots [B, K, S] class ids or -1
+    (stages/model/targets.py proposal_classes). Background anchors take no part: the head says which
+    action, the IoU heads say whether there is one (the detection score multiplies the two)."""
+    positive = slots[..., 0] >= 0
+    if not positive.any():
+        return logits.sum() * 0.0
+    rows, ids = logits[positive], slots[positive]  # [P, n], [P, S]
+    hot = F.one_hot(ids.clamp(min=0), rows.shape[1]) * (ids >= 0)[..., None]  # [P, S, n]
+    target = hot.amax(dim=1).to(rows.dtype)
+    return F.binary_cross_entropy_with_logits(rows, target, reduction="sum") / len(rows)
+
+
 def detector_loss(
     out: dict, batch: dict, stage_thresholds: list[float], tem_loss=balanced_bce
 ) -> dict[str, torch.Tensor]:
-    """L = TEM(start) + TEM(end) + sum of stage losses (+ BCE of the video classifier when present).
+    """L = TEM(start) + TEM(end) + sum of stage losses (+ the classifier head's BCE when present:
+    video-level, or per proposal).
     `tem_loss` is the variant's (stages/model/detector.py VARIANTS). Returns the total and each term
     (summed over stages) for logging."""
     tem = out["tem"]
@@ -157,6 +172,9 @@ def detector_loss(
             terms[name] = terms[name] + value
     if "classes" in out:
         terms["classifier"] = F.binary_cross_entropy_with_logits(out["classes"], batch["labels"])
+        total = total + terms["classifier"]
+    if "proposal_classes" in out:
+        terms["classifier"] = proposal_class_loss(out["proposal_classes"], batch["proposal_classes"])
         total = total + terms["classifier"]
     terms["total"] = total
     return terms

@@ -36,7 +36,10 @@ class SharedFCStage(nn.Module):
         self.roi_mode = "taps"  # or "roialign", the reference (tests and benchmarks)
         self.taps_cache = TapCache()
 
-    def forward(self, x: torch.Tensor, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, anchors: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As the original's stage: iou, reg and the pooled proposal features [B * K, fc]."""
         b, k = anchors.shape[:2]
         if self.roi_mode == "roialign":
             rois = roi_features(x, anchors, self.roi_size, self.extend_ratio, aligned=True)
@@ -48,7 +51,7 @@ class SharedFCStage(nn.Module):
             z = self.fc[1:](binned_linear(x, taps, self.fc[0]))
         iou = torch.sigmoid(self.iou_head(z))
         reg = torch.cat([self.reg_head(z), torch.sigmoid(self.se_head(z))], dim=1)
-        return iou.view(b, k, 2), reg.view(b, k, 6)
+        return iou.view(b, k, 2), reg.view(b, k, 6), z
 
 
 def mean_balanced_bce(p: torch.Tensor, y: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:

@@ -3,7 +3,9 @@
 - the dense proposal map: cell (d, t) is the proposal [t/T, (t+d+1)/T], valid when t + d < T and
   d < max_duration;
 - boundary targets: how much of snippet i lies inside a 3-snippet region around a start (end);
-- each proposal's matched ground truth: the one with the highest IoU.
+- each proposal's matched ground truth: the one with the highest IoU;
+- each proposal's classes (the per-proposal head, `model.classifier: proposal`): those of the
+  ground truths it overlaps with IoU >= PROPOSAL_CLASS_IOU.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import torch
 
 EPS = 1e-6
+PROPOSAL_CLASS_IOU = 0.5  # a proposal learns the classes of the instances it overlaps this much
+CLASS_SLOTS = 4  # classes kept per proposal (the instances it overlaps most), -1 for none
 
 
 def proposal_map(t: int, max_duration: int) -> torch.Tensor:
@@ -58,3 +62,23 @@ def match_ground_truth(anchors: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     if gt.numel() == 0:
         return torch.zeros_like(anchors)
     return gt[pairwise_iou(anchors, gt).argmax(dim=1)]
+
+
+def proposal_classes(
+    anchors: torch.Tensor,
+    gt: torch.Tensor,
+    gt_classes: torch.Tensor,
+    iou_threshold: float = PROPOSAL_CLASS_IOU,
+) -> torch.Tensor:
+    """Class ids [K, CLASS_SLOTS] of the ground truths [G, 2] (classes gt_classes [G]) that each
+    anchor [K, 2] overlaps with IoU >= iou_threshold, best first, -1 where none. A fixed width
+    instead of a multi-hot [K, classes]: the full proposal map times 200+ classes would not fit a
+    batch; the loss spreads them out. Slot 0 is -1 exactly when the anchor is background."""
+    out = torch.full((len(anchors), CLASS_SLOTS), -1, dtype=torch.long)
+    if gt.numel() == 0:
+        return out
+    iou = pairwise_iou(anchors, gt)
+    width = min(CLASS_SLOTS, len(gt))
+    best, order = iou.topk(width, dim=1)
+    out[:, :width] = torch.where(best >= iou_threshold, gt_classes[order], -1)
+    return out

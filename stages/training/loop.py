@@ -46,7 +46,7 @@ from stages.core.runtime import (
 )
 from stages.core.workdir import run_dir
 from stages.data.fingerprints import Expected
-from stages.model.classifier import refit
+from stages.model.classifier import VideoClassifier, refit
 from stages.training.batches import EpochBatches, micro_batch_seed
 from stages.training.curves import TensorBoard
 from stages.training.optimisation import Precision
@@ -187,9 +187,10 @@ def classifier_refit(
     encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Callable[[], dict] | None:
     """Job.finish that fits the video classifier head again on the final features of the training
-    items (stages.model.classifier.refit), or None without a head or model.classifier_refit_steps."""
+    items (stages.model.classifier.refit), or None without a video head or model.classifier_refit_steps
+    (the per-proposal head trains with the detector, on its features)."""
     steps = settings.model.classifier_refit_steps
-    if model.classifier is None or steps == 0:
+    if not isinstance(model.classifier, VideoClassifier) or steps == 0:
         return None
 
     def finish() -> dict:

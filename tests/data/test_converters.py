@@ -184,3 +184,22 @@ def test_thumos_annotation_folders_convert_without_ambiguous(tmp_path):
     assert (
         done.returncode == 2 and "HighJump_test.txt: row 1: expected '<video> <start> <end>'" in done.stderr
     )
+
+
+def test_a_datasets_split_files_convert_into_one_file_with_their_subsets(tmp_path):
+    """Training and evaluation read one file (the same classes for both): the split files convert
+    together, each video's subset from its file's name; a video in two files is refused."""
+    (tmp_path / "Charades_v1_train.csv").write_text("id,length,actions\nAB12,30.0,c092 11.90 21.20\n")
+    (tmp_path / "Charades_v1_test.csv").write_text("id,length,actions\nCD34,10,c009 1 2\n")
+    out = tmp_path / "charades.json"
+    files = (tmp_path / "Charades_v1_train.csv", tmp_path / "Charades_v1_test.csv")
+    done = run_cli("annotations", "convert", *files, "--from", "charades", "--out", out)
+    assert done.returncode == 0, done.stderr
+    database = json.loads(out.read_text())["database"]
+    assert {v: e["subset"] for v, e in database.items()} == {"AB12": "training", "CD34": "testing"}
+    (tmp_path / "again_test.csv").write_text("id,length,actions\nAB12,30.0,\n")
+    again = tmp_path / "again.json"
+    done = run_cli("annotations", "convert", tmp_path / "Charades_v1_train.csv", tmp_path / "again_test.csv",
+                   "--from", "charades", "--out", again)  # fmt: skip
+    assert done.returncode == 2 and "video 'AB12' is in" in done.stderr and "Traceback" not in done.stderr
+    assert not again.exists()

@@ -29,17 +29,18 @@ def test_window_ground_truth_keeps_complete_enough_instances():
     item = Item(
         "v", 300.0, [(10.0, 20.0, "a"), (120.0, 140.0, "b"), (500.0, 510.0, "c")], window=0, valid=128
     )
-    every = window_ground_truth(item, timeline, 128, None)
+    every, labels = window_ground_truth(item, timeline, 128, None)
     expected = torch.tensor([[10, 20], [120, 140], [500, 510]]) / 128  # no threshold: every instance
     torch.testing.assert_close(every, expected)
+    assert labels == ["a", "b", "c"]
     # "b" has (127 - 120) / 20 = 35% inside the window: dropped at IoA 0.9, kept without a threshold
-    torch.testing.assert_close(
-        window_ground_truth(item, timeline, 128, 0.9), torch.tensor([[10 / 128, 20 / 128]])
-    )
+    boxes, labels = window_ground_truth(item, timeline, 128, 0.9)
+    torch.testing.assert_close(boxes, torch.tensor([[10 / 128, 20 / 128]]))
+    assert labels == ["a"]  # the labels of the instances kept, in their order
     # training boxes are cut to the window's first..last snippet: "d" is 95% inside, ends at 127
     cut = Item("v", 300.0, [(-0.5, 9.5, "d"), (125.0, 127.2, "e")], window=0, valid=128)
     torch.testing.assert_close(
-        window_ground_truth(cut, timeline, 128, 0.9), torch.tensor([[0.0, 9.5], [125.0, 127.0]]) / 128
+        window_ground_truth(cut, timeline, 128, 0.9)[0], torch.tensor([[0.0, 9.5], [125.0, 127.0]]) / 128
     )
 
 
@@ -49,7 +50,9 @@ def test_whole_video_protocol_normalises_and_clips():
     assert isinstance(anet, PROTOCOLS["anet"])
     item = anet.items("v", 50.0, [(5.0, 60.0, "a")], 8)[0]
     assert item.window is None
-    torch.testing.assert_close(anet.ground_truth(item, training=True), torch.tensor([[0.1, 1.0]]))
+    boxes, labels = anet.ground_truth(item, training=True)
+    torch.testing.assert_close(boxes, torch.tensor([[0.1, 1.0]]))
+    assert labels == ["a"]
     assert anet.to_seconds(item)(np.array([0.5, 1.2])).tolist() == [25.0, 50.0]
     assert anet.feature_input(np.ones((20, 4), dtype=np.float32)).shape == (4, 8)
 

@@ -147,3 +147,24 @@ def test_the_story_options_add_clean_pretraining_videos_and_unannotated_movers(t
     first = next(synth.render_frames(clean, 64, 48)).astype(float)
     background = first[np.all(first == first[0, 0], axis=2)]
     assert len(background) > 0.8 * 64 * 48  # one flat colour behind the actors
+
+
+def test_multi_label_videos_hold_several_classes_that_overlap(tmp_path):
+    plans = [
+        synth.plan_video("v", np.random.default_rng([5, i]), 4, 15.0, width=64, height=48, multi_label=True)
+        for i in range(30)
+    ]
+    counts = [len(p.instances) for p in plans]
+    assert min(counts) >= synth.MULTI_LABEL_INSTANCES[0] and max(counts) <= synth.MULTI_LABEL_INSTANCES[1]
+    several = [p for p in plans if len({i.label for i in p.instances}) > 1]
+    assert len(several) > 20  # most videos: more than one class (the video head must choose)
+
+    def overlaps(p):
+        spans = sorted((i.start, i.end, i.label) for i in p.instances)
+        return any(b[0] < a[1] and a[2] != b[2] for a, b in zip(spans, spans[1:]))
+
+    assert sum(map(overlaps, plans)) > 5  # instances of different classes at the same time
+    summary = synth.run(tmp_path, videos=3, classes=4, seed=5, width=64, height=48, multi_label=True)
+    anet = json.loads((tmp_path / "anet.json").read_text())
+    assert anet["etad_synth"]["multi_label"] is True
+    assert summary.instances == sum(len(v["annotations"]) for v in anet["database"].values())

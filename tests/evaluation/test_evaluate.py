@@ -128,3 +128,22 @@ def test_cli_json_plot_and_errors(tmp_path):
     assert out.returncode == 2 and "bad.json" in out.stderr and "Traceback" not in out.stderr
     out = run_cli("eval", "-p", pred, "-g", gt, "--subset", "training")
     assert out.returncode == 2 and "no video in subset" in out.stderr
+
+
+def test_eval_benchmark_in_the_settings_picks_the_protocol(tmp_path):
+    """`eval.benchmark` is `--dataset` for `etad eval --config` and `infer --eval`: its tIoUs."""
+    gt = tmp_path / "gt.json"
+    instance = {"segment": [1.0, 4.0], "label": "x"}
+    _write(gt, {"database": {"a": {"subset": "testing", "duration": 10.0, "annotations": [instance]}}})
+    pred = _write(tmp_path / "p.json", {"results": {"a": [{**instance, "score": 0.5}]}})
+    config = tmp_path / "c.yaml"
+    settings = f"data:\n  annotations: {gt}\n  eval_subset: testing\n"
+    config.write_text(settings + "eval:\n  benchmark: multithumos\n")
+    out = tmp_path / "r.json"
+    done = run_cli("eval", "--config", config, "--predictions", pred, "--json", out)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["tiou_thresholds"] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    config.write_text(f"data:\n  annotations: {gt}\neval:\n  benchmark: epic\n")
+    done = run_cli("eval", "--config", config, "--predictions", pred)
+    assert done.returncode == 2 and "eval.benchmark" in done.stderr and "epic100" in done.stderr

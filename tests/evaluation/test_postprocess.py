@@ -33,16 +33,18 @@ def test_candidates_need_a_start_and_an_end_boundary():
     tem[1, 6] = 0.9  # the only end peak
     proposals = np.array([[0.2, 0.6], [0.3, 0.6], [0.2, 0.7], [0.0, 0.95]])
     iou = np.array([[0.5, 0.4], [0.9, 0.9], [0.9, 0.9], [0.2, 0.5]])
-    segs, scores = candidates(proposals, iou, tem)
+    segs, scores, rows = candidates(proposals, iou, tem)
     # [0.3, ..] starts on no boundary, [.., 0.7] ends on none; index 0 and the last index always pass
     assert segs.tolist() == [[0.2, 0.6], [0.0, 0.95]]
+    assert rows.tolist() == [0, 3]  # which proposals they are (their per-proposal classes follow them)
     assert scores == pytest.approx([0.5 * 0.4, 0.2 * 0.5])
 
 
 def test_soft_nms_decays_overlaps_and_leaves_the_last_candidate_out():
     segs = np.array([[0.0, 10.0], [1.0, 11.0], [20.0, 30.0], [40.0, 50.0]])
     scores = np.array([0.9, 0.8, 0.7, 0.1])
-    kept, kept_scores = soft_nms(segs, scores, sigma=0.5, top_k=10)
+    kept, kept_scores, rows = soft_nms(segs, scores, sigma=0.5, top_k=10)
+    assert rows.tolist() == [0, 2, 1]
     decayed = 0.8 * math.exp(-((9 / 11) ** 2) / 0.5)  # IoU of [1, 11] with [0, 10] is 9 / 11
     assert kept.tolist() == [[0.0, 10.0], [20.0, 30.0], [1.0, 11.0]]  # [40, 50] is the last one left
     assert kept_scores == pytest.approx([0.9, 0.7, decayed])
@@ -56,7 +58,8 @@ def test_soft_nms_top_k_and_min_score():
 
 
 def test_fuse_gives_one_detection_per_segment_and_class():
-    out = fuse(np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([0.5, 0.25]), [("a", 0.8), ("b", 0.2)])
+    video = [("a", 0.8), ("b", 0.2)]
+    out = fuse(np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([0.5, 0.25]), [video, video])
     assert [(d["label"], d["score"], d["segment"]) for d in out] == [
         ("a", 0.4, [1.0, 2.0]),
         ("b", 0.1, [1.0, 2.0]),
@@ -93,3 +96,30 @@ def test_truth_labels_each_video_with_its_own_classes(tmp_path):
     assert label("v2", None) == [] and label("unknown", None) == []
     with pytest.raises(UserError, match="data.annotations is not set"):
         CLASSIFIERS["truth"](SimpleNamespace(data=SimpleNamespace(annotations=None)), ["a"], False)
+
+
+def test_fuse_labels_each_segment_by_its_own_classes():
+    """The per-proposal head: each segment has its own classes, and a segment may have none."""
+    out = fuse(np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), np.array([0.5, 0.25, 1.0]),
+               [[("a", 0.8)], [("b", 0.4), ("a", 0.1)], []])  # fmt: skip
+    assert [(d["label"], d["score"], d["segment"]) for d in out] == [
+        ("a", 0.4, [1.0, 2.0]),
+        ("b", 0.1, [3.0, 4.0]),
+        ("a", 0.025, [3.0, 4.0]),
+    ]
+
+
+def test_windows_merged_keep_each_segments_own_classes():
+    """Merging a video's windows (one more Soft-NMS) reorders segments: their classes go with them."""
+    from stages.core.settings import InferSettings
+    from stages.evaluation.postprocess import POST_PROCESSING
+
+    window_1 = (np.array([[0.0, 1.0], [3.0, 4.0]]), np.array([0.3, 0.1]), [[("low", 1.0)], [("last", 1.0)]])
+    window_2 = (np.array([[5.0, 6.0], [8.0, 9.0]]), np.array([0.9, 0.6]), [[("high", 1.0)], [("mid", 1.0)]])
+    for name in ("original", "opentad"):
+        inf = InferSettings(post_processing=name, min_score=1e-4)
+        detections = POST_PROCESSING[name].video(inf, [window_1, window_2])
+        by_label = {d["label"]: (d["segment"], d["score"]) for d in detections}
+        assert by_label["high"] == ([5.0, 6.0], 0.9), name
+        assert by_label["mid"][0] == [8.0, 9.0], name
+        assert by_label["low"][0] == [0.0, 1.0], name

@@ -199,8 +199,8 @@ def test_start_and_end_heads_read_their_own_context():
     changed = x.clone()
     changed[:, :, 31:34] += 3.0  # inside the start context [30, 35], far from the end context [65, 70]
     with torch.no_grad():
-        _, reg = stage(x, anchors)
-        _, reg2 = stage(changed, anchors)
+        _, reg, _ = stage(x, anchors)
+        _, reg2, _ = stage(changed, anchors)
     assert not torch.allclose(reg[..., 0], reg2[..., 0])
     assert torch.allclose(reg[..., 1], reg2[..., 1])
 

@@ -224,9 +224,9 @@ def test_opentad_boundary_peaks_are_not_strict():
 def test_opentad_post_processing_labels_windows_before_merging_them():
     inf = InferSettings(post_processing="opentad", soft_nms_sigma=0.3, top_k=200, min_score=1e-4)
     classes = [("A", 0.8), ("B", 0.5)]
-    window_1 = (np.array([[1.0, 5.0]]), np.array([0.9]))
-    window_2 = (np.array([[1.0, 5.0], [7.0, 8.0]]), np.array([0.6, 0.4]))
-    detections = POST_PROCESSING["opentad"].video(inf, [window_1, window_2], classes)
+    window_1 = (np.array([[1.0, 5.0]]), np.array([0.9]), [classes])
+    window_2 = (np.array([[1.0, 5.0], [7.0, 8.0]]), np.array([0.6, 0.4]), [classes, classes])
+    detections = POST_PROCESSING["opentad"].video(inf, [window_1, window_2])
     # six labelled segments go through one class-agnostic Soft-NMS: the best copy keeps its score,
     # every other copy of the same segment (IoU 1) decays by exp(-1 / 0.3)
     best = max(detections, key=lambda d: d["score"])
@@ -235,7 +235,7 @@ def test_opentad_post_processing_labels_windows_before_merging_them():
     second = sorted(d["score"] for d in detections if d["segment"] == [1.0, 5.0])[-2]
     assert second == round(0.6 * 0.8 * decay, 4)  # window 2, label A
     assert {d["label"] for d in detections if d["segment"] == [7.0, 8.0]} == {"A", "B"}
-    original = POST_PROCESSING["original"].video(InferSettings(), [window_1, window_2], classes)
+    original = POST_PROCESSING["original"].video(InferSettings(), [window_1, window_2])
     assert len(original) == 2 * len({tuple(d["segment"]) for d in original})  # labels after merging
 
 

@@ -190,3 +190,39 @@ def test_augmenting_in_the_step_gives_the_loaders_draws(tmp_path, cli, synth_dir
     for part in ("model", "encoder"):
         for key, value in states[0][part].items():
             assert torch.equal(value, states[1][part][key]), (part, key)
+
+
+def test_the_proposal_head_labels_each_segment_by_its_own_classes(tmp_path, cli, synth_dir, feature_work):
+    """model.classifier: proposal end to end through train and infer on the cached features: every
+    kept segment carries the classes its own proposal scored (a video head gives all of a video's
+    segments the same two classes in the same ratio), and no video-level scores file is written."""
+    config = cached_config(
+        tmp_path, synth_dir, feature_work, train={"epochs": 3, "lr_step": 2},
+        model={"classifier": "proposal", "classifier_refit_steps": 0},
+        infer={"top_k": 20, "top_k_classes": 2},
+    )  # fmt: skip
+    result = cli("train", "-c", config)
+    assert result.exit_code == 0, result.output
+    state = torch.load(tmp_path / "work" / "pretrain" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["settings"]["model"]["classifier"] == "proposal"
+    width = state["model"]["stages.0.fc.0.weight"].shape[0]  # the pooled proposal features' width
+    assert state["model"]["classifier.net.0.weight"].shape[1] == width
+    metrics_log = (tmp_path / "work" / "pretrain" / "metrics.jsonl").read_text().splitlines()
+    log = [json.loads(line) for line in metrics_log]
+    assert all(r["classifier"] > 0 for r in log if "step" in r)  # its term, logged per step
+    result = cli("infer", "-c", config, "--eval")
+    assert result.exit_code == 0, result.output
+    results = tmp_path / "work" / "results"
+    assert not (results / "detections.classes.json").exists()
+    found = json.loads((results / "detections.json").read_text())["results"]
+    ratios_per_video = []
+    for detections in found.values():
+        by_segment: dict[tuple, list] = {}
+        for d in detections:
+            by_segment.setdefault(tuple(d["segment"]), []).append(d)
+        assert all(len({d["label"] for d in pair}) == 2 for pair in by_segment.values())
+        ratios = {round(pair[0]["score"] / pair[1]["score"], 3) for pair in by_segment.values()}
+        ratios_per_video.append(ratios)
+    assert any(len(ratios) > 1 for ratios in ratios_per_video)
+    metrics = json.loads((results / "detections.metrics.json").read_text())
+    assert all(0 <= m <= 1 for m in metrics["mAP"])
