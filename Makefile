@@ -16,7 +16,7 @@ DEMO_VIDEOS ?= 60
 DEMO_PRETRAIN_VIDEOS ?= 24
 SYNTH_EXTRA ?=
 
-.PHONY: help install test test-fast lint demo demo-data demo-seeds study-multilabel bench bench-gpu docs clean clean-all anet-features anet-e2e thumos-features study-snippets study-proposals
+.PHONY: help install test test-fast lint demo demo-data demo-seeds study-multilabel bench bench-gpu docs clean clean-all anet-features anet-e2e thumos-features features study-snippets study-proposals
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -142,6 +142,20 @@ thumos-features: install  ## THUMOS-14 from I3D features, OpenTAD's recipe: THUM
 	$(ETAD) train $(THUMOS_RUN) --resume
 	$(ETAD) infer $(THUMOS_RUN) --checkpoint $(abspath $(THUMOS_WORK))/pretrain/checkpoints/last.pt --eval
 	$(ETAD) report $(THUMOS_RUN)
+
+# Any recipe from its benchmark's public features (examples/: HACS, FineAction, EPIC-KITCHENS-100,
+# MultiTHUMOS, Charades, Ego4D-MQ; docs/annotations.md): scored with the recipe's eval.benchmark.
+FEATURES_WORK ?= $(WORK)/$(basename $(notdir $(RECIPE)))
+FEATURES_RUN = --config $(RECIPE) --set work_dir=$(abspath $(FEATURES_WORK)) \
+  --set data.annotations=$(abspath $(ANNOTATIONS)) --set data.missing=skip $(blocked) $(SET)
+features: install  ## a benchmark's recipe from its features: RECIPE=examples/x.yaml FEATURES=dir ANNOTATIONS=json
+	$(call need,RECIPE,a recipe such as examples/epic100_slowfast_verb.yaml)
+	$(call need,FEATURES,folder of <video id>.npy features)
+	$(call need,ANNOTATIONS,the benchmark's annotations converted by etad annotations convert)
+	$(ETAD) cache $(FEATURES_RUN) --from-npy $(abspath $(FEATURES))
+	$(ETAD) train $(FEATURES_RUN) --resume
+	$(ETAD) infer $(FEATURES_RUN) --checkpoint $(abspath $(FEATURES_WORK))/pretrain/checkpoints/last.pt --eval
+	$(ETAD) report $(FEATURES_RUN)
 
 # ---- ETAD's sampling study (docs/study.md) -----------------------------------------------------
 # Demo scale (default): the synthetic dataset on CPU. SCALE=paper: the ActivityNet end-to-end recipe

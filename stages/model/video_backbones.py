@@ -91,9 +91,13 @@ class VideoMAE(nn.Module):
     def __init__(self, size: str) -> None:
         super().__init__()
         t = _transformers()
-        config = t.VideoMAEConfig(**{"image_size": 224, "patch_size": 16, "num_frames": 16, "tubelet_size": 2,
-                                     "use_mean_pooling": True, **VIDEOMAE_SIZES[size]})  # fmt: skip
-        self.model = t.VideoMAEModel(config)
+        shape = {"image_size": 224, "patch_size": 16, "num_frames": 16, "tubelet_size": 2,
+                 "use_mean_pooling": True, **VIDEOMAE_SIZES[size]}  # fmt: skip
+        if torch.get_default_device().type == "meta":  # shapes only (`etad encoders` counts parameters):
+            # the sinusoid position table is no parameter, and transformers computes it in Python
+            # (3 s at 16 x 224 x 224): made for the smallest clip, the parameters are the same
+            shape.update(image_size=shape["patch_size"], num_frames=shape["tubelet_size"])
+        self.model = t.VideoMAEModel(t.VideoMAEConfig(**shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.model(pixel_values=x.transpose(1, 2)).last_hidden_state  # HF takes [N, L, 3, H, W]

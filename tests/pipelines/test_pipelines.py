@@ -14,7 +14,7 @@ import torch
 
 from stages import synth
 from stages.model.encoder import build_encoder
-from tests.helpers import make
+from tests.helpers import REPO, make, run_etad
 
 pytestmark = [
     pytest.mark.slow,
@@ -187,3 +187,43 @@ def test_anet_e2e_pipeline(tmp_path):
     assert metrics["counts"]["ground_truth_videos"] >= 1
     assert stage_names(work) == ["cache snippets", "train --e2e", "infer"]
     assert "end to end" in done.stdout
+
+
+def test_a_dense_benchmark_recipe_from_its_own_annotation_format(tmp_path):
+    """MultiTHUMOS end to end with its recipe: its own annotation file converted, features imported,
+    the per-proposal head trained, detections scored with MultiTHUMOS' protocol (`make features`)."""
+    rng = np.random.default_rng(2)
+    features, source = tmp_path / "i3d_features", {}
+    features.mkdir()
+    videos = [(f"video_validation_{i:07d}", "validation") for i in range(1, 13)]
+    videos += [(f"video_test_{i:07d}", "testing") for i in (4, 7, 26)]
+    for index, (video_id, subset) in enumerate(videos):
+        duration = float(rng.uniform(30, 50))
+        actions = []  # two classes per video, overlapping in time (MultiTHUMOS' dense labels)
+        for k in (index % 3, (index + 1) % 3):
+            start = float(rng.uniform(0, duration - 12))
+            actions.append([k + 1, round(start, 1), round(start + float(rng.uniform(4, 10)), 1)])
+        source[video_id] = {"subset": subset, "duration": duration, "actions": actions}
+        segments = [(s, e, k - 1) for k, s, e in actions]
+        n = int(duration * 30 / 4)  # the THUMOS I3D features: one every 4 frames at 30 fps
+        np.save(features / f"{video_id}.npy", fake_features(n, segments, duration, 16, rng))
+    (tmp_path / "multithumos.json").write_text(json.dumps(source))
+    annotations = tmp_path / "multithumos_anet.json"
+    done = run_etad("annotations", "convert", tmp_path / "multithumos.json", "--from", "multithumos",
+                    "--out", annotations)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    work = tmp_path / "work"
+    shape = "--set model.in_channels=16 --set data.temporal_scale=64 --set model.max_duration=32"
+    done = make(
+        "features", RECIPE=REPO / "examples" / "multithumos_i3d.yaml", FEATURES=features,
+        ANNOTATIONS=annotations, FEATURES_WORK=work, SET=f"{SMALL} {shape} --set model.fc_channels=32",
+    )  # fmt: skip
+    state = torch.load(work / "pretrain" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["settings"]["model"]["classifier"] == "proposal"
+    results = json.loads((work / "results" / "detections.json").read_text())["results"]
+    assert sorted(results) == [v for v, subset in videos if subset == "testing"]
+    assert all(len({d["label"] for d in found}) > 1 for found in results.values())
+    metrics = json.loads((work / "results" / "detections.metrics.json").read_text())
+    assert metrics["tiou_thresholds"] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    assert stage_names(work) == ["cache features", "train", "infer"]
+    assert "evaluated models" in done.stdout
