@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO, demo_config
+from tests.helpers import REPO, demo_config, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +41,7 @@ def test_cache_on_a_full_disk_stops_with_one_line_and_the_rerun_finishes(tmp_pat
     _one_error(result, "the disk is full (File too large); free space and rerun")
     out = tmp_path / "work" / "cache" / "snippets"
     assert not list(out.glob("*.h5")) and not _leftovers(out)
-    done = subprocess.run([sys.executable, "-m", "etad_cli", "cache", "-c", config, "--what", "snippets"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = run_cli("cache", "-c", config, "--what", "snippets")
     assert done.returncode == 0, done.stderr
     assert len(list(out.glob("*.h5"))) == 6
 

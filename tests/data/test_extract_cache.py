@@ -22,7 +22,7 @@ from stages.data.snippet_positions import anet_snippet_frames
 from stages.data.video_io import decord_available
 from stages.data.video_snippets import video_snippets
 from stages.model.encoder import build_encoder, center_crop
-from tests.helpers import run_etad
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.slow
 needs_decord = pytest.mark.skipif(not decord_available(), reason="decord has no wheel for this platform")
@@ -213,7 +213,7 @@ def test_sigkill_during_cache_loses_nothing(tmp_path, synth_dir, cli):
     proc.wait()
     finished = sorted(out.glob("*.h5"))
     assert 1 <= len(finished) < 6, "the kill should land part way through"
-    result = run_etad("cache", "--config", config, "--what", "features")
+    result = run_cli("cache", "--config", config, "--what", "features")
     assert result.returncode == 0, result.stderr
     cache = VideoCache(out, "features")
     assert len(cache.ids()) == 6
@@ -221,7 +221,7 @@ def test_sigkill_during_cache_loses_nothing(tmp_path, synth_dir, cli):
     reference_dir = tmp_path / "reference"
     shutil.copytree(tmp_path / "work/frames", reference_dir / "work/frames")
     ref_config, _ = make_config(reference_dir, synth_dir)
-    assert run_etad("cache", "--config", ref_config, "--what", "features").returncode == 0
+    assert run_cli("cache", "--config", ref_config, "--what", "features").returncode == 0
     reference = VideoCache(reference_dir / "work/cache/features", "features")
     for video_id in cache.ids():
         np.testing.assert_allclose(cache.read(video_id), reference.read(video_id), rtol=1e-5, atol=1e-7)
@@ -242,11 +242,11 @@ def test_missing_and_corrupt_videos_are_listed_and_do_not_stop_the_run(tmp_path,
     config, _ = make_config(
         tmp_path, synth_dir, data={"annotations": str(tmp_path / "ann.json"), "video_dir": str(videos)}
     )
-    result = run_etad("extract", "--config", config)  # data.missing: error, before any work
+    result = run_cli("extract", "--config", config)  # data.missing: error, before any work
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "1 of 3 videos have no video file" in result.stderr and "'missing'" in result.stderr
     assert not (tmp_path / "work/frames/good.json").exists()
-    result = run_etad("extract", "--config", config, "--set", "data.missing=skip")
+    result = run_cli("extract", "--config", config, "--set", "data.missing=skip")
     assert result.returncode == 1  # the truncated video failed; the other one is done
     assert "Traceback" not in result.stderr
     failures = {
@@ -270,7 +270,7 @@ def test_bad_annotation_files(tmp_path, synth_dir, content, message):
     (tmp_path / "ann.json").write_text(content)
     config, _ = make_config(tmp_path, synth_dir, data={"annotations": str(tmp_path / "ann.json")})
     for command in ("extract", "cache"):
-        result = run_etad(command, "--config", config)
+        result = run_cli(command, "--config", config)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert f"{tmp_path / 'ann.json'}: {message}" in result.stderr
 
@@ -279,7 +279,7 @@ def test_bad_annotation_files(tmp_path, synth_dir, content, message):
 def test_video_ids_that_are_paths_are_rejected(tmp_path, synth_dir, bad_id):
     write_annotations(tmp_path / "ann.json", ["fine", bad_id])
     config, _ = make_config(tmp_path, synth_dir, data={"annotations": str(tmp_path / "ann.json")})
-    result = run_etad("extract", "--config", config)
+    result = run_cli("extract", "--config", config)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"video id {bad_id!r}" in result.stderr and "file name" in result.stderr
     assert not (tmp_path / "escape.npy").exists()
@@ -289,7 +289,7 @@ def test_unwritable_output_folder(tmp_path, synth_dir):
     (tmp_path / "a_file").write_text("not a folder")
     config, _ = make_config(tmp_path, synth_dir)
     for command in ("extract", "cache"):
-        result = run_etad(command, "--config", config, "--set", f"work_dir={tmp_path / 'a_file' / 'work'}")
+        result = run_cli(command, "--config", config, "--set", f"work_dir={tmp_path / 'a_file' / 'work'}")
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert "cannot write" in result.stderr and "a_file" in result.stderr
 

@@ -14,7 +14,7 @@ import torch
 
 from stages import synth
 from stages.model.encoder import build_encoder
-from tests.helpers import REPO, make, run_etad
+from tests.helpers import REPO, make, run_cli
 
 pytestmark = [
     pytest.mark.slow,
@@ -209,8 +209,8 @@ def test_a_dense_benchmark_recipe_from_its_own_annotation_format(tmp_path):
         np.save(features / f"{video_id}.npy", fake_features(n, segments, duration, 16, rng))
     (tmp_path / "multithumos.json").write_text(json.dumps(source))
     annotations = tmp_path / "multithumos_anet.json"
-    done = run_etad("annotations", "convert", tmp_path / "multithumos.json", "--from", "multithumos",
-                    "--out", annotations)  # fmt: skip
+    done = run_cli("annotations", "convert", tmp_path / "multithumos.json", "--from", "multithumos",
+                   "--out", annotations)  # fmt: skip
     assert done.returncode == 0, done.stderr
     work = tmp_path / "work"
     shape = "--set model.in_channels=16 --set data.temporal_scale=64 --set model.max_duration=32"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import REPO, default_sigint, demo_config, run_cli, snapshot
+from tests.helpers import REPO, default_sigint, demo_config, run_cli, run_etad, snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -95,12 +95,15 @@ def test_a_kill_during_a_checkpoint_save_leaves_nothing_after_the_next_run(train
 
 
 def test_e2e_kill_and_resume_is_bitwise_exact(tmp_path, synth_dir, feature_work):
+    """Also the same command in two processes (the straight run in a fresh `etad`, the killed one in
+    another, its resume in this one): the weights are bitwise equal, augmentation included."""
     cache = {"snippets_dir": str(feature_work / "work" / "cache" / "snippets")}
-    e2e = {"epochs": 3, "lr_step": 2, "snippet_ratio": 0.5}
+    e2e = {"epochs": 3, "lr_step": 2, "snippet_ratio": 0.5, "augment": True}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     straight.mkdir(), killed.mkdir()
     a = demo_config(straight, synth_dir, cache=cache, e2e=e2e)
-    assert run_cli("train", "-c", a, "--e2e").returncode == 0
+    done = run_etad("train", "-c", a, "--e2e")
+    assert done.returncode == 0, done.stderr
     b = demo_config(killed, synth_dir, cache=cache, e2e=e2e)
     ckpt = killed / "work" / "e2e" / "checkpoints"
     process = _start("train", "-c", b, "--e2e")

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from tests.helpers import REPO, cached_config, demo_config
+from tests.helpers import REPO, cached_config, demo_config, run_etad
 
 pytestmark = pytest.mark.slow
 
@@ -18,10 +18,12 @@ def _weights(folder):
 
 
 def test_resume_gives_identical_weights(tmp_path, cli, synth_dir, feature_work):
+    """Also the same command in two processes: the straight run in a fresh `etad`, the split one here."""
     straight, split = tmp_path / "straight", tmp_path / "split"
     straight.mkdir(), split.mkdir()
     a = cached_config(straight, synth_dir, feature_work, train={"epochs": 2, "lr_step": 1})
-    assert cli("train", "-c", a).exit_code == 0
+    done = run_etad("train", "-c", a)
+    assert done.returncode == 0, done.stderr
     b = cached_config(split, synth_dir, feature_work, train={"epochs": 1, "lr_step": 1})
     assert cli("train", "-c", b).exit_code == 0
     result = cli("train", "-c", b, "--set", "train.epochs=2", "--resume")
