@@ -213,9 +213,10 @@ def checkpoint_summary(path: Path, info: dict) -> None:
     if info["encoder"]:
         table.add_row("encoder", str(info["encoder"]))
     table.add_row("model", ", ".join(f"{k} {v}" for k, v in info["model"].items() if v is not None))
-    table.add_row(
-        "classes", str(info["classes"]) if info["classes"] else "none (label with infer.classifier: file)"
-    )
+    heads = {"video": "video-level head", "proposal": "per-proposal head"}
+    head = f" ({heads.get(str(info.get('head')), str(info.get('head')))})" if info.get("head") else ""
+    none = "none (label with infer.classifier: file)"
+    table.add_row("classes", f"{info['classes']}{head}" if info["classes"] else none)
     console.print(table)
 
 

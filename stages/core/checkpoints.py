@@ -406,6 +406,7 @@ def describe_state(state: dict) -> dict:
         "epoch": state.get("epoch"),
         "parameters": parts,
         "classes": len(classes),
+        "head": (model.get("classifier") or "video") if model.get("classifier_head") else None,
         "model": {
             k: model.get(k)
             for k in ("variant", "in_channels", "hidden_channels", "roi_size", "fc_channels", "max_duration")

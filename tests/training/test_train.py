@@ -212,6 +212,8 @@ def test_the_proposal_head_labels_each_segment_by_its_own_classes(tmp_path, cli,
     metrics_log = (tmp_path / "work" / "pretrain" / "metrics.jsonl").read_text().splitlines()
     log = [json.loads(line) for line in metrics_log]
     assert all(r["classifier"] > 0 for r in log if "step" in r)  # its term, logged per step
+    shown = cli("checkpoint", "info", tmp_path / "work" / "pretrain" / "checkpoints" / "last.pt")
+    assert shown.exit_code == 0 and "(per-proposal head)" in shown.output
     result = cli("infer", "-c", config, "--eval")
     assert result.exit_code == 0, result.output
     results = tmp_path / "work" / "results"
