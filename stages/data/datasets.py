@@ -117,6 +117,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.seed = settings.seed
         self.anchors = proposal_map(self.t, self.max_duration)
         self.class_index = {c: i for i, c in enumerate(classes)}
+        self.proposal_head = m.classifier_head and m.classifier == "proposal"  # its targets, else none
 
     def __len__(self) -> int:
         return len(self.items)
@@ -144,15 +145,16 @@ class DetectionDataset(torch.utils.data.Dataset):
         chosen = sample_proposals(self.t, self.max_duration, self.strategy, self.ratio, generator=generator)
         anchors = self.anchors[chosen]
         start, end = boundary_targets(gt, self.t)
-        gt_classes = torch.tensor([self.class_index[label] for label in gt_labels], dtype=torch.long)
         sample.update(
             anchors=anchors,
             gt_box=match_ground_truth(anchors, gt),
             gt_start=start,
             gt_end=end,
             labels=self.labels(item),
-            proposal_classes=proposal_classes(anchors, gt, gt_classes),
         )
+        if self.proposal_head:
+            gt_classes = torch.tensor([self.class_index[label] for label in gt_labels], dtype=torch.long)
+            sample["proposal_classes"] = proposal_classes(anchors, gt, gt_classes)
         return sample
 
     def labels(self, item: Item) -> torch.Tensor:
