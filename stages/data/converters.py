@@ -91,11 +91,14 @@ def _split_of(path: Path, train: str, other: str) -> str:
     return train if "train" in Path(path).stem.lower() else other
 
 
-def _durations(path: Path) -> dict[str, float]:
-    """A `video,duration` CSV."""
+def _durations(path: Path, video_column: str = "video") -> dict[str, float]:
+    """A CSV of each video's duration: `video,duration` (`--durations`), or EPIC's video info
+    (`video_column` video_id)."""
     table = _rows(path)
-    _need(path, table, ("video", "duration"))
-    return {r["video"]: _number(path, i, "duration", r["duration"]) for i, r in enumerate(table, start=2)}
+    _need(path, table, (video_column, "duration"))
+    return {
+        r[video_column]: _number(path, i, "duration", r["duration"]) for i, r in enumerate(table, start=2)
+    }
 
 
 def _classes(path: Path | None, id_column: str = "id", key_column: str = "key") -> dict[int, str] | None:
@@ -120,11 +123,7 @@ def epic100(path: Path, *, video_info: Path | None = None, verbs: Path | None = 
         raise UserError(f"--label {label}: expected verb, noun or action")
     if video_info is None:
         raise UserError("--from epic100 needs --video-info EPIC_100_video_info.csv (the videos' durations)")
-    info = _rows(video_info)
-    _need(video_info, info, ("video_id", "duration"))
-    durations = {
-        r["video_id"]: _number(video_info, i, "duration", r["duration"]) for i, r in enumerate(info, 2)
-    }
+    durations = _durations(video_info, "video_id")
     names = {"verb": _classes(verbs), "noun": _classes(nouns)}
     rows = _rows(path)
     _need(path, rows, ("video_id", "start_timestamp", "stop_timestamp", "verb_class", "noun_class"))
