@@ -21,7 +21,7 @@ from stages.core.files import atomic_output, write_json
 from stages.core.workdir import output_path
 from stages.data.annotations import load_annotations, read_blocked
 from stages.evaluation.benchmarks import BENCHMARKS, over_budget, recall_at_multiples
-from stages.evaluation.detections import Instances, read_predictions
+from stages.evaluation.detections import Instances, given_or_settings, read_predictions
 from stages.evaluation.metrics import average_recall_vs_proposals, detection_ap, recall_auc
 
 if TYPE_CHECKING:  # the settings models, for type hints only
@@ -62,7 +62,7 @@ class EvalRequest:
     @classmethod
     def from_settings(cls, settings: Settings | None, **given) -> EvalRequest:
         """Values given (not None) win; then the settings (infer.output, data.*, eval.*)."""
-        given = {k: v for k, v in given.items() if v not in (None, "", [])}
+        defaults = {}
         if settings is not None:
             d, e = settings.data, settings.eval
             defaults = dict(
@@ -70,12 +70,7 @@ class EvalRequest:
                 dataset=e.benchmark or d.protocol, subset=d.eval_subset, blocked=d.blocked, task=e.task,
                 tious=e.tiou_thresholds, protocol=e.protocol,
             )  # fmt: skip
-            given = {**{k: v for k, v in defaults.items() if v is not None}, **given}
-        if given.get("predictions") is None or given.get("ground_truth") is None:
-            raise UserError(
-                "give --predictions and --ground-truth, or --config with infer.output and data.annotations"
-            )
-        return cls(**given)
+        return cls(**given_or_settings(given, defaults))
 
 
 @dataclass

@@ -15,7 +15,7 @@ from stages.core.errors import UserError
 from stages.core.workdir import output_path
 from stages.data.annotations import load_annotations, read_json, unsafe_id_reason
 from stages.evaluation import detad
-from stages.evaluation.detections import Instances, read_predictions
+from stages.evaluation.detections import Instances, given_or_settings, read_predictions
 
 if TYPE_CHECKING:  # the settings models, for type hints only
     from stages.core.settings import Settings
@@ -41,18 +41,14 @@ def files_request(settings: Settings | None, given: dict, *, folder: str, videos
     """The files `etad diagnose` and `etad view` read: the options given, else the settings'
     (infer.output, data.annotations, data.protocol, data.eval_subset; with `videos`,
     data.video_dir); the output folder defaults to `folder` beside the predictions."""
-    given = {k: v for k, v in given.items() if v not in (None, "")}
+    defaults = {}
     if settings is not None:
         d = settings.data
         defaults = {"predictions": output_path(settings), "ground_truth": d.annotations,
                     "dataset": d.protocol, "subset": d.eval_subset}  # fmt: skip
         if videos:
             defaults["videos"] = d.video_dir
-        given = {**{k: v for k, v in defaults.items() if v is not None}, **given}
-    if given.get("predictions") is None or given.get("ground_truth") is None:
-        raise UserError(
-            "give --predictions and --ground-truth, or --config with infer.output and data.annotations"
-        )
+    given = given_or_settings(given, defaults)
     given.setdefault("dataset", "anet")
     given.setdefault("out", Path(given["predictions"]).parent / folder)
     return given

@@ -14,6 +14,19 @@ from stages.core.errors import UserError
 from stages.data.annotations import read_json, unsafe_id_reason
 
 
+def given_or_settings(given: dict, defaults: dict) -> dict:
+    """The files and options `etad eval`, `diagnose` and `view` work on: those given on the command
+    line (None, "" and [] mean not given), else `defaults` (the settings' values, None where unset).
+    The predictions and the ground truth are required."""
+    given = {k: v for k, v in given.items() if v not in (None, "", [])}
+    given = {**{k: v for k, v in defaults.items() if v is not None}, **given}
+    if given.get("predictions") is None or given.get("ground_truth") is None:
+        raise UserError(
+            "give --predictions and --ground-truth, or --config with infer.output and data.annotations"
+        )
+    return given
+
+
 @dataclass
 class Instances:
     """Ground-truth instances or predictions as flat arrays (what the metrics take)."""
