@@ -22,6 +22,8 @@ sys.path.insert(0, str(REPO))
 
 console = Console()
 
+from benchmarks.decoders import bench_real_decoders  # noqa: E402 - after the checkout is on sys.path
+
 
 def machine() -> str:
     import torch
@@ -118,23 +120,33 @@ def bench_extract() -> list[tuple[str, str]]:
 
 
 def bench_decoders() -> list[tuple[str, str]]:
-    """decord against PyAV at 171x128 on textured 342x256 synthetic videos at 30 fps: the same
-    pictures, pixels within the two resizers' difference (grey levels)."""
+    """decord and torchcodec against PyAV at 171x128 on textured 342x256 synthetic videos at 30 fps:
+    the same pictures, pixels within the resizers' (and colour conversions') difference (grey levels)."""
     import numpy as np
 
     from stages import synth
+    from stages.data.video_decoders import torchcodec_missing
     from stages.data.video_io import TimedVideo
 
+    others = ["decord"] + ([] if torchcodec_missing() else ["torchcodec"])
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         synth.run(Path(tmp), videos=3, classes=4, seed=2, fps=30.0, width=342, height=256, movers=True)
-        diffs = []
-        for path in sorted((Path(tmp) / "videos").glob("*.mp4")):
-            a, b = (TimedVideo(path, 15.0, d, height=128, width=171) for d in ("pyav", "decord"))
-            first, second = (v.read(np.arange(len(v))).astype(int) for v in (a, b))
-            diffs.append(np.abs(first - second))
-        d = np.concatenate([x.ravel() for x in diffs])
-    return [("mean", f"{d.mean():.2f}"), ("99th percentile", f"{np.percentile(d, 99):.0f}"),
-            ("99.9th percentile", f"{np.percentile(d, 99.9):.0f}"), ("largest", f"{d.max()}")]  # fmt: skip
+        paths = sorted((Path(tmp) / "videos").glob("*.mp4"))
+        for other in others:
+            diffs = []
+            for path in paths:
+                a, b = (TimedVideo(path, 15.0, d, height=128, width=171) for d in ("pyav", other))
+                first, second = (v.read(np.arange(len(v))).astype(int) for v in (a, b))
+                diffs.append(np.abs(first - second))
+            d = np.concatenate([x.ravel() for x in diffs])
+            rows += [
+                (f"{other}: mean", f"{d.mean():.2f}"),
+                (f"{other}: 99th percentile", f"{np.percentile(d, 99):.0f}"),
+                (f"{other}: 99.9th percentile", f"{np.percentile(d, 99.9):.0f}"),
+                (f"{other}: largest", f"{d.max()}"),
+            ]
+    return rows
 
 
 def bench_frame_formats() -> list[tuple[str, str]]:
@@ -695,7 +707,8 @@ def bench_diagnose() -> list[tuple[str, str]]:
 
 
 BENCHMARKS = [
-    bench_synth, bench_extract, bench_decoders, bench_frame_formats, bench_cache_read, bench_eval,
+    bench_synth, bench_extract, bench_decoders, bench_real_decoders, bench_frame_formats, bench_cache_read,
+    bench_eval,
     bench_diagnose,
     bench_train,
     bench_detector_speed, bench_startup, bench_e2e_memory, bench_encoder_families, bench_e2e_paper_gpu,

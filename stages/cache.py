@@ -38,7 +38,7 @@ from stages.data.hdf5_cache import (
 from stages.data.per_video import run_each
 from stages.data.protocols import protocol
 from stages.data.video_facts import VideoNotes
-from stages.data.video_io import VideoError
+from stages.data.video_io import VideoError, decoder_problem
 from stages.data.video_selection import WHOLE, Shard, drop_missing, select, write_lists
 from stages.data.video_snippets import decodable, video_snippets
 from stages.model.frozen_encoder import FeatureEncoder
@@ -374,6 +374,8 @@ def run(
     todo = [(v, video_file(out_dir, v)) for v in chosen.videos if v not in current]
     summary.skipped = len(chosen.videos) - len(todo)
     if todo and from_npy is None:
+        if problem := decoder_problem(settings.data.decoder):
+            raise UserError(problem)
         _check_space(settings, records, [v for v, _ in todo], kind, out_dir=out_dir)
     progress.start(len(todo))
     start = time.perf_counter()

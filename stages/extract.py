@@ -27,6 +27,7 @@ from stages.data.extracted_frames import frames_file, record_file, source_stamp
 from stages.data.hdf5_cache import new_hdf5, store_frames
 from stages.data.per_video import run_each
 from stages.data.video_facts import VideoNotes, open_video
+from stages.data.video_io import decoder_problem
 from stages.data.video_selection import WHOLE, Shard, drop_missing, select, write_lists
 from stages.data.video_snippets import extracted, video_path
 
@@ -101,6 +102,8 @@ def run(settings: Settings, *, workers: int = 1, subsets: list[str] | None = Non
     d, c = settings.data, settings.cache
     if d.annotations is None or d.video_dir is None:
         raise UserError("data.annotations and data.video_dir must be set to extract")
+    if problem := decoder_problem(d.decoder):
+        raise UserError(problem)
     records = load_annotations(d.annotations)
     out_dir = frames_dir(settings)
     try:

@@ -33,7 +33,7 @@ from stages.data.fingerprints import Expected
 from stages.data.frame_codec import decode_jpeg, encode_jpeg
 from stages.data.hdf5_cache import VideoCache
 from stages.data.protocols import Item, protocol
-from stages.data.video_io import TimedVideo, VideoError
+from stages.data.video_io import TimedVideo, VideoError, VideoFacts
 from stages.data.video_selection import WHOLE, Shard
 from stages.evaluation.detections import check_results
 from stages.evaluation.postprocess import CLASSIFIERS, POST_PROCESSING, Labeller
@@ -385,8 +385,9 @@ def task_of(settings: Settings) -> str:
 
 def video_features(
     settings: Settings, detector: Detector, video: Path, progress: Progress = SILENT
-) -> tuple[np.ndarray, float]:
-    """Features [N, D] of one video file and its duration in seconds: decoded at data.fps and the
+) -> tuple[np.ndarray, float, VideoFacts]:
+    """Features [N, D] of one video file, its duration in seconds and what decoding found (the
+    notes `extract` and `cache` print): decoded at data.fps and the
     data frame size (through cache.codec, as the snippet cache stores them), cut into snippets by
     the protocol, encoded in batches (the trained encoder of
     an end-to-end checkpoint, else model.encoder of the settings, as `etad cache` does)."""
@@ -426,8 +427,8 @@ def video_features(
             f"{video}: the encoder gives {features.shape[1]}-d features but the checkpoint's detector "
             f"expects {detector.model_settings.in_channels} (model.encoder differs from training)"
         )
-    reader.finish()
-    return features, len(reader) / d.fps  # the frames the snippets cover (docs/method.md, "Frames and time")
+    facts = reader.finish()
+    return features, len(reader) / d.fps, facts  # the frames the snippets cover (docs/method.md)
 
 
 def video_inputs(
@@ -473,7 +474,8 @@ def run_video(settings: Settings, detector: Detector, checkpoint: Path, video: P
             "subset's detections (infer.output); rename the video or set infer.output"
         )
     label = labeller(settings, detector)
-    features, duration = video_features(settings, detector, video, progress)
+    features, duration, facts = video_features(settings, detector, video, progress)
+    notes.extend(f"{video}: {phrase}" for _, phrase in facts.anomalies(settings.data.fps))
     frames, length = round(duration * settings.data.fps), settings.data.snippet_length
     if frames < length:
         notes.append(f"{video}: {frames} frame(s) at data.fps, shorter than one snippet ({length} frames): "

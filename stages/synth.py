@@ -29,7 +29,7 @@ import numpy as np
 from stages.core.errors import UserError
 from stages.core.files import write_json
 from stages.core.progress import SILENT, Progress
-from stages.data.video_io import write_video
+from stages.data.video_writer import write_video
 
 # (name, shape drawn, what the motion is). The order fixes the label ids.
 CLASSES: list[tuple[str, str, str]] = [

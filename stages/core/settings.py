@@ -114,8 +114,10 @@ class DataSettings(Section):
         description="a video whose file (or cached input) is absent: error stops before any work; skip "
         "leaves it out and lists it in missing.json of the output folder (real datasets lack some)",
     )
-    decoder: Literal["auto", "decord", "pyav"] = Field(
-        "auto", description="auto: decord if installed, else PyAV"
+    decoder: Literal["auto", "decord", "pyav", "torchcodec"] = Field(
+        "auto",
+        description="auto: decord if installed, else PyAV; torchcodec needs etad[torchcodec] and FFmpeg's "
+        "shared libraries. Every decoder stores the picture a player shows at each time (docs/extract.md)",
     )
     resize: Literal["stretch", "crop"] = Field(
         "stretch",

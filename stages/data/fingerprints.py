@@ -31,9 +31,9 @@ def snippet_inputs(settings: Settings) -> dict:
         "fps": d.fps,
         "size": [d.frame_height, d.frame_width],
         "resize": d.resize,
-        # frames by display time (data/video_io.py); caches decoded by frame index before it may hold
-        # frames of other times on B-frame, dropped-frame and variable-rate files: they are rebuilt
-        "timing": "display-time",
+        # frames by the player's clock (data/video_io.py): caches made before (by rank, from the first
+        # picture, unrotated) may hold frames of other times or sideways on users' own files: rebuilt
+        "timing": "player-clock",
         "snippet_length": d.snippet_length,
         "positions": protocol(d).positions(),
         "layout": "frames-1",  # each frame once (docs/cache.md)

@@ -1,50 +1,56 @@
-"""Reading videos by display time, behind one small interface; writing test and synthetic videos.
+"""Reading videos by display time, behind one small interface.
 
 One rule for every decoder and every stage (docs/method.md, "Frames and time"): the frame stored
-for time t is the frame a player displays at t.
+for time t is the picture a player shows at t, upright as it shows it.
 
-1. **Index** (PyAV, demuxing only, nothing decoded): the display times of the coded pictures are the
-   timestamps of the packets that carry one, sorted. A packet without a timestamp sits one frame
-   (at the stream's rate) after the one before. Empty packets (the null frames by which AVI files
-   drop frames) carry no picture, so the picture before holds through them.
-2. **Decode** (decord or PyAV) in one forward pass, in the decoder's output order, which is the
-   display order; the i-th decoded picture takes the i-th display time. (B-frame files in AVI hand
-   out pictures whose own timestamps are in decode order: their set is right, their order is not,
-   so ranking pictures by their timestamps puts frames 1-2 places off.)
-3. **Sample** times k / fps from the first picture, for k < floor(duration * fps): each takes the
-   last picture displayed at or before it. The duration runs from the first picture to the end of
-   the last, so dropped frames and variable frame rates keep their real length.
-
-decord, the default (ETAD's reader), is only ever read forward: its random access returned
-pictures from other times on a damaged file. PyAV (bundles FFmpeg) is the fallback where decord
-is absent and the writer of test videos. Nothing else in the project imports decord or av.
+1. **Index** (video_index.py, demuxing only): the stream, each picture's time on the player's
+   clock (seconds from the file's start, restarts joined), the display transform and pixel shape.
+2. **Decode** (video_decoders.py: PyAV, torchcodec or decord) in one forward pass. PyAV and
+   torchcodec pictures carry their own timestamps: each is placed at its own time, so a picture
+   the decoder drops (a lost packet, leading pictures, preroll) leaves its time to the picture
+   before and moves no other. Where the decoded order shows timestamps in decode order (AVI with
+   B-frames: their set is right, their order is not), pictures are ranked instead: the i-th takes
+   the i-th display time. decord's pictures have no timestamps: they are ranked, and decord is
+   used only where its first picture is the first picture PyAV decodes (else PyAV reads the video,
+   noted); a decord failure part-way goes on with PyAV.
+3. **Sample** times k / fps, k < floor(duration * fps): each takes the last picture shown at or
+   before it; before the first picture, the first picture. The duration runs from the file's start
+   to the end of the last picture.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
+from itertools import chain, islice
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from stages.core.files import atomic_output
-from stages.data.snippet_positions import output_frames, shown_at
+from stages.data.snippet_positions import TIME_TOLERANCE, output_frames, shown_at
+from stages.data.video_decoders import (
+    TRANSFORMS,
+    TRANSPOSING,
+    DecordPictures,
+    PyAVPictures,
+    TorchcodecPictures,
+    correction,
+    decord_available,
+    display_transform,
+    rotated_by_angle,
+    rotation,
+    torchcodec_missing,
+)
+from stages.data.video_index import Index, VideoError, first_line, read_index
 
-Backend = Literal["auto", "decord", "pyav"]
+__all__ = ["TimedVideo", "VideoError", "VideoFacts", "decord_available", "decoder_problem"]
+
+Backend = Literal["auto", "decord", "pyav", "torchcodec"]
 Resize = Literal["stretch", "crop"]
 IRREGULAR = 0.25  # a frame interval this far off the median one counts as irregular
-BATCH = 32  # consecutive pictures decord decodes per call
-
-
-class VideoError(Exception):
-    """A video that cannot be opened or decoded; the message is one line naming the file."""
+LOOKAHEAD = 32  # pictures whose own timestamps decide between own times and ranks
+MATCH = (24, 32)  # the size at which decord's first picture is compared with PyAV's
 
 
 @dataclass
@@ -53,15 +59,24 @@ class VideoFacts:
 
     header_fps: float  # the rate the container states
     source_fps: float  # 1 / the median interval between display times
-    coded_frames: int  # pictures the file holds
-    duration: float  # seconds, first picture to the end of the last
+    coded_frames: int  # pictures a decoder can hand out
+    duration: float  # seconds, the file's start to the end of the last picture
     output_frames: int  # frames at the output rate
     held: float  # share of output frames that repeat the picture of the frame before
     irregular: float  # share of frame intervals off the median by more than IRREGULAR
     timestamps: str  # rising | decode order (re-ranked) | none (positions at the header rate)
     decoder: str = ""
-    decoded_frames: int | None = None  # after a read to the end; fewer than coded: damaged
-    notes: list[str] = field(default_factory=list)  # FFmpeg's own lines, shortfalls
+    decoded_frames: int | None = None  # pictures decoded, after a read to the end
+    notes: list[str] = field(default_factory=list)  # FFmpeg's own lines, decoder changes
+    rotation: int = 0  # clockwise degrees a player turns the pictures by
+    display: str = "none"  # the display transform applied (video_decoders.TRANSFORMS)
+    sample_aspect: float = 1.0  # pixel width over height
+    start_offset: float = 0.0  # seconds from the file's start to the first picture
+    leading: int = 0  # coded pictures before the first keyframe, which no decoder can show
+    discontinuities: list[float] = field(default_factory=list)  # seconds where the clock was joined
+    gaps: list[list[float]] = field(default_factory=list)  # [at, length] of gaps over GAP s
+    lost: int = 0  # pictures expected but not decoded (after a read to the end)
+    lost_at: str = ""  # where, in seconds
 
     def as_record(self) -> dict:
         return asdict(self)
@@ -70,228 +85,117 @@ class VideoFacts:
         """What a user should know about this video: (kind, phrase) pairs; none for a regular one."""
         out = []
         if self.irregular > 0.01:
-            out.append(("variable rate", f"variable frame rate or dropped frames ({self.irregular:.0%} of "
-                                         "intervals irregular)"))  # fmt: skip
+            out.append(
+                (
+                    "variable rate",
+                    f"variable frame rate or dropped frames ({self.irregular:.0%} of intervals irregular)",
+                )
+            )
         if self.source_fps < fps * 0.99 and self.held > 0:
             out.append(("upsampled", f"{self.source_fps:.3g} fps source, {self.held:.0%} of frames repeat"))
         if abs(self.header_fps - self.source_fps) > 0.05 * self.source_fps and self.irregular <= 0.01:
-            out.append(("rate mismatch", f"the file states {self.header_fps:.3g} fps, its timestamps "
-                                         f"{self.source_fps:.3g} fps (timestamps followed)"))  # fmt: skip
+            out.append(
+                (
+                    "rate mismatch",
+                    f"the file states {self.header_fps:.3g} fps, its timestamps "
+                    f"{self.source_fps:.3g} fps (timestamps followed)",
+                )
+            )
         if self.timestamps == "decode order":
             out.append(("out-of-order timestamps", "timestamps in decode order (pictures re-ranked)"))
         if self.timestamps == "none":
             out.append(("no timestamps", f"frames placed at the stated {self.header_fps:.3g} fps"))
-        if self.decoded_frames is not None and self.decoded_frames < self.coded_frames:
-            out.append(("damaged", f"{self.decoded_frames} of {self.coded_frames} pictures decoded"))
+        if self.discontinuities:
+            at = ", ".join(f"{t:.2f} s" for t in self.discontinuities[:5])
+            out.append(("timestamp discontinuity", f"timestamp discontinuity at {at} (clock joined)"))
+        for at, length in self.gaps[:3]:
+            out.append(("gap", f"a gap of {length:.1f} s at {at:.2f} s (the picture before holds)"))
+        if self.start_offset > 1.0 / fps:
+            why = f"; {self.leading} leading picture(s) before the first keyframe" if self.leading else ""
+            out.append(
+                ("late start", f"first picture at {self.start_offset:.2f} s of the file (held from 0){why}")
+            )
+        if self.lost:
+            out.append(
+                (
+                    "damaged",
+                    f"{self.lost} of {self.coded_frames} pictures not decoded (at "
+                    f"{self.lost_at}); the picture before holds",
+                )
+            )
         return out
 
 
-def decord_available() -> bool:
-    try:
-        import decord  # noqa: F401
-    except ImportError:
-        return False
-    return True
+class _Picture:
+    """A decoded picture, converted (and turned upright) the first time a frame shows it."""
+
+    __slots__ = ("_make", "_turn", "_array")
+
+    def __init__(self, make, turn) -> None:
+        self._make, self._turn, self._array = make, turn, None
+
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = self._turn(self._make())
+            self._make = None
+        return self._array
 
 
-def _first_line(exc: BaseException) -> str:
-    """An exception as one short line, without decord's C++ times and source locations
-    ("[12:00:00] /src/video/ffmpeg/threaded_decoder.cc:218: Check failed: ...")."""
-    text = " ".join(str(exc).split()) or exc.__class__.__name__
-    text = re.sub(r"\[\d\d:\d\d:\d\d\]\s*|\S*\.(cc|cpp|h):\d+:\s*", "", text).strip()
-    return (text or exc.__class__.__name__)[:160]
+def _spans(times: np.ndarray, gap: float) -> str:
+    """Seconds as short ranges: '0.00-0.44 s, 3.20 s'."""
+    spans, start = [], None
+    for i, t in enumerate(times):
+        start = t if start is None else start
+        if i + 1 == len(times) or times[i + 1] - t > gap:
+            spans.append(f"{start:.2f}-{t:.2f} s" if t > start else f"{t:.2f} s")
+            start = None
+    return ", ".join(spans[:4]) + (f" and {len(spans) - 4} more" if len(spans) > 4 else "")
 
 
-@contextmanager
-def captured_stderr(lines: list[str]) -> Iterator[None]:
-    """FFmpeg's own log lines (written by C code straight to file descriptor 2, decord's and
-    PyAV's alike) go into `lines` instead of between the progress bars."""
-    with tempfile.TemporaryFile() as sink:
-        saved = os.dup(2)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            text = sink.read().decode("utf-8", "replace")
-            lines.extend(line.strip()[:200] for line in text.splitlines() if line.strip())
-
-
-# ---- 1. the index -----------------------------------------------------------------------------
-
-
-@dataclass
-class _Index:
-    times: np.ndarray  # display times of the pictures, seconds from the first, rising
-    interval: float  # the median interval between them (the last picture shows this long)
-    header_fps: float
-    timestamps: str
-    size: tuple[int, int]  # the pictures' height and width
-    notes: list[str]
-
-
-def _index(path: Path) -> _Index:
-    """Demux the video packets (no decoding) to learn the pictures' display times."""
-    import av
-
-    notes: list[str] = []
-    with captured_stderr(notes), av.open(str(path)) as container:
-        if not container.streams.video:
-            raise VideoError(f"{path}: no video stream")
-        stream = container.streams.video[0]
-        context = stream.codec_context
-        base = stream.time_base
-        header = float(stream.average_rate or stream.guessed_rate or stream.base_rate or 0)
-        stamps, durations = [], []
-        try:
-            for packet in container.demux(stream):
-                if packet.size > 0:
-                    stamps.append(packet.pts if packet.pts is not None else packet.dts)
-                    durations.append(packet.duration or 0)
-        except av.error.FFmpegError as exc:  # a damaged or cut file: what came before it counts
-            notes.append(f"demuxing stopped after {len(stamps)} pictures: {_first_line(exc)}")
-        reorders = bool(context.has_b_frames)
-        size = (context.height, context.width)
-    if not stamps:
-        raise VideoError(f"{path}: video has no frames")
-    step = 1.0 / header if header > 0 else None
-    known = [s is not None for s in stamps]
-    if base is None or not any(known):
-        if step is None:
-            raise VideoError(f"{path}: no timestamps and no frame rate: its frames have no times")
-        times, kind = np.arange(len(stamps)) * step, "none"
-    else:
-        raw = np.array([s if s is not None else np.nan for s in stamps], dtype=np.float64) * float(base)
-        if not all(known):  # fill each gap one frame after the picture before
-            for i in np.flatnonzero(np.isnan(raw)):
-                raw[i] = (raw[i - 1] if i else 0.0) + (step or 0.0)
-        rising = bool(np.all(np.diff(raw) > 0))
-        kind = "decode order" if rising and reorders and len(raw) > 2 else "rising"
-        times = np.sort(raw)
-    times = times - times[0]
-    # the last picture shows for the usual interval (a packet's own duration may come from a
-    # header rate that the timestamps contradict); a single picture, for its packet's duration
-    if len(times) > 1:
-        interval = float(np.median(np.diff(times)))
-    else:
-        interval = durations[-1] * float(base or 0) or step or 1.0
-    return _Index(times=times, interval=interval, header_fps=header, timestamps=kind, size=size, notes=notes)
-
-
-# ---- 2. the decoders: pictures in output order, forward only ------------------------------------
-
-
-class _PyAVPictures:
-    """Decoded pictures in the decoder's output order, counted from 0; packets that fail to decode
-    are skipped (as players do), the rest go on."""
-
-    def __init__(self, path: Path, size: tuple[int, int], notes: list[str]) -> None:
-        import av
-
-        self._av, self.path, self.size, self.notes = av, path, size, notes
-        with captured_stderr(notes):
-            self._container = av.open(str(path))
-        self._stream = self._container.streams.video[0]
-        self._pictures = self._decode()
-        self.position = 0  # the index of the picture the next `next()` gives
-        self.reordered = False  # a picture whose own timestamp is behind the one before
-
-    def _decode(self):
-        last = None
-        for packet in self._container.demux(self._stream):
-            try:
-                pictures = packet.decode()
-            except self._av.error.FFmpegError as exc:
-                self.notes.append(f"a packet at picture {self.position} did not decode: {_first_line(exc)}")
-                continue
-            for picture in pictures:
-                if picture.pts is not None and last is not None and picture.pts < last:
-                    self.reordered = True
-                last = picture.pts if picture.pts is not None else last
-                yield picture
-
-    def take(self, indices: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-        """(index, rgb uint8 [H, W, 3]) for each of the rising `indices` at or after `position`;
-        stops early where the video ends."""
-        height, width = self.size
-        with captured_stderr(self.notes):
-            for index in indices:
-                picture = None
-                while self.position <= index:
-                    picture = next(self._pictures, None)
-                    if picture is None:
-                        return
-                    self.position += 1
-                if height > 0 and width > 0:
-                    yield int(index), picture.to_ndarray(format="rgb24", width=width, height=height,
-                                                         interpolation="BICUBIC")  # fmt: skip
-                else:
-                    yield int(index), picture.to_ndarray(format="rgb24")
-
-    def close(self) -> None:
-        self._container.close()
-
-
-class _DecordPictures:
-    """decord read forward in batches of consecutive pictures, from where it stands to the last one
-    wanted; never a seek, and never `skip_frames` (which seeks back to the start on MPEG-4 AVI)."""
-
-    def __init__(self, path: Path, size: tuple[int, int], notes: list[str]) -> None:
-        import decord
-
-        height, width = size
-        self.notes = notes
-        with captured_stderr(notes):
-            self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height,
-                                          num_threads=1)  # fmt: skip
-        self.count = len(self._vr)
-        self.position = 0
-        self.reordered = False
-
-    def take(self, indices: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-        indices = indices[indices < self.count]
-        while len(indices):
-            chunk = np.arange(self.position, min(self.position + BATCH, int(indices[-1]) + 1))
-            with captured_stderr(self.notes):
-                frames = self._vr.get_batch(chunk.tolist()).asnumpy()
-            self.position = int(chunk[-1]) + 1
-            keep = np.isin(chunk, indices)
-            yield from zip(chunk[keep].tolist(), frames[keep], strict=True)
-            indices = indices[indices >= self.position]
-
-    def close(self) -> None:
-        del self._vr
-
-
-# ---- 3. the video at the output rate ------------------------------------------------------------
+def decoder_problem(decoder: str) -> str | None:
+    """Why `data.decoder` cannot decode here, as one line (checked before any work), or None."""
+    if decoder == "torchcodec" and (missing := torchcodec_missing()):
+        return f"data.decoder torchcodec: {missing}"
+    if decoder == "decord" and not decord_available():
+        return "data.decoder decord: decord is not installed (x86-64 wheels only); pyav works anywhere"
+    return None
 
 
 class TimedVideo:
     """A video's frames at `fps`, by display time (the module's rule), read forward.
 
     `height`/`width` (both or neither) give the output size: `stretch` resizes to it (ETAD's way),
-    `crop` resizes to cover it keeping the aspect ratio, then cuts its centre."""
+    `crop` resizes to cover it keeping the displayed aspect ratio, then cuts its centre."""
 
-    def __init__(self, path: Path, fps: float, backend: Backend = "auto", *, height: int = -1,
-                 width: int = -1, resize: Resize = "stretch") -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: Path,
+        fps: float,
+        backend: Backend = "auto",
+        *,
+        height: int = -1,
+        width: int = -1,
+        resize: Resize = "stretch",
+    ) -> None:
         self.path, self.fps = Path(path), fps
         if not self.path.is_file():
             raise VideoError(f"{self.path}: no such video file")
         self.backend = ("decord" if decord_available() else "pyav") if backend == "auto" else backend
+        if problem := decoder_problem(self.backend):
+            raise VideoError(f"{self.path}: {problem}")
         try:
-            index = _index(self.path)
-        except VideoError:
-            raise
+            self.index = read_index(self.path, pictures=self.backend == "decord")
+        except VideoError as exc:
+            raise VideoError(str(exc) if str(self.path) in str(exc) else f"{self.path}: {exc}") from None
         except Exception as exc:  # av raises many types for a broken or foreign file
-            raise VideoError(f"{self.path}: cannot open video: {_first_line(exc)}") from None
+            raise VideoError(f"{self.path}: cannot open video: {first_line(exc)}") from None
+        index = self.index
+        self.display = display_transform(index.matrix)
         self.target = (height, width)
-        self.decode_size = _decode_size(index.size, self.target, resize)
-        self.times = index.times
+        self.size = _decode_size(_displayed(index, self.display), self.target, resize)
         duration = float(index.times[-1] + index.interval)
         count = output_frames(duration, fps)
-        self.source_of = shown_at(index.times, count, fps)  # [count] picture shown at each frame
+        source_of = shown_at(index.times, count, fps)
         intervals, median = np.diff(index.times), index.interval
         self.facts = VideoFacts(
             header_fps=round(index.header_fps, 4),
@@ -299,26 +203,133 @@ class TimedVideo:
             coded_frames=len(index.times),
             duration=round(duration, 4),
             output_frames=count,
-            held=round(float(np.mean(self.source_of[1:] == self.source_of[:-1])) if count > 1 else 0.0, 4),
-            irregular=round(float(np.mean(np.abs(intervals - median) > IRREGULAR * median))
-                            if len(intervals) else 0.0, 4),  # fmt: skip
-            timestamps=index.timestamps,
+            held=round(float(np.mean(source_of[1:] == source_of[:-1])) if count > 1 else 0.0, 4),
+            irregular=round(
+                float(np.mean(np.abs(intervals - median) > IRREGULAR * median)) if len(intervals) else 0.0, 4
+            ),
+            timestamps="decode order" if index.decode_order else index.timestamps,
             decoder=self.backend,
             notes=index.notes,
+            rotation=rotation(index.matrix),
+            display=self.display,
+            sample_aspect=round(index.sample_aspect, 4),
+            start_offset=round(index.start_offset, 4),
+            leading=index.leading,
+            discontinuities=index.discontinuities,
+            gaps=[list(g) for g in index.gaps],
         )
-        self._pictures = None
-        self._recent: dict[int, np.ndarray] = {}  # the last read's pictures: overlapping reads
+        self._decoder = None  # the open decoder, and the walk over the output frames it feeds
+        self._walk: Iterator[tuple[int, np.ndarray]] | None = None
+        self._next = 0  # the output frame the walk gives next
+        self._recent: dict[int, np.ndarray] = {}  # the last read's frames: overlapping reads
+        self._decoded: list[float] = []  # the times of the pictures decoded, in order
+        self._complete = False  # the walk reached the last output frame
 
     def __len__(self) -> int:
-        return len(self.source_of)
+        return self.facts.output_frames
 
-    def _open(self):
+    # ---- the pictures, timed --------------------------------------------------------------------
+
+    def _open(self) -> Iterator[tuple[float, _Picture]]:
+        """(seconds, upright picture at the decode size) in display order, from the start."""
+        index, notes = self.index, self.facts.notes
         if self.backend == "decord":
             try:
-                return _DecordPictures(self.path, self.decode_size, self.facts.notes)
+                self._decoder = DecordPictures(self.path, self.size, notes, len(index.times))
             except Exception as exc:
-                raise VideoError(f"{self.path}: decord cannot open it: {_first_line(exc)}") from None
-        return _PyAVPictures(self.path, self.decode_size, self.facts.notes)
+                return self._fall_back(f"decord cannot open it: {first_line(exc)}")
+            turn = correction(rotated_by_angle(index.matrix), self.display)
+            return self._decord_checked(self._timed(iter(self._decoder), turn, ranked=True))
+        if self.backend == "torchcodec":
+            self._decoder = TorchcodecPictures(
+                self.path, index.stream, self.size, notes, time_base=index.time_base
+            )
+            turn = correction(rotated_by_angle(index.matrix), self.display)
+        else:
+            size = self.size[::-1] if self.display in TRANSPOSING else self.size
+            self._decoder = PyAVPictures(self.path, index.stream, size, notes)
+            turn = self.display
+        # where PyAV's first pictures came out with timestamps in decode order, every decoder ranks
+        return self._timed(iter(self._decoder), turn, ranked=True if index.decode_order else None)
+
+    def _timed(self, pictures, turn: str, ranked: bool | None) -> Iterator[tuple[float, _Picture]]:
+        """Each picture at its own time (ranked: the i-th at the i-th display time). `ranked=None`:
+        decided by the first LOOKAHEAD pictures' own timestamps, in the order they come out."""
+        index, apply = self.index, TRANSFORMS[turn]
+        head: list = []
+        if ranked is None:
+            head = [(picture, index.seconds(raw)) for picture, raw in islice(pictures, LOOKAHEAD)]
+            own = [t for _, t in head]
+            ranked = None in own or any(b <= a for a, b in zip(own, own[1:]))
+            if ranked and None not in own:
+                self.facts.timestamps = "decode order"
+        rank, last = 0, -np.inf
+        rest = ((p, None if ranked else index.seconds(raw)) for p, raw in pictures)
+        for make, own_time in chain(head, rest):
+            if ranked:
+                if rank >= len(index.times):
+                    return
+                at = float(index.times[rank])
+            elif own_time is None or own_time <= last:  # no time, or behind the one before: not shown
+                continue
+            else:
+                at = own_time
+            rank, last = rank + 1, at
+            self._decoded.append(at)
+            yield at, _Picture(make, apply)
+
+    def _decord_checked(self, pictures) -> Iterator[tuple[float, _Picture]]:
+        """decord's pictures, once its first is PyAV's first (decord has lost a group of pictures
+        where PyAV has not: ranks would then be off); else PyAV's, noted."""
+        first = next(pictures, None)
+        if first is not None and self._same_as_pyav(first[1].array()):
+            yield first
+            yield from pictures
+            return
+        yield from self._fall_back("its first picture is not the file's first")
+
+    def _same_as_pyav(self, picture: np.ndarray) -> bool:
+        from PIL import Image
+
+        decoded = self.index.first_pictures
+        if not decoded or decoded[0][1] is None or abs(decoded[0][1] - self.index.times[0]) > TIME_TOLERANCE:
+            return False
+
+        def small(array: np.ndarray) -> np.ndarray:
+            image = Image.fromarray(np.ascontiguousarray(array)).resize(MATCH[::-1], Image.BOX)
+            return np.asarray(image, dtype=np.float32)
+
+        mine = small(picture)
+        apply = TRANSFORMS[self.display]
+        distance = [float(np.abs(mine - small(apply(p))).mean()) for p, _ in decoded]
+        return distance[0] <= min(distance) + 0.5
+
+    def _switch_to_pyav(self, why: str) -> None:
+        """PyAV reads this video from the start instead of decord (noted)."""
+        self.facts.notes.append(f"decord: {why}; read with PyAV")
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
+        self.backend = self.facts.decoder = "pyav"
+        self._decoded = []
+
+    def _fall_back(self, why: str) -> Iterator[tuple[float, _Picture]]:
+        self._switch_to_pyav(why)
+        return self._open()
+
+    def _frames(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(output frame k, the picture shown at k / fps), k rising from 0."""
+        pictures = self._open()
+        current, pending = None, next(pictures, None)
+        for k in range(len(self)):
+            at = k / self.fps + TIME_TOLERANCE
+            while pending is not None and (current is None or pending[0] <= at):
+                current, pending = pending, next(pictures, None)
+            if current is None:
+                raise VideoError(f"{self.path}: no picture could be decoded")
+            yield k, current[1].array()
+
+    # ---- reading ---------------------------------------------------------------------------------
 
     def read(self, numbers: Iterable[int] | np.ndarray) -> np.ndarray:
         """Frames at output `numbers` (any order, repeats allowed), uint8 [n, H, W, 3]. Reading in
@@ -326,56 +337,52 @@ class TimedVideo:
         numbers = np.asarray(numbers if isinstance(numbers, np.ndarray) else list(numbers), dtype=np.int64)
         if numbers.size and (numbers.min() < 0 or numbers.max() >= len(self)):
             raise VideoError(f"{self.path}: frame index out of range 0..{len(self) - 1}")
-        wanted = np.unique(self.source_of[numbers])
-        got = {i: self._recent[i] for i in wanted if i in self._recent}
-        todo = np.array([i for i in wanted if i not in got], dtype=np.int64)
-        if len(todo) and (self._pictures is None or todo[0] < self._pictures.position):
+        wanted = np.unique(numbers)
+        got = {int(k): self._recent[k] for k in wanted if k in self._recent}
+        todo = [int(k) for k in wanted if k not in got]
+        if todo and (self._walk is None or todo[0] < self._next):
             self._restart()
         try:
-            got.update(self._pictures.take(todo) if len(todo) else ())
+            got.update(self._advance(todo))
         except VideoError:
             raise
-        except Exception as exc:  # decord and av raise many types for a broken file
-            hint = "; data.decoder: pyav skips damaged packets" if self.backend == "decord" else ""
-            why = _first_line(exc)[:100]
-            raise VideoError(f"{self.path}: damaged, {self.backend} cannot decode it: {why}{hint}") from None
-        if len(got) < len(wanted):
-            got.update(self._hold(wanted, got))
+        except Exception as exc:  # decoders raise many types for a broken file
+            if self.backend != "decord":
+                why = first_line(exc)[:100]
+                raise VideoError(f"{self.path}: damaged, {self.backend} cannot decode it: {why}") from None
+            self._switch_to_pyav(f"stopped at picture {self._decoder.position}: {first_line(exc)[:80]}")
+            self._walk, self._recent = None, {}
+            return self.read(numbers)
         self._recent = got
-        pictures = np.stack([self._finish(got[i]) for i in self.source_of[numbers]]) if numbers.size else None
-        return pictures if pictures is not None else np.zeros((0, 1, 1, 3), np.uint8)
+        if not numbers.size:
+            return np.zeros((0, 1, 1, 3), np.uint8)
+        return np.stack([self._cut(got[int(k)]) for k in numbers])
+
+    def _advance(self, todo: list[int]) -> dict[int, np.ndarray]:
+        got, wanted = {}, set(todo)
+        last = max(todo, default=-1)
+        while self._next <= last:
+            k, picture = next(self._walk)
+            self._next = k + 1
+            self._complete = self._next == len(self)
+            if k in wanted:
+                got[k] = picture
+        return got
 
     def _restart(self) -> None:
-        if self._pictures is not None:
-            self._pictures.close()
-        self._pictures = self._open()
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
+        self._decoded, self._complete, self._next = [], False, 0
+        self._walk = self._frames()
 
-    def _hold(self, wanted: np.ndarray, got: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-        """The pictures past the decodable end: the last decoded one holds (noted, counted)."""
-        decoded = self._pictures.position
-        self.facts.decoded_frames = min(decoded, self.facts.coded_frames)
-        last = max((i for i in got if i < decoded), default=None)
-        last_picture = self._last_picture(decoded) if last is None else got[last]
-        at = self.times[min(decoded, len(self.times) - 1)]
-        total = self.facts.coded_frames
-        note = f"decoding ended at picture {decoded} of {total} ({at:.2f} s); the last picture holds"
-        if note not in self.facts.notes:
-            self.facts.notes.append(note)
-        return {i: last_picture for i in wanted if i not in got}
-
-    def _last_picture(self, decoded: int) -> np.ndarray:
-        if decoded == 0:
-            raise VideoError(f"{self.path}: no picture could be decoded")
-        self._restart()
-        return dict(self._pictures.take(np.array([decoded - 1])))[decoded - 1]
-
-    def _finish(self, picture: np.ndarray) -> np.ndarray:
-        """A decoded picture at the output size: cut to it where `crop` decoded it larger."""
+    def _cut(self, picture: np.ndarray) -> np.ndarray:
+        """A picture at the output size: its centre where `crop` decoded it larger."""
         height, width = self.target
         if height <= 0 or (picture.shape[0], picture.shape[1]) == (height, width):
-            return picture
+            return np.ascontiguousarray(picture)
         top, left = (picture.shape[0] - height) // 2, (picture.shape[1] - width) // 2
-        return picture[top : top + height, left : left + width]
+        return np.ascontiguousarray(picture[top : top + height, left : left + width])
 
     def frames(self, size: int = 256) -> Iterator[np.ndarray]:
         """Every frame at the output rate, in order, `size` at a time."""
@@ -383,51 +390,51 @@ class TimedVideo:
             yield self.read(np.arange(start, min(start + size, len(self))))
 
     def finish(self) -> VideoFacts:
-        """The facts, once every wanted frame was read (decoded_frames where the read reached the end)."""
-        if self._pictures is not None:
-            if self.facts.decoded_frames is None and self._pictures.position >= self.facts.coded_frames:
-                self.facts.decoded_frames = self.facts.coded_frames
-            if self._pictures.reordered and self.facts.timestamps == "rising":
-                self.facts.timestamps = "decode order"
-            self._pictures.close()
-            self._pictures = None
+        """The facts, once every wanted frame was read: what was decoded and lost, where the read
+        reached the end."""
+        if self._decoder is not None:
+            if self._complete:
+                self._count_lost()
+            self._decoder.close()
+            self._decoder = None
+            self._walk = None
         return self.facts
 
+    def _count_lost(self) -> None:
+        """Expected pictures that fell in a gap of the decoded ones: their time went to the picture
+        before. A gap is wider than 1.5 decoded intervals, so a file whose packets are fields (two
+        per picture) loses nothing."""
+        self.facts.decoded_frames = self._decoder.position
+        decoded = np.sort(np.asarray(self._decoded))
+        if not len(decoded):
+            return
+        interval = float(np.median(np.diff(decoded))) if len(decoded) > 1 else self.index.interval
+        expected = self.index.times
+        # only what a read to the end reached: the pictures up to the last output frame
+        expected = expected[expected <= (len(self) - 1) / self.fps + TIME_TOLERANCE]
+        after = np.searchsorted(decoded, expected - TIME_TOLERANCE)
+        found = (after < len(decoded)) & (
+            np.abs(decoded[np.minimum(after, len(decoded) - 1)] - expected) <= TIME_TOLERANCE
+        )
+        before_time = np.where(after > 0, decoded[np.maximum(after - 1, 0)], -np.inf)
+        after_time = np.where(after < len(decoded), decoded[np.minimum(after, len(decoded) - 1)], np.inf)
+        lost = expected[~found & (after_time - before_time > 1.5 * interval)]
+        self.facts.lost = int(len(lost))
+        self.facts.lost_at = _spans(lost, 1.5 * self.index.interval) if len(lost) else ""
 
-def _decode_size(source: tuple[int, int], target: tuple[int, int], resize: Resize) -> tuple[int, int]:
-    """The size the decoder resizes to: the target (stretch), or the smallest size of the source's
-    aspect ratio that covers it (crop)."""
+
+def _displayed(index: Index, display: str) -> tuple[int, int]:
+    """The pictures' height and width as a player shows them: sample aspect, then the transform."""
+    height, width = index.size
+    width = int(round(width * index.sample_aspect)) if index.sample_aspect > 0 else width
+    return (width, height) if display in TRANSPOSING else (height, width)
+
+
+def _decode_size(shown: tuple[int, int], target: tuple[int, int], resize: Resize) -> tuple[int, int]:
+    """The size pictures are decoded to (as displayed): the target (stretch), or the smallest size
+    of the displayed aspect ratio that covers it (crop)."""
     height, width = target
-    if height <= 0 or width <= 0 or resize == "stretch" or min(source) <= 0:
-        return target
-    scale = max(height / source[0], width / source[1])
-    return max(height, round(source[0] * scale)), max(width, round(source[1] * scale))
-
-
-# ---- writing test and synthetic videos ---------------------------------------------------------
-
-
-def write_video(path: Path, frames: Iterable[np.ndarray], fps: float, crf: int = 18) -> int:
-    """Write uint8 RGB frames [H, W, 3] to an H.264 mp4 with PyAV; atomically (temp name, then rename).
-
-    Returns the number of frames written. H and W must be even (yuv420p).
-    """
-    import av
-
-    count = 0
-    with atomic_output(Path(path)) as tmp, av.open(str(tmp), mode="w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.pix_fmt = "yuv420p"
-        # one thread and no macroblock tree: x264's mbtree code gave different bytes for the same
-        # frames depending on what the process had imported before (docs/synthetic_dataset.md)
-        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0"}
-        for frame in frames:
-            if count == 0:
-                stream.height, stream.width = frame.shape[0], frame.shape[1]
-            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            for packet in stream.encode(video_frame):
-                container.mux(packet)
-            count += 1
-        for packet in stream.encode():
-            container.mux(packet)
-    return count
+    if height <= 0 or width <= 0 or resize == "stretch" or min(shown) <= 0:
+        return (height, width) if height > 0 and width > 0 else (-1, -1)
+    scale = max(height / shown[0], width / shown[1])
+    return max(height, round(shown[0] * scale)), max(width, round(shown[1] * scale))

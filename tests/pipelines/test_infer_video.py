@@ -68,7 +68,7 @@ def test_a_video_shorter_than_a_snippet_says_so(trained, cli, tmp_path):
     """One frame is a valid video, but its detections come from that frame repeated: a note says so."""
     import numpy as np
 
-    from stages.data.video_io import write_video
+    from stages.data.video_writer import write_video
 
     config, checkpoints = trained
     video = tmp_path / "one.mp4"
@@ -91,3 +91,16 @@ def test_a_video_gets_its_timeline_with_plot_and_eval_is_refused(trained, cli, s
     text = " ".join(refused.output.split())
     assert refused.exit_code == 2 and "--eval scores a subset against its annotation file" in text
     assert "Traceback" not in refused.output
+
+
+def test_a_video_s_notes_are_printed_as_extract_and_cache_print_them(trained, cli, tmp_path):
+    """A phone clip whose audio starts half a second before its pictures: its frames count from the
+    file's start and the note says so, as `extract` and `cache` say it."""
+    from tests.videos import numbered_run
+
+    config, checkpoints = trained
+    video = numbered_run(tmp_path / "late.mp4", 30, lead=0.5).path
+    result = cli("infer", "-c", config, "--checkpoint", str(checkpoints["pretrain"]), "--video", str(video))
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert f"note: {video}: first picture at 0.50 s of the file (held from 0)" in text
