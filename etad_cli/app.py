@@ -448,6 +448,7 @@ def eval_(
             s, predictions=predictions, ground_truth=ground_truth, dataset=dataset, subset=subset,
             blocked=blocked, task=task, tious=tiou, protocol=protocol,
         )  # fmt: skip
+        stage.check_outputs(request, json_out=json_out, plot=plot)
         report = stage.run(request)
         views.eval_report(report, per_class)
         if report.task == "detection" and request.dataset in ("anet", "thumos"):

@@ -9,8 +9,9 @@ import numpy as np
 
 from stages.core.errors import UserError
 from stages.core.files import write_json
-from stages.data.annotations import load_annotations
+from stages.data.annotations import load_annotations, unsafe_id_reason
 from stages.data.converters import FORMATS, Converted
+from stages.data.segments import duration_problem
 
 
 def convert(sources: list[Path], *, fmt: str, out: Path, **options) -> Converted:
@@ -33,8 +34,16 @@ def convert(sources: list[Path], *, fmt: str, out: Path, **options) -> Converted
         merged.database.update(converted.database)
         merged.clipped += converted.clipped
         merged.notes += converted.notes
+    for video, entry in merged.database.items():  # checked before the first byte is written
+        if (why := unsafe_id_reason(video)) is not None:
+            raise UserError(f"{where[video]}: video id {video[:80]!r} {why}; it cannot name a file")
+        if (why := duration_problem(entry["duration"])) is not None:
+            raise UserError(f"{where[video]}: video {video!r}: {why}")
     names = " + ".join(Path(source).name for source in sources)
-    write_json(Path(out), {"version": f"etad conversion of {names} ({fmt})", "database": merged.database})
+    try:
+        write_json(Path(out), {"version": f"etad conversion of {names} ({fmt})", "database": merged.database})
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write: {exc.strerror or exc.__class__.__name__}") from None
     load_annotations(Path(out))  # what every command will read: checked once more
     return merged
 

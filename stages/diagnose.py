@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stages.core.errors import UserError
-from stages.core.files import atomic_output, ensure_writable_dir, write_json
+from stages.core.files import aliased_output, atomic_output, ensure_writable_dir, write_json
 from stages.evaluation import detad
-from stages.evaluation.detad_files import Inputs, default_subset, files_request, read_inputs
+from stages.evaluation.detad_files import FIGURES, Inputs, default_subset, files_request, read_inputs
 
 if TYPE_CHECKING:  # the settings models, for type hints only
     from stages.core.settings import Settings
@@ -169,9 +169,14 @@ def request(settings: Settings | None, **given) -> dict:
     return files_request(settings, given, folder="diagnosis")
 
 
+
+
 def run(ground_truth: Path, predictions: Path, *, dataset: str, subset: str | None = None, out: Path) -> dict:
     """Analyse and write diagnosis.json, diagnosis.md and the figures into `out` (`subset` unset:
     validation for anet; test, or testing, for thumos)."""
+    written = {name: Path(out) / name for name in ("diagnosis.json", "diagnosis.md", *FIGURES)}
+    if why := aliased_output(written, {"--ground-truth": ground_truth, "--predictions": predictions}):
+        raise UserError(why)
     subset = subset or default_subset(Path(ground_truth), dataset)
     inputs = read_inputs(Path(ground_truth), Path(predictions), dataset, subset)
     try:

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stages.core.errors import UserError
-from stages.core.files import atomic_output, write_json
+from stages.core.files import aliased_output, atomic_output, ensure_writable_dir, write_json
 from stages.core.workdir import output_path
-from stages.data.annotations import load_annotations, read_blocked
+from stages.data.annotations import load_annotations, read_blocked, refuse_unusable_truth
 from stages.evaluation.benchmarks import BENCHMARKS, over_budget, recall_at_multiples
 from stages.evaluation.detections import Instances, given_or_settings, read_predictions
 from stages.evaluation.metrics import average_recall_vs_proposals, detection_ap, recall_auc
@@ -103,6 +103,7 @@ def read_ground_truth(path: Path, subset: str | None, dedup: bool) -> tuple[Inst
     """Ground-truth instances of one subset (case-insensitive), the class list in order of first
     appearance (as the official evaluator builds it), and notes about what was filtered."""
     records = load_annotations(path, require_duration=False)
+    refuse_unusable_truth(path, records)
     notes: list[str] = []
     subsets = {r.subset for r in records.values() if r.subset is not None}
     if subset is not None and subsets:
@@ -116,10 +117,7 @@ def read_ground_truth(path: Path, subset: str | None, dedup: bool) -> tuple[Inst
     seen: set[tuple] = set()
     dropped = 0
     for video_id, record in records.items():
-        for i, seg in enumerate(record.segments):
-            if not (math.isfinite(seg.start) and math.isfinite(seg.end)):
-                where = f"{path}: video {video_id!r} annotation {i}"
-                raise UserError(f"{where}: segment [{seg.start}, {seg.end}] is not finite")
+        for seg in record.segments:
             if dedup:
                 key = (video_id, seg.start, seg.end, seg.label)
                 if key in seen:
@@ -253,6 +251,9 @@ def _read_both(r: EvalRequest, default_subset: str) -> tuple[Instances, Instance
         gt = _keep(gt, np.array([v not in blocked_ids for v in gt.videos], dtype=bool))
         pred = _keep(pred, np.array([v not in blocked_ids for v in pred.videos], dtype=bool))
         notes.append(f"blocked list: {n_gt_videos - len(set(gt.videos))} ground-truth video(s) left out")
+        if not gt.videos:  # the same emptiness as a subset without instances
+            raise UserError(f"{r.ground_truth}: no ground-truth instance in the selected subset once "
+                            f"{r.blocked}'s videos are left out")  # fmt: skip
     if not pred.videos:
         raise UserError(f"{r.predictions}: no prediction left to score")
     return gt, pred, classes, notes
@@ -287,6 +288,21 @@ def _detection_report(task: str, thresholds: np.ndarray, gt: Instances, pred: In
     per_class = {c: ap[:, i].tolist() for i, c in enumerate(classes)}
     return EvalReport(task, thresholds.tolist(), m_ap.tolist(), float(m_ap.mean()), per_class=per_class,
                       counts=counts, notes=notes)  # fmt: skip
+
+
+def check_outputs(request: EvalRequest, *, json_out: Path | None, plot: Path | None) -> None:
+    """Before anything is read: no output names an input (or the other output), and each output's
+    folder can be written, so that neither is left half done by the other's failure."""
+    inputs = {"--predictions": request.predictions, "--ground-truth": request.ground_truth,
+              "--blocked": request.blocked}  # fmt: skip
+    if why := aliased_output({"--json": json_out, "--plot": plot}, inputs):
+        raise UserError(why)
+    for path in (json_out, plot):
+        if path is not None:
+            try:
+                ensure_writable_dir(Path(path).parent)
+            except OSError as exc:
+                raise UserError(f"{path}: cannot write: {exc.strerror or exc.__class__.__name__}") from None
 
 
 def save_json(report: EvalReport, path: Path) -> None:

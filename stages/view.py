@@ -22,10 +22,10 @@ from urllib.parse import quote
 import numpy as np
 
 from stages.core.errors import UserError
-from stages.core.files import atomic_output, ensure_writable_dir
+from stages.core.files import aliased_output, atomic_output, ensure_writable_dir
 from stages.data.annotations import safe_path
 from stages.evaluation import detad
-from stages.evaluation.detad_files import Inputs, default_subset, files_request, read_inputs
+from stages.evaluation.detad_files import FIGURES, Inputs, default_subset, files_request, read_inputs
 from stages.evaluation.metrics import voc_ap
 from stages.evaluation.timeline import class_color, timeline_rows
 
@@ -34,7 +34,6 @@ if TYPE_CHECKING:  # the settings models, for type hints only
 
 TIOU = 0.5  # the tIoU of the error types and per-video AP shown
 SUBTITLES = ("srt", "ass")
-FIGURES = ("false_positive_analysis.png", "sensitivity_analysis.png", "false_negative_analysis.png")
 TEMPLATE = Path(__file__).with_name("view.html")
 
 
@@ -173,13 +172,17 @@ def run(ground_truth: Path, predictions: Path, *, dataset: str, out: Path, subse
         raise UserError(f"--subtitles {subtitle}: expected one of {', '.join(SUBTITLES)}")
     if top < 1:
         raise UserError(f"--top {top}: expected at least 1")
+    out = Path(out)
+    given = {"--ground-truth": ground_truth, "--predictions": predictions}
+    if why := aliased_output({"index.html": out / "index.html"}, given):
+        raise UserError(why)
     subset = subset or default_subset(Path(ground_truth), dataset)
     inputs = read_inputs(Path(ground_truth), Path(predictions), dataset, subset)
-    out = Path(out)
-    try:
-        ensure_writable_dir(out)
-    except OSError as exc:
-        raise UserError(f"{out}: cannot write the output folder: {exc.strerror or exc}") from None
+    for folder in (out, out / "subtitles") if subtitle is not None else (out,):  # all before any write
+        try:
+            ensure_writable_dir(folder)
+        except OSError as exc:
+            raise UserError(f"{folder}: cannot write the output folder: {exc.strerror or exc}") from None
     diagnosis = Path(predictions).parent / "diagnosis"
     figures = [diagnosis / name for name in FIGURES if (diagnosis / name).is_file()]
     folder = Path(videos) if videos else None
@@ -189,7 +192,6 @@ def run(ground_truth: Path, predictions: Path, *, dataset: str, out: Path, subse
     written = [out / "index.html"]
     if subtitle is not None:
         folder = out / "subtitles"
-        folder.mkdir(exist_ok=True)
         for video in data["videos"]:
             path = safe_path(folder, video["id"], "{id}." + subtitle)
             with atomic_output(path) as tmp:

@@ -94,3 +94,25 @@ def ensure_writable_dir(folder: Path) -> Path:
     probe.unlink()
     remove_stale_temporaries(folder)
     return folder
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same path once made absolute, or the same file through
+    a link (what a write to one would do to the other)."""
+    if os.path.abspath(a) == os.path.abspath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
+
+
+def aliased_output(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> str | None:
+    """Why an output would overwrite an input or another output (one line), or None: checked before
+    anything is read, so an output named as an input never destroys it."""
+    named = [(n, Path(p)) for n, p in outputs.items() if p is not None]
+    for i, (name, path) in enumerate(named):
+        for other, given in [(n, Path(p)) for n, p in inputs.items() if p is not None] + named[:i]:
+            if same_file(path, given):
+                return f"{name} {path} is {other} {given}: an output never overwrites an input; name another"
+    return None

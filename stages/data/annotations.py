@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stages.core.errors import UserError
+from stages.data.segments import MAX_DURATION, duration_problem, segment_problem
 
 UNSAFE_CHARACTERS = set("/\\\x00:") | {os.sep} | ({os.altsep} if os.altsep else set())
-MAX_DURATION = 1e6  # seconds; an annotated duration beyond it is an error in the file, not a video
 MAX_ID_BYTES = 240  # file names are at most 255 bytes: room for "v_" and ".json" (temporaries are cut)
 
 
@@ -143,11 +143,11 @@ def _segments(entry: dict) -> tuple[list[Segment], str | None]:
         seg = ann["segment"]
         if not isinstance(seg, list | tuple) or len(seg) != 2:
             raise ValueError(f"annotation {i}: 'segment' is not [start, end]")
+        if isinstance(seg[0], str) or isinstance(seg[1], str):  # "15" is no number of seconds
+            raise TypeError(f"annotation {i}: segment [{seg[0]!r}, {seg[1]!r}] holds text, not numbers")
         start, end = _number(seg[0]), _number(seg[1])
-        if problem is None and not (math.isfinite(start) and math.isfinite(end)):
-            problem = f"annotation {i}: segment [{start}, {end}] is not finite"
-        elif problem is None and end < start:
-            problem = f"annotation {i}: segment [{start}, {end}] ends before it starts"
+        if problem is None and (why := segment_problem(start, end)) is not None:
+            problem = f"annotation {i}: {why}"
         segments.append(Segment(start, end, str(ann["label"])))
     return segments, problem
 
@@ -182,6 +182,17 @@ def load_annotations(path: Path, require_duration: bool = True) -> dict[str, Vid
             detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
             raise UserError(f"{path}: video {video_id!r}: malformed entry ({detail[:200]})") from None
     return records
+
+
+def refuse_unusable_truth(path: Path, records: dict[str, VideoRecord]) -> None:
+    """Ground truth to score against: every segment finite and in order, every given duration
+    positive (eval, diagnose and view refuse what one of them refuses: a reversed segment would
+    match anything of its length, a negative duration give a negative coverage)."""
+    for video_id, record in records.items():
+        if record.problem is not None:
+            raise UserError(f"{path}: video {video_id!r} {record.problem}")
+        if record.duration is not None and (why := duration_problem(record.duration)) is not None:
+            raise UserError(f"{path}: video {video_id!r}: {why}")
 
 
 def read_blocked(path: Path) -> set[str]:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stages.core.errors import UserError
-from stages.data.annotations import read_json
+from stages.data.annotations import read_json, unsafe_id_reason
+from stages.data.segments import clipped, duration_problem, segment_problem
 
 
 @dataclass
@@ -65,21 +66,39 @@ def _clock(path: Path, row: int, text: str) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
-def _add(out: Converted, video: str, *, subset: str, duration: float, segment: tuple[float, float],
-         label: str, extra: dict | None = None) -> None:  # fmt: skip
-    """One instance, clipped to [0, duration] (counted)."""
+def _add(out: Converted, video: str, *, where: str, subset: str, duration: object,
+         segment: tuple[object, object], label: str, extra: dict | None = None) -> None:  # fmt: skip
+    """One instance, its numbers checked (segments.py) and clipped to [0, duration] (counted);
+    anything that cannot be used is one line naming `where` (the file and its row or video)."""
+    if (why := unsafe_id_reason(video)) is not None:
+        raise UserError(f"{where}: video id {video[:80]!r} {why}; it cannot be used as a file name")
+    if (why := duration_problem(duration)) is not None:
+        raise UserError(f"{where}: video {video!r}: {why}")
     entry = out.database.setdefault(video, {"subset": subset, "duration": duration, "annotations": []})
-    start, end = segment
-    clipped = [min(max(start, 0.0), duration), min(max(end, 0.0), duration)]
-    out.clipped += clipped != [start, end]
-    entry["annotations"].append({"segment": clipped, "label": label, **(extra or {})})
+    if (why := segment_problem(*segment)) is not None:
+        raise UserError(f"{where}: {why}")
+    cut = clipped(float(segment[0]), float(segment[1]), float(duration))
+    out.clipped += cut != (segment[0], segment[1])
+    entry["annotations"].append({"segment": list(cut), "label": label, **(extra or {})})
+
+
+def _once(seen: dict, key: object, place: str, what: str) -> None:
+    """Refuse a key given twice in one file (the first would be lost or merged), naming both places."""
+    if key in seen:
+        raise UserError(f"{place}: {what} {str(key)[:80]!r} again (first at {seen[key]}); give each once")
+    seen[key] = place
 
 
 def _class_list(path: Path, key: Callable[[str], object]) -> dict:
     """`<id> <name>` lines (MultiTHUMOS' class_list.txt, Charades' classes): id (as `key`) -> name."""
     try:
         lines = [line.split(maxsplit=1) for line in Path(path).read_text(encoding="utf-8").splitlines()]
-        return {key(fields[0]): fields[1].strip() for fields in lines if fields}
+        names, seen = {}, {}
+        for i, fields in enumerate(lines, start=1):
+            if fields:
+                _once(seen, key(fields[0]), f"{path}: line {i}", "class id")
+                names[key(fields[0])] = fields[1].strip()
+        return names
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except (UnicodeDecodeError, IndexError, ValueError) as exc:
@@ -96,9 +115,13 @@ def _durations(path: Path, video_column: str = "video") -> dict[str, float]:
     (`video_column` video_id)."""
     table = _rows(path)
     _need(path, table, (video_column, "duration"))
-    return {
-        r[video_column]: _number(path, i, "duration", r["duration"]) for i, r in enumerate(table, start=2)
-    }
+    lengths, seen = {}, {}
+    for i, r in enumerate(table, start=2):
+        _once(seen, r[video_column], f"{path}: row {i}", "video")
+        lengths[r[video_column]] = _number(path, i, "duration", r["duration"])
+        if (why := duration_problem(lengths[r[video_column]])) is not None:
+            raise UserError(f"{path}: row {i}: {why}")
+    return lengths
 
 
 def _classes(path: Path | None, id_column: str = "id", key_column: str = "key") -> dict[int, str] | None:
@@ -148,14 +171,15 @@ def epic100(path: Path, *, video_info: Path | None = None, verbs: Path | None = 
             "noun_class": ids["noun"],
         }
         segment = (_clock(path, i, r["start_timestamp"]), _clock(path, i, r["stop_timestamp"]))
-        _add(out, video, subset=subset, duration=durations[video], segment=segment, label=name, extra=extra)
+        _add(out, video, where=f"{path}: row {i}", subset=subset, duration=durations[video], segment=segment,
+             label=name, extra=extra)  # fmt: skip
     return out
 
 
 def multithumos(path: Path, *, classes: Path | None = None, **_) -> Converted:
     """MultiTHUMOS (multithumos.json: {id: {subset, duration, actions: [[class 1..65, start, end]]}}),
     class names from class_list.txt (`<id> <name>` lines) when given, else the ids."""
-    data = read_json(Path(path), "annotation file")
+    data = read_json(Path(path), "annotation file", unique_keys=True)  # a video twice: refused
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of video id -> {{subset, duration, actions}}")
     names = _class_list(classes, int) if classes is not None else None
@@ -165,28 +189,21 @@ def multithumos(path: Path, *, classes: Path | None = None, **_) -> Converted:
         if not isinstance(entry, dict) or not isinstance(entry.get("actions"), list):
             raise UserError(f"{where}: expected {{subset, duration, actions}}")
         duration = entry.get("duration")
-        if duration is None:
-            raise UserError(f"{where}: has no duration")
-        if isinstance(duration, bool) or not isinstance(duration, int | float) or not math.isfinite(duration):
-            raise UserError(f"{where}: duration {str(duration)[:40]!r} is not a number")
-        out.database[video] = {
-            "subset": str(entry.get("subset", "")),
-            "duration": float(duration),
-            "annotations": [],
-        }
+        if (why := duration_problem(duration)) is not None:
+            raise UserError(f"{where}: {why}")
+        subset = str(entry.get("subset", ""))
+        out.database[video] = {"subset": subset, "duration": duration, "annotations": []}
         for k, action in enumerate(entry["actions"]):
-            if not (
-                isinstance(action, list)
-                and len(action) == 3
-                and all(isinstance(x, int | float) for x in action)
-            ):
+            if not (isinstance(action, list) and len(action) == 3):
                 raise UserError(f"{where}: action {k} is not [class, start, end]")
-            cls = int(action[0])
+            cls = action[0]
+            if isinstance(cls, bool) or not isinstance(cls, int | float) or cls != int(cls):
+                raise UserError(f"{where}: action {k}: class {str(cls)[:20]!r} is not a class number")
+            cls = int(cls)
             if names is not None and cls not in names:
                 raise UserError(f"{where}: action {k}: class {cls} is not in {classes}")
-            segment = (float(action[1]), float(action[2]))
-            _add(out, video, subset="", duration=float(duration), segment=segment,
-                 label=names[cls] if names else str(cls))  # fmt: skip
+            _add(out, video, where=f"{where} action {k}", subset=subset, duration=duration,
+                 segment=(action[1], action[2]), label=names[cls] if names else str(cls))  # fmt: skip
     return out
 
 
@@ -198,9 +215,12 @@ def charades(path: Path, *, subset: str | None = None, classes: Path | None = No
     rows = _rows(path)
     _need(path, rows, ("id", "length", "actions"))
     names = _class_list(classes, str) if classes is not None else None
-    out = Converted({})
+    out, seen = Converted({}), {}
     for i, r in enumerate(rows, start=2):
+        _once(seen, r["id"], f"{path}: row {i}", "video")
         duration = _number(path, i, "length", r["length"])
+        if (why := duration_problem(duration)) is not None:
+            raise UserError(f"{path}: row {i}: {why}")
         out.database.setdefault(r["id"], {"subset": subset, "duration": duration, "annotations": []})
         for part in filter(None, (r["actions"] or "").split(";")):
             fields = part.split()
@@ -209,7 +229,7 @@ def charades(path: Path, *, subset: str | None = None, classes: Path | None = No
             if names is not None and fields[0] not in names:
                 raise UserError(f"{path}: row {i}: class {fields[0]!r} is not in {classes}")
             segment = (_number(path, i, "start", fields[1]), _number(path, i, "end", fields[2]))
-            _add(out, r["id"], subset=subset, duration=duration, segment=segment,
+            _add(out, r["id"], where=f"{path}: row {i}", subset=subset, duration=duration, segment=segment,
                  label=names[fields[0]] if names else fields[0])  # fmt: skip
     return out
 
@@ -237,11 +257,20 @@ def generic_csv(path: Path, *, durations: Path | None = None, subset: str = "val
                 raise UserError(f"{path}: row {i}: end {end} is past the video's duration {lengths[video]}")
         ends[video] = max(ends.get(video, 0.0), end)
         entry = out.database.setdefault(
-            video, {"subset": r.get("subset") or subset, "duration": None, "annotations": []}
+            video, {"subset": r.get("subset") or subset, "duration": None, "annotations": [], "row": i}
         )
+        if (r.get("subset") or subset) != entry["subset"]:
+            here, first = r.get("subset") or subset, entry["subset"]
+            raise UserError(f"{path}: row {i}: video {video!r} is in subset {here!r} here and {first!r} at "
+                            f"row {entry['row']}; give each video one subset")  # fmt: skip
         entry["annotations"].append({"segment": [start, end], "label": r["label"]})
     for video, entry in out.database.items():
+        del entry["row"]
         entry["duration"] = lengths[video] if lengths is not None else ends[video]
+        if (why := unsafe_id_reason(video)) is not None:
+            raise UserError(f"{path}: video id {video[:80]!r} {why}; it cannot be used as a file name")
+        if (why := duration_problem(entry["duration"])) is not None:
+            raise UserError(f"{path}: video {video!r}: {why}")
     if lengths is None:
         out.notes.append("no --durations: each video's duration is its last instance's end")
     return out
@@ -252,32 +281,46 @@ def ego4d_mq(path: Path, **_) -> Converted:
     entry per clip (its clip_uid), its duration video_end_sec - video_start_sec, the primary labels
     of every annotator at their clip-relative start_time / end_time (as Ego4D's own conversion takes
     them), subset = the video's split; segments clipped to the clip and counted."""
-    data = read_json(Path(path), "annotation file")
+    data = read_json(Path(path), "annotation file", unique_keys=True)
     videos = data.get("videos") if isinstance(data, dict) else None
     if not isinstance(videos, list):
         raise UserError(f"{path}: expected {{'videos': [...]}} (Ego4D's moments file)")
-    out = Converted({})
+    out, seen = Converted({}), {}
     for v, video in enumerate(videos):
-        for c, clip in enumerate(video.get("clips") or [] if isinstance(video, dict) else []):
+        if not isinstance(video, dict) or not isinstance(video.get("clips") or [], list):
+            raise UserError(f"{path}: video {v}: expected {{split, clips: [...]}}")
+        for c, clip in enumerate(video.get("clips") or []):
             where = f"{path}: video {v} clip {c}"
             try:
                 clip_id, split = str(clip["clip_uid"]), str(video["split"])
                 duration = float(clip["video_end_sec"]) - float(clip["video_start_sec"])
             except (KeyError, TypeError, ValueError) as exc:
                 raise UserError(f"{where}: malformed ({exc.__class__.__name__}: {str(exc)[:60]})") from None
-            if not math.isfinite(duration) or duration <= 0:
-                raise UserError(f"{where}: clip {clip_id!r} lasts {duration} s")
+            _once(seen, clip_id, where, "clip_uid")
+            if (why := duration_problem(duration)) is not None:
+                raise UserError(f"{where}: clip {clip_id!r}: {why}")
             out.database.setdefault(clip_id, {"subset": split, "duration": duration, "annotations": []})
-            for annotator in clip.get("annotations") or []:
-                for label in annotator.get("labels") or []:
+            for a, annotator in enumerate(_list_of(clip.get("annotations"), f"{where}: annotations")):
+                labels = annotator.get("labels") if isinstance(annotator, dict) else None
+                for k, label in enumerate(_list_of(labels, f"{where} annotator {a}: labels")):
+                    if not isinstance(label, dict):
+                        raise UserError(f"{where} annotator {a} label {k}: expected a mapping")
                     if not label.get("primary"):
                         continue
-                    segment = (_number(path, v, "start_time", label.get("start_time")),
-                               _number(path, v, "end_time", label.get("end_time")))  # fmt: skip
-                    name = str(label.get("label"))
-                    _add(out, clip_id, subset=split, duration=duration, segment=segment, label=name)
+                    segment = (label.get("start_time"), label.get("end_time"))
+                    _add(out, clip_id, where=f"{where} annotator {a} label {k}", subset=split,
+                         duration=duration, segment=segment, label=str(label.get("label")))  # fmt: skip
     out.notes.append("Ego4D MQ: each annotator's primary labels kept, as Ego4D's conversion keeps them")
     return out
+
+
+def _list_of(value: object, where: str) -> list:
+    """A list field of a JSON file (absent is empty), or one line naming where it is not a list."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise UserError(f"{where}: expected a list, got {type(value).__name__}")
+    return value
 
 
 def thumos_txt(path: Path, *, durations: Path | None = None, subset: str | None = None, **_) -> Converted:
@@ -292,7 +335,10 @@ def thumos_txt(path: Path, *, durations: Path | None = None, subset: str | None 
     out, ends, ambiguous = Converted({}), {}, 0
     for file in files:
         label, _, split = file.stem.rpartition("_")
-        lines = [line.split() for line in file.read_text(encoding="utf-8", errors="replace").splitlines()]
+        try:
+            lines = [line.split() for line in file.read_text(encoding="utf-8").splitlines()]
+        except UnicodeDecodeError as exc:  # an id would hold U+FFFD, and match no video file
+            raise UserError(f"{file}: not UTF-8 text (byte {exc.start}); convert it to UTF-8") from None
         for i, fields in enumerate(lines, start=1):
             if not fields:
                 continue
@@ -308,7 +354,8 @@ def thumos_txt(path: Path, *, durations: Path | None = None, subset: str | None 
                 raise UserError(f"{file}: row {i}: video {video!r} has no duration in {durations}")
             duration = lengths[video] if lengths is not None else max(end, ends.get(video, 0.0))
             ends[video] = max(end, ends.get(video, 0.0))
-            _add(out, video, subset=subset or split, duration=duration, segment=(start, end), label=label)
+            _add(out, video, where=f"{file}: row {i}", subset=subset or split, duration=duration,
+                 segment=(start, end), label=label)  # fmt: skip
     for video, entry in out.database.items():
         entry["duration"] = lengths[video] if lengths is not None else ends[video]
     out.notes.append(f"{ambiguous} Ambiguous instance(s) left out, as THUMOS-14's evaluation leaves them out")

@@ -4,7 +4,6 @@ takes them; `etad diagnose` and `etad view` read them alike. Bad input is one li
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,7 +12,7 @@ import numpy as np
 
 from stages.core.errors import UserError
 from stages.core.workdir import output_path
-from stages.data.annotations import load_annotations, read_json, unsafe_id_reason
+from stages.data.annotations import load_annotations, read_json, refuse_unusable_truth, unsafe_id_reason
 from stages.evaluation import detad
 from stages.evaluation.detections import Instances, given_or_settings, read_predictions
 
@@ -54,6 +53,10 @@ def files_request(settings: Settings | None, given: dict, *, folder: str, videos
     return given
 
 
+# the diagnosis figures `etad diagnose` writes and `etad view` shows
+FIGURES = ("false_positive_analysis.png", "sensitivity_analysis.png", "false_negative_analysis.png")
+
+
 def default_subset(path: Path, dataset: str) -> str:
     """DETAD's subset: ActivityNet's validation; THUMOS-14's test (named `test` or `testing`)."""
     if dataset != "thumos":
@@ -68,6 +71,7 @@ def read_inputs(ground_truth: Path, predictions: Path, dataset: str, subset: str
     if dataset not in DATASETS:
         raise UserError(f"--dataset {dataset}: expected one of {', '.join(DATASETS)}")
     records = load_annotations(ground_truth, require_duration=False)  # ids, segments and numbers checked
+    refuse_unusable_truth(ground_truth, records)
     raw = read_json(ground_truth, "annotation file")
     database = raw["database"] if isinstance(raw, dict) and isinstance(raw.get("database"), dict) else raw
     wanted = {k: r for k, r in records.items() if (r.subset or "").lower() == subset.lower()}
@@ -80,8 +84,6 @@ def read_inputs(ground_truth: Path, predictions: Path, dataset: str, subset: str
     for code, (video_id, record) in enumerate(wanted.items()):
         extra = database[video_id].get("annotations") or []
         for i, seg in enumerate(record.segments):
-            if not (math.isfinite(seg.start) and math.isfinite(seg.end)):
-                raise UserError(f"{ground_truth}: video {video_id!r} annotation {i}: segment is not finite")
             given = extra[i] if i < len(extra) else {}
             rows.append((code, seg.start, seg.end, seg.label, given, record.duration))
     if not rows:
@@ -140,6 +142,8 @@ def _predictions(path: Path, classes: list[str], videos: list[str], *, subset: s
     file of another dataset); one of another subset's classes is dropped with a note, as `etad eval`
     drops it (DETAD's code raises KeyError)."""
     table = read_predictions(path)  # every segment and score finite and ordered, or one line
+    if not table.videos:  # as `etad eval` refuses it
+        raise UserError(f"{path}: no prediction left to score")
     known = {c: i for i, c in enumerate(classes)}
     unknown = sorted({label for label in table.labels if label not in labels})
     if unknown:

@@ -4,7 +4,6 @@ the video and the detection."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 
 from stages.core.errors import UserError
 from stages.data.annotations import read_json, unsafe_id_reason
+from stages.data.segments import number_problem, segment_problem
 
 
 def given_or_settings(given: dict, defaults: dict) -> dict:
@@ -38,23 +38,22 @@ class Instances:
 
 
 def check_detection(path: Path, video_id: str, i: int, det: object) -> tuple[tuple[float, float], float, str]:
-    """One detection's (segment, score, label), or a UserError naming the file, video and index."""
+    """One detection's (segment, score, label), or a UserError naming the file, video and index: the
+    segment two finite numbers in order (segments.py; "15" is text, not [1, 5]), the score a finite
+    number (true is no score), the label a string or an integer class id (3.7 is neither)."""
     where = f"{path}: video {video_id!r} detection {i}"
-    try:
-        start, end = det["segment"]  # type: ignore[index]
-        segment, score = (float(start), float(end)), float(det["score"])  # type: ignore[index]
-        label = det.get("label", "")  # type: ignore[union-attr]
-        if not isinstance(label, str | int):
-            raise TypeError(f"label is {type(label).__name__}")
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-        raise UserError(f"{where}: malformed ({exc.__class__.__name__}: {str(exc)[:100]})") from None
-    if not (math.isfinite(segment[0]) and math.isfinite(segment[1])):
-        raise UserError(f"{where}: segment [{segment[0]}, {segment[1]}] is not finite")
-    if not math.isfinite(score):
-        raise UserError(f"{where}: score {score} is not finite")
-    if segment[1] < segment[0]:
-        raise UserError(f"{where}: segment [{segment[0]}, {segment[1]}] ends before it starts")
-    return segment, score, str(label)
+    if not isinstance(det, dict):
+        raise UserError(f"{where}: malformed (a {type(det).__name__}, not a mapping)")
+    segment, score, label = det.get("segment"), det.get("score"), det.get("label", "")
+    if not isinstance(segment, list | tuple) or len(segment) != 2:
+        raise UserError(f"{where}: malformed (segment {str(segment)[:40]!r} is not [start, end])")
+    if (why := segment_problem(*segment)) is not None:
+        raise UserError(f"{where}: {why}")
+    if (why := number_problem(score)) is not None:
+        raise UserError(f"{where}: score {why}")
+    if isinstance(label, bool) or not isinstance(label, str | int):
+        raise UserError(f"{where}: malformed (label {str(label)[:40]!r} is not a name or a class id)")
+    return (float(segment[0]), float(segment[1])), float(score), str(label)
 
 
 def check_results(path: Path, results: object) -> dict[str, list[dict]]:

@@ -11,8 +11,14 @@ Official quirks kept on purpose (they change numbers):
 - predictions are ranked with `scores.argsort()[::-1]` (ties in that order);
 - a prediction takes the unmatched ground truth of its video and class with the highest tIoU, in
   `tiou.argsort()[::-1]` order; duplicate ground-truth instances are kept;
-- tIoU is NaN when the union is empty (zero-length ground truth and prediction); NaN sorts first and
-  `NaN < threshold` is false, so such a pair matches;
+- one departure, on purpose: where the union is empty the official code divides 0 by 0 and its
+  NaN passes every threshold, so a reversed ground truth ([9, 2], which every reader now refuses)
+  matched anything of its length at 100%, and a zero-length prediction any zero-length truth of its
+  video. Here tIoU is never NaN: an empty union is 0, except that for detection a zero-length
+  truth predicted at the very same instant is a match (1), as the official code matches it
+  (ActivityNet's few zero-length instances, in the official sample submission that scores 1
+  everywhere); for proposals, as the official proposal code, it never counts (its NaN reaches no
+  threshold);
 - a class with no predictions has AP 0; mAP averages over the classes of the ground truth.
 """
 
@@ -21,18 +27,20 @@ from __future__ import annotations
 import numpy as np
 
 
-def _tiou(p: np.ndarray, g: np.ndarray) -> np.ndarray:
+def _tiou(p: np.ndarray, g: np.ndarray, same_instant: float = 1.0) -> np.ndarray:
     """tIoU of broadcastable [..., 2] predictions and truths, written as the official code writes it
-    (the same operations in the same order, so the same bits); NaN for an empty union."""
+    (the same operations in the same order, so the same bits); never NaN: an empty union is
+    `same_instant` where the two are the same instant, else 0 (the module's one departure)."""
     inter = (np.minimum(p[..., 1], g[..., 1]) - np.maximum(p[..., 0], g[..., 0])).clip(0)
     union = (g[..., 1] - g[..., 0]) + (p[..., 1] - p[..., 0]) - inter
+    same = (p[..., 0] == g[..., 0]) & (p[..., 1] == g[..., 1])
     with np.errstate(divide="ignore", invalid="ignore"):
-        return inter.astype(float) / union
+        return np.where(union > 0, inter.astype(float) / union, np.where(same, same_instant, 0.0))
 
 
-def pairwise_tiou(predictions: np.ndarray, truths: np.ndarray) -> np.ndarray:
+def pairwise_tiou(predictions: np.ndarray, truths: np.ndarray, same_instant: float = 1.0) -> np.ndarray:
     """tIoU of every prediction [N,2] with every ground truth [M,2] -> [N,M]."""
-    return _tiou(predictions[:, None, :], truths[None, :, :])
+    return _tiou(predictions[:, None, :], truths[None, :, :], same_instant)
 
 
 def interpolated_ap(precision: np.ndarray, recall: np.ndarray) -> float:
@@ -197,7 +205,7 @@ def average_recall_vs_proposals(
         props = pred_segments[idx][pred_score[idx].argsort()[::-1]]
         n_keep = min(int(props.shape[0] * ratio), props.shape[0])
         total += n_keep
-        scores.append(pairwise_tiou(props[:n_keep], gts).T)
+        scores.append(pairwise_tiou(props[:n_keep], gts, same_instant=0.0).T)  # as the official code
     if total == 0:
         raise ValueError("no proposal survives the per-video budget")
     pcn = np.arange(1, 101) / 100.0 * (max_avg_proposals * float(len(videos)) / total)

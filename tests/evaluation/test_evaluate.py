@@ -96,7 +96,7 @@ def test_proposals_task_on_sample_submission():
         shared_file("anet", "anet1.3_val_gt_reconstructed.json"),
         task="proposals",
     )
-    # every instance is proposed exactly, except the 3 zero-length ones (tIoU NaN never counts as recall)
+    # every instance is proposed exactly, except the 3 zero-length ones (never recalled, as officially)
     assert report.ar_at[100] == pytest.approx(1 - 3 / 7654)
 
 

@@ -21,7 +21,40 @@ def test_tiou_hand_values():
     assert got[0, 0] == pytest.approx(5 / 15)
     assert got[0, 1] == 0.0
     assert got[0, 2] == 0.0  # a point inside a segment: no intersection, union 10
-    assert np.isnan(got[1, 2])  # empty union, as in the official code
+    assert got[1, 2] == 1.0  # empty union at the same instant: the truth predicted exactly
+    empty = pairwise_tiou(np.array([[20.0, 27.0], [4.0, 4.0]]), np.array([[9.0, 2.0], [5.0, 5.0]]))
+    assert empty[0, 0] == 0.0 and empty[1, 1] == 0.0 and not np.isnan(empty).any()  # official: NaN, a match
+
+
+def test_a_reversed_ground_truth_segment_is_refused_by_eval_diagnose_and_view(tmp_path):
+    """[9, 2] has an empty union with any segment of its length: it would score 100% at every tIoU;
+    every command that scores refuses the file in one line, naming the video."""
+    import json
+
+    from stages.core.errors import UserError
+    from stages.evaluate import evaluate
+    from stages.evaluation.detad_files import read_inputs
+
+    truth = {
+        "database": {
+            "v": {
+                "subset": "validation",
+                "duration": 30.0,
+                "annotations": [{"segment": [9.0, 2.0], "label": "a"}],
+            }
+        }
+    }
+    predictions = {"results": {"v": [{"segment": [20.0, 27.0], "score": 0.9, "label": "a"}]}}
+    (tmp_path / "gt.json").write_text(json.dumps(truth))
+    (tmp_path / "p.json").write_text(json.dumps(predictions))
+    for score in (
+        lambda: evaluate(tmp_path / "p.json", tmp_path / "gt.json", tious=[0.5]),
+        lambda: read_inputs(tmp_path / "gt.json", tmp_path / "p.json", "anet", "validation"),
+    ):
+        with pytest.raises(
+            UserError, match="video 'v' annotation 0: segment \\[9.0, 2.0\\] ends before it starts"
+        ):
+            score()
 
 
 def test_interpolated_ap_hand_values():
