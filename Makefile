@@ -145,16 +145,18 @@ thumos-features: install  ## THUMOS-14 from I3D features, OpenTAD's recipe: THUM
 
 # Any recipe from its benchmark's public features (examples/: HACS, FineAction, EPIC-KITCHENS-100,
 # MultiTHUMOS, Charades, Ego4D-MQ; docs/annotations.md): scored with the recipe's eval.benchmark.
+# paths made absolute by the shell, quoted, so that a folder with a space stays one path
 FEATURES_WORK ?= $(WORK)/$(basename $(notdir $(RECIPE)))
-FEATURES_RUN = --config $(RECIPE) --set work_dir=$(abspath $(FEATURES_WORK)) \
-  --set data.annotations=$(abspath $(ANNOTATIONS)) --set data.missing=skip $(blocked) $(SET)
+real = "$$($(PY) -c 'import os, sys; print(os.path.abspath(sys.argv[1]))' "$(1)")"
+FEATURES_RUN = --config "$(RECIPE)" --set work_dir=$(call real,$(FEATURES_WORK)) \
+  --set data.annotations=$(call real,$(ANNOTATIONS)) --set data.missing=skip $(blocked) $(SET)
 features: install  ## a benchmark's recipe from its features: RECIPE=examples/x.yaml FEATURES=dir ANNOTATIONS=json
 	$(call need,RECIPE,a recipe such as examples/epic100_slowfast_verb.yaml)
 	$(call need,FEATURES,folder of <video id>.npy features)
 	$(call need,ANNOTATIONS,the benchmark's annotations converted by etad annotations convert)
-	$(ETAD) cache $(FEATURES_RUN) --from-npy $(abspath $(FEATURES))
+	$(ETAD) cache $(FEATURES_RUN) --from-npy $(call real,$(FEATURES))
 	$(ETAD) train $(FEATURES_RUN) --resume
-	$(ETAD) infer $(FEATURES_RUN) --checkpoint $(abspath $(FEATURES_WORK))/pretrain/checkpoints/last.pt --eval
+	$(ETAD) infer $(FEATURES_RUN) --checkpoint $(call real,$(FEATURES_WORK))/pretrain/checkpoints/last.pt --eval
 	$(ETAD) report $(FEATURES_RUN)
 
 # ---- ETAD's sampling study (docs/study.md) -----------------------------------------------------

@@ -216,14 +216,18 @@ def checkpoint_convert(
 @app.command()
 def synth(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write videos/ and the annotation files into.")],
-    videos: Annotated[int, typer.Option(help="Number of videos (30% go to validation).", min=1)] = 24,
+    videos: Annotated[
+        int, typer.Option(help="Number of videos (30% go to validation).", min=1, max=100_000)
+    ] = 24,
     classes: Annotated[int, typer.Option(help="Number of action classes (1-6).", min=1, max=6)] = 4,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed writes the same dataset.")] = 0,
-    fps: Annotated[float, typer.Option(help="Frames per second.", min=1.0)] = 15.0,
-    width: Annotated[int, typer.Option(help="Frame width (even).", min=32)] = 128,
-    height: Annotated[int, typer.Option(help="Frame height (even).", min=32)] = 96,
+    fps: Annotated[float, typer.Option(help="Frames per second.", min=1.0, max=120.0)] = 15.0,
+    width: Annotated[int, typer.Option(help="Frame width (even).", min=32, max=3840)] = 128,
+    height: Annotated[int, typer.Option(help="Frame height (even).", min=32, max=2160)] = 96,
     pretrain_videos: Annotated[
-        int, typer.Option(help="Clean videos (actions alone) in a 'pretraining' subset, for train --encoder.")
+        int,
+        typer.Option(help="Clean videos (actions alone) in a 'pretraining' subset, for train --encoder.",
+                     min=0, max=100_000),
     ] = 0,
     movers: Annotated[
         bool, typer.Option("--movers", help="Add hollow shapes that move like actions (not annotated).")

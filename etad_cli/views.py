@@ -241,10 +241,12 @@ def encoder_table(rows: list[dict]) -> None:
 def annotations_table(report: dict) -> None:
     """`etad annotations check`: one row per subset."""
     table = Table(title=f"{report['file']}: {report['classes']} classes",
-                  caption="zero: zero length; outside: outside [0, duration]; overlap: pairs of one class "
+                  caption="unusable: not finite or ending before they start (not counted as instances); "
+                  "zero: zero length; outside: outside [0, duration]; overlap: pairs of one class "
                   "overlapping in a video", caption_justify="left")  # fmt: skip
-    columns = {"videos": "videos", "instances": "instances", "classes": "classes", "zero_length": "zero",
-               "out_of_range": "outside", "overlapping": "overlap", "no_duration": "no duration"}  # fmt: skip
+    columns = {"videos": "videos", "instances": "instances", "unusable": "unusable", "classes": "classes",
+               "zero_length": "zero", "out_of_range": "outside", "overlapping": "overlap",
+               "no_duration": "no duration"}  # fmt: skip
     table.add_column("subset")
     for name in columns.values():
         table.add_column(name, justify="right")

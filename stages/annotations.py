@@ -11,7 +11,7 @@ from stages.core.errors import UserError
 from stages.core.files import write_json
 from stages.data.annotations import load_annotations, unsafe_id_reason
 from stages.data.converters import FORMATS, Converted
-from stages.data.segments import duration_problem
+from stages.data.segments import duration_problem, segment_problem
 
 
 def convert(sources: list[Path], *, fmt: str, out: Path, **options) -> Converted:
@@ -54,13 +54,14 @@ def check(path: Path) -> dict:
     records = load_annotations(Path(path), require_duration=False)
     rows: dict[str, dict] = {}
     for record in records.values():
-        blank = dict.fromkeys(
-            ("videos", "instances", "zero_length", "out_of_range", "overlapping", "no_duration"), 0
-        )
+        counted = ("videos", "instances", "unusable", "zero_length", "out_of_range", "overlapping")
+        blank = dict.fromkeys((*counted, "no_duration"), 0)
         row = rows.setdefault(record.subset or "(none)", {**blank, "classes": set()})
         row["videos"] += 1
         row["no_duration"] += record.duration is None
-        segs = record.segments
+        unusable = [s for s in record.segments if segment_problem(s.start, s.end) is not None]
+        segs = [s for s in record.segments if segment_problem(s.start, s.end) is None]
+        row["unusable"] += len(unusable)  # NaN, inf or reversed: no command scores or trains on them
         row["instances"] += len(segs)
         row["classes"].update(s.label for s in segs)
         row["zero_length"] += sum(s.end <= s.start for s in segs)

@@ -19,6 +19,7 @@ import numpy as np
 
 from stages.core.errors import UserError
 from stages.core.files import aliased_output, atomic_output, ensure_writable_dir, write_json
+from stages.core.plots import pyplot
 from stages.evaluation import detad
 from stages.evaluation.detad_files import FIGURES, Inputs, default_subset, files_request, read_inputs
 
@@ -108,10 +109,7 @@ def markdown(result: dict) -> str:
 
 def plot(result: dict, out: Path) -> list[Path]:
     """DETAD's three figures as PNG (matplotlib, no LaTeX)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     written = []
     fp, gain = result["false_positive"], result["mAP_N_gain_removing"]

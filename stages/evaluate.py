@@ -18,6 +18,7 @@ import numpy as np
 
 from stages.core.errors import UserError
 from stages.core.files import aliased_output, atomic_output, ensure_writable_dir, write_json
+from stages.core.plots import pyplot
 from stages.core.workdir import output_path
 from stages.data.annotations import load_annotations, read_blocked, refuse_unusable_truth
 from stages.evaluation.benchmarks import BENCHMARKS, over_budget, recall_at_multiples
@@ -315,10 +316,7 @@ def save_json(report: EvalReport, path: Path) -> None:
 
 def plot(report: EvalReport, path: Path, per_class: bool = False) -> None:
     """mAP (or recall) against tIoU; with `per_class`, a second panel of per-class average AP."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     show_classes = per_class and bool(report.per_class)
     n = len(report.per_class)

@@ -86,6 +86,10 @@ class Detector:
             raise UserError(
                 f"{checkpoint}: the checkpoint's settings are incomplete ({exc.__class__.__name__})"
             ) from None
+        ours, theirs = settings.model, self.model_settings
+        if ours.classifier_head and theirs.classifier_head and ours.classifier != theirs.classifier:
+            raise UserError(f"{checkpoint}: trained with model.classifier {theirs.classifier!r}, these "
+                            f"settings say {ours.classifier!r}; infer with the settings it was trained with")
         self.device = pick_device(settings.infer.device)
         self.model = build_detector(self.model_settings, len(self.classes))
         load_weights(self.model, state, checkpoint, "model")
@@ -487,6 +491,11 @@ def run_video(settings: Settings, detector: Detector, checkpoint: Path, video: P
     ]
     results, _ = detect(settings, detector, items, inputs, label=label, snippets=False)
     detections = sorted(results[video_id], key=lambda det: -det["score"])
+    if plot:  # every output's folder checked before the first byte of any is written
+        try:
+            ensure_writable_dir(output.parent / "plots")
+        except OSError as exc:
+            raise UserError(f"{output.parent / 'plots'}: cannot write: {exc.strerror or exc}") from None
     write_results(output, {video_id: detections})
     summary = InferSummary(
         output,

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from stages.core.errors import UserError
 from stages.core.files import write_json
+from stages.core.plots import pyplot
 from stages.core.progress import SILENT, Progress
 from stages.core.workdir import features_dir, snippets_dir, study_dir
 from stages.data.annotations import read_json
@@ -371,10 +372,7 @@ def write_outputs(out_dir: Path, results: list[dict], varied: list[str]) -> None
 
 
 def plot(out_dir: Path, rows: list[dict], varied: list[str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from stages.core.files import atomic_output
 

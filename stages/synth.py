@@ -383,6 +383,9 @@ class SynthSummary:
     pretrain_videos: int = 0
 
 
+MAX_VIDEOS = 100_000  # ten times ActivityNet's count: a plan held whole stays small
+
+
 def run(
     out_dir: Path,
     *,
@@ -402,6 +405,11 @@ def run(
     `pretrain_videos` clean videos form the "pretraining" subset; `movers` adds hollow movers to
     the detection videos (module docstring); `multi_label` gives the detection videos instances of
     several classes that may overlap (plan_video)."""
+    for name, value, low, high in (("videos", videos, 1, MAX_VIDEOS), ("pretrain videos", pretrain_videos, 0,
+                                   MAX_VIDEOS), ("fps", fps, 1, 120), ("width", width, 32, 3840),
+                                   ("height", height, 32, 2160)):  # fmt: skip
+        if not low <= value <= high:  # bounded: memory, disk and time are planned from them
+            raise UserError(f"synth: {name} {value} is outside [{low}, {high}]")
     params = _parameters(videos, classes, seed, fps, width=width, height=height,
                          pretrain_videos=pretrain_videos, movers=movers, multi_label=multi_label)  # fmt: skip
     progress.start(videos + pretrain_videos)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import base64
 import glob
+import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -130,9 +132,12 @@ def _data_uri(png: Path) -> str:
 
 def html(data: dict) -> str:
     """The page: the template with the data inlined as JSON (ASCII, `<` escaped: no `</script>`
-    in a label can end it)."""
+    in a label can end it); its policy runs the page's one script by its hash, nothing inline else."""
     blob = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
-    return TEMPLATE.read_text(encoding="utf-8").replace("/*DATA*/null", blob)
+    page = TEMPLATE.read_text(encoding="utf-8")
+    script = re.search(r"<script>(.*?)</script>", page, re.S).group(1)
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
+    return page.replace("/*SCRIPT_HASH*/", f"sha256-{digest}").replace("/*DATA*/null", blob)
 
 
 def _clock(seconds: float, ass: bool) -> str:
@@ -145,24 +150,42 @@ def _clock(seconds: float, ass: bool) -> str:
 
 
 def subtitles(video: dict, classes: list[str], kind: str) -> str:
-    """The video's detections as SRT or ASS cues (label and score), in time order."""
+    """The video's detections as SRT or ASS cues (label and score), in time order: one cue per
+    detection whatever its label holds (line breaks, markup, override codes are text)."""
     cues = sorted(video["detections"], key=lambda d: d[0])
     if kind == "srt":
-        return "".join(f"{i}\n{_clock(s, False)} --> {_clock(e, False)}\n{classes[c]} ({score:.2f})\n\n"
-                       for i, (s, e, c, score, *_) in enumerate(cues, start=1))  # fmt: skip
+        return "".join(
+            f"{i}\n{_clock(s, False)} --> {_clock(e, False)}\n{_srt_text(classes[c])} ({score:.2f})\n\n"
+            for i, (s, e, c, score, *_) in enumerate(cues, start=1)
+        )
     head = ("[Script Info]\nScriptType: v4.00+\nPlayResX: 640\nPlayResY: 360\n\n[V4+ Styles]\n"
             "Format: Name, Fontname, Fontsize, PrimaryColour, BackColour, BorderStyle, Outline, Alignment\n"
             "Style: Default,Arial,18,&H00FFFFFF,&H80000000,3,1,2\n\n[Events]\n"
             "Format: Layer, Start, End, Style, Text\n")  # fmt: skip
     return head + "".join(
-        f"Dialogue: 0,{_clock(s, True)},{_clock(e, True)},Default,{_ass_text(classes[c], score)}\n"
+        f"Dialogue: 0,{_clock(s, True)},{_clock(e, True)},Default,{_ass_text(classes[c])} ({score:.2f})\n"
         for s, e, c, score, *_ in cues
     )
 
 
-def _ass_text(label: str, score: float) -> str:
-    """A cue's text; braces would start ASS override codes, newlines end the line."""
-    return f"{label} ({score:.2f})".replace("{", "(").replace("}", ")").replace("\n", " ")
+LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+")  # what ends a line somewhere
+
+
+def _one_line(label: str) -> str:
+    """A label on one line: a blank line would start a new SRT cue, a new line a new ASS event."""
+    return LINE_BREAKS.sub(" ", label)
+
+
+def _srt_text(label: str) -> str:
+    """SRT cue text without markup (players read <i>, <font> and {\\an8} in SRT, and libass a
+    backslash escape such as \\N: a word joiner after a backslash keeps it one)."""
+    return re.sub(r"<[^>]*>|\{[^}]*\}", "", _one_line(label)).strip().replace("\\", "\\\u2060") or "?"
+
+
+def _ass_text(label: str) -> str:
+    """ASS event text: braces would start override codes (made parentheses), a backslash an
+    escape such as \\N (a word joiner after it keeps it a backslash)."""
+    return _one_line(label).replace("\\", "\\\u2060").replace("{", "(").replace("}", ")")
 
 
 def run(ground_truth: Path, predictions: Path, *, dataset: str, out: Path, subset: str | None = None,

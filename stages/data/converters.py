@@ -250,6 +250,8 @@ def generic_csv(path: Path, *, durations: Path | None = None, subset: str = "val
         if not r["label"]:
             raise UserError(f"{path}: row {i}: empty label")
         video = r["video"]
+        if (why := unsafe_id_reason(video)) is not None:
+            raise UserError(f"{path}: row {i}: video id {video[:80]!r} {why}; it cannot name a file")
         if lengths is not None:
             if video not in lengths:
                 raise UserError(f"{path}: row {i}: video {video!r} has no duration in {durations}")
@@ -267,8 +269,6 @@ def generic_csv(path: Path, *, durations: Path | None = None, subset: str = "val
     for video, entry in out.database.items():
         del entry["row"]
         entry["duration"] = lengths[video] if lengths is not None else ends[video]
-        if (why := unsafe_id_reason(video)) is not None:
-            raise UserError(f"{path}: video id {video[:80]!r} {why}; it cannot be used as a file name")
         if (why := duration_problem(entry["duration"])) is not None:
             raise UserError(f"{path}: video {video!r}: {why}")
     if lengths is None:
@@ -301,7 +301,10 @@ def ego4d_mq(path: Path, **_) -> Converted:
                 raise UserError(f"{where}: clip {clip_id!r}: {why}")
             out.database.setdefault(clip_id, {"subset": split, "duration": duration, "annotations": []})
             for a, annotator in enumerate(_list_of(clip.get("annotations"), f"{where}: annotations")):
-                labels = annotator.get("labels") if isinstance(annotator, dict) else None
+                if not isinstance(annotator, dict):
+                    got = type(annotator).__name__
+                    raise UserError(f"{where} annotator {a}: expected a mapping, got {got}")
+                labels = annotator.get("labels")
                 for k, label in enumerate(_list_of(labels, f"{where} annotator {a}: labels")):
                     if not isinstance(label, dict):
                         raise UserError(f"{where} annotator {a} label {k}: expected a mapping")
@@ -352,6 +355,9 @@ def thumos_txt(path: Path, *, durations: Path | None = None, subset: str | None 
             start, end = _number(file, i, "start", fields[1]), _number(file, i, "end", fields[2])
             if lengths is not None and video not in lengths:
                 raise UserError(f"{file}: row {i}: video {video!r} has no duration in {durations}")
+            if start < 0 or (lengths is not None and end > lengths[video]):  # not clipped (docs)
+                raise UserError(f"{file}: row {i}: segment [{start}, {end}] is outside the video [0, "
+                                f"{lengths[video] if lengths is not None else 'its end'}]")  # fmt: skip
             duration = lengths[video] if lengths is not None else max(end, ends.get(video, 0.0))
             ends[video] = max(end, ends.get(video, 0.0))
             _add(out, video, where=f"{file}: row {i}", subset=subset or split, duration=duration,

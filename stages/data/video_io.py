@@ -377,10 +377,19 @@ class TimedVideo:
         self._walk = self._frames()
 
     def _cut(self, picture: np.ndarray) -> np.ndarray:
-        """A picture at the output size: its centre where `crop` decoded it larger."""
+        """A picture at the output size: its centre where `crop` decoded it larger; where the output
+        is larger than the source, the centre of the output's aspect in source pixels, resized."""
         height, width = self.target
         if height <= 0 or (picture.shape[0], picture.shape[1]) == (height, width):
             return np.ascontiguousarray(picture)
+        if picture.shape[0] < height or picture.shape[1] < width:
+            from PIL import Image
+
+            keep = min(picture.shape[0] / height, picture.shape[1] / width)
+            h, w = max(1, round(height * keep)), max(1, round(width * keep))
+            top, left = (picture.shape[0] - h) // 2, (picture.shape[1] - w) // 2
+            box = np.ascontiguousarray(picture[top : top + h, left : left + w])
+            return np.asarray(Image.fromarray(box).resize((width, height), Image.BICUBIC))
         top, left = (picture.shape[0] - height) // 2, (picture.shape[1] - width) // 2
         return np.ascontiguousarray(picture[top : top + height, left : left + width])
 
@@ -432,9 +441,12 @@ def _displayed(index: Index, display: str) -> tuple[int, int]:
 
 def _decode_size(shown: tuple[int, int], target: tuple[int, int], resize: Resize) -> tuple[int, int]:
     """The size pictures are decoded to (as displayed): the target (stretch), or the smallest size
-    of the displayed aspect ratio that covers it (crop)."""
+    of the displayed aspect ratio that covers it (crop), never larger than the pictures themselves:
+    a crop that would enlarge them is cut in the source's pixels, then resized (_cut)."""
     height, width = target
     if height <= 0 or width <= 0 or resize == "stretch" or min(shown) <= 0:
         return (height, width) if height > 0 and width > 0 else (-1, -1)
     scale = max(height / shown[0], width / shown[1])
+    if scale > 1:  # frame_width 4000 on a 64x48 video decoded 3000x4000 pictures: 23 GB
+        return shown
     return max(height, round(shown[0] * scale)), max(width, round(shown[1] * scale))

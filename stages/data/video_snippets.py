@@ -67,15 +67,24 @@ class VideoSnippets:
         return frames[self.snippet_frames]
 
 
+# files beside a video that `{id}.*` does not take for it (subtitles, pictures, notes, downloads)
+SIDECARS = {".srt", ".ass", ".vtt", ".sub", ".json", ".txt", ".nfo", ".jpg", ".jpeg", ".png", ".part"}
+
+
 def video_path(d: DataSettings, video_id: str) -> Path:
     """The video file of `video_id` in data.video_dir: the first of data.video_name's patterns that
-    names an existing file (`{id}.*`: any extension, the first in sorted order), else the first
-    pattern's path (for messages)."""
+    names an existing file (`{id}.*`: any extension but a sidecar's; two such files are an error
+    naming both, never a silent choice), else the first pattern's path (for messages)."""
     candidates = []
     for pattern in d.video_names:
         if pattern == "{id}.*":
             stem = safe_path(d.video_dir, video_id, "{id}")
-            candidates += sorted(p for p in d.video_dir.glob(glob.escape(stem.name) + ".*") if p.is_file())
+            found = sorted(p for p in d.video_dir.glob(glob.escape(stem.name) + ".*")
+                           if p.is_file() and p.suffix.lower() not in SIDECARS)  # fmt: skip
+            if len(found) > 1:
+                raise UserError(f"video {video_id!r}: data.video_name '{{id}}.*' matches {found[0]} and "
+                                f"{found[1]}; keep one, or name its extension in data.video_name")
+            candidates += found
         else:
             candidates.append(safe_path(d.video_dir, video_id, pattern))
     return next((p for p in candidates if p.is_file()), candidates[0] if candidates else stem)

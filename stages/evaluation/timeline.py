@@ -8,6 +8,7 @@ import colorsys
 from pathlib import Path
 
 from stages.core.files import atomic_output
+from stages.core.plots import pyplot
 
 
 def timeline_rows(truth: list[tuple[float, float, str]], detections: list[dict], top: int) -> dict:
@@ -30,10 +31,7 @@ def class_color(index: int) -> str:
 
 def plot_timeline(item, detections: list[dict], path: Path, top: int = 10) -> None:
     """`item` (an Item: video_id, duration, segments) as a PNG: truth above, detections below."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = timeline_rows(item.segments, detections, top)
     best = rows["detections"]

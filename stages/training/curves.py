@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 from stages.core.files import atomic_output
+from stages.core.plots import pyplot
 
 LOSS_PARTS = ("total", "tem", "iou_cls", "iou_reg", "bnd_reg", "bnd_cls", "classifier")
 
@@ -85,10 +86,7 @@ def plot_curves(work_dir: Path, scored: list[dict], out: Path) -> Path | None:
     logs = run_logs(work_dir)
     if not logs and not scored:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = len(logs) + bool(scored)
     fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.4), squeeze=False)

@@ -68,6 +68,9 @@ def test_multithumos_converts_with_its_counts_and_scores_itself_perfectly(tmp_pa
     assert again.returncode == 2 and "exists; give a new file name" in again.stderr  # never over a file
 
 
+MT = '{"v": {"duration": %r, "actions": [%s]}}'
+
+
 @pytest.mark.parametrize(
     ("fmt", "content", "message"),
     [
@@ -78,9 +81,36 @@ def test_multithumos_converts_with_its_counts_and_scores_itself_perfectly(tmp_pa
         ("charades", "id,length,actions\nAB12,abc,c092 1 2\n", "row 2: length 'abc' is not a number"),
         ("multithumos", '{"v": {"subset": "testing", "actions": [[1, 0, 2]]}}', "video 'v': has no duration"),
         ("multithumos", '{"v": {"duration": "12.5", "actions": []}}', "duration '12.5' is not a number"),
+        # the one validator (stages/data/segments.py): numbers, order, durations, for every format
+        ("multithumos", MT % (30, "[1, 9, 2]"), "action 0: segment [9, 2] ends before it starts"),
+        ("multithumos", MT % (30, "[1, NaN, 2]"), "segment [nan, 2] is not finite"),
+        ("multithumos", MT % (30, "[1, 1e400, 2]"), "segment [inf, 2] is not finite"),
+        ("multithumos", MT % (-20, "[1, 1, 2]"), "duration -20 is not positive"),
+        ("multithumos", MT % (0, "[1, 1, 2]"), "duration 0 is not positive"),
+        ("multithumos", MT % (1e300, "[1, 1, 2]"), "is longer than 1e+06 s"),
+        ("multithumos", MT % (30, "[3.7, 1, 2]"), "class '3.7' is not a class number"),
+        ("multithumos", '{"v": {"duration": 3, "actions": []}, "v": {"duration": 9, "actions": []}}',
+         "key 'v' appears twice"),
+        ("multithumos", '{"../x": {"duration": 30, "actions": []}}', "video id '../x' contains the path"),
+        ("charades", "id,length,actions\nAB,30,c092 9 2\n", "row 2: segment [9.0, 2.0] ends before"),
+        ("charades", "id,length,actions\nAB,-5,c092 1 2\n", "row 2: duration -5.0 is not positive"),
+        ("charades", "id,length,actions\nAB,30,c092 1 2\nAB,40,c009 1 5\n", "row 3: video 'AB' again"),
+        ("csv", "video,start,end,label\nv1,0,5,a\nv1,0,6,a\n", None),
+        ("csv", "video,start,end,label,subset\nv1,0,5,a,training\nv1,0,6,a,validation\n",
+         "row 3: video 'v1' is in subset 'validation' here and 'training' at row 2"),
+        ("csv", "video,start,end,label\n.hidden,0,5,a\n", "video id '.hidden' starts with '.'"),
+        ("csv", "video,start,end,label\n" + "x" * 300 + ",0,5,a\n", "is longer than 240 bytes"),
     ],
 )  # fmt: skip
 def test_a_bad_row_is_one_line_naming_the_file_and_row(tmp_path, fmt, content, message):
+    if message is None:  # a control: the same file without the fault converts
+        source = tmp_path / "in.csv"
+        source.write_text(content)
+        (tmp_path / "durations.csv").write_text("video,duration\nv1,10\n")
+        done = run_cli("annotations", "convert", source, "--from", fmt, "--out", tmp_path / "out.json",
+                       "--durations", tmp_path / "durations.csv")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return
     source = tmp_path / ("in.json" if fmt == "multithumos" else "in.csv")
     source.write_text(content)
     (tmp_path / "durations.csv").write_text("video,duration\nv1,10\n")
@@ -89,6 +119,50 @@ def test_a_bad_row_is_one_line_naming_the_file_and_row(tmp_path, fmt, content, m
     assert done.returncode == 2 and done.stderr.count("error:") == 1, done.stderr
     assert message in " ".join(done.stderr.split()) and str(source) in done.stderr
     assert not (tmp_path / "out.json").exists()
+
+
+def test_duplicates_and_malformed_ego4d_fields_are_refused_naming_both_places(tmp_path):
+    """The same key twice in one file: never merged nor last-wins; Ego4D's fields of the wrong type:
+    one line, not a traceback."""
+    (tmp_path / "classes.txt").write_text("1 Run\n2 Jump\n1 Walk\n")
+    (tmp_path / "m.json").write_text('{"v": {"duration": 30, "actions": [[1, 1, 2]]}}')
+    (tmp_path / "dur.csv").write_text("video,duration\nv1,10\nv1,12\n")
+    (tmp_path / "in.csv").write_text("video,start,end,label\nv1,0,5,a\n")
+    clip = {"clip_uid": "c1", "video_start_sec": 0, "video_end_sec": 30, "annotations": []}
+    ego = {"videos": [{"split": "train", "clips": [clip]}, {"split": "val", "clips": [clip]}]}
+    (tmp_path / "ego_twice.json").write_text(json.dumps(ego))
+    cases = {
+        "classes": (("m.json", "multithumos", "--classes", tmp_path / "classes.txt"), "line 3: class id '1'"),
+        "durations": (("in.csv", "csv", "--durations", tmp_path / "dur.csv"), "row 3: video 'v1' again"),
+        "clips": (("ego_twice.json", "ego4d-mq"), "clip_uid 'c1' again (first at"),
+    }  # fmt: skip
+    for kind in ("annotator a string", "labels: 5", "label a string"):
+        bad = dict(clip, annotations=["x"] if kind == "annotator a string" else
+                   [{"labels": 5}] if kind == "labels: 5" else [{"labels": ["x"]}])  # fmt: skip
+        (tmp_path / f"{kind}.json").write_text(json.dumps({"videos": [{"split": "val", "clips": [bad]}]}))
+        cases[kind] = ((f"{kind}.json", "ego4d-mq"), "expected")
+    for name, ((source, fmt, *extra), message) in cases.items():
+        out = tmp_path / f"{name}.out.json"
+        done = run_cli("annotations", "convert", tmp_path / source, "--from", fmt, "--out", out, *extra)
+        assert done.returncode == 2 and done.stderr.count("error:") == 1, (name, done.stderr)
+        assert message in " ".join(done.stderr.split()) and not out.exists(), (name, done.stderr)
+
+
+def test_thumos_txt_refuses_reversed_outside_and_non_utf8_rows(tmp_path):
+    folder = tmp_path / "thumos"
+    folder.mkdir()
+    (folder / "Run_test.txt").write_text("video_test_1 5.0 1.0\n")
+    done = run_cli("annotations", "convert", folder, "--from", "thumos-txt", "--out", tmp_path / "a.json")
+    assert done.returncode == 2 and "row 1: segment [5.0, 1.0] ends before it starts" in done.stderr
+    (folder / "Run_test.txt").write_text("video_test_1 1.0 50.0\n")
+    (tmp_path / "dur.csv").write_text("video,duration\nvideo_test_1,30\n")
+    done = run_cli("annotations", "convert", folder, "--from", "thumos-txt", "--out", tmp_path / "b.json",
+                   "--durations", tmp_path / "dur.csv")  # fmt: skip
+    assert done.returncode == 2 and "is outside the video [0, 30.0]" in " ".join(done.stderr.split())
+    (folder / "Run_test.txt").write_bytes("vid\xe9o_1 1.0 2.0\n".encode("latin-1"))
+    done = run_cli("annotations", "convert", folder, "--from", "thumos-txt", "--out", tmp_path / "c.json")
+    assert done.returncode == 2 and "not UTF-8 text" in done.stderr
+    assert not any((tmp_path / n).exists() for n in ("a.json", "b.json", "c.json"))
 
 
 def test_charades_clips_actions_past_the_video_and_epic_refuses_an_unknown_class(tmp_path):

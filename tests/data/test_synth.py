@@ -168,3 +168,20 @@ def test_multi_label_videos_hold_several_classes_that_overlap(tmp_path):
     anet = json.loads((tmp_path / "anet.json").read_text())
     assert anet["etad_synth"]["multi_label"] is True
     assert summary.instances == sum(len(v["annotations"]) for v in anet["database"].values())
+
+
+def test_sizes_rates_and_counts_are_bounded_before_any_work(tmp_path):
+    """200,000-pixel frames (an ArrayMemoryError), 100,000 fps (a minute of writing), 10^8 videos (a
+    plan of every video first): refused at once, one line, nothing written."""
+    from tests.helpers import run_cli
+
+    for option, value in (("--width", "200000"), ("--height", "200000"), ("--fps", "100000"),
+                          ("--videos", "100000000"), ("--pretrain-videos", "100000000")):  # fmt: skip
+        done = run_cli("synth", tmp_path / "out", option, value)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (option, done.stderr)
+        assert option in done.stderr and not (tmp_path / "out").exists(), (option, done.stderr)
+    from stages import synth
+    from stages.core.errors import UserError
+
+    with pytest.raises(UserError, match=r"synth: fps 100000 is outside \[1, 120\]"):
+        synth.run(tmp_path / "lib", fps=100000)

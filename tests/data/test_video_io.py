@@ -515,3 +515,36 @@ def test_a_decoder_that_cannot_run_here_is_one_line_before_any_work(numbered, mo
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "data.decoder torchcodec: torchcodec is not installed: pip install 'etad[torchcodec]'" in text
     assert not (work / "frames").exists() or not any((work / "frames").iterdir())
+
+
+def test_a_crop_larger_than_the_video_is_cut_in_source_pixels(tmp_path):
+    """data.frame_width 4000 on a 128x96 video: decoded at 128x96 (not 3000x4000), the output's
+    aspect cut from the source's centre, then resized; the numbers still read."""
+    truth = videos.numbered_run(tmp_path / "small.mp4", 5)
+    video = TimedVideo(truth.path, FPS, "pyav", height=2000, width=2000, resize="crop")
+    assert video.size == (96, 128)
+    frames = video.read(np.arange(3))
+    assert frames.shape == (3, 2000, 2000, 3)
+
+
+def test_two_files_for_one_id_are_named_and_refused(numbered, tmp_path):
+    root, _ = numbered
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    write(folder / "clip.mp4", list(np.arange(15) / 15), rate=15)
+    write(folder / "clip.mkv", list(np.arange(15) / 15), rate=15)
+    (folder / "clip.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nhi\n")  # a sidecar: not a video
+    (tmp_path / "anet.json").write_text(
+        json.dumps({"database": {"clip": {"subset": "validation", "duration": 1.0, "annotations": []}}})
+    )
+    config = yaml.safe_load(_config(root, "pyav").read_text())
+    config["work_dir"] = str(tmp_path / "work")
+    config["data"].update(
+        annotations=str(tmp_path / "anet.json"), video_dir=str(folder), video_name=["{id}.*"]
+    )
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    done = run_cli("extract", "-c", tmp_path / "c.yaml", "--subset", "all")
+    text = " ".join(done.stderr.split())
+    assert done.returncode == 2 and f"matches {folder / 'clip.mkv'} and {folder / 'clip.mp4'}" in text, text
+    (folder / "clip.mkv").unlink()
+    assert run_cli("extract", "-c", tmp_path / "c.yaml", "--subset", "all").returncode == 0

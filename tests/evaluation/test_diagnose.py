@@ -146,3 +146,27 @@ def test_bad_input_is_one_line(tmp_path, trained):
     check(lambda d: None, "no video in subset 'testing'", subset="testing")
     check(lambda d: d.update(results={"other": d["results"][video]}), "no prediction is for a video of")
     assert not (tmp_path / "out").exists()
+
+
+def test_diagnose_refuses_what_eval_refuses_and_never_writes_over_an_input(tmp_path):
+    truth = {"database": {"a": {"subset": "validation", "duration": 20.0,
+                                "annotations": [{"segment": [0, 10], "label": "x"}]}}}  # fmt: skip
+    (tmp_path / "gt.json").write_text(json.dumps(truth))
+    (tmp_path / "p.json").write_text(json.dumps({"results": {}}))
+    base = ("diagnose", "--dataset", "anet", "-g", tmp_path / "gt.json", "-p", tmp_path / "p.json")
+    done = run_cli(*base, "--out", tmp_path / "d")
+    assert done.returncode == 2 and "no prediction left to score" in done.stderr
+    truth["database"]["a"]["duration"] = -20.0  # a negative coverage, before
+    (tmp_path / "gt.json").write_text(json.dumps(truth))
+    one = {"results": {"a": [{"segment": [0, 8], "label": "x", "score": 1}]}}
+    (tmp_path / "p.json").write_text(json.dumps(one))
+    done = run_cli(*base, "--out", tmp_path / "d")
+    assert done.returncode == 2 and "duration -20.0 is not positive" in done.stderr
+    truth["database"]["a"]["duration"] = 20.0
+    (tmp_path / "gt.json").write_text(json.dumps(truth))
+    (tmp_path / "diagnosis.json").write_text(json.dumps(one))  # predictions named like an output
+    before = (tmp_path / "diagnosis.json").read_bytes()
+    done = run_cli("diagnose", "--dataset", "anet", "-g", tmp_path / "gt.json",
+                   "-p", tmp_path / "diagnosis.json", "--out", tmp_path)  # fmt: skip
+    assert done.returncode == 2 and "an output never overwrites an input" in done.stderr
+    assert (tmp_path / "diagnosis.json").read_bytes() == before

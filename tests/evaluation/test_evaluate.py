@@ -147,3 +147,43 @@ def test_eval_benchmark_in_the_settings_picks_the_protocol(tmp_path):
     config.write_text(f"data:\n  annotations: {gt}\neval:\n  benchmark: epic\n")
     done = run_cli("eval", "--config", config, "--predictions", pred)
     assert done.returncode == 2 and "eval.benchmark" in done.stderr and "epic100" in done.stderr
+
+
+def _pair(tmp_path, label="x"):
+    gt = _write(tmp_path / "gt.json", {"database": {
+        "a": {"subset": "validation", "annotations": [{"segment": [0, 10], "label": label}]},
+        "b": {"subset": "validation", "annotations": [{"segment": [5, 9], "label": label}]}}})  # fmt: skip
+    pred = _write(tmp_path / "p.json", {"results": {"a": [{"segment": [0, 8], "label": label, "score": 1}]}})
+    return gt, pred
+
+
+def test_an_output_named_as_an_input_is_refused_before_anything_is_read(tmp_path):
+    """--json or --plot naming -p, -g or --blocked (as written, or the same file through a link):
+    one line, exit 2, the input as it was."""
+    gt, pred = _pair(tmp_path)
+    (tmp_path / "link.json").symlink_to(pred)
+    blocked = _write(tmp_path / "blocked.json", ["zzz"])
+    before = {p: p.read_bytes() for p in (gt, pred, blocked)}
+    base = ("eval", "-p", pred, "-g", gt, "--blocked", blocked)
+    for option, target in (("--json", pred), ("--plot", gt), ("--json", tmp_path / "link.json"),
+                           ("--plot", blocked)):  # fmt: skip
+        done = run_cli(*base, option, target)
+        assert done.returncode == 2 and "an output never overwrites an input" in done.stderr, (option, target)
+    done = run_cli(*base, "--json", tmp_path / "m.json", "--plot", tmp_path / "m.json")
+    assert done.returncode == 2 and "--plot" in done.stderr and "is --json" in done.stderr
+    assert {p: p.read_bytes() for p in (gt, pred, blocked)} == before
+
+
+def test_blocking_every_video_is_the_same_error_as_no_ground_truth(tmp_path):
+    gt, pred = _pair(tmp_path)
+    blocked = _write(tmp_path / "blocked.json", ["a", "b"])
+    done = run_cli("eval", "-p", pred, "-g", gt, "--blocked", blocked)
+    assert done.returncode == 2 and "no ground-truth instance in the selected subset" in done.stderr
+
+
+def test_labels_are_drawn_as_text_in_the_per_class_plot(tmp_path):
+    """A `$` pair in a class name is no mathtext formula."""
+    gt, pred = _pair(tmp_path, label="tip a$_$b")  # matplotlib raised ValueError on it
+    done = run_cli("eval", "-p", pred, "-g", gt, "--per-class", "--plot", tmp_path / "map.png")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "map.png").read_bytes()[:4] == b"\x89PNG"

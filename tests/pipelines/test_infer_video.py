@@ -104,3 +104,13 @@ def test_a_video_s_notes_are_printed_as_extract_and_cache_print_them(trained, cl
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert f"note: {video}: first picture at 0.50 s of the file (held from 0)" in text
+
+
+def test_a_head_the_checkpoint_was_not_trained_with_is_refused(trained, cli, synth_dir):
+    """--set model.classifier=proposal on a video-head checkpoint ran the video head without a word."""
+    config, checkpoints = trained
+    video = sorted((synth_dir / "videos").glob("*.mp4"))[0]
+    result = cli("infer", "-c", config, "--checkpoint", str(checkpoints["pretrain"]), "--video", str(video),
+                 "--set", "model.classifier=proposal")  # fmt: skip
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "model.classifier 'video', these settings say 'proposal'" in text

@@ -193,7 +193,7 @@ def test_a_dense_benchmark_recipe_from_its_own_annotation_format(tmp_path):
     """MultiTHUMOS end to end with its recipe: its own annotation file converted, features imported,
     the per-proposal head trained, detections scored with MultiTHUMOS' protocol (`make features`)."""
     rng = np.random.default_rng(2)
-    features, source = tmp_path / "i3d_features", {}
+    features, source = tmp_path / "i3d features", {}  # a space: one path through make
     features.mkdir()
     videos = [(f"video_validation_{i:07d}", "validation") for i in range(1, 13)]
     videos += [(f"video_test_{i:07d}", "testing") for i in (4, 7, 26)]

@@ -124,3 +124,36 @@ def test_view_detects_with_a_checkpoint_first(tmp_path, trained):
     page = (root / "work" / "results" / "view" / "index.html").read_text()
     assert '"videos":[{"id":' in page
     assert run_cli("view", "--checkpoint", checkpoint, "-g", root / "tiny_anet.json").returncode == 2
+
+
+HOSTILE = [
+    "walk\n\nDialogue: 0,0:00:00.40,9:00:00.00,Default,INJECTED",  # a blank line: a new SRT cue
+    "run\rDialogue: 0,0:00:00.40,9:00:00.00,Default,INJECTED",  # ASS reads \r as a line end
+    "jump\u2028two\u2029lines",
+    "<i>italic</i> {\\an8}top \\N break",
+]
+
+
+@pytest.mark.parametrize("kind", ["srt", "ass"])
+def test_every_detection_is_one_subtitle_event_whatever_its_label(tmp_path, kind):
+    """Labels with line breaks, markup and override codes, read back by FFmpeg's own subtitle
+    parsers (through PyAV): exactly one event per detection, each with its label's text."""
+    import av
+
+    from stages.view import subtitles
+
+    video = {"detections": [(1.0 + i, 2.0 + i, i, 0.5, 0) for i in range(len(HOSTILE))]}
+    path = tmp_path / f"cues.{kind}"
+    path.write_text(subtitles(video, HOSTILE, kind), encoding="utf-8")
+    with av.open(str(path)) as container:
+        stream = container.streams.subtitles[0]
+        texts = []
+        for packet in container.demux(stream):
+            if packet.size:
+                for sub in packet.decode():  # the event's fields, then its text
+                    fields = bytes(sub.ass).decode("utf-8").split("Default,", 1)[1]
+                    texts.append(fields.split(",,", 1)[-1] if kind == "srt" else fields)
+    assert len(texts) == len(HOSTILE), texts
+    assert not any("INJECTED" in t and t.startswith("INJECTED") for t in texts)
+    assert all("\n" not in t and "\r" not in t and "\\N" not in t for t in texts), texts
+    assert texts[0].startswith("walk") and "INJECTED" in texts[0]  # the text kept, on one line
