@@ -8,6 +8,8 @@ back at run time, nothing else is changed. Each comparison prints the largest ab
   python benchmarks/official.py detad --code DETAD --python /path/to/venv/bin/python
   python benchmarks/official.py epic  --code C2-Action-Detection --python ...
   python benchmarks/official.py ego4d --code episodic-memory --python ...
+  python benchmarks/official.py ties  --code DETAD --anet-code ActivityNet --python ... \
+      --save tests/files/official_ties.json   (tied scores: tests/evaluation/test_official_ties.py)
 
 (HumamAlwassel/DETAD, epic-kitchens/C2-Action-Detection, EGO4D/episodic-memory; ../shared/data for
 the ActivityNet, THUMOS-14 and EPIC-KITCHENS-100 files.)
@@ -105,20 +107,6 @@ print(json.dumps(out))
 """
 
 
-def _with_characteristics(gt: Path, out: Path) -> Path:
-    """The ground truth with DETAD's characteristics per instance, as DETAD's code reads them."""
-    data = json.loads(gt.read_text())
-    data.setdefault("version", "VERSION 1.3")
-    data.setdefault("taxonomy", [])
-    for entry in data["database"].values():
-        for a in entry["annotations"]:
-            a["length"] = a["segment"][1] - a["segment"][0]
-            a["coverage"] = a["length"] / entry["duration"]
-            a["num-instances"] = len(entry["annotations"])
-    out.write_text(json.dumps(data))
-    return out
-
-
 def _thumos_case(published: Path, out: Path, seed: int = 1) -> Path:
     """Seeded predictions around DETAD's published THUMOS-14 test ground truth: each instance three
     times (jitter 30% of its length, 15% relabelled), twenty random detections per video."""
@@ -149,7 +137,7 @@ def _thumos_case(published: Path, out: Path, seed: int = 1) -> Path:
 
 def detad(code: Path, python: str, folder: Path) -> None:
     from stages import diagnose
-    from tests.helpers import write_anet_diagnosis_case
+    from tests.helpers import with_detad_characteristics, write_anet_diagnosis_case
 
     gt, pred = write_anet_diagnosis_case(SHARED, folder / "anet")
     predictions = json.loads(pred.read_text())
@@ -168,7 +156,7 @@ def detad(code: Path, python: str, folder: Path) -> None:
         ours = diagnose.run(truth, detections, dataset=dataset, subset=subset, out=folder / f"{dataset}_out")
         mine = time.perf_counter() - began
         truth_for_detad = (
-            _with_characteristics(truth, folder / "gt_detad.json") if dataset == "anet" else truth
+            with_detad_characteristics(truth, folder / "gt_detad.json") if dataset == "anet" else truth
         )
         began = time.perf_counter()
         theirs = official(python, DETAD_DRIVER, code, truth_for_detad, detections, subset, dataset)
@@ -289,15 +277,63 @@ def ego4d(code: Path, python: str, folder: Path) -> None:
     print(f"Ego4D MQ recall: {report.recall_at}; max |official - etad| {gap:.3g}")
 
 
+ANET_DRIVER = """
+import json, os, re, sys, tempfile
+code, gt, pred, subset = sys.argv[1:5]
+mended = tempfile.mkdtemp()  # the official code is Python 2: its print statements, iteritems, xrange
+for name in ('utils', 'eval_detection'):
+    text = open(code + '/Evaluation/' + name + '.py').read()
+    text = re.sub(r'^(\\s*)print (.*)$', r'\\1pass', text, flags=re.M)
+    text = text.replace('import urllib2', '').replace('.iteritems()', '.items()').replace('xrange(', 'range(')
+    open(os.path.join(mended, name + '.py'), 'w').write(text)
+sys.path.insert(0, mended)  # and for joblib's workers
+os.environ['PYTHONPATH'] = mended + os.pathsep + os.environ.get('PYTHONPATH', '')
+from eval_detection import ANETdetection
+official = ANETdetection(gt, pred, subset=subset, check_status=False)
+official.evaluate()
+print(json.dumps({'mAP': [float(x) for x in official.mAP], 'average_mAP': float(official.average_mAP)}))
+"""
+
+
+def ties(code: Path, python: str, folder: Path, *, anet_code: Path | None = None,
+         save: Path | None = None) -> None:  # fmt: skip
+    """DETAD's code (and, given `anet_code`, the official ActivityNet evaluator) against etad on the
+    tied cases of tests/helpers.write_tied_cases; `save` keeps their numbers (the test's file)."""
+    from stages import diagnose, evaluate
+    from tests.helpers import write_tied_cases
+
+    kept = {}
+    for dataset, (truth, detections, subset) in write_tied_cases(SHARED, folder).items():
+        ours = diagnose.run(truth, detections, dataset=dataset, subset=subset, out=folder / f"{dataset}_out")
+        theirs = official(python, DETAD_DRIVER, code, truth, detections, subset, dataset)
+        kept[f"detad_{dataset}"] = theirs
+        print(f"DETAD {dataset}, tied scores: max |DETAD - etad| {largest_difference(theirs, ours):.3g}")
+        if anet_code is not None and dataset == "anet":
+            report = evaluate.evaluate(detections, truth, dataset="anet", subset=subset)
+            theirs = official(python, ANET_DRIVER, anet_code, truth, detections, subset)
+            kept["official_anet"] = theirs
+            mine = {"mAP": report.values, "average_mAP": report.average}
+            print(f"official ActivityNet evaluator, tied scores: max |official - etad| "
+                  f"{largest_difference(theirs, mine):.3g}")  # fmt: skip
+    if save is not None:
+        save.write_text(json.dumps(kept, indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("which", choices=("detad", "epic", "ego4d"))
+    parser.add_argument("which", choices=("detad", "epic", "ego4d", "ties"))
     parser.add_argument("--code", type=Path, required=True, help="a checkout of the official code")
     parser.add_argument("--python", default=sys.executable, help="a Python with pandas and joblib")
+    parser.add_argument("--anet-code", type=Path, help="ties: a checkout of activitynet/ActivityNet too")
+    parser.add_argument("--save", type=Path, help="ties: keep the official numbers in this JSON file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        if args.which == "ties":
+            anet = args.anet_code.resolve() if args.anet_code else None
+            ties(args.code.resolve(), args.python, Path(tmp), anet_code=anet, save=args.save)
+            return
         {"detad": detad, "epic": epic, "ego4d": ego4d}[args.which](
             args.code.resolve(), args.python, Path(tmp)
         )

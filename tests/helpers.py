@@ -150,3 +150,70 @@ def write_anet_diagnosis_case(shared: Path, folder: Path, seed: int = 0) -> tupl
     (folder / "gt.json").write_text(json.dumps(gt))
     (folder / "predictions.json").write_text(json.dumps({"version": "VERSION 1.3", "results": results}))
     return folder / "gt.json", folder / "predictions.json"
+
+
+def with_detad_characteristics(gt: Path, out: Path) -> Path:
+    """The ground truth with DETAD's characteristics on every instance (length, coverage against the
+    file's durations, instances in its video), as DETAD's code reads them."""
+    data = json.loads(gt.read_text())
+    data.setdefault("version", "VERSION 1.3")
+    data.setdefault("taxonomy", [])
+    for entry in data["database"].values():
+        for a in entry["annotations"]:
+            a["length"] = a["segment"][1] - a["segment"][0]
+            a["coverage"] = a["length"] / entry["duration"]
+            a["num-instances"] = len(entry["annotations"])
+    out.write_text(json.dumps(data))
+    return out
+
+
+def write_tied_cases(shared: Path, folder: Path) -> dict[str, tuple[Path, Path, str]]:
+    """Diagnosis cases with tied scores (four decimals, as many submissions write them), on the real
+    ground truth, for the comparisons with DETAD's and the official code (benchmarks/official.py
+    `ties`; their numbers in tests/files/official_ties.json): dataset -> (ground truth, predictions,
+    subset). ActivityNet validation with the videos' own durations (TSP's), so that some instances
+    end past their video (coverage > 1: left out, and videos left without ground truth); THUMOS-14
+    test (ActionFormer's file), each instance three times jittered, 15% relabelled, 20 random
+    detections per video."""
+    import csv
+
+    gt, pred = write_anet_diagnosis_case(shared, folder / "anet")
+    data = json.loads(gt.read_text())
+    with (shared / "anet" / "tsp_activitynet_v1-3_valid_metadata.csv").open() as f:
+        durations = {r["filename"][2:-4]: float(r["video-duration"]) for r in csv.DictReader(f)}
+    for video_id, entry in data["database"].items():
+        entry["duration"] = durations[video_id]
+    gt.write_text(json.dumps(data))
+    cases = {"anet": (with_detad_characteristics(gt, folder / "anet" / "gt_detad.json"), pred, "validation")}
+    thumos = json.loads((shared / "thumos" / "thumos14.json").read_text())
+    thumos["database"] = {v: e for v, e in thumos["database"].items() if e["subset"] == "Test"}
+    (folder / "thumos").mkdir(parents=True, exist_ok=True)
+    (folder / "thumos" / "gt.json").write_text(json.dumps(thumos))
+    truth = with_detad_characteristics(folder / "thumos" / "gt.json", folder / "thumos" / "gt_detad.json")
+    rng, results = np.random.default_rng(1), {}
+    labels = sorted({a["label"] for e in thumos["database"].values() for a in e["annotations"]})
+    for video_id, entry in thumos["database"].items():
+        duration, dets = entry["duration"], []
+        for a in entry["annotations"]:
+            (s, t), length = a["segment"], a["segment"][1] - a["segment"][0]
+            for _ in range(3):
+                js, je = rng.normal(0, 0.3 * length, 2)
+                ns, ne = max(0.0, s + js), min(duration, t + je)
+                label = a["label"] if rng.random() > 0.15 else labels[rng.integers(len(labels))]
+                segment = [ns, max(ne, ns + 0.2)]
+                dets.append({"label": label, "score": float(rng.random()), "segment": segment})
+        for _ in range(20):
+            x = rng.random() * duration
+            dets.append({"label": labels[rng.integers(len(labels))], "score": float(rng.random() * 0.5),
+                         "segment": [x, x + rng.random() * 10 + 0.2]})  # fmt: skip
+        results[video_id] = dets
+    thumos_pred = folder / "thumos" / "predictions.json"
+    thumos_pred.write_text(json.dumps({"version": "THUMOS14", "results": results}))
+    cases["thumos"] = (truth, thumos_pred, "Test")
+    for _, predictions, _ in cases.values():  # four decimals: ties; DETAD's reader wants external_data
+        data = json.loads(predictions.read_text())
+        for dets in data["results"].values():
+            for d in dets:
+                d["score"] = round(d["score"], 4)
+        predictions.write_text(json.dumps({**data, "external_data": {}}))
+    return cases

@@ -85,9 +85,10 @@ class Predictions:
     segments: np.ndarray  # [P, 2]
     label: np.ndarray  # [P] int
     score: np.ndarray  # [P]
+    names: np.ndarray | None = None  # video code -> its id (object array): DETAD orders videos by id
 
     def take(self, idx: np.ndarray) -> Predictions:
-        return Predictions(self.video[idx], self.segments[idx], self.label[idx], self.score[idx])
+        return Predictions(self.video[idx], self.segments[idx], self.label[idx], self.score[idx], self.names)
 
 
 def bucket(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -106,6 +107,16 @@ def computed_characteristics(segments: np.ndarray, video: np.ndarray, durations:
     with np.errstate(divide="ignore", invalid="ignore"):
         coverage = length / durations
     return {"length": length, "coverage": coverage, "num-instances": counts.astype(float)}
+
+
+def pandas_descending(scores: np.ndarray) -> np.ndarray:
+    """The order pandas' `sort_values(ascending=False)` gives, ties as it ties them: its nargsort
+    argsorts the reversed scores with numpy's quicksort and reverses the result. DETAD's code ranks so
+    where it sorts a DataFrame (the sensitivity and the score-range profile); elsewhere it ranks as
+    the official evaluator, `argsort()[::-1]` (`_ranked`). Tied scores (four decimals, as many
+    submissions write them) then give DETAD's figures exactly."""
+    backwards = np.arange(len(scores))[::-1]
+    return backwards[np.asarray(scores)[::-1].argsort(kind="quicksort")][::-1]
 
 
 def _ranked(pred: Predictions, n_classes: int) -> tuple[list[np.ndarray], np.ndarray]:
@@ -175,14 +186,61 @@ def top_predictions(truth: Truth, pred: Predictions, factor: int = LIMIT_FACTOR)
 def error_types(truth: Truth, pred: Predictions, matched: np.ndarray, tious: np.ndarray) -> np.ndarray:
     """The type of every prediction at every tIoU [T, P] (ERROR_TYPES' codes): true positive where it
     matched, else judged against the ground truth of its video with the highest tIoU (the first of
-    equals, any label)."""
+    equals, any label). As DETAD's code judges them: it walks the unmatched predictions sorted by
+    video id (pandas, `_in_id_order`) and fetches a video's ground truth when the video changes; a
+    video without ground truth gives its first prediction a background error and leaves the ground
+    truth fetched before in place, so its other predictions are judged against the previous
+    video's instances (`_judged_against`)."""
+    has_truth = np.zeros(int(max(truth.video.max(initial=-1), pred.video.max(initial=-1))) + 1, dtype=bool)
+    has_truth[truth.video] = True
+    own = _best_overlap(truth, pred, np.where(has_truth[pred.video], pred.video, -1))
+    out = np.empty((len(tious), len(pred.label)), dtype=np.int64)
+    for t, thr in enumerate(tious):
+        top_tiou, top_label = own[0].copy(), own[1].copy()
+        unmatched = _in_id_order(pred, np.flatnonzero(matched[t] < 0))
+        against = _judged_against(pred.video[unmatched], has_truth)
+        stale = unmatched[(against >= 0) & ~has_truth[pred.video[unmatched]]]
+        if len(stale):
+            judged = np.full(len(pred.label), -1)
+            judged[unmatched] = against
+            sub = _best_overlap(truth, pred.take(stale), judged[stale])
+            top_tiou[stale], top_label[stale] = sub
+        same = top_label == pred.label
+        near = np.where(top_tiou >= MIN_TIOU, np.where(same, LOCALIZATION, CONFUSION), BACKGROUND)
+        kind = np.where(top_tiou >= thr, np.where(same, DOUBLE, WRONG_LABEL), near)
+        out[t] = np.where(matched[t] >= 0, TRUE_POSITIVE, kind)
+    return out
+
+
+def _in_id_order(pred: Predictions, idx: np.ndarray) -> np.ndarray:
+    """`idx` sorted by video id as DETAD's `sort_values(by='video-id')` sorts them (pandas without
+    pyarrow: numpy's quicksort of the ids as objects, ties as it leaves them)."""
+    if pred.names is None:
+        return idx[np.argsort(pred.video[idx], kind="stable")]
+    return idx[np.asarray(pred.names[pred.video[idx]], dtype=object).argsort(kind="quicksort")]
+
+
+def _judged_against(videos: np.ndarray, has_truth: np.ndarray) -> np.ndarray:
+    """For predictions in DETAD's walking order, the video whose ground truth judges each: its own;
+    for a video without ground truth, -1 (a background error) for its first prediction and the last
+    video with ground truth before it for the others (-1 where there is none)."""
+    own = has_truth[videos]
+    last = np.maximum.accumulate(np.where(own, np.arange(len(videos)), -1)) if len(videos) else videos
+    first = np.r_[True, videos[1:] != videos[:-1]] if len(videos) else own
+    before = np.where(last >= 0, videos[np.maximum(last, 0)], -1)
+    return np.where(own, videos, np.where(first, -1, before))
+
+
+def _best_overlap(truth: Truth, pred: Predictions, against: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each prediction's highest tIoU with the instances of video `against` (-1: none) and that
+    instance's label (the first of equals, in file order)."""
     top_tiou = np.full(len(pred.label), -np.inf)
     top_label = np.full(len(pred.label), -1)
     order = np.argsort(truth.video, kind="stable")
     videos, starts = np.unique(truth.video[order], return_index=True)
     ends = np.append(starts[1:], len(order))
-    where = np.searchsorted(videos, pred.video)
-    has = (where < len(videos)) & (videos[np.minimum(where, len(videos) - 1)] == pred.video)
+    where = np.searchsorted(videos, against)
+    has = (against >= 0) & (where < len(videos)) & (videos[np.minimum(where, len(videos) - 1)] == against)
     for v in np.unique(where[has]):
         rows = np.flatnonzero(has & (where == v))
         gts = order[starts[v] : ends[v]]  # file order
@@ -190,13 +248,7 @@ def error_types(truth: Truth, pred: Predictions, matched: np.ndarray, tious: np.
         best = tiou.argmax(axis=1)
         top_tiou[rows] = tiou[np.arange(len(rows)), best]
         top_label[rows] = truth.label[gts[best]]
-    same = top_label == pred.label
-    out = np.empty((len(tious), len(pred.label)), dtype=np.int64)
-    for t, thr in enumerate(tious):
-        near = np.where(top_tiou >= MIN_TIOU, np.where(same, LOCALIZATION, CONFUSION), BACKGROUND)
-        kind = np.where(top_tiou >= thr, np.where(same, DOUBLE, WRONG_LABEL), near)
-        out[t] = np.where(matched[t] >= 0, TRUE_POSITIVE, kind)
-    return out
+    return top_tiou, top_label
 
 
 def shares(types: np.ndarray) -> dict[str, float]:
@@ -212,7 +264,7 @@ def profile(truth: Truth, pred: Predictions, types: np.ndarray, chunks: int = LI
     DETAD's figure shows them ('1G' .. '10G')."""
     npos = np.bincount(truth.label, minlength=truth.n_classes)
     by_chunk: list[list[np.ndarray]] = [[] for _ in range(chunks)]
-    order = np.argsort(-pred.score, kind="stable")
+    order = pandas_descending(pred.score)  # all classes at once, as DETAD sorts its frame
     for c in np.flatnonzero(npos):
         mine = order[pred.label[order] == c]
         for k in range(chunks):
@@ -238,8 +290,12 @@ def gains(truth: Truth, pred: Predictions, matched: np.ndarray, *, types: np.nda
 
 def sensitivity(truth: Truth, pred: Predictions, matched: np.ndarray, names: dict[str, list[str]]) -> dict:
     """Average mAP_N per bucket of each characteristic: per class, the predictions that matched an
-    instance of the bucket or nothing at every tIoU; None for a bucket without instances."""
-    ranked, _ = _ranked(pred, truth.n_classes)
+    instance of the bucket or nothing at every tIoU; None for a bucket without instances. Each
+    class's predictions ranked as DETAD's sensitivity ranks them (pandas, `pandas_descending`)."""
+    ranked = []
+    for c in range(truth.n_classes):
+        idx = np.flatnonzero(pred.label == c)
+        ranked.append(idx[pandas_descending(pred.score[idx])])
     avg, out = truth.average_instances, {}
     for characteristic, labels in names.items():
         of = truth.buckets[characteristic]

@@ -166,8 +166,10 @@ def _predictions(path: Path, classes: list[str], videos: list[str], *, subset: s
         raise UserError(
             f"{path}: no prediction is for a video of subset {subset!r}; another dataset or subset?"
         )
-    for v in table.videos:  # videos without ground truth: their predictions are all background
+    for v in table.videos:  # videos without ground truth: codes past the truth's
         code.setdefault(v, len(code))
+    names = np.empty(len(code), dtype=object)
+    names[list(code.values())] = list(code)
     return detad.Predictions(np.array([code[v] for v in table.videos], dtype=np.int64), table.segments,
                              np.array([known[label] for label in table.labels], dtype=np.int64),
-                             np.asarray(table.scores, dtype=float))  # fmt: skip
+                             np.asarray(table.scores, dtype=float), names)  # fmt: skip
