@@ -88,7 +88,8 @@ class Predictions:
     names: np.ndarray | None = None  # video code -> its id (object array): DETAD orders videos by id
 
     def take(self, idx: np.ndarray) -> Predictions:
-        return Predictions(self.video[idx], self.segments[idx], self.label[idx], self.score[idx], self.names)
+        taken = (self.video[idx], self.segments[idx], self.label[idx], self.score[idx])
+        return Predictions(*taken, names=self.names)
 
 
 def bucket(values: np.ndarray, edges: np.ndarray) -> np.ndarray:

@@ -172,4 +172,4 @@ def _predictions(path: Path, classes: list[str], videos: list[str], *, subset: s
     names[list(code.values())] = list(code)
     return detad.Predictions(np.array([code[v] for v in table.videos], dtype=np.int64), table.segments,
                              np.array([known[label] for label in table.labels], dtype=np.int64),
-                             np.asarray(table.scores, dtype=float), names)  # fmt: skip
+                             np.asarray(table.scores, dtype=float), names=names)  # fmt: skip
