@@ -153,6 +153,9 @@ def annotations_convert(
         Path | None, typer.Option(help="multithumos / charades: the class list (id name).")
     ] = None,
     durations: Annotated[Path | None, typer.Option(help="csv, thumos-txt: a video,duration CSV.")] = None,
+    videos: Annotated[
+        Path | None, typer.Option(help="The folder of the videos (<id>.mp4, ...): durations from the files.")
+    ] = None,
 ) -> None:
     """Write another benchmark's annotations in ActivityNet's layout (every etad command reads it).
 
@@ -162,13 +165,14 @@ def annotations_convert(
         --nouns EPIC_100_noun_classes.csv --label verb --out epic_verb.json
       etad annotations convert multithumos.json --from multithumos --out multithumos_anet.json
       etad annotations convert my_labels.csv --from csv --durations durations.csv --out mine.json
+      etad annotations convert my_labels.csv --from csv --videos my_videos/ --out mine.json
     """
     from stages import annotations as stage
 
     options = {"video_info": video_info, "verbs": verbs, "nouns": nouns, "label": label, "classes": classes,
                "durations": durations, **({"subset": subset} if subset else {})}  # fmt: skip
     with user_errors():
-        done = stage.convert(sources, fmt=from_, out=out, **options)
+        done = stage.convert(sources, fmt=from_, out=out, videos=videos, **options)
     instances = sum(len(e["annotations"]) for e in done.database.values())
     console.print(f"{len(done.database)} videos, {instances} instances ({done.clipped} clipped to their "
                   f"video's duration) -> {out}", soft_wrap=True)  # fmt: skip
@@ -183,7 +187,9 @@ def annotations_check(
     from stages import annotations as stage
 
     with user_errors():
-        views.annotations_table(stage.check(path))
+        report = stage.check(path)
+        views.annotations_table(report)
+    print_notes(report["notes"])
 
 
 @checkpoint_app.command("info")
@@ -401,7 +407,7 @@ DatasetOpt = Annotated[
     typer.Option(help="anet, thumos, hacs, fineaction, epic100, ego4d_mq, multithumos or charades: the "
                  "benchmark's tIoUs, subset and detections per video; default: the settings'."),
 ]
-SubsetOpt = Annotated[
+GroundTruthSubsetOpt = Annotated[
     str | None, typer.Option(help="Ground-truth subset (default: validation for anet, test for thumos).")
 ]
 BlockedOpt = Annotated[Path | None, typer.Option(help="JSON list of video ids left out of both files.")]
@@ -426,7 +432,7 @@ def eval_(
     predictions: PredictionsOpt = None,
     ground_truth: GroundTruthOpt = None,
     dataset: DatasetOpt = None,
-    subset: SubsetOpt = None,
+    subset: GroundTruthSubsetOpt = None,
     blocked: BlockedOpt = None,
     task: TaskOpt = None,
     tiou: TiouOpt = None,

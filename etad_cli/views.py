@@ -113,6 +113,8 @@ def infer_summary(summary, one_video: bool) -> None:
             table.add_row(d["label"], f"{d['score']:.3f}", f"{d['segment'][0]:.1f}", f"{d['segment'][1]:.1f}")
         console.print(table)
         console.print(f"{summary.detections} detections -> {summary.output}", soft_wrap=True)
+        for path in summary.plots:
+            console.print(f"plot: {path}", soft_wrap=True)
         return
     shard = summary.shard
     done = f"{summary.videos} videos, {summary.detections:,} detections, {summary.seconds:.1f} s"

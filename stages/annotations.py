@@ -3,25 +3,33 @@ etad command reads (ActivityNet's JSON), and what a file holds (docs/annotations
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 
 import numpy as np
 
 from stages.core.errors import UserError
 from stages.core.files import write_json
-from stages.data.annotations import load_annotations, unsafe_id_reason
+from stages.data.annotations import load_annotations, several_classes, unsafe_id_reason
 from stages.data.converters import FORMATS, Converted
 from stages.data.segments import duration_problem, segment_problem
 
+# a video id is a name, never a file name: these endings are stripped from ids (bikes.mp4 -> bikes)
+VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
+                    ".flv", ".wmv", ".3gp", ".ogv"}  # fmt: skip
 
-def convert(sources: list[Path], *, fmt: str, out: Path, **options) -> Converted:
+
+def convert(sources: list[Path], *, fmt: str, out: Path, videos: Path | None = None, **options) -> Converted:
     """Convert `sources` (files of one FORMATS name, e.g. a dataset's training and validation
     files) into one database and write it to `out` (a new file, written atomically): training and
-    evaluation read one file, so that both see the same classes."""
+    evaluation read one file, so that both see the same classes. Ids lose a video file's extension;
+    with `videos`, each video's duration is read from its file there (`with_durations_of`)."""
     if fmt not in FORMATS:
         raise UserError(f"--from {fmt}: expected one of {', '.join(FORMATS)}")
     if Path(out).exists():
         raise UserError(f"{out}: exists; give a new file name")
+    if videos is not None and not Path(videos).is_dir():
+        raise UserError(f"--videos {videos}: no such folder")
     merged = Converted({})
     where: dict[str, Path] = {}
     for source in map(Path, sources):
@@ -34,6 +42,9 @@ def convert(sources: list[Path], *, fmt: str, out: Path, **options) -> Converted
         merged.database.update(converted.database)
         merged.clipped += converted.clipped
         merged.notes += converted.notes
+    merged.database, where = _without_extensions(merged, where)
+    if videos is not None:
+        with_durations_of(merged, Path(videos))
     for video, entry in merged.database.items():  # checked before the first byte is written
         if (why := unsafe_id_reason(video)) is not None:
             raise UserError(f"{where[video]}: video id {video[:80]!r} {why}; it cannot name a file")
@@ -46,6 +57,57 @@ def convert(sources: list[Path], *, fmt: str, out: Path, **options) -> Converted
         raise UserError(f"{out}: cannot write: {exc.strerror or exc.__class__.__name__}") from None
     load_annotations(Path(out))  # what every command will read: checked once more
     return merged
+
+
+def _without_extensions(done: Converted, where: dict[str, Path]) -> tuple[dict, dict[str, Path]]:
+    """Ids with a video file's extension stripped (noted); two ids that become one are refused."""
+    database, origin, stripped = {}, {}, []
+    for video, entry in done.database.items():
+        name = video[: -len(Path(video).suffix)] if Path(video).suffix.lower() in VIDEO_EXTENSIONS else video
+        if name != video:
+            stripped.append(video)
+        if name in database:
+            raise UserError(f"{where[video]}: video {video!r} and {origin[name]!r} are one id once the "
+                            "extension is stripped; give each video once")  # fmt: skip
+        database[name], origin[name] = entry, video
+    if stripped:
+        done.notes.append(f"{len(stripped)} id(s) named a video file: the extension stripped "
+                          f"({stripped[0]} -> {Path(stripped[0]).stem}); ids name videos, data.video_name "
+                          "finds their files")  # fmt: skip
+    return database, {name: where[video] for name, video in origin.items()}
+
+
+def with_durations_of(done: Converted, folder: Path) -> None:
+    """Each video's duration from its file in `folder` (`<id>.*`, as decoding reads it: the player's
+    clock to the end of the last picture), in place of one the annotation file lacks or guessed from
+    its last instance; an instance past it is cut to it (counted)."""
+    from stages.data.video_index import VideoError, read_index
+
+    missing, cut = [], 0
+    for video, entry in done.database.items():
+        found = sorted(p for p in folder.glob(glob.escape(video) + ".*")
+                       if p.suffix.lower() in VIDEO_EXTENSIONS)  # fmt: skip
+        if not found:
+            missing.append(video)
+            continue
+        try:
+            index = read_index(found[0])
+        except VideoError as exc:
+            raise UserError(str(exc)) from None
+        except Exception as exc:  # av raises many types for a foreign file
+            raise UserError(f"{found[0]}: cannot read its duration ({exc.__class__.__name__})") from None
+        entry["duration"] = round(float(index.times[-1] + index.interval), 3)
+        for a in entry["annotations"]:
+            start, end = a["segment"]
+            if end > entry["duration"]:
+                a["segment"], cut = [min(start, entry["duration"]), entry["duration"]], cut + 1
+    if missing:
+        raise UserError(f"--videos {folder}: no video file for {len(missing)} id(s) (first: {missing[0]!r}; "
+                        "tried <id>.<video extension>)")  # fmt: skip
+    done.notes = [n for n in done.notes if "duration is its last instance's end" not in n]
+    done.notes.append(f"durations read from the {len(done.database)} video files in {folder}"
+                      + (f"; {cut} instance(s) ending past their video cut to its end" if cut else ""))
+    done.clipped += cut
 
 
 def check(path: Path) -> dict:
@@ -82,4 +144,5 @@ def check(path: Path) -> dict:
     for row in rows.values():
         row["classes"] = len(row["classes"])
     total_classes = len({s.label for r in records.values() for s in r.segments})
-    return {"file": str(path), "subsets": rows, "classes": total_classes}
+    hint = several_classes(list(records.values()))
+    return {"file": str(path), "subsets": rows, "classes": total_classes, "notes": [hint] if hint else []}

@@ -456,8 +456,8 @@ def video_inputs(
 def run_video(settings: Settings, detector: Detector, checkpoint: Path, video: Path, *, plot: bool = False,
               progress: Progress = SILENT) -> InferSummary:  # fmt: skip
     """Detections of one video file that is in no annotation file, best first; saved as
-    ActivityNet-format JSON beside infer.output as `<video name>.json`; with `plot`, their timeline
-    as `<video name>.png` in plots/ beside it."""
+    ActivityNet-format JSON beside infer.output as `<video stem>.json` (cityCC0.mpg -> cityCC0.json);
+    with `plot`, their timeline as `<video stem>.png` in plots/ beside it."""
     notes = []
     if settings.infer.classifier in ("file", "truth"):  # neither knows a new video
         choice = "builtin" if detector.model.classifier is not None else "none"
@@ -467,8 +467,10 @@ def run_video(settings: Settings, detector: Detector, checkpoint: Path, video: P
         settings = settings.model_copy(
             update={"infer": settings.infer.model_copy(update={"classifier": choice})}
         )
-    # named for the video file; a hidden file's (.clip.mp4) without its leading dots
-    output = safe_path(output_path(settings).parent, video.name.lstrip(".") or "video", "{id}.json")
+    # named for the video, as an id is (cityCC0.mpg -> cityCC0.json); a hidden file's (.clip.mp4)
+    # without its leading dots
+    stem = Path(video.name.lstrip(".")).stem or "video"
+    output = safe_path(output_path(settings).parent, stem, "{id}.json")
     subset = output_path(settings)
     companions = {subset.name, f"{subset.stem}.classes.json", f"{subset.stem}.metrics.json"}
     shard_part = rf"{re.escape(subset.stem)}\.shard\d+of\d+\.json"

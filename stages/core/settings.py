@@ -126,7 +126,7 @@ class DataSettings(Section):
     )
     truncated: Literal["note", "error"] = Field(
         "note",
-        description="a video that decodes shorter than its annotated duration (by more than max(1 s, 2%)): "
+        description="a video that decodes shorter than its annotated duration (by more than a frame and 2%): "
         "note lists it in the summary; error fails it (exit 1, the other videos done)",
     )
 

@@ -195,6 +195,18 @@ def refuse_unusable_truth(path: Path, records: dict[str, VideoRecord]) -> None:
             raise UserError(f"{path}: video {video_id!r}: {why}")
 
 
+def several_classes(records: list[VideoRecord]) -> str | None:
+    """A note where most videos hold instances of several classes (a dense benchmark, a user's own
+    videos): the video head then gives every segment of a video the same classes at one score."""
+    labelled = [r for r in records if r.segments]
+    several = sum(len({s.label for s in r.segments}) > 1 for r in labelled)
+    if not labelled or several * 2 <= len(labelled):
+        return None
+    return (f"{several} of {len(labelled)} videos hold instances of several classes: the video head "
+            "labels every segment of a video alike; model.classifier: proposal (with "
+            "model.classifier_head: true) labels each segment by its own classes (docs/method.md)")
+
+
 def read_blocked(path: Path) -> set[str]:
     """A JSON list of video ids (ETAD's blocked.json)."""
     data = read_json(path, "blocked list")

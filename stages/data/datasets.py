@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from stages.core.errors import UserError
-from stages.data.annotations import VideoRecord, load_annotations
+from stages.data.annotations import VideoRecord, load_annotations, several_classes
 from stages.data.protocols import Item, pad_with_last, protocol
 from stages.model.sampling import sample_proposals
 from stages.model.targets import boundary_targets, match_ground_truth, proposal_classes, proposal_map
@@ -50,6 +50,8 @@ def build_items(
         raise UserError(f"{d.annotations}: no video in subset {subset!r}")
     proto = protocol(d)
     notes, items, missing = [], [], []
+    if training and settings.model.classifier == "video" and (hint := several_classes(chosen)):
+        notes.append(f"{subset}: {hint}")
     for r in chosen:
         reason = r.unusable()
         if reason is not None:

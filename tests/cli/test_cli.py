@@ -99,3 +99,17 @@ def test_config_validate_checks_part_names_that_show_leaves_to_it():
     checked = run_etad("config", "validate", "examples/demo.yaml", "--set", "model.encoder.name=nope")
     assert checked.returncode == 2 and "model.encoder.name" in checked.stderr
     assert "Traceback" not in checked.stderr
+
+
+def test_each_commands_subset_help_describes_its_own_option():
+    """`SubsetOpt` was defined twice in app.py and Typer read the later one: extract and cache
+    described --subset as eval's ground-truth subset."""
+    from typer.testing import CliRunner
+
+    from etad_cli.app import app
+
+    for command, own, other in (("extract", "Subsets to process", "Ground-truth subset"),
+                                ("cache", "Subsets to process", "Ground-truth subset"),
+                                ("eval", "Ground-truth subset", "Subsets to process")):  # fmt: skip
+        text = " ".join(CliRunner().invoke(app, [command, "--help"], terminal_width=200).output.split())
+        assert own in text and other not in text, command

@@ -277,3 +277,47 @@ def test_a_datasets_split_files_convert_into_one_file_with_their_subsets(tmp_pat
                    "--from", "charades", "--out", again)  # fmt: skip
     assert done.returncode == 2 and "video 'AB12' is in" in done.stderr and "Traceback" not in done.stderr
     assert not again.exists()
+
+
+def test_ids_lose_a_video_extension_and_durations_come_from_the_videos(tmp_path):
+    """A user's CSV naming files (bikes.mp4): ids without the extension, every command finds the
+    video by id; with --videos, each duration is the video's own (not its last instance's end)."""
+    from tests.videos import numbered_run
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    numbered_run(folder / "walk.mp4", 60)  # 4.0 s
+    numbered_run(folder / "jump.mkv", 45)  # 3.0 s
+    rows = "video,start,end,label\nwalk.mp4,0.5,3.8,walk\njump.mkv,1,3.5,jump\n"
+    (tmp_path / "labels.csv").write_text(rows)
+    out = tmp_path / "own.json"
+    done = run_cli("annotations", "convert", tmp_path / "labels.csv", "--from", "csv", "--videos", folder,
+                   "--out", out)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    database = json.loads(out.read_text())["database"]
+    assert database["walk"]["duration"] == pytest.approx(4.0)
+    assert database["jump"]["duration"] == pytest.approx(3.0)
+    assert database["jump"]["annotations"][0]["segment"] == [1.0, 3.0]  # cut to the video's end, counted
+    text = " ".join(done.stderr.split())
+    assert "the extension stripped (walk.mp4 -> walk)" in text
+    assert "durations read from the 2 video files" in text
+    (tmp_path / "twice.csv").write_text("video,start,end,label\nwalk.mp4,0,1,a\nwalk.avi,0,1,a\n")
+    done = run_cli("annotations", "convert", tmp_path / "twice.csv", "--from", "csv",
+                   "--out", tmp_path / "t.json")  # fmt: skip
+    assert done.returncode == 2 and "are one id once the extension is stripped" in done.stderr
+
+
+def test_check_and_train_say_when_most_videos_hold_several_classes(tmp_path):
+    from stages.data.annotations import load_annotations, several_classes
+
+    database = {f"v{i}": {"subset": "training", "duration": 30.0, "annotations": [
+        {"segment": [1, 5], "label": "a"}, {"segment": [6, 9], "label": "b" if i < 2 else "a"}]}
+        for i in range(3)}  # fmt: skip
+    (tmp_path / "gt.json").write_text(json.dumps({"database": database}))
+    done = run_cli("annotations", "check", tmp_path / "gt.json")
+    text = " ".join(done.stderr.split())
+    assert done.returncode == 0 and "2 of 3 videos hold instances of several classes" in text
+    assert "model.classifier: proposal" in text
+    database["v1"]["annotations"][1]["label"] = "a"  # one of three: no note
+    (tmp_path / "gt.json").write_text(json.dumps({"database": database}))
+    assert several_classes(list(load_annotations(tmp_path / "gt.json").values())) is None

@@ -46,7 +46,7 @@ def test_video_file_gives_the_cached_videos_detections(trained, cli, synth_dir, 
     result = cli("infer", "-c", config, *options, "--video", str(video))
     assert result.exit_code == 0, result.output
     assert "top detections" in result.output
-    fresh = json.loads((work / f"{video_id}.mp4.json").read_text())["results"][video_id]
+    fresh = json.loads((work / f"{video_id}.json").read_text())["results"][video_id]
     assert len(fresh) == len(cached[video_id]) > 0
     best = sorted(cached[video_id], key=lambda d: -d["score"])
     for a, b in zip(fresh, best, strict=True):
@@ -85,7 +85,8 @@ def test_a_video_gets_its_timeline_with_plot_and_eval_is_refused(trained, cli, s
     args = ("infer", "-c", config, "--checkpoint", str(checkpoints["pretrain"]), "--video", str(video))
     result = cli(*args, "--plot", "1")
     assert result.exit_code == 0, result.output
-    plot = config.parent / "work" / "results" / "plots" / f"{video.name}.png"
+    plot = config.parent / "work" / "results" / "plots" / f"{video.stem}.png"
+    assert str(plot) in " ".join(result.output.split())  # its path printed
     assert plot.read_bytes()[:4] == b"\x89PNG"
     refused = cli(*args, "--eval")
     text = " ".join(refused.output.split())
