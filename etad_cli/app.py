@@ -220,6 +220,31 @@ def checkpoint_convert(
 
 
 @app.command()
+def init(
+    videos: Annotated[Path, typer.Argument(help="The folder of your videos (<id>.mp4, .mov, ...).")],
+    labels: Annotated[Path, typer.Argument(help="Your annotations (CSV: video,start,end,label[,subset]).")],
+    from_: Annotated[str, typer.Option("--from", help="Their format (as convert's --from).")] = "csv",
+    out: Annotated[Path, typer.Option(help="The folder for settings.yaml, annotations.json, work/.")] = Path(
+        "etad_run"
+    ),
+) -> None:
+    """Start on your own videos: the annotations converted (durations read from the videos) and a
+    working settings file, sizes chosen from what the videos hold; prints the next commands.
+
+    Example: etad init my_videos/ my_labels.csv --out my_run
+    """
+    from stages import annotations as convert_stage
+    from stages import init as stage
+
+    with user_errors():
+        annotations = stage.new_run_folder(out) / "annotations.json"
+        converted = convert_stage.convert([labels], fmt=from_, out=annotations, videos=videos)
+        summary = stage.run(videos, annotations, out)
+    print_notes(converted.notes + summary.notes)
+    views.init_summary(summary)
+
+
+@app.command()
 def synth(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write videos/ and the annotation files into.")],
     videos: Annotated[

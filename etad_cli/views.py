@@ -255,3 +255,17 @@ def annotations_table(report: dict) -> None:
     for subset, row in report["subsets"].items():
         table.add_row(subset, *(f"{row[c]:,}" for c in columns))
     console.print(table)
+
+
+def init_summary(summary) -> None:
+    """`etad init`: what the videos hold, what was chosen, and the commands that follow."""
+    p, config = summary.probed, summary.settings
+    console.print(f"{p.videos} videos, median {p.duration:.1f} s at {p.fps:.3g} fps -> {config}",
+                  soft_wrap=True)  # fmt: skip
+    console.print(f"train on {summary.subsets[0]!r}, evaluate on {summary.subsets[1]!r}; "
+                  f"classifier head: {summary.classifier}", soft_wrap=True)  # fmt: skip
+    steps = ["extract", "cache --what snippets", "train --encoder", "cache --what features", "train",
+             "infer --eval", "view"]  # fmt: skip
+    console.print("next:", style="bold")
+    for step in steps:
+        console.print(Text(f"  etad {step} -c {config}"), soft_wrap=True)

@@ -3,7 +3,6 @@ etad command reads (ActivityNet's JSON), and what a file holds (docs/annotations
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +12,7 @@ from stages.core.files import write_json
 from stages.data.annotations import load_annotations, several_classes, unsafe_id_reason
 from stages.data.converters import FORMATS, Converted
 from stages.data.segments import duration_problem, segment_problem
-
-# a video id is a name, never a file name: these endings are stripped from ids (bikes.mp4 -> bikes)
-VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
-                    ".flv", ".wmv", ".3gp", ".ogv"}  # fmt: skip
+from stages.data.video_index import VIDEO_EXTENSIONS, VideoError, read_index, video_files
 
 
 def convert(sources: list[Path], *, fmt: str, out: Path, videos: Path | None = None, **options) -> Converted:
@@ -63,7 +59,8 @@ def _without_extensions(done: Converted, where: dict[str, Path]) -> tuple[dict, 
     """Ids with a video file's extension stripped (noted); two ids that become one are refused."""
     database, origin, stripped = {}, {}, []
     for video, entry in done.database.items():
-        name = video[: -len(Path(video).suffix)] if Path(video).suffix.lower() in VIDEO_EXTENSIONS else video
+        suffix = Path(video).suffix
+        name = video[: -len(suffix)] if suffix.lower() in VIDEO_EXTENSIONS else video  # bikes.mp4 -> bikes
         if name != video:
             stripped.append(video)
         if name in database:
@@ -81,12 +78,9 @@ def with_durations_of(done: Converted, folder: Path) -> None:
     """Each video's duration from its file in `folder` (`<id>.*`, as decoding reads it: the player's
     clock to the end of the last picture), in place of one the annotation file lacks or guessed from
     its last instance; an instance past it is cut to it (counted)."""
-    from stages.data.video_index import VideoError, read_index
-
     missing, cut = [], 0
     for video, entry in done.database.items():
-        found = sorted(p for p in folder.glob(glob.escape(video) + ".*")
-                       if p.suffix.lower() in VIDEO_EXTENSIONS)  # fmt: skip
+        found = video_files(folder, video)
         if not found:
             missing.append(video)
             continue

@@ -34,6 +34,19 @@ TS_DISCONT = 0x0200  # AVFMT_TS_DISCONT: the format allows timestamp discontinui
 FIRST_PICTURES = 16  # pictures decoded in the index pass: the transform, decode order, decord's check
 
 
+# the endings of video files: an id never carries one, `video_files` finds an id's file by them
+VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
+                    ".flv", ".wmv", ".3gp", ".ogv"}  # fmt: skip
+
+
+def video_files(folder: Path, video_id: str) -> list[Path]:
+    """The video files named for `video_id` in `folder` (`<id>.<a video extension>`), sorted."""
+    import glob
+
+    return sorted(p for p in Path(folder).glob(glob.escape(video_id) + ".*")
+                  if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())  # fmt: skip
+
+
 class VideoError(Exception):
     """A video that cannot be opened or decoded; the message is one line naming the file."""
 

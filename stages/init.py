@@ -1,0 +1,169 @@
+"""`etad init`: a working settings file for a user's own videos and annotation file (converted by
+`etad annotations convert --videos` first), every path absolute, sizes chosen from what the videos
+hold, a comment on each choice (docs/own_videos.md).
+
+The start is the demo's small CPU setup (a tiny encoder pretrained on the user's own clips with
+TSP's objective, a detector on its frozen features, then both end to end): it runs on a laptop in
+minutes, and the comments say what to change for a GPU and a real encoder.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stages.core.errors import UserError
+from stages.core.files import atomic_output
+from stages.data.annotations import load_annotations, several_classes
+from stages.data.video_index import VideoError, read_index, video_files
+
+
+@dataclass
+class Probed:
+    """What the videos hold, over all of them."""
+
+    videos: int
+    fps: float  # the median source rate
+    height: int  # the smallest displayed height
+    width: int
+    duration: float  # the median duration (s)
+    longest: float
+
+
+@dataclass
+class InitSummary:
+    settings: Path
+    probed: Probed
+    subsets: tuple[str, str]  # training, evaluation
+    classifier: str
+    notes: list[str] = field(default_factory=list)
+
+
+def probe(annotations: Path, videos: Path) -> Probed:
+    """Each annotated video's rate, size and duration, read from its file (`<id>.<extension>`)."""
+    rates, sizes, durations = [], [], []
+    for video_id in load_annotations(annotations, require_duration=False):
+        found = video_files(videos, video_id)
+        if not found:
+            raise UserError(f"{videos}: no video file for {video_id!r} (tried <id>.<video extension>)")
+        try:
+            index = read_index(found[0])
+        except VideoError as exc:
+            raise UserError(str(exc)) from None
+        rates.append(1.0 / index.interval if index.interval > 0 else index.header_fps)
+        sizes.append(index.size)
+        durations.append(float(index.times[-1] + index.interval))
+    return Probed(videos=len(durations), fps=statistics.median(rates), height=min(h for h, _ in sizes),
+                  width=min(w for _, w in sizes), duration=statistics.median(durations),
+                  longest=max(durations))  # fmt: skip
+
+
+def _subsets(annotations: Path) -> tuple[tuple[str, str], list[str]]:
+    """(training subset, evaluation subset) from the file's own names; one subset serves both (noted)."""
+    held = sorted({r.subset or "" for r in load_annotations(annotations, require_duration=False).values()})
+    train = next((s for s in held if s.lower().startswith("train")), None)
+    evaluate = next((s for s in held if s.lower().startswith(("val", "test"))), None)
+    if train and evaluate:
+        return (train, evaluate), []
+    only = held[0]
+    return (only, only), [f"one subset ({only!r}): training and evaluation use the same videos; give the "
+                          "CSV a subset column (training, validation) to hold some out"]  # fmt: skip
+
+
+def new_run_folder(out: Path) -> Path:
+    """`out`, made; refused where it already holds a run's settings (nothing is written over)."""
+    if (Path(out) / "settings.yaml").exists():
+        raise UserError(f"{Path(out) / 'settings.yaml'}: exists; give another --out folder")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return Path(out)
+
+
+def run(videos: Path, annotations: Path, out: Path) -> InitSummary:
+    """Write `out`/settings.yaml for the videos in `videos` annotated in `annotations` (ActivityNet
+    layout, durations set); refuses to write over one."""
+    videos, annotations, out = Path(videos).resolve(), Path(annotations).resolve(), Path(out).resolve()
+    target = out / "settings.yaml"
+    if target.exists():
+        raise UserError(f"{target}: exists; give another --out folder")
+    probed = probe(annotations, videos)
+    (train, evaluate), notes = _subsets(annotations)
+    records = load_annotations(annotations, require_duration=False).values()
+    classifier = "proposal" if several_classes(list(records)) else "video"
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_output(target) as tmp:
+        tmp.write_text(settings_text(videos, annotations, out, probed, (train, evaluate), classifier),
+                       encoding="utf-8")  # fmt: skip
+    return InitSummary(target, probed, (train, evaluate), classifier, notes)
+
+
+def settings_text(videos: Path, annotations: Path, out: Path, p: Probed, subsets: tuple[str, str],
+                  classifier: str) -> str:  # fmt: skip
+    """The settings file, each choice commented with the figure it came from."""
+    fps = 15 if p.fps >= 15 else max(1, round(p.fps))
+    frames = p.duration * fps
+    scale = 32 if frames <= 32 * 16 else 64 if frames <= 64 * 16 else 128
+    small = p.height >= 48 and p.width >= 64
+    height, width = (48, 64) if small else (p.height // 2 * 2, p.width // 2 * 2)
+    head = ("             # most videos hold several classes: each segment labelled by its own"
+            if classifier == "proposal" else "                # one class per video, mostly: the video head")
+    rate = "" if fps == 15 else f"; your videos run at {p.fps:.3g} fps"
+    return f"""# etad settings for your own videos, written by `etad init` (docs/own_videos.md).
+# {p.videos} videos: median {p.duration:.1f} s (longest {p.longest:.1f} s), {p.fps:.3g} fps, smallest
+# {p.width}x{p.height}. Every path is absolute. A small CPU start (the demo's sizes): it runs on a
+# laptop in minutes; for a GPU and a real encoder see the comments and docs/own_videos.md.
+seed: 0
+work_dir: {out / "work"}
+
+data:
+  protocol: anet                  # snippets spread over the whole video: clips of any length
+  annotations: {annotations}
+  video_dir: {videos}
+  video_name: ["{{id}}.*"]          # each id's file, whatever its extension
+  train_subset: {subsets[0]}
+  eval_subset: {subsets[1]}
+  fps: {fps}                         # ETAD's 15{rate}
+  frame_height: {height}                # the tiny encoder's size; 128 x 171 (ETAD's) for r2plus1d_34
+  frame_width: {width}
+  resize: crop                    # keep your videos' shape (phones: portrait), cut the centre
+  snippet_length: 8
+  temporal_scale: {scale}              # snippets per video; a median video: {frames:.0f} frames at {fps} fps
+
+model:
+  in_channels: 64
+  hidden_channels: 64
+  max_duration: {scale}                # an action may last the whole video
+  roi_size: 8
+  proposal_ratio: 0.2
+  classifier_head: true
+  classifier: {classifier}{head}
+  encoder:
+    name: tiny                    # r2plus1d_34 with a TSP checkpoint on a GPU (docs/encoders.md)
+    checkpoint: {out / "work" / "encoder" / "encoder_tsp.pth"}   # `etad train --encoder` writes it
+    crop_size: 40
+    frozen_stages: 0
+    norm_eval: true
+
+cache:
+  device: cpu
+
+encoder_train:                    # TSP's objective on your own annotated clips
+  subset: {subsets[0]}
+  epochs: 8
+  device: cpu
+
+train:
+  epochs: 12
+  lr_step: 10
+  device: cpu
+
+e2e:
+  epochs: 12
+  lr_step: 10
+  snippet_ratio: 0.5
+  device: cpu
+
+infer:
+  device: cpu
+  classifier: builtin
+"""
