@@ -493,11 +493,7 @@ def run_video(settings: Settings, detector: Detector, checkpoint: Path, video: P
     ]
     results, _ = detect(settings, detector, items, inputs, label=label, snippets=False)
     detections = sorted(results[video_id], key=lambda det: -det["score"])
-    if plot:  # every output's folder checked before the first byte of any is written
-        try:
-            ensure_writable_dir(output.parent / "plots")
-        except OSError as exc:
-            raise UserError(f"{output.parent / 'plots'}: cannot write: {exc.strerror or exc}") from None
+    plot_path = _writable_plot(output) if plot else None  # both outputs checked before either is written
     write_results(output, {video_id: detections})
     summary = InferSummary(
         output,
@@ -509,9 +505,18 @@ def run_video(settings: Settings, detector: Detector, checkpoint: Path, video: P
         notes=notes,
     )
     summary.top = detections
-    if plot:
-        path = safe_path(output.parent / "plots", output.stem, "{id}.png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        plot_timeline(Item(video_id, duration, []), detections, path)
-        summary.plots.append(path)
+    if plot_path is not None:
+        plot_timeline(Item(video_id, duration, []), detections, plot_path)
+        summary.plots.append(plot_path)
     return summary
+
+
+def _writable_plot(output: Path) -> Path:
+    """Where `--video --plot` draws the timeline (plots/<stem>.png beside the detections), its
+    folder made and proven writable."""
+    path = safe_path(output.parent / "plots", output.stem, "{id}.png")
+    try:
+        ensure_writable_dir(path.parent)
+    except OSError as exc:
+        raise UserError(f"{path.parent}: cannot write: {exc.strerror or exc}") from None
+    return path

@@ -92,14 +92,14 @@ def run(videos: Path, annotations: Path, out: Path) -> InitSummary:
     classifier = "proposal" if several_classes(list(records)) else "video"
     out.mkdir(parents=True, exist_ok=True)
     with atomic_output(target) as tmp:
-        tmp.write_text(settings_text(videos, annotations, out, probed, (train, evaluate), classifier),
-                       encoding="utf-8")  # fmt: skip
-    return InitSummary(target, probed, (train, evaluate), classifier, notes)
+        chosen = {"subsets": (train, evaluate), "classifier": classifier}
+        tmp.write_text(settings_text(videos, annotations, out, probed, **chosen), encoding="utf-8")
+    return InitSummary(target, probed, subsets=(train, evaluate), classifier=classifier, notes=notes)
 
 
-def settings_text(videos: Path, annotations: Path, out: Path, p: Probed, subsets: tuple[str, str],
+def settings_text(videos: Path, annotations: Path, out: Path, p: Probed, *, subsets: tuple[str, str],
                   classifier: str) -> str:  # fmt: skip
-    """The settings file, each choice commented with the figure it came from."""
+    """The settings file (TEMPLATE), each choice commented with the figure it came from."""
     fps = 15 if p.fps >= 15 else max(1, round(p.fps))
     frames = p.duration * fps
     scale = 32 if frames <= 32 * 16 else 64 if frames <= 64 * 16 else 128
@@ -108,20 +108,28 @@ def settings_text(videos: Path, annotations: Path, out: Path, p: Probed, subsets
     head = ("             # most videos hold several classes: each segment labelled by its own"
             if classifier == "proposal" else "                # one class per video, mostly: the video head")
     rate = "" if fps == 15 else f"; your videos run at {p.fps:.3g} fps"
-    return f"""# etad settings for your own videos, written by `etad init` (docs/own_videos.md).
-# {p.videos} videos: median {p.duration:.1f} s (longest {p.longest:.1f} s), {p.fps:.3g} fps, smallest
-# {p.width}x{p.height}. Every path is absolute. A small CPU start (the demo's sizes): it runs on a
+    return TEMPLATE.format(
+        videos=p.videos, duration=p.duration, longest=p.longest, source_fps=p.fps, source_width=p.width,
+        source_height=p.height, work=out / "work", annotations=annotations, video_dir=videos,
+        train=subsets[0], evaluate=subsets[1], fps=fps, rate=rate, height=height, width=width, scale=scale,
+        frames=frames, classifier=classifier, head=head, encoder=out / "work" / "encoder" / "encoder_tsp.pth",
+    )
+
+
+TEMPLATE = """# etad settings for your own videos, written by `etad init` (docs/own_videos.md).
+# {videos} videos: median {duration:.1f} s (longest {longest:.1f} s), {source_fps:.3g} fps, smallest
+# {source_width}x{source_height}. Every path is absolute. A small CPU start (the demo's sizes): it runs on a
 # laptop in minutes; for a GPU and a real encoder see the comments and docs/own_videos.md.
 seed: 0
-work_dir: {out / "work"}
+work_dir: {work}
 
 data:
   protocol: anet                  # snippets spread over the whole video: clips of any length
   annotations: {annotations}
-  video_dir: {videos}
+  video_dir: {video_dir}
   video_name: ["{{id}}.*"]          # each id's file, whatever its extension
-  train_subset: {subsets[0]}
-  eval_subset: {subsets[1]}
+  train_subset: {train}
+  eval_subset: {evaluate}
   fps: {fps}                         # ETAD's 15{rate}
   frame_height: {height}                # the tiny encoder's size; 128 x 171 (ETAD's) for r2plus1d_34
   frame_width: {width}
@@ -139,7 +147,7 @@ model:
   classifier: {classifier}{head}
   encoder:
     name: tiny                    # r2plus1d_34 with a TSP checkpoint on a GPU (docs/encoders.md)
-    checkpoint: {out / "work" / "encoder" / "encoder_tsp.pth"}   # `etad train --encoder` writes it
+    checkpoint: {encoder}   # `etad train --encoder` writes it
     crop_size: 40
     frozen_stages: 0
     norm_eval: true
@@ -148,7 +156,7 @@ cache:
   device: cpu
 
 encoder_train:                    # TSP's objective on your own annotated clips
-  subset: {subsets[0]}
+  subset: {train}
   epochs: 8
   device: cpu
 
