@@ -12,7 +12,6 @@ one SRT or ASS file per video with its detections, for any player.
 from __future__ import annotations
 
 import base64
-import glob
 import hashlib
 import json
 import os
@@ -26,6 +25,7 @@ import numpy as np
 from stages.core.errors import UserError
 from stages.core.files import aliased_output, atomic_output, ensure_writable_dir
 from stages.data.annotations import safe_path
+from stages.data.video_index import video_files
 from stages.evaluation import detad
 from stages.evaluation.detad_files import FIGURES, Inputs, default_subset, files_request, read_inputs
 from stages.evaluation.metrics import voc_ap
@@ -75,16 +75,22 @@ def class_ap(inputs: Inputs, matched: np.ndarray) -> list[float]:
     return out
 
 
-def find_video(folder: Path | None, video_id: str) -> Path | None:
-    """The video file of an id in `folder`: <id>.<any extension>, the first in sorted order."""
+def find_video(folder: Path | None, video_id: str, patterns: tuple[str, ...] = ("{id}.*",)) -> Path | None:
+    """The video file of an id in `folder`, found as every command finds it: the first of
+    data.video_name's `patterns` that names a file (`{id}.*`: a video file's extension)."""
     if folder is None or not Path(folder).is_dir():
         return None
-    stem = safe_path(Path(folder), video_id, "{id}")
-    found = sorted(p for p in Path(folder).glob(glob.escape(stem.name) + ".*") if p.is_file())
-    return found[0] if found else None
+    safe_path(Path(folder), video_id, "{id}")  # an id that would leave the folder: refused
+    for pattern in patterns:
+        named = [Path(folder) / pattern.replace("{id}", video_id)]
+        found = [p for p in (video_files(folder, video_id) if pattern == "{id}.*" else named) if p.is_file()]
+        if found:
+            return found[0]
+    return None
 
 
-def page_data(inputs: Inputs, *, top: int, videos: Path | None, out: Path, figures: list[Path]) -> dict:
+def page_data(inputs: Inputs, *, top: int, videos: Path | None, out: Path, figures: list[Path],
+              patterns: tuple[str, ...] = ("{id}.*",)) -> dict:  # fmt: skip
     """Everything the page shows, as JSON (numbers rounded to what a timeline can show)."""
     truth, pred = inputs.truth, inputs.pred
     _, matched = detad.normalised_ap(truth, pred, np.array([TIOU]))
@@ -103,7 +109,7 @@ def page_data(inputs: Inputs, *, top: int, videos: Path | None, out: Path, figur
                        "score": float(pred.score[i]), "type": int(types[i])} for i in mine]  # fmt: skip
         rows = timeline_rows(truth_of.get(code, []), detections, top)
         kept = sorted(detections, key=lambda d: -d["score"])[:top]
-        file = find_video(videos, video_id)
+        file = find_video(videos, video_id, patterns)
         entries.append({
             "id": video_id,
             "duration": inputs.durations[code],
@@ -189,7 +195,8 @@ def _ass_text(label: str) -> str:
 
 
 def run(ground_truth: Path, predictions: Path, *, dataset: str, out: Path, subset: str | None = None,
-        videos: Path | None = None, top: int = 20, subtitle: str | None = None) -> dict:  # fmt: skip
+        videos: Path | None = None, top: int = 20, subtitle: str | None = None,
+        video_names: tuple[str, ...] = ("{id}.*",)) -> dict:  # fmt: skip
     """Write <out>/index.html (and subtitles/<id>.srt|ass); returns what was written."""
     if subtitle is not None and subtitle not in SUBTITLES:
         raise UserError(f"--subtitles {subtitle}: expected one of {', '.join(SUBTITLES)}")
@@ -209,7 +216,7 @@ def run(ground_truth: Path, predictions: Path, *, dataset: str, out: Path, subse
     diagnosis = Path(predictions).parent / "diagnosis"
     figures = [diagnosis / name for name in FIGURES if (diagnosis / name).is_file()]
     folder = Path(videos) if videos else None
-    data = page_data(inputs, top=top, videos=folder, out=out.resolve(), figures=figures)
+    data = page_data(inputs, top=top, videos=folder, out=out.resolve(), figures=figures, patterns=video_names)
     with atomic_output(out / "index.html") as tmp:
         tmp.write_text(html(data), encoding="utf-8")
     written = [out / "index.html"]
@@ -221,5 +228,8 @@ def run(ground_truth: Path, predictions: Path, *, dataset: str, out: Path, subse
                 tmp.write_text(subtitles(video, data["classes"], subtitle), encoding="utf-8")
             written.append(path)
     played = sum(v["src"] is not None for v in data["videos"])
+    if folder is not None and played < len(data["videos"]):  # where it looked, and for what
+        inputs.notes.append(f"{len(data['videos']) - played} of {len(data['videos'])} videos have no file "
+                            f"in {folder} (tried {', '.join(video_names)} for each id)")  # fmt: skip
     return {"page": out / "index.html", "videos": len(data["videos"]), "with_file": played,
             "figures": len(figures), "written": written, "notes": inputs.notes}  # fmt: skip

@@ -45,8 +45,8 @@ def files_request(settings: Settings | None, given: dict, *, folder: str, videos
         d = settings.data
         defaults = {"predictions": output_path(settings), "ground_truth": d.annotations,
                     "dataset": d.protocol, "subset": d.eval_subset}  # fmt: skip
-        if videos:
-            defaults["videos"] = d.video_dir
+        if videos:  # found as extract finds them: data.video_name's patterns
+            defaults["videos"], defaults["video_names"] = d.video_dir, tuple(d.video_names)
     given = given_or_settings(given, defaults)
     given.setdefault("dataset", "anet")
     given.setdefault("out", Path(given["predictions"]).parent / folder)

@@ -157,3 +157,30 @@ def test_every_detection_is_one_subtitle_event_whatever_its_label(tmp_path, kind
     assert not any("INJECTED" in t and t.startswith("INJECTED") for t in texts)
     assert all("\n" not in t and "\r" not in t and "\\N" not in t for t in texts), texts
     assert texts[0].startswith("walk") and "INJECTED" in texts[0]  # the text kept, on one line
+
+
+def test_view_finds_each_video_as_extract_does_and_says_where_it_looked(tmp_path, synth_dir):
+    """data.video_name's patterns (a `clip_{id}.mp4` folder) find the players; where none is found,
+    the note names the folder and the patterns tried. Sidecar files are never taken for a video."""
+    import shutil
+
+    from stages.view import find_video
+
+    videos = _predictions(synth_dir, tmp_path / "predictions.json")
+    folder = tmp_path / "renamed"
+    folder.mkdir()
+    for video_id in videos:
+        shutil.copy(synth_dir / "videos" / f"{video_id}.mp4", folder / f"clip_{video_id}.mp4")
+    (folder / f"{videos[0]}.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nx\n")
+    assert find_video(folder, videos[0]) is None  # a subtitle file is no video
+    assert find_video(folder, videos[0], ("clip_{id}.mp4",)) == folder / f"clip_{videos[0]}.mp4"
+    from stages import view
+
+    files = {"ground_truth": synth_dir / "anet.json", "predictions": tmp_path / "predictions.json",
+             "dataset": "anet", "subset": "validation", "videos": folder}  # fmt: skip
+    done = view.run(**files, out=tmp_path / "v1", video_names=("clip_{id}.mp4",))
+    assert done["with_file"] == done["videos"] == len(videos)
+    done = view.run(**files, out=tmp_path / "v2")
+    assert done["with_file"] == 0
+    n = len(videos)
+    assert f"{n} of {n} videos have no file in {folder} (tried {{id}}.* for each id)" in done["notes"]
