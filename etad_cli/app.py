@@ -510,7 +510,7 @@ def diagnose(
         str | None, typer.Option(help="Ground-truth subset (default: data.eval_subset; validation / test).")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Output folder (default: diagnosis/ beside the predictions).")
+        Path | None, typer.Option(help="Output folder (default: <stem>/diagnosis beside results/<stem>.json).")
     ] = None,
     config: EvalConfigOpt = None,
     set_: SetOpt = None,
@@ -548,7 +548,7 @@ def view_page(
         Path | None, typer.Option(help="Folder of the video files (<id>.*), played beside the timeline.")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Output folder (default: view/ beside the predictions).")
+        Path | None, typer.Option(help="Output folder (default: <stem>/view beside results/<stem>.json).")
     ] = None,
     top: Annotated[int, typer.Option(help="Detections shown per video.", min=1)] = 20,
     subtitles: Annotated[

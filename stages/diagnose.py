@@ -163,7 +163,7 @@ def _save(fig, path: Path) -> Path:
 
 def request(settings: Settings | None, **given) -> dict:
     """run()'s arguments: the options given, else the settings' (infer.output, data.annotations,
-    data.protocol, data.eval_subset); the output folder defaults to diagnosis/ beside the predictions."""
+    data.protocol, data.eval_subset); the output folder defaults to <stem>/diagnosis beside <stem>.json."""
     return files_request(settings, given, folder="diagnosis")
 
 

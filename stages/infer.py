@@ -26,7 +26,14 @@ from stages.core.files import ensure_writable_dir, write_json
 from stages.core.progress import SILENT, Progress
 from stages.core.runtime import autocast, pick_device, use_threads
 from stages.core.settings import ModelSettings, Settings
-from stages.core.workdir import RUN_KINDS, features_dir, last_checkpoint, output_path, snippets_dir
+from stages.core.workdir import (
+    RUN_KINDS,
+    beside_output,
+    features_dir,
+    last_checkpoint,
+    output_path,
+    snippets_dir,
+)
 from stages.data.annotations import read_json, safe_path
 from stages.data.datasets import CacheReader, DetectionDataset, build_items
 from stages.data.fingerprints import Expected
@@ -283,7 +290,7 @@ def run(
             notes.append(accuracy)
     if plot:
         items = {item.video_id: item for item in dataset.items}
-        folder = output.parent / "plots"
+        folder = beside_output(output, "plots")
         folder.mkdir(parents=True, exist_ok=True)
         for video_id in list(results)[:plot]:
             path = safe_path(folder, video_id, "{id}.png")
@@ -457,7 +464,7 @@ def run_video(settings: Settings, detector: Detector, checkpoint: Path, video: P
               progress: Progress = SILENT) -> InferSummary:  # fmt: skip
     """Detections of one video file that is in no annotation file, best first; saved as
     ActivityNet-format JSON beside infer.output as `<video stem>.json` (cityCC0.mpg -> cityCC0.json);
-    with `plot`, their timeline as `<video stem>.png` in plots/ beside it."""
+    with `plot`, their timeline as `<video stem>.png` in the model's plots folder (beside_output)."""
     notes = []
     if settings.infer.classifier in ("file", "truth"):  # neither knows a new video
         choice = "builtin" if detector.model.classifier is not None else "none"
@@ -493,7 +500,8 @@ def run_video(settings: Settings, detector: Detector, checkpoint: Path, video: P
     ]
     results, _ = detect(settings, detector, items, inputs, label=label, snippets=False)
     detections = sorted(results[video_id], key=lambda det: -det["score"])
-    plot_path = _writable_plot(output) if plot else None  # both outputs checked before either is written
+    # both outputs checked before either is written; the plot beside the model's detections
+    plot_path = _writable_plot(beside_output(output_path(settings), "plots"), output.stem) if plot else None
     write_results(output, {video_id: detections})
     summary = InferSummary(
         output,
@@ -511,10 +519,10 @@ def run_video(settings: Settings, detector: Detector, checkpoint: Path, video: P
     return summary
 
 
-def _writable_plot(output: Path) -> Path:
-    """Where `--video --plot` draws the timeline (plots/<stem>.png beside the detections), its
-    folder made and proven writable."""
-    path = safe_path(output.parent / "plots", output.stem, "{id}.png")
+def _writable_plot(folder: Path, name: str) -> Path:
+    """Where `--video --plot` draws the timeline (<folder>/<name>.png), the folder made and proven
+    writable."""
+    path = safe_path(folder, name, "{id}.png")
     try:
         ensure_writable_dir(path.parent)
     except OSError as exc:

@@ -24,6 +24,7 @@ import numpy as np
 
 from stages.core.errors import UserError
 from stages.core.files import aliased_output, atomic_output, ensure_writable_dir
+from stages.core.workdir import beside_output
 from stages.data.annotations import safe_path
 from stages.data.video_index import video_files
 from stages.evaluation import detad
@@ -41,7 +42,7 @@ TEMPLATE = Path(__file__).with_name("view.html")
 
 def request(settings: Settings | None, **given) -> dict:
     """run()'s arguments: the options given, else the settings' (infer.output, data.annotations,
-    data.protocol, data.eval_subset, data.video_dir); output: view/ beside the predictions."""
+    data.protocol, data.eval_subset, data.video_dir); output: <stem>/view beside <stem>.json."""
     return files_request(settings, given, folder="view", videos=True)
 
 
@@ -213,7 +214,7 @@ def run(ground_truth: Path, predictions: Path, *, dataset: str, out: Path, subse
             ensure_writable_dir(folder)
         except OSError as exc:
             raise UserError(f"{folder}: cannot write the output folder: {exc.strerror or exc}") from None
-    diagnosis = Path(predictions).parent / "diagnosis"
+    diagnosis = beside_output(predictions, "diagnosis")  # this model's, never another's
     figures = [diagnosis / name for name in FIGURES if (diagnosis / name).is_file()]
     folder = Path(videos) if videos else None
     data = page_data(inputs, top=top, videos=folder, out=out.resolve(), figures=figures, patterns=video_names)

@@ -60,3 +60,10 @@ def output_path(settings: Settings) -> Path:
     """infer.output, relative to work_dir unless absolute."""
     path = Path(settings.infer.output)
     return path if path.is_absolute() else Path(settings.work_dir) / path
+
+
+def beside_output(predictions: Path, kind: str) -> Path:
+    """Where a model's plots, diagnosis and view go: a folder named for its detections file
+    (results/e2e.json -> results/e2e/<kind>), so that two models' outputs live side by side."""
+    predictions = Path(predictions)
+    return predictions.parent / predictions.stem / kind

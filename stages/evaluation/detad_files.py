@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stages.core.errors import UserError
-from stages.core.workdir import output_path
+from stages.core.workdir import beside_output, output_path
 from stages.data.annotations import load_annotations, read_json, refuse_unusable_truth, unsafe_id_reason
 from stages.evaluation import detad
 from stages.evaluation.detections import Instances, given_or_settings, read_predictions
@@ -39,7 +39,8 @@ class Inputs:
 def files_request(settings: Settings | None, given: dict, *, folder: str, videos: bool = False) -> dict:
     """The files `etad diagnose` and `etad view` read: the options given, else the settings'
     (infer.output, data.annotations, data.protocol, data.eval_subset; with `videos`,
-    data.video_dir); the output folder defaults to `folder` beside the predictions."""
+    data.video_dir); the output folder defaults to the predictions' own (results/e2e.json ->
+    results/e2e/<folder>: workdir.beside_output)."""
     defaults = {}
     if settings is not None:
         d = settings.data
@@ -49,7 +50,7 @@ def files_request(settings: Settings | None, given: dict, *, folder: str, videos
             defaults["videos"], defaults["video_names"] = d.video_dir, tuple(d.video_names)
     given = given_or_settings(given, defaults)
     given.setdefault("dataset", "anet")
-    given.setdefault("out", Path(given["predictions"]).parent / folder)
+    given.setdefault("out", beside_output(given["predictions"], folder))
     return given
 
 

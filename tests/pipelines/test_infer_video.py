@@ -85,7 +85,7 @@ def test_a_video_gets_its_timeline_with_plot_and_eval_is_refused(trained, cli, s
     args = ("infer", "-c", config, "--checkpoint", str(checkpoints["pretrain"]), "--video", str(video))
     result = cli(*args, "--plot", "1")
     assert result.exit_code == 0, result.output
-    plot = config.parent / "work" / "results" / "plots" / f"{video.stem}.png"
+    plot = config.parent / "work" / "results" / "detections" / "plots" / f"{video.stem}.png"
     assert str(plot) in " ".join(result.output.split())  # its path printed
     assert plot.read_bytes()[:4] == b"\x89PNG"
     refused = cli(*args, "--eval")

@@ -121,7 +121,7 @@ def test_view_detects_with_a_checkpoint_first(tmp_path, trained):
     result = run_cli("view", "-c", root / "tiny.yaml", "--checkpoint", checkpoint)
     assert result.returncode == 0, result.stderr
     assert (root / "work" / "results" / "detections.json").is_file()  # infer ran, into infer.output
-    page = (root / "work" / "results" / "view" / "index.html").read_text()
+    page = (root / "work" / "results" / "detections" / "view" / "index.html").read_text()
     assert '"videos":[{"id":' in page
     assert run_cli("view", "--checkpoint", checkpoint, "-g", root / "tiny_anet.json").returncode == 2
 

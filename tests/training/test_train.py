@@ -87,7 +87,7 @@ def test_loss_falls_and_a_tiny_model_overfits(tmp_path, cli, synth_dir, feature_
         if database[v]["annotations"]
     ]
     assert f"the top class is one of the video's own for {sum(hits)} of {len(hits)} labelled" in result.output
-    assert any((tmp_path / "work" / "results" / "plots").glob("*.png"))
+    assert any((tmp_path / "work" / "results" / "detections" / "plots").glob("*.png"))
     # infer.classifier truth: every proposal labelled with each of its video's own classes, score kept
     for name, choice in (("truth", "truth"), ("proposals", "none")):
         options = ("--set", f"infer.classifier={choice}", "--set", f"infer.output=results/{name}.json")
