@@ -510,7 +510,7 @@ def diagnose(
         str | None, typer.Option(help="Ground-truth subset (default: data.eval_subset; validation / test).")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Output folder (default: <stem>/diagnosis beside results/<stem>.json).")
+        Path | None, typer.Option(help="Output folder (default: <stem>/diagnosis beside <stem>.json).")
     ] = None,
     config: EvalConfigOpt = None,
     set_: SetOpt = None,

@@ -43,12 +43,13 @@ def test_demo_pipeline_writes_every_artefact_and_the_final_table(tmp_path):
         metrics = json.loads((demo / "results" / f"{name}.metrics.json").read_text())
         assert len(metrics["mAP"]) == 10 and 0.0 <= metrics["average_mAP"] <= 1.0
     assert len(list((demo / "results" / "frozen" / "plots").glob("*.png"))) == 2
-    diagnosis = json.loads((demo / "results" / "e2e" / "diagnosis" / "diagnosis.json").read_text())  # etad diagnose
+    e2e = demo / "results" / "e2e"  # the model's own folder: its diagnosis and view
+    diagnosis = json.loads((e2e / "diagnosis" / "diagnosis.json").read_text())  # etad diagnose
     assert 0.0 <= diagnosis["average_mAP_N"] <= 1.0
     assert set(diagnosis["sensitivity"]) >= {"coverage", "length"}
-    page = (demo / "results" / "e2e" / "view" / "index.html").read_text()  # etad view, with the diagnosis figures
+    page = (e2e / "view" / "index.html").read_text()  # etad view, with the diagnosis figures
     assert '"figures":[{"name":"false_positive_analysis"' in page and '"src":"' in page
-    assert len(list((demo / "results" / "e2e" / "view" / "subtitles").glob("*.srt"))) == len(validation)
+    assert len(list((e2e / "view" / "subtitles").glob("*.srt"))) == len(validation)
     runs = [json.loads(line) for line in (demo / "logs" / "stages.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in runs] == [
         "extract", "cache snippets", "train --encoder", "cache features", "train", "infer", "infer",
