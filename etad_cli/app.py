@@ -716,10 +716,13 @@ def report(config: ConfigOpt, set_: SetOpt = None) -> None:
     Example: etad report --config examples/demo.yaml
     """
     from stages.training.curves import plot_curves
+    from stages.training.run_folder import set_aside_runs
 
     with user_errors():
         s = load(config, set_)
         scored = views.run_report(s.work_dir, read_runs(s.work_dir))
+        aside = [p.name for p in set_aside_runs(s.work_dir)] if Path(s.work_dir).is_dir() else []
+        print_notes([f"runs moved aside by --restart (kept): {', '.join(aside)}"] if aside else [])
         png = plot_curves(s.work_dir, scored, s.work_dir / "report" / "curves.png")
         views.curves_written(s.work_dir, png)
 

@@ -4,6 +4,7 @@ moves it aside, nothing is deleted), checked writable before any work."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -39,6 +40,13 @@ def set_aside(out_dir: Path) -> Path:
         n += 1
     os.replace(out_dir, target)
     return target
+
+
+def set_aside_runs(work_dir: Path) -> list[Path]:
+    """The run folders --restart moved aside in a work folder (<kind>.<time>), oldest first."""
+    pattern = re.compile(r"^[A-Za-z0-9_]+\.\d{8}-\d{6}(-\d+)?$")
+    return sorted((p for p in Path(work_dir).iterdir() if p.is_dir() and pattern.match(p.name)),
+                  key=lambda p: p.name.split(".", 1)[1])  # fmt: skip
 
 
 class RunLock:

@@ -471,6 +471,9 @@ def test_restart_moves_the_earlier_run_aside(space):
     moved = [p for p in space.work.iterdir() if p.name.startswith("pretrain.")]
     assert len(moved) == 1 and snapshot(moved[0]) == old
     assert "moved to" in result.stderr
+    listed = run_cli("report", "-c", space.config)  # the run moved aside is listed, not dropped
+    assert listed.returncode == 0
+    assert f"runs moved aside by --restart (kept): {moved[0].name}" in listed.stderr
 
 
 def test_a_symlinked_video_is_not_an_escape(tmp_path):
