@@ -45,8 +45,9 @@ SetOpt = Annotated[
         "--set", help="Override a setting, e.g. --set train.lr=1e-4 (repeatable).", show_default=False
     ),
 ]
-WorkersOpt = Annotated[
-    int | None, typer.Option(help="Parallel worker processes (default: the settings').", min=1)
+WorkersOpt = Annotated[int | None, typer.Option(help="Parallel worker processes (default: 1).", min=1)]
+CacheWorkersOpt = Annotated[
+    int | None, typer.Option(help="Parallel worker processes (default: the setting cache.workers).", min=1)
 ]
 SubsetOpt = Annotated[
     str | None,
@@ -137,8 +138,9 @@ def config_validate(config: ConfigArg, set_: SetOpt = None) -> None:
 def annotations_convert(
     sources: Annotated[list[Path], typer.Argument(help="The dataset's own annotation file(s), e.g. its "
                                                       "training and validation files: one output.")],
-    from_: Annotated[str, typer.Option("--from", help="A name of `FORMATS`: epic100, multithumos, charades, "
-                                                     "ego4d-mq, thumos-txt (a folder), csv.")],
+    from_: Annotated[str, typer.Option("--from", help=(
+        "The format: epic100, multithumos, charades, ego4d-mq, thumos-txt (a folder), or csv (columns "
+        "video, start, end, label and optionally subset; seconds; video: an id or a file name)."))],
     out: Annotated[Path, typer.Option(help="The ActivityNet-layout JSON to write (a new file).")],
     video_info: Annotated[
         Path | None, typer.Option(help="epic100: EPIC_100_video_info.csv (durations).")
@@ -228,8 +230,9 @@ def init(
         "etad_run"
     ),
 ) -> None:
-    """Start on your own videos: the annotations converted (durations read from the videos) and a
-    working settings file, sizes chosen from what the videos hold; prints the next commands.
+    """Start on your own videos: their annotations converted and a settings file, with the next commands.
+
+    The durations are read from the videos, the sizes chosen from what they hold.
 
     Example: etad init my_videos/ my_labels.csv --out my_run
     """
@@ -288,7 +291,7 @@ def extract(
 ) -> None:  # fmt: skip
     """Decode the videos of the annotation file (decord) into frames at data.fps and the data frame size.
 
-    Writes <work_dir>/frames/<id>.npy (+ <id>.json when complete). Optional: `etad cache` decodes
+    Writes <work_dir>/frames/<id>.h5 (+ <id>.json when complete). Optional: `etad cache` decodes
     the videos itself when no frames are extracted. Resumable: finished videos are skipped. Exit
     code 1 if some videos failed (listed in frames/failures.json); absent videos stop it before any
     work unless data.missing is skip (then listed in frames/missing.json).
@@ -321,7 +324,7 @@ def cache(
     from_npy: Annotated[
         Path | None, typer.Option(help="Import released per-video features (v_<id>.npy or <id>.npy, [T, D]).")
     ] = None,
-    workers: WorkersOpt = None,
+    workers: CacheWorkersOpt = None,
     subset: SubsetOpt = None,
     shard: ShardOpt = None,
     dry_run: Annotated[
@@ -416,6 +419,50 @@ def train(
                                    log=main_rank)  # fmt: skip
     if main_rank:
         views.training_summary(trained.summary, f"{runner.TRAIN_STAGES[kind]} -> {trained.summary.out_dir}")
+
+
+@app.command()
+def infer(
+    config: ConfigOpt,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoint (default: <work_dir>/e2e or pretrain/checkpoints/last.pt)."),
+    ] = None,
+    set_: SetOpt = None,
+    evaluate: Annotated[
+        bool, typer.Option("--eval", help="Evaluate the detections in the same run.")
+    ] = False,
+    plot: Annotated[int, typer.Option(help="Draw a timeline PNG for the first N videos.", min=0)] = 0,
+    video: Annotated[
+        Path | None, typer.Option(help="Detect actions in one video file that is in no annotation file.")
+    ] = None,
+    subset: Annotated[
+        str | None, typer.Option(help="The annotation subset to detect (default: data.eval_subset).")
+    ] = None,
+    shard: ShardOpt = None,
+) -> None:
+    """Detect actions in the evaluation subset (or one --video) and write ActivityNet-format JSON.
+
+    With --shard K/N each shard writes its part beside infer.output; the last to finish merges them.
+
+    Examples:
+      etad infer --config examples/demo.yaml --eval
+      etad infer --config examples/anet_tsp_e2e.yaml --shard 2/4 --eval
+      etad infer --config examples/demo.yaml --checkpoint work/demo/pretrain/checkpoints/best.pt --plot 4
+      etad infer --config examples/demo.yaml --video my_clip.mp4
+    """
+    from etad_cli import runner
+    from stages.data.video_selection import WHOLE, parse_shard
+
+    with user_errors():
+        settings = load(config, set_, [f"data.eval_subset={subset}"] if subset else [])
+        part = WHOLE if video is not None else parse_shard(shard)
+        with stage_progress(f"encode {video.name}" if video is not None else "infer") as progress:
+            done = runner.infer(settings, checkpoint=checkpoint, plot=plot, video=video, evaluate=evaluate,
+                                shard=part, progress=progress)  # fmt: skip
+        views.infer_summary(done.summary, video is not None)
+        if done.report is not None:
+            views.eval_report(done.report)
 
 
 # the options of `etad eval` (each defaults to the settings' value when --config is given)
@@ -586,50 +633,6 @@ def view_page(
     shown = f"{done['videos']} videos ({done['with_file']} with a local file) -> {done['page']}"
     console.print(shown, soft_wrap=True)
     print_notes(done["notes"])
-
-
-@app.command()
-def infer(
-    config: ConfigOpt,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(help="Checkpoint (default: <work_dir>/e2e or pretrain/checkpoints/last.pt)."),
-    ] = None,
-    set_: SetOpt = None,
-    evaluate: Annotated[
-        bool, typer.Option("--eval", help="Evaluate the detections in the same run.")
-    ] = False,
-    plot: Annotated[int, typer.Option(help="Draw a timeline PNG for the first N videos.", min=0)] = 0,
-    video: Annotated[
-        Path | None, typer.Option(help="Detect actions in one video file that is in no annotation file.")
-    ] = None,
-    subset: Annotated[
-        str | None, typer.Option(help="The annotation subset to detect (default: data.eval_subset).")
-    ] = None,
-    shard: ShardOpt = None,
-) -> None:
-    """Detect actions in the evaluation subset (or one --video) and write ActivityNet-format JSON.
-
-    With --shard K/N each shard writes its part beside infer.output; the last to finish merges them.
-
-    Examples:
-      etad infer --config examples/demo.yaml --eval
-      etad infer --config examples/anet_tsp_e2e.yaml --shard 2/4 --eval
-      etad infer --config examples/demo.yaml --checkpoint work/demo/pretrain/checkpoints/best.pt --plot 4
-      etad infer --config examples/demo.yaml --video my_clip.mp4
-    """
-    from etad_cli import runner
-    from stages.data.video_selection import WHOLE, parse_shard
-
-    with user_errors():
-        settings = load(config, set_, [f"data.eval_subset={subset}"] if subset else [])
-        part = WHOLE if video is not None else parse_shard(shard)
-        with stage_progress(f"encode {video.name}" if video is not None else "infer") as progress:
-            done = runner.infer(settings, checkpoint=checkpoint, plot=plot, video=video, evaluate=evaluate,
-                                shard=part, progress=progress)  # fmt: skip
-        views.infer_summary(done.summary, video is not None)
-        if done.report is not None:
-            views.eval_report(done.report)
 
 
 @app.command()
