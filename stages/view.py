@@ -124,7 +124,7 @@ def page_data(inputs: Inputs, *, top: int, videos: Path | None, out: Path, figur
     return {
         "classes": inputs.classes,
         "tiouText": f"{TIOU:g}",
-        "colors": [class_color(i) for i in range(len(inputs.classes))],
+        "colors": [class_color(name) for name in inputs.classes],
         "errorTypes": list(detad.ERROR_TYPES),
         "tiou": TIOU,
         "videos": entries,

@@ -5,6 +5,7 @@ as an interactive page, from the same rows (`timeline_rows`)."""
 from __future__ import annotations
 
 import colorsys
+import zlib
 from pathlib import Path
 
 from stages.core.files import atomic_output
@@ -23,8 +24,10 @@ def timeline_rows(truth: list[tuple[float, float, str]], detections: list[dict],
     }
 
 
-def class_color(index: int) -> str:
-    """A colour per class, spread around the hue circle by the golden ratio (neighbours differ)."""
+def class_color(name: str) -> str:
+    """A class's colour, from its name (so a class has one colour in every page and figure, whatever
+    classes are beside it), spread around the hue circle by the golden ratio."""
+    index = zlib.crc32(str(name).encode("utf-8")) % 997
     r, g, b = colorsys.hsv_to_rgb((index * 0.618033988749895) % 1.0, 0.65, 0.85)
     return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
 
@@ -37,11 +40,17 @@ def plot_timeline(item, detections: list[dict], path: Path, top: int = 10) -> No
     best = rows["detections"]
     fig, ax = plt.subplots(figsize=(10, 1.2 + 0.3 * (len(best) + 1)))
     for s, e, label in rows["truth"]:
-        ax.barh(0, e - s, left=s, color="tab:green", height=0.6)
+        ax.barh(0, e - s, left=s, color=class_color(label), height=0.6)
         ax.text(s, 0, f" {label}", va="center", fontsize=7)
     for row, (s, e, label, score, opacity) in enumerate(best, start=1):
-        ax.barh(row, e - s, left=s, color="tab:blue", alpha=opacity)
+        ax.barh(row, e - s, left=s, color=class_color(label), alpha=opacity)
         ax.text(s, row, f" {label} {score:.2f}", va="center", fontsize=7)
+    shown = dict.fromkeys([label for *_, label in rows["truth"]] + [r[2] for r in best])
+    if shown:  # a class legend: the colours are the classes', as on `etad view`'s page
+        from matplotlib.patches import Patch
+
+        ax.legend(handles=[Patch(color=class_color(c), label=c) for c in shown], fontsize=7,
+                  loc="upper left", bbox_to_anchor=(1.0, 1.0))  # fmt: skip
     ax.set_yticks([0, *range(1, len(best) + 1)], ["truth", *[f"#{i}" for i in range(1, len(best) + 1)]])
     ax.invert_yaxis()
     ax.set_xlim(0, item.duration)

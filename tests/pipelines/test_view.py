@@ -59,11 +59,16 @@ def test_a_click_on_a_detection_seeks_the_player_in_a_real_browser(tmp_path, syn
         page.wait_for_function("document.getElementById('player').readyState >= 1", timeout=20_000)
         duration = page.evaluate("document.getElementById('player').duration")
         assert duration > 1  # the video file itself loaded, from the file system
+        # it opens on the first row of its own list; a seconds axis and a class legend under the bars
+        assert page.locator("#list tr").first.get_attribute("class") == "on"
+        ticks = page.locator("#timeline text.tick").all_text_contents()
+        assert len(ticks) >= 4 and ticks[0] == "0 s" and all(t.endswith(" s") for t in ticks)
+        assert page.locator("#timeline rect.legend").count() >= 1
         detection = page.locator("rect.detection").nth(1)
         start = float(detection.get_attribute("data-start"))
         detection.click()
         page.wait_for_function(f"Math.abs(document.getElementById('player').currentTime - {start}) < 0.05")
-        cursor = page.evaluate("Number(document.querySelector('#timeline line').getAttribute('x1'))")
+        cursor = page.evaluate("Number(document.querySelector('#timeline line.cursor').getAttribute('x1'))")
         rect_x = float(detection.get_attribute("x"))
         assert abs(cursor - rect_x) < 1.5  # the cursor followed the player to the detection
         page.locator("th", has_text="errors").click()  # sort by errors: the list is redrawn
