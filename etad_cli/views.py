@@ -149,16 +149,22 @@ def eval_report(report, per_class: bool = False) -> None:
         table.add_row("AUC", f"{report.average:.2f}", style="bold")
     console.print(table)
     if per_class and report.per_class:
+        # every tIoU where the terminal holds them whole, else the first and the average (all in --json)
+        longest = max(len(label) for label in report.per_class)
+        shown = range(len(report.tious)) if console.width >= longest + 8 * len(report.tious) + 16 else [0]
         classes = Table(title="AP per class (%)")
-        classes.add_column("class")
-        for tiou in report.tious:
-            classes.add_column(f"{tiou:.2f}", justify="right")
-        classes.add_column("avg", justify="right")
+        classes.add_column("class", overflow="fold")
+        for i in shown:
+            classes.add_column(f"{report.tious[i]:.2f}", justify="right", no_wrap=True)
+        classes.add_column("avg", justify="right", no_wrap=True)
         for label, values in report.per_class.items():
             classes.add_row(
-                label, *(f"{100 * v:.1f}" for v in values), f"{100 * sum(values) / len(values):.1f}"
+                label, *(f"{100 * values[i]:.1f}" for i in shown), f"{100 * sum(values) / len(values):.1f}"
             )
         console.print(classes)
+        if len(shown) < len(report.tious):
+            console.print("(the first tIoU and the average: a wider terminal or --json shows every tIoU)",
+                          style="dim")  # fmt: skip
     print_notes(report.notes)
 
 
@@ -241,20 +247,21 @@ def encoder_table(rows: list[dict]) -> None:
 
 
 def annotations_table(report: dict) -> None:
-    """`etad annotations check`: one row per subset."""
-    table = Table(title=f"{report['file']}: {report['classes']} classes",
-                  caption="unusable: not finite or ending before they start (not counted as instances); "
-                  "zero: zero length; outside: outside [0, duration]; overlap: pairs of one class "
-                  "overlapping in a video", caption_justify="left")  # fmt: skip
-    columns = {"videos": "videos", "instances": "instances", "unusable": "unusable", "classes": "classes",
-               "zero_length": "zero", "out_of_range": "outside", "overlapping": "overlap",
-               "no_duration": "no duration"}  # fmt: skip
-    table.add_column("subset")
-    for name in columns.values():
-        table.add_column(name, justify="right")
-    for subset, row in report["subsets"].items():
-        table.add_row(subset, *(f"{row[c]:,}" for c in columns))
+    """`etad annotations check`: one column per subset, one row per count (a narrow terminal shows
+    every word: subsets are few, counts are many)."""
+    table = Table(title=f"{report['file']}: {report['classes']} classes")
+    rows = {"videos": "videos", "instances": "instances", "unusable": "unusable", "classes": "classes",
+            "zero_length": "zero length", "out_of_range": "outside", "overlapping": "overlapping",
+            "no_duration": "no duration"}  # fmt: skip
+    table.add_column("", no_wrap=True)
+    for subset in report["subsets"]:
+        table.add_column(subset, justify="right", overflow="fold")
+    for key, name in rows.items():
+        table.add_row(name, *(f"{row[key]:,}" for row in report["subsets"].values()))
     console.print(table)
+    console.print("unusable: not finite or ending before they start (not counted as instances); outside: "
+                  "outside [0, duration]; overlapping: pairs of one class overlapping in a video",
+                  style="dim", soft_wrap=False)  # fmt: skip
 
 
 def init_summary(summary) -> None:

@@ -113,3 +113,26 @@ def test_each_commands_subset_help_describes_its_own_option():
                                 ("eval", "Ground-truth subset", "Subsets to process")):  # fmt: skip
         text = " ".join(CliRunner().invoke(app, [command, "--help"], terminal_width=200).output.split())
         assert own in text and other not in text, command
+
+
+def test_tables_keep_their_words_at_eighty_columns(tmp_path, monkeypatch):
+    """`annotations check` and `eval --per-class` at 80 columns: no header or class name cut to "…"."""
+    import json
+
+    from etad_cli.console import console
+    from tests.helpers import run_cli
+
+    monkeypatch.setattr(console, "width", 80)
+    label = "Putting on a rather long class name"
+    entry = {"subset": "validation", "duration": 20.0, "annotations": [{"segment": [1, 5], "label": label}]}
+    gt = {"database": {f"v{i}": entry for i in range(3)}}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    detection = {"segment": [1, 4], "label": label, "score": 0.5}
+    predictions = {"results": {f"v{i}": [detection] for i in range(3)}}
+    (tmp_path / "p.json").write_text(json.dumps(predictions))
+    for args in (("annotations", "check", tmp_path / "gt.json"),
+                 ("eval", "-g", tmp_path / "gt.json", "-p", tmp_path / "p.json", "--per-class")):  # fmt: skip
+        done = run_cli(*args)
+        assert done.returncode == 0 and "…" not in done.stdout, done.stdout
+    assert label in done.stdout
+    assert "instances" in run_cli("annotations", "check", tmp_path / "gt.json").stdout
