@@ -43,7 +43,7 @@ def per_video_summary(title: str, summary, frames: int | None = None) -> None:
         table.add_row("frames written", f"{frames:,}")
         table.add_row("speed", f"{frames / max(summary.seconds, 1e-9):,.0f} frames/s")
     if getattr(summary, "frame_bytes", 0):
-        table.add_row("frames stored", f"{summary.frame_bytes / 2**20:,.1f} MiB")
+        table.add_row("frames stored", human_bytes(summary.frame_bytes))
     table.add_row("seconds", f"{summary.seconds:.1f}")
     console.print(table)
     print_notes(summary.notes)
