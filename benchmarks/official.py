@@ -34,6 +34,8 @@ sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
 ALIASES = "import numpy as np; np.int = int; np.float = float; np.infty = np.inf\n"
 
+from tests.helpers import largest_difference  # noqa: E402 - after the checkout is on sys.path
+
 
 def official(python: str, code: str, *args: object) -> dict:
     """Run `code` with `args` (sys.argv[1:]) in the official code's Python; it prints JSON last. The
@@ -45,18 +47,6 @@ def official(python: str, code: str, *args: object) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"the official code failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def largest_difference(theirs: object, ours: object) -> float:
-    """The largest |a - b| over the numbers `theirs` holds (dicts by key, lists by place)."""
-    if isinstance(theirs, dict):
-        return max((largest_difference(v, ours[k]) for k, v in theirs.items()), default=0.0)
-    if isinstance(theirs, list):
-        return max((largest_difference(a, b) for a, b in zip(theirs, ours, strict=True)), default=0.0)
-    if theirs is None or ours is None:
-        assert theirs == ours, (theirs, ours)
-        return 0.0
-    return abs(float(theirs) - float(ours))
 
 
 DETAD_DRIVER = """

@@ -217,3 +217,15 @@ def write_tied_cases(shared: Path, folder: Path) -> dict[str, tuple[Path, Path, 
                 d["score"] = round(d["score"], 4)
         predictions.write_text(json.dumps({**data, "external_data": {}}))
     return cases
+
+
+def largest_difference(theirs: object, ours: object) -> float:
+    """The largest |a - b| over the numbers `theirs` holds (dicts by key, lists by place)."""
+    if isinstance(theirs, dict):
+        return max((largest_difference(v, ours[k]) for k, v in theirs.items()), default=0.0)
+    if isinstance(theirs, list):
+        return max((largest_difference(a, b) for a, b in zip(theirs, ours, strict=True)), default=0.0)
+    if theirs is None or ours is None:
+        assert theirs == ours, (theirs, ours)
+        return 0.0
+    return abs(float(theirs) - float(ours))

@@ -13,22 +13,10 @@ import json
 import pytest
 
 from stages import diagnose, evaluate
-from tests.helpers import FILES, SHARED_DATA, write_tied_cases
+from tests.helpers import FILES, SHARED_DATA, largest_difference, write_tied_cases
 
 pytestmark = pytest.mark.slow
 KEPT = FILES / "official_ties.json"
-
-
-def _largest_difference(theirs: object, ours: object) -> float:
-    """The largest |a - b| over the numbers `theirs` holds (dicts by key, lists by place)."""
-    if isinstance(theirs, dict):
-        return max((_largest_difference(v, ours[k]) for k, v in theirs.items()), default=0.0)
-    if isinstance(theirs, list):
-        return max((_largest_difference(a, b) for a, b in zip(theirs, ours, strict=True)), default=0.0)
-    if theirs is None or ours is None:
-        assert theirs == ours, (theirs, ours)
-        return 0.0
-    return abs(float(theirs) - float(ours))
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +33,11 @@ def test_diagnose_gives_detads_numbers_on_tied_scores(cases, dataset, tmp_path):
     assert len(scores) - len(set(scores)) > 1000  # the case ties, many times
     ours = diagnose.run(truth, predictions, dataset=dataset, subset=subset, out=tmp_path)
     theirs = json.loads(KEPT.read_text())[f"detad_{dataset}"]
-    assert _largest_difference(theirs, ours) < 1e-12
+    assert largest_difference(theirs, ours) < 1e-12
 
 
 def test_eval_gives_the_official_evaluators_numbers_on_tied_scores(cases):
     truth, predictions, subset = cases["anet"]
     report = evaluate.evaluate(predictions, truth, dataset="anet", subset=subset)
     theirs = json.loads(KEPT.read_text())["official_anet"]
-    assert _largest_difference(theirs, {"mAP": report.values, "average_mAP": report.average}) < 1e-12
+    assert largest_difference(theirs, {"mAP": report.values, "average_mAP": report.average}) < 1e-12
