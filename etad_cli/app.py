@@ -242,7 +242,7 @@ def init(
     with user_errors():
         annotations = stage.new_run_folder(out) / "annotations.json"
         converted = convert_stage.convert([labels], fmt=from_, out=annotations, videos=videos)
-        summary = stage.run(videos, annotations, out)
+        summary = stage.run(videos, annotations, out, probed=converted.probed)  # the videos read once
     print_notes(converted.notes + summary.notes)
     views.init_summary(summary)
 

@@ -12,7 +12,7 @@ from stages.core.files import write_json
 from stages.data.annotations import load_annotations, several_classes, unsafe_id_reason
 from stages.data.converters import FORMATS, Converted
 from stages.data.segments import duration_problem, segment_problem
-from stages.data.video_index import VIDEO_EXTENSIONS, VideoError, read_index, video_files
+from stages.data.video_index import VIDEO_EXTENSIONS, probe, video_file
 
 
 def convert(sources: list[Path], *, fmt: str, out: Path, videos: Path | None = None, **options) -> Converted:
@@ -77,27 +77,23 @@ def _without_extensions(done: Converted, where: dict[str, Path]) -> tuple[dict, 
 def with_durations_of(done: Converted, folder: Path) -> None:
     """Each video's duration from its file in `folder` (`<id>.*`, as decoding reads it: the player's
     clock to the end of the last picture), in place of one the annotation file lacks or guessed from
-    its last instance; an instance past it is cut to it (counted)."""
+    its last instance; an instance past it is cut to it (counted). What was read stays in
+    `done.probed` (`etad init` chooses sizes from it)."""
     missing, cut = [], 0
     for video, entry in done.database.items():
-        found = video_files(folder, video)
-        if not found:
+        found = video_file(folder, video)
+        if found is None:
             missing.append(video)
             continue
-        try:
-            index = read_index(found[0])
-        except VideoError as exc:
-            raise UserError(str(exc)) from None
-        except Exception as exc:  # av raises many types for a foreign file
-            raise UserError(f"{found[0]}: cannot read its duration ({exc.__class__.__name__})") from None
-        entry["duration"] = round(float(index.times[-1] + index.interval), 3)
+        done.probed[video] = probe(found)
+        entry["duration"] = round(done.probed[video].duration, 3)
         for a in entry["annotations"]:
             start, end = a["segment"]
             if end > entry["duration"]:
                 a["segment"], cut = [min(start, entry["duration"]), entry["duration"]], cut + 1
     if missing:
         raise UserError(f"--videos {folder}: no video file for {len(missing)} id(s) (first: {missing[0]!r}; "
-                        "tried <id>.<video extension>)")  # fmt: skip
+                        "tried <id>.*)")  # fmt: skip
     done.notes = [n for n in done.notes if "duration is its last instance's end" not in n]
     done.notes.append(f"durations read from the {len(done.database)} video files in {folder}"
                       + (f"; {cut} instance(s) ending past their video cut to its end" if cut else ""))

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from stages.core.errors import UserError
 from stages.core.files import atomic_output
-from stages.data.annotations import load_annotations, several_classes
-from stages.data.video_index import VideoError, read_index, video_files
+from stages.data.annotations import VideoRecord, load_annotations, several_classes
+from stages.data.video_index import Probe, probe, video_file
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Probed:
 
     videos: int
     fps: float  # the median source rate
-    height: int  # the smallest displayed height
+    height: int  # the smallest coded height
     width: int
     duration: float  # the median duration (s)
     longest: float
@@ -40,28 +40,26 @@ class InitSummary:
     notes: list[str] = field(default_factory=list)
 
 
-def probe(annotations: Path, videos: Path) -> Probed:
-    """Each annotated video's rate, size and duration, read from its file (`<id>.<extension>`)."""
-    rates, sizes, durations = [], [], []
-    for video_id in load_annotations(annotations, require_duration=False):
-        found = video_files(videos, video_id)
-        if not found:
-            raise UserError(f"{videos}: no video file for {video_id!r} (tried <id>.<video extension>)")
-        try:
-            index = read_index(found[0])
-        except VideoError as exc:
-            raise UserError(str(exc)) from None
-        rates.append(1.0 / index.interval if index.interval > 0 else index.header_fps)
-        sizes.append(index.size)
-        durations.append(float(index.times[-1] + index.interval))
-    return Probed(videos=len(durations), fps=statistics.median(rates), height=min(h for h, _ in sizes),
-                  width=min(w for _, w in sizes), duration=statistics.median(durations),
-                  longest=max(durations))  # fmt: skip
+def summarise(records: dict[str, VideoRecord], videos: Path, probed: dict[str, Probe]) -> Probed:
+    """The annotated videos' rates, sizes and durations over all of them: from `probed` (what
+    `annotations convert --videos` read), else read from each file (`<id>.*`)."""
+    each = []
+    for video_id in records:
+        if video_id not in probed:
+            found = video_file(videos, video_id)
+            if found is None:
+                raise UserError(f"{videos}: no video file for {video_id!r} (tried <id>.*)")
+            probed[video_id] = probe(found)
+        each.append(probed[video_id])
+    return Probed(videos=len(each), fps=statistics.median(p.fps for p in each),
+                  height=min(p.size[0] for p in each), width=min(p.size[1] for p in each),
+                  duration=statistics.median(p.duration for p in each),
+                  longest=max(p.duration for p in each))  # fmt: skip
 
 
-def _subsets(annotations: Path) -> tuple[tuple[str, str], list[str]]:
+def _subsets(records: dict[str, VideoRecord]) -> tuple[tuple[str, str], list[str]]:
     """(training subset, evaluation subset) from the file's own names; one subset serves both (noted)."""
-    held = sorted({r.subset or "" for r in load_annotations(annotations, require_duration=False).values()})
+    held = sorted({r.subset or "" for r in records.values()})
     train = next((s for s in held if s.lower().startswith("train")), None)
     evaluate = next((s for s in held if s.lower().startswith(("val", "test"))), None)
     if train and evaluate:
@@ -79,22 +77,22 @@ def new_run_folder(out: Path) -> Path:
     return Path(out)
 
 
-def run(videos: Path, annotations: Path, out: Path) -> InitSummary:
+def run(videos: Path, annotations: Path, out: Path, probed: dict[str, Probe] | None = None) -> InitSummary:
     """Write `out`/settings.yaml for the videos in `videos` annotated in `annotations` (ActivityNet
-    layout, durations set); refuses to write over one."""
+    layout, durations set; `probed`: what was read of the videos already); refuses to write over one."""
     videos, annotations, out = Path(videos).resolve(), Path(annotations).resolve(), Path(out).resolve()
     target = out / "settings.yaml"
     if target.exists():
         raise UserError(f"{target}: exists; give another --out folder")
-    probed = probe(annotations, videos)
-    (train, evaluate), notes = _subsets(annotations)
-    records = load_annotations(annotations, require_duration=False).values()
-    classifier = "proposal" if several_classes(list(records)) else "video"
+    records = load_annotations(annotations, require_duration=False)
+    held = summarise(records, videos, dict(probed or {}))
+    (train, evaluate), notes = _subsets(records)
+    classifier = "proposal" if several_classes(list(records.values())) else "video"
     out.mkdir(parents=True, exist_ok=True)
     with atomic_output(target) as tmp:
         chosen = {"subsets": (train, evaluate), "classifier": classifier}
-        tmp.write_text(settings_text(videos, annotations, out, probed, **chosen), encoding="utf-8")
-    return InitSummary(target, probed, subsets=(train, evaluate), classifier=classifier, notes=notes)
+        tmp.write_text(settings_text(videos, annotations, out, held, **chosen), encoding="utf-8")
+    return InitSummary(target, held, subsets=(train, evaluate), classifier=classifier, notes=notes)
 
 
 def settings_text(videos: Path, annotations: Path, out: Path, p: Probed, *, subsets: tuple[str, str],

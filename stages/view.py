@@ -26,7 +26,7 @@ from stages.core.errors import UserError
 from stages.core.files import aliased_output, atomic_output, ensure_writable_dir
 from stages.core.workdir import beside_output
 from stages.data.annotations import safe_path
-from stages.data.video_index import video_files
+from stages.data.video_index import video_file
 from stages.evaluation import detad
 from stages.evaluation.detad_files import FIGURES, Inputs, default_subset, files_request, read_inputs
 from stages.evaluation.metrics import voc_ap
@@ -78,15 +78,15 @@ def class_ap(inputs: Inputs, matched: np.ndarray) -> list[float]:
 
 def find_video(folder: Path | None, video_id: str, patterns: tuple[str, ...] = ("{id}.*",)) -> Path | None:
     """The video file of an id in `folder`, found as every command finds it: the first of
-    data.video_name's `patterns` that names a file (`{id}.*`: a video file's extension)."""
+    data.video_name's `patterns` that names a file (`{id}.*`: video_index.video_file's rule)."""
     if folder is None or not Path(folder).is_dir():
         return None
     safe_path(Path(folder), video_id, "{id}")  # an id that would leave the folder: refused
     for pattern in patterns:
-        named = [Path(folder) / pattern.replace("{id}", video_id)]
-        found = [p for p in (video_files(folder, video_id) if pattern == "{id}.*" else named) if p.is_file()]
-        if found:
-            return found[0]
+        named = Path(folder) / pattern.replace("{id}", video_id)
+        found = video_file(folder, video_id) if pattern == "{id}.*" else named
+        if found is not None and found.is_file():
+            return found
     return None
 
 

@@ -25,6 +25,7 @@ class Converted:
     database: dict[str, dict]
     clipped: int = 0  # segments cut to their video's duration
     notes: list[str] = field(default_factory=list)
+    probed: dict = field(default_factory=dict)  # id -> video_index.Probe, where read from the videos
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -243,6 +244,7 @@ def generic_csv(path: Path, *, durations: Path | None = None, subset: str = "val
     lengths = _durations(durations) if durations is not None else None
     out = Converted({})
     ends: dict[str, float] = {}
+    first_row: dict[str, int] = {}  # where each video's subset was given first
     for i, r in enumerate(rows, start=2):
         start, end = _number(path, i, "start", r["start"]), _number(path, i, "end", r["end"])
         if end < start or start < 0:
@@ -258,16 +260,15 @@ def generic_csv(path: Path, *, durations: Path | None = None, subset: str = "val
             if end > lengths[video]:
                 raise UserError(f"{path}: row {i}: end {end} is past the video's duration {lengths[video]}")
         ends[video] = max(ends.get(video, 0.0), end)
-        entry = out.database.setdefault(
-            video, {"subset": r.get("subset") or subset, "duration": None, "annotations": [], "row": i}
-        )
-        if (r.get("subset") or subset) != entry["subset"]:
-            here, first = r.get("subset") or subset, entry["subset"]
-            raise UserError(f"{path}: row {i}: video {video!r} is in subset {here!r} here and {first!r} at "
-                            f"row {entry['row']}; give each video one subset")  # fmt: skip
+        here = r.get("subset") or subset
+        entry = out.database.setdefault(video, {"subset": here, "duration": None, "annotations": []})
+        first_row.setdefault(video, i)
+        if here != entry["subset"]:
+            first = f"{entry['subset']!r} at row {first_row[video]}"
+            raise UserError(f"{path}: row {i}: video {video!r} is in subset {here!r} here and {first}; give "
+                            "each video one subset")  # fmt: skip
         entry["annotations"].append({"segment": [start, end], "label": r["label"]})
     for video, entry in out.database.items():
-        del entry["row"]
         entry["duration"] = lengths[video] if lengths is not None else ends[video]
         if (why := duration_problem(entry["duration"])) is not None:
             raise UserError(f"{path}: video {video!r}: {why}")

@@ -34,17 +34,27 @@ TS_DISCONT = 0x0200  # AVFMT_TS_DISCONT: the format allows timestamp discontinui
 FIRST_PICTURES = 16  # pictures decoded in the index pass: the transform, decode order, decord's check
 
 
-# the endings of video files: an id never carries one, `video_files` finds an id's file by them
+# the endings of video files: an id never carries one (`etad annotations convert` strips them)
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
                     ".flv", ".wmv", ".3gp", ".ogv"}  # fmt: skip
+# files beside a video that `{id}.*` does not take for it (subtitles, pictures, notes, downloads)
+SIDECARS = {".srt", ".ass", ".vtt", ".sub", ".json", ".txt", ".nfo", ".jpg", ".jpeg", ".png", ".part"}
 
 
-def video_files(folder: Path, video_id: str) -> list[Path]:
-    """The video files named for `video_id` in `folder` (`<id>.<a video extension>`), sorted."""
+def video_file(folder: Path, video_id: str) -> Path | None:
+    """The one file `<id>.*` names in `folder` (any extension but a sidecar's), None where there is
+    none: the rule of every command that finds a video by its id. Two such files are an error
+    naming both, never a silent choice."""
     import glob
 
-    return sorted(p for p in Path(folder).glob(glob.escape(video_id) + ".*")
-                  if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())  # fmt: skip
+    from stages.core.errors import UserError
+
+    found = sorted(p for p in Path(folder).glob(glob.escape(video_id) + ".*")
+                   if p.is_file() and p.suffix.lower() not in SIDECARS)  # fmt: skip
+    if len(found) > 1:
+        raise UserError(f"video {video_id!r}: data.video_name '{{id}}.*' matches {found[0]} and {found[1]}; "
+                        "keep one, or name its extension in data.video_name")  # fmt: skip
+    return found[0] if found else None
 
 
 class VideoError(Exception):
@@ -272,3 +282,27 @@ def _fill_clock(index: Index, packets: list[_Packet], joined: list[float]) -> No
     for packet, at in zip(packets, joined, strict=True):
         if packet.pts is not None:
             index.clock.setdefault(int(packet.pts), deque()).append(at * index.time_base - index.origin)
+
+
+@dataclass
+class Probe:
+    """What a video file's index says of it as a whole (no picture converted)."""
+
+    duration: float  # seconds, the file's start to the end of its last picture (the player's clock)
+    fps: float  # 1 / the median interval between its pictures
+    size: tuple[int, int]  # coded height and width
+
+
+def probe(path: Path) -> Probe:
+    """A video file's duration, rate and size, or a one-line UserError naming it."""
+    from stages.core.errors import UserError
+
+    try:
+        index = read_index(path)
+    except VideoError as exc:
+        raise UserError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
+    except Exception as exc:  # av raises many types for a foreign file
+        raise UserError(f"{path}: cannot read it as a video ({first_line(exc)})") from None
+    fps = 1.0 / index.interval if index.interval > 0 else index.header_fps
+    return Probe(duration=float(index.times[-1] + index.interval), fps=fps, size=index.size)
+

@@ -5,7 +5,6 @@ or PyAV), so that `etad cache` needs no extracted frames at all and peak disk is
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from stages.data.annotations import safe_path
 from stages.data.extracted_frames import frame_reader, intact, read_meta, source_stamp
 from stages.data.protocols import protocol
 from stages.data.video_facts import open_video
+from stages.data.video_index import video_file
 
 if TYPE_CHECKING:  # the settings models, for type hints only
     from stages.core.settings import DataSettings, Settings
@@ -67,24 +67,16 @@ class VideoSnippets:
         return frames[self.snippet_frames]
 
 
-# files beside a video that `{id}.*` does not take for it (subtitles, pictures, notes, downloads)
-SIDECARS = {".srt", ".ass", ".vtt", ".sub", ".json", ".txt", ".nfo", ".jpg", ".jpeg", ".png", ".part"}
-
-
 def video_path(d: DataSettings, video_id: str) -> Path:
     """The video file of `video_id` in data.video_dir: the first of data.video_name's patterns that
-    names an existing file (`{id}.*`: any extension but a sidecar's; two such files are an error
-    naming both, never a silent choice), else the first pattern's path (for messages)."""
+    names an existing file (`{id}.*`: video_index.video_file's rule), else the first pattern's path
+    (for messages)."""
     candidates = []
     for pattern in d.video_names:
         if pattern == "{id}.*":
             stem = safe_path(d.video_dir, video_id, "{id}")
-            found = sorted(p for p in d.video_dir.glob(glob.escape(stem.name) + ".*")
-                           if p.is_file() and p.suffix.lower() not in SIDECARS)  # fmt: skip
-            if len(found) > 1:
-                raise UserError(f"video {video_id!r}: data.video_name '{{id}}.*' matches {found[0]} and "
-                                f"{found[1]}; keep one, or name its extension in data.video_name")
-            candidates += found
+            found = video_file(d.video_dir, video_id)
+            candidates += [found] if found is not None else []
         else:
             candidates.append(safe_path(d.video_dir, video_id, pattern))
     return next((p for p in candidates if p.is_file()), candidates[0] if candidates else stem)
