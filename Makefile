@@ -35,8 +35,9 @@ test: install  ## run the whole test suite in parallel (one worker per core), th
 test-fast: install  ## the unit tests only (no real videos or training runs)
 	$(PYTEST) -m "not slow"
 
-lint: install  ## ruff
+lint: install  ## ruff: the linter and the formatter (ruff format writes the layout)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 DEMO_SETS = --set work_dir=$(abspath $(DEMO_DIR)) --set data.annotations=$(abspath $(DEMO_DIR))/data/anet.json \
   --set data.video_dir=$(abspath $(DEMO_DIR))/data/videos \
@@ -62,7 +63,7 @@ demo_infer = $(ETAD) infer $(DEMO_RUN) --checkpoint $(DEMO_CKPT)/$(1)/checkpoint
   --set infer.output=results/$(2)_proposals.json --set infer.classifier=none
 demo: demo-data  ## run the whole pipeline on the built-in synthetic dataset (everything goes under work/demo)
 	$(ETAD) train $(DEMO_RUN) --resume
-	$(call demo_infer,pretrain,frozen,--plot 2)
+	$(call demo_infer,pretrain,frozen,--plot --plot-videos 2)
 	$(ETAD) train $(DEMO_RUN) --e2e --resume $(DEMO_INIT)
 	$(call demo_infer,e2e,e2e)
 	$(ETAD) train $(DEMO_CONTROL) --e2e --resume $(DEMO_INIT)

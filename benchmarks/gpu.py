@@ -38,15 +38,28 @@ from stages.model.detector import ETAD  # noqa: E402
 from stages.model.encoder import build_encoder  # noqa: E402
 from stages.model.losses import as_float, detector_loss  # noqa: E402
 
-PAPER = {"encoder": "r2plus1d_34_tsp", "frozen_stages": 2, "snippets": 128, "frames": 16, "size": 112,
-         "batch": 4, "chunk": 4, "ratio": 0.3}  # fmt: skip
+PAPER = {
+    "encoder": "r2plus1d_34_tsp",
+    "frozen_stages": 2,
+    "snippets": 128,
+    "frames": 16,
+    "size": 112,
+    "batch": 4,
+    "chunk": 4,
+    "ratio": 0.3,
+}
 # --smoke: the same script on the CPU at a toy shape (a test runs it: the script works before a GPU)
 SMOKE = {**PAPER, "encoder": "tiny", "frozen_stages": 0, "snippets": 8, "frames": 4, "size": 40, "batch": 2}
 
 
 def cuda_tests() -> dict:
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider"],
-                          cwd=REPO, capture_output=True, text=True, timeout=240)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     return {"returncode": done.returncode, "summary": (done.stdout.strip().splitlines() or [""])[-1]}
 
 
@@ -66,8 +79,16 @@ def _models(shape: dict, device: torch.device, channels_last: bool = False):
     return encoder, detector, torch.optim.AdamW(params, lr=1e-6)
 
 
-def step_figures(shape: dict, mode: str, batch: int, *, device: torch.device, amp: str = "none",
-                 channels_last: bool = False, repeats: int = 2) -> dict:  # fmt: skip
+def step_figures(
+    shape: dict,
+    mode: str,
+    batch: int,
+    *,
+    device: torch.device,
+    amp: str = "none",
+    channels_last: bool = False,
+    repeats: int = 2,
+) -> dict:
     """One kind of step at `shape`: seconds (the last of `repeats`), per-phase and whole peak
     memory (CUDA), per video."""
     encoder, detector, optimizer = _models(shape, device, channels_last)
@@ -85,8 +106,18 @@ def step_figures(shape: dict, mode: str, batch: int, *, device: torch.device, am
         _sync(device)
         began = time.perf_counter()
         loss = lambda out: detector_loss(as_float(out), targets, [0.7, 0.8, 0.9])  # noqa: E731
-        job = Backward(encoder, detector, clips, loss, anchors=anchors, chunk_size=shape["chunk"],
-                       ratio=shape["ratio"], generator=g, device=device, phase=memory)  # fmt: skip
+        job = Backward(
+            encoder,
+            detector,
+            clips,
+            loss,
+            anchors=anchors,
+            chunk_size=shape["chunk"],
+            ratio=shape["ratio"],
+            generator=g,
+            device=device,
+            phase=memory,
+        )
         with autocast(device, amp):
             e2e_gradients(mode, job)
         optimizer.step()
@@ -94,9 +125,16 @@ def step_figures(shape: dict, mode: str, batch: int, *, device: torch.device, am
             torch.cuda.synchronize(device)
             peak = torch.cuda.max_memory_allocated(device) / 2**20
         seconds = time.perf_counter() - began
-    return {"mode": mode, "batch": batch, "amp": amp, "channels_last": channels_last, "seconds": seconds,
-            "videos_per_s": batch / seconds, "peak_mib_per_video": None if peak is None else peak / batch,
-            "phase_mib_per_video": {k: v / batch for k, v in memory.peaks_mib.items()}}  # fmt: skip
+    return {
+        "mode": mode,
+        "batch": batch,
+        "amp": amp,
+        "channels_last": channels_last,
+        "seconds": seconds,
+        "videos_per_s": batch / seconds,
+        "peak_mib_per_video": None if peak is None else peak / batch,
+        "phase_mib_per_video": {k: v / batch for k, v in memory.peaks_mib.items()},
+    }
 
 
 def guarded(figure, *args, **kwargs) -> dict:
@@ -123,12 +161,21 @@ def loader_rate(device: torch.device, videos: int = 8) -> dict:
         folder = Path(tmp)
         for v in range(videos):
             ramp = np.add.outer(np.arange(128), np.arange(171))[None, :, :, None]  # smooth, with grain
-            frames = [((ramp + 9 * k + rng.integers(0, 12, (256, 128, 171, 3))) % 256).astype(np.uint8)
-                      for k in range(6)]  # fmt: skip
+            frames = [
+                ((ramp + 9 * k + rng.integers(0, 12, (256, 128, 171, 3))) % 256).astype(np.uint8)
+                for k in range(6)
+            ]
             index = np.arange(128 * 16).reshape(128, 16) * 3 // 4  # overlapping, as ANet's
             attrs = {"kind": "snippets", "video_id": f"v{v}", "fingerprint": ""}
-            write_snippet_file(folder / f"v{v}.h5", frames, snippet_frames=index.astype(np.int32),
-                               frame_indices=index, attrs=attrs, codec="jpeg", quality=90)  # fmt: skip
+            write_snippet_file(
+                folder / f"v{v}.h5",
+                frames,
+                snippet_frames=index.astype(np.int32),
+                frame_indices=index,
+                attrs=attrs,
+                codec="jpeg",
+                quality=90,
+            )
         cache = VideoCache(folder, "snippets")
 
         class Videos(torch.utils.data.Dataset):
@@ -139,9 +186,13 @@ def loader_rate(device: torch.device, videos: int = 8) -> dict:
                 return torch.from_numpy(cache.read(f"v{i}"))
 
         workers = loader_workers(None, device)
-        data = torch.utils.data.DataLoader(Videos(), batch_size=1, num_workers=workers,
-                                           pin_memory=device.type == "cuda",
-                                           prefetch_factor=2 if workers else None)  # fmt: skip
+        data = torch.utils.data.DataLoader(
+            Videos(),
+            batch_size=1,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            prefetch_factor=2 if workers else None,
+        )
         began = time.perf_counter()
         for batch in data:
             batch.to(device, non_blocking=True)
@@ -157,8 +208,12 @@ def two_gpus() -> dict:
 
 def table(figures: dict) -> str:
     when = time.strftime("%Y-%m-%d")
-    lines = [f"`make bench-gpu` on {figures['device']} (torch {torch.__version__}), {when}", "",
-             "| what | figure |", "|---|---|"]  # fmt: skip
+    lines = [
+        f"`make bench-gpu` on {figures['device']} (torch {torch.__version__}), {when}",
+        "",
+        "| what | figure |",
+        "|---|---|",
+    ]
     for name, value in figures.items():
         if name != "device":
             lines.append(f"| {name} | `{json.dumps(value)[:400]}` |")

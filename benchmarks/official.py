@@ -118,8 +118,13 @@ def _thumos_case(published: Path, out: Path, seed: int = 1) -> Path:
                 )
         for _ in range(20):
             x = rng.random() * duration
-            dets.append({"label": labels[rng.integers(len(labels))], "score": float(rng.random() * 0.5),
-                         "segment": [x, x + rng.random() * 10 + 0.2]})  # fmt: skip
+            dets.append(
+                {
+                    "label": labels[rng.integers(len(labels))],
+                    "score": float(rng.random() * 0.5),
+                    "segment": [x, x + rng.random() * 10 + 0.2],
+                }
+            )
         results[video] = dets
     out.write_text(json.dumps({"version": "THUMOS14", "results": results, "external_data": {}}))
     return out
@@ -179,8 +184,13 @@ def epic(code: Path, python: str, folder: Path, seed: int = 3) -> None:
 
     source = SHARED / "epic100"
     rows = list(csv.DictReader((source / "EPIC_100_validation.csv").open()))
-    keys = {k: {int(r["id"]): r["key"] for r in csv.DictReader((source / f"EPIC_100_{k}_classes.csv").open(
-            encoding="utf-8-sig"))} for k in ("verb", "noun")}  # fmt: skip
+    keys = {
+        k: {
+            int(r["id"]): r["key"]
+            for r in csv.DictReader((source / f"EPIC_100_{k}_classes.csv").open(encoding="utf-8-sig"))
+        }
+        for k in ("verb", "noun")
+    }
     occurring = {k: sorted({int(r[f"{k}_class"]) for r in rows}) for k in ("verb", "noun")}
     rng, theirs, ours = np.random.default_rng(seed), {}, {"verb": {}, "noun": {}, "action": {}}
 
@@ -215,16 +225,23 @@ def epic(code: Path, python: str, folder: Path, seed: int = 3) -> None:
     for task in ("verb", "noun", "action"):
         gt = folder / f"epic_{task}.json"
         gt.unlink(missing_ok=True)
-        annotations.convert([source / "EPIC_100_validation.csv"], fmt="epic100", out=gt, label=task,
-                            video_info=source / "EPIC_100_video_info.csv",
-                            verbs=source / "EPIC_100_verb_classes.csv",
-                            nouns=source / "EPIC_100_noun_classes.csv")  # fmt: skip
+        annotations.convert(
+            [source / "EPIC_100_validation.csv"],
+            fmt="epic100",
+            out=gt,
+            label=task,
+            video_info=source / "EPIC_100_video_info.csv",
+            verbs=source / "EPIC_100_verb_classes.csv",
+            nouns=source / "EPIC_100_noun_classes.csv",
+        )
         (folder / f"epic_{task}_pred.json").write_text(json.dumps({"results": ours[task]}))
         report = evaluate.evaluate(folder / f"epic_{task}_pred.json", gt, "epic100")
         gap = largest_difference(official_maps[task], report.values)
         count = sum(map(len, theirs.values()))
-        print(f"EPIC {task}: {count} detections, average mAP {100 * report.average:.2f}; "
-              f"max |official - etad| over tIoU 0.1..0.5 {gap:.3g}")
+        print(
+            f"EPIC {task}: {count} detections, average mAP {100 * report.average:.2f}; "
+            f"max |official - etad| over tIoU 0.1..0.5 {gap:.3g}"
+        )
 
 
 EGO4D_DRIVER = """
@@ -242,23 +259,38 @@ def ego4d(code: Path, python: str, folder: Path) -> None:
     """The worked case of tests/data/test_converters.py, in Ego4D's clip layout and in etad's."""
     from stages import evaluate
 
-    labels = {"clip1": [("cut", 10.0, 30.0), ("wash", 50.0, 90.0), ("cut", 12.0, 31.0),
-                        ("wash", 470.0, 490.0)],
-              "clip2": [("cut", 5.0, 8.0)]}  # fmt: skip
-    detections = {"clip1": [{"label": "cut", "segment": [10.0, 30.0], "score": 0.9},
-                            {"label": "cut", "segment": [40.0, 45.0], "score": 0.8},
-                            {"label": "wash", "segment": [460.0, 480.0], "score": 0.7}],
-                  "clip2": []}  # fmt: skip
-    theirs_gt = {c: {"subset": "val", "clip_id": c,
-                     "annotations": [{"label": x, "start_time": s, "end_time": e} for x, s, e in rows]}
-                 for c, rows in labels.items()}  # fmt: skip
+    labels = {
+        "clip1": [("cut", 10.0, 30.0), ("wash", 50.0, 90.0), ("cut", 12.0, 31.0), ("wash", 470.0, 490.0)],
+        "clip2": [("cut", 5.0, 8.0)],
+    }
+    detections = {
+        "clip1": [
+            {"label": "cut", "segment": [10.0, 30.0], "score": 0.9},
+            {"label": "cut", "segment": [40.0, 45.0], "score": 0.8},
+            {"label": "wash", "segment": [460.0, 480.0], "score": 0.7},
+        ],
+        "clip2": [],
+    }
+    theirs_gt = {
+        c: {
+            "subset": "val",
+            "clip_id": c,
+            "annotations": [{"label": x, "start_time": s, "end_time": e} for x, s, e in rows],
+        }
+        for c, rows in labels.items()
+    }
     (folder / "ego_gt.json").write_text(json.dumps(theirs_gt))
     (folder / "ego_pred.json").write_text(
         json.dumps({"version": "1", "external_data": {}, "results": detections})
     )
-    ours_gt = {c: {"subset": "val", "duration": 480.0,  # etad's conversion clips to the 480 s clip
-                   "annotations": [{"label": label, "segment": [s, min(e, 480.0)]} for label, s, e in rows]}
-               for c, rows in labels.items()}  # fmt: skip
+    ours_gt = {
+        c: {
+            "subset": "val",
+            "duration": 480.0,  # etad's conversion clips to the 480 s clip
+            "annotations": [{"label": label, "segment": [s, min(e, 480.0)]} for label, s, e in rows],
+        }
+        for c, rows in labels.items()
+    }
     (folder / "ego_gt_etad.json").write_text(json.dumps({"database": ours_gt}))
     theirs = official(python, EGO4D_DRIVER, code, folder / "ego_gt.json", folder / "ego_pred.json")
     report = evaluate.evaluate(folder / "ego_pred.json", folder / "ego_gt_etad.json", "ego4d_mq")
@@ -285,8 +317,9 @@ print(json.dumps({'mAP': [float(x) for x in official.mAP], 'average_mAP': float(
 """
 
 
-def ties(code: Path, python: str, folder: Path, *, anet_code: Path | None = None,
-         save: Path | None = None) -> None:  # fmt: skip
+def ties(
+    code: Path, python: str, folder: Path, *, anet_code: Path | None = None, save: Path | None = None
+) -> None:
     """DETAD's code (and, given `anet_code`, the official ActivityNet evaluator) against etad on the
     tied cases of tests/helpers.write_tied_cases; `save` keeps their numbers (the test's file)."""
     from stages import diagnose, evaluate
@@ -303,8 +336,10 @@ def ties(code: Path, python: str, folder: Path, *, anet_code: Path | None = None
             theirs = official(python, ANET_DRIVER, anet_code, truth, detections, subset)
             kept["official_anet"] = theirs
             mine = {"mAP": report.values, "average_mAP": report.average}
-            print(f"official ActivityNet evaluator, tied scores: max |official - etad| "
-                  f"{largest_difference(theirs, mine):.3g}")  # fmt: skip
+            print(
+                f"official ActivityNet evaluator, tied scores: max |official - etad| "
+                f"{largest_difference(theirs, mine):.3g}"
+            )
     if save is not None:
         save.write_text(json.dumps(kept, indent=1) + "\n")
 

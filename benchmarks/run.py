@@ -66,9 +66,16 @@ def _extract_settings(data: Path, work: Path, height: int, width: int):
 
     return load_settings(
         None,
-        [f"work_dir={work}", f"data.annotations={data / 'anet.json'}", f"data.video_dir={data / 'videos'}",
-         "data.fps=15", f"data.frame_height={height}", f"data.frame_width={width}", "data.decoder=decord"],
-    )  # fmt: skip
+        [
+            f"work_dir={work}",
+            f"data.annotations={data / 'anet.json'}",
+            f"data.video_dir={data / 'videos'}",
+            "data.fps=15",
+            f"data.frame_height={height}",
+            f"data.frame_width={width}",
+            "data.decoder=decord",
+        ],
+    )
 
 
 def bench_extract() -> list[tuple[str, str]]:
@@ -355,8 +362,11 @@ def _step_batch(videos: int, ratio: float) -> tuple:
         [grid[sample_proposals(128, 128, "random", ratio, generator=generator)] for _ in range(videos)]
     )
     start, end = boundary_targets(gt, 128)
-    batch = {"gt_box": torch.stack([match_ground_truth(a, gt) for a in anchors]),
-             "gt_start": start.expand(videos, -1), "gt_end": end.expand(videos, -1)}  # fmt: skip
+    batch = {
+        "gt_box": torch.stack([match_ground_truth(a, gt) for a in anchors]),
+        "gt_start": start.expand(videos, -1),
+        "gt_end": end.expand(videos, -1),
+    }
     return torch.randn(videos, 512, 128, generator=generator), anchors, batch
 
 
@@ -426,14 +436,26 @@ def bench_startup() -> list[tuple[str, str]]:
     commands = {
         "etad eval --help": [*etad, "eval", "--help"],
         "etad eval -p tiny_predictions.json -g tiny_anet.json": [
-            *etad, "eval", "-p", str(tiny / "tiny_predictions.json"), "-g", str(tiny / "tiny_anet.json")],
+            *etad,
+            "eval",
+            "-p",
+            str(tiny / "tiny_predictions.json"),
+            "-g",
+            str(tiny / "tiny_anet.json"),
+        ],
         "etad config show examples/demo.yaml": [
-            *etad, "config", "show", str(REPO / "examples" / "demo.yaml")],
+            *etad,
+            "config",
+            "show",
+            str(REPO / "examples" / "demo.yaml"),
+        ],
         # the floor under any rich --help: Typer (which parses options with pydantic) and its help renderer
         "python -c 'import typer, pydantic, typer.rich_utils'": [
-            *python, "import typer, pydantic, typer.rich_utils"],
+            *python,
+            "import typer, pydantic, typer.rich_utils",
+        ],
         "python -c 'import torch, torchvision'": [*python, "import torch, torchvision"],
-    }  # fmt: skip
+    }
     rows = []
     for what, command in commands.items():
         times = []
@@ -529,8 +551,17 @@ def bench_encoder_families() -> list[tuple[str, str]]:
         ratio = full["activation_mib"] / sampled["activation_mib"]
         memory = f"{full['activation_mib']:,.0f} | {sampled['activation_mib']:,.0f} MiB ({ratio:.1f}x less)"
         rows.append((f"{family}, {frames} x {size}^2: full | sampled", memory))
-        figures.append({"family": family, "encoder": name, "frames": frames, "size": size,
-                        "full": full, "sampled": sampled, "ratio": ratio})  # fmt: skip
+        figures.append(
+            {
+                "family": family,
+                "encoder": name,
+                "frames": frames,
+                "size": size,
+                "full": full,
+                "sampled": sampled,
+                "ratio": ratio,
+            }
+        )
     out = REPO / "docs" / "images" / "encoder_families.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), "points": figures}, indent=1))
@@ -664,8 +695,14 @@ def bench_ranks() -> list[tuple[str, str]]:
         runs = {}
         for name, ranks, batch, accumulate in (("2x1", 2, 1, 1), ("1x1x2", 1, 1, 2), ("1x2", 1, 2, 1)):
             (root / name).mkdir()
-            config = _e2e_config(root / name, root / "synth", root / "shared", accumulate=accumulate,
-                                 epochs=2, batch_size=batch)  # fmt: skip
+            config = _e2e_config(
+                root / name,
+                root / "synth",
+                root / "shared",
+                accumulate=accumulate,
+                epochs=2,
+                batch_size=batch,
+            )
             _run(config, ranks).check_returncode()
             runs[name] = _trained(root / name)
     return [
@@ -690,8 +727,10 @@ def bench_diagnose() -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         gt, pred = write_anet_diagnosis_case(shared, Path(tmp) / "case")
         files = ["--dataset", "anet", "-g", gt, "-p", pred]
-        commands = {"etad diagnose": ["diagnose", *files, "--out", Path(tmp) / "out"],
-                    "etad eval": ["eval", *files]}  # fmt: skip
+        commands = {
+            "etad diagnose": ["diagnose", *files, "--out", Path(tmp) / "out"],
+            "etad eval": ["eval", *files],
+        }
         best = {}
         for name, args in commands.items():
             times = []
@@ -707,13 +746,23 @@ def bench_diagnose() -> list[tuple[str, str]]:
 
 
 BENCHMARKS = [
-    bench_synth, bench_extract, bench_decoders, bench_real_decoders, bench_frame_formats, bench_cache_read,
+    bench_synth,
+    bench_extract,
+    bench_decoders,
+    bench_real_decoders,
+    bench_frame_formats,
+    bench_cache_read,
     bench_eval,
     bench_diagnose,
     bench_train,
-    bench_detector_speed, bench_startup, bench_e2e_memory, bench_encoder_families, bench_e2e_paper_gpu,
-    bench_data_path, bench_ranks,
-]  # fmt: skip
+    bench_detector_speed,
+    bench_startup,
+    bench_e2e_memory,
+    bench_encoder_families,
+    bench_e2e_paper_gpu,
+    bench_data_path,
+    bench_ranks,
+]
 
 
 def main() -> None:

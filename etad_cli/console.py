@@ -91,8 +91,8 @@ def print_notes(notes: list[str]) -> None:
 class RichProgress(StageProgress):
     """A stage's progress as one rich bar (description, bar, done/total, elapsed, ETA, info)."""
 
-    def __init__(self, bar: Progress, description: str) -> None:
-        self.bar = bar
+    def __init__(self, bar: Progress, description: str, visible: bool = True) -> None:
+        self.bar, self.visible = bar, visible
         self.task = bar.add_task(description, total=None, info="")
 
     def start(self, total: int | None, info: str = "") -> None:
@@ -100,6 +100,10 @@ class RichProgress(StageProgress):
 
     def advance(self, n: int = 1, info: str = "") -> None:
         self.bar.update(self.task, advance=n, **({"info": info} if info else {}))
+
+    def note(self, text: str) -> None:
+        if self.visible:
+            console.print(text, style="dim", soft_wrap=True)
 
 
 @contextmanager
@@ -117,4 +121,4 @@ def stage_progress(description: str, visible: bool = True) -> Iterator[RichProgr
         disable=not visible,
     )
     with bar:
-        yield RichProgress(bar, description)
+        yield RichProgress(bar, description, visible)

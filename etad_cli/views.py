@@ -61,8 +61,10 @@ def cache_projection(projection: dict, as_json: bool) -> None:
     table.add_row("bytes per frame (measured)", f"{projection['bytes_per_frame']:,.0f}")
     if projection.get("measured"):
         low, median, high = projection["measured"]["bytes_per_frame"]
-        table.add_row(f"  over {projection['measured']['videos']} videos (min / median / max)",
-                      f"{low:,.0f} / {median:,.0f} / {high:,.0f}")  # fmt: skip
+        table.add_row(
+            f"  over {projection['measured']['videos']} videos (min / median / max)",
+            f"{low:,.0f} / {median:,.0f} / {high:,.0f}",
+        )
     table.add_row("projected disk", human_bytes(projection["projected_bytes"]))
     table.add_row("free disk", human_bytes(projection["free_bytes"]))
     seconds = projection["projected_seconds"]
@@ -163,8 +165,9 @@ def eval_report(report, per_class: bool = False) -> None:
             )
         console.print(classes)
         if len(shown) < len(report.tious):
-            console.print("(the first tIoU and the average: a wider terminal or --json shows every tIoU)",
-                          style="dim")  # fmt: skip
+            console.print(
+                "(the first tIoU and the average: a wider terminal or --json shows every tIoU)", style="dim"
+            )
     print_notes(report.notes)
 
 
@@ -232,13 +235,21 @@ def encoder_table(rows: list[dict]) -> None:
     """`etad encoders`: the registry, one row per encoder."""
     # no rules and one space between columns: the seven columns fit 80 characters (a pipe, a log)
     # without cutting a number; only the formats column wraps where the terminal is narrower
-    caption = ("clip: frames x crop (n: a multiple, +: at least); parameters '-': needs pip install "
-               "'etad[hf]'; `etad encoders --json` says more")
-    table = Table(title="encoders (model.encoder.name)", caption=caption, caption_justify="left", box=None,
-                  padding=(0, 1, 0, 0))  # fmt: skip
+    caption = (
+        "clip: frames x crop (n: a multiple, +: at least); parameters '-': needs pip install "
+        "'etad[hf]'; `etad encoders --json` says more"
+    )
+    table = Table(
+        title="encoders (model.encoder.name)",
+        caption=caption,
+        caption_justify="left",
+        box=None,
+        padding=(0, 1, 0, 0),
+    )
     for column in ("name", "family", "params", "width", "clip", "frozen", "formats"):
-        table.add_column(column, justify="right" if column in ("params", "width") else "left",
-                         no_wrap=column != "formats")  # fmt: skip
+        table.add_column(
+            column, justify="right" if column in ("params", "width") else "left", no_wrap=column != "formats"
+        )
     for r in rows:
         count = f"{r['parameters'] / 1e6:.1f} M" if r["parameters"] is not None else "-"
         stages, formats = f"-1 .. {r['stages']}", ", ".join(r["checkpoint_formats"])
@@ -250,29 +261,59 @@ def annotations_table(report: dict) -> None:
     """`etad annotations check`: one column per subset, one row per count (a narrow terminal shows
     every word: subsets are few, counts are many)."""
     table = Table(title=f"{report['file']}: {report['classes']} classes")
-    rows = {"videos": "videos", "instances": "instances", "unusable": "unusable", "classes": "classes",
-            "zero_length": "zero length", "out_of_range": "outside", "overlapping": "overlapping",
-            "no_duration": "no duration"}  # fmt: skip
+    rows = {
+        "videos": "videos",
+        "instances": "instances",
+        "unusable": "unusable",
+        "classes": "classes",
+        "zero_length": "zero length",
+        "out_of_range": "outside",
+        "overlapping": "overlapping",
+        "no_duration": "no duration",
+    }
     table.add_column("", no_wrap=True)
     for subset in report["subsets"]:
         table.add_column(subset, justify="right", overflow="fold")
     for key, name in rows.items():
         table.add_row(name, *(f"{row[key]:,}" for row in report["subsets"].values()))
     console.print(table)
-    console.print("unusable: not finite or ending before they start (not counted as instances); outside: "
-                  "outside [0, duration]; overlapping: pairs of one class overlapping in a video",
-                  style="dim", soft_wrap=False)  # fmt: skip
+    console.print(
+        "unusable: not finite or ending before they start (not counted as instances); outside: "
+        "outside [0, duration]; overlapping: pairs of one class overlapping in a video",
+        style="dim",
+        soft_wrap=False,
+    )
 
 
 def init_summary(summary) -> None:
     """`etad init`: what the videos hold, what was chosen, and the commands that follow."""
     p, config = summary.probed, summary.settings
-    console.print(f"{p.videos} videos, median {p.duration:.1f} s at {p.fps:.3g} fps -> {config}",
-                  soft_wrap=True)  # fmt: skip
-    console.print(f"train on {summary.subsets[0]!r}, evaluate on {summary.subsets[1]!r}; "
-                  f"classifier head: {summary.classifier}", soft_wrap=True)  # fmt: skip
-    steps = ["extract", "cache --what snippets", "train --encoder", "cache --what features", "train",
-             "infer --eval", "view"]  # fmt: skip
+    console.print(
+        f"{p.videos} videos, median {p.duration:.1f} s at {p.fps:.3g} fps -> {config}", soft_wrap=True
+    )
+    console.print(
+        f"train on {summary.subsets[0]!r}, evaluate on {summary.subsets[1]!r}; "
+        f"classifier head: {summary.classifier}",
+        soft_wrap=True,
+    )
+    steps = [
+        "extract",
+        "cache --what snippets",
+        "train --encoder",
+        "cache --what features",
+        "train",
+        "infer --eval",
+        "view",
+    ]
     console.print("next:", style="bold")
     for step in steps:
         console.print(Text(f"  etad {step} -c {config}"), soft_wrap=True)
+
+
+def diagnose_hint(request, report) -> None:
+    """After a detection score on a benchmark DETAD knows: the command that says what the errors are."""
+    if report.task == "detection" and request.dataset in ("anet", "thumos"):
+        hint = f"what the errors are: etad diagnose --dataset {request.dataset} "
+        hint += f"-g {request.ground_truth} -p {request.predictions}"
+        hint += f" --subset {request.subset}" if request.subset else ""
+        console.print(hint, style="dim", soft_wrap=True)

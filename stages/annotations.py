@@ -64,13 +64,17 @@ def _without_extensions(done: Converted, where: dict[str, Path]) -> tuple[dict, 
         if name != video:
             stripped.append(video)
         if name in database:
-            raise UserError(f"{where[video]}: video {video!r} and {origin[name]!r} are one id once the "
-                            "extension is stripped; give each video once")  # fmt: skip
+            raise UserError(
+                f"{where[video]}: video {video!r} and {origin[name]!r} are one id once the "
+                "extension is stripped; give each video once"
+            )
         database[name], origin[name] = entry, video
     if stripped:
-        done.notes.append(f"{len(stripped)} id(s) named a video file: the extension stripped "
-                          f"({stripped[0]} -> {Path(stripped[0]).stem}); ids name videos, data.video_name "
-                          "finds their files")  # fmt: skip
+        done.notes.append(
+            f"{len(stripped)} id(s) named a video file: the extension stripped "
+            f"({stripped[0]} -> {Path(stripped[0]).stem}); ids name videos, data.video_name "
+            "finds their files"
+        )
     return database, {name: where[video] for name, video in origin.items()}
 
 
@@ -92,11 +96,14 @@ def with_durations_of(done: Converted, folder: Path) -> None:
             if end > entry["duration"]:
                 a["segment"], cut = [min(start, entry["duration"]), entry["duration"]], cut + 1
     if missing:
-        raise UserError(f"--videos {folder}: no video file for {len(missing)} id(s) (first: {missing[0]!r}; "
-                        "tried <id>.*)")  # fmt: skip
+        raise UserError(
+            f"--videos {folder}: no video file for {len(missing)} id(s) (first: {missing[0]!r}; tried <id>.*)"
+        )
     done.notes = [n for n in done.notes if "duration is its last instance's end" not in n]
-    done.notes.append(f"durations read from the {len(done.database)} video files in {folder}"
-                      + (f"; {cut} instance(s) ending past their video cut to its end" if cut else ""))
+    done.notes.append(
+        f"durations read from the {len(done.database)} video files in {folder}"
+        + (f"; {cut} instance(s) ending past their video cut to its end" if cut else "")
+    )
     done.clipped += cut
 
 

@@ -61,8 +61,9 @@ class CacheSummary:
     shard: Shard = WHOLE
 
 
-def _snippet_job(settings: Settings, video_id: str, path: Path, expected: Expected,
-                 annotated: float | None) -> tuple[int, dict | None]:  # fmt: skip
+def _snippet_job(
+    settings: Settings, video_id: str, path: Path, expected: Expected, annotated: float | None
+) -> tuple[int, dict | None]:
     """Cache one video's snippets (from its extracted frames, else its video file); the frames' bytes
     and what decoding found (VideoFacts' record, recorded in the file as `video`)."""
     source, c = video_snippets(settings, video_id, annotated), settings.cache
@@ -83,9 +84,17 @@ def _snippet_job(settings: Settings, video_id: str, path: Path, expected: Expect
     }
     batches = source.batches(as_jpeg=c.jpeg_quality if c.codec == "jpeg" else None)
     shape = (settings.data.frame_height, settings.data.frame_width)
-    size = write_snippet_file(path, batches, snippet_frames=source.snippet_frames,
-                              frame_indices=source.frame_indices, attrs=attrs, codec=c.codec,
-                              quality=c.jpeg_quality, compression=c.compression, shape=shape)  # fmt: skip
+    size = write_snippet_file(
+        path,
+        batches,
+        snippet_frames=source.snippet_frames,
+        frame_indices=source.frame_indices,
+        attrs=attrs,
+        codec=c.codec,
+        quality=c.jpeg_quality,
+        compression=c.compression,
+        shape=shape,
+    )
     return size, facts or None
 
 
@@ -240,8 +249,9 @@ def _measure_frames(settings: Settings, stored: dict[str, int], ids: list[str]) 
     return out
 
 
-def _projection(settings: Settings, records: dict, todo: list[str], kind: str, *,
-                sample: int | None) -> tuple:  # fmt: skip
+def _projection(
+    settings: Settings, records: dict, todo: list[str], kind: str, *, sample: int | None
+) -> tuple:
     """(frames, bytes per frame, seconds per frame, projected bytes, notes, spread) of caching `todo`;
     `sample`: how many videos to measure (None: max(8, 1%) of them)."""
     counts = [_stored_frames(settings, records[v]) for v in todo]
@@ -253,18 +263,33 @@ def _projection(settings: Settings, records: dict, todo: list[str], kind: str, *
         if measured.annotated:  # the annotations' durations, corrected by what the videos decode to
             frames = int(round(frames * measured.decoded / measured.annotated))
         per_frame = float(np.mean(measured.bytes_per_frame))
-        notes = [f"could not measure {len(measured.unreadable)} of {len(chosen)} sampled videos: "
-                 + "; ".join(measured.unreadable[:3])] if measured.unreadable else []  # fmt: skip
+        notes = (
+            [
+                f"could not measure {len(measured.unreadable)} of {len(chosen)} sampled videos: "
+                + "; ".join(measured.unreadable[:3])
+            ]
+            if measured.unreadable
+            else []
+        )
         if chosen and len(measured.unreadable) == len(chosen):
-            notes.append("no sampled video could be read: bytes per frame assumed raw, time not projected; "
-                         "a run would list these videos as failed")  # fmt: skip
+            notes.append(
+                "no sampled video could be read: bytes per frame assumed raw, time not projected; "
+                "a run would list these videos as failed"
+            )
         if unusable:
-            notes.append(f"{len(unusable)} video(s) not projected, their annotated duration unusable (first: "
-                         f"{unusable[0]}: {records[unusable[0]].unusable()})")  # fmt: skip
+            notes.append(
+                f"{len(unusable)} video(s) not projected, their annotated duration unusable (first: "
+                f"{unusable[0]}: {records[unusable[0]].unusable()})"
+            )
         spread = [float(x) for x in np.percentile(measured.bytes_per_frame, [0, 50, 100])]
-        return (frames, per_frame, measured.seconds / max(measured.frames, 1),
-                frames * per_frame + index_bytes + HDF5_FILE_BYTES * len(todo), notes,
-                {"videos": len(chosen) - len(measured.unreadable), "bytes_per_frame": spread})  # fmt: skip
+        return (
+            frames,
+            per_frame,
+            measured.seconds / max(measured.frames, 1),
+            frames * per_frame + index_bytes + HDF5_FILE_BYTES * len(todo),
+            notes,
+            {"videos": len(chosen) - len(measured.unreadable), "bytes_per_frame": spread},
+        )
     from stages.model.encoder import encoder_spec
 
     width = encoder_spec(settings.model.encoder.name).out_dim
@@ -284,8 +309,14 @@ def _check_space(settings: Settings, records: dict, todo: list[str], kind: str, 
         )
 
 
-def project(settings: Settings, *, what: str = "snippets", subsets: list[str] | None = None,
-            shard: Shard = WHOLE, sample: int | None = None) -> dict:  # fmt: skip
+def project(
+    settings: Settings,
+    *,
+    what: str = "snippets",
+    subsets: list[str] | None = None,
+    shard: Shard = WHOLE,
+    sample: int | None = None,
+) -> dict:
     """What `etad cache` would do, from the annotation durations and the settings, measured on
     `sample` of the user's own videos (None: max(8, 1%), spread over the set): videos, frames,
     projected bytes and seconds, and the spread of bytes per frame over the videos measured."""
@@ -321,8 +352,17 @@ def project(settings: Settings, *, what: str = "snippets", subsets: list[str] | 
     }
 
 
-def _run_jobs(settings: Settings, kind: str, from_npy: Path | None, todo: list, *, stamp: str,
-              workers: int | None, record: Callable, records: dict) -> None:  # fmt: skip
+def _run_jobs(
+    settings: Settings,
+    kind: str,
+    from_npy: Path | None,
+    todo: list,
+    *,
+    stamp: str,
+    workers: int | None,
+    record: Callable,
+    records: dict,
+) -> None:
     """One job per video to do: import, cut snippets (in `workers` processes) or encode features;
     the files record the run's fingerprint `stamp` and (snippets, features) its settings by name."""
     if from_npy is not None:

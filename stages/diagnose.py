@@ -27,12 +27,19 @@ if TYPE_CHECKING:  # the settings models, for type hints only
     from stages.core.settings import Settings
 
 NAMES = {  # what the tables and figures call the characteristics and error types
-    "coverage": "Coverage", "length": "Length", "num-instances": "# Instances",
+    "coverage": "Coverage",
+    "length": "Length",
+    "num-instances": "# Instances",
     "context-size": "Context Size",
-    "context-distance": "Context Distance", "agreement": "Agreement",
-    "true_positive": "True Positive", "double_detection": "Double Detection", "wrong_label": "Wrong Label",
-    "localization": "Localization", "confusion": "Confusion", "background": "Background",
-}  # fmt: skip
+    "context-distance": "Context Distance",
+    "agreement": "Agreement",
+    "true_positive": "True Positive",
+    "double_detection": "Double Detection",
+    "wrong_label": "Wrong Label",
+    "localization": "Localization",
+    "confusion": "Confusion",
+    "background": "Background",
+}
 COLORS = ["#33a02c", "#b2df8a", "#1f78b4", "#fb9a99", "#e31a1c", "#a6cee3"]  # DETAD's, by error type
 
 
@@ -53,7 +60,7 @@ def analyse(inputs: Inputs, dataset: str) -> dict:
             "classes": truth.n_classes,
             "predictions": len(pred.label),
             "top_predictions": len(top.label),
-        },  # fmt: skip
+        },
         "characteristics": inputs.source,
         "average_mAP_N": float(ap.mean()),
         "false_positive": {
@@ -87,23 +94,44 @@ def headline(result: dict) -> str:
 
 def markdown(result: dict) -> str:
     fp, lines = result["false_positive"], []
-    lines += [f"# Diagnosis ({result['dataset']}, DETAD)", "", headline(result), "",
-              f"average-mAP_N {100 * result['average_mAP_N']:.2f} (top 10G per class: "
-              f"{100 * fp['average_mAP_N_top10G']:.2f}); tIoU "
-              f"{', '.join(f'{t:g}' for t in result['tiou_thresholds'])}", "",
-              "## False positives (top 10G predictions per class)", "",
-              "| | " + " | ".join(NAMES[k] for k in detad.ERROR_TYPES) + " |", "|---" * 7 + "|"]  # fmt: skip
+    lines += [
+        f"# Diagnosis ({result['dataset']}, DETAD)",
+        "",
+        headline(result),
+        "",
+        f"average-mAP_N {100 * result['average_mAP_N']:.2f} (top 10G per class: "
+        f"{100 * fp['average_mAP_N_top10G']:.2f}); tIoU "
+        f"{', '.join(f'{t:g}' for t in result['tiou_thresholds'])}",
+        "",
+        "## False positives (top 10G predictions per class)",
+        "",
+        "| | " + " | ".join(NAMES[k] for k in detad.ERROR_TYPES) + " |",
+        "|---" * 7 + "|",
+    ]
     for name, row in [("all", fp["over_all"]), *fp["per_k"].items()]:
         lines.append(f"| {name} | " + " | ".join(f"{100 * row[k]:.1f}%" for k in detad.ERROR_TYPES) + " |")
-    lines += ["", "| removing | " + " | ".join(NAMES[k] for k in result["mAP_N_gain_removing"]) + " |",
-              "|---" * 6 + "|", "| average-mAP_N gain | "
-              + " | ".join(f"{100 * v:+.2f}" for v in result["mAP_N_gain_removing"].values()) + " |", "",
-              "## Sensitivity (average-mAP_N per bucket) and false negatives (share missed)", ""]  # fmt: skip
+    lines += [
+        "",
+        "| removing | " + " | ".join(NAMES[k] for k in result["mAP_N_gain_removing"]) + " |",
+        "|---" * 6 + "|",
+        "| average-mAP_N gain | "
+        + " | ".join(f"{100 * v:+.2f}" for v in result["mAP_N_gain_removing"].values())
+        + " |",
+        "",
+        "## Sensitivity (average-mAP_N per bucket) and false negatives (share missed)",
+        "",
+    ]
     for name, row in result["sensitivity"].items():
         missed = result["false_negative"].get(name, {})
-        lines.append(f"- {NAMES[name]} ({result['characteristics'][name]}): " + ", ".join(
-            f"{b} {'-' if v is None else f'{100 * v:.1f}'} / {100 * missed[b]:.0f}% missed" if b in missed
-            else f"{b} -" for b, v in row.items()))  # fmt: skip
+        lines.append(
+            f"- {NAMES[name]} ({result['characteristics'][name]}): "
+            + ", ".join(
+                f"{b} {'-' if v is None else f'{100 * v:.1f}'} / {100 * missed[b]:.0f}% missed"
+                if b in missed
+                else f"{b} -"
+                for b, v in row.items()
+            )
+        )
     return "\n".join(lines + [""] + [f"note: {n}" for n in result["notes"]]) + "\n"
 
 
@@ -128,8 +156,10 @@ def plot(result: dict, out: Path) -> list[Path]:
     right.set(ylabel="average-mAP_N improvement (%)", title="Removing error impact")
     right.tick_params(axis="x", labelrotation=30, labelsize=8)
     written.append(_save(fig, out / "false_positive_analysis.png"))
-    figures = (("sensitivity", "sensitivity_analysis.png", "average-mAP_N (%)"),
-               ("false_negative", "false_negative_analysis.png", "false negatives (%)"))
+    figures = (
+        ("sensitivity", "sensitivity_analysis.png", "average-mAP_N (%)"),
+        ("false_negative", "false_negative_analysis.png", "false negatives (%)"),
+    )
     for key, file, label in figures:
         fig, ax = plt.subplots(figsize=(3 + 2.2 * len(result[key]), 3.6))
         x, ticks, names = 0, [], []
@@ -167,8 +197,6 @@ def request(settings: Settings | None, **given) -> dict:
     return files_request(settings, given, folder="diagnosis")
 
 
-
-
 def run(ground_truth: Path, predictions: Path, *, dataset: str, subset: str | None = None, out: Path) -> dict:
     """Analyse and write diagnosis.json, diagnosis.md and the figures into `out` (`subset` unset:
     validation for anet; test, or testing, for thumos)."""
@@ -181,8 +209,12 @@ def run(ground_truth: Path, predictions: Path, *, dataset: str, subset: str | No
         ensure_writable_dir(Path(out))
     except OSError as exc:
         raise UserError(f"{out}: cannot write the output folder: {exc.strerror or exc}") from None
-    result = {"subset": subset, "ground_truth": str(ground_truth), "predictions": str(predictions),
-              **analyse(inputs, dataset)}  # fmt: skip
+    result = {
+        "subset": subset,
+        "ground_truth": str(ground_truth),
+        "predictions": str(predictions),
+        **analyse(inputs, dataset),
+    }
     write_json(Path(out) / "diagnosis.json", result)
     with atomic_output(Path(out) / "diagnosis.md") as tmp:
         tmp.write_text(markdown(result), encoding="utf-8")

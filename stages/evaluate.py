@@ -67,10 +67,15 @@ class EvalRequest:
         if settings is not None:
             d, e = settings.data, settings.eval
             defaults = dict(
-                predictions=output_path(settings), ground_truth=d.annotations,
-                dataset=e.benchmark or d.protocol, subset=d.eval_subset, blocked=d.blocked, task=e.task,
-                tious=e.tiou_thresholds, protocol=e.protocol,
-            )  # fmt: skip
+                predictions=output_path(settings),
+                ground_truth=d.annotations,
+                dataset=e.benchmark or d.protocol,
+                subset=d.eval_subset,
+                blocked=d.blocked,
+                task=e.task,
+                tious=e.tiou_thresholds,
+                protocol=e.protocol,
+            )
         return cls(**given_or_settings(given, defaults))
 
 
@@ -199,8 +204,10 @@ def run(request: EvalRequest) -> EvalReport:
     gt, pred, classes, notes = _read_both(r, bench.subset)
     over = over_budget(pred.videos, bench.max_per_video)
     if over:  # scored as given, as the official evaluators score them
-        notes.append(f"{over} video(s) have more than the {bench.max_per_video} detections {r.dataset} "
-                     "submissions keep per video (infer.top_k); all are scored")  # fmt: skip
+        notes.append(
+            f"{over} video(s) have more than the {bench.max_per_video} detections {r.dataset} "
+            "submissions keep per video (infer.top_k); all are scored"
+        )
     gt_video_set = set(gt.videos)
     unpredicted = len(gt_video_set - set(pred.videos))
     if unpredicted:  # missing videos (data.missing: skip) count as misses, as in the official code
@@ -226,10 +233,12 @@ def run(request: EvalRequest) -> EvalReport:
         )
         ar_at = {an: float(avg_recall[an - 1]) for an in (1, 5, 10, 50, 100)}
         auc = recall_auc(avg_recall, per_video)
-        return EvalReport(r.task, thresholds.tolist(), recall[:, -1].tolist(), auc, ar_at=ar_at,
-                          counts=counts, notes=notes)  # fmt: skip
-    report = _detection_report(r.task, thresholds, gt, pred, classes=classes, counts=counts, notes=notes,
-                               video_code=video_code)  # fmt: skip
+        return EvalReport(
+            r.task, thresholds.tolist(), recall[:, -1].tolist(), auc, ar_at=ar_at, counts=counts, notes=notes
+        )
+    report = _detection_report(
+        r.task, thresholds, gt, pred, classes=classes, counts=counts, notes=notes, video_code=video_code
+    )
     if bench.recall_at:  # Ego4D MQ: recall at 1x and 5x each (clip, class)'s ground-truth count
         report.recall_at = recall_at_multiples(gt, pred, tious=bench.recall_at[0], ranks=bench.recall_at[1])
     return report
@@ -253,16 +262,26 @@ def _read_both(r: EvalRequest, default_subset: str) -> tuple[Instances, Instance
         pred = _keep(pred, np.array([v not in blocked_ids for v in pred.videos], dtype=bool))
         notes.append(f"blocked list: {n_gt_videos - len(set(gt.videos))} ground-truth video(s) left out")
         if not gt.videos:  # the same emptiness as a subset without instances
-            raise UserError(f"{r.ground_truth}: no ground-truth instance in the selected subset once "
-                            f"{r.blocked}'s videos are left out")  # fmt: skip
+            raise UserError(
+                f"{r.ground_truth}: no ground-truth instance in the selected subset once "
+                f"{r.blocked}'s videos are left out"
+            )
     if not pred.videos:
         raise UserError(f"{r.predictions}: no prediction left to score")
     return gt, pred, classes, notes
 
 
-def _detection_report(task: str, thresholds: np.ndarray, gt: Instances, pred: Instances, *,
-                      classes: list[str], counts: dict, notes: list[str],
-                      video_code: dict[str, int]) -> EvalReport:  # fmt: skip
+def _detection_report(
+    task: str,
+    thresholds: np.ndarray,
+    gt: Instances,
+    pred: Instances,
+    *,
+    classes: list[str],
+    counts: dict,
+    notes: list[str],
+    video_code: dict[str, int],
+) -> EvalReport:
     """mAP per tIoU and AP per class; predictions of labels absent from the ground truth are dropped."""
     class_code = {c: i for i, c in enumerate(classes)}
     known = np.array([label in class_code for label in pred.labels], dtype=bool)
@@ -287,15 +306,25 @@ def _detection_report(task: str, thresholds: np.ndarray, gt: Instances, pred: In
     )
     m_ap = ap.mean(axis=1)
     per_class = {c: ap[:, i].tolist() for i, c in enumerate(classes)}
-    return EvalReport(task, thresholds.tolist(), m_ap.tolist(), float(m_ap.mean()), per_class=per_class,
-                      counts=counts, notes=notes)  # fmt: skip
+    return EvalReport(
+        task,
+        thresholds.tolist(),
+        m_ap.tolist(),
+        float(m_ap.mean()),
+        per_class=per_class,
+        counts=counts,
+        notes=notes,
+    )
 
 
 def check_outputs(request: EvalRequest, *, json_out: Path | None, plot: Path | None) -> None:
     """Before anything is read: no output names an input (or the other output), and each output's
     folder can be written, so that neither is left half done by the other's failure."""
-    inputs = {"--predictions": request.predictions, "--ground-truth": request.ground_truth,
-              "--blocked": request.blocked}  # fmt: skip
+    inputs = {
+        "--predictions": request.predictions,
+        "--ground-truth": request.ground_truth,
+        "--blocked": request.blocked,
+    }
     if why := aliased_output({"--json": json_out, "--plot": plot}, inputs):
         raise UserError(why)
     for path in (json_out, plot):

@@ -70,11 +70,24 @@ def extract_one(job: ExtractJob) -> tuple[int, dict]:
     what decoding found (VideoFacts). Frames are decoded, encoded and written BATCH at a time:
     memory does not grow with the video."""
     stamp = source_stamp(job.video_path)  # before decoding: a file replaced meanwhile is redone
-    video = open_video(job.video_path, job.fps, backend=job.backend, size=(job.height, job.width),
-                       resize=job.resize, annotated=job.annotated, truncated=job.truncated)  # fmt: skip
+    video = open_video(
+        job.video_path,
+        job.fps,
+        backend=job.backend,
+        size=(job.height, job.width),
+        resize=job.resize,
+        annotated=job.annotated,
+        truncated=job.truncated,
+    )
     with new_hdf5(frames_file(job.out_dir, job.video_id)) as f:
-        store_frames(f, video.frames(BATCH), len(video), codec=job.codec, quality=job.quality,
-                     compression=job.compression)  # fmt: skip
+        store_frames(
+            f,
+            video.frames(BATCH),
+            len(video),
+            codec=job.codec,
+            quality=job.quality,
+            compression=job.compression,
+        )
     facts = video.finish().as_record()
     meta = {
         "video_id": job.video_id,
@@ -95,11 +108,28 @@ def extract_one(job: ExtractJob) -> tuple[int, dict]:
     return len(video), facts
 
 
-def run(settings: Settings, *, workers: int = 1, subsets: list[str] | None = None, shard: Shard = WHOLE,
-        progress: Progress = SILENT) -> ExtractSummary:  # fmt: skip
+def _job(settings: Settings, video_id: str, out_dir: Path, annotated: float | None) -> ExtractJob:
+    """What one video's extraction needs, from the data and cache settings."""
+    d, c = settings.data, settings.cache
+    sizes = dict(height=d.frame_height, width=d.frame_width, resize=d.resize, truncated=d.truncated)
+    storage = dict(codec=c.codec, quality=c.jpeg_quality, compression=c.compression)
+    path = video_path(d, video_id)
+    return ExtractJob(
+        video_id, path, out_dir, d.fps, backend=d.decoder, annotated=annotated, **sizes, **storage
+    )
+
+
+def run(
+    settings: Settings,
+    *,
+    workers: int = 1,
+    subsets: list[str] | None = None,
+    shard: Shard = WHOLE,
+    progress: Progress = SILENT,
+) -> ExtractSummary:
     """Extract the videos of `subsets` (None: every video) in this shard; returns what was done,
     skipped, missing and failed."""
-    d, c = settings.data, settings.cache
+    d = settings.data
     if d.annotations is None or d.video_dir is None:
         raise UserError("data.annotations and data.video_dir must be set to extract")
     if problem := decoder_problem(d.decoder):
@@ -110,17 +140,16 @@ def run(settings: Settings, *, workers: int = 1, subsets: list[str] | None = Non
         ensure_writable_dir(out_dir)
     except OSError as exc:
         raise UserError(f"{out_dir}: cannot write the output folder: {exc.strerror or exc}") from None
-    jobs = {
-        vid: ExtractJob(vid, video_path(d, vid), out_dir, d.fps, height=d.frame_height, width=d.frame_width,
-                        backend=d.decoder, annotated=records[vid].duration, resize=d.resize,
-                        truncated=d.truncated, codec=c.codec, quality=c.jpeg_quality,
-                        compression=c.compression)
-        for vid in select(records, subsets, shard, where=str(d.annotations))
-    }  # fmt: skip
+    chosen_ids = select(records, subsets, shard, where=str(d.annotations))
+    jobs = {vid: _job(settings, vid, out_dir, records[vid].duration) for vid in chosen_ids}
     done = {vid for vid in jobs if extracted(settings, vid)}  # at the current fps and size
     named = " or ".join(d.video_names)
-    chosen = drop_missing(list(jobs), lambda v: v in done or jobs[v].video_path.is_file(), d.missing,
-                          what=f"video file in {d.video_dir} (named {named})")  # fmt: skip
+    chosen = drop_missing(
+        list(jobs),
+        lambda v: v in done or jobs[v].video_path.is_file(),
+        d.missing,
+        what=f"video file in {d.video_dir} (named {named})",
+    )
     summary = ExtractSummary(out_dir, missing=chosen.missing, notes=chosen.notes, shard=shard)
     todo = [jobs[v] for v in chosen.videos if v not in done]
     summary.skipped = len(done)

@@ -51,10 +51,14 @@ def summarise(records: dict[str, VideoRecord], videos: Path, probed: dict[str, P
                 raise UserError(f"{videos}: no video file for {video_id!r} (tried <id>.*)")
             probed[video_id] = probe(found)
         each.append(probed[video_id])
-    return Probed(videos=len(each), fps=statistics.median(p.fps for p in each),
-                  height=min(p.size[0] for p in each), width=min(p.size[1] for p in each),
-                  duration=statistics.median(p.duration for p in each),
-                  longest=max(p.duration for p in each))  # fmt: skip
+    return Probed(
+        videos=len(each),
+        fps=statistics.median(p.fps for p in each),
+        height=min(p.size[0] for p in each),
+        width=min(p.size[1] for p in each),
+        duration=statistics.median(p.duration for p in each),
+        longest=max(p.duration for p in each),
+    )
 
 
 def _subsets(records: dict[str, VideoRecord]) -> tuple[tuple[str, str], list[str]]:
@@ -65,8 +69,10 @@ def _subsets(records: dict[str, VideoRecord]) -> tuple[tuple[str, str], list[str
     if train and evaluate:
         return (train, evaluate), []
     only = held[0]
-    return (only, only), [f"one subset ({only!r}): training and evaluation use the same videos; give the "
-                          "CSV a subset column (training, validation) to hold some out"]  # fmt: skip
+    return (only, only), [
+        f"one subset ({only!r}): training and evaluation use the same videos; give the "
+        "CSV a subset column (training, validation) to hold some out"
+    ]
 
 
 def new_run_folder(out: Path) -> Path:
@@ -95,22 +101,42 @@ def run(videos: Path, annotations: Path, out: Path, probed: dict[str, Probe] | N
     return InitSummary(target, held, subsets=(train, evaluate), classifier=classifier, notes=notes)
 
 
-def settings_text(videos: Path, annotations: Path, out: Path, p: Probed, *, subsets: tuple[str, str],
-                  classifier: str) -> str:  # fmt: skip
+def settings_text(
+    videos: Path, annotations: Path, out: Path, p: Probed, *, subsets: tuple[str, str], classifier: str
+) -> str:
     """The settings file (TEMPLATE), each choice commented with the figure it came from."""
     fps = 15 if p.fps >= 15 else max(1, round(p.fps))
     frames = p.duration * fps
     scale = 32 if frames <= 32 * 16 else 64 if frames <= 64 * 16 else 128
     small = p.height >= 48 and p.width >= 64
     height, width = (48, 64) if small else (p.height // 2 * 2, p.width // 2 * 2)
-    head = ("             # most videos hold several classes: each segment labelled by its own"
-            if classifier == "proposal" else "                # one class per video, mostly: the video head")
+    head = (
+        "             # most videos hold several classes: each segment labelled by its own"
+        if classifier == "proposal"
+        else "                # one class per video, mostly: the video head"
+    )
     rate = "" if fps == 15 else f"; your videos run at {p.fps:.3g} fps"
     return TEMPLATE.format(
-        videos=p.videos, duration=p.duration, longest=p.longest, source_fps=p.fps, source_width=p.width,
-        source_height=p.height, work=out / "work", annotations=annotations, video_dir=videos,
-        train=subsets[0], evaluate=subsets[1], fps=fps, rate=rate, height=height, width=width, scale=scale,
-        frames=frames, classifier=classifier, head=head, encoder=out / "work" / "encoder" / "encoder_tsp.pth",
+        videos=p.videos,
+        duration=p.duration,
+        longest=p.longest,
+        source_fps=p.fps,
+        source_width=p.width,
+        source_height=p.height,
+        work=out / "work",
+        annotations=annotations,
+        video_dir=videos,
+        train=subsets[0],
+        evaluate=subsets[1],
+        fps=fps,
+        rate=rate,
+        height=height,
+        width=width,
+        scale=scale,
+        frames=frames,
+        classifier=classifier,
+        head=head,
+        encoder=out / "work" / "encoder" / "encoder_tsp.pth",
     )
 
 

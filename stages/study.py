@@ -44,8 +44,18 @@ if TYPE_CHECKING:  # the settings models, for type hints only
 
 # what a point trains: frozen features, end to end, or both (end to end from the point's own detector)
 STAGES = ("train", "e2e", "train,e2e")
-COLUMNS = ["point", "seed", "average_mAP", "truth_labels_mAP", "mAP_first_tiou", "proposal_AUC",
-           "peak_memory_mib", "memory_kind", "seconds_per_iteration", "seconds"]  # fmt: skip
+COLUMNS = [
+    "point",
+    "seed",
+    "average_mAP",
+    "truth_labels_mAP",
+    "mAP_first_tiou",
+    "proposal_AUC",
+    "peak_memory_mib",
+    "memory_kind",
+    "seconds_per_iteration",
+    "seconds",
+]
 # the figures summarised over seeds (mean ± std per point)
 FIGURES = (
     "average_mAP",
@@ -219,8 +229,13 @@ def result_problem(result: object) -> str | None:
         elif kind == "seconds":  # NaN: a point without timed steps
             ok = isinstance(value, int | float) and not isinstance(value, bool)
         elif kind == "numbers":
-            ok = isinstance(value, list) and bool(value) and all(
-                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+            ok = (
+                isinstance(value, list)
+                and bool(value)
+                and all(
+                    isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
+                )
+            )
         elif kind == "optional number":
             ok = value is None or (isinstance(value, int | float) and not isinstance(value, bool))
         else:
@@ -231,11 +246,20 @@ def result_problem(result: object) -> str | None:
 
 
 RESULT_FIELDS = {
-    "point": str, "overrides": dict, "seed": int, "average_mAP": "number",
-    "truth_labels_mAP": "optional number", "mAP": "numbers", "tiou_thresholds": "numbers",
-    "mAP_first_tiou": "number", "proposal_AUC": "number", "peak_memory_mib": "number",
-    "memory_kind": str, "seconds_per_iteration": "seconds", "seconds": "number",
-}  # fmt: skip
+    "point": str,
+    "overrides": dict,
+    "seed": int,
+    "average_mAP": "number",
+    "truth_labels_mAP": "optional number",
+    "mAP": "numbers",
+    "tiou_thresholds": "numbers",
+    "mAP_first_tiou": "number",
+    "proposal_AUC": "number",
+    "peak_memory_mib": "number",
+    "memory_kind": str,
+    "seconds_per_iteration": "seconds",
+    "seconds": "number",
+}
 
 
 def check_caches(settings: Settings, stage: str) -> None:
@@ -396,8 +420,10 @@ def plot(out_dir: Path, rows: list[dict], varied: list[str]) -> None:
             fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, label in ((axes[0], "peak_memory_mib", "peak memory (MiB)"),
-                           (axes[1], "seconds_per_iteration", "seconds per iteration")):  # fmt: skip
+    for ax, key, label in (
+        (axes[0], "peak_memory_mib", "peak memory (MiB)"),
+        (axes[1], "seconds_per_iteration", "seconds per iteration"),
+    ):
         for r in rows:
             ax.scatter(r[key][0], 100 * r["average_mAP"][0])
             ax.annotate(_label(r["overrides"], varied), (r[key][0], 100 * r["average_mAP"][0]), fontsize=6)
@@ -423,10 +449,21 @@ def _number(text: str) -> float | str:
         return text
 
 
-def prepare(settings: Settings, *, config: Path, overrides: list[str], vary: list[str], also: list[str],
-            zip_values: bool = False, seeds: int = 1, stage: str = "e2e", jobs: int = 1,
-            out: Path | None = None, truth_labels: bool = False,
-            check: Callable[[list[str]], object] | None = None) -> Study:  # fmt: skip
+def prepare(
+    settings: Settings,
+    *,
+    config: Path,
+    overrides: list[str],
+    vary: list[str],
+    also: list[str],
+    zip_values: bool = False,
+    seeds: int = 1,
+    stage: str = "e2e",
+    jobs: int = 1,
+    out: Path | None = None,
+    truth_labels: bool = False,
+    check: Callable[[list[str]], object] | None = None,
+) -> Study:
     """The study the command line describes; its folder defaults to <work_dir>/study. A folder that
     holds a study of another settings file or other points is refused (never mixed). `check`
     validates a point's overrides (the CLI's settings loader): every point is checked before the
@@ -438,8 +475,18 @@ def prepare(settings: Settings, *, config: Path, overrides: list[str], vary: lis
             check([*overrides, *(f"{k}={v}" for k, v in point.overrides)])
         except UserError as exc:
             raise UserError(f"point {point.name}: {exc}") from None
-    study = Study(settings, config.resolve(), folder, points, seeds=seeds, stage=stage, jobs=jobs,
-                  base_overrides=list(overrides), varied=varied, truth_labels=truth_labels)  # fmt: skip
+    study = Study(
+        settings,
+        config.resolve(),
+        folder,
+        points,
+        seeds=seeds,
+        stage=stage,
+        jobs=jobs,
+        base_overrides=list(overrides),
+        varied=varied,
+        truth_labels=truth_labels,
+    )
     meta = folder / "study.json"
     if meta.is_file():
         held, now = read_json(meta, "study file"), identity(study)
@@ -447,8 +494,10 @@ def prepare(settings: Settings, *, config: Path, overrides: list[str], vary: lis
             raise UserError(f"{meta}: not a study file (expected a JSON object)")
         differs = [IDENTITY[k] for k in now if k in held and held[k] != now[k]]  # older files lack some
         if differs:
-            raise UserError(f"{folder}: holds another study (other {', '.join(differs)}); its results "
-                            "would be reused for these settings: choose another --out")  # fmt: skip
+            raise UserError(
+                f"{folder}: holds another study (other {', '.join(differs)}); its results "
+                "would be reused for these settings: choose another --out"
+            )
     return study
 
 
@@ -466,17 +515,27 @@ def identity(study: Study) -> dict:
     """The study's identity as study.json records it: settings file, points, stages, scorings, and a
     digest of the base settings' values."""
     values = json.dumps(study.settings.model_dump(mode="json"), sort_keys=True)
-    return {"config": str(study.config), "points": [[list(o) for o in p.overrides] for p in study.points],
-            "stage": study.stage, "truth_labels": study.truth_labels,
-            "settings": hashlib.sha256(values.encode()).hexdigest()[:16]}  # fmt: skip
+    return {
+        "config": str(study.config),
+        "points": [[list(o) for o in p.overrides] for p in study.points],
+        "stage": study.stage,
+        "truth_labels": study.truth_labels,
+        "settings": hashlib.sha256(values.encode()).hexdigest()[:16],
+    }
 
 
 def table(out_dir: Path) -> str:
     """The markdown table of a finished or running study, and where its files are."""
     results, _ = read_results(out_dir)
     unusable = unusable_results(out_dir)
-    skipped = (f"\n{len(unusable)} result file(s) left out, as unfinished (a rerun of the study redoes "
-               f"them): {unusable[0]}\n") if unusable else ""  # fmt: skip
+    skipped = (
+        (
+            f"\n{len(unusable)} result file(s) left out, as unfinished (a rerun of the study redoes "
+            f"them): {unusable[0]}\n"
+        )
+        if unusable
+        else ""
+    )
     if not results:
         return f"{out_dir}: no point has finished yet{skipped}"
     return markdown(summary(results)) + f"\n{out_dir}: study.csv, study.md, map_vs_*.png\n" + skipped

@@ -177,9 +177,17 @@ def _overlapping_ranges(rng: np.random.Generator, num_frames: int, fps: float) -
 
 
 def plan_video(
-    video_id: str, rng: np.random.Generator, num_classes: int, fps: float, *, width: int, height: int,
-    clean: bool = False, movers: bool = False, multi_label: bool = False,
-) -> VideoPlan:  # fmt: skip
+    video_id: str,
+    rng: np.random.Generator,
+    num_classes: int,
+    fps: float,
+    *,
+    width: int,
+    height: int,
+    clean: bool = False,
+    movers: bool = False,
+    multi_label: bool = False,
+) -> VideoPlan:
     """Draw everything about one video (no pixels yet). `clean`: a plain still background and no
     distractors (pretraining videos); `movers`: add hollow shapes that act out a motion;
     `multi_label`: instances of several classes, free to overlap in time (as in EPIC-KITCHENS or
@@ -193,39 +201,24 @@ def plan_video(
         ranges = _place_instances(rng, num_frames, fps, int(rng.integers(0, MAX_INSTANCES + 1)))
         label = int(rng.integers(0, num_classes))  # one activity per video, as in ActivityNet
         labels = [label] * len(ranges)
-    instances = [
-        _instance(rng, lab, start, end, num_frames=num_frames, fps=fps, width=width, height=height)
-        for lab, (start, end) in zip(labels, ranges)
-    ]
+    frames = dict(num_frames=num_frames, fps=fps, width=width, height=height)
+    instances = [_instance(rng, lab, start, end, **frames) for lab, (start, end) in zip(labels, ranges)]
     if clean:
+        still = dict(background_velocity=(0.0, 0.0), plain=True)
         return VideoPlan(
-            video_id,
-            num_frames,
-            instances,
-            [],
-            background_seed=int(rng.integers(0, 2**31)),
-            background_velocity=(0.0, 0.0),
-            plain=True,
+            video_id, num_frames, instances, [], background_seed=int(rng.integers(0, 2**31)), **still
         )
     distractors = [_distractor(rng, num_frames, width, height) for _ in range(int(rng.integers(1, 4)))]
     velocity = (float(rng.uniform(-1.0, 1.0)), float(rng.uniform(-0.6, 0.6)))
-    plan = VideoPlan(
-        video_id,
-        num_frames,
-        instances,
-        distractors,
-        background_seed=int(rng.integers(0, 2**31)),
-        background_velocity=velocity,
-    )
+    background = dict(background_seed=int(rng.integers(0, 2**31)), background_velocity=velocity)
+    plan = VideoPlan(video_id, num_frames, instances, distractors, **background)
     if movers:  # drawn last, so that a dataset without them is the same as before
         for _ in range(int(rng.integers(2, 4))):
             length = min(int(round(rng.uniform(MIN_ACTION_S, MAX_ACTION_S) * fps)), num_frames)
             start = int(rng.integers(0, num_frames - length + 1))
             # the video's own activity: a mover differs from an actor in how it looks, not in its
             # motion, so telling them apart is left to the detector's features
-            mover = _instance(
-                rng, label, start, start + length, num_frames=num_frames, fps=fps, width=width, height=height
-            )
+            mover = _instance(rng, label, start, start + length, **frames)
             mover.hollow = True
             plan.movers.append(mover)
     return plan
@@ -405,34 +398,30 @@ def run(
     `pretrain_videos` clean videos form the "pretraining" subset; `movers` adds hollow movers to
     the detection videos (module docstring); `multi_label` gives the detection videos instances of
     several classes that may overlap (plan_video)."""
-    for name, value, low, high in (("videos", videos, 1, MAX_VIDEOS), ("pretrain videos", pretrain_videos, 0,
-                                   MAX_VIDEOS), ("fps", fps, 1, 120), ("width", width, 32, 3840),
-                                   ("height", height, 32, 2160)):  # fmt: skip
-        if not low <= value <= high:  # bounded: memory, disk and time are planned from them
-            raise UserError(f"synth: {name} {value} is outside [{low}, {high}]")
-    params = _parameters(videos, classes, seed, fps, width=width, height=height,
-                         pretrain_videos=pretrain_videos, movers=movers, multi_label=multi_label)  # fmt: skip
+    _check_bounds(videos=videos, pretrain_videos=pretrain_videos, fps=fps, width=width, height=height)
+    shape, kinds = dict(width=width, height=height), dict(movers=movers, multi_label=multi_label)
+    params = _parameters(videos, classes, seed, fps, **shape, pretrain_videos=pretrain_videos, **kinds)
     progress.start(videos + pretrain_videos)
-    out_dir = Path(out_dir)
-    video_dir = out_dir / "videos"
+    out_dir, video_dir, anet_path = Path(out_dir), Path(out_dir) / "videos", Path(out_dir) / "anet.json"
     video_dir.mkdir(parents=True, exist_ok=True)
-    anet_path = out_dir / "anet.json"
-    previous = json.loads(anet_path.read_text()) if anet_path.is_file() else {}
-    reuse = previous.get("etad_synth") == params
-    if not reuse:  # videos about to change: the old annotation no longer marks them done
-        anet_path.unlink(missing_ok=True)
+    reuse = _written_with(anet_path, params)
     class_names = [name for name, _, _ in CLASSES[:classes]]
     n_val = max(1, round(0.3 * videos)) if videos > 1 else 0
     subsets = ["training"] * (videos - n_val) + ["validation"] * n_val + ["pretraining"] * pretrain_videos
     plans = [
-        plan_video(f"synth_{i:04d}", np.random.default_rng([seed, i]), classes, fps,
-                   width=width, height=height, movers=movers, multi_label=multi_label)
+        plan_video(f"synth_{i:04d}", np.random.default_rng([seed, i]), classes, fps, **shape, **kinds)
         for i in range(videos)
     ] + [
-        plan_video(f"synth_pre_{i:04d}", np.random.default_rng([seed, 1_000_000 + i]), classes, fps,
-                   width=width, height=height, clean=True)
+        plan_video(
+            f"synth_pre_{i:04d}",
+            np.random.default_rng([seed, 1_000_000 + i]),
+            classes,
+            fps,
+            **shape,
+            clean=True,
+        )
         for i in range(pretrain_videos)
-    ]  # fmt: skip
+    ]
     written = 0
     for plan in plans:
         path = video_dir / f"{plan.video_id}.mp4"
@@ -443,13 +432,45 @@ def run(
     anet, thumos = _annotation_files(plans, subsets, class_names, fps, params=params)
     write_json(out_dir / "thumos.json", thumos)
     write_json(anet_path, anet)  # last: its parameters mark the videos as complete
-    return SynthSummary(out_dir=out_dir, videos=videos, written=written, skipped=len(plans) - written,
-                        instances=sum(len(p.instances) for p in plans), train_videos=videos - n_val,
-                        val_videos=n_val, pretrain_videos=pretrain_videos)  # fmt: skip
+    counts = dict(videos=videos, written=written, skipped=len(plans) - written)
+    counts |= dict(
+        instances=sum(len(p.instances) for p in plans), train_videos=videos - n_val, val_videos=n_val
+    )
+    return SynthSummary(out_dir=out_dir, pretrain_videos=pretrain_videos, **counts)
 
 
-def _parameters(videos: int, classes: int, seed: int, fps: float, *, width: int, height: int,
-                pretrain_videos: int, movers: bool, multi_label: bool = False) -> dict:  # fmt: skip
+def _written_with(anet_path: Path, params: dict) -> bool:
+    """Whether the videos beside `anet_path` were written with these parameters (then kept); if not,
+    the old annotation file goes first: it no longer marks them done."""
+    previous = json.loads(anet_path.read_text()) if anet_path.is_file() else {}
+    if previous.get("etad_synth") == params:
+        return True
+    anet_path.unlink(missing_ok=True)
+    return False
+
+
+def _check_bounds(**values: float) -> None:
+    """Bounded: memory, disk and time are planned from these."""
+    bounds = {"videos": (1, MAX_VIDEOS), "pretrain_videos": (0, MAX_VIDEOS), "fps": (1, 120)}
+    bounds |= {"width": (32, 3840), "height": (32, 2160)}
+    for name, value in values.items():
+        low, high = bounds[name]
+        if not low <= value <= high:
+            raise UserError(f"synth: {name.replace('_', ' ')} {value} is outside [{low}, {high}]")
+
+
+def _parameters(
+    videos: int,
+    classes: int,
+    seed: int,
+    fps: float,
+    *,
+    width: int,
+    height: int,
+    pretrain_videos: int,
+    movers: bool,
+    multi_label: bool = False,
+) -> dict:
     """The dataset's parameters after checking them (recorded in anet.json: a rerun with the same
     ones keeps the videos already written)."""
     if not 1 <= classes <= len(CLASSES):

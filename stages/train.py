@@ -15,13 +15,14 @@ from stages.core.progress import SILENT, Progress
 from stages.core.runtime import Distributed, autocast, to_device
 from stages.core.settings import Settings
 from stages.core.workdir import features_dir
-from stages.data.datasets import CacheReader, DetectionDataset, build_items
+from stages.data.datasets import CacheReader, DetectionDataset
 from stages.data.fingerprints import Expected
 from stages.data.hdf5_cache import VideoCache
 from stages.model.detector import VARIANTS, build_detector
 from stages.model.losses import as_float, detector_loss
 from stages.training.loop import Job, TrainSummary, classifier_refit, fit, loader, start_run
 from stages.training.optimisation import make_optimizer
+from stages.training.samples import training_dataset
 
 
 def feature_datasets(
@@ -33,12 +34,10 @@ def feature_datasets(
     cache = VideoCache(features_dir(settings), "features", Expected.of(settings, "features"))
     load = CacheReader(cache, settings)
     d = settings.data
-    items, classes, notes = build_items(settings, d.train_subset, cache.length, training=True)
-    train = DetectionDataset(items, classes, settings, load, mode="train")
+    train, classes, notes = training_dataset(settings, d.train_subset, load, mode="train")
     try:
-        val_items, _, val_notes = build_items(settings, d.eval_subset, cache.length, training=True)
+        val, _, val_notes = training_dataset(settings, d.eval_subset, load, mode="val")
         notes += val_notes
-        val = DetectionDataset(val_items, classes, settings, load, mode="val")
     except UserError as exc:
         notes.append(f"no validation loss: {exc}")
         val = None

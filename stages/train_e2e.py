@@ -20,7 +20,7 @@ from stages.core.progress import SILENT, Progress
 from stages.core.runtime import PhaseMemory, autocast
 from stages.core.settings import Settings
 from stages.core.workdir import snippets_dir
-from stages.data.datasets import CacheReader, DetectionDataset, build_items
+from stages.data.datasets import CacheReader
 from stages.data.fingerprints import Expected
 from stages.data.hdf5_cache import VideoCache
 from stages.model.backward import Backward, e2e_gradients
@@ -29,6 +29,7 @@ from stages.model.encoder import build_encoder, center_crop, encode_chunks, enco
 from stages.model.losses import as_float, detector_loss
 from stages.training.loop import Job, TrainSummary, classifier_refit, fit, start_run
 from stages.training.optimisation import make_optimizer
+from stages.training.samples import training_dataset
 
 
 def augment(snippets: torch.Tensor, crop: int, generator: torch.Generator) -> torch.Tensor:
@@ -105,9 +106,8 @@ def snippet_dataset(settings: Settings, crop: int, *, on_device: bool = False):
         raise UserError("data.annotations is not set")
     cache = VideoCache(snippets_dir(settings), "snippets", Expected.of(settings, "snippets"))
     transform = SnippetTransform(crop, settings.e2e.augment, on_device)
-    items, classes, notes = build_items(settings, settings.data.train_subset, cache.length, training=True)
     load = CacheReader(cache, settings)
-    return DetectionDataset(items, classes, settings, load, mode="train", transform=transform), classes, notes
+    return training_dataset(settings, settings.data.train_subset, load, mode="train", transform=transform)
 
 
 def check(settings: Settings) -> None:
@@ -135,9 +135,11 @@ def build_models(settings: Settings, classes: list[str], device: torch.device, n
     if e2e.init_from is not None:
         state = read_checkpoint(e2e.init_from)  # etad's, or a released layout
         if state.get("kind") == "encoder":
-            raise UserError(f"{e2e.init_from}: an encoder checkpoint (`etad train --encoder`), not a "
-                            "detector's; give its exported encoder as model.encoder.checkpoint, and to "
-                            "--init-from a checkpoint of `etad train` or `etad train --e2e`")  # fmt: skip
+            raise UserError(
+                f"{e2e.init_from}: an encoder checkpoint (`etad train --encoder`), not a "
+                "detector's; give its exported encoder as model.encoder.checkpoint, and to "
+                "--init-from a checkpoint of `etad train` or `etad train --e2e`"
+            )
         theirs = ((state.get("settings") or {}).get("model") or {}).get("variant", "original")
         if theirs != model_settings.variant:
             raise UserError(
@@ -191,10 +193,10 @@ def run(
         def loss(out: dict) -> dict:
             return detector_loss(as_float(out), batch, thresholds, tem_loss)
 
-        job = Backward(encoder, detector, batch["inputs"], loss, anchors=batch["anchors"],
-                       chunk_size=e2e.chunk_size, ratio=e2e.snippet_ratio, sampling=e2e.snippet_sampling,
-                       seeds=batch["snippet_seed"].tolist(), scale=scale, device=device,
-                       phase=memory)  # fmt: skip
+        sampling = dict(chunk_size=e2e.chunk_size, ratio=e2e.snippet_ratio, sampling=e2e.snippet_sampling)
+        seeds = batch["snippet_seed"].tolist()
+        where = dict(anchors=batch["anchors"], seeds=seeds, scale=scale, device=device, phase=memory)
+        job = Backward(encoder, detector, batch["inputs"], loss, **sampling, **where)
         with autocast(device, e2e.amp):
             return e2e_gradients(grad_mode, job)
 
@@ -203,11 +205,20 @@ def run(
         encoder.eval()
         return encode_chunks(encoder, snippets, e2e.chunk_size, enc.crop_size, device=device)
 
-    job = Job("e2e", {"model": detector, "encoder": encoder}, optimizer,
-              torch.optim.lr_scheduler.StepLR(optimizer, e2e.lr_step, e2e.lr_gamma), train_set=train_set,
-              step=step, validate=lambda: None, classes=classes, parameters=detector.detector_parameters(),
-              model_settings=model_settings, memory=memory, inputs=train_set.load.cache.expected,
-              finish=classifier_refit(detector, train_set, settings, device,
-                                      encode=final_features))  # fmt: skip
-    return fit(job, settings, e2e, dist, device=device, resume=resume, restart=restart, progress=progress,
-               notes=notes)  # fmt: skip
+    job = Job(
+        "e2e",
+        {"model": detector, "encoder": encoder},
+        optimizer,
+        torch.optim.lr_scheduler.StepLR(optimizer, e2e.lr_step, e2e.lr_gamma),
+        train_set=train_set,
+        step=step,
+        validate=lambda: None,
+        classes=classes,
+        parameters=detector.detector_parameters(),
+        model_settings=model_settings,
+        memory=memory,
+        inputs=train_set.load.cache.expected,
+        finish=classifier_refit(detector, train_set, settings, device, encode=final_features),
+    )
+    options = dict(device=device, resume=resume, restart=restart, progress=progress, notes=notes)
+    return fit(job, settings, e2e, dist, **options)

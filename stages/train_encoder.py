@@ -131,8 +131,14 @@ class ClipDataset(torch.utils.data.Dataset):
         else:
             clip = center_crop(clip, self.crop)
         label = int(self.labels[clip_id])
-        return {"inputs": clip.contiguous(), "label": max(label, 0), "foreground": int(label >= 0),
-                "video": video, "epoch": self.epoch, "index": index}  # fmt: skip
+        return {
+            "inputs": clip.contiguous(),
+            "label": max(label, 0),
+            "foreground": int(label >= 0),
+            "video": video,
+            "epoch": self.epoch,
+            "index": index,
+        }
 
 
 def random_crop_flip(clip: torch.Tensor, crop: int, generator: torch.Generator) -> torch.Tensor:
@@ -218,8 +224,17 @@ def run(
         classes=dataset.classes,
         parameters=sum(p.numel() for p in encoder.parameters()) + sum(p.numel() for p in heads.parameters()),
     )
-    summary = fit(job, settings, et, dist, device=device, resume=resume, restart=restart, progress=progress,
-                  notes=dataset.notes)  # fmt: skip
+    summary = fit(
+        job,
+        settings,
+        et,
+        dist,
+        device=device,
+        resume=resume,
+        restart=restart,
+        progress=progress,
+        notes=dataset.notes,
+    )
     output = encoder_output(settings)
     if dist.main and (summary.epochs or not output.is_file()):  # a finished run is not rewritten
         export_tsp(encoder.backbone, heads, output)

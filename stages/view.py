@@ -90,8 +90,15 @@ def find_video(folder: Path | None, video_id: str, patterns: tuple[str, ...] = (
     return None
 
 
-def page_data(inputs: Inputs, *, top: int, videos: Path | None, out: Path, figures: list[Path],
-              patterns: tuple[str, ...] = ("{id}.*",)) -> dict:  # fmt: skip
+def page_data(
+    inputs: Inputs,
+    *,
+    top: int,
+    videos: Path | None,
+    out: Path,
+    figures: list[Path],
+    patterns: tuple[str, ...] = ("{id}.*",),
+) -> dict:
     """Everything the page shows, as JSON (numbers rounded to what a timeline can show)."""
     truth, pred = inputs.truth, inputs.pred
     _, matched = detad.normalised_ap(truth, pred, np.array([TIOU]))
@@ -106,21 +113,32 @@ def page_data(inputs: Inputs, *, top: int, videos: Path | None, out: Path, figur
     index, entries = {c: i for i, c in enumerate(inputs.classes)}, []
     for code, video_id in enumerate(inputs.videos[: len(inputs.durations)]):
         mine = by_video.get(code, [])
-        detections = [{"segment": pred.segments[i].tolist(), "label": inputs.classes[pred.label[i]],
-                       "score": float(pred.score[i]), "type": int(types[i])} for i in mine]  # fmt: skip
+        detections = [
+            {
+                "segment": pred.segments[i].tolist(),
+                "label": inputs.classes[pred.label[i]],
+                "score": float(pred.score[i]),
+                "type": int(types[i]),
+            }
+            for i in mine
+        ]
         rows = timeline_rows(truth_of.get(code, []), detections, top)
         kept = sorted(detections, key=lambda d: -d["score"])[:top]
         file = find_video(videos, video_id, patterns)
-        entries.append({
-            "id": video_id,
-            "duration": inputs.durations[code],
-            "src": quote(os.path.relpath(file, out)) if file is not None else None,
-            "ap": round(per_video_ap.get(code, 0.0), 4),
-            "errors": sum(d["type"] != detad.TRUE_POSITIVE for d in kept),
-            "truth": [[round(s, 2), round(e, 2), index[label]] for s, e, label in rows["truth"]],
-            "detections": [[round(s, 2), round(e, 2), index[label], round(score, 4), round(op, 3), d["type"]]
-                           for (s, e, label, score, op), d in zip(rows["detections"], kept, strict=True)],
-        })  # fmt: skip
+        entries.append(
+            {
+                "id": video_id,
+                "duration": inputs.durations[code],
+                "src": quote(os.path.relpath(file, out)) if file is not None else None,
+                "ap": round(per_video_ap.get(code, 0.0), 4),
+                "errors": sum(d["type"] != detad.TRUE_POSITIVE for d in kept),
+                "truth": [[round(s, 2), round(e, 2), index[label]] for s, e, label in rows["truth"]],
+                "detections": [
+                    [round(s, 2), round(e, 2), index[label], round(score, 4), round(op, 3), d["type"]]
+                    for (s, e, label, score, op), d in zip(rows["detections"], kept, strict=True)
+                ],
+            }
+        )
     return {
         "classes": inputs.classes,
         "tiouText": f"{TIOU:g}",
@@ -165,10 +183,12 @@ def subtitles(video: dict, classes: list[str], kind: str) -> str:
             f"{i}\n{_clock(s, False)} --> {_clock(e, False)}\n{_srt_text(classes[c])} ({score:.2f})\n\n"
             for i, (s, e, c, score, *_) in enumerate(cues, start=1)
         )
-    head = ("[Script Info]\nScriptType: v4.00+\nPlayResX: 640\nPlayResY: 360\n\n[V4+ Styles]\n"
-            "Format: Name, Fontname, Fontsize, PrimaryColour, BackColour, BorderStyle, Outline, Alignment\n"
-            "Style: Default,Arial,18,&H00FFFFFF,&H80000000,3,1,2\n\n[Events]\n"
-            "Format: Layer, Start, End, Style, Text\n")  # fmt: skip
+    head = (
+        "[Script Info]\nScriptType: v4.00+\nPlayResX: 640\nPlayResY: 360\n\n[V4+ Styles]\n"
+        "Format: Name, Fontname, Fontsize, PrimaryColour, BackColour, BorderStyle, Outline, Alignment\n"
+        "Style: Default,Arial,18,&H00FFFFFF,&H80000000,3,1,2\n\n[Events]\n"
+        "Format: Layer, Start, End, Style, Text\n"
+    )
     return head + "".join(
         f"Dialogue: 0,{_clock(s, True)},{_clock(e, True)},Default,{_ass_text(classes[c])} ({score:.2f})\n"
         for s, e, c, score, *_ in cues
@@ -195,9 +215,18 @@ def _ass_text(label: str) -> str:
     return _one_line(label).replace("\\", "\\\u2060").replace("{", "(").replace("}", ")")
 
 
-def run(ground_truth: Path, predictions: Path, *, dataset: str, out: Path, subset: str | None = None,
-        videos: Path | None = None, top: int = 20, subtitle: str | None = None,
-        video_names: tuple[str, ...] = ("{id}.*",)) -> dict:  # fmt: skip
+def run(
+    ground_truth: Path,
+    predictions: Path,
+    *,
+    dataset: str,
+    out: Path,
+    subset: str | None = None,
+    videos: Path | None = None,
+    top: int = 20,
+    subtitle: str | None = None,
+    video_names: tuple[str, ...] = ("{id}.*",),
+) -> dict:
     """Write <out>/index.html (and subtitles/<id>.srt|ass); returns what was written."""
     if subtitle is not None and subtitle not in SUBTITLES:
         raise UserError(f"--subtitles {subtitle}: expected one of {', '.join(SUBTITLES)}")
@@ -230,7 +259,15 @@ def run(ground_truth: Path, predictions: Path, *, dataset: str, out: Path, subse
             written.append(path)
     played = sum(v["src"] is not None for v in data["videos"])
     if folder is not None and played < len(data["videos"]):  # where it looked, and for what
-        inputs.notes.append(f"{len(data['videos']) - played} of {len(data['videos'])} videos have no file "
-                            f"in {folder} (tried {', '.join(video_names)} for each id)")  # fmt: skip
-    return {"page": out / "index.html", "videos": len(data["videos"]), "with_file": played,
-            "figures": len(figures), "written": written, "notes": inputs.notes}  # fmt: skip
+        inputs.notes.append(
+            f"{len(data['videos']) - played} of {len(data['videos'])} videos have no file "
+            f"in {folder} (tried {', '.join(video_names)} for each id)"
+        )
+    return {
+        "page": out / "index.html",
+        "videos": len(data["videos"]),
+        "with_file": played,
+        "figures": len(figures),
+        "written": written,
+        "notes": inputs.notes,
+    }

@@ -92,8 +92,10 @@ def demo_config(folder: Path, synth: Path, **sections) -> Path:
 
 def cached_config(folder: Path, synth: Path, feature_work: Path, **sections) -> Path:
     """demo_config with its own work folder that reads the shared snippet and feature caches."""
-    cache = {"features_dir": str(feature_work / "work" / "cache" / "features"),
-             "snippets_dir": str(feature_work / "work" / "cache" / "snippets")}  # fmt: skip
+    cache = {
+        "features_dir": str(feature_work / "work" / "cache" / "features"),
+        "snippets_dir": str(feature_work / "work" / "cache" / "snippets"),
+    }
     return demo_config(folder, synth, cache=cache, **sections)
 
 
@@ -143,8 +145,13 @@ def write_anet_diagnosis_case(shared: Path, folder: Path, seed: int = 0) -> tupl
         for _ in range(4):
             s = rng.random() * duration
             e = min(duration, s + rng.random() * duration * 0.3) + 0.1
-            out.append({"label": labels[rng.integers(len(labels))], "score": float(rng.random() * 0.5),
-                        "segment": [s, e]})  # fmt: skip
+            out.append(
+                {
+                    "label": labels[rng.integers(len(labels))],
+                    "score": float(rng.random() * 0.5),
+                    "segment": [s, e],
+                }
+            )
         results[video_id] = out
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "gt.json").write_text(json.dumps(gt))
@@ -204,8 +211,13 @@ def write_tied_cases(shared: Path, folder: Path) -> dict[str, tuple[Path, Path, 
                 dets.append({"label": label, "score": float(rng.random()), "segment": segment})
         for _ in range(20):
             x = rng.random() * duration
-            dets.append({"label": labels[rng.integers(len(labels))], "score": float(rng.random() * 0.5),
-                         "segment": [x, x + rng.random() * 10 + 0.2]})  # fmt: skip
+            dets.append(
+                {
+                    "label": labels[rng.integers(len(labels))],
+                    "score": float(rng.random() * 0.5),
+                    "segment": [x, x + rng.random() * 10 + 0.2],
+                }
+            )
         results[video_id] = dets
     thumos_pred = folder / "thumos" / "predictions.json"
     thumos_pred.write_text(json.dumps({"version": "THUMOS14", "results": results}))

@@ -72,8 +72,10 @@ def save_checkpoint(folder: Path, epoch: int, state: dict, best: bool) -> Path:
         if isinstance(exc, OSError) and exc.errno in FULL:
             raise disk_full(path, exc) from None
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else exc.__class__.__name__
-        raise UserError(f"{path}: cannot write the checkpoint ({reason}); free space on the disk and rerun "
-                        "with --resume: the earlier checkpoints are kept") from None  # fmt: skip
+        raise UserError(
+            f"{path}: cannot write the checkpoint ({reason}); free space on the disk and rerun "
+            "with --resume: the earlier checkpoints are kept"
+        ) from None
     os.replace(tmp, path)
     for name in ("last.pt", "best.pt") if best else ("last.pt",):
         pointer = folder / name
@@ -278,13 +280,19 @@ def _from_original(obj: dict, path: Path) -> dict:
     if unknown:
         raise UserError(f"{path}: {len(unknown)} key(s) of no known part, e.g. {unknown[0]!r}")
     stages = len({k.split(".")[1] for k in model if k.startswith("stages.")})
-    return _released(path, "etad-original", model, encoder, model_settings={
-        "variant": "original",
-        "in_channels": model["temporal.layer1.0.weight"].shape[1] * 4,  # grouped conv, 4 groups
-        "hidden_channels": model["temporal.layer1.0.weight"].shape[0],
-        "roi_size": model["stages.0.fc.0.weight"].shape[1] // model["stages.0.reduce.0.weight"].shape[0],
-        "stage_iou_thresholds": _thresholds(stages),
-    })  # fmt: skip
+    return _released(
+        path,
+        "etad-original",
+        model,
+        encoder,
+        model_settings={
+            "variant": "original",
+            "in_channels": model["temporal.layer1.0.weight"].shape[1] * 4,  # grouped conv, 4 groups
+            "hidden_channels": model["temporal.layer1.0.weight"].shape[0],
+            "roi_size": model["stages.0.fc.0.weight"].shape[1] // model["stages.0.reduce.0.weight"].shape[0],
+            "stage_iou_thresholds": _thresholds(stages),
+        },
+    )
 
 
 def _is_opentad(obj: object) -> bool:
@@ -315,14 +323,20 @@ def _from_opentad(obj: dict, path: Path) -> dict:
     hidden = model["temporal.layer1.0.weight"].shape[0]
     fc = model["stages.0.fc.0.weight"]
     stages = len({k.split(".")[1] for k in model if k.startswith("stages.")})
-    return _released(path, "opentad", model, encoder, model_settings={
-        "variant": "opentad",
-        "in_channels": model["temporal.layer1.0.weight"].shape[1] * 4,  # grouped conv, 4 groups
-        "hidden_channels": hidden,
-        "roi_size": fc.shape[1] // hidden,
-        "fc_channels": fc.shape[0],
-        "stage_iou_thresholds": _thresholds(stages),
-    })  # fmt: skip
+    return _released(
+        path,
+        "opentad",
+        model,
+        encoder,
+        model_settings={
+            "variant": "opentad",
+            "in_channels": model["temporal.layer1.0.weight"].shape[1] * 4,  # grouped conv, 4 groups
+            "hidden_channels": hidden,
+            "roi_size": fc.shape[1] // hidden,
+            "fc_channels": fc.shape[0],
+            "stage_iou_thresholds": _thresholds(stages),
+        },
+    )
 
 
 def _thresholds(stages: int) -> list[float]:

@@ -18,5 +18,7 @@ FULL = {28, 27, 122}  # errno ENOSPC, EFBIG, EDQUOT (Linux): writing cannot succ
 
 
 def disk_full(path: object, exc: OSError) -> DiskFull:
-    return DiskFull(f"{path}: the disk is full ({exc.strerror or exc}); free space and rerun: finished "
-                    "files are kept and the rerun continues from them")  # fmt: skip
+    return DiskFull(
+        f"{path}: the disk is full ({exc.strerror or exc}); free space and rerun: finished "
+        "files are kept and the rerun continues from them"
+    )

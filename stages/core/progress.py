@@ -13,5 +13,8 @@ class Progress:
     def advance(self, n: int = 1, info: str = "") -> None:
         """`n` more items done; `info` is a short status such as a loss or a speed."""
 
+    def note(self, text: str) -> None:
+        """A line worth showing beside the bar (the settings file a run logged, ...)."""
+
 
 SILENT = Progress()

@@ -263,9 +263,11 @@ class Optimisation(Section):
     weight_decay: float = Field(1e-4, ge=0, description="weight decay (decoupled with AdamW)")
     batch_size: int = Field(16, ge=1, description="videos (or windows) per micro-batch, per process")
     accumulate: int = Field(
-        1, ge=1, description="micro-batches per optimizer step, gradients averaged: a step sees "
-        "batch_size x accumulate x processes items (N GPUs equal 1 GPU with N x accumulate)"
-    )  # fmt: skip
+        1,
+        ge=1,
+        description="micro-batches per optimizer step, gradients averaged: a step sees "
+        "batch_size x accumulate x processes items (N GPUs equal 1 GPU with N x accumulate)",
+    )
     epochs: int = Field(6, ge=1, description="training epochs")
     lr_step: int = Field(5, ge=1, description="epochs between lr decays")
     lr_gamma: float = Field(0.1, gt=0, le=1, description="lr decay factor")
@@ -356,9 +358,11 @@ class InferSettings(Section):
         32, ge=1, description="snippets per encoder forward (end-to-end checkpoints, --video)"
     )
     max_clips: int | None = Field(
-        None, ge=1, description="clips per encoder call (end to end, --video): bounds inference memory; "
-        "unset: from the free GPU memory on CUDA (measured on 2 clips), 32 on the CPU"
-    )  # fmt: skip
+        None,
+        ge=1,
+        description="clips per encoder call (end to end, --video): bounds inference memory; "
+        "unset: from the free GPU memory on CUDA (measured on 2 clips), 32 on the CPU",
+    )
     amp: Literal["none", "bf16"] = Field("none", description="bf16: the encoder in bfloat16 on CUDA")
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")

@@ -195,16 +195,20 @@ def refuse_unusable_truth(path: Path, records: dict[str, VideoRecord]) -> None:
             raise UserError(f"{path}: video {video_id!r}: {why}")
 
 
-def several_classes(records: list[VideoRecord]) -> str | None:
+def several_classes(videos: list[VideoRecord] | list[set[str]]) -> str | None:
     """A note where most videos hold instances of several classes (a dense benchmark, a user's own
-    videos): the video head then gives every segment of a video the same classes at one score."""
-    labelled = [r for r in records if r.segments]
-    several = sum(len({s.label for s in r.segments}) > 1 for r in labelled)
+    videos): the video head then gives every segment of a video the same classes at one score.
+    `videos`: their records, or each one's set of labels."""
+    labels = [v if isinstance(v, set) else {s.label for s in v.segments} for v in videos]
+    labelled = [held for held in labels if held]
+    several = sum(len(held) > 1 for held in labelled)
     if not labelled or several * 2 <= len(labelled):
         return None
-    return (f"{several} of {len(labelled)} videos hold instances of several classes: the video head "
-            "labels every segment of a video alike; model.classifier: proposal (with "
-            "model.classifier_head: true) labels each segment by its own classes (docs/method.md)")
+    return (
+        f"{several} of {len(labelled)} videos hold instances of several classes: the video head "
+        "labels every segment of a video alike; model.classifier: proposal (with "
+        "model.classifier_head: true) labels each segment by its own classes (docs/method.md)"
+    )
 
 
 def read_blocked(path: Path) -> set[str]:

@@ -67,8 +67,17 @@ def _clock(path: Path, row: int, text: str) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
-def _add(out: Converted, video: str, *, where: str, subset: str, duration: object,
-         segment: tuple[object, object], label: str, extra: dict | None = None) -> None:  # fmt: skip
+def _add(
+    out: Converted,
+    video: str,
+    *,
+    where: str,
+    subset: str,
+    duration: object,
+    segment: tuple[object, object],
+    label: str,
+    extra: dict | None = None,
+) -> None:
     """One instance, its numbers checked (segments.py) and clipped to [0, duration] (counted);
     anything that cannot be used is one line naming `where` (the file and its row or video)."""
     if (why := unsafe_id_reason(video)) is not None:
@@ -135,9 +144,16 @@ def _classes(path: Path | None, id_column: str = "id", key_column: str = "key") 
     }
 
 
-def epic100(path: Path, *, video_info: Path | None = None, verbs: Path | None = None,
-            nouns: Path | None = None,
-            label: str = "action", subset: str | None = None, **_) -> Converted:  # fmt: skip
+def epic100(
+    path: Path,
+    *,
+    video_info: Path | None = None,
+    verbs: Path | None = None,
+    nouns: Path | None = None,
+    label: str = "action",
+    subset: str | None = None,
+    **_,
+) -> Converted:
     """EPIC-KITCHENS-100 (EPIC_100_{train,validation}.csv): segments from start/stop_timestamp,
     durations from EPIC_100_video_info.csv; `label` verb, noun or action ("verb noun"), the other
     classes kept as fields (verb, noun, verb_class, noun_class). Subset: the file's split, from its
@@ -172,8 +188,16 @@ def epic100(path: Path, *, video_info: Path | None = None, verbs: Path | None = 
             "noun_class": ids["noun"],
         }
         segment = (_clock(path, i, r["start_timestamp"]), _clock(path, i, r["stop_timestamp"]))
-        _add(out, video, where=f"{path}: row {i}", subset=subset, duration=durations[video], segment=segment,
-             label=name, extra=extra)  # fmt: skip
+        _add(
+            out,
+            video,
+            where=f"{path}: row {i}",
+            subset=subset,
+            duration=durations[video],
+            segment=segment,
+            label=name,
+            extra=extra,
+        )
     return out
 
 
@@ -203,8 +227,15 @@ def multithumos(path: Path, *, classes: Path | None = None, **_) -> Converted:
             cls = int(cls)
             if names is not None and cls not in names:
                 raise UserError(f"{where}: action {k}: class {cls} is not in {classes}")
-            _add(out, video, where=f"{where} action {k}", subset=subset, duration=duration,
-                 segment=(action[1], action[2]), label=names[cls] if names else str(cls))  # fmt: skip
+            _add(
+                out,
+                video,
+                where=f"{where} action {k}",
+                subset=subset,
+                duration=duration,
+                segment=(action[1], action[2]),
+                label=names[cls] if names else str(cls),
+            )
     return out
 
 
@@ -230,8 +261,15 @@ def charades(path: Path, *, subset: str | None = None, classes: Path | None = No
             if names is not None and fields[0] not in names:
                 raise UserError(f"{path}: row {i}: class {fields[0]!r} is not in {classes}")
             segment = (_number(path, i, "start", fields[1]), _number(path, i, "end", fields[2]))
-            _add(out, r["id"], where=f"{path}: row {i}", subset=subset, duration=duration, segment=segment,
-                 label=names[fields[0]] if names else fields[0])  # fmt: skip
+            _add(
+                out,
+                r["id"],
+                where=f"{path}: row {i}",
+                subset=subset,
+                duration=duration,
+                segment=segment,
+                label=names[fields[0]] if names else fields[0],
+            )
     return out
 
 
@@ -265,8 +303,10 @@ def generic_csv(path: Path, *, durations: Path | None = None, subset: str = "val
         first_row.setdefault(video, i)
         if here != entry["subset"]:
             first = f"{entry['subset']!r} at row {first_row[video]}"
-            raise UserError(f"{path}: row {i}: video {video!r} is in subset {here!r} here and {first}; give "
-                            "each video one subset")  # fmt: skip
+            raise UserError(
+                f"{path}: row {i}: video {video!r} is in subset {here!r} here and {first}; give "
+                "each video one subset"
+            )
         entry["annotations"].append({"segment": [start, end], "label": r["label"]})
     for video, entry in out.database.items():
         entry["duration"] = lengths[video] if lengths is not None else ends[video]
@@ -312,8 +352,15 @@ def ego4d_mq(path: Path, **_) -> Converted:
                     if not label.get("primary"):
                         continue
                     segment = (label.get("start_time"), label.get("end_time"))
-                    _add(out, clip_id, where=f"{where} annotator {a} label {k}", subset=split,
-                         duration=duration, segment=segment, label=str(label.get("label")))  # fmt: skip
+                    _add(
+                        out,
+                        clip_id,
+                        where=f"{where} annotator {a} label {k}",
+                        subset=split,
+                        duration=duration,
+                        segment=segment,
+                        label=str(label.get("label")),
+                    )
     out.notes.append("Ego4D MQ: each annotator's primary labels kept, as Ego4D's conversion keeps them")
     return out
 
@@ -357,12 +404,21 @@ def thumos_txt(path: Path, *, durations: Path | None = None, subset: str | None 
             if lengths is not None and video not in lengths:
                 raise UserError(f"{file}: row {i}: video {video!r} has no duration in {durations}")
             if start < 0 or (lengths is not None and end > lengths[video]):  # not clipped (docs)
-                raise UserError(f"{file}: row {i}: segment [{start}, {end}] is outside the video [0, "
-                                f"{lengths[video] if lengths is not None else 'its end'}]")  # fmt: skip
+                raise UserError(
+                    f"{file}: row {i}: segment [{start}, {end}] is outside the video [0, "
+                    f"{lengths[video] if lengths is not None else 'its end'}]"
+                )
             duration = lengths[video] if lengths is not None else max(end, ends.get(video, 0.0))
             ends[video] = max(end, ends.get(video, 0.0))
-            _add(out, video, where=f"{file}: row {i}", subset=subset or split, duration=duration,
-                 segment=(start, end), label=label)  # fmt: skip
+            _add(
+                out,
+                video,
+                where=f"{file}: row {i}",
+                subset=subset or split,
+                duration=duration,
+                segment=(start, end),
+                label=label,
+            )
     for video, entry in out.database.items():
         entry["duration"] = lengths[video] if lengths is not None else ends[video]
     out.notes.append(f"{ambiguous} Ambiguous instance(s) left out, as THUMOS-14's evaluation leaves them out")

@@ -15,10 +15,8 @@ import numpy as np
 import torch
 
 from stages.core.errors import UserError
-from stages.data.annotations import VideoRecord, load_annotations, several_classes
+from stages.data.annotations import VideoRecord, load_annotations
 from stages.data.protocols import Item, pad_with_last, protocol
-from stages.model.sampling import sample_proposals
-from stages.model.targets import boundary_targets, match_ground_truth, proposal_classes, proposal_map
 
 if TYPE_CHECKING:  # the settings models, for type hints only
     from stages.core.settings import Settings
@@ -50,8 +48,6 @@ def build_items(
         raise UserError(f"{d.annotations}: no video in subset {subset!r}")
     proto = protocol(d)
     notes, items, missing = [], [], []
-    if training and settings.model.classifier == "video" and (hint := several_classes(chosen)):
-        notes.append(f"{subset}: {hint}")
     for r in chosen:
         reason = r.unusable()
         if reason is not None:
@@ -95,8 +91,10 @@ class CacheReader:
 
 class DetectionDataset(torch.utils.data.Dataset):
     """Samples for the detector. `load(item)` returns an item's cached rows (features [N, C] or
-    snippets [T, ...], as `load.kind` says); mode 'train' samples proposals per the settings, 'val'
-    uses the fixed grid, 'test' returns no targets."""
+    snippets [T, ...], as `load.kind` says); `targets(gt, labels, generator)` (training's, built from
+    the model settings: stages.model.targets.TrainingTargets) adds the training targets to each
+    sample, none without it. mode 'train' reads training ground truth (the protocol's rule), 'val'
+    and 'test' the evaluation one."""
 
     def __init__(
         self,
@@ -106,20 +104,16 @@ class DetectionDataset(torch.utils.data.Dataset):
         load: CacheReader,
         *,
         mode: str,
+        targets: Callable[[torch.Tensor, list[str], torch.Generator], dict] | None = None,
         transform=None,
     ) -> None:
         self.items, self.classes, self.load, self.mode = items, classes, load, mode
+        self.targets = targets
         # (uint8 snippets, generator) -> snippets, or a dict of sample entries: end-to-end augmentation
         self.transform = transform
-        self.data, m = settings.data, settings.model
-        self.protocol = protocol(self.data)
-        self.t, self.max_duration = self.data.temporal_scale, m.max_duration
-        self.strategy = m.proposal_sampling if mode == "train" else "grid"
-        self.ratio = m.proposal_ratio
+        self.protocol = protocol(settings.data)
         self.seed = settings.seed
-        self.anchors = proposal_map(self.t, self.max_duration)
         self.class_index = {c: i for i, c in enumerate(classes)}
-        self.proposal_head = m.classifier_head and m.classifier == "proposal"  # its targets, else none
 
     def __len__(self) -> int:
         return len(self.items)
@@ -141,22 +135,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         transformed = self.transform(inputs, generator) if self.transform is not None else inputs
         sample = transformed if isinstance(transformed, dict) else {"inputs": transformed}
         sample["index"] = index
-        if self.mode == "test":
+        if self.targets is None:
             return sample
         gt, gt_labels = self.protocol.ground_truth(item, training=self.mode == "train")
-        chosen = sample_proposals(self.t, self.max_duration, self.strategy, self.ratio, generator=generator)
-        anchors = self.anchors[chosen]
-        start, end = boundary_targets(gt, self.t)
-        sample.update(
-            anchors=anchors,
-            gt_box=match_ground_truth(anchors, gt),
-            gt_start=start,
-            gt_end=end,
-            labels=self.labels(item),
-        )
-        if self.proposal_head:
-            gt_classes = torch.tensor([self.class_index[label] for label in gt_labels], dtype=torch.long)
-            sample["proposal_classes"] = proposal_classes(anchors, gt, gt_classes)
+        sample.update(self.targets(gt, gt_labels, generator), labels=self.labels(item))
         return sample
 
     def labels(self, item: Item) -> torch.Tensor:

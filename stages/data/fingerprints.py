@@ -69,13 +69,21 @@ def feature_fingerprint(settings: Settings) -> str:
 
 # what a fingerprint input is called in the settings (for the line that refuses a stale cache)
 SETTING_NAMES = {
-    "dataset": "data.protocol", "fps": "data.fps", "size": "data.frame_height / data.frame_width",
-    "snippet_length": "data.snippet_length", "positions": "the snippet positions (data.temporal_scale, "
-    "data.snippet_stride)", "layout": "the cache layout (an older etad)", "codec": "cache.codec",
-    "jpeg_quality": "cache.jpeg_quality", "compression": "cache.compression", "encoder": "model.encoder.name",
-    "checkpoint": "model.encoder.checkpoint (or its file was rewritten)", "crop": "model.encoder.crop_size",
-    "dtype": "cache.dtype", "features": "the features' origin (an encoder, or .npy imported with --from-npy)",
-}  # fmt: skip
+    "dataset": "data.protocol",
+    "fps": "data.fps",
+    "size": "data.frame_height / data.frame_width",
+    "snippet_length": "data.snippet_length",
+    "positions": "the snippet positions (data.temporal_scale, data.snippet_stride)",
+    "layout": "the cache layout (an older etad)",
+    "codec": "cache.codec",
+    "jpeg_quality": "cache.jpeg_quality",
+    "compression": "cache.compression",
+    "encoder": "model.encoder.name",
+    "checkpoint": "model.encoder.checkpoint (or its file was rewritten)",
+    "crop": "model.encoder.crop_size",
+    "dtype": "cache.dtype",
+    "features": "the features' origin (an encoder, or .npy imported with --from-npy)",
+}
 
 
 @dataclass(frozen=True)

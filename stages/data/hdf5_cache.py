@@ -54,8 +54,9 @@ def new_hdf5(path: Path) -> Iterator[h5py.File]:
     (exit 139 after pages of tracebacks, measured with h5py 3 under `ulimit -f`), where Python's own
     write raises an OSError: a full disk stops the run with one line (errors.DiskFull). The memory
     is one video's file (its JPEG frames are gathered in memory anyway)."""
-    with h5py.File(f"{path}.{os.getpid()}.{threading.get_ident()}", "w", driver="core",
-                   backing_store=False) as f:  # fmt: skip
+    with h5py.File(
+        f"{path}.{os.getpid()}.{threading.get_ident()}", "w", driver="core", backing_store=False
+    ) as f:
         yield f
         f.flush()
         image = f.id.get_file_image()
@@ -79,9 +80,16 @@ def write_video_file(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> 
             f.attrs[key] = value
 
 
-def store_frames(f: h5py.File, batches: Iterable[np.ndarray | list[np.ndarray]], count: int, *, codec: str,
-                 quality: int = 90, compression: str = "none",
-                 shape: tuple[int, int] | None = None) -> int:  # fmt: skip
+def store_frames(
+    f: h5py.File,
+    batches: Iterable[np.ndarray | list[np.ndarray]],
+    count: int,
+    *,
+    codec: str,
+    quality: int = 90,
+    compression: str = "none",
+    shape: tuple[int, int] | None = None,
+) -> int:
     """Write `count` frames, arriving in `batches` (uint8 [n, H, W, 3], in order: memory stays one
     batch's, plus the JPEG bytes), into an open HDF5 file in the layout `read_frames` reads, with
     the codec, height and width attributes. With codec jpeg a batch may be a list of JPEG byte
@@ -98,8 +106,9 @@ def store_frames(f: h5py.File, batches: Iterable[np.ndarray | list[np.ndarray]],
             else:
                 if frames is None:
                     options = {} if compression == "none" else {"compression": compression}
-                    frames = f.create_dataset("frames", (count, *shape, 3), np.uint8,
-                                              chunks=(1, *shape, 3), **options)  # fmt: skip
+                    frames = f.create_dataset(
+                        "frames", (count, *shape, 3), np.uint8, chunks=(1, *shape, 3), **options
+                    )
                 frames[stored : stored + len(batch)] = batch
         stored += len(batch)
     if stored != count or shape is None:
@@ -114,9 +123,15 @@ def store_frames(f: h5py.File, batches: Iterable[np.ndarray | list[np.ndarray]],
     return int(offsets[-1])
 
 
-def write_snippet_file(path: Path, batches: Iterable, *, snippet_frames: np.ndarray,
-                       frame_indices: np.ndarray, attrs: dict | Callable[[], dict],
-                       **storage) -> int:  # fmt: skip
+def write_snippet_file(
+    path: Path,
+    batches: Iterable,
+    *,
+    snippet_frames: np.ndarray,
+    frame_indices: np.ndarray,
+    attrs: dict | Callable[[], dict],
+    **storage,
+) -> int:
     """Write one video's snippet cache atomically: its stored frames (`store_frames`, which takes
     `storage`: codec, quality, ...) and `snippet_frames` [T, L], which points into them; `attrs`,
     when a function, is asked once the frames are read (what decoding found is known then).
@@ -248,8 +263,9 @@ class VideoCache:
         path = f.filename
         f.close()
         differs = self.expected.differences(recorded) or "other settings"
-        raise UserError(f"{path}: stale {self.kind} cache, written with {differs}; "
-                        f"rerun `etad cache --what {self.kind}`")  # fmt: skip
+        raise UserError(
+            f"{path}: stale {self.kind} cache, written with {differs}; rerun `etad cache --what {self.kind}`"
+        )
 
     def _same_origin(self, f: h5py.File) -> None:
         """A feature file of the folder's origin (its first file's), and current when of an encoder."""
@@ -260,9 +276,11 @@ class VideoCache:
             with h5py.File(first, "r") as held:
                 theirs = _source(held)
             f.close()
-            raise UserError(f"{path}: features {mine}, but {first.name} in the same folder holds features "
-                            f"{theirs}: a feature folder holds one origin; give each its own "
-                            "cache.features_dir")  # fmt: skip
+            raise UserError(
+                f"{path}: features {mine}, but {first.name} in the same folder holds features "
+                f"{theirs}: a feature folder holds one origin; give each its own "
+                "cache.features_dir"
+            )
         if not imported and self._stale(f):
             self._refuse_stale(f)
 

@@ -30,8 +30,16 @@ def duration_gap(decoded: float, annotated: float | None, fps: float) -> str | N
     return f"longer than annotated: decodes to {decoded:.2f} s, annotated {annotated:.2f} s"
 
 
-def open_video(path: Path, fps: float, *, backend: str, size: tuple[int, int], resize: str,
-               annotated: float | None, truncated: str) -> TimedVideo:  # fmt: skip
+def open_video(
+    path: Path,
+    fps: float,
+    *,
+    backend: str,
+    size: tuple[int, int],
+    resize: str,
+    annotated: float | None,
+    truncated: str,
+) -> TimedVideo:
     """A video at `fps`; with data.truncated: error, one that decodes shorter than its annotation
     fails here, before anything is written."""
     video = TimedVideo(path, fps, backend, height=size[0], width=size[1], resize=resize)

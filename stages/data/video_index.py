@@ -35,8 +35,23 @@ FIRST_PICTURES = 16  # pictures decoded in the index pass: the transform, decode
 
 
 # the endings of video files: an id never carries one (`etad annotations convert` strips them)
-VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
-                    ".flv", ".wmv", ".3gp", ".ogv"}  # fmt: skip
+VIDEO_EXTENSIONS = {
+    ".mp4",
+    ".m4v",
+    ".mov",
+    ".mkv",
+    ".webm",
+    ".avi",
+    ".mpg",
+    ".mpeg",
+    ".ts",
+    ".mts",
+    ".m2ts",
+    ".flv",
+    ".wmv",
+    ".3gp",
+    ".ogv",
+}
 # files beside a video that `{id}.*` does not take for it (subtitles, pictures, notes, downloads)
 SIDECARS = {".srt", ".ass", ".vtt", ".sub", ".json", ".txt", ".nfo", ".jpg", ".jpeg", ".png", ".part"}
 
@@ -49,11 +64,16 @@ def video_file(folder: Path, video_id: str) -> Path | None:
 
     from stages.core.errors import UserError
 
-    found = sorted(p for p in Path(folder).glob(glob.escape(video_id) + ".*")
-                   if p.is_file() and p.suffix.lower() not in SIDECARS)  # fmt: skip
+    found = sorted(
+        p
+        for p in Path(folder).glob(glob.escape(video_id) + ".*")
+        if p.is_file() and p.suffix.lower() not in SIDECARS
+    )
     if len(found) > 1:
-        raise UserError(f"video {video_id!r}: data.video_name '{{id}}.*' matches {found[0]} and {found[1]}; "
-                        "keep one, or name its extension in data.video_name")  # fmt: skip
+        raise UserError(
+            f"video {video_id!r}: data.video_name '{{id}}.*' matches {found[0]} and {found[1]}; "
+            "keep one, or name its extension in data.video_name"
+        )
     return found[0] if found else None
 
 
@@ -305,4 +325,3 @@ def probe(path: Path) -> Probe:
         raise UserError(f"{path}: cannot read it as a video ({first_line(exc)})") from None
     fps = 1.0 / index.interval if index.interval > 0 else index.header_fps
     return Probe(duration=float(index.times[-1] + index.interval), fps=fps, size=index.size)
-

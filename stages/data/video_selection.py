@@ -14,7 +14,7 @@ of them when many machines share the work, and what to do about videos that are 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +36,10 @@ class Shard:
     def suffix(self) -> str:
         """What a shard adds to the names of the files it alone writes (failures, missing lists)."""
         return "" if self.count == 1 else f".shard{self.index}of{self.count}"
+
+    def share(self, ids: Iterable[str]) -> list[str]:
+        """This shard's videos: every N-th of the sorted ids, from the K-th (the one rule of every stage)."""
+        return sorted(ids)[self.index - 1 :: self.count]
 
 
 WHOLE = Shard(1, 1)
@@ -103,8 +107,9 @@ class Selection:
     notes: list[str] = field(default_factory=list)
 
 
-def select(records: Mapping[str, VideoRecord], subsets: list[str] | None, shard: Shard, *,
-           where: str) -> list[str]:  # fmt: skip
+def select(
+    records: Mapping[str, VideoRecord], subsets: list[str] | None, shard: Shard, *, where: str
+) -> list[str]:
     """The sorted ids of the chosen subsets (None: all), this shard's share of them; a subset given
     with --subset that the annotation file does not have is an error (a misspelled name must not
     drop its videos quietly)."""
@@ -117,7 +122,7 @@ def select(records: Mapping[str, VideoRecord], subsets: list[str] | None, shard:
     ids = sorted(v for v, r in records.items() if wanted is None or (r.subset or "").lower() in wanted)
     if not ids:
         raise UserError(f"{where}: no video in subset(s) {', '.join(subsets or [])}")
-    return ids[shard.index - 1 :: shard.count]
+    return shard.share(ids)
 
 
 def drop_missing(ids: list[str], present: Callable[[str], bool], policy: str, *, what: str) -> Selection:

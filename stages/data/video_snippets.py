@@ -128,8 +128,15 @@ def video_snippets(settings: Settings, video_id: str, annotated: float | None = 
                 "size, and data.video_dir is not set to decode it"
             )
         path = video_path(d, video_id)
-        video = open_video(path, d.fps, backend=d.decoder, size=(d.frame_height, d.frame_width),
-                           resize=d.resize, annotated=annotated, truncated=d.truncated)  # fmt: skip
+        video = open_video(
+            path,
+            d.fps,
+            backend=d.decoder,
+            size=(d.frame_height, d.frame_width),
+            resize=d.resize,
+            annotated=annotated,
+            truncated=d.truncated,
+        )
         num_frames, source, read = len(video), str(path), video.read
         encoded = {"facts": lambda: video.finish().as_record()}
 

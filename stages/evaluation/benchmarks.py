@@ -74,5 +74,8 @@ def recall_at_multiples(gt, pred, *, tious: tuple[float, ...], ranks: tuple[int,
             top = overlap[: r * len(g)]
             for b, t in enumerate(tious):
                 hits[a, b] += (top > t).any(axis=0).sum()
-    return {f"R@{r}x tIoU {t:g}": float(hits[a, b] / max(total, 1))
-            for a, r in enumerate(ranks) for b, t in enumerate(tious)}  # fmt: skip
+    return {
+        f"R@{r}x tIoU {t:g}": float(hits[a, b] / max(total, 1))
+        for a, r in enumerate(ranks)
+        for b, t in enumerate(tious)
+    }

@@ -133,9 +133,14 @@ def match(truth: Truth, pred: Predictions, tious: np.ndarray) -> tuple[list[np.n
     """(per class the predictions best first, the truth index each prediction matched [T, P] or -1)."""
     ranked, rank = _ranked(pred, truth.n_classes)
     n_videos = int(max(truth.video.max(initial=-1), pred.video.max(initial=-1))) + 1
-    matched = match_detections(truth.label.astype(np.int64) * n_videos + truth.video, truth.segments,
-                               pred.label.astype(np.int64) * n_videos + pred.video, pred.segments,
-                               pred_rank=rank, tious=tious)  # fmt: skip
+    matched = match_detections(
+        truth.label.astype(np.int64) * n_videos + truth.video,
+        truth.segments,
+        pred.label.astype(np.int64) * n_videos + pred.video,
+        pred.segments,
+        pred_rank=rank,
+        tious=tious,
+    )
     return ranked, matched
 
 
@@ -148,8 +153,9 @@ def _normalised_ap(tp: np.ndarray, npos: int, avg: float) -> np.ndarray:
     return np.array([interpolated_ap(precision[t], recall[t]) for t in range(len(tp))])
 
 
-def normalised_ap(truth: Truth, pred: Predictions, tious: np.ndarray, *,
-                  min_precision: float = 0.0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def normalised_ap(
+    truth: Truth, pred: Predictions, tious: np.ndarray, *, min_precision: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """(AP_N [T, C], matched truth [T, P]); with `min_precision` > 0, predictions whose normalised
     precision is at or below it are discarded as DETAD discards them (false positives, unmatched)."""
     ranked, matched = match(truth, pred, tious)
@@ -322,7 +328,10 @@ def false_negatives(truth: Truth, matched: np.ndarray, names: dict[str, list[str
     with instances only)."""
     missed = np.stack([~np.isin(np.arange(len(truth.label)), m[m >= 0]) for m in matched])  # [T, G]
     return {
-        characteristic: {name: float(missed[:, truth.buckets[characteristic] == b].mean())
-                         for b, name in enumerate(labels) if (truth.buckets[characteristic] == b).any()}
+        characteristic: {
+            name: float(missed[:, truth.buckets[characteristic] == b].mean())
+            for b, name in enumerate(labels)
+            if (truth.buckets[characteristic] == b).any()
+        }
         for characteristic, labels in names.items()
-    }  # fmt: skip
+    }

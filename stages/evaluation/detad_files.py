@@ -44,8 +44,12 @@ def files_request(settings: Settings | None, given: dict, *, folder: str, videos
     defaults = {}
     if settings is not None:
         d = settings.data
-        defaults = {"predictions": output_path(settings), "ground_truth": d.annotations,
-                    "dataset": d.protocol, "subset": d.eval_subset}  # fmt: skip
+        defaults = {
+            "predictions": output_path(settings),
+            "ground_truth": d.annotations,
+            "dataset": d.protocol,
+            "subset": d.eval_subset,
+        }
         if videos:  # found as extract finds them: data.video_name's patterns
             defaults["videos"], defaults["video_names"] = d.video_dir, tuple(d.video_names)
     given = given_or_settings(given, defaults)
@@ -92,22 +96,40 @@ def read_inputs(ground_truth: Path, predictions: Path, dataset: str, subset: str
     classes = list(dict.fromkeys(r[3] for r in rows))  # DETAD's class index: first appearance
     video = np.array([r[0] for r in rows])
     segments = np.array([(r[1], r[2]) for r in rows], dtype=float)
-    values, source = _characteristics(ground_truth, dataset, rows, video=video, segments=segments,
-                                      videos=videos)  # fmt: skip
+    values, source = _characteristics(
+        ground_truth, dataset, rows, video=video, segments=segments, videos=videos
+    )
     keep = (segments[:, 0] < segments[:, 1]) & (values["coverage"] <= 1.0)  # as DETAD leaves out
     bins = {name: detad.BINS[dataset][name][1] for name in values}
     label = _codes([r[3] for r in rows], classes)
     buckets = {n: detad.bucket(v[keep], detad.BINS[dataset][n][0]) for n, v in values.items()}
-    truth = detad.Truth(video=video[keep], segments=segments[keep], label=label[keep],
-                        n_classes=len(classes), buckets=buckets)  # fmt: skip
-    notes = [f"{int((~keep).sum())} ground-truth instance(s) of zero length or covering more than their "
-             "video left out, as DETAD leaves them out"] if (~keep).any() else []  # fmt: skip
+    truth = detad.Truth(
+        video=video[keep], segments=segments[keep], label=label[keep], n_classes=len(classes), buckets=buckets
+    )
+    notes = (
+        [
+            f"{int((~keep).sum())} ground-truth instance(s) of zero length or covering more than their "
+            "video left out, as DETAD leaves them out"
+        ]
+        if (~keep).any()
+        else []
+    )
     labels = {seg.label for r in records.values() for seg in r.segments}
     pred = _predictions(predictions, classes, videos, subset=subset, labels=labels, notes=notes)
-    durations = [r.duration if r.duration else max((seg.end for seg in r.segments), default=0.0)
-                 for r in wanted.values()]  # fmt: skip
-    return Inputs(truth, pred, classes=classes, videos=videos, bins=bins, source=source, durations=durations,
-                  notes=notes)  # fmt: skip
+    durations = [
+        r.duration if r.duration else max((seg.end for seg in r.segments), default=0.0)
+        for r in wanted.values()
+    ]
+    return Inputs(
+        truth,
+        pred,
+        classes=classes,
+        videos=videos,
+        bins=bins,
+        source=source,
+        durations=durations,
+        notes=notes,
+    )
 
 
 def _codes(names: list[str], vocabulary: list[str]) -> np.ndarray:
@@ -115,8 +137,9 @@ def _codes(names: list[str], vocabulary: list[str]) -> np.ndarray:
     return np.array([index[n] for n in names], dtype=np.int64)
 
 
-def _characteristics(path: Path, dataset: str, rows: list, *, video: np.ndarray, segments: np.ndarray,
-                     videos: list[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:  # fmt: skip
+def _characteristics(
+    path: Path, dataset: str, rows: list, *, video: np.ndarray, segments: np.ndarray, videos: list[str]
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Each characteristic's value per instance: the file's where every instance carries it, else
     (length, coverage, number of instances) computed from the ground truth and the durations."""
     values, source = {}, {}
@@ -129,16 +152,19 @@ def _characteristics(path: Path, dataset: str, rows: list, *, video: np.ndarray,
         durations = np.array([np.nan if r[5] is None else r[5] for r in rows], dtype=float)
         if "coverage" in missing and not np.isfinite(durations).all():
             first = videos[int(video[~np.isfinite(durations)][0])]
-            raise UserError(f"{path}: video {first!r} has no duration; coverage needs every video's "
-                            "duration (or DETAD's characteristics in the file)")  # fmt: skip
+            raise UserError(
+                f"{path}: video {first!r} has no duration; coverage needs every video's "
+                "duration (or DETAD's characteristics in the file)"
+            )
         computed = detad.computed_characteristics(segments, video, durations)
         for name in missing:
             values[name], source[name] = computed[name], "computed"
     return {n: values[n] for n in detad.BINS[dataset] if n in values}, source
 
 
-def _predictions(path: Path, classes: list[str], videos: list[str], *, subset: str, labels: set[str],
-                 notes: list[str]) -> detad.Predictions:  # fmt: skip
+def _predictions(
+    path: Path, classes: list[str], videos: list[str], *, subset: str, labels: set[str], notes: list[str]
+) -> detad.Predictions:
     """The predictions coded as the truth: a label the annotation file never names is an error (a
     file of another dataset); one of another subset's classes is dropped with a note, as `etad eval`
     drops it (DETAD's code raises KeyError)."""
@@ -148,14 +174,18 @@ def _predictions(path: Path, classes: list[str], videos: list[str], *, subset: s
     known = {c: i for i, c in enumerate(classes)}
     unknown = sorted({label for label in table.labels if label not in labels})
     if unknown:
-        raise UserError(f"{path}: {len(unknown)} label(s) the ground truth never names (first: "
-                        f"{unknown[0][:60]!r}); a prediction file of another dataset?")  # fmt: skip
+        raise UserError(
+            f"{path}: {len(unknown)} label(s) the ground truth never names (first: "
+            f"{unknown[0][:60]!r}); a prediction file of another dataset?"
+        )
     elsewhere = sorted({label for label in table.labels if label not in known})
     if elsewhere:
         kept = np.array([label in known for label in table.labels], dtype=bool)
-        notes.append(f"{int((~kept).sum())} prediction(s) of {len(elsewhere)} class(es) without ground truth "
-                     f"in subset {subset!r} left out (first: {elsewhere[0][:60]!r}), as etad eval leaves "
-                     "them out")  # fmt: skip
+        notes.append(
+            f"{int((~kept).sum())} prediction(s) of {len(elsewhere)} class(es) without ground truth "
+            f"in subset {subset!r} left out (first: {elsewhere[0][:60]!r}), as etad eval leaves "
+            "them out"
+        )
         videos_kept = [v for v, k in zip(table.videos, kept, strict=True) if k]
         labels_kept = [x for x, k in zip(table.labels, kept, strict=True) if k]
         table = Instances(videos_kept, table.segments[kept], labels_kept, table.scores[kept])
@@ -171,6 +201,10 @@ def _predictions(path: Path, classes: list[str], videos: list[str], *, subset: s
         code.setdefault(v, len(code))
     names = np.empty(len(code), dtype=object)
     names[list(code.values())] = list(code)
-    return detad.Predictions(np.array([code[v] for v in table.videos], dtype=np.int64), table.segments,
-                             np.array([known[label] for label in table.labels], dtype=np.int64),
-                             np.asarray(table.scores, dtype=float), names=names)  # fmt: skip
+    return detad.Predictions(
+        np.array([code[v] for v in table.videos], dtype=np.int64),
+        table.segments,
+        np.array([known[label] for label in table.labels], dtype=np.int64),
+        np.asarray(table.scores, dtype=float),
+        names=names,
+    )

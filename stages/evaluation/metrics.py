@@ -148,14 +148,17 @@ def detection_ap(
     rank = np.empty(len(pred_label), dtype=np.int64)
     for idx in ranked:
         rank[idx] = np.arange(len(idx))
-    tp = match_detections(
-        gt_label.astype(np.int64) * n_videos + gt_video,
-        gt_segments,
-        pred_label.astype(np.int64) * n_videos + pred_video,
-        pred_segments,
-        pred_rank=rank,
-        tious=tious,
-    ) >= 0
+    tp = (
+        match_detections(
+            gt_label.astype(np.int64) * n_videos + gt_video,
+            gt_segments,
+            pred_label.astype(np.int64) * n_videos + pred_video,
+            pred_segments,
+            pred_rank=rank,
+            tious=tious,
+        )
+        >= 0
+    )
     npos = np.bincount(gt_label, minlength=n_classes)
     ap = np.zeros((len(tious), n_classes))
     for c, idx in enumerate(ranked):

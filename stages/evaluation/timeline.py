@@ -19,8 +19,16 @@ def timeline_rows(truth: list[tuple[float, float, str]], detections: list[dict],
     high = max((d["score"] for d in best), default=1.0) or 1.0
     return {
         "truth": [[float(s), float(e), str(label)] for s, e, label in truth],
-        "detections": [[float(d["segment"][0]), float(d["segment"][1]), str(d["label"]), float(d["score"]),
-                        0.3 + 0.7 * min(1.0, max(0.0, d["score"] / high))] for d in best],  # fmt: skip
+        "detections": [
+            [
+                float(d["segment"][0]),
+                float(d["segment"][1]),
+                str(d["label"]),
+                float(d["score"]),
+                0.3 + 0.7 * min(1.0, max(0.0, d["score"] / high)),
+            ]
+            for d in best
+        ],
     }
 
 
@@ -49,8 +57,12 @@ def plot_timeline(item, detections: list[dict], path: Path, top: int = 10) -> No
     if shown:  # a class legend: the colours are the classes', as on `etad view`'s page
         from matplotlib.patches import Patch
 
-        ax.legend(handles=[Patch(color=class_color(c), label=c) for c in shown], fontsize=7,
-                  loc="upper left", bbox_to_anchor=(1.0, 1.0))  # fmt: skip
+        ax.legend(
+            handles=[Patch(color=class_color(c), label=c) for c in shown],
+            fontsize=7,
+            loc="upper left",
+            bbox_to_anchor=(1.0, 1.0),
+        )
     ax.set_yticks([0, *range(1, len(best) + 1)], ["truth", *[f"#{i}" for i in range(1, len(best) + 1)]])
     ax.invert_yaxis()
     ax.set_xlim(0, item.duration)

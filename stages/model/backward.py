@@ -52,8 +52,9 @@ class Backward:
             generators = [torch.Generator().manual_seed(int(s)) for s in self.seeds]
         else:
             generators = [self.generator] * self.snippets.shape[0]
-        return [sample_snippets(t, self.ratio, self.chunk_size, self.sampling, generator=g)
-                for g in generators]  # fmt: skip
+        return [
+            sample_snippets(t, self.ratio, self.chunk_size, self.sampling, generator=g) for g in generators
+        ]
 
 
 def sampled(job: Backward) -> dict:

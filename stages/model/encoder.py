@@ -93,8 +93,11 @@ class ClipShape:
 
     def problem(self, frames: int, crop: int) -> str | None:
         """Why (frames, crop) does not fit, or None."""
-        if (self.frames is not None and frames != self.frames) or frames < self.min_frames \
-                or frames % self.frame_multiple:  # fmt: skip
+        if (
+            (self.frames is not None and frames != self.frames)
+            or frames < self.min_frames
+            or frames % self.frame_multiple
+        ):
             return f"frames {self.describe_frames()}"
         if (self.crop is not None and crop != self.crop) or crop < self.min_crop or crop % self.crop_multiple:
             return f"crop {self.describe_crop()}"
@@ -152,21 +155,47 @@ class EncoderSpec:
 LOADERS = {**ENCODER_FORMATS, "huggingface": vb.load_videomae}  # format name -> loader(backbone, path)
 
 
-def _torchvision(name: str, head: str, width: int, *, stages, clip: ClipShape, norm, n_stages: int,
-                 transformer: bool = False) -> EncoderSpec:  # fmt: skip
+def _torchvision(
+    name: str,
+    head: str,
+    width: int,
+    *,
+    stages,
+    clip: ClipShape,
+    norm,
+    n_stages: int,
+    transformer: bool = False,
+) -> EncoderSpec:
     """A torchvision video model: its builder name, the head attribute it loses, its width."""
     build = partial(vb.torchvision_video, name, head)
-    return EncoderSpec(build, width, stages=stages, clip=clip, mean=norm[0], std=norm[1],
-                       formats=("torchvision", "tsp"), batchnorm=not transformer,
-                       family="transformer" if transformer else "cnn", n_stages=n_stages)  # fmt: skip
+    return EncoderSpec(
+        build,
+        width,
+        stages=stages,
+        clip=clip,
+        mean=norm[0],
+        std=norm[1],
+        formats=("torchvision", "tsp"),
+        batchnorm=not transformer,
+        family="transformer" if transformer else "cnn",
+        n_stages=n_stages,
+    )
 
 
 def _videomae(size: str, clip: ClipShape) -> EncoderSpec:
     config = vb.VIDEOMAE_SIZES[size]
-    return EncoderSpec(partial(vb.VideoMAE, size), config["hidden_size"], stages=vb.videomae_stages,
-                       clip=clip, mean=IMAGENET[0], std=IMAGENET[1], formats=("huggingface", "tsp"),
-                       batchnorm=False, family="transformer",
-                       n_stages=config["num_hidden_layers"])  # fmt: skip
+    return EncoderSpec(
+        partial(vb.VideoMAE, size),
+        config["hidden_size"],
+        stages=vb.videomae_stages,
+        clip=clip,
+        mean=IMAGENET[0],
+        std=IMAGENET[1],
+        formats=("huggingface", "tsp"),
+        batchnorm=False,
+        family="transformer",
+        n_stages=config["num_hidden_layers"],
+    )
 
 
 RESNET_CLIP = ClipShape(min_frames=1, min_crop=16, example=(8, 32))
@@ -214,10 +243,21 @@ def describe_encoders() -> list[dict]:
                 parameters = sum(p.numel() for p in spec.build().parameters())
         except UserError:  # an optional extra that is not installed
             parameters = None
-        rows.append({"name": name, "family": spec.family, "parameters": parameters, "width": spec.out_dim,
-                     "clip": spec.clip.describe(), "clip_short": spec.clip.short(), "stages": spec.n_stages,
-                     "checkpoint_formats": list(spec.formats), "batchnorm": spec.batchnorm,
-                     "mean": list(spec.mean), "std": list(spec.std)})  # fmt: skip
+        rows.append(
+            {
+                "name": name,
+                "family": spec.family,
+                "parameters": parameters,
+                "width": spec.out_dim,
+                "clip": spec.clip.describe(),
+                "clip_short": spec.clip.short(),
+                "stages": spec.n_stages,
+                "checkpoint_formats": list(spec.formats),
+                "batchnorm": spec.batchnorm,
+                "mean": list(spec.mean),
+                "std": list(spec.std),
+            }
+        )
     return rows
 
 
@@ -271,8 +311,10 @@ def require_crop_fits(size: int, height: int, width: int, key: str = "model.enco
     """A crop larger than the frames is a settings error, found before the first video (not one
     failure per video)."""
     if size > min(height, width):
-        raise UserError(f"{key} {size} is larger than the frames (data.frame_height {height} x "
-                        f"data.frame_width {width}); lower it or raise the frame size")  # fmt: skip
+        raise UserError(
+            f"{key} {size} is larger than the frames (data.frame_height {height} x "
+            f"data.frame_width {width}); lower it or raise the frame size"
+        )
 
 
 def center_crop(clips: torch.Tensor, size: int) -> torch.Tensor:
@@ -318,8 +360,14 @@ def encode_chunks(
     return torch.cat(out, dim=1).transpose(1, 2).contiguous()
 
 
-def clips_that_fit(encoder: SnippetEncoder, clip_shape: tuple[int, int], device: torch.device, *,
-                   share: float = 0.5, cpu_default: int = 32) -> int:  # fmt: skip
+def clips_that_fit(
+    encoder: SnippetEncoder,
+    clip_shape: tuple[int, int],
+    device: torch.device,
+    *,
+    share: float = 0.5,
+    cpu_default: int = 32,
+) -> int:
     """Clips per no-grad encoder call that fit in `share` of the free GPU memory: the activation
     memory of 2 clips (frames, crop) measured once, then scaled; `cpu_default` off CUDA."""
     if device.type != "cuda":

@@ -81,8 +81,10 @@ class Taps:
 
     def bins(self, first: int, count: int) -> Taps:
         """The taps of bins first .. first + count - 1 only (the start and end heads' context)."""
-        parts = [Bucket(k.proposals, k.time[:, first : first + count], k.weight[:, first : first + count])
-                 for k in self.buckets]  # fmt: skip
+        parts = [
+            Bucket(k.proposals, k.time[:, first : first + count], k.weight[:, first : first + count])
+            for k in self.buckets
+        ]
         return Taps(parts, self.n, self.width)
 
     def as_dense(self) -> torch.Tensor:
@@ -96,8 +98,16 @@ class Taps:
         return dense
 
 
-def _bucket(boxes: torch.Tensor, step: torch.Tensor, share: torch.Tensor, video_start: torch.Tensor,
-            *, g: int, t: int, bins: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def _bucket(
+    boxes: torch.Tensor,
+    step: torch.Tensor,
+    share: torch.Tensor,
+    video_start: torch.Tensor,
+    *,
+    g: int,
+    t: int,
+    bins: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Time steps and weights [m, bins, R] of m boxes that take g samples per bin."""
     j = torch.arange(bins, device=boxes.device)[None, :, None]
     i = torch.arange(g, device=boxes.device)[None, None, :]
@@ -177,9 +187,14 @@ class TapCache:
 
 
 def proposal_taps(
-    anchors: torch.Tensor, t: int, bins: int, extend_ratio: float, *, cache: TapCache | None = None,
+    anchors: torch.Tensor,
+    t: int,
+    bins: int,
+    extend_ratio: float,
+    *,
+    cache: TapCache | None = None,
     aligned: bool = False,
-) -> Taps:  # fmt: skip
+) -> Taps:
     """Taps of every proposal of a batch, anchors [B, K, 2] normalised; proposal b*K + k reads time
     steps b*t + ... of the batch's features laid end to end. When every video has the same
     proposals (an expanded tensor, as at test time) they are computed for one video, and cached."""

@@ -5,12 +5,20 @@
 - boundary targets: how much of snippet i lies inside a 3-snippet region around a start (end);
 - each proposal's matched ground truth: the one with the highest IoU;
 - each proposal's classes (the per-proposal head, `model.classifier: proposal`): those of the
-  ground truths it overlaps with IoU >= PROPOSAL_CLASS_IOU.
+  ground truths it overlaps with IoU >= PROPOSAL_CLASS_IOU;
+- TrainingTargets: all of them for one sample, from the model settings.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+from stages.model.sampling import sample_proposals
+
+if TYPE_CHECKING:  # the settings models, for type hints only
+    from stages.core.settings import ModelSettings
 
 EPS = 1e-6
 PROPOSAL_CLASS_IOU = 0.5  # a proposal learns the classes of the instances it overlaps this much
@@ -82,3 +90,35 @@ def proposal_classes(
     best, order = iou.topk(width, dim=1)
     out[:, :width] = torch.where(best >= iou_threshold, gt_classes[order], -1)
     return out
+
+
+class TrainingTargets:
+    """One sample's training targets, built from the model settings (training hands it to the
+    dataset, as it hands the e2e transform): the proposals it trains on (model.proposal_sampling and
+    proposal_ratio; the fixed grid for validation), each one's matched ground truth, the boundary
+    targets and, with the per-proposal head, each proposal's classes."""
+
+    def __init__(self, model: ModelSettings, t: int, classes: list[str], *, sampled: bool) -> None:
+        self.t, self.max_duration = t, model.max_duration
+        self.strategy = model.proposal_sampling if sampled else "grid"
+        self.ratio = model.proposal_ratio
+        self.anchors = proposal_map(t, model.max_duration)
+        self.class_index = {c: i for i, c in enumerate(classes)}
+        # the per-proposal head's targets, none for the video head
+        self.proposal_head = model.classifier_head and model.classifier == "proposal"
+
+    def __call__(self, gt: torch.Tensor, gt_labels: list[str], generator: torch.Generator) -> dict:
+        """gt [G, 2] normalised to the item, their labels, the sample's generator -> the targets."""
+        chosen = sample_proposals(self.t, self.max_duration, self.strategy, self.ratio, generator=generator)
+        anchors = self.anchors[chosen]
+        start, end = boundary_targets(gt, self.t)
+        out = {
+            "anchors": anchors,
+            "gt_box": match_ground_truth(anchors, gt),
+            "gt_start": start,
+            "gt_end": end,
+        }
+        if self.proposal_head:
+            gt_classes = torch.tensor([self.class_index[label] for label in gt_labels], dtype=torch.long)
+            out["proposal_classes"] = proposal_classes(anchors, gt, gt_classes)
+        return out

@@ -91,8 +91,14 @@ class VideoMAE(nn.Module):
     def __init__(self, size: str) -> None:
         super().__init__()
         t = _transformers()
-        shape = {"image_size": 224, "patch_size": 16, "num_frames": 16, "tubelet_size": 2,
-                 "use_mean_pooling": True, **VIDEOMAE_SIZES[size]}  # fmt: skip
+        shape = {
+            "image_size": 224,
+            "patch_size": 16,
+            "num_frames": 16,
+            "tubelet_size": 2,
+            "use_mean_pooling": True,
+            **VIDEOMAE_SIZES[size],
+        }
         if torch.get_default_device().type == "meta":  # shapes only (`etad encoders` counts parameters):
             # the sinusoid position table is no parameter, and transformers computes it in Python
             # (3 s at 16 x 224 x 224): made for the smallest clip, the parameters are the same
@@ -128,14 +134,19 @@ def load_videomae(backbone: nn.Module, path: Path) -> None:
         state = read_weights_file(path)
         if not isinstance(state, dict):
             raise UserError(f"{path}: expected a state dict of VideoMAE weights")
-    state = {k.removeprefix("videomae."): v for k, v in state.items()
-             if not k.startswith(("decoder.", "encoder_to_decoder", "classifier.", "fc_norm."))}  # fmt: skip
+    state = {
+        k.removeprefix("videomae."): v
+        for k, v in state.items()
+        if not k.startswith(("decoder.", "encoder_to_decoder", "classifier.", "fc_norm."))
+    }
     try:
         missing, unexpected = backbone.model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a tensor of another shape
         reason = str(exc).strip().splitlines()[-1].strip()[:160]
         raise UserError(f"{path}: weights of another VideoMAE size: {reason}") from None
     if missing or unexpected:
-        raise UserError(f"{path}: keys do not match the encoder: {len(missing)} missing "
-                        f"(e.g. {', '.join(missing[:3]) or '-'}), {len(unexpected)} unexpected "
-                        f"(e.g. {', '.join(unexpected[:3]) or '-'}); a folder of another size?")  # fmt: skip
+        raise UserError(
+            f"{path}: keys do not match the encoder: {len(missing)} missing "
+            f"(e.g. {', '.join(missing[:3]) or '-'}), {len(unexpected)} unexpected "
+            f"(e.g. {', '.join(unexpected[:3]) or '-'}); a folder of another size?"
+        )

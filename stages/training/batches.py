@@ -15,8 +15,17 @@ import torch
 from stages.core.runtime import epoch_seed
 
 
-def rank_batches(n: int, batch: int, *, world: int = 1, rank: int = 0, accumulate: int = 1, seed: int = 0,
-                 epoch: int = 0, shuffle: bool = True) -> list[list[int]]:  # fmt: skip
+def rank_batches(
+    n: int,
+    batch: int,
+    *,
+    world: int = 1,
+    rank: int = 0,
+    accumulate: int = 1,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle: bool = True,
+) -> list[list[int]]:
     """This rank's micro-batches of one epoch, in order.
 
     Training (`shuffle`): a permutation of the n items from (seed, epoch), cut into blocks of
@@ -47,10 +56,12 @@ class EpochBatches(torch.utils.data.Sampler):
     """A DataLoader batch sampler over `rank_batches` that yields (epoch, item) keys: the epoch
     travels with each item, so that persistent loader workers draw the right epoch's randomness."""
 
-    def __init__(self, n: int, batch: int, *, world: int, rank: int, accumulate: int, seed: int,
-                 shuffle: bool) -> None:  # fmt: skip
-        self.args = dict(n=n, batch=batch, world=world, rank=rank, accumulate=accumulate, seed=seed,
-                         shuffle=shuffle)  # fmt: skip
+    def __init__(
+        self, n: int, batch: int, *, world: int, rank: int, accumulate: int, seed: int, shuffle: bool
+    ) -> None:
+        self.args = dict(
+            n=n, batch=batch, world=world, rank=rank, accumulate=accumulate, seed=seed, shuffle=shuffle
+        )
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:

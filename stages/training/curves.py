@@ -31,13 +31,19 @@ class TensorBoard:
         except ImportError:  # torch's writer needs the tensorboard package
             return None, None
         except Exception as exc:  # installed but broken (a version clash raising at import)
-            return None, f"TensorBoard is installed but fails to import ({exc.__class__.__name__}: " \
-                f"{str(exc)[:100]}); metrics.jsonl and the PNG curves are written without it"
+            return (
+                None,
+                f"TensorBoard is installed but fails to import ({exc.__class__.__name__}: "
+                f"{str(exc)[:100]}); metrics.jsonl and the PNG curves are written without it",
+            )
         try:
             return cls(SummaryWriter(log_dir=str(folder), purge_step=purge_step)), None
         except Exception as exc:
-            return None, f"{folder}: TensorBoard cannot write ({exc.__class__.__name__}); curves go to " \
-                "metrics.jsonl only"
+            return (
+                None,
+                f"{folder}: TensorBoard cannot write ({exc.__class__.__name__}); curves go to "
+                "metrics.jsonl only",
+            )
 
     def write(self, record: dict, step: int) -> None:
         event = record.get("event")
@@ -112,8 +118,11 @@ def _plot_run(ax, name: str, steps: list[dict], epochs: list[dict]) -> None:
         ax.plot([r["step"] for r in steps], [r["total"] for r in steps], lw=0.8, alpha=0.6, label="step loss")
     per_epoch = max(1, steps[-1]["step"] // max(len(epochs), 1)) if steps else 1
     for key, style in (("train_loss", "o-"), ("val_loss", "s--")):
-        points = [(r.get("at_step", r["epoch"] * per_epoch), r[key]) for r in epochs
-                  if isinstance(r.get(key), int | float)]  # fmt: skip
+        points = [
+            (r.get("at_step", r["epoch"] * per_epoch), r[key])
+            for r in epochs
+            if isinstance(r.get(key), int | float)
+        ]
         if points:
             ax.plot(*zip(*points), style, ms=3, label=key.replace("_", " "))
     ax.set(title=name, xlabel="optimizer step", ylabel="loss")

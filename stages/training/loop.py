@@ -127,8 +127,15 @@ def loader(
     (seed, epoch) alone; call `.batch_sampler.set_epoch(e)`). `workers` unset: min(cores - 1, 8)
     on CUDA, 0 on the CPU; workers persist across epochs (the epoch travels with each item key)."""
     workers = loader_workers(workers, device)
-    batches = EpochBatches(len(dataset), batch_size, world=dist.world, rank=dist.rank, accumulate=accumulate,
-                           seed=seed, shuffle=shuffle)  # fmt: skip
+    batches = EpochBatches(
+        len(dataset),
+        batch_size,
+        world=dist.world,
+        rank=dist.rank,
+        accumulate=accumulate,
+        seed=seed,
+        shuffle=shuffle,
+    )
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=batches,
@@ -221,9 +228,18 @@ class Run:
     step: int = 0  # optimizer steps taken so far (also before a resume)
 
 
-def fit(job: Job, settings: Settings, section: Optimisation, dist: Distributed, *, device: torch.device,
-        resume: bool, restart: bool = False, progress: Progress = SILENT,
-        notes: list[str] | None = None) -> TrainSummary:  # fmt: skip
+def fit(
+    job: Job,
+    settings: Settings,
+    section: Optimisation,
+    dist: Distributed,
+    *,
+    device: torch.device,
+    resume: bool,
+    restart: bool = False,
+    progress: Progress = SILENT,
+    notes: list[str] | None = None,
+) -> TrainSummary:
     """The epoch loop shared by `etad train`, `train --e2e` and `train --encoder`: seeds per epoch,
     steps, clips, logs JSON lines, validates, writes a checkpoint per epoch, resumes from last.pt.
     Closes the process group of `start_run` when it ends, however it ends."""
@@ -231,16 +247,18 @@ def fit(job: Job, settings: Settings, section: Optimisation, dist: Distributed, 
     try:
         out_dir = run_dir(settings, job.kind)
         summary = TrainSummary(out_dir, job.kind, notes=list(notes or []), parameters=job.parameters)
-        run = Run(job, settings, section, dist, device=device, summary=summary,
-                  ckpt_dir=out_dir / "checkpoints", precision=Precision(section.amp, device))  # fmt: skip
+        places = dict(summary=summary, ckpt_dir=out_dir / "checkpoints")
+        run = Run(
+            job, settings, section, dist, device=device, precision=Precision(section.amp, device), **places
+        )
         if dist.main:
             lock = RunLock(out_dir)
             prepare_run_dir(out_dir, resume, restart, summary.notes)
         dist.barrier()
         start_epoch = _resume(run) if resume else 0
         dist.broadcast(job.modules.values())  # every rank starts from rank 0's weights
-        data = loader(job.train_set, section.batch_size, section.workers, True, seed=settings.seed, dist=dist,
-                      device=device, accumulate=section.accumulate)  # fmt: skip
+        shuffled = dict(seed=settings.seed, dist=dist, device=device, accumulate=section.accumulate)
+        data = loader(job.train_set, section.batch_size, section.workers, True, **shuffled)
         steps = len(data) // section.accumulate
         progress.start(steps * max(section.epochs - start_epoch, 0), f"{len(job.train_set)} training items")
         if device.type == "cuda":
@@ -254,10 +272,7 @@ def fit(job: Job, settings: Settings, section: Optimisation, dist: Distributed, 
         for epoch in range(start_epoch, section.epochs):
             _epoch(run, data, epoch, progress)
         if device.type == "cuda":
-            summary.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
-            if job.memory is not None and job.memory.peaks_mib:
-                summary.phase_memory_mb = dict(job.memory.peaks_mib)
-                summary.peak_memory_mb = max(v for k, v in summary.phase_memory_mb.items() if k != "refit")
+            _record_peaks(summary, job, device)
         return summary
     finally:
         if run is not None and run.log is not None:
@@ -265,6 +280,14 @@ def fit(job: Job, settings: Settings, section: Optimisation, dist: Distributed, 
         if lock is not None:
             lock.release()
         dist.close()
+
+
+def _record_peaks(summary: TrainSummary, job: Job, device: torch.device) -> None:
+    """The run's CUDA peak, and each phase's where the job measured them (the refit apart)."""
+    summary.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    if job.memory is not None and job.memory.peaks_mib:
+        summary.phase_memory_mb = dict(job.memory.peaks_mib)
+        summary.peak_memory_mb = max(v for k, v in summary.phase_memory_mb.items() if k != "refit")
 
 
 def _resume(run: Run) -> int:
@@ -280,8 +303,10 @@ def _resume(run: Run) -> int:
     _same_settings(path, state, run.settings, SECTIONS[job.kind])
     began_on = state.get("inputs")
     if isinstance(began_on, dict) and job.inputs and (differs := job.inputs.differences(began_on, "then")):
-        raise UserError(f"{path}: the run began on inputs made with other settings: {differs}; --resume "
-                        "continues a run only on the inputs it began with (or pass --restart)")  # fmt: skip
+        raise UserError(
+            f"{path}: the run began on inputs made with other settings: {differs}; --resume "
+            "continues a run only on the inputs it began with (or pass --restart)"
+        )
     for name, module in job.modules.items():
         load_weights(module, state, path, name)
     job.optimizer.load_state_dict(state["optimizer"])
@@ -304,12 +329,30 @@ def _resume(run: Run) -> int:
 # (the optimizer's state only fits its own optimizer and parameter groups; a checkpoint records one
 # set of settings for the whole run). `epochs` may grow: the schedule steps every lr_step epochs.
 RESUME_SAME = {
-    "data": ("protocol", "fps", "frame_height", "frame_width", "snippet_length", "snippet_stride",
-             "temporal_scale", "window_overlap"),
-    "optimisation": ("optimizer", "lr", "weight_decay", "batch_size", "accumulate", "lr_step", "lr_gamma",
-                     "grad_clip", "amp", "encoder_lr"),
+    "data": (
+        "protocol",
+        "fps",
+        "frame_height",
+        "frame_width",
+        "snippet_length",
+        "snippet_stride",
+        "temporal_scale",
+        "window_overlap",
+    ),
+    "optimisation": (
+        "optimizer",
+        "lr",
+        "weight_decay",
+        "batch_size",
+        "accumulate",
+        "lr_step",
+        "lr_gamma",
+        "grad_clip",
+        "amp",
+        "encoder_lr",
+    ),
     "model.encoder": ("name", "frozen_stages"),
-}  # fmt: skip
+}
 
 
 def _same_settings(path: Path, state: dict, settings: Settings, section: str) -> None:
@@ -364,10 +407,17 @@ def _epoch(run: Run, data: torch.utils.data.DataLoader, epoch: int, progress: Pr
     score = val_loss if val_loss is not None else train_loss
     is_best = score < run.best
     run.best = min(run.best, score)
-    record = {"epoch": epoch + 1, "at_step": run.step, "train_loss": train_loss, "val_loss": val_loss,
-              "lr": lr, "seconds": time.perf_counter() - began, "data_wait_s": waited,
-              "items_per_s": items / max(seconds, 1e-9),
-              "weights_checksum_per_rank": dist.gather(weights_checksum(job.modules["model"]))}  # fmt: skip
+    record = {
+        "epoch": epoch + 1,
+        "at_step": run.step,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "lr": lr,
+        "seconds": time.perf_counter() - began,
+        "data_wait_s": waited,
+        "items_per_s": items / max(seconds, 1e-9),
+        "weights_checksum_per_rank": dist.gather(weights_checksum(job.modules["model"])),
+    }
     if job.memory is not None and job.memory.peaks_mib:
         record["peak_mib_per_phase"] = dict(job.memory.peaks_mib)
     run.summary.epochs.append(record)
@@ -415,8 +465,14 @@ def _step(run: Run, batches, epoch: int, index: int, *, progress: Progress) -> t
     run.step += 1
     seconds = time.perf_counter() - t0 - waited
     run.summary.step_seconds.append(seconds)
-    record.update(epoch=epoch + 1, step=run.step, lr=job.optimizer.param_groups[0]["lr"], seconds=seconds,
-                  data_wait_s=waited, videos_per_s=items / max(seconds, 1e-9))  # fmt: skip
+    record.update(
+        epoch=epoch + 1,
+        step=run.step,
+        lr=job.optimizer.param_groups[0]["lr"],
+        seconds=seconds,
+        data_wait_s=waited,
+        videos_per_s=items / max(seconds, 1e-9),
+    )
     if run.step % section.log_every == 0 or run.step == 1 or "skipped" in record:
         run.log.write(record)
     speed = f"{record['videos_per_s']:.1f} items/s"

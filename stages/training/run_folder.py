@@ -45,8 +45,10 @@ def set_aside(out_dir: Path) -> Path:
 def set_aside_runs(work_dir: Path) -> list[Path]:
     """The run folders --restart moved aside in a work folder (<kind>.<time>), oldest first."""
     pattern = re.compile(r"^[A-Za-z0-9_]+\.\d{8}-\d{6}(-\d+)?$")
-    return sorted((p for p in Path(work_dir).iterdir() if p.is_dir() and pattern.match(p.name)),
-                  key=lambda p: p.name.split(".", 1)[1])  # fmt: skip
+    return sorted(
+        (p for p in Path(work_dir).iterdir() if p.is_dir() and pattern.match(p.name)),
+        key=lambda p: p.name.split(".", 1)[1],
+    )
 
 
 class RunLock:

@@ -36,9 +36,22 @@ def test_help_lists_every_command_with_one_line():
 
 @pytest.mark.slow  # `etad` in a subprocess
 def test_every_command_help_shows_an_example():
-    for command in (["synth"], ["extract"], ["cache"], ["train"], ["infer"], ["eval"], ["report"],
-                    ["config", "show"], ["config", "validate"], ["config", "reference"], ["study"],
-                    ["checkpoint", "info"], ["checkpoint", "convert"], ["encoders"]):  # fmt: skip
+    for command in (
+        ["synth"],
+        ["extract"],
+        ["cache"],
+        ["train"],
+        ["infer"],
+        ["eval"],
+        ["report"],
+        ["config", "show"],
+        ["config", "validate"],
+        ["config", "reference"],
+        ["study"],
+        ["checkpoint", "info"],
+        ["checkpoint", "convert"],
+        ["encoders"],
+    ):
         result = run_etad(*command, "--help")
         assert result.returncode == 0, command
         assert "Example" in result.stdout and f"etad {' '.join(command)} " in result.stdout, command
@@ -73,8 +86,11 @@ def _imports_of(*args: str) -> set[str]:
     """The modules a real `etad ARGS...` process imports (from `python -X importtime`)."""
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "etad_cli", *args],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if "|" in line}
 
@@ -84,8 +100,15 @@ def test_scoring_and_showing_settings_never_import_torch():
     """`etad eval` and `etad config show` start in well under a second: a user scoring a file waits
     for scoring, not for torch's 6 s of imports. `config validate` checks the part names, with torch."""
     data = FILES
-    scoring = _imports_of("eval", "-p", str(data / "tiny_predictions.json"),
-                          "-g", str(data / "tiny_anet.json"), "--config", "examples/demo.yaml")  # fmt: skip
+    scoring = _imports_of(
+        "eval",
+        "-p",
+        str(data / "tiny_predictions.json"),
+        "-g",
+        str(data / "tiny_anet.json"),
+        "--config",
+        "examples/demo.yaml",
+    )
     showing = _imports_of("config", "show", "examples/demo.yaml")
     assert "stages.evaluate" in scoring and "stages.core.settings" in showing
     assert "torch" not in scoring | showing
@@ -108,9 +131,11 @@ def test_each_commands_subset_help_describes_its_own_option():
 
     from etad_cli.app import app
 
-    for command, own, other in (("extract", "Subsets to process", "Ground-truth subset"),
-                                ("cache", "Subsets to process", "Ground-truth subset"),
-                                ("eval", "Ground-truth subset", "Subsets to process")):  # fmt: skip
+    for command, own, other in (
+        ("extract", "Subsets to process", "Ground-truth subset"),
+        ("cache", "Subsets to process", "Ground-truth subset"),
+        ("eval", "Ground-truth subset", "Subsets to process"),
+    ):
         text = " ".join(CliRunner().invoke(app, [command, "--help"], terminal_width=200).output.split())
         assert own in text and other not in text, command
 
@@ -130,9 +155,54 @@ def test_tables_keep_their_words_at_eighty_columns(tmp_path, monkeypatch):
     detection = {"segment": [1, 4], "label": label, "score": 0.5}
     predictions = {"results": {f"v{i}": [detection] for i in range(3)}}
     (tmp_path / "p.json").write_text(json.dumps(predictions))
-    for args in (("annotations", "check", tmp_path / "gt.json"),
-                 ("eval", "-g", tmp_path / "gt.json", "-p", tmp_path / "p.json", "--per-class")):  # fmt: skip
+    for args in (
+        ("annotations", "check", tmp_path / "gt.json"),
+        ("eval", "-g", tmp_path / "gt.json", "-p", tmp_path / "p.json", "--per-class"),
+    ):
         done = run_cli(*args)
         assert done.returncode == 0 and "…" not in done.stdout, done.stdout
     assert label in done.stdout
     assert "instances" in run_cli("annotations", "check", tmp_path / "gt.json").stdout
+
+
+def _commands(command, path=()):
+    """Every leaf command of the click tree under `command`, with its words (e.g. ("config", "show"))."""
+    if hasattr(command, "commands"):
+        for name, sub in command.commands.items():
+            yield from _commands(sub, (*path, name))
+    else:
+        yield path, command
+
+
+def test_every_help_names_only_options_its_command_has_and_flags_take_no_value():
+    """A help text (the command's and its options') names `--x` only where the command has it, or
+    qualified by the command that has it ("etad infer --eval", "train --encoder", torchrun's own);
+    every boolean option is a flag and its row shows no type."""
+    import re
+
+    import typer.main
+    from typer.testing import CliRunner
+
+    from etad_cli.app import app
+    from stages.core.settings import Settings
+
+    commands = dict(_commands(typer.main.get_command(app)))
+    options = {
+        path[-1]: {o for p in c.params for o in p.opts + p.secondary_opts} for path, c in commands.items()
+    }
+    for path, command in commands.items():
+        text = " ".join([command.help or "", *(getattr(p, "help", None) or "" for p in command.params)])
+        for before, option in re.findall(r"(\S*)\s+(--[a-z][a-z0-9-]*)", text):
+            owners = {path[-1], before} & options.keys()  # "--stages train --vary": train is a value
+            if before != "torchrun":
+                assert any(option in options[owner] for owner in owners), (path, before, option)
+        for param in command.params:
+            for default in re.findall(r"\(default: ([^)]*)\)", getattr(param, "help", None) or ""):
+                assert default != "the settings'", (path, param.name)  # which setting, named
+                for section, field in re.findall(r"\b([a-z_]+)\.([a-z_]+)\b", default):
+                    if section in Settings.model_fields:  # not a file name such as last.pt
+                        assert field in Settings.model_fields[section].annotation.model_fields, (path, field)
+            if getattr(param, "type", None) is not None and param.type.name == "boolean":
+                assert param.is_flag, (path, param.name)
+        shown = CliRunner().invoke(app, [*path, "--help"], terminal_width=200).output
+        assert "<bool>" not in shown and "requires an argument" not in shown, path

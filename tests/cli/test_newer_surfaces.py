@@ -41,8 +41,12 @@ def test_subset_lists_and_shards_mean_what_they_say():
         with pytest.raises(UserError, match="expected K/N"):
             parse_shard(bad, env={})
     # --array=0-6:2 runs tasks 0, 2, 4, 6: four shards, task 4 is the third
-    stepped = {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "0",
-               "SLURM_ARRAY_TASK_STEP": "2"}  # fmt: skip
+    stepped = {
+        "SLURM_ARRAY_TASK_ID": "4",
+        "SLURM_ARRAY_TASK_COUNT": "4",
+        "SLURM_ARRAY_TASK_MIN": "0",
+        "SLURM_ARRAY_TASK_STEP": "2",
+    }
     assert parse_shard(None, env=stepped) == Shard(3, 4)
     with pytest.raises(UserError, match="not min 0 \\+ a multiple of step 2"):
         parse_shard(None, env={**stepped, "SLURM_ARRAY_TASK_ID": "3"})
@@ -213,8 +217,11 @@ def test_resume_refuses_other_optimisation_settings_with_the_one_that_changed(tr
     root = tmp_path / "tiny"
     shutil.copytree(trained, root)
     config = root / "tiny.yaml"
-    changes = {"train.optimizer=adam": "train.optimizer", "train.batch_size=2": "train.batch_size",
-               "train.lr_step=2": "train.lr_step"}  # fmt: skip
+    changes = {
+        "train.optimizer=adam": "train.optimizer",
+        "train.batch_size=2": "train.batch_size",
+        "train.lr_step=2": "train.lr_step",
+    }
     for change, key in changes.items():
         result = run_cli("train", "-c", config, "--resume", "--set", change, "--set", "train.epochs=2")
         assert result.returncode == 2, change
@@ -270,8 +277,11 @@ def test_study_refuses_empty_and_owned_keys_and_checks_every_point_first(tmp_pat
 
     config = demo_config(tmp_path, synth_dir)
     settings = _load(config)
-    for vary, message in (("train.lr=,,", "expected KEY=V1,V2"), ("seed=1,2", "use --seeds"),
-                          ("work_dir=/tmp/other", "each point has its own folder")):  # fmt: skip
+    for vary, message in (
+        ("train.lr=,,", "expected KEY=V1,V2"),
+        ("seed=1,2", "use --seeds"),
+        ("work_dir=/tmp/other", "each point has its own folder"),
+    ):
         with pytest.raises(UserError, match=message):
             study.prepare(settings, config=config, overrides=[], vary=[vary], also=[], out=tmp_path / "s")
     checked = []
@@ -281,8 +291,15 @@ def test_study_refuses_empty_and_owned_keys_and_checks_every_point_first(tmp_pat
         return _load(config, *sets)
 
     with pytest.raises(UserError, match=r"point train.lr=2: .*train.lr: got 2"):
-        study.prepare(settings, config=config, overrides=[], vary=["train.lr=0.1,2"], also=[],
-                      out=tmp_path / "s", check=check)  # fmt: skip
+        study.prepare(
+            settings,
+            config=config,
+            overrides=[],
+            vary=["train.lr=0.1,2"],
+            also=[],
+            out=tmp_path / "s",
+            check=check,
+        )
     assert len(checked) == 2 and not (tmp_path / "s").exists()  # both points checked, nothing written
 
 
@@ -290,11 +307,21 @@ def test_a_malformed_result_is_left_out_of_the_table_and_redone(tmp_path):
     from stages import study
 
     out = tmp_path / "study"
-    good = {"point": "a", "overrides": {"train.lr": "0.1"}, "seed": 0, "average_mAP": 0.5,
-            "truth_labels_mAP": None, "mAP": [0.6, 0.4], "tiou_thresholds": [0.5, 0.75],
-            "mAP_first_tiou": 0.6,
-            "proposal_AUC": 40.0, "peak_memory_mib": 100.0, "memory_kind": "peak RSS",
-            "seconds_per_iteration": float("nan"), "seconds": 3.0}  # fmt: skip
+    good = {
+        "point": "a",
+        "overrides": {"train.lr": "0.1"},
+        "seed": 0,
+        "average_mAP": 0.5,
+        "truth_labels_mAP": None,
+        "mAP": [0.6, 0.4],
+        "tiou_thresholds": [0.5, 0.75],
+        "mAP_first_tiou": 0.6,
+        "proposal_AUC": 40.0,
+        "peak_memory_mib": 100.0,
+        "memory_kind": "peak RSS",
+        "seconds_per_iteration": float("nan"),
+        "seconds": 3.0,
+    }
     (out / "points/a/seed0").mkdir(parents=True)
     (out / "points/b/seed0").mkdir(parents=True)
     (out / "study.json").write_text(json.dumps({"varied": ["train.lr"]}))
@@ -330,17 +357,25 @@ def test_integers_too_long_for_a_float_are_refused_as_non_finite(tmp_path, train
     predictions["results"][scored][0]["score"] = 0.5
     pred = tmp_path / "pred.json"
     pred.write_text(json.dumps(predictions).replace('"score": 0.5', f'"score": {huge}', 1))
-    result = run_cli("eval", "--ground-truth", trained / "tiny_anet.json", "--predictions", pred,
-                     "--subset", "validation")  # fmt: skip
+    result = run_cli(
+        "eval", "--ground-truth", trained / "tiny_anet.json", "--predictions", pred, "--subset", "validation"
+    )
     assert result.returncode == 2 and "score inf is not finite" in result.stderr
 
 
 # 18, 19 and 20: checkpoints, and file text on the terminal
 def _crafted_checkpoint(path: Path, **changes) -> Path:
-    state = {"format": "etad-checkpoint-1", "kind": "[/]", "epoch": 1, "classes": ["a"],
-             "model": {"w": torch.zeros(2)}, "encoder": {"v": torch.zeros(3)},
-             "settings": {"model": {"variant": "[link=https://evil.example]original[/link]",
-                                    "encoder": {"name": 5}}}}  # fmt: skip
+    state = {
+        "format": "etad-checkpoint-1",
+        "kind": "[/]",
+        "epoch": 1,
+        "classes": ["a"],
+        "model": {"w": torch.zeros(2)},
+        "encoder": {"v": torch.zeros(3)},
+        "settings": {
+            "model": {"variant": "[link=https://evil.example]original[/link]", "encoder": {"name": 5}}
+        },
+    }
     state.update(changes)
     torch.save(state, path)
     return path

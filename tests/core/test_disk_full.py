@@ -20,8 +20,14 @@ def _run_limited(limit_bytes: int, *args) -> subprocess.CompletedProcess:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
-    return subprocess.run([sys.executable, "-m", "etad_cli", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, preexec_fn=limit)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "etad_cli", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit,
+    )
 
 
 def _one_error(result: subprocess.CompletedProcess, text: str) -> None:

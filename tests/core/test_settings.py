@@ -120,7 +120,7 @@ def test_settings_reference_page_matches_the_models(cli):
     """docs/settings.md is generated (`make docs`): it must be current and list every key."""
     from pydantic import BaseModel
 
-    from etad_cli.parts import registries
+    from stages.api import registries
     from stages.core.settings_reference import settings_reference
 
     page = (REPO / "docs" / "settings.md").read_text()

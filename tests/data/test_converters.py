@@ -12,16 +12,30 @@ from tests.helpers import run_cli, shared_file
 
 def _as_predictions(annotations, path, subset):
     database = json.loads(annotations.read_text())["database"]
-    results = {v: [{"label": a["label"], "segment": a["segment"], "score": 1.0} for a in e["annotations"]]
-               for v, e in database.items() if e["subset"] == subset}  # fmt: skip
+    results = {
+        v: [{"label": a["label"], "segment": a["segment"], "score": 1.0} for a in e["annotations"]]
+        for v, e in database.items()
+        if e["subset"] == subset
+    }
     path.write_text(json.dumps({"results": results}))
 
 
 def _perfect(tmp_path, dataset, gt, subset, tious):
     _as_predictions(gt, tmp_path / f"{gt.stem}_pred.json", subset)
     out = tmp_path / f"{gt.stem}_metrics.json"
-    done = run_cli("eval", "--dataset", dataset, "-g", gt, "-p", tmp_path / f"{gt.stem}_pred.json",
-                   "--subset", subset, "--json", out)  # fmt: skip
+    done = run_cli(
+        "eval",
+        "--dataset",
+        dataset,
+        "-g",
+        gt,
+        "-p",
+        tmp_path / f"{gt.stem}_pred.json",
+        "--subset",
+        subset,
+        "--json",
+        out,
+    )
     assert done.returncode == 0, done.stderr
     metrics = json.loads(out.read_text())
     assert metrics["tiou_thresholds"] == pytest.approx(tious) and metrics["mAP"] == [1.0] * len(tious)
@@ -33,10 +47,23 @@ def test_epic_kitchens_validation_converts_with_its_counts_and_scores_itself_per
     expected = {"verb": 78, "noun": 211, "action": 1352}  # classes that occur (../shared/data/SOURCES.md)
     for label, classes in expected.items():
         out = tmp_path / f"epic_{label}.json"
-        done = run_cli("annotations", "convert", csv, "--from", "epic100", "--label", label, "--out", out,
-                       "--video-info", folder / "EPIC_100_video_info.csv",
-                       "--verbs", folder / "EPIC_100_verb_classes.csv",
-                       "--nouns", folder / "EPIC_100_noun_classes.csv")  # fmt: skip
+        done = run_cli(
+            "annotations",
+            "convert",
+            csv,
+            "--from",
+            "epic100",
+            "--label",
+            label,
+            "--out",
+            out,
+            "--video-info",
+            folder / "EPIC_100_video_info.csv",
+            "--verbs",
+            folder / "EPIC_100_verb_classes.csv",
+            "--nouns",
+            folder / "EPIC_100_noun_classes.csv",
+        )
         assert done.returncode == 0, done.stderr
         assert "138 videos, 9668 instances (1 clipped" in done.stdout  # P29_05_563 ends 0.01 s past its video
         database = json.loads(out.read_text())["database"]
@@ -89,26 +116,41 @@ MT = '{"v": {"duration": %r, "actions": [%s]}}'
         ("multithumos", MT % (0, "[1, 1, 2]"), "duration 0 is not positive"),
         ("multithumos", MT % (1e300, "[1, 1, 2]"), "is longer than 1e+06 s"),
         ("multithumos", MT % (30, "[3.7, 1, 2]"), "class '3.7' is not a class number"),
-        ("multithumos", '{"v": {"duration": 3, "actions": []}, "v": {"duration": 9, "actions": []}}',
-         "key 'v' appears twice"),
+        (
+            "multithumos",
+            '{"v": {"duration": 3, "actions": []}, "v": {"duration": 9, "actions": []}}',
+            "key 'v' appears twice",
+        ),
         ("multithumos", '{"../x": {"duration": 30, "actions": []}}', "video id '../x' contains the path"),
         ("charades", "id,length,actions\nAB,30,c092 9 2\n", "row 2: segment [9.0, 2.0] ends before"),
         ("charades", "id,length,actions\nAB,-5,c092 1 2\n", "row 2: duration -5.0 is not positive"),
         ("charades", "id,length,actions\nAB,30,c092 1 2\nAB,40,c009 1 5\n", "row 3: video 'AB' again"),
         ("csv", "video,start,end,label\nv1,0,5,a\nv1,0,6,a\n", None),
-        ("csv", "video,start,end,label,subset\nv1,0,5,a,training\nv1,0,6,a,validation\n",
-         "row 3: video 'v1' is in subset 'validation' here and 'training' at row 2"),
+        (
+            "csv",
+            "video,start,end,label,subset\nv1,0,5,a,training\nv1,0,6,a,validation\n",
+            "row 3: video 'v1' is in subset 'validation' here and 'training' at row 2",
+        ),
         ("csv", "video,start,end,label\n.hidden,0,5,a\n", "video id '.hidden' starts with '.'"),
         ("csv", "video,start,end,label\n" + "x" * 300 + ",0,5,a\n", "is longer than 240 bytes"),
     ],
-)  # fmt: skip
+)
 def test_a_bad_row_is_one_line_naming_the_file_and_row(tmp_path, fmt, content, message):
     if message is None:  # a control: the same file without the fault converts
         source = tmp_path / "in.csv"
         source.write_text(content)
         (tmp_path / "durations.csv").write_text("video,duration\nv1,10\n")
-        done = run_cli("annotations", "convert", source, "--from", fmt, "--out", tmp_path / "out.json",
-                       "--durations", tmp_path / "durations.csv")  # fmt: skip
+        done = run_cli(
+            "annotations",
+            "convert",
+            source,
+            "--from",
+            fmt,
+            "--out",
+            tmp_path / "out.json",
+            "--durations",
+            tmp_path / "durations.csv",
+        )
         assert done.returncode == 0, done.stderr
         return
     source = tmp_path / ("in.json" if fmt == "multithumos" else "in.csv")
@@ -135,10 +177,16 @@ def test_duplicates_and_malformed_ego4d_fields_are_refused_naming_both_places(tm
         "classes": (("m.json", "multithumos", "--classes", tmp_path / "classes.txt"), "line 3: class id '1'"),
         "durations": (("in.csv", "csv", "--durations", tmp_path / "dur.csv"), "row 3: video 'v1' again"),
         "clips": (("ego_twice.json", "ego4d-mq"), "clip_uid 'c1' again (first at"),
-    }  # fmt: skip
+    }
     for kind in ("annotator a string", "labels: 5", "label a string"):
-        bad = dict(clip, annotations=["x"] if kind == "annotator a string" else
-                   [{"labels": 5}] if kind == "labels: 5" else [{"labels": ["x"]}])  # fmt: skip
+        bad = dict(
+            clip,
+            annotations=["x"]
+            if kind == "annotator a string"
+            else [{"labels": 5}]
+            if kind == "labels: 5"
+            else [{"labels": ["x"]}],
+        )
         (tmp_path / f"{kind}.json").write_text(json.dumps({"videos": [{"split": "val", "clips": [bad]}]}))
         cases[kind] = ((f"{kind}.json", "ego4d-mq"), "expected")
     for name, ((source, fmt, *extra), message) in cases.items():
@@ -156,8 +204,17 @@ def test_thumos_txt_refuses_reversed_outside_and_non_utf8_rows(tmp_path):
     assert done.returncode == 2 and "row 1: segment [5.0, 1.0] ends before it starts" in done.stderr
     (folder / "Run_test.txt").write_text("video_test_1 1.0 50.0\n")
     (tmp_path / "dur.csv").write_text("video,duration\nvideo_test_1,30\n")
-    done = run_cli("annotations", "convert", folder, "--from", "thumos-txt", "--out", tmp_path / "b.json",
-                   "--durations", tmp_path / "dur.csv")  # fmt: skip
+    done = run_cli(
+        "annotations",
+        "convert",
+        folder,
+        "--from",
+        "thumos-txt",
+        "--out",
+        tmp_path / "b.json",
+        "--durations",
+        tmp_path / "dur.csv",
+    )
     assert done.returncode == 2 and "is outside the video [0, 30.0]" in " ".join(done.stderr.split())
     (folder / "Run_test.txt").write_bytes("vid\xe9o_1 1.0 2.0\n".encode("latin-1"))
     done = run_cli("annotations", "convert", folder, "--from", "thumos-txt", "--out", tmp_path / "c.json")
@@ -180,23 +237,53 @@ def test_charades_clips_actions_past_the_video_and_epic_refuses_an_unknown_class
     rows[2] = rows[2].replace(",put-down,1,", ",put-down,999,")
     (tmp_path / "e.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "o.json"
-    done = run_cli("annotations", "convert", tmp_path / "e.csv", "--from", "epic100", "--out", out,
-                   "--video-info", folder / "EPIC_100_video_info.csv",
-                   "--verbs", folder / "EPIC_100_verb_classes.csv")  # fmt: skip
+    done = run_cli(
+        "annotations",
+        "convert",
+        tmp_path / "e.csv",
+        "--from",
+        "epic100",
+        "--out",
+        out,
+        "--video-info",
+        folder / "EPIC_100_video_info.csv",
+        "--verbs",
+        folder / "EPIC_100_verb_classes.csv",
+    )
     assert done.returncode == 2 and "row 3: verb_class 999 is not a class of" in done.stderr
 
 
 def test_ego4d_moment_queries_convert_per_clip_and_score_recall_at_multiples(tmp_path):
     clips = [
-        {"clip_uid": "clip1", "video_start_sec": 100.0, "video_end_sec": 580.0, "annotations": [
-            {"labels": [{"start_time": 10.0, "end_time": 30.0, "label": "cut", "primary": True},
+        {
+            "clip_uid": "clip1",
+            "video_start_sec": 100.0,
+            "video_end_sec": 580.0,
+            "annotations": [
+                {
+                    "labels": [
+                        {"start_time": 10.0, "end_time": 30.0, "label": "cut", "primary": True},
                         {"start_time": 50.0, "end_time": 90.0, "label": "wash", "primary": True},
-                        {"start_time": 11.0, "end_time": 29.0, "label": "hold", "primary": False}]},
-            {"labels": [{"start_time": 12.0, "end_time": 31.0, "label": "cut", "primary": True},
-                        {"start_time": 470.0, "end_time": 490.0, "label": "wash", "primary": True}]}]},
-        {"clip_uid": "clip2", "video_start_sec": 580.0, "video_end_sec": 1060.0, "annotations": [
-            {"labels": [{"start_time": 5.0, "end_time": 8.0, "label": "cut", "primary": True}]}]},
-    ]  # fmt: skip
+                        {"start_time": 11.0, "end_time": 29.0, "label": "hold", "primary": False},
+                    ]
+                },
+                {
+                    "labels": [
+                        {"start_time": 12.0, "end_time": 31.0, "label": "cut", "primary": True},
+                        {"start_time": 470.0, "end_time": 490.0, "label": "wash", "primary": True},
+                    ]
+                },
+            ],
+        },
+        {
+            "clip_uid": "clip2",
+            "video_start_sec": 580.0,
+            "video_end_sec": 1060.0,
+            "annotations": [
+                {"labels": [{"start_time": 5.0, "end_time": 8.0, "label": "cut", "primary": True}]}
+            ],
+        },
+    ]
     (tmp_path / "moments.json").write_text(
         json.dumps({"videos": [{"video_uid": "A", "split": "val", "clips": clips}]})
     )
@@ -217,9 +304,13 @@ def test_ego4d_moment_queries_convert_per_clip_and_score_recall_at_multiples(tmp
         470.0,
         480.0,
     ]
-    predictions = {"clip1": [{"label": "cut", "segment": [10.0, 30.0], "score": 0.9},
-                             {"label": "cut", "segment": [40.0, 45.0], "score": 0.8},
-                             {"label": "wash", "segment": [460.0, 480.0], "score": 0.7}]}  # fmt: skip
+    predictions = {
+        "clip1": [
+            {"label": "cut", "segment": [10.0, 30.0], "score": 0.9},
+            {"label": "cut", "segment": [40.0, 45.0], "score": 0.8},
+            {"label": "wash", "segment": [460.0, 480.0], "score": 0.7},
+        ]
+    }
     (tmp_path / "p.json").write_text(json.dumps({"results": predictions}))
     out = tmp_path / "m.json"
     done = run_cli(
@@ -250,8 +341,10 @@ def test_thumos_annotation_folders_convert_without_ambiguous(tmp_path):
     assert done.returncode == 0 and "2 videos, 3 instances (0 clipped" in done.stdout
     assert "1 Ambiguous instance(s) left out" in done.stderr
     database = json.loads((tmp_path / "t.json").read_text())["database"]
-    expected = [{"segment": [0.2, 1.1], "label": "CliffDiving"},
-                {"segment": [11.4, 12.2], "label": "CliffDiving"}]  # fmt: skip
+    expected = [
+        {"segment": [0.2, 1.1], "label": "CliffDiving"},
+        {"segment": [11.4, 12.2], "label": "CliffDiving"},
+    ]
     assert database["video_test_0000004"] == {"subset": "test", "duration": 33.83, "annotations": expected}
     (folder / "HighJump_test.txt").write_text("video_test_0000006 3.0\n")
     done = run_cli("annotations", "convert", folder, "--from", "thumos-txt", "--out", tmp_path / "u.json")
@@ -273,8 +366,16 @@ def test_a_datasets_split_files_convert_into_one_file_with_their_subsets(tmp_pat
     assert {v: e["subset"] for v, e in database.items()} == {"AB12": "training", "CD34": "testing"}
     (tmp_path / "again_test.csv").write_text("id,length,actions\nAB12,30.0,\n")
     again = tmp_path / "again.json"
-    done = run_cli("annotations", "convert", tmp_path / "Charades_v1_train.csv", tmp_path / "again_test.csv",
-                   "--from", "charades", "--out", again)  # fmt: skip
+    done = run_cli(
+        "annotations",
+        "convert",
+        tmp_path / "Charades_v1_train.csv",
+        tmp_path / "again_test.csv",
+        "--from",
+        "charades",
+        "--out",
+        again,
+    )
     assert done.returncode == 2 and "video 'AB12' is in" in done.stderr and "Traceback" not in done.stderr
     assert not again.exists()
 
@@ -291,8 +392,9 @@ def test_ids_lose_a_video_extension_and_durations_come_from_the_videos(tmp_path)
     rows = "video,start,end,label\nwalk.mp4,0.5,3.8,walk\njump.mkv,1,3.5,jump\n"
     (tmp_path / "labels.csv").write_text(rows)
     out = tmp_path / "own.json"
-    done = run_cli("annotations", "convert", tmp_path / "labels.csv", "--from", "csv", "--videos", folder,
-                   "--out", out)  # fmt: skip
+    done = run_cli(
+        "annotations", "convert", tmp_path / "labels.csv", "--from", "csv", "--videos", folder, "--out", out
+    )
     assert done.returncode == 0, done.stderr
     database = json.loads(out.read_text())["database"]
     assert database["walk"]["duration"] == pytest.approx(4.0)
@@ -302,17 +404,26 @@ def test_ids_lose_a_video_extension_and_durations_come_from_the_videos(tmp_path)
     assert "the extension stripped (walk.mp4 -> walk)" in text
     assert "durations read from the 2 video files" in text
     (tmp_path / "twice.csv").write_text("video,start,end,label\nwalk.mp4,0,1,a\nwalk.avi,0,1,a\n")
-    done = run_cli("annotations", "convert", tmp_path / "twice.csv", "--from", "csv",
-                   "--out", tmp_path / "t.json")  # fmt: skip
+    done = run_cli(
+        "annotations", "convert", tmp_path / "twice.csv", "--from", "csv", "--out", tmp_path / "t.json"
+    )
     assert done.returncode == 2 and "are one id once the extension is stripped" in done.stderr
 
 
 def test_check_and_train_say_when_most_videos_hold_several_classes(tmp_path):
     from stages.data.annotations import load_annotations, several_classes
 
-    database = {f"v{i}": {"subset": "training", "duration": 30.0, "annotations": [
-        {"segment": [1, 5], "label": "a"}, {"segment": [6, 9], "label": "b" if i < 2 else "a"}]}
-        for i in range(3)}  # fmt: skip
+    database = {
+        f"v{i}": {
+            "subset": "training",
+            "duration": 30.0,
+            "annotations": [
+                {"segment": [1, 5], "label": "a"},
+                {"segment": [6, 9], "label": "b" if i < 2 else "a"},
+            ],
+        }
+        for i in range(3)
+    }
     (tmp_path / "gt.json").write_text(json.dumps({"database": database}))
     done = run_cli("annotations", "check", tmp_path / "gt.json")
     text = " ".join(done.stderr.split())

@@ -31,8 +31,10 @@ def test_a_shard_is_k_of_n_from_the_option_or_the_slurm_array():
 
 
 def test_shards_split_the_chosen_subsets_without_overlap():
-    records = {f"v{i:02d}": VideoRecord(f"v{i:02d}", ("training", "validation", "testing")[i % 3], 10.0)
-               for i in range(20)}  # fmt: skip
+    records = {
+        f"v{i:02d}": VideoRecord(f"v{i:02d}", ("training", "validation", "testing")[i % 3], 10.0)
+        for i in range(20)
+    }
     chosen = select(records, ["training", "validation"], WHOLE, where="x")
     assert len(chosen) == 14 and not any(records[v].subset == "testing" for v in chosen)
     parts = [select(records, ["training", "validation"], Shard(k, 3), where="x") for k in (1, 2, 3)]
@@ -46,18 +48,30 @@ def test_shards_split_the_chosen_subsets_without_overlap():
 def _config(tmp_path, synth_dir, work: str = "work", **data) -> str:
     config = {
         "work_dir": str(tmp_path / work),
-        "data": {"annotations": str(synth_dir / "anet.json"), "video_dir": str(synth_dir / "videos"),
-                 "frame_height": 32, "frame_width": 40, "snippet_length": 4, "temporal_scale": 12, **data},
+        "data": {
+            "annotations": str(synth_dir / "anet.json"),
+            "video_dir": str(synth_dir / "videos"),
+            "frame_height": 32,
+            "frame_width": 40,
+            "snippet_length": 4,
+            "temporal_scale": 12,
+            **data,
+        },
         "model": {"encoder": {"name": "tiny", "crop_size": 24}},
-    }  # fmt: skip
+    }
     path = tmp_path / f"{work}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
 def _etad(*args):
-    return subprocess.Popen([sys.executable, "-m", "etad_cli", *map(str, args)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "etad_cli", *map(str, args)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _contents(folder):

@@ -22,8 +22,9 @@ CASES = [  # (the command, a setting changed after caching, the name the refusal
 
 
 @pytest.mark.parametrize("command,change,named,kind", CASES, ids=[f"{c[0][-1]} {c[1]}" for c in CASES])
-def test_a_reader_refuses_a_stale_cache_naming_the_setting(tmp_path, cli, synth_dir, feature_work, command,
-                                                           change, named, kind):  # fmt: skip
+def test_a_reader_refuses_a_stale_cache_naming_the_setting(
+    tmp_path, cli, synth_dir, feature_work, command, change, named, kind
+):
     config = cached_config(tmp_path, synth_dir, feature_work, encoder_train={"subset": "training"})
     result = cli(*command, "-c", config, "--set", change, "--set", "train.epochs=1", "--set", "e2e.epochs=1")
     assert result.exit_code == 2, result.output
@@ -50,8 +51,10 @@ def test_infer_refuses_a_stale_cache_and_the_current_one_still_runs(tmp_path, cl
     assert cli("train", "-c", config).exit_code == 0
     stale = cli("infer", "-c", config, "--set", "data.fps=10")
     assert stale.exit_code == 2
-    assert "trained on features made with other settings than these: data.fps (15.0 at training, 10.0 now)" \
-        in " ".join(stale.output.split())  # fmt: skip
+    assert (
+        "trained on features made with other settings than these: data.fps (15.0 at training, 10.0 now)"
+        in " ".join(stale.output.split())
+    )
     state = torch.load(tmp_path / "work" / "pretrain" / "checkpoints" / "last.pt", weights_only=True)
     del state["inputs"]
     torch.save(state, tmp_path / "unrecorded.pt")
@@ -77,13 +80,17 @@ def test_a_model_is_never_run_or_resumed_on_current_features_of_other_settings(
     inferred = cli("infer", "-c", config, *other)
     assert inferred.exit_code == 2, inferred.output
     line = " ".join(inferred.output.split())
-    assert "trained on features made with other settings than these: model.encoder.crop_size (40 at " \
-           "training, 32 now)" in line  # fmt: skip
+    assert (
+        "trained on features made with other settings than these: model.encoder.crop_size (40 at "
+        "training, 32 now)" in line
+    )
     assert not (tmp_path / "work" / "results" / "detections.json").exists()
 
     resumed = cli("train", "-c", config, "--resume", "--set", "train.epochs=2", *other)
     assert resumed.exit_code == 2, resumed.output
-    assert "the run began on inputs made with other settings: model.encoder.crop_size (40 then, 32 now)" \
-        in " ".join(resumed.output.split())  # fmt: skip
+    assert (
+        "the run began on inputs made with other settings: model.encoder.crop_size (40 then, 32 now)"
+        in " ".join(resumed.output.split())
+    )
     assert checkpoint.read_bytes() == before
     assert cli("infer", "-c", config).exit_code == 0

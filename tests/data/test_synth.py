@@ -175,8 +175,13 @@ def test_sizes_rates_and_counts_are_bounded_before_any_work(tmp_path):
     plan of every video first): refused at once, one line, nothing written."""
     from tests.helpers import run_cli
 
-    for option, value in (("--width", "200000"), ("--height", "200000"), ("--fps", "100000"),
-                          ("--videos", "100000000"), ("--pretrain-videos", "100000000")):  # fmt: skip
+    for option, value in (
+        ("--width", "200000"),
+        ("--height", "200000"),
+        ("--fps", "100000"),
+        ("--videos", "100000000"),
+        ("--pretrain-videos", "100000000"),
+    ):
         done = run_cli("synth", tmp_path / "out", option, value)
         assert done.returncode == 2 and "Traceback" not in done.stderr, (option, done.stderr)
         assert option in done.stderr and not (tmp_path / "out").exists(), (option, done.stderr)

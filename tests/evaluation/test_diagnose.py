@@ -23,30 +23,43 @@ def _truth(segments, labels, videos, n_classes=2) -> detad.Truth:
 
 
 def _pred(segments, labels, videos, scores) -> detad.Predictions:
-    return detad.Predictions(np.array(videos), np.array(segments, dtype=float), np.array(labels),
-                             np.array(scores, dtype=float))  # fmt: skip
+    return detad.Predictions(
+        np.array(videos), np.array(segments, dtype=float), np.array(labels), np.array(scores, dtype=float)
+    )
 
 
 def test_every_error_type_on_a_case_worked_by_hand():
     # video 0: an A instance [10, 20] and a B instance [40, 50]; video 1 has no ground truth
     truth = _truth([[10, 20], [40, 50]], [A, B], [0, 0])
     pred = _pred(
-        [[10, 20],  # A over the A instance, tIoU 1: true positive
-         [11, 20],  # A again over it (tIoU 0.9), taken already: double detection
-         [40, 49],  # A over the B instance (tIoU 0.9): wrong label
-         [10, 14],  # A, tIoU 0.4 with the A instance: localization error
-         [44, 48],  # A, tIoU 0.4 with the B instance: confusion
-         [60, 70],  # A, touching nothing: background
-         [10, 20],  # A in a video without ground truth: background
-         [40, 50]],  # B over the B instance: true positive
-        [A, A, A, A, A, A, A, B], [0, 0, 0, 0, 0, 0, 1, 0], [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.95],
-    )  # fmt: skip
+        [
+            [10, 20],  # A over the A instance, tIoU 1: true positive
+            [11, 20],  # A again over it (tIoU 0.9), taken already: double detection
+            [40, 49],  # A over the B instance (tIoU 0.9): wrong label
+            [10, 14],  # A, tIoU 0.4 with the A instance: localization error
+            [44, 48],  # A, tIoU 0.4 with the B instance: confusion
+            [60, 70],  # A, touching nothing: background
+            [10, 20],  # A in a video without ground truth: background
+            [40, 50],
+        ],  # B over the B instance: true positive
+        [A, A, A, A, A, A, A, B],
+        [0, 0, 0, 0, 0, 0, 1, 0],
+        [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.95],
+    )
     tious = np.array([0.5])
     ap, matched = detad.normalised_ap(truth, pred, tious)
     types = detad.error_types(truth, pred, matched, tious)[0]
     names = [detad.ERROR_TYPES[t] for t in types]
-    assert names == ["true_positive", "double_detection", "wrong_label", "localization", "confusion",
-                     "background", "background", "true_positive"]  # fmt: skip
+    assert names == [
+        "true_positive",
+        "double_detection",
+        "wrong_label",
+        "localization",
+        "confusion",
+        "background",
+        "background",
+        "true_positive",
+    ]
     # at tIoU 0.95 the second A prediction (0.9) is a localization error, not a double detection
     strict = np.array([0.95])
     _, matched_strict = detad.normalised_ap(truth, pred, strict)
@@ -99,8 +112,9 @@ def test_the_thumos_characteristics_equal_detads_published_file():
         theirs = sorted(entry["annotations"], key=lambda a: (a["segment"], a["label"]))
         assert [(a["segment"], a["label"]) for a in anns] == [(a["segment"], a["label"]) for a in theirs]
         segments = np.array([a["segment"] for a in anns], dtype=float)
-        values = detad.computed_characteristics(segments, np.zeros(len(anns), dtype=int),
-                                                np.full(len(anns), mine["duration"]))  # fmt: skip
+        values = detad.computed_characteristics(
+            segments, np.zeros(len(anns), dtype=int), np.full(len(anns), mine["duration"])
+        )
         assert values["length"].tolist() == [a["length"] for a in theirs]
         assert values["num-instances"].tolist() == [a["num-instances"] for a in theirs]
         rounding = 0.0051 / mine["duration"]  # 0.005 s at most (measured), and float rounding
@@ -116,8 +130,12 @@ def test_the_activitynet_validation_set_is_diagnosed_in_seconds(tmp_path):
     seconds = time.perf_counter() - began
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "out" / "diagnosis.json").read_text())
-    assert result["counts"] == {"ground_truth": 7651, "classes": 200, "predictions": 42666,
-                                "top_predictions": result["counts"]["top_predictions"]}  # fmt: skip
+    assert result["counts"] == {
+        "ground_truth": 7651,
+        "classes": 200,
+        "predictions": 42666,
+        "top_predictions": result["counts"]["top_predictions"],
+    }
     assert 0.3 < result["average_mAP_N"] < 0.6
     assert sum(result["false_positive"]["over_all"].values()) == pytest.approx(1)
     assert set(result["sensitivity"]) == {"coverage", "length", "num-instances"}
@@ -149,8 +167,15 @@ def test_bad_input_is_one_line(tmp_path, trained):
 
 
 def test_diagnose_refuses_what_eval_refuses_and_never_writes_over_an_input(tmp_path):
-    truth = {"database": {"a": {"subset": "validation", "duration": 20.0,
-                                "annotations": [{"segment": [0, 10], "label": "x"}]}}}  # fmt: skip
+    truth = {
+        "database": {
+            "a": {
+                "subset": "validation",
+                "duration": 20.0,
+                "annotations": [{"segment": [0, 10], "label": "x"}],
+            }
+        }
+    }
     (tmp_path / "gt.json").write_text(json.dumps(truth))
     (tmp_path / "p.json").write_text(json.dumps({"results": {}}))
     base = ("diagnose", "--dataset", "anet", "-g", tmp_path / "gt.json", "-p", tmp_path / "p.json")
@@ -166,7 +191,16 @@ def test_diagnose_refuses_what_eval_refuses_and_never_writes_over_an_input(tmp_p
     (tmp_path / "gt.json").write_text(json.dumps(truth))
     (tmp_path / "diagnosis.json").write_text(json.dumps(one))  # predictions named like an output
     before = (tmp_path / "diagnosis.json").read_bytes()
-    done = run_cli("diagnose", "--dataset", "anet", "-g", tmp_path / "gt.json",
-                   "-p", tmp_path / "diagnosis.json", "--out", tmp_path)  # fmt: skip
+    done = run_cli(
+        "diagnose",
+        "--dataset",
+        "anet",
+        "-g",
+        tmp_path / "gt.json",
+        "-p",
+        tmp_path / "diagnosis.json",
+        "--out",
+        tmp_path,
+    )
     assert done.returncode == 2 and "an output never overwrites an input" in done.stderr
     assert (tmp_path / "diagnosis.json").read_bytes() == before

@@ -150,9 +150,15 @@ def test_eval_benchmark_in_the_settings_picks_the_protocol(tmp_path):
 
 
 def _pair(tmp_path, label="x"):
-    gt = _write(tmp_path / "gt.json", {"database": {
-        "a": {"subset": "validation", "annotations": [{"segment": [0, 10], "label": label}]},
-        "b": {"subset": "validation", "annotations": [{"segment": [5, 9], "label": label}]}}})  # fmt: skip
+    gt = _write(
+        tmp_path / "gt.json",
+        {
+            "database": {
+                "a": {"subset": "validation", "annotations": [{"segment": [0, 10], "label": label}]},
+                "b": {"subset": "validation", "annotations": [{"segment": [5, 9], "label": label}]},
+            }
+        },
+    )
     pred = _write(tmp_path / "p.json", {"results": {"a": [{"segment": [0, 8], "label": label, "score": 1}]}})
     return gt, pred
 
@@ -165,8 +171,12 @@ def test_an_output_named_as_an_input_is_refused_before_anything_is_read(tmp_path
     blocked = _write(tmp_path / "blocked.json", ["zzz"])
     before = {p: p.read_bytes() for p in (gt, pred, blocked)}
     base = ("eval", "-p", pred, "-g", gt, "--blocked", blocked)
-    for option, target in (("--json", pred), ("--plot", gt), ("--json", tmp_path / "link.json"),
-                           ("--plot", blocked)):  # fmt: skip
+    for option, target in (
+        ("--json", pred),
+        ("--plot", gt),
+        ("--json", tmp_path / "link.json"),
+        ("--plot", blocked),
+    ):
         done = run_cli(*base, option, target)
         assert done.returncode == 2 and "an output never overwrites an input" in done.stderr, (option, target)
     done = run_cli(*base, "--json", tmp_path / "m.json", "--plot", tmp_path / "m.json")

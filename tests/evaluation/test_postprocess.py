@@ -100,8 +100,11 @@ def test_truth_labels_each_video_with_its_own_classes(tmp_path):
 
 def test_fuse_labels_each_segment_by_its_own_classes():
     """The per-proposal head: each segment has its own classes, and a segment may have none."""
-    out = fuse(np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), np.array([0.5, 0.25, 1.0]),
-               [[("a", 0.8)], [("b", 0.4), ("a", 0.1)], []])  # fmt: skip
+    out = fuse(
+        np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]),
+        np.array([0.5, 0.25, 1.0]),
+        [[("a", 0.8)], [("b", 0.4), ("a", 0.1)], []],
+    )
     assert [(d["label"], d["score"], d["segment"]) for d in out] == [
         ("a", 0.4, [1.0, 2.0]),
         ("b", 0.1, [3.0, 4.0]),

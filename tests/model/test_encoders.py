@@ -108,8 +108,10 @@ def test_a_vit_block_fc_survives_and_a_file_of_another_encoder_is_refused(tmp_pa
     swin = build_encoder("swin3d_t").backbone
     assert any(".mlp." in k for k in swin.state_dict())
     path = _native_file("swin3d_t", tmp_path / "swin.pth", swin)
-    assert torch.equal(build_encoder("swin3d_t", checkpoint=path).backbone.state_dict()["norm.weight"],
-                       swin.state_dict()["norm.weight"])  # fmt: skip
+    assert torch.equal(
+        build_encoder("swin3d_t", checkpoint=path).backbone.state_dict()["norm.weight"],
+        swin.state_dict()["norm.weight"],
+    )
     with pytest.raises(UserError, match="keys do not match the encoder|another shape"):
         build_encoder("r3d_18", checkpoint=path)
     # the TSP layout `etad train --encoder` writes loads into a torchvision model too
@@ -122,14 +124,20 @@ def test_a_vit_block_fc_survives_and_a_file_of_another_encoder_is_refused(tmp_pa
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (["model.encoder.name=mvit_v2_s", "model.encoder.crop_size=224"],
-         "mvit_v2_s takes clips of frames 16, crop 224; the settings give 8 frames (data.snippet_length)"),
-        (["model.encoder.name=swin3d_t", "data.snippet_length=8", "model.encoder.crop_size=40"],
-         "swin3d_t takes clips of frames >= 2, a multiple of 2, crop >= 32, a multiple of 32"),
-        (["model.encoder.name=tiny", "model.encoder.frozen_stages=5"],
-         "frozen_stages 5: expected -1 (none) to 3 (all) for tiny"),
+        (
+            ["model.encoder.name=mvit_v2_s", "model.encoder.crop_size=224"],
+            "mvit_v2_s takes clips of frames 16, crop 224; the settings give 8 frames (data.snippet_length)",
+        ),
+        (
+            ["model.encoder.name=swin3d_t", "data.snippet_length=8", "model.encoder.crop_size=40"],
+            "swin3d_t takes clips of frames >= 2, a multiple of 2, crop >= 32, a multiple of 32",
+        ),
+        (
+            ["model.encoder.name=tiny", "model.encoder.frozen_stages=5"],
+            "frozen_stages 5: expected -1 (none) to 3 (all) for tiny",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_clip_shape_the_encoder_cannot_take_is_refused_when_settings_load(
     tmp_path, synth_dir, sets, message
 ):
@@ -166,8 +174,9 @@ def test_one_epoch_end_to_end_with_a_torchvision_model_and_videomae(
     from tests.helpers import demo_config
 
     cache = {"snippets_dir": str(feature_work / "work" / "cache" / "snippets")}
-    config = demo_config(tmp_path, synth_dir, cache=cache, e2e={"epochs": 1, "encoder_lr": 1e-4},
-                         model={"in_channels": None})  # fmt: skip
+    config = demo_config(
+        tmp_path, synth_dir, cache=cache, e2e={"epochs": 1, "encoder_lr": 1e-4}, model={"in_channels": None}
+    )
     sets = ["--set", f"model.encoder.name={name}", "--set", f"model.encoder.crop_size={crop}"]
     result = run_cli("train", "-c", config, "--e2e", *sets)
     assert result.returncode == 0, result.stderr[-1500:]
@@ -175,7 +184,14 @@ def test_one_epoch_end_to_end_with_a_torchvision_model_and_videomae(
     assert state["settings"]["model"]["encoder"]["name"] == name
     assert state["settings"]["model"]["in_channels"] == encoder_spec(name).out_dim
     assert all(torch.isfinite(v).all() for v in state["encoder"].values() if v.is_floating_point())
-    result = run_cli("infer", "-c", config, "--eval", *sets, "--checkpoint",
-                     tmp_path / "work" / "e2e" / "checkpoints" / "last.pt")  # fmt: skip
+    result = run_cli(
+        "infer",
+        "-c",
+        config,
+        "--eval",
+        *sets,
+        "--checkpoint",
+        tmp_path / "work" / "e2e" / "checkpoints" / "last.pt",
+    )
     assert result.returncode == 0, result.stderr[-1500:]
     assert json.loads((tmp_path / "work" / "results" / "detections.json").read_text())["results"]

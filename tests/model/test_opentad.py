@@ -248,9 +248,18 @@ def test_infer_runs_an_opentad_release(trained, tmp_path):
     _save(root / "opentad.pth", model)
     config = root / "tiny.yaml"
     done = run_cli(
-        "infer", "-c", config, "--checkpoint", root / "opentad.pth", "--set", "infer.classifier=none",
-        "--set", "infer.post_processing=opentad", "--set", "infer.min_score=0.0001",
-    )  # fmt: skip
+        "infer",
+        "-c",
+        config,
+        "--checkpoint",
+        root / "opentad.pth",
+        "--set",
+        "infer.classifier=none",
+        "--set",
+        "infer.post_processing=opentad",
+        "--set",
+        "infer.min_score=0.0001",
+    )
     assert done.returncode == 0, done.stderr
     results = json.loads((root / "work" / "results" / "detections.json").read_text())["results"]
     scores = [d["score"] for dets in results.values() for d in dets]

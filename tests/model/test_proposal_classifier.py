@@ -72,10 +72,11 @@ def test_detector_loss_adds_the_proposal_term_under_the_classifier_name():
     out = model(torch.randn(1, 16, 8), anchors)
     gt = torch.tensor([[0.25, 0.75]])
     batch = {
-        "gt_start": torch.zeros(1, 8), "gt_end": torch.zeros(1, 8),
+        "gt_start": torch.zeros(1, 8),
+        "gt_end": torch.zeros(1, 8),
         "gt_box": gt.expand(1, len(anchors[0]), 2),
         "proposal_classes": proposal_classes(anchors[0], gt, torch.tensor([2]))[None],
-    }  # fmt: skip
+    }
     with torch.no_grad():
         terms = detector_loss(out, batch, [0.7])
         alone = proposal_class_loss(out["proposal_classes"], batch["proposal_classes"])

@@ -52,9 +52,19 @@ def test_demo_pipeline_writes_every_artefact_and_the_final_table(tmp_path):
     assert len(list((e2e / "view" / "subtitles").glob("*.srt"))) == len(validation)
     runs = [json.loads(line) for line in (demo / "logs" / "stages.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in runs] == [
-        "extract", "cache snippets", "train --encoder", "cache features", "train", "infer", "infer",
-        "train --e2e", "infer", "infer", "infer", "infer",
-    ]  # fmt: skip
+        "extract",
+        "cache snippets",
+        "train --encoder",
+        "cache features",
+        "train",
+        "infer",
+        "infer",
+        "train --e2e",
+        "infer",
+        "infer",
+        "infer",
+        "infer",
+    ]
     assert all(r["seconds"] > 0 and r["peak_rss_mib"] > 0 for r in runs)
     control = [
         json.loads(line) for line in (demo / "control" / "logs" / "stages.jsonl").read_text().splitlines()

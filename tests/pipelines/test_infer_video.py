@@ -14,8 +14,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, cli, synth_dir, feature_work):
     folder = tmp_path_factory.mktemp("trained")
-    cache = {"features_dir": str(feature_work / "work" / "cache" / "features"),
-             "snippets_dir": str(feature_work / "work" / "cache" / "snippets")}  # fmt: skip
+    cache = {
+        "features_dir": str(feature_work / "work" / "cache" / "features"),
+        "snippets_dir": str(feature_work / "work" / "cache" / "snippets"),
+    }
     config = demo_config(folder, synth_dir, cache=cache, train={"epochs": 2, "lr_step": 2}, e2e={"epochs": 1})
     assert cli("train", "-c", config).exit_code == 0
     pretrain = folder / "work" / "pretrain" / "checkpoints" / "last.pt"
@@ -83,7 +85,7 @@ def test_a_video_gets_its_timeline_with_plot_and_eval_is_refused(trained, cli, s
     config, checkpoints = trained
     video = sorted((synth_dir / "videos").glob("*.mp4"))[0]
     args = ("infer", "-c", config, "--checkpoint", str(checkpoints["pretrain"]), "--video", str(video))
-    result = cli(*args, "--plot", "1")
+    result = cli(*args, "--plot")
     assert result.exit_code == 0, result.output
     plot = config.parent / "work" / "results" / "detections" / "plots" / f"{video.stem}.png"
     assert str(plot) in " ".join(result.output.split())  # its path printed
@@ -111,7 +113,16 @@ def test_a_head_the_checkpoint_was_not_trained_with_is_refused(trained, cli, syn
     """--set model.classifier=proposal on a video-head checkpoint ran the video head without a word."""
     config, checkpoints = trained
     video = sorted((synth_dir / "videos").glob("*.mp4"))[0]
-    result = cli("infer", "-c", config, "--checkpoint", str(checkpoints["pretrain"]), "--video", str(video),
-                 "--set", "model.classifier=proposal")  # fmt: skip
+    result = cli(
+        "infer",
+        "-c",
+        config,
+        "--checkpoint",
+        str(checkpoints["pretrain"]),
+        "--video",
+        str(video),
+        "--set",
+        "model.classifier=proposal",
+    )
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and "model.classifier 'video', these settings say 'proposal'" in text

@@ -34,8 +34,11 @@ def _init_and_extract(videos, rows: str, tmp_path):
 def test_init_on_synthetic_videos(synth_dir, tmp_path):
     database = json.loads((synth_dir / "anet.json").read_text())["database"]
     chosen = [v for v in sorted(database) if database[v]["annotations"]][:4]
-    rows = "".join(f"{v}.mp4,{a['segment'][0]},{a['segment'][1]},{a['label']},{database[v]['subset']}\n"
-                   for v in chosen for a in database[v]["annotations"])  # fmt: skip
+    rows = "".join(
+        f"{v}.mp4,{a['segment'][0]},{a['segment'][1]},{a['label']},{database[v]['subset']}\n"
+        for v in chosen
+        for a in database[v]["annotations"]
+    )
     settings, converted, _ = _init_and_extract(synth_dir / "videos", rows, tmp_path)
     assert sorted(converted) == chosen  # ids without .mp4
     for v in chosen:  # durations from the files, not the last label's end
@@ -45,9 +48,11 @@ def test_init_on_synthetic_videos(synth_dir, tmp_path):
 
 @pytest.mark.skipif(not (SHARED_DATA / "real_videos").is_dir(), reason="../shared/data/real_videos is absent")
 def test_init_on_the_shared_real_videos(tmp_path):
-    rows = ("bikes.mp4,1.0,3.5,ride,training\nbikes.mp4,4,6,stop,training\n"
-            "carphone_pristine.mp4,0.5,2.9,talk,training\ncarphone_pristine.mp4,3,3.9,look,training\n"
-            "cityCC0.mpg,2,7.5,walk,validation\n")  # fmt: skip
+    rows = (
+        "bikes.mp4,1.0,3.5,ride,training\nbikes.mp4,4,6,stop,training\n"
+        "carphone_pristine.mp4,0.5,2.9,talk,training\ncarphone_pristine.mp4,3,3.9,look,training\n"
+        "cityCC0.mpg,2,7.5,walk,validation\n"
+    )
     settings, converted, done = _init_and_extract(SHARED_DATA / "real_videos", rows, tmp_path)
     assert converted["cityCC0"]["duration"] == pytest.approx(7.6)
     assert converted["bikes"]["duration"] == pytest.approx(10.0)

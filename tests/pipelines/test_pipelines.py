@@ -22,10 +22,27 @@ pytestmark = [
 ]
 
 THUMOS_CLASSES = [
-    "BaseballPitch", "BasketballDunk", "Billiards", "CleanAndJerk", "CliffDiving", "CricketBowling",
-    "CricketShot", "Diving", "FrisbeeCatch", "GolfSwing", "HammerThrow", "HighJump", "JavelinThrow",
-    "LongJump", "PoleVault", "Shotput", "SoccerPenalty", "TennisSwing", "ThrowDiscus", "VolleyballSpiking",
-]  # fmt: skip
+    "BaseballPitch",
+    "BasketballDunk",
+    "Billiards",
+    "CleanAndJerk",
+    "CliffDiving",
+    "CricketBowling",
+    "CricketShot",
+    "Diving",
+    "FrisbeeCatch",
+    "GolfSwing",
+    "HammerThrow",
+    "HighJump",
+    "JavelinThrow",
+    "LongJump",
+    "PoleVault",
+    "Shotput",
+    "SoccerPenalty",
+    "TennisSwing",
+    "ThrowDiscus",
+    "VolleyballSpiking",
+]
 
 # a detector small enough for seconds on a CPU; every pipeline gets these on top of its recipe
 SMALL = (
@@ -33,7 +50,6 @@ SMALL = (
     "--set train.epochs=2 --set train.lr_step=2 --set train.batch_size=4 --set train.device=cpu "
     "--set infer.device=cpu --set infer.batch_size=4 --set model.classifier_refit_steps=50"
 )
-
 
 
 def fake_features(
@@ -82,9 +98,14 @@ def test_anet_features_pipeline(tmp_path):
     work = tmp_path / "work"
     shape = "--set model.in_channels=16 --set data.temporal_scale=16 --set model.max_duration=16"
     done = make(
-        "anet-features", ANET_FEATURES=features, ANNOTATIONS=annotations, CLASSIFIER=cuhk, BLOCKED=blocked,
-        ANET_FEATURES_WORK=work, SET=f"{SMALL} {shape}",
-    )  # fmt: skip
+        "anet-features",
+        ANET_FEATURES=features,
+        ANNOTATIONS=annotations,
+        CLASSIFIER=cuhk,
+        BLOCKED=blocked,
+        ANET_FEATURES_WORK=work,
+        SET=f"{SMALL} {shape}",
+    )
     assert len(list((work / "cache" / "features").glob("*.h5"))) == 12
     assert (work / "pretrain" / "checkpoints" / "last.pt").is_file()
     results = json.loads((work / "results" / "detections.json").read_text())["results"]
@@ -135,9 +156,13 @@ def test_thumos_features_pipeline(tmp_path):
     work = tmp_path / "work"
     shape = "--set model.in_channels=16 --set data.temporal_scale=64 --set model.max_duration=32"
     done = make(
-        "thumos-features", THUMOS_FEATURES=features, ANNOTATIONS=annotations,
-        CLASSIFIER=tmp_path / "uNet_test.npy", THUMOS_WORK=work, SET=f"{SMALL} {shape}",
-    )  # fmt: skip
+        "thumos-features",
+        THUMOS_FEATURES=features,
+        ANNOTATIONS=annotations,
+        CLASSIFIER=tmp_path / "uNet_test.npy",
+        THUMOS_WORK=work,
+        SET=f"{SMALL} {shape}",
+    )
     results = json.loads((work / "results" / "detections.json").read_text())["results"]
     assert sorted(results) == ["video_test_0000004", "video_test_0000007", "video_test_0000026"]
     top = {vid: max(dets, key=lambda d: d["score"])["label"] for vid, dets in results.items()}
@@ -173,9 +198,13 @@ def test_anet_e2e_pipeline(tmp_path):
     )
     work = tmp_path / "work"
     done = make(
-        "anet-e2e", ANET_VIDEOS=videos, ANNOTATIONS=data / "anet.json",
-        TSP_CHECKPOINT=tmp_path / "tsp_tiny.pth", ANET_E2E_WORK=work, SET=f"{SMALL} {tiny}",
-    )  # fmt: skip
+        "anet-e2e",
+        ANET_VIDEOS=videos,
+        ANNOTATIONS=data / "anet.json",
+        TSP_CHECKPOINT=tmp_path / "tsp_tiny.pth",
+        ANET_E2E_WORK=work,
+        SET=f"{SMALL} {tiny}",
+    )
     assert not (work / "frames").exists()  # cached straight from the videos
     assert len(list((work / "cache" / "snippets").glob("*.h5"))) == 5
     lost_id = lost.stem.removeprefix("v_")
@@ -209,15 +238,20 @@ def test_a_dense_benchmark_recipe_from_its_own_annotation_format(tmp_path):
         np.save(features / f"{video_id}.npy", fake_features(n, segments, duration, 16, rng))
     (tmp_path / "multithumos.json").write_text(json.dumps(source))
     annotations = tmp_path / "multithumos_anet.json"
-    done = run_cli("annotations", "convert", tmp_path / "multithumos.json", "--from", "multithumos",
-                   "--out", annotations)  # fmt: skip
+    done = run_cli(
+        "annotations", "convert", tmp_path / "multithumos.json", "--from", "multithumos", "--out", annotations
+    )
     assert done.returncode == 0, done.stderr
     work = tmp_path / "work"
     shape = "--set model.in_channels=16 --set data.temporal_scale=64 --set model.max_duration=32"
     done = make(
-        "features", RECIPE=REPO / "examples" / "multithumos_i3d.yaml", FEATURES=features,
-        ANNOTATIONS=annotations, FEATURES_WORK=work, SET=f"{SMALL} {shape} --set model.fc_channels=32",
-    )  # fmt: skip
+        "features",
+        RECIPE=REPO / "examples" / "multithumos_i3d.yaml",
+        FEATURES=features,
+        ANNOTATIONS=annotations,
+        FEATURES_WORK=work,
+        SET=f"{SMALL} {shape} --set model.fc_channels=32",
+    )
     state = torch.load(work / "pretrain" / "checkpoints" / "last.pt", weights_only=True)
     assert state["settings"]["model"]["classifier"] == "proposal"
     results = json.loads((work / "results" / "detections.json").read_text())["results"]

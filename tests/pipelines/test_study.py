@@ -37,12 +37,28 @@ def test_plans_are_grids_zips_and_extra_points():
 def test_a_study_runs_survives_an_interruption_and_resumes(trained, tmp_path):
     root = tmp_path / "space"
     shutil.copytree(trained, root)
-    args = ["study", "-c", root / "tiny.yaml", "--stages", "train", "--vary", "model.proposal_ratio=0.2,0.5",
-            "--vary", "model.proposal_sampling=random,grid", "--set", "train.epochs=2"]  # fmt: skip
+    args = [
+        "study",
+        "-c",
+        root / "tiny.yaml",
+        "--stages",
+        "train",
+        "--vary",
+        "model.proposal_ratio=0.2,0.5",
+        "--vary",
+        "model.proposal_sampling=random,grid",
+        "--set",
+        "train.epochs=2",
+    ]
     out = root / "work" / "study"
-    process = subprocess.Popen([sys.executable, "-m", "etad_cli", *map(str, args)], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=default_sigint)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "etad_cli", *map(str, args)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )
     end = time.monotonic() + 300
     while not list(out.glob("points/*/seed0/result.json")):
         assert process.poll() is None, process.communicate()
@@ -85,8 +101,10 @@ def test_a_point_can_train_both_ways(tmp_path, synth_dir, feature_work):
     --truth-labels scores it a third time with the annotation file's video labels."""
     from tests.helpers import demo_config
 
-    cache = {"features_dir": str(feature_work / "work" / "cache" / "features"),
-             "snippets_dir": str(feature_work / "work" / "cache" / "snippets")}  # fmt: skip
+    cache = {
+        "features_dir": str(feature_work / "work" / "cache" / "features"),
+        "snippets_dir": str(feature_work / "work" / "cache" / "snippets"),
+    }
     config = demo_config(tmp_path, synth_dir, cache=cache, train={"epochs": 1}, e2e={"epochs": 1})
     result = run_cli(
         "study", "-c", config, "--stages", "train,e2e", "--vary", "e2e.snippet_ratio=0.5", "--truth-labels"
@@ -120,8 +138,13 @@ def _figures(job) -> dict:
     """What the point runner hands back (etad_cli/runner.py; real points run in the tests above):
     here the study's own bookkeeping is under test, not a point's training."""
     detections = {"average_mAP": 0.25, "mAP": [0.3, 0.2], "tiou_thresholds": [0.5, 0.75]}
-    return {"step_seconds": [0.1, 0.1], "peak_gpu_mib": 0, "peak_rss_mib": 100.0, "seconds": 1.0,
-            "scores": {"detections": detections, "proposals": {"auc": 50.0}}}  # fmt: skip
+    return {
+        "step_seconds": [0.1, 0.1],
+        "peak_gpu_mib": 0,
+        "peak_rss_mib": 100.0,
+        "seconds": 1.0,
+        "scores": {"detections": detections, "proposals": {"auc": 50.0}},
+    }
 
 
 def test_a_rerun_with_other_settings_is_refused_and_an_unreadable_result_runs_again(trained, tmp_path):
@@ -135,8 +158,15 @@ def test_a_rerun_with_other_settings_is_refused_and_an_unreadable_result_runs_ag
     def prepare(stage_name: str = "train", sets: tuple = ()) -> stage.Study:
         settings = load_settings(config, list(sets))
         vary = ["model.proposal_ratio=0.2,0.5"]
-        return stage.prepare(settings, config=config, overrides=list(sets), vary=vary, also=[],
-                             stage=stage_name, out=tmp_path / "study")  # fmt: skip
+        return stage.prepare(
+            settings,
+            config=config,
+            overrides=list(sets),
+            vary=vary,
+            also=[],
+            stage=stage_name,
+            out=tmp_path / "study",
+        )
 
     calls = []
     stage.run(prepare(), runner=lambda job: calls.append(job) or _figures(job))
@@ -165,12 +195,25 @@ def test_a_killed_study_leaves_no_trainer_and_its_rerun_finishes(trained, tmp_pa
     command then resumes the point (no epoch logged twice)."""
     root = tmp_path / "space"
     shutil.copytree(trained, root)
-    args = ["study", "-c", root / "tiny.yaml", "--stages", "train", "--vary", "model.proposal_ratio=0.2",
-            "--set", "train.epochs=40"]  # fmt: skip
+    args = [
+        "study",
+        "-c",
+        root / "tiny.yaml",
+        "--stages",
+        "train",
+        "--vary",
+        "model.proposal_ratio=0.2",
+        "--set",
+        "train.epochs=40",
+    ]
     work = root / "work" / "study" / "points" / "model.proposal_ratio=0.2" / "seed0" / "work"
     lock, metrics = work / "logs" / "pretrain.lock", work / "pretrain" / "metrics.jsonl"
-    study = subprocess.Popen([sys.executable, "-m", "etad_cli", *map(str, args)], cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    study = subprocess.Popen(
+        [sys.executable, "-m", "etad_cli", *map(str, args)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     end = time.monotonic() + 240
     while not (metrics.is_file() and metrics.read_text().count('"event": "epoch"') >= 3):
         assert study.poll() is None and time.monotonic() < end

@@ -99,8 +99,19 @@ def test_subtitles_and_file_text_are_written_as_text(tmp_path, synth_dir):
     for d in predictions["results"][video]:
         d["label"] = "</script><img src=x onerror=alert(1)>"
     (tmp_path / "crafted_p.json").write_text(json.dumps(predictions))
-    result = run_cli("view", "--dataset", "anet", "--subset", "validation", "-g", tmp_path / "crafted.json",
-                     "-p", tmp_path / "crafted_p.json", "--out", tmp_path / "crafted")  # fmt: skip
+    result = run_cli(
+        "view",
+        "--dataset",
+        "anet",
+        "--subset",
+        "validation",
+        "-g",
+        tmp_path / "crafted.json",
+        "-p",
+        tmp_path / "crafted_p.json",
+        "--out",
+        tmp_path / "crafted",
+    )
     assert result.returncode == 0, result.stderr
     html = (tmp_path / "crafted" / "index.html").read_text()
     assert "<img src=x" not in html and html.count("</script>") == 2
@@ -181,8 +192,13 @@ def test_view_finds_each_video_as_extract_does_and_says_where_it_looked(tmp_path
     assert find_video(folder, videos[0], ("clip_{id}.mp4",)) == folder / f"clip_{videos[0]}.mp4"
     from stages import view
 
-    files = {"ground_truth": synth_dir / "anet.json", "predictions": tmp_path / "predictions.json",
-             "dataset": "anet", "subset": "validation", "videos": folder}  # fmt: skip
+    files = {
+        "ground_truth": synth_dir / "anet.json",
+        "predictions": tmp_path / "predictions.json",
+        "dataset": "anet",
+        "subset": "validation",
+        "videos": folder,
+    }
     done = view.run(**files, out=tmp_path / "v1", video_names=("clip_{id}.mp4",))
     assert done["with_file"] == done["videos"] == len(videos)
     done = view.run(**files, out=tmp_path / "v2")

@@ -23,8 +23,10 @@ def test_ranks_take_the_micro_batches_of_one_process_with_their_accumulation():
     """W ranks x accumulate A: at every step the union of the ranks' micro-batches, in order, is
     what one process with accumulate W x A takes (the same blocks), and no item is taken twice."""
     for n, batch, world, accumulate in [(10, 1, 2, 1), (23, 2, 2, 2), (40, 3, 4, 1), (5, 2, 2, 2)]:
-        ranks = [rank_batches(n, batch, world=world, rank=r, accumulate=accumulate, seed=3, epoch=1)
-                 for r in range(world)]  # fmt: skip
+        ranks = [
+            rank_batches(n, batch, world=world, rank=r, accumulate=accumulate, seed=3, epoch=1)
+            for r in range(world)
+        ]
         one = rank_batches(n, batch, world=1, rank=0, accumulate=world * accumulate, seed=3, epoch=1)
         assert all(len(r) == len(ranks[0]) for r in ranks) and len(ranks[0]) % accumulate == 0
         interleaved = [ranks[i % world][i // world] for i in range(world * len(ranks[0]))]
@@ -103,8 +105,13 @@ def test_a_clip_cap_gives_the_features_of_one_call():
 
 def _e2e_config(folder, synth_dir, feature_work, *, encoder=None, **e2e):
     cache = {"snippets_dir": str(feature_work / "work" / "cache" / "snippets")}
-    path = demo_config(folder, synth_dir, cache=cache, model={"classifier_refit_steps": 20},
-                       e2e={"epochs": 1, "batch_size": 1, **e2e})  # fmt: skip
+    path = demo_config(
+        folder,
+        synth_dir,
+        cache=cache,
+        model={"classifier_refit_steps": 20},
+        e2e={"epochs": 1, "batch_size": 1, **e2e},
+    )
     config = yaml.safe_load(path.read_text())
     config["model"]["encoder"].update(encoder or {})
     path.write_text(yaml.safe_dump(config))
@@ -125,8 +132,12 @@ def _run(config, ranks: int) -> subprocess.CompletedProcess:
 def _trained(folder) -> dict[str, torch.Tensor]:
     """The trained parameters (BatchNorm statistics left out: rank 0's, as under DDP)."""
     state = torch.load(folder / "work/e2e/checkpoints/last.pt", weights_only=True)
-    return {f"{part}.{k}": v for part in ("model", "encoder") for k, v in state[part].items()
-            if "running_" not in k and "num_batches" not in k}  # fmt: skip
+    return {
+        f"{part}.{k}": v
+        for part in ("model", "encoder")
+        for k, v in state[part].items()
+        if "running_" not in k and "num_batches" not in k
+    }
 
 
 def _relative(a: dict, b: dict) -> float:
@@ -145,8 +156,9 @@ def _relative(a: dict, b: dict) -> float:
 def test_two_ranks_train_end_to_end_in_every_grad_mode(
     tmp_path, synth_dir, feature_work, grad_mode, frozen_stages
 ):
-    config = _e2e_config(tmp_path, synth_dir, feature_work, encoder={"frozen_stages": frozen_stages},
-                         grad_mode=grad_mode)  # fmt: skip
+    config = _e2e_config(
+        tmp_path, synth_dir, feature_work, encoder={"frozen_stages": frozen_stages}, grad_mode=grad_mode
+    )
     out = _run(config, 2)
     assert out.returncode == 0, out.stderr[-3000:]
     log = [json.loads(line) for line in (tmp_path / "work/e2e/metrics.jsonl").read_text().splitlines()]
@@ -210,8 +222,13 @@ def test_the_gpu_benchmark_script_runs_end_to_end_at_a_toy_shape_on_the_cpu(tmp_
     """`make bench-gpu` is one prepared script; its --smoke run on the CPU takes every figure
     (the GPU-only ones empty), so the script is known to work before a GPU is lent."""
     out = tmp_path / "bench"
-    done = subprocess.run([sys.executable, "benchmarks/gpu.py", "--smoke", "--out", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "benchmarks/gpu.py", "--smoke", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(out.with_suffix(".json").read_text())
     steps = [v for k, v in figures.items() if k.startswith(("sampled", "full"))]

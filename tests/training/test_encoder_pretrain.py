@@ -49,8 +49,10 @@ def _probe(encoder, dataset: ClipDataset, splits: int = 10) -> float:
 
 @pytest.mark.slow
 def test_a_trained_encoder_beats_a_random_one_and_loads_everywhere(tmp_path, synth_dir, feature_work):
-    cache = {"snippets_dir": str(feature_work / "work" / "cache" / "snippets"),
-             "features_dir": str(tmp_path / "features")}  # fmt: skip
+    cache = {
+        "snippets_dir": str(feature_work / "work" / "cache" / "snippets"),
+        "features_dir": str(tmp_path / "features"),
+    }
     training = {"subset": "training", "epochs": 3, "clips_per_epoch": 256, "lr": 3e-3, "lr_step": 3}
     config = demo_config(tmp_path, synth_dir, cache=cache, encoder_train=training)
     result = run_cli("train", "-c", config, "--encoder")

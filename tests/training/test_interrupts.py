@@ -19,12 +19,15 @@ from tests.helpers import REPO, default_sigint, demo_config, run_cli, run_etad, 
 pytestmark = pytest.mark.slow
 
 
-
 def _start(*args) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "etad_cli", *map(str, args)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
-    )  # fmt: skip
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> None:

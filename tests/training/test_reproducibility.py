@@ -28,8 +28,10 @@ def _weights(path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("flag", list(RUNS), ids=["train-encoder"])
 def test_the_same_command_twice_gives_bit_identical_checkpoints(tmp_path, synth_dir, feature_work, flag):
     folder_name, section, values = RUNS[flag]
-    cache = {"snippets_dir": str(feature_work / "work" / "cache" / "snippets"),
-             "features_dir": str(feature_work / "work" / "cache" / "features")}  # fmt: skip
+    cache = {
+        "snippets_dir": str(feature_work / "work" / "cache" / "snippets"),
+        "features_dir": str(feature_work / "work" / "cache" / "features"),
+    }
     checkpoints = []
     for attempt in ("first", "second"):
         folder = tmp_path / attempt

@@ -12,7 +12,6 @@ from tests.helpers import REPO, cached_config, demo_config, run_etad
 pytestmark = pytest.mark.slow
 
 
-
 def _weights(folder):
     return torch.load(folder / "work" / "pretrain" / "checkpoints" / "last.pt", weights_only=True)["model"]
 
@@ -56,9 +55,14 @@ def test_loss_falls_and_a_tiny_model_overfits(tmp_path, cli, synth_dir, feature_
     epochs = variant["epochs"]
     train = {"epochs": epochs, "lr_step": epochs * 4 // 5, "batch_size": 2, "lr": variant["lr"]}
     config = cached_config(
-        tmp_path, synth_dir, feature_work, train=train,
-        data={"eval_subset": "training"}, infer={"top_k": 20, **variant["infer"]}, model=variant["model"],
-    )  # fmt: skip
+        tmp_path,
+        synth_dir,
+        feature_work,
+        train=train,
+        data={"eval_subset": "training"},
+        infer={"top_k": 20, **variant["infer"]},
+        model=variant["model"],
+    )
     assert cli("train", "-c", config).exit_code == 0
     log = [
         json.loads(line)
@@ -70,7 +74,7 @@ def test_loss_falls_and_a_tiny_model_overfits(tmp_path, cli, synth_dir, feature_
     epoch = next(r for r in log if r.get("event") == "epoch")
     assert 0 <= epoch["data_wait_s"] < epoch["seconds"] and epoch["items_per_s"] > 0
     assert all(r["data_wait_s"] >= 0 and r["videos_per_s"] > 0 for r in log if "step" in r)
-    result = cli("infer", "-c", config, "--eval", "--plot", "1")
+    result = cli("infer", "-c", config, "--eval", "--plot", "--plot-videos", "1")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "work" / "results" / "detections.metrics.json").read_text())
     # training-set mAP@0.5 of a memorising model, measured on the development machine (2-core x86-64):
@@ -105,8 +109,19 @@ def test_loss_falls_and_a_tiny_model_overfits(tmp_path, cli, synth_dir, feature_
 
 def test_torchrun_two_cpu_ranks_keep_identical_weights(tmp_path, synth_dir, feature_work):
     config = cached_config(tmp_path, synth_dir, feature_work, train={"epochs": 1, "batch_size": 2})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "etad_cli", "train", "-c", str(config)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "etad_cli",
+        "train",
+        "-c",
+        str(config),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     log = [
@@ -121,7 +136,7 @@ def test_the_classifier_refit_fits_the_head_on_the_final_features_and_leaves_the
     tmp_path, cli, synth_dir, feature_work
 ):
     from stages.core.settings_file import load_settings
-    from stages.infer import Detector
+    from stages.inference.checkpoint import LoadedCheckpoint
     from stages.model.classifier import VideoClassifier, refit
     from stages.train_e2e import snippet_dataset
 
@@ -144,7 +159,7 @@ def test_the_classifier_refit_fits_the_head_on_the_final_features_and_leaves_the
     assert len(finish) == 1 and finish[0]["classifier_refit_steps"] == 200
     # the head is what a refit gives on the trained encoder's features of the training videos
     settings = load_settings(configs[refitted], [])
-    trained = Detector(settings, refitted / last)
+    trained = LoadedCheckpoint(settings, refitted / last)
     dataset, _, _ = snippet_dataset(settings, settings.model.encoder.crop_size)
     inputs, targets = dataset.classifier_data(trained.encode)
     expected = VideoClassifier(inputs.shape[1], settings.model.hidden_channels, len(trained.classes))
@@ -199,10 +214,13 @@ def test_the_proposal_head_labels_each_segment_by_its_own_classes(tmp_path, cli,
     kept segment carries the classes its own proposal scored (a video head gives all of a video's
     segments the same two classes in the same ratio), and no video-level scores file is written."""
     config = cached_config(
-        tmp_path, synth_dir, feature_work, train={"epochs": 3, "lr_step": 2},
+        tmp_path,
+        synth_dir,
+        feature_work,
+        train={"epochs": 3, "lr_step": 2},
         model={"classifier": "proposal", "classifier_refit_steps": 0},
         infer={"top_k": 20, "top_k_classes": 2},
-    )  # fmt: skip
+    )
     result = cli("train", "-c", config)
     assert result.exit_code == 0, result.output
     state = torch.load(tmp_path / "work" / "pretrain" / "checkpoints" / "last.pt", weights_only=True)

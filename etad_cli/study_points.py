@@ -1,17 +1,8 @@
-"""The one runner API: a stage run from Python, its settings and cost logged, its results returned.
-
-- `train(settings, kind, ...) -> Trained`: `etad train` (kind "train"), `train --e2e` ("e2e"),
-  `train --encoder` ("encoder").
-- `infer(settings, ...) -> Inferred`: `etad infer`, and with `evaluate=True` its `--eval`.
-- `ChildPoints`: what `etad study` runs each point with: `train` and `infer` in a fresh child
-  process per point (so each point's peak memory is its own, and one GPU can be given to it),
-  the point's figures sent back as a return value. Leaving its `with` block stops any child
-  still running (Ctrl-C on a study never leaves a trainer behind), and a child whose study was
-  killed outright stops itself.
-
-The commands in etad_cli/app.py call these and print what they return; each run appends its cost
-(seconds, peak memory) to <work_dir>/logs/stages.jsonl, which `etad report` reads.
-"""
+"""How `etad study` runs its points: each one's `train` and `infer --eval` (stages.api) in a fresh
+child process (so each point's peak memory is its own, and one GPU can be given to it), the point's
+figures sent back as a return value. Leaving `ChildPoints`' `with` block stops any child still
+running (Ctrl-C on a study never leaves a trainer behind), and a child whose study was killed
+outright stops itself."""
 
 from __future__ import annotations
 
@@ -21,90 +12,13 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from etad_cli.runlog import StageRun
+from stages import api
 from stages.core.errors import TrainingDiverged, UserError
-from stages.core.progress import SILENT, Progress
 
 if TYPE_CHECKING:  # the stages load when a command runs, so --help stays fast
-    from stages.core.settings import Settings
     from stages.study import PointJob
-
-TRAIN_STAGES = {"train": "train", "e2e": "train --e2e", "encoder": "train --encoder"}  # kind -> name
-
-
-@dataclass
-class Trained:
-    summary: Any  # stages.training.loop.TrainSummary
-    cost: dict  # the stages.jsonl record: seconds, peak_rss_mib, peak_gpu_mib, ... (empty off rank 0)
-
-
-@dataclass
-class Inferred:
-    summary: Any  # stages.infer.InferSummary
-    report: Any = None  # stages.evaluate.EvalReport with evaluate=True
-    cost: dict = field(default_factory=dict)
-
-
-def _trainer(kind: str):
-    """The stage module of a kind of training run."""
-    from stages import train, train_e2e, train_encoder
-
-    return {"train": train, "e2e": train_e2e, "encoder": train_encoder}[kind]
-
-
-def train(settings: Settings, kind: str, *, resume: bool = False, restart: bool = False,
-          progress: Progress = SILENT, log: bool = True) -> Trained:  # fmt: skip
-    """One training run; `log=False` on the non-zero ranks of torchrun (they write nothing shared)."""
-    run = StageRun.start(settings, TRAIN_STAGES[kind]) if log else None
-    summary = _trainer(kind).run(settings, resume=resume, restart=restart, progress=progress)
-    cost = {}
-    if run is not None:
-        cost = run.done(epochs=len(summary.epochs), peak_gpu_mib=round(summary.peak_memory_mb, 1))
-    return Trained(summary, cost)
-
-
-def infer(settings: Settings, *, checkpoint: Path | None = None, plot: int = 0, video: Path | None = None,
-          evaluate: bool = False, shard=None, progress: Progress = SILENT) -> Inferred:  # fmt: skip
-    """Detections of the evaluation subset (or of a `shard` of it, a video_selection.Shard, or one
-    video file); with `evaluate`, scored as well once infer.output is complete (the report is also
-    saved beside the detections as <output>.metrics.json)."""
-    from stages import evaluate as evaluate_stage
-    from stages import infer as infer_stage
-
-    if evaluate and video is not None:
-        raise UserError(f"--video {video}: --eval scores a subset against its annotation file, and this "
-                        "video is in none; detect it without --eval, or add it to an annotation file")
-    run = StageRun.start(settings, "infer --video" if video is not None else "infer")
-    from stages.data.video_selection import WHOLE
-
-    summary = infer_stage.run(settings, checkpoint=checkpoint, plot=plot, video=video, shard=shard or WHOLE,
-                              progress=progress)  # fmt: skip
-    done = Inferred(summary)
-    scores = {}
-    if evaluate and video is None and summary.complete:
-        request = evaluate_stage.EvalRequest.from_settings(
-            settings, predictions=summary.output, task=summary.task
-        )
-        done.report = evaluate_stage.run(request)
-        evaluate_stage.save_json(done.report, summary.output.with_suffix(".metrics.json"))
-        report = done.report
-        scores = {"task": report.task, "average": report.average, "first_tiou": report.values[0]}
-    done.cost = run.done(checkpoint=str(summary.checkpoint), kind=summary.kind, output=str(summary.output),
-                         **scores)  # fmt: skip
-    return done
-
-
-def load(config: Path | None, overrides: list[str], check_parts: bool = True) -> Settings:
-    """A command's settings: the file, then the overrides, part names checked (etad_cli/parts.py);
-    `check_parts=False` leaves out those whose registries import torch."""
-    from etad_cli.parts import registries
-    from stages.core.settings_file import load_settings
-
-    return load_settings(config, overrides, parts=registries(check_parts))
 
 
 def point_figures(job: PointJob) -> dict:
@@ -112,7 +26,7 @@ def point_figures(job: PointJob) -> dict:
     the last training run's summary and cost, each scoring's metrics, the seconds of every run."""
     from stages.core.workdir import last_checkpoint
 
-    settings = load(job.config, job.overrides)
+    settings = api.load_settings(job.config, job.overrides)
     trained, seconds = None, 0.0
     for kind in job.trains:
         extra = []
@@ -122,18 +36,23 @@ def point_figures(job: PointJob) -> dict:
             print(f"$ etad train --e2e --init-from {init}", flush=True)
         else:
             print(f"$ etad train{' --e2e' if kind == 'e2e' else ''}", flush=True)
-        trained = train(load(job.config, job.overrides + extra), kind, resume=True)
+        trained = api.train(api.load_settings(job.config, job.overrides + extra), kind, resume=True)
         seconds += trained.cost["seconds"]
     scores = {}
     for name, sets in job.scorings.items():
         sets = [f"infer.output=results/{name}.json", *sets]
         print(f"$ etad infer --eval {' '.join('--set ' + s for s in sets)}", flush=True)
-        inferred = infer(load(job.config, [*job.overrides, *sets]), evaluate=True)
+        inferred = api.infer(api.load_settings(job.config, [*job.overrides, *sets]), evaluate=True)
         scores[name] = inferred.report.as_dict()
         seconds += inferred.cost["seconds"]
     summary = trained.summary
-    return {"step_seconds": summary.step_seconds, "peak_gpu_mib": trained.cost["peak_gpu_mib"],
-            "peak_rss_mib": trained.cost["peak_rss_mib"], "scores": scores, "seconds": seconds}  # fmt: skip
+    return {
+        "step_seconds": summary.step_seconds,
+        "peak_gpu_mib": trained.cost["peak_gpu_mib"],
+        "peak_rss_mib": trained.cost["peak_rss_mib"],
+        "scores": scores,
+        "seconds": seconds,
+    }
 
 
 def _point_child(job: PointJob, send, gpu: int | None) -> None:

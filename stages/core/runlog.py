@@ -1,5 +1,6 @@
 """What each stage run cost: `<work_dir>/logs/stages.jsonl`, one line per finished run, and the
-resolved settings of every run beside it. `etad report` reads it back into the final demo table."""
+resolved settings of every run beside it (stages.api logs every run it makes). `etad report`
+reads it back into the final demo table."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from etad_cli.console import console
 from stages.core.errors import UserError
+from stages.core.progress import SILENT, Progress
 
 
 def peak_rss_mib() -> float:
@@ -32,8 +33,9 @@ class StageRun:
     began: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def start(cls, settings, stage: str) -> StageRun:
-        """Log the resolved settings of this run (logs/<stage>-<time>-<pid>.settings.yaml)."""
+    def start(cls, settings, stage: str, progress: Progress = SILENT) -> StageRun:
+        """Log the resolved settings of this run (logs/<stage>-<time>-<pid>.settings.yaml), the file
+        named to whoever watches (`progress.note`)."""
         from stages.core.settings_file import settings_as_yaml
 
         logs = settings.work_dir / "logs"
@@ -44,7 +46,7 @@ class StageRun:
             path.write_text(settings_as_yaml(settings))
         except OSError as exc:
             raise UserError(f"{logs}: cannot write to the work folder: {exc.strerror or exc}") from None
-        console.print(f"settings: {path}", style="dim", soft_wrap=True)
+        progress.note(f"settings: {path}")
         return cls(logs, stage)
 
     def done(self, **extra) -> dict:
