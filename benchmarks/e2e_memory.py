@@ -32,12 +32,12 @@ from stages.model.targets import boundary_targets, match_ground_truth, proposal_
 
 
 def detector_batch(
-    b: int, t: int, max_duration: int, generator: torch.Generator
+    b: int, t: int, max_duration: int, generator: torch.Generator, ratio: float = 0.06
 ) -> tuple[torch.Tensor, dict]:
     """Sampled anchors [b, P, 2] and targets for two ground-truth instances, as training builds them."""
     grid, gt = proposal_map(t, max_duration), torch.tensor([[0.2, 0.5], [0.6, 0.9]])
     anchors = torch.stack(
-        [grid[sample_proposals(t, max_duration, "random", 0.06, generator=generator)] for _ in range(b)]
+        [grid[sample_proposals(t, max_duration, "random", ratio, generator=generator)] for _ in range(b)]
     )
     start, end = boundary_targets(gt, t)
     batch = {

@@ -18,7 +18,7 @@ from stages import api
 from stages.core.errors import TrainingDiverged, UserError
 
 if TYPE_CHECKING:  # the stages load when a command runs, so --help stays fast
-    from stages.study import PointJob
+    from stages.studies.plan import PointJob
 
 
 def point_figures(job: PointJob) -> dict:

@@ -25,7 +25,12 @@ from stages.core.progress import SILENT, Progress
 from stages.core.settings import Settings
 from stages.core.workdir import features_dir, snippets_dir
 from stages.data.annotations import load_annotations, safe_path
-from stages.data.fingerprints import Expected, feature_fingerprint, npy_fingerprint, snippet_fingerprint
+from stages.data.fingerprints import (
+    ExpectedFingerprint,
+    feature_fingerprint,
+    npy_fingerprint,
+    snippet_fingerprint,
+)
 from stages.data.frame_codec import encode_jpeg
 from stages.data.hdf5_cache import (
     VideoCache,
@@ -62,7 +67,7 @@ class CacheSummary:
 
 
 def _snippet_job(
-    settings: Settings, video_id: str, path: Path, expected: Expected, annotated: float | None
+    settings: Settings, video_id: str, path: Path, expected: ExpectedFingerprint, annotated: float | None
 ) -> tuple[int, dict | None]:
     """Cache one video's snippets (from its extracted frames, else its video file); the frames' bytes
     and what decoding found (VideoFacts' record, recorded in the file as `video`)."""
@@ -103,14 +108,14 @@ def snippets_to_encode(settings: Settings, video_id: str) -> tuple[np.ndarray, i
     its extracted frames or its video file."""
     folder, stamp = snippets_dir(settings), snippet_fingerprint(settings)
     if _current(folder, stamp)(video_id):
-        cache = VideoCache(folder, "snippets", Expected.of(settings, "snippets"))
+        cache = VideoCache(folder, "snippets", ExpectedFingerprint.of(settings, "snippets"))
         return cache.read(video_id), int(cache.attrs(video_id)["num_frames"])
     source = video_snippets(settings, video_id)
     return source.snippets(), source.num_frames
 
 
 def _feature_job(
-    encoder: FeatureEncoder, settings: Settings, video_id: str, path: Path, expected: Expected
+    encoder: FeatureEncoder, settings: Settings, video_id: str, path: Path, expected: ExpectedFingerprint
 ) -> None:
     snippets, num_frames = snippets_to_encode(settings, video_id)
     attrs = {
@@ -368,7 +373,7 @@ def _run_jobs(
     if from_npy is not None:
         run_each([(vid, _import_npy, (Path(from_npy), vid, path, stamp)) for vid, path in todo], 1, record)
         return
-    expected = Expected.of(settings, kind)  # once per run, its stamp is `stamp`
+    expected = ExpectedFingerprint.of(settings, kind)  # once per run, its stamp is `stamp`
     if kind == "snippets":
         durations = {vid: record.duration for vid, record in records.items()}
         jobs = [(vid, _snippet_job, (settings, vid, path, expected, durations[vid])) for vid, path in todo]

@@ -16,7 +16,7 @@ from stages.core.runtime import Distributed, autocast, to_device
 from stages.core.settings import Settings
 from stages.core.workdir import features_dir
 from stages.data.datasets import CacheReader, DetectionDataset
-from stages.data.fingerprints import Expected
+from stages.data.fingerprints import ExpectedFingerprint
 from stages.data.hdf5_cache import VideoCache
 from stages.model.detector import VARIANTS, build_detector
 from stages.model.losses import as_float, detector_loss
@@ -31,7 +31,7 @@ def feature_datasets(
     """Training and validation datasets over the feature cache (validation only if it has videos)."""
     if settings.data.annotations is None:
         raise UserError("data.annotations is not set")
-    cache = VideoCache(features_dir(settings), "features", Expected.of(settings, "features"))
+    cache = VideoCache(features_dir(settings), "features", ExpectedFingerprint.of(settings, "features"))
     load = CacheReader(cache, settings)
     d = settings.data
     train, classes, notes = training_dataset(settings, d.train_subset, load, mode="train")

@@ -21,7 +21,7 @@ from stages.core.runtime import PhaseMemory, autocast
 from stages.core.settings import Settings
 from stages.core.workdir import snippets_dir
 from stages.data.datasets import CacheReader
-from stages.data.fingerprints import Expected
+from stages.data.fingerprints import ExpectedFingerprint
 from stages.data.hdf5_cache import VideoCache
 from stages.model.backward import Backward, e2e_gradients
 from stages.model.detector import VARIANTS, build_detector
@@ -104,7 +104,7 @@ def snippet_dataset(settings: Settings, crop: int, *, on_device: bool = False):
     `on_device`: then it only draws each video's augmentation seed for the step)."""
     if settings.data.annotations is None:
         raise UserError("data.annotations is not set")
-    cache = VideoCache(snippets_dir(settings), "snippets", Expected.of(settings, "snippets"))
+    cache = VideoCache(snippets_dir(settings), "snippets", ExpectedFingerprint.of(settings, "snippets"))
     transform = SnippetTransform(crop, settings.e2e.augment, on_device)
     load = CacheReader(cache, settings)
     return training_dataset(settings, settings.data.train_subset, load, mode="train", transform=transform)

@@ -29,7 +29,7 @@ from stages.core.settings import Settings
 from stages.core.workdir import encoder_output, snippets_dir
 from stages.data.annotations import load_annotations
 from stages.data.datasets import class_names
-from stages.data.fingerprints import Expected
+from stages.data.fingerprints import ExpectedFingerprint
 from stages.data.hdf5_cache import VideoCache
 from stages.model.encoder import build_encoder, center_crop
 from stages.training.loop import Job, TrainSummary, fit, start_run
@@ -72,7 +72,9 @@ class ClipDataset(torch.utils.data.Dataset):
         if d.annotations is None:
             raise UserError("data.annotations is not set")
         subset = et.subset or d.train_subset
-        self.cache = VideoCache(snippets_dir(settings), "snippets", Expected.of(settings, "snippets"))
+        self.cache = VideoCache(
+            snippets_dir(settings), "snippets", ExpectedFingerprint.of(settings, "snippets")
+        )
         records = load_annotations(d.annotations)
         self.classes = class_names(records)
         index = {c: i for i, c in enumerate(self.classes)}

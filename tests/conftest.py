@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from etad_cli.app import app
 from stages import synth
-from tests.helpers import FILES, demo_config, run_cli, write_features
+from tests.helpers import FILES, demo_config, run_cli, write_config, write_features
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -73,13 +71,8 @@ def synth_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def cli():
-    """Run `etad ARGS...` in-process; returns the click Result (exit_code, stdout, stderr)."""
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(app, [str(a) for a in args])
-
-    return invoke
+    """`etad ARGS...` in this process: tests/helpers.run_cli, for the tests that take it as a fixture."""
+    return run_cli
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +99,7 @@ def trained(tmp_path_factory) -> Path:
         shutil.copy(FILES / name, root / name)
     config = yaml.safe_load((root / "tiny.yaml").read_text())
     config["work_dir"] = "work"
-    (root / "tiny.yaml").write_text(yaml.safe_dump(config))
+    write_config(root / "tiny.yaml", config)
     write_features(root / "npy", root / "tiny_anet.json")
     assert run_cli("cache", "-c", root / "tiny.yaml", "--from-npy", root / "npy").returncode == 0
     result = run_cli("train", "-c", root / "tiny.yaml")

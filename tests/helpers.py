@@ -43,13 +43,33 @@ def run_etad(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     )
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """Run `etad ARGS...` in this process (fast: torch is imported once) with run_etad's result.
-    An exception that escapes a command is raised here: a user would have seen its traceback."""
-    result = CliRunner().invoke(app, [str(a) for a in args])
+class CliResult(subprocess.CompletedProcess):
+    """run_etad's result (returncode, stdout, stderr), and both streams together as `output`."""
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_cli(*args: str, width: int | None = None) -> CliResult:
+    """Run `etad ARGS...` in this process (fast: torch is imported once): the one in-process runner
+    of the tests, with run_etad's result. An exception that escapes a command is raised here: a
+    user would have seen its traceback. `width`: the terminal's columns (help texts)."""
+    result = CliRunner().invoke(app, [str(a) for a in args], terminal_width=width)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
-    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+    return CliResult(list(args), result.exit_code, result.stdout, result.stderr)
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess, *expected: str) -> list[str]:
+    """The one check of a refusal: exit code 2, no traceback, each `expected` text on a line of
+    stderr (the one-line error a user sees); returns those lines."""
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    for text in expected:
+        assert any(text in line for line in lines), (text, lines)
+    return lines
 
 
 def make(target: str, **variables: str | Path) -> subprocess.CompletedProcess:
@@ -74,20 +94,26 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
+def write_config(path: Path, config: dict, **sections) -> Path:
+    """The one settings writer of the tests: `config` with each of `sections` updating its top-level
+    section (e.g. train={"epochs": 2}), written as YAML to `path`."""
+    config = {**config}
+    for name, values in sections.items():
+        config[name] = {**config.get(name, {}), **values}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def demo_config(folder: Path, synth: Path, **sections) -> Path:
-    """A copy of examples/demo.yaml pointing at `synth` and writing under `folder`; `sections` update
-    top-level sections, e.g. train={"epochs": 2}."""
+    """A copy of examples/demo.yaml pointing at `synth` and writing under `folder` (config.yaml);
+    `sections` update top-level sections, e.g. train={"epochs": 2}."""
     config = yaml.safe_load((REPO / "examples" / "demo.yaml").read_text())
     config["work_dir"] = str(folder / "work")
     config["data"].update(annotations=str(synth / "anet.json"), video_dir=str(synth / "videos"))
     config["model"]["encoder"]["checkpoint"] = None  # a random tiny encoder unless a test gives one
     config["model"]["classifier_refit_steps"] = REFIT_STEPS
     config["threads"] = cpu_share()  # the demo's 2 threads on a test worker's one core: 14% slower
-    for name, values in sections.items():
-        config.setdefault(name, {}).update(values)
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_config(folder / "config.yaml", config, **sections)
 
 
 def cached_config(folder: Path, synth: Path, feature_work: Path, **sections) -> Path:

@@ -103,6 +103,7 @@ def study(
     """
     from etad_cli.study_points import ChildPoints
     from stages import study as stage
+    from stages.studies.report import table
 
     with user_errors():
         if show is None:
@@ -117,7 +118,7 @@ def study(
             ):
                 stage.run(plan, runner=runner, progress=progress)
             show = plan.out_dir
-        console.print(stage.table(show), soft_wrap=True)
+        console.print(table(show), soft_wrap=True)
 
 
 def report(config: ConfigOpt, set_: SetOpt = None) -> None:

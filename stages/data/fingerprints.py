@@ -87,7 +87,7 @@ SETTING_NAMES = {
 
 
 @dataclass(frozen=True)
-class Expected:
+class ExpectedFingerprint:
     """What a reader wants of a cache's files: the fingerprint of the settings it runs with, and
     those settings by name (a file records its own), to say which setting differs."""
 
@@ -95,16 +95,16 @@ class Expected:
     described: dict
 
     @classmethod
-    def of(cls, settings: Settings, kind: str) -> Expected:
+    def of(cls, settings: Settings, kind: str) -> ExpectedFingerprint:
         if kind == "snippets":
             return cls(snippet_fingerprint(settings), snippet_inputs(settings))
         inputs = feature_inputs(settings)
         return cls(fingerprint(inputs), {**snippet_inputs(settings), **inputs, "snippets": None})
 
-    def with_origin(self, origin: str) -> Expected:
+    def with_origin(self, origin: str) -> ExpectedFingerprint:
         """The same, knowing where a feature folder's features come from (`features`: an encoder,
         or an import): a detector trained on one origin refuses the other."""
-        return Expected(self.stamp, {**self.described, "features": origin})
+        return ExpectedFingerprint(self.stamp, {**self.described, "features": origin})
 
     def as_record(self) -> dict:
         """The settings by name as JSON values: what a cache file or a checkpoint records."""

@@ -28,7 +28,7 @@ import numpy as np
 from stages.core.errors import FULL, UserError, disk_full
 from stages.core.files import atomic_output
 from stages.data.annotations import safe_path
-from stages.data.fingerprints import Expected
+from stages.data.fingerprints import ExpectedFingerprint
 from stages.data.frame_codec import decode_jpeg, encode_jpeg
 
 MAIN = {"snippets": "snippet_frames", "features": "features"}  # the dataset that gives a file's rows
@@ -190,7 +190,7 @@ def _source(f: h5py.File) -> str:
 class VideoCache:
     """Read one kind of cache ('snippets' or 'features') by video id.
 
-    `expected` (fingerprints.Expected: the settings a reader runs with), when given, makes reading
+    `expected` (fingerprints.ExpectedFingerprint: the settings a reader runs with), when given, makes reading
     a file written with other settings an error naming the settings that differ (a stale cache),
     instead of silently training on it. Imported features (`--from-npy`) depend on no setting, but a
     feature folder holds features of one origin: its first file's (an encoder, or one import); a
@@ -198,7 +198,7 @@ class VideoCache:
     `inputs`), so that a detector trained on one origin refuses the other.
     """
 
-    def __init__(self, folder: Path, kind: str, expected: Expected | None = None) -> None:
+    def __init__(self, folder: Path, kind: str, expected: ExpectedFingerprint | None = None) -> None:
         self.folder = Path(folder)
         self.kind = kind
         self.expected = expected

@@ -15,7 +15,7 @@ from stages.core.workdir import (
     RUN_KINDS,
     last_checkpoint,
 )
-from stages.data.fingerprints import Expected
+from stages.data.fingerprints import ExpectedFingerprint
 from stages.evaluation.postprocess import CLASSIFIERS, Labeller
 from stages.model.detector import build_detector, final_proposals
 from stages.model.encoder import build_encoder, clips_that_fit, encode_chunks
@@ -62,7 +62,7 @@ class LoadedCheckpoint:
         # what it reads (cached snippets through its encoder, or cached features), made with the
         # settings it was trained on (its checkpoint's record; earlier and released ones have none)
         self.input_kind = "snippets" if "encoder" in state else "features"
-        self.expected = Expected.of(settings, self.input_kind)
+        self.expected = ExpectedFingerprint.of(settings, self.input_kind)
         trained_on = self.trained_on = state.get("inputs")
         if isinstance(trained_on, dict) and (differs := self.expected.differences(trained_on, "at training")):
             raise UserError(

@@ -45,7 +45,7 @@ from stages.core.runtime import (
     weights_checksum,
 )
 from stages.core.workdir import run_dir
-from stages.data.fingerprints import Expected
+from stages.data.fingerprints import ExpectedFingerprint
 from stages.model.classifier import VideoClassifier, refit
 from stages.training.batches import EpochBatches, micro_batch_seed
 from stages.training.curves import TensorBoard
@@ -180,9 +180,9 @@ class Job:
     model_settings: ModelSettings | None = None  # the model section as run (in_channels resolved)
     finish: Callable[[], dict] | None = None  # after the last epoch's steps, before its checkpoint
     memory: PhaseMemory | None = None  # the step's phases' peak CUDA memory, when the step records them
-    # what it is trained on: the cache's settings by name (fingerprints.Expected), saved in every
+    # what it is trained on: the cache's settings by name (fingerprints.ExpectedFingerprint), saved in every
     # checkpoint so that `--resume` and `etad infer` refuse inputs made with other settings
-    inputs: Expected | None = None
+    inputs: ExpectedFingerprint | None = None
 
 
 def classifier_refit(

@@ -500,3 +500,27 @@ def test_the_feature_fingerprint_follows_the_encoder_not_the_training_seed():
     assert a == b
     assert feature_fingerprint(load_settings(None, ["model.encoder.crop_size=96"])) != a
     assert feature_fingerprint(load_settings(None, ["model.encoder.name=r2plus1d_18"])) != a
+
+
+def test_integers_too_long_for_a_float_are_refused_as_non_finite(tmp_path, trained):
+    from stages.data.annotations import load_annotations
+
+    huge = "9" * 401
+    gt = json.loads((trained / "tiny_anet.json").read_text())
+    first, second = list(gt["database"])[:2]
+    gt["database"][first]["duration"] = "DURATION"
+    gt["database"][second]["annotations"][0]["segment"][1] = "BOUND"
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt).replace('"DURATION"', huge).replace('"BOUND"', huge))
+    records = load_annotations(path)
+    assert "duration inf is not a positive number" in records[first].unusable()
+    assert "is not finite" in records[second].unusable()
+    predictions = json.loads((trained / "tiny_predictions.json").read_text())
+    scored = next(v for v, dets in predictions["results"].items() if dets)
+    predictions["results"][scored][0]["score"] = 0.5
+    pred = tmp_path / "pred.json"
+    pred.write_text(json.dumps(predictions).replace('"score": 0.5', f'"score": {huge}', 1))
+    result = run_cli(
+        "eval", "--ground-truth", trained / "tiny_anet.json", "--predictions", pred, "--subset", "validation"
+    )
+    assert result.returncode == 2 and "score inf is not finite" in result.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from etad_cli import __version__
-from tests.helpers import FILES, REPO, run_etad
+from tests.helpers import FILES, REPO, run_cli, run_etad
 
 
 def test_help_lists_every_command_with_one_line():
@@ -127,16 +127,12 @@ def test_config_validate_checks_part_names_that_show_leaves_to_it():
 def test_each_commands_subset_help_describes_its_own_option():
     """`SubsetOpt` was defined twice in app.py and Typer read the later one: extract and cache
     described --subset as eval's ground-truth subset."""
-    from typer.testing import CliRunner
-
-    from etad_cli.app import app
-
     for command, own, other in (
         ("extract", "Subsets to process", "Ground-truth subset"),
         ("cache", "Subsets to process", "Ground-truth subset"),
         ("eval", "Ground-truth subset", "Subsets to process"),
     ):
-        text = " ".join(CliRunner().invoke(app, [command, "--help"], terminal_width=200).output.split())
+        text = " ".join(run_cli(command, "--help", width=200).output.split())
         assert own in text and other not in text, command
 
 
@@ -145,7 +141,6 @@ def test_tables_keep_their_words_at_eighty_columns(tmp_path, monkeypatch):
     import json
 
     from etad_cli.console import console
-    from tests.helpers import run_cli
 
     monkeypatch.setattr(console, "width", 80)
     label = "Putting on a rather long class name"
@@ -181,7 +176,6 @@ def test_every_help_names_only_options_its_command_has_and_flags_take_no_value()
     import re
 
     import typer.main
-    from typer.testing import CliRunner
 
     from etad_cli.app import app
     from stages.core.settings import Settings
@@ -204,5 +198,5 @@ def test_every_help_names_only_options_its_command_has_and_flags_take_no_value()
                         assert field in Settings.model_fields[section].annotation.model_fields, (path, field)
             if getattr(param, "type", None) is not None and param.type.name == "boolean":
                 assert param.is_flag, (path, param.name)
-        shown = CliRunner().invoke(app, [*path, "--help"], terminal_width=200).output
+        shown = run_cli(*path, "--help", width=200).output
         assert "<bool>" not in shown and "requires an argument" not in shown, path

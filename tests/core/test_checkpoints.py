@@ -5,6 +5,8 @@ OpenTAD's layout: tests/model/test_opentad.py."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,7 +116,6 @@ def test_other_layouts_are_refused_with_the_known_ones(tmp_path):
 
 
 def test_infer_runs_a_release_and_its_conversion_alike(trained, tmp_path):
-    import shutil
 
     root = tmp_path / "space"
     shutil.copytree(trained, root)
@@ -135,3 +136,41 @@ def test_infer_runs_a_release_and_its_conversion_alike(trained, tmp_path):
     assert second.returncode == 0, second.stderr
     a, b = (json.loads((root / "work" / "results" / f"{n}.json").read_text())["results"] for n in "ab")
     assert a == b and sum(len(v) for v in a.values()) > 0
+
+
+def _crafted_checkpoint(path: Path, **changes) -> Path:
+    state = {
+        "format": "etad-checkpoint-1",
+        "kind": "[/]",
+        "epoch": 1,
+        "classes": ["a"],
+        "model": {"w": torch.zeros(2)},
+        "encoder": {"v": torch.zeros(3)},
+        "settings": {
+            "model": {"variant": "[link=https://evil.example]original[/link]", "encoder": {"name": 5}}
+        },
+    }
+    state.update(changes)
+    torch.save(state, path)
+    return path
+
+
+def test_checkpoint_info_shows_crafted_fields_as_text_and_convert_checks_first(tmp_path, monkeypatch):
+    path = _crafted_checkpoint(tmp_path / "crafted.pt")
+    result = run_cli("checkpoint", "info", path)
+    assert result.returncode == 0, result.stderr
+    shown = " ".join(result.stdout.split())
+    assert "[/]" in shown and "[link=https://evil.example]original[/link]" in shown and "5" in shown
+    malformed = _crafted_checkpoint(tmp_path / "malformed.pt", settings="abc")
+    target = tmp_path / "out" / "converted.pt"
+    result = run_cli("checkpoint", "convert", malformed, target)
+    assert result.returncode == 2 and "malformed checkpoint: 'settings' is str" in result.stderr
+    assert not target.exists() and not target.parent.exists()
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 1472 vs 1376")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    result = run_cli("checkpoint", "convert", path, target)
+    assert result.returncode == 2 and "is the disk full?" in result.stderr
+    assert not target.exists() and not list(target.parent.iterdir())  # no temporary left either

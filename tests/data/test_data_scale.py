@@ -11,12 +11,11 @@ import sys
 import h5py
 import numpy as np
 import pytest
-import yaml
 
 from stages.core.errors import UserError
 from stages.data.annotations import VideoRecord
 from stages.data.video_selection import WHOLE, Shard, parse_shard, select
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO, run_cli, write_config
 
 
 def test_a_shard_is_k_of_n_from_the_option_or_the_slurm_array():
@@ -59,9 +58,7 @@ def _config(tmp_path, synth_dir, work: str = "work", **data) -> str:
         },
         "model": {"encoder": {"name": "tiny", "crop_size": 24}},
     }
-    path = tmp_path / f"{work}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_config(tmp_path / f"{work}.yaml", config)
 
 
 def _etad(*args):
@@ -149,13 +146,13 @@ def test_infer_shards_merge_into_the_output_of_one_run(trained, tmp_path):
 def test_dry_run_projects_the_bytes_a_real_run_writes(tmp_path, synth_dir, cli):
     config = _config(tmp_path, synth_dir)
     result = cli("cache", "-c", config, "--dry-run", "--json")
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.output
     projection = json.loads(result.stdout)
     assert {"videos", "frames", "projected_bytes"} <= set(projection) and projection["videos"] == 6
     assert not (tmp_path / "work/cache/snippets").exists() or not list(
         (tmp_path / "work/cache").rglob("*.h5")
     )
-    assert cli("cache", "-c", config).exit_code == 0
+    assert cli("cache", "-c", config).returncode == 0
     written = sum(p.stat().st_size for p in (tmp_path / "work/cache/snippets").glob("*.h5"))
     assert abs(projection["projected_bytes"] - written) <= 0.25 * written, (projection, written)
     again = json.loads(cli("cache", "-c", config, "--dry-run", "--json").stdout)
@@ -167,13 +164,13 @@ def test_missing_videos_stop_the_run_or_are_listed_and_skipped(tmp_path, synth_d
     data = tmp_path / "data"
     shutil.copytree(synth_dir, data)
     config = _config(tmp_path, data)
-    assert cli("cache", "-c", config).exit_code == 0
+    assert cli("cache", "-c", config).returncode == 0
     cached = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "work/cache/snippets").glob("*.h5")}
     gone = sorted(cached)[0].removesuffix(".h5")
     (data / "videos" / f"{gone}.mp4").unlink()
     (tmp_path / "work/cache/snippets" / f"{gone}.h5").unlink()
     result = cli("cache", "-c", config)
-    assert result.exit_code == 2
+    assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert (
         len(lines) == 1
@@ -184,10 +181,10 @@ def test_missing_videos_stop_the_run_or_are_listed_and_skipped(tmp_path, synth_d
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "work/cache/snippets").glob("*.h5")}
     assert after == {k: v for k, v in cached.items() if k != f"{gone}.h5"}  # nothing cached lost or redone
     result = cli("cache", "-c", config, "--set", "data.missing=skip")
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.output
     assert json.loads((tmp_path / "work/cache/snippets/missing.json").read_text()) == [gone]
     result = cli("extract", "-c", config)
-    assert result.exit_code == 2 and "1 of 6 videos have no video file" in result.stderr
+    assert result.returncode == 2 and "1 of 6 videos have no video file" in result.stderr
     assert f"in {data / 'videos'} (named {{id}}.mp4)" in " ".join(result.stderr.split())
 
 
@@ -199,7 +196,7 @@ def test_a_disk_too_small_is_refused_before_any_work(tmp_path, synth_dir, cli, m
     real = shutil.disk_usage
     monkeypatch.setattr(cache.shutil, "disk_usage", lambda p: real(p)._replace(free=10_000))
     result = cli("cache", "-c", config)
-    assert result.exit_code == 2
+    assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "needs about" in lines[0] and "free" in lines[0]
     assert not list((tmp_path / "work/cache/snippets").glob("*.h5"))

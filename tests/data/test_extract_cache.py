@@ -16,13 +16,14 @@ import pytest
 import torch
 import yaml
 
+from stages.core.errors import UserError
 from stages.core.settings_file import load_settings
 from stages.data.hdf5_cache import VideoCache
 from stages.data.snippet_positions import anet_snippet_frames
 from stages.data.video_io import decord_available
 from stages.data.video_snippets import video_snippets
 from stages.model.encoder import build_encoder, center_crop
-from tests.helpers import run_cli
+from tests.helpers import assert_clean_failure, demo_config, run_cli, write_config
 
 pytestmark = pytest.mark.slow
 needs_decord = pytest.mark.skipif(not decord_available(), reason="decord has no wheel for this platform")
@@ -44,11 +45,8 @@ def make_config(tmp_path, synth_dir, **sections) -> tuple:
         "model": {"encoder": {"name": "tiny", "crop_size": 24, "frozen_stages": -1, "norm_eval": False}},
         "cache": {"device": "cpu", "batch_size": 5},
     }
-    for section, values in sections.items():
-        config.setdefault(section, {}).update(values)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path, config
+    path = write_config(tmp_path / "config.yaml", config, **sections)
+    return path, yaml.safe_load(path.read_text())
 
 
 def tsp_checkpoint(path) -> dict:
@@ -75,8 +73,8 @@ def _direct(synth_dir, video_id):
 def test_raw_snippet_cache_matches_direct_decord_decoding(tmp_path, synth_dir, cli, route):
     config, settings = make_config(tmp_path, synth_dir, cache={"codec": "raw"})
     if route == "extracted frames":
-        assert cli("extract", "--config", config).exit_code == 0
-    assert cli("cache", "--config", config, "--what", "snippets").exit_code == 0
+        assert cli("extract", "--config", config).returncode == 0
+    assert cli("cache", "--config", config, "--what", "snippets").returncode == 0
     assert (tmp_path / "work/frames").is_dir() == (route == "extracted frames")
     cache = VideoCache(tmp_path / "work/cache/snippets", "snippets")
     ids = list(json.loads((synth_dir / "anet.json").read_text())["database"])
@@ -97,7 +95,7 @@ def test_jpeg_snippet_cache_stores_each_frame_once_close_to_the_pixels(tmp_path,
     """The default: each frame the snippets use is stored once as JPEG (quality 90); decoding
     gives the frames within JPEG's error, and the same files whether frames were extracted first."""
     config, _ = make_config(tmp_path, synth_dir)
-    assert cli("cache", "--config", config, "--what", "snippets").exit_code == 0
+    assert cli("cache", "--config", config, "--what", "snippets").returncode == 0
     cache = VideoCache(tmp_path / "work/cache/snippets", "snippets")
     straight = {video_id: cache.read(video_id) for video_id in cache.ids()}
     for video_id, snippets in straight.items():
@@ -110,7 +108,7 @@ def test_jpeg_snippet_cache_stores_each_frame_once_close_to_the_pixels(tmp_path,
             assert f.attrs["codec"] == "jpeg" and f.attrs["jpeg_quality"] == 90
             assert len(f["jpeg_offsets"]) == len(np.unique(indices)) + 1  # each frame once
             assert f["jpeg"].size / len(np.unique(indices)) < 32 * 40 * 3 / 2  # under half the raw bytes
-    assert cli("extract", "--config", config).exit_code == 0
+    assert cli("extract", "--config", config).returncode == 0
     for video_id in straight:  # extract writes the same compact frames: every frame at data.fps once
         record = json.loads((tmp_path / f"work/frames/{video_id}.json").read_text())
         with h5py.File(tmp_path / f"work/frames/{video_id}.h5") as f:
@@ -118,7 +116,7 @@ def test_jpeg_snippet_cache_stores_each_frame_once_close_to_the_pixels(tmp_path,
             assert len(f["jpeg_offsets"]) == record["num_frames"] + 1
             assert f["jpeg"].size / record["num_frames"] < 32 * 40 * 3 / 2
     shutil.rmtree(tmp_path / "work/cache/snippets")
-    assert cli("cache", "--config", config, "--what", "snippets").exit_code == 0
+    assert cli("cache", "--config", config, "--what", "snippets").returncode == 0
     for video_id, snippets in straight.items():  # the JPEG bytes copied as they are: the same pixels
         assert np.array_equal(cache.read(video_id), snippets)
         assert cache.attrs(video_id)["source"].endswith("frames")  # this time from the extracted frames
@@ -129,10 +127,10 @@ def test_cached_features_equal_the_encoder_on_the_snippets(tmp_path, synth_dir, 
     config, _ = make_config(tmp_path, synth_dir, model={})
     raw = yaml.safe_load(config.read_text())
     raw["model"]["encoder"]["checkpoint"] = str(tmp_path / "tsp.pth")
-    config.write_text(yaml.safe_dump(raw))
-    assert cli("extract", "--config", config).exit_code == 0
+    write_config(config, raw)
+    assert cli("extract", "--config", config).returncode == 0
     result = cli("cache", "--config", config, "--what", "features")
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.output
     encoder = build_encoder("tiny")
     encoder.backbone.load_state_dict(weights)
     encoder.eval()
@@ -158,7 +156,7 @@ def test_from_npy_round_trips_exactly(tmp_path, synth_dir, cli):
         originals[video_id] = rng.standard_normal((17 + i, 8)).astype(np.float32 if i % 2 else np.float16)
         np.save(npy_dir / (f"v_{video_id}.npy" if i % 2 else f"{video_id}.npy"), originals[video_id])
     result = cli("cache", "--config", config, "--from-npy", npy_dir)
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.output
     cache = VideoCache(tmp_path / "work/cache/features", "features")
     for video_id, array in originals.items():
         got = cache.read(video_id)
@@ -169,24 +167,24 @@ def test_from_npy_round_trips_exactly(tmp_path, synth_dir, cli):
 
 def test_extract_is_resumable(tmp_path, synth_dir, cli):
     config, _ = make_config(tmp_path, synth_dir)
-    assert cli("extract", "--config", config).exit_code == 0
+    assert cli("extract", "--config", config).returncode == 0
     frames = tmp_path / "work/frames"
     first = sorted(frames.glob("synth_*.json"))[0]
     first.unlink()  # as if killed after the frames but before the completion record
     (frames / ".half-written.h5.tmp1.h5").write_bytes(b"junk")
     result = cli("extract", "--config", config)
-    assert result.exit_code == 0
+    assert result.returncode == 0
     assert "1 / 5 / 0" in result.stdout
     assert first.is_file()
 
 
 def test_a_truncated_frames_file_is_passed_over_for_its_video_file(tmp_path, synth_dir, cli):
     config, _ = make_config(tmp_path, synth_dir)
-    assert cli("extract", "--config", config).exit_code == 0
+    assert cli("extract", "--config", config).returncode == 0
     broken = sorted((tmp_path / "work/frames").glob("synth_*.h5"))[0]
     broken.write_bytes(broken.read_bytes()[:600])
     result = cli("cache", "--config", config, "--what", "snippets")
-    assert result.exit_code == 0, result.output  # frames that cannot be read are not extracted frames
+    assert result.returncode == 0, result.output  # frames that cannot be read are not extracted frames
     cached = {p.stem: p for p in (tmp_path / "work/cache/snippets").glob("*.h5")}
     assert len(cached) == len(list(broken.parent.glob("synth_*.h5")))
     with h5py.File(cached[broken.stem], "r") as f:
@@ -197,7 +195,7 @@ def test_a_truncated_frames_file_is_passed_over_for_its_video_file(tmp_path, syn
 
 def test_sigkill_during_cache_loses_nothing(tmp_path, synth_dir, cli):
     config, _ = make_config(tmp_path, synth_dir)
-    assert cli("extract", "--config", config).exit_code == 0
+    assert cli("extract", "--config", config).returncode == 0
     out = tmp_path / "work/cache/features"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
@@ -243,7 +241,7 @@ def test_missing_and_corrupt_videos_are_listed_and_do_not_stop_the_run(tmp_path,
         tmp_path, synth_dir, data={"annotations": str(tmp_path / "ann.json"), "video_dir": str(videos)}
     )
     result = run_cli("extract", "--config", config)  # data.missing: error, before any work
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert_clean_failure(result)
     assert "1 of 3 videos have no video file" in result.stderr and "'missing'" in result.stderr
     assert not (tmp_path / "work/frames/good.json").exists()
     result = run_cli("extract", "--config", config, "--set", "data.missing=skip")
@@ -271,7 +269,7 @@ def test_bad_annotation_files(tmp_path, synth_dir, content, message):
     config, _ = make_config(tmp_path, synth_dir, data={"annotations": str(tmp_path / "ann.json")})
     for command in ("extract", "cache"):
         result = run_cli(command, "--config", config)
-        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert_clean_failure(result)
         assert f"{tmp_path / 'ann.json'}: {message}" in result.stderr
 
 
@@ -280,7 +278,7 @@ def test_video_ids_that_are_paths_are_rejected(tmp_path, synth_dir, bad_id):
     write_annotations(tmp_path / "ann.json", ["fine", bad_id])
     config, _ = make_config(tmp_path, synth_dir, data={"annotations": str(tmp_path / "ann.json")})
     result = run_cli("extract", "--config", config)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert_clean_failure(result)
     assert f"video id {bad_id!r}" in result.stderr and "file name" in result.stderr
     assert not (tmp_path / "escape.npy").exists()
 
@@ -290,13 +288,12 @@ def test_unwritable_output_folder(tmp_path, synth_dir):
     config, _ = make_config(tmp_path, synth_dir)
     for command in ("extract", "cache"):
         result = run_cli(command, "--config", config, "--set", f"work_dir={tmp_path / 'a_file' / 'work'}")
-        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert_clean_failure(result)
         assert "cannot write" in result.stderr and "a_file" in result.stderr
 
 
 def test_tsp_checkpoint_with_wrong_keys_is_a_clear_error(tmp_path):
     from stages.core.checkpoints import load_tsp_checkpoint
-    from stages.core.errors import UserError
 
     torch.save({"model": {"features.not_a_layer.weight": torch.zeros(1)}}, tmp_path / "bad.pth")
     with pytest.raises(
@@ -352,14 +349,62 @@ def test_extract_redoes_a_video_whose_file_changed(tmp_path, synth_dir, cli):
     """The record keeps the source file's path, size and time: another data.video_dir, or a video
     replaced in place, is extracted again, not kept from the old file."""
     config, _ = make_config(tmp_path, synth_dir)
-    assert cli("extract", "--config", config).exit_code == 0
+    assert cli("extract", "--config", config).returncode == 0
     videos = tmp_path / "other_videos"
     shutil.copytree(synth_dir / "videos", videos)
     result = cli("extract", "--config", config, "--set", f"data.video_dir={videos}")
-    assert result.exit_code == 0 and "6 / 0 / 0" in result.stdout, result.stdout  # another folder
+    assert result.returncode == 0 and "6 / 0 / 0" in result.stdout, result.stdout  # another folder
     first, second = sorted(videos.glob("*.mp4"))[:2]
     shutil.copyfile(second, first)  # replaced in place by another video
     result = cli("extract", "--config", config, "--set", f"data.video_dir={videos}")
-    assert result.exit_code == 0 and "1 / 5 / 0" in result.stdout, result.stdout
+    assert result.returncode == 0 and "1 / 5 / 0" in result.stdout, result.stdout
     record = json.loads((tmp_path / "work" / "frames" / f"{first.stem}.json").read_text())
     assert record["source_stamp"] == [first.stat().st_size, first.stat().st_mtime_ns]
+
+
+def test_a_dry_run_names_the_videos_it_could_not_measure_and_ignores_absurd_durations(tmp_path, synth_dir):
+    from stages import cache
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    database = json.loads((synth_dir / "anet.json").read_text())["database"]
+    ids = sorted(database)
+    for i, video_id in enumerate(ids):  # zero-length, text, and an mp4 cut to its first bytes
+        content = [b"", b"not a video\n", (synth_dir / "videos" / f"{video_id}.mp4").read_bytes()[:300]][
+            i % 3
+        ]
+        (videos / f"{video_id}.mp4").write_bytes(content)
+    database[ids[0]]["duration"] = 1e9  # 7 GB of snippet positions under the THUMOS protocol
+    annotations = tmp_path / "anet.json"
+    annotations.write_text(json.dumps({"database": database}))
+    config = demo_config(tmp_path, synth_dir)
+    sets = [f"data.annotations={annotations}", f"data.video_dir={videos}", "data.protocol=thumos"]
+    settings = load_settings(config, sets)
+    projection = cache.project(settings, subsets=None)
+    notes = " ".join(projection["notes"])
+    assert f"could not measure 6 of 6 sampled videos: {ids[0]} (" in notes
+    assert "no sampled video could be read" in notes
+    assert f"1 video(s) not projected, their annotated duration unusable (first: {ids[0]}" in notes
+
+
+def test_extract_redoes_a_cut_frames_file_and_cache_names_one_with_garbage_frames(tmp_path, synth_dir):
+    from stages import cache, extract
+    from stages.core.workdir import frames_dir
+    from stages.data.video_snippets import extracted
+
+    settings = load_settings(demo_config(tmp_path, synth_dir), [])
+    assert extract.run(settings, subsets=["validation"]).done == 2
+    frames = frames_dir(settings)
+    cut, garbage = sorted(p.stem for p in frames.glob("*.h5"))
+    path = frames / f"{cut}.h5"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert not extracted(settings, cut)  # the record alone no longer says done
+    again = extract.run(settings, subsets=["validation"])
+    assert (again.done, again.skipped) == (1, 1) and extracted(settings, cut)
+    with h5py.File(frames / f"{garbage}.h5", "r+") as f:  # the structure intact, the bytes noise
+        f["jpeg"][...] = np.random.default_rng(0).integers(0, 255, f["jpeg"].shape, dtype=np.uint8)
+    summary = cache.run(settings, what="snippets", subsets=["validation"])
+    assert summary.done == 1 and [f["video_id"] for f in summary.failures] == [garbage]
+    reason = summary.failures[0]["reason"]
+    assert f"{frames / garbage}.h5: damaged frames file (frame 0 is not a JPEG)" in reason
+    assert "delete it and rerun `etad extract`" in reason

@@ -27,7 +27,7 @@ def test_a_reader_refuses_a_stale_cache_naming_the_setting(
 ):
     config = cached_config(tmp_path, synth_dir, feature_work, encoder_train={"subset": "training"})
     result = cli(*command, "-c", config, "--set", change, "--set", "train.epochs=1", "--set", "e2e.epochs=1")
-    assert result.exit_code == 2, result.output
+    assert result.returncode == 2, result.output
     line = " ".join(result.output.split())
     assert f"stale {kind} cache, written with {named}" in line
     assert f"rerun `etad cache --what {kind}`" in line
@@ -38,9 +38,9 @@ def test_a_raw_cache_with_other_compression_is_stale(tmp_path, cli, synth_dir):
     from tests.helpers import demo_config
 
     config = demo_config(tmp_path, synth_dir, cache={"codec": "raw", "compression": "none"})
-    assert cli("cache", "-c", config, "--what", "snippets", "--subset", "training").exit_code == 0
+    assert cli("cache", "-c", config, "--what", "snippets", "--subset", "training").returncode == 0
     result = cli("train", "-c", config, "--e2e", "--set", "cache.compression=gzip", "--set", "e2e.epochs=1")
-    assert result.exit_code == 2
+    assert result.returncode == 2
     assert "cache.compression ('none' in the cache, 'gzip' now)" in " ".join(result.output.split())
 
 
@@ -48,9 +48,9 @@ def test_infer_refuses_a_stale_cache_and_the_current_one_still_runs(tmp_path, cl
     """Other settings than the training run's are refused by the checkpoint's record of its inputs;
     a checkpoint without that record (an earlier etad's) still meets the cache's own check."""
     config = cached_config(tmp_path, synth_dir, feature_work, train={"epochs": 1})
-    assert cli("train", "-c", config).exit_code == 0
+    assert cli("train", "-c", config).returncode == 0
     stale = cli("infer", "-c", config, "--set", "data.fps=10")
-    assert stale.exit_code == 2
+    assert stale.returncode == 2
     assert (
         "trained on features made with other settings than these: data.fps (15.0 at training, 10.0 now)"
         in " ".join(stale.output.split())
@@ -59,9 +59,9 @@ def test_infer_refuses_a_stale_cache_and_the_current_one_still_runs(tmp_path, cl
     del state["inputs"]
     torch.save(state, tmp_path / "unrecorded.pt")
     stale = cli("infer", "-c", config, "--set", "data.fps=10", "--checkpoint", tmp_path / "unrecorded.pt")
-    assert stale.exit_code == 2
+    assert stale.returncode == 2
     assert "stale features cache, written with data.fps" in " ".join(stale.output.split())
-    assert cli("infer", "-c", config).exit_code == 0
+    assert cli("infer", "-c", config).returncode == 0
 
 
 def test_a_model_is_never_run_or_resumed_on_current_features_of_other_settings(
@@ -71,14 +71,14 @@ def test_a_model_is_never_run_or_resumed_on_current_features_of_other_settings(
     not what the detector was trained on: `etad infer` and `train --resume` refuse them, naming the
     setting (the checkpoint records its inputs), and run again with the training settings."""
     config = cached_config(tmp_path, synth_dir, feature_work, train={"epochs": 1})
-    assert cli("train", "-c", config).exit_code == 0
+    assert cli("train", "-c", config).returncode == 0
     other = ["--set", "model.encoder.crop_size=32", "--set", f"cache.features_dir={tmp_path / 'crop32'}"]
-    assert cli("cache", "-c", config, "--what", "features", *other).exit_code == 0
+    assert cli("cache", "-c", config, "--what", "features", *other).returncode == 0
     checkpoint = tmp_path / "work" / "pretrain" / "checkpoints" / "last.pt"
     before = checkpoint.read_bytes()
 
     inferred = cli("infer", "-c", config, *other)
-    assert inferred.exit_code == 2, inferred.output
+    assert inferred.returncode == 2, inferred.output
     line = " ".join(inferred.output.split())
     assert (
         "trained on features made with other settings than these: model.encoder.crop_size (40 at "
@@ -87,10 +87,10 @@ def test_a_model_is_never_run_or_resumed_on_current_features_of_other_settings(
     assert not (tmp_path / "work" / "results" / "detections.json").exists()
 
     resumed = cli("train", "-c", config, "--resume", "--set", "train.epochs=2", *other)
-    assert resumed.exit_code == 2, resumed.output
+    assert resumed.returncode == 2, resumed.output
     assert (
         "the run began on inputs made with other settings: model.encoder.crop_size (40 then, 32 now)"
         in " ".join(resumed.output.split())
     )
     assert checkpoint.read_bytes() == before
-    assert cli("infer", "-c", config).exit_code == 0
+    assert cli("infer", "-c", config).returncode == 0

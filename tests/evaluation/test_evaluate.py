@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stages.evaluate import evaluate
-from tests.helpers import run_cli, shared_file
+from tests.helpers import assert_clean_failure, run_cli, shared_file
 
 
 def _write(path, data):
@@ -125,7 +125,7 @@ def test_cli_json_plot_and_errors(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     out = run_cli("eval", "-p", bad, "-g", gt)
-    assert out.returncode == 2 and "bad.json" in out.stderr and "Traceback" not in out.stderr
+    assert_clean_failure(out, "bad.json")
     out = run_cli("eval", "-p", pred, "-g", gt, "--subset", "training")
     assert out.returncode == 2 and "no video in subset" in out.stderr
 

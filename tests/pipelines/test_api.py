@@ -22,7 +22,7 @@ def test_every_example_of_the_api_docs_runs(tmp_path, monkeypatch, cli, synth_di
     run.mkdir()
     config = cached_config(run, synth_dir, feature_work, train={"epochs": 1})
     config.rename(run / "settings.yaml")
-    assert cli("train", "-c", run / "settings.yaml").exit_code == 0
+    assert cli("train", "-c", run / "settings.yaml").returncode == 0
     (tmp_path / "my_videos").mkdir()
     shutil.copy(synth_dir / "videos" / "synth_0005.mp4", tmp_path / "my_videos" / "clip.mp4")
     monkeypatch.chdir(tmp_path)
@@ -35,7 +35,7 @@ def test_every_example_of_the_api_docs_runs(tmp_path, monkeypatch, cli, synth_di
     found, detector = namespace["found"], namespace["detector"]
     # the API's detections of the clip are the command's (`etad infer --video`), to float rounding
     result = cli("infer", "-c", run / "settings.yaml", "--video", tmp_path / "my_videos" / "clip.mp4")
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.output
     import json
 
     written = json.loads((run / "work" / "results" / "clip.json").read_text())["results"]["clip"]

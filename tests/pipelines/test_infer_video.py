@@ -19,10 +19,10 @@ def trained(tmp_path_factory, cli, synth_dir, feature_work):
         "snippets_dir": str(feature_work / "work" / "cache" / "snippets"),
     }
     config = demo_config(folder, synth_dir, cache=cache, train={"epochs": 2, "lr_step": 2}, e2e={"epochs": 1})
-    assert cli("train", "-c", config).exit_code == 0
+    assert cli("train", "-c", config).returncode == 0
     pretrain = folder / "work" / "pretrain" / "checkpoints" / "last.pt"
     result = cli("train", "-c", config, "--e2e", "--init-from", str(pretrain))
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.output
     return config, {"pretrain": pretrain, "e2e": folder / "work" / "e2e" / "checkpoints" / "last.pt"}
 
 
@@ -41,12 +41,12 @@ def test_video_file_gives_the_cached_videos_detections(trained, cli, synth_dir, 
         "infer.batch_size=1",
     )
     result = cli("infer", "-c", config, *options)
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.output
     cached = json.loads((work / f"{kind}.json").read_text())["results"]
     video_id = sorted(cached)[0]
     video = synth_dir / "videos" / f"{video_id}.mp4"
     result = cli("infer", "-c", config, *options, "--video", str(video))
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.output
     assert "top detections" in result.output
     fresh = json.loads((work / f"{video_id}.json").read_text())["results"][video_id]
     assert len(fresh) == len(cached[video_id]) > 0
@@ -62,7 +62,7 @@ def test_video_that_is_not_a_video_is_a_clear_error(trained, cli, tmp_path):
     bad = tmp_path / "clip.mp4"
     bad.write_bytes(b"not a video")
     result = cli("infer", "-c", config, "--checkpoint", str(checkpoints["pretrain"]), "--video", str(bad))
-    assert result.exit_code == 2
+    assert result.returncode == 2
     assert str(bad) in result.output and "Traceback" not in result.output
 
 
@@ -76,7 +76,7 @@ def test_a_video_shorter_than_a_snippet_says_so(trained, cli, tmp_path):
     video = tmp_path / "one.mp4"
     write_video(video, [np.full((48, 64, 3), 90, np.uint8)], 15.0)
     result = cli("infer", "-c", config, "--checkpoint", str(checkpoints["pretrain"]), "--video", str(video))
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.output
     text = " ".join(result.output.split())
     assert "1 frame(s) at data.fps, shorter than one snippet (8 frames)" in text
 
@@ -86,13 +86,13 @@ def test_a_video_gets_its_timeline_with_plot_and_eval_is_refused(trained, cli, s
     video = sorted((synth_dir / "videos").glob("*.mp4"))[0]
     args = ("infer", "-c", config, "--checkpoint", str(checkpoints["pretrain"]), "--video", str(video))
     result = cli(*args, "--plot")
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.output
     plot = config.parent / "work" / "results" / "detections" / "plots" / f"{video.stem}.png"
     assert str(plot) in " ".join(result.output.split())  # its path printed
     assert plot.read_bytes()[:4] == b"\x89PNG"
     refused = cli(*args, "--eval")
     text = " ".join(refused.output.split())
-    assert refused.exit_code == 2 and "--eval scores a subset against its annotation file" in text
+    assert refused.returncode == 2 and "--eval scores a subset against its annotation file" in text
     assert "Traceback" not in refused.output
 
 
@@ -104,7 +104,7 @@ def test_a_video_s_notes_are_printed_as_extract_and_cache_print_them(trained, cl
     config, checkpoints = trained
     video = numbered_run(tmp_path / "late.mp4", 30, lead=0.5).path
     result = cli("infer", "-c", config, "--checkpoint", str(checkpoints["pretrain"]), "--video", str(video))
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.output
     text = " ".join(result.output.split())
     assert f"note: {video}: first picture at 0.50 s of the file (held from 0)" in text
 
@@ -125,4 +125,4 @@ def test_a_head_the_checkpoint_was_not_trained_with_is_refused(trained, cli, syn
         "model.classifier=proposal",
     )
     text = " ".join(result.output.split())
-    assert result.exit_code == 2 and "model.classifier 'video', these settings say 'proposal'" in text
+    assert result.returncode == 2 and "model.classifier 'video', these settings say 'proposal'" in text

@@ -14,8 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from stages.study import parse_vary, plan
-from tests.helpers import REPO, default_sigint, run_cli
+from stages.api import load_settings
+from stages.core.errors import UserError
+from stages.studies.plan import parse_vary, plan
+from stages.studies.report import table
+from stages.studies.results import read_results
+from tests.helpers import REPO, default_sigint, demo_config, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -178,7 +182,7 @@ def test_a_rerun_with_other_settings_is_refused_and_an_unreadable_result_runs_ag
     results[0].write_text("")  # as a full disk or a crash might leave it
     stage.run(prepare(), runner=lambda job: calls.append(job) or _figures(job))
     assert len(calls) == 3 and calls[-1].log.parent == results[0].parent  # only that point again
-    assert stage.read_results(tmp_path / "study")[0][0]["average_mAP"] == 0.25
+    assert read_results(tmp_path / "study")[0][0]["average_mAP"] == 0.25
 
 
 def test_points_never_share_a_folder():
@@ -242,3 +246,69 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
+
+
+def test_study_refuses_empty_and_owned_keys_and_checks_every_point_first(tmp_path, synth_dir):
+    from stages import study
+
+    config = demo_config(tmp_path, synth_dir)
+    settings = load_settings(config, [])
+    for vary, message in (
+        ("train.lr=,,", "expected KEY=V1,V2"),
+        ("seed=1,2", "use --seeds"),
+        ("work_dir=/tmp/other", "each point has its own folder"),
+    ):
+        with pytest.raises(UserError, match=message):
+            study.prepare(settings, config=config, overrides=[], vary=[vary], also=[], out=tmp_path / "s")
+    checked = []
+
+    def check(sets):
+        checked.append(sets)
+        return load_settings(config, sets)
+
+    with pytest.raises(UserError, match=r"point train.lr=2: .*train.lr: got 2"):
+        study.prepare(
+            settings,
+            config=config,
+            overrides=[],
+            vary=["train.lr=0.1,2"],
+            also=[],
+            out=tmp_path / "s",
+            check=check,
+        )
+    assert len(checked) == 2 and not (tmp_path / "s").exists()  # both points checked, nothing written
+
+
+def test_a_malformed_result_is_left_out_of_the_table_and_redone(tmp_path):
+    from stages import study
+
+    out = tmp_path / "study"
+    good = {
+        "point": "a",
+        "overrides": {"train.lr": "0.1"},
+        "seed": 0,
+        "average_mAP": 0.5,
+        "truth_labels_mAP": None,
+        "mAP": [0.6, 0.4],
+        "tiou_thresholds": [0.5, 0.75],
+        "mAP_first_tiou": 0.6,
+        "proposal_AUC": 40.0,
+        "peak_memory_mib": 100.0,
+        "memory_kind": "peak RSS",
+        "seconds_per_iteration": float("nan"),
+        "seconds": 3.0,
+    }
+    (out / "points/a/seed0").mkdir(parents=True)
+    (out / "points/b/seed0").mkdir(parents=True)
+    (out / "study.json").write_text(json.dumps({"varied": ["train.lr"]}))
+    (out / "points/a/seed0/result.json").write_text(json.dumps(good))
+    bad = {**good, "point": "b", "average_mAP": "abc"}
+    bad.pop("memory_kind")
+    (out / "points/b/seed0/result.json").write_text(json.dumps(bad))
+    text = table(out)
+    assert "| a | 1 | 50.00 ± 0.00 |" in text and "| b |" not in text
+    assert (
+        "1 result file(s) left out" in text
+        and "b/seed0/result.json: average_mAP: unexpected value 'abc'" in text
+    )
+    assert study.finished(out / "points/b/seed0/result.json") is None  # a rerun redoes the point

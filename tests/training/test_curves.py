@@ -3,6 +3,7 @@ dev extra installs it), none when it is not, and `etad report`'s PNG curves eith
 
 from __future__ import annotations
 
+import importlib.abc
 import json
 import shutil
 import sys
@@ -49,3 +50,19 @@ def test_report_plots_curves_without_tensorboard(trained, tmp_path, monkeypatch)
     png = root / "work" / "report" / "curves.png"
     assert png.read_bytes()[:4] == b"\x89PNG" and str(png) in " ".join(result.stdout.split())
     assert "tensorboard --logdir" not in result.stdout
+
+
+class _BrokenTensorBoard(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch.utils.tensorboard":
+            raise TypeError("protobuf version clash")
+        return None
+
+
+def test_a_broken_tensorboard_never_stops_a_run(tmp_path, monkeypatch):
+    from stages.training.curves import TensorBoard
+
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_BrokenTensorBoard(), *sys.meta_path])
+    board, note = TensorBoard.open(tmp_path / "tensorboard", purge_step=None)
+    assert board is None and "fails to import (TypeError: protobuf version clash)" in note

@@ -16,7 +16,7 @@ from stages.core.runtime import Distributed
 from stages.model.encoder import build_encoder, encode_chunks
 from stages.training.batches import micro_batch_seed, rank_batches
 from stages.training.optimisation import Precision
-from tests.helpers import REPO, demo_config, run_cli
+from tests.helpers import REPO, demo_config, run_cli, write_config
 
 
 def test_ranks_take_the_micro_batches_of_one_process_with_their_accumulation():
@@ -114,8 +114,7 @@ def _e2e_config(folder, synth_dir, feature_work, *, encoder=None, **e2e):
     )
     config = yaml.safe_load(path.read_text())
     config["model"]["encoder"].update(encoder or {})
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_config(path, config)
 
 
 def _run(config, ranks: int) -> subprocess.CompletedProcess:
@@ -209,7 +208,7 @@ def test_inference_under_a_tiny_clip_cap_equals_inference_without_one(tmp_path, 
     for cap, name in (("null", "free"), ("1", "capped")):
         sets = ["--set", f"infer.max_clips={cap}", "--set", f"infer.output=results/{name}.json"]
         result = cli("infer", "-c", config, *sets)
-        assert result.exit_code == 0, result.output
+        assert result.returncode == 0, result.output
         outputs.append(json.loads((tmp_path / f"work/results/{name}.json").read_text())["results"])
     assert outputs[0].keys() == outputs[1].keys()
     for video, found in outputs[0].items():

@@ -1,0 +1,125 @@
+"""Benchmarks of laptop scale (issue 50): the peak memory of `etad cache --what features` against a
+video's length, and the whole `etad infer` on ActivityNet-shaped inputs, with where its time goes.
+
+    python benchmarks/run.py cache_memory        # 2 and 10 minutes (ETAD_MINUTES=2,10,30 for more)
+    python benchmarks/run.py infer_speed         # 100 videos; ETAD_BEFORE=<checkout> beside it
+
+Each measured command is a fresh `etad` process; its peak resident memory is the kernel's
+(`/usr/bin/time -v`'s "Maximum resident set size").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from benchmarks.common import REPO
+
+# THUMOS-14's recipe: 30 fps, a 16-frame snippet every 4 frames, at the 171x128 frames of ETAD
+THUMOS_DATA = {"protocol": "thumos", "fps": 30, "snippet_length": 16, "snippet_stride": 4}
+FRAME = {"frame_height": 128, "frame_width": 172}
+
+
+def _peak_mib(command: list[str], cwd: Path) -> tuple[float, float]:
+    """(peak resident MiB, seconds) of one process, as `/usr/bin/time -v` reports them."""
+    began = time.perf_counter()
+    done = subprocess.run(["/usr/bin/time", "-v", *command], cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - began
+    if done.returncode != 0:
+        raise RuntimeError(done.stdout[-2000:] + done.stderr[-2000:])
+    kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
+    return kib / 1024, seconds
+
+
+def _long_video(path: Path, minutes: float) -> float:
+    """A 320x240 H.264 video at 30 fps of `minutes` (a moving pattern, written frame by frame)."""
+    from stages.data.video_writer import write_video
+
+    count = int(minutes * 60 * 30)
+    ys, xs = np.mgrid[0:240, 0:320]
+
+    def frames():
+        for i in range(count):
+            shade = ((xs + 3 * i) % 256).astype(np.uint8)
+            yield np.stack([shade, ((ys + i) % 256).astype(np.uint8), np.full_like(shade, i % 256)], axis=-1)
+
+    write_video(path, frames(), 30, crf=30)
+    return count / 30
+
+
+def _one_video_run(folder: Path, minutes: float) -> Path:
+    """A work folder whose annotation file holds one video of `minutes`, with the demo's encoder."""
+    videos = folder / "videos"
+    videos.mkdir(parents=True)
+    duration = _long_video(videos / "long.mp4", minutes)
+    gt = {"database": {"long": {"subset": "test", "duration": duration, "annotations": []}}}
+    (folder / "gt.json").write_text(json.dumps(gt))
+    config = yaml.safe_load((REPO / "examples" / "demo.yaml").read_text())
+    config["work_dir"] = str(folder / "work")
+    config["data"].update(annotations=str(folder / "gt.json"), video_dir=str(videos), **THUMOS_DATA, **FRAME)
+    config["data"].update(train_subset="test", eval_subset="test")
+    config["model"]["encoder"]["checkpoint"] = None
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder / "config.yaml"
+
+
+def bench_cache_memory() -> list[tuple[str, str]]:
+    """Peak resident memory of `etad cache --what features` (straight from the video file) against the
+    video's length, THUMOS's rate and stride, the demo's encoder: one fresh process per length."""
+    minutes = [float(m) for m in os.environ.get("ETAD_MINUTES", "2,10").split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for length in minutes:
+            folder = Path(tmp) / f"m{length:g}"
+            config = _one_video_run(folder, length)
+            command = [sys.executable, "-m", "etad_cli", "cache", "--what", "features", "-c", str(config)]
+            peak, seconds = _peak_mib(command, REPO)
+            snippets = int(length * 60 * 30 / 4)
+            what = f"{length:g} min ({snippets:,} snippets): peak RSS MiB, seconds"
+            rows.append((what, f"{peak:,.0f}, {seconds:.0f}"))
+    return rows
+
+
+CLASSES = [f"class {i:03d}" for i in range(200)]  # ActivityNet's 200
+
+
+def anet_shaped_run(folder: Path, videos: int = 100, seed: int = 0) -> Path:
+    """ActivityNet-shaped inputs for `etad infer`: `videos` validation videos (and 16 training ones)
+    of 512-channel features of 100 to 400 rows, cached with `cache --from-npy`, a CUHK-style class
+    file for the video-level fusion, and the recipe's detector trained one step (its weights)."""
+    rng = np.random.default_rng(seed)
+    npy, database, scores = folder / "npy", {}, {}
+    npy.mkdir(parents=True)
+    for i in range(videos + 16):
+        video_id, duration = f"v{i:05d}", float(rng.uniform(30, 200))
+        subset = "validation" if i < videos else "training"
+        start = float(rng.uniform(0, duration / 2))
+        segment = [round(start, 2), round(min(duration, start + rng.uniform(5, duration / 2)), 2)]
+        label = CLASSES[int(rng.integers(0, len(CLASSES)))]
+        instances = [{"segment": segment, "label": label}]
+        database[video_id] = {"subset": subset, "duration": round(duration, 2), "annotations": instances}
+        rows = int(rng.integers(100, 400))
+        np.save(npy / f"v_{video_id}.npy", rng.standard_normal((rows, 512)).astype(np.float32))
+        scores[video_id] = rng.dirichlet(np.ones(len(CLASSES))).round(6).tolist()
+    (folder / "gt.json").write_text(json.dumps({"database": database}))
+    (folder / "classes.json").write_text(json.dumps({"class": CLASSES, "results": scores}))
+    config = yaml.safe_load((REPO / "examples" / "anet_tsp_feature.yaml").read_text())
+    config["work_dir"] = str(folder / "work")
+    config["data"].update(annotations=str(folder / "gt.json"), blocked=None)
+    config["infer"].update(classifier_file=str(folder / "classes.json"))
+    config["train"].update(epochs=1, batch_size=16)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    etad = [sys.executable, "-m", "etad_cli"]
+    for args in (["cache", "--from-npy", str(npy)], ["train"]):
+        command = [*etad, *args, "-c", str(folder / "config.yaml")]
+        subprocess.run(command, cwd=REPO, check=True, capture_output=True)
+    return folder / "config.yaml"

@@ -1,0 +1,1 @@
+"""What `etad study` is made of: its plan, its results, its report (stages/study.py runs it)."""
