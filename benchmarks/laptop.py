@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,20 +73,28 @@ def _one_video_run(folder: Path, minutes: float) -> Path:
     return folder / "config.yaml"
 
 
+def _checkouts() -> dict[str, Path]:
+    """This checkout, and with ETAD_BEFORE=<path> an earlier commit's checkout beside it."""
+    before = os.environ.get("ETAD_BEFORE")
+    return {"now": REPO, **({"before": Path(before).resolve()} if before else {})}
+
+
 def bench_cache_memory() -> list[tuple[str, str]]:
     """Peak resident memory of `etad cache --what features` (straight from the video file) against the
-    video's length, THUMOS's rate and stride, the demo's encoder: one fresh process per length."""
+    video's length, THUMOS's rate and stride, the demo's encoder: one fresh process per length (and
+    per checkout, with ETAD_BEFORE)."""
     minutes = [float(m) for m in os.environ.get("ETAD_MINUTES", "2,10").split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for length in minutes:
-            folder = Path(tmp) / f"m{length:g}"
-            config = _one_video_run(folder, length)
-            command = [sys.executable, "-m", "etad_cli", "cache", "--what", "features", "-c", str(config)]
-            peak, seconds = _peak_mib(command, REPO)
+            config = _one_video_run(Path(tmp) / f"m{length:g}", length)
             snippets = int(length * 60 * 30 / 4)
-            what = f"{length:g} min ({snippets:,} snippets): peak RSS MiB, seconds"
-            rows.append((what, f"{peak:,.0f}, {seconds:.0f}"))
+            for name, checkout in _checkouts().items():
+                shutil.rmtree(config.parent / "work", ignore_errors=True)
+                command = [sys.executable, "-m", "etad_cli", "cache", "--what", "features", "-c", str(config)]
+                peak, seconds = _peak_mib(command, checkout)
+                what = f"{length:g} min ({snippets:,} snippets), {name}: peak RSS MiB, seconds"
+                rows.append((what, f"{peak:,.0f}, {seconds:.0f}"))
     return rows
 
 
@@ -123,3 +132,98 @@ def anet_shaped_run(folder: Path, videos: int = 100, seed: int = 0) -> Path:
         command = [*etad, *args, "-c", str(folder / "config.yaml")]
         subprocess.run(command, cwd=REPO, check=True, capture_output=True)
     return folder / "config.yaml"
+
+
+# where `etad infer`'s time goes: the cumulative time of these functions in one profiled run
+PHASES = {
+    "loading the checkpoint": "checkpoint.py:__init__",
+    "reading the cached features": "datasets.py:__getitem__",
+    "the detector's forward": "checkpoint.py:__call__",
+    "post-processing and fusion": ("postprocess.py:item", "postprocess.py:video"),
+    "writing the outputs": "outputs.py:write_outputs",
+}
+
+
+def _breakdown(config: Path) -> list[tuple[str, str]]:
+    """Seconds of each phase of one `etad infer` process (cProfile), start-up as the rest."""
+    import pstats
+
+    with tempfile.TemporaryDirectory() as tmp:
+        profile = Path(tmp) / "infer.prof"
+        command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "etad_cli", "infer"]
+        began = time.perf_counter()
+        subprocess.run(
+            [*command, "-c", str(config), "--set", "infer.output=results/profiled.json"],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
+        total = time.perf_counter() - began
+        stats = pstats.Stats(str(profile)).stats
+    seconds = {}
+    for phase, names in PHASES.items():
+        names = (names,) if isinstance(names, str) else names
+        seconds[phase] = sum(
+            cumulative
+            for (file, _, function), (_, _, _, cumulative, _) in stats.items()
+            if f"{Path(file).name}:{function}" in names
+        )
+    seconds["start-up and the rest"] = total - sum(seconds.values())
+    return [(f"  {phase} (s)", f"{value:.1f}") for phase, value in seconds.items()]
+
+
+def _detections(path: Path) -> dict:
+    return json.loads(path.read_text())["results"]
+
+
+def _largest_difference(a: dict, b: dict) -> float:
+    """The largest difference of a segment bound or score between two detection files with the same
+    videos, labels and order (inf where they differ in anything else)."""
+    if a.keys() != b.keys():
+        return float("inf")
+    worst = 0.0
+    for video in a:
+        if [d["label"] for d in a[video]] != [d["label"] for d in b[video]]:
+            return float("inf")
+        for x, y in zip(a[video], b[video]):
+            worst = max(
+                worst, abs(x["score"] - y["score"]), *(abs(p - q) for p, q in zip(x["segment"], y["segment"]))
+            )
+    return worst
+
+
+def bench_infer_speed() -> list[tuple[str, str]]:
+    """The whole `etad infer` (a fresh process: start-up, loading, reading, forward, post-processing,
+    fusion, writing) on ActivityNet-shaped inputs, 100 videos, the recipe's settings; with
+    ETAD_BEFORE=<checkout> an earlier commit's beside it, runs alternating, median of 3."""
+    videos = int(os.environ.get("ETAD_VIDEOS", "100"))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        config = anet_shaped_run(Path(tmp), videos)
+        results = config.parent / "work" / "results"
+        times: dict[str, list[float]] = {name: [] for name in _checkouts()}
+        for _ in range(3):
+            for name, checkout in _checkouts().items():
+                sets = ["--set", f"infer.output=results/{name}.json"]
+                command = [sys.executable, "-m", "etad_cli", "infer", "-c", str(config), *sets]
+                began = time.perf_counter()
+                done = subprocess.run(command, cwd=checkout, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise RuntimeError(f"{name}: {done.stderr[-2000:]}")
+                times[name].append(time.perf_counter() - began)
+        median = {name: sorted(t)[1] for name, t in times.items()}
+        for name, seconds in median.items():
+            rows.append(
+                (
+                    f"{name}: {videos} videos, whole process (s), videos/s",
+                    f"{seconds:.1f}, {videos / seconds:.2f}",
+                )
+            )
+        if "before" in median:
+            rows.append(("speed-up, now over before", f"{median['before'] / median['now']:.2f}x"))
+            worst = _largest_difference(
+                _detections(results / "now.json"), _detections(results / "before.json")
+            )
+            rows.append(("detections: same videos, labels, order; largest difference", f"{worst:.2g}"))
+        rows += [("now, where the time goes:", ""), *_breakdown(config)]
+    return rows

@@ -16,7 +16,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # after the checkout is on sys.path
-from benchmarks import data_path, detector, end_to_end, scoring  # noqa: E402
+from benchmarks import data_path, detector, end_to_end, laptop, scoring  # noqa: E402
 from benchmarks.common import machine  # noqa: E402
 from benchmarks.decoders import bench_real_decoders  # noqa: E402
 
@@ -37,6 +37,8 @@ BENCHMARKS = [
     end_to_end.bench_e2e_paper_gpu,
     data_path.bench_data_path,
     detector.bench_ranks,
+    laptop.bench_cache_memory,
+    laptop.bench_infer_speed,
 ]
 
 

@@ -24,7 +24,6 @@ import numpy as np
 from stages.core.errors import UserError
 from stages.core.progress import SILENT, Progress
 from stages.core.runlog import StageRun
-from stages.data.video_selection import WHOLE, Shard
 
 if TYPE_CHECKING:  # the stages load when a function runs, so `import stages.api` stays fast
     from stages.core.settings import Settings
@@ -71,39 +70,25 @@ def load_settings(
     )
 
 
-def extract(
-    settings: Settings,
-    *,
-    workers: int = 1,
-    subsets: list[str] | None = None,
-    shard: Shard = WHOLE,
-    progress: Progress = SILENT,
-) -> Any:
-    """`etad extract`: the videos' frames at data.fps and the data frame size (an ExtractSummary)."""
+def extract(settings: Settings, *, progress: Progress = SILENT, **options: Any) -> Any:
+    """`etad extract`: the videos' frames at data.fps and the data frame size (an ExtractSummary).
+    Options as stages.extract.run's: workers, subsets (None: every video), shard."""
     from stages import extract as stage
 
     run = StageRun.start(settings, "extract", progress)
-    summary = stage.run(settings, workers=workers, subsets=subsets, shard=shard, progress=progress)
+    summary = stage.run(settings, progress=progress, **options)
     run.done(videos=summary.done, skipped=summary.skipped, failed=len(summary.failures))
     return summary
 
 
-def cache(
-    settings: Settings,
-    *,
-    what: str = "snippets",
-    from_npy: Path | None = None,
-    workers: int | None = None,
-    subsets: list[str] | None = None,
-    shard: Shard = WHOLE,
-    progress: Progress = SILENT,
-) -> Any:
-    """`etad cache`: snippets or features of the videos in HDF5 (stages.cache.CacheSummary)."""
+def cache(settings: Settings, *, what: str = "snippets", progress: Progress = SILENT, **options: Any) -> Any:
+    """`etad cache`: snippets or features of the videos in HDF5 (a CacheSummary). Options as
+    stages.cache.run's: from_npy (import released features), workers, subsets, shard."""
     from stages import cache as stage
 
-    run = StageRun.start(settings, f"cache {'features' if from_npy is not None else what}", progress)
-    chosen = dict(workers=workers, subsets=subsets, shard=shard, progress=progress)
-    summary = stage.run(settings, what=what, from_npy=from_npy, **chosen)
+    imported = options.get("from_npy") is not None
+    run = StageRun.start(settings, f"cache {'features' if imported else what}", progress)
+    summary = stage.run(settings, what=what, progress=progress, **options)
     run.done(videos=summary.done, skipped=summary.skipped, failed=len(summary.failures))
     return summary
 
@@ -149,16 +134,15 @@ class Inferred:
 def infer(
     settings: Settings,
     *,
-    checkpoint: Path | None = None,
-    plot: int = 0,
     video: Path | None = None,
     evaluate: bool = False,
-    shard: Shard = WHOLE,
     progress: Progress = SILENT,
+    **options: Any,
 ) -> Inferred:
     """`etad infer`: detections of the evaluation subset (or a `shard` of it, or one video file)
     written to infer.output; with `evaluate`, scored once infer.output is complete (the report also
-    saved beside it as <output>.metrics.json)."""
+    saved beside it as <output>.metrics.json). Options as stages.infer.run's: checkpoint (default: the
+    newest run's), plot (timelines of the first N videos), shard."""
     from stages import evaluate as scoring
     from stages import infer as stage
 
@@ -168,9 +152,7 @@ def infer(
             "video is in none; detect it without --eval, or add it to an annotation file"
         )
     run = StageRun.start(settings, "infer --video" if video is not None else "infer", progress)
-    summary = stage.run(
-        settings, checkpoint=checkpoint, plot=plot, video=video, shard=shard, progress=progress
-    )
+    summary = stage.run(settings, video=video, progress=progress, **options)
     done, scores = Inferred(summary), {}
     if evaluate and video is None and summary.complete:
         request = scoring.EvalRequest.from_settings(settings, predictions=summary.output, task=summary.task)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,8 +42,9 @@ from stages.data.hdf5_cache import (
 )
 from stages.data.per_video import run_each
 from stages.data.protocols import protocol
+from stages.data.video_decoders import decoder_problem
 from stages.data.video_facts import VideoNotes
-from stages.data.video_io import VideoError, decoder_problem
+from stages.data.video_io import VideoError
 from stages.data.video_selection import WHOLE, Shard, drop_missing, select, write_lists
 from stages.data.video_snippets import decodable, video_snippets
 from stages.model.frozen_encoder import FeatureEncoder
@@ -66,6 +67,19 @@ class CacheSummary:
     shard: Shard = WHOLE
 
 
+def _header(kind: str, video_id: str, expected: ExpectedFingerprint, fps: float) -> dict:
+    """The attributes every cache file made from frames starts with: what it is, of which video,
+    made with which settings (their fingerprint and the settings by name), at which rate."""
+    record = json.dumps(expected.as_record())
+    return {
+        "kind": kind,
+        "video_id": video_id,
+        "fingerprint": expected.stamp,
+        "fingerprint_of": record,
+        "fps": fps,
+    }
+
+
 def _snippet_job(
     settings: Settings, video_id: str, path: Path, expected: ExpectedFingerprint, annotated: float | None
 ) -> tuple[int, dict | None]:
@@ -78,15 +92,8 @@ def _snippet_job(
         facts.update((source.facts() if source.facts else None) or {})
         return {**fixed, **({"video": json.dumps(facts)} if facts else {})}
 
-    fixed = {
-        "kind": "snippets",
-        "video_id": video_id,
-        "fingerprint": expected.stamp,
-        "fingerprint_of": json.dumps(expected.as_record()),
-        "fps": settings.data.fps,
-        "num_frames": source.num_frames,
-        "source": source.source,
-    }
+    fixed = _header("snippets", video_id, expected, settings.data.fps) | {"num_frames": source.num_frames}
+    fixed["source"] = source.source
     batches = source.batches(as_jpeg=c.jpeg_quality if c.codec == "jpeg" else None)
     shape = (settings.data.frame_height, settings.data.frame_width)
     size = write_snippet_file(
@@ -103,32 +110,28 @@ def _snippet_job(
     return size, facts or None
 
 
-def snippets_to_encode(settings: Settings, video_id: str) -> tuple[np.ndarray, int]:
-    """A video's snippets and frame count: from the snippet cache when it is current, else from
-    its extracted frames or its video file."""
+def snippets_to_encode(settings: Settings, video_id: str) -> tuple[Iterator[np.ndarray], int]:
+    """A video's snippets, cache.chunk_snippets at a time (uint8 [n, L, H, W, 3]), and its frame
+    count: from the snippet cache when it is current, else from its extracted frames or its video
+    file. Memory holds one chunk, whatever the video's length."""
+    size = settings.cache.chunk_snippets
     folder, stamp = snippets_dir(settings), snippet_fingerprint(settings)
     if _current(folder, stamp)(video_id):
         cache = VideoCache(folder, "snippets", ExpectedFingerprint.of(settings, "snippets"))
-        return cache.read(video_id), int(cache.attrs(video_id)["num_frames"])
+        count = cache.length(video_id) or 0
+        chunks = (cache.read(video_id, slice(start, start + size)) for start in range(0, count, size))
+        return chunks, int(cache.attrs(video_id)["num_frames"])
     source = video_snippets(settings, video_id)
-    return source.snippets(), source.num_frames
+    return source.snippet_chunks(size), source.num_frames
 
 
 def _feature_job(
     encoder: FeatureEncoder, settings: Settings, video_id: str, path: Path, expected: ExpectedFingerprint
 ) -> None:
-    snippets, num_frames = snippets_to_encode(settings, video_id)
-    attrs = {
-        "kind": "features",
-        "video_id": video_id,
-        "fingerprint": expected.stamp,
-        "fingerprint_of": json.dumps(expected.as_record()),
-        "fps": settings.data.fps,
-        "num_frames": num_frames,
-        "encoder": encoder.encoder.name,
-        "source": "snippets",
-    }
-    features = encoder.encode(snippets)
+    chunks, num_frames = snippets_to_encode(settings, video_id)
+    attrs = _header("features", video_id, expected, settings.data.fps) | {"num_frames": num_frames}
+    attrs |= {"encoder": encoder.encoder.name, "source": "snippets"}
+    features = np.concatenate([encoder.encode(chunk) for chunk in chunks])
     require_finite(features, f"{path.name} (encoder {encoder.encoder.name!r})")
     write_video_file(path, {"features": features}, attrs)
 

@@ -26,8 +26,8 @@ from stages.data.annotations import load_annotations
 from stages.data.extracted_frames import frames_file, record_file, source_stamp
 from stages.data.hdf5_cache import new_hdf5, store_frames
 from stages.data.per_video import run_each
+from stages.data.video_decoders import decoder_problem
 from stages.data.video_facts import VideoNotes, open_video
-from stages.data.video_io import decoder_problem
 from stages.data.video_selection import WHOLE, Shard, drop_missing, select, write_lists
 from stages.data.video_snippets import extracted, video_path
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from stages.core.errors import UserError
 from stages.core.files import ensure_writable_dir
 from stages.core.progress import SILENT, Progress
-from stages.core.runtime import use_threads
+from stages.core.runtime import reuse_freed_memory, use_threads
 from stages.core.settings import Settings
 from stages.core.workdir import (
     beside_output,
@@ -69,6 +69,7 @@ def run(
     checkpoint (default: the newest run's)."""
     began = time.perf_counter()
     use_threads(settings.threads)
+    reuse_freed_memory()  # the batches' large tensors: reused, not faulted in again (runtime.py)
     checkpoint = checkpoint or find_checkpoint(settings)
     output = writable_output(settings)
     loaded = LoadedCheckpoint(settings, checkpoint)

@@ -116,28 +116,13 @@ def settings_text(
         else "                # one class per video, mostly: the video head"
     )
     rate = "" if fps == 15 else f"; your videos run at {p.fps:.3g} fps"
-    return TEMPLATE.format(
-        videos=p.videos,
-        duration=p.duration,
-        longest=p.longest,
-        source_fps=p.fps,
-        source_width=p.width,
-        source_height=p.height,
-        work=out / "work",
-        annotations=annotations,
-        video_dir=videos,
-        train=subsets[0],
-        evaluate=subsets[1],
-        fps=fps,
-        rate=rate,
-        height=height,
-        width=width,
-        scale=scale,
-        frames=frames,
-        classifier=classifier,
-        head=head,
-        encoder=out / "work" / "encoder" / "encoder_tsp.pth",
-    )
+    source = dict(videos=p.videos, duration=p.duration, longest=p.longest, source_fps=p.fps)
+    source |= dict(source_width=p.width, source_height=p.height)
+    paths = dict(work=out / "work", annotations=annotations, video_dir=videos)
+    paths["encoder"] = out / "work" / "encoder" / "encoder_tsp.pth"
+    chosen = dict(train=subsets[0], evaluate=subsets[1], fps=fps, rate=rate, height=height, width=width)
+    chosen |= dict(scale=scale, frames=frames, classifier=classifier, head=head)
+    return TEMPLATE.format(**source, **paths, **chosen)
 
 
 TEMPLATE = """# etad settings for your own videos, written by `etad init` (docs/own_videos.md).

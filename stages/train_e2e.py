@@ -205,20 +205,14 @@ def run(
         encoder.eval()
         return encode_chunks(encoder, snippets, e2e.chunk_size, enc.crop_size, device=device)
 
-    job = Job(
-        "e2e",
-        {"model": detector, "encoder": encoder},
-        optimizer,
-        torch.optim.lr_scheduler.StepLR(optimizer, e2e.lr_step, e2e.lr_gamma),
-        train_set=train_set,
-        step=step,
-        validate=lambda: None,
-        classes=classes,
-        parameters=detector.detector_parameters(),
-        model_settings=model_settings,
-        memory=memory,
-        inputs=train_set.load.cache.expected,
-        finish=classifier_refit(detector, train_set, settings, device, encode=final_features),
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, e2e.lr_step, e2e.lr_gamma)
+    refit = classifier_refit(detector, train_set, settings, device, encode=final_features)
+    described = dict(
+        classes=classes, parameters=detector.detector_parameters(), model_settings=model_settings
     )
+    checks = dict(memory=memory, inputs=train_set.load.cache.expected, finish=refit)
+    modules = {"model": detector, "encoder": encoder}
+    loop = dict(train_set=train_set, step=step, validate=lambda: None)
+    job = Job("e2e", modules, optimizer, schedule, **loop, **described, **checks)
     options = dict(device=device, resume=resume, restart=restart, progress=progress, notes=notes)
     return fit(job, settings, e2e, dist, **options)

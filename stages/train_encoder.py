@@ -215,17 +215,11 @@ def run(
         (terms["total"] * scale).backward()
         return terms
 
-    job = Job(
-        KIND,
-        {"model": heads, "encoder": encoder},
-        optimizer,
-        torch.optim.lr_scheduler.StepLR(optimizer, et.lr_step, et.lr_gamma),
-        train_set=dataset,
-        step=step,
-        validate=lambda: None,
-        classes=dataset.classes,
-        parameters=sum(p.numel() for p in encoder.parameters()) + sum(p.numel() for p in heads.parameters()),
-    )
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, et.lr_step, et.lr_gamma)
+    size = sum(p.numel() for p in encoder.parameters()) + sum(p.numel() for p in heads.parameters())
+    modules = {"model": heads, "encoder": encoder}
+    loop = dict(train_set=dataset, step=step, validate=lambda: None)
+    job = Job(KIND, modules, optimizer, schedule, **loop, classes=dataset.classes, parameters=size)
     summary = fit(
         job,
         settings,

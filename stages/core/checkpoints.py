@@ -28,7 +28,6 @@ Files are always read with `torch.load(weights_only=True)`: no code is unpickled
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,11 +38,16 @@ import torch
 
 from stages.core.errors import FULL, UserError, disk_full
 from stages.core.files import atomic_output, temporary
+from stages.core.released_checkpoints import (
+    CHECKPOINT_FORMAT,
+    _from_opentad,
+    _from_original,
+    _is_opentad,
+    _is_original,
+)
 
 if TYPE_CHECKING:  # the settings models, for type hints only
     from stages.core.settings import Settings
-
-CHECKPOINT_FORMAT = "etad-checkpoint-1"
 
 
 def load_weights(module: torch.nn.Module, state: dict, source: object, what: str = "model") -> None:
@@ -130,16 +134,24 @@ def _load_trunk(backbone: torch.nn.Module, state: dict, path: Path) -> None:
     """Load every key of `state` but its classification heads' (top-level names in HEADS: a ViT
     block's `mlp.fc1` stays), strictly: any other missing or unexpected key is an error."""
     state = {k: v for k, v in state.items() if k.split(".")[0] not in HEADS}
+    load_strictly(backbone, state, path)
+
+
+def load_strictly(
+    module: torch.nn.Module, state: dict, path: Path, *, other: str = "shape", hint: str = ""
+) -> None:
+    """Load `state` into `module`: a tensor of another `other` or any missing or unexpected key is
+    an error naming the file (`hint` ends the second: what the file may be instead)."""
     try:
-        missing, unexpected = backbone.load_state_dict(state, strict=False)
+        missing, unexpected = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a tensor of another shape
         reason = str(exc).strip().splitlines()[-1].strip()[:160]
-        raise UserError(f"{path}: weights of another shape: {reason}") from None
+        raise UserError(f"{path}: weights of another {other}: {reason}") from None
     if missing or unexpected:
         raise UserError(
             f"{path}: keys do not match the encoder: "
             f"{len(missing)} missing (e.g. {', '.join(missing[:3]) or '-'}), "
-            f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3]) or '-'})"
+            f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3]) or '-'}){hint}"
         )
 
 
@@ -196,48 +208,6 @@ def load_encoder_weights(backbone: torch.nn.Module, loaders: dict[str, Callable]
     raise UserError(f"{path}: " + "; ".join(reasons))
 
 
-# original ETAD detector key -> etad key (regular expressions, applied in order; first match wins)
-ORIGINAL_DETECTOR_KEYS = [
-    (r"^temporal_enhance\.mem_f\.", "temporal.lstm_f."),
-    (r"^temporal_enhance\.mem_b\.", "temporal.lstm_b."),
-    (r"^temporal_enhance\.", "temporal."),
-    (r"^tem\.", "tem."),
-    (r"^stage_conv\.(\d+)\.", r"stages.\1.residual."),
-    (r"^stage_pem\.(\d+)\.reduce_dim_before\.", r"stages.\1.reduce."),
-    (r"^stage_pem\.(\d+)\.reduce_dim_ext\.", r"stages.\1.fc."),
-    (r"^stage_pem\.(\d+)\.iou_fc\.", r"stages.\1.iou_head."),
-    (r"^stage_pem\.(\d+)\.cls_se_fc\.", r"stages.\1.se_head."),
-    (r"^stage_pem\.(\d+)\.reg_cw_fc\.", r"stages.\1.cw_head."),
-    (r"^stage_pem\.(\d+)\.reg_s_fc\.", r"stages.\1.start_head."),
-    (r"^stage_pem\.(\d+)\.reg_e_fc\.", r"stages.\1.end_head."),
-]
-ORIGINAL_BACKBONE = "feature_extractor.model.backbone."
-ORIGINAL_DETECTOR = "base_detector."
-
-
-def _fc_head(match: re.Match) -> str:
-    """OpenTAD's FCHead (fcs.K.0 Linear + ReLU, then `head`) -> etad's Sequential (Linear at 2K)."""
-    stage, head, layer = match.group(1), match.group(2), match.group(3)
-    index = 6 if layer == "head" else 2 * int(layer.split(".")[1])
-    return f"stages.{stage}.{head}_head.{index}."
-
-
-# OpenTAD detector key -> etad key
-OPENTAD_DETECTOR_KEYS = [
-    (r"^projection\.convs\.0\.conv\.", "temporal.layer1.0."),
-    (r"^projection\.convs\.0\.norm\.", "temporal.layer1.1."),
-    (r"^neck\.mem_f\.", "temporal.lstm_f."),
-    (r"^neck\.mem_b\.", "temporal.lstm_b."),
-    (r"^neck\.(layer2_f|layer2_b|layer2_d|layer3)\.conv\.", r"temporal.\1.0."),
-    (r"^neck\.(layer2_f|layer2_b|layer2_d|layer3)\.norm\.", r"temporal.\1.1."),
-    (r"^rpn_head\.tem\.0\.conv\.", "tem.0."),
-    (r"^rpn_head\.tem\.1\.conv\.", "tem.2."),
-    (r"^roi_head\.proposal_heads\.(\d+)\.shared_conv_fc\.fcs\.0\.0\.", r"stages.\1.fc.0."),
-    (r"^roi_head\.proposal_heads\.(\d+)\.(iou|se|reg)_head\.(fcs\.\d+\.0|head)\.", _fc_head),
-]
-OPENTAD_BACKBONE = "backbone.model.backbone."
-
-
 @dataclass(frozen=True)
 class Layout:
     """A checkpoint layout: a test on the loaded object and a conversion to an etad checkpoint."""
@@ -245,119 +215,6 @@ class Layout:
     name: str
     matches: Callable[[object], bool]
     convert: Callable[[dict, Path], dict]
-
-
-def _strip_module(state: dict) -> dict:
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def _rename(key: str, rules: list[tuple[str, object]]) -> str | None:
-    for pattern, replacement in rules:
-        if re.match(pattern, key):
-            return re.sub(pattern, replacement, key)
-    return None
-
-
-def _is_original(obj: object) -> bool:
-    state = obj.get("state_dict") if isinstance(obj, dict) else None
-    return isinstance(state, dict) and any(
-        k.removeprefix("module.").startswith(ORIGINAL_DETECTOR) for k in state
-    )
-
-
-def _from_original(obj: dict, path: Path) -> dict:
-    """The original release: detector keys renamed; the backbone (end to end) kept as the encoder."""
-    state = _strip_module(obj["state_dict"])
-    model, encoder, unknown = {}, {}, []
-    for key, value in state.items():
-        if key.startswith(ORIGINAL_DETECTOR):
-            name = _rename(key.removeprefix(ORIGINAL_DETECTOR), ORIGINAL_DETECTOR_KEYS)
-            (model.__setitem__(name, value) if name else unknown.append(key))
-        elif key.startswith(ORIGINAL_BACKBONE):
-            encoder["backbone." + key.removeprefix(ORIGINAL_BACKBONE)] = value
-        elif not key.startswith("feature_extractor.model.data_preprocessor"):
-            unknown.append(key)
-    if unknown:
-        raise UserError(f"{path}: {len(unknown)} key(s) of no known part, e.g. {unknown[0]!r}")
-    stages = len({k.split(".")[1] for k in model if k.startswith("stages.")})
-    return _released(
-        path,
-        "etad-original",
-        model,
-        encoder,
-        model_settings={
-            "variant": "original",
-            "in_channels": model["temporal.layer1.0.weight"].shape[1] * 4,  # grouped conv, 4 groups
-            "hidden_channels": model["temporal.layer1.0.weight"].shape[0],
-            "roi_size": model["stages.0.fc.0.weight"].shape[1] // model["stages.0.reduce.0.weight"].shape[0],
-            "stage_iou_thresholds": _thresholds(stages),
-        },
-    )
-
-
-def _is_opentad(obj: object) -> bool:
-    if not isinstance(obj, dict):
-        return False
-    state = obj.get("state_dict_ema") or obj.get("state_dict")
-    parts = ("neck.", "rpn_head.", "roi_head.", "projection.")
-    return isinstance(state, dict) and any(k.removeprefix("module.").startswith(parts) for k in state)
-
-
-def _from_opentad(obj: dict, path: Path) -> dict:
-    """OpenTAD's ETAD: detector keys renamed to the `opentad` variant; the backbone (end to end)
-    kept as the encoder."""
-    state = _strip_module(obj.get("state_dict_ema") or obj["state_dict"])
-    model, encoder, unknown = {}, {}, []
-    for key, value in state.items():
-        if key.startswith(OPENTAD_BACKBONE):
-            encoder["backbone." + key.removeprefix(OPENTAD_BACKBONE)] = value
-        elif key.startswith("backbone.model.data_preprocessor."):
-            continue  # mean / std buffers: etad's encoder normalises by its own constants
-        else:
-            name = _rename(key, OPENTAD_DETECTOR_KEYS)
-            (model.__setitem__(name, value) if name else unknown.append(key))
-    if unknown:
-        raise UserError(f"{path}: {len(unknown)} key(s) of no known part, e.g. {unknown[0]!r}")
-    if "temporal.layer1.0.weight" not in model or "stages.0.fc.0.weight" not in model:
-        raise UserError(f"{path}: an OpenTAD checkpoint without ETAD's projection or proposal heads")
-    hidden = model["temporal.layer1.0.weight"].shape[0]
-    fc = model["stages.0.fc.0.weight"]
-    stages = len({k.split(".")[1] for k in model if k.startswith("stages.")})
-    return _released(
-        path,
-        "opentad",
-        model,
-        encoder,
-        model_settings={
-            "variant": "opentad",
-            "in_channels": model["temporal.layer1.0.weight"].shape[1] * 4,  # grouped conv, 4 groups
-            "hidden_channels": hidden,
-            "roi_size": fc.shape[1] // hidden,
-            "fc_channels": fc.shape[0],
-            "stage_iou_thresholds": _thresholds(stages),
-        },
-    )
-
-
-def _thresholds(stages: int) -> list[float]:
-    """The stage IoU thresholds of both releases (0.7, 0.8, 0.9), for however many stages."""
-    return [0.7, 0.8, 0.9][:stages] + [0.9] * max(0, stages - 3)
-
-
-def _released(path: Path, layout: str, model: dict, encoder: dict, *, model_settings: dict) -> dict:
-    """An etad checkpoint from a released file's weights and the settings its shapes give."""
-    converted = {
-        "format": CHECKPOINT_FORMAT,
-        "kind": "e2e" if encoder else "pretrain",
-        "model": model,
-        "source_layout": layout,
-        "source": str(path),
-        "settings": {"model": {**model_settings, "encoder": {"name": "r2plus1d_34_tsp"}}},
-        "classes": [],
-    }
-    if encoder:
-        converted["encoder"] = encoder
-    return converted
 
 
 LAYOUTS: dict[str, Layout] = {

@@ -45,6 +45,37 @@ def use_threads(threads: int | None) -> int:
     return threads
 
 
+def reuse_freed_memory() -> bool:
+    """Keep large freed blocks in the process for the next allocation of the same size (glibc).
+
+    By default glibc gives every block over 32 MiB back to the kernel when it is freed, and the next
+    one faults each of its pages in again: at inference, whose [proposals, channels] tensors are
+    135 MB a batch of 16 videos, those page faults were two thirds of `etad infer`'s time
+    (benchmarks/laptop.py, infer_speed). Kept, the same blocks serve every batch: the peak is the
+    same, the memory is returned when the process ends. True where the allocator took the setting."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):  # not glibc (macOS, musl): its own policy stays
+        return False
+    if mallopt is None:
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    largest = 2**31 - 1
+    return all(
+        mallopt(option, value) == 1
+        for option, value in (
+            (m_mmap_threshold, largest),
+            (m_trim_threshold, largest),
+            (m_top_pad, 64 * 2**20),
+        )
+    )
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

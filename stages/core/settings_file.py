@@ -103,7 +103,7 @@ def load_settings(
     path: Path | None, overrides: list[str] | None = None, parts: dict[str, dict] | None = None
 ) -> Settings:
     """Load and validate a settings file, then `--set` overrides; None gives the defaults. `parts`
-    maps a part-naming key to its registry (stages.core.settings.part): those names are checked."""
+    maps a part-naming key to its registry (stages.core.setting_types.part): those names are checked."""
     raw: dict[str, Any] = {}
     base_dir = Path.cwd()
     source = "settings"

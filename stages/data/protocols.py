@@ -43,13 +43,34 @@ def resize_features(features: np.ndarray, t: int) -> torch.Tensor:
     """[T_orig, C] -> [C, t] with 1-D RoIAlign over the whole sequence (the original rule: bin j
     averages ceil(T_orig / t) linear samples; inputs rounded through fp16 first, for determinism)."""
     import torch
-    from torchvision.ops import roi_align
 
     x = torch.from_numpy(np.ascontiguousarray(features.T)).half().double()  # [C, T_orig]
     n = x.shape[1]
     box = torch.tensor([[0.0, 0.0, 0.0, 1.0, float(n)]], dtype=torch.float64)
-    out = roi_align(x[None, :, :, None], box, (t, 1), 1.0, -1, aligned=True)
+    out = _roi_align()(x[None, :, :, None], box, 1.0, t, 1, -1, True)
     return out[0, :, :, 0].float()
+
+
+def _roi_align():
+    """torchvision's compiled RoIAlign (input, boxes, scale, height, width, sampling, aligned), its
+    library loaded without importing torchvision's Python package, whose import loads torch._dynamo:
+    1.3 s of every `etad infer` on cached features. The package's own loader where the library is
+    not where expected."""
+    import glob
+    import importlib.util
+    import os
+
+    import torch
+
+    if not hasattr(torch.ops.torchvision, "roi_align"):
+        spec = importlib.util.find_spec("torchvision")
+        folders = spec.submodule_search_locations if spec is not None else None
+        libraries = sorted(glob.glob(os.path.join(folders[0], "_C*.so"))) if folders else []
+        if libraries:
+            torch.ops.load_library(libraries[0])
+        else:
+            import torchvision.ops  # noqa: F401 - registers the operators
+    return torch.ops.torchvision.roi_align
 
 
 def pad_with_last(rows: np.ndarray, t: int) -> np.ndarray:

@@ -241,3 +241,12 @@ def torchcodec_missing() -> str | None:
             "FFmpeg (Debian: apt-get install ffmpeg)"
         )
     return None
+
+
+def decoder_problem(decoder: str) -> str | None:
+    """Why `data.decoder` cannot decode here, as one line (checked before any work), or None."""
+    if decoder == "torchcodec" and (missing := torchcodec_missing()):
+        return f"data.decoder torchcodec: {missing}"
+    if decoder == "decord" and not decord_available():
+        return "data.decoder decord: decord is not installed (x86-64 wheels only); pyav works anywhere"
+    return None

@@ -325,3 +325,14 @@ def probe(path: Path) -> Probe:
         raise UserError(f"{path}: cannot read it as a video ({first_line(exc)})") from None
     fps = 1.0 / index.interval if index.interval > 0 else index.header_fps
     return Probe(duration=float(index.times[-1] + index.interval), fps=fps, size=index.size)
+
+
+def spans(times: np.ndarray, gap: float) -> str:
+    """Seconds as short ranges: '0.00-0.44 s, 3.20 s'."""
+    spans, start = [], None
+    for i, t in enumerate(times):
+        start = t if start is None else start
+        if i + 1 == len(times) or times[i + 1] - t > gap:
+            spans.append(f"{start:.2f}-{t:.2f} s" if t > start else f"{t:.2f} s")
+            start = None
+    return ", ".join(spans[:4]) + (f" and {len(spans) - 4} more" if len(spans) > 4 else "")

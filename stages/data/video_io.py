@@ -36,13 +36,13 @@ from stages.data.video_decoders import (
     PyAVPictures,
     TorchcodecPictures,
     correction,
+    decoder_problem,
     decord_available,
     display_transform,
     rotated_by_angle,
     rotation,
-    torchcodec_missing,
 )
-from stages.data.video_index import Index, VideoError, first_line, read_index
+from stages.data.video_index import Index, VideoError, first_line, read_index, spans
 
 __all__ = ["TimedVideo", "VideoError", "VideoFacts", "decord_available", "decoder_problem"]
 
@@ -51,6 +51,10 @@ Resize = Literal["stretch", "crop"]
 IRREGULAR = 0.25  # a frame interval this far off the median one counts as irregular
 LOOKAHEAD = 32  # pictures whose own timestamps decide between own times and ranks
 MATCH = (24, 32)  # the size at which decord's first picture is compared with PyAV's
+# decord 0.6's decoding thread decodes ahead of the reader without bound: while a slow consumer (an
+# encoder) works, it holds up to the whole video's pictures (960 MiB measured on 10 minutes at
+# 172x128). Where that could pass this many bytes, PyAV reads the video (one picture at a time).
+DECORD_READ_AHEAD_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -141,26 +145,6 @@ class _Picture:
         return self._array
 
 
-def _spans(times: np.ndarray, gap: float) -> str:
-    """Seconds as short ranges: '0.00-0.44 s, 3.20 s'."""
-    spans, start = [], None
-    for i, t in enumerate(times):
-        start = t if start is None else start
-        if i + 1 == len(times) or times[i + 1] - t > gap:
-            spans.append(f"{start:.2f}-{t:.2f} s" if t > start else f"{t:.2f} s")
-            start = None
-    return ", ".join(spans[:4]) + (f" and {len(spans) - 4} more" if len(spans) > 4 else "")
-
-
-def decoder_problem(decoder: str) -> str | None:
-    """Why `data.decoder` cannot decode here, as one line (checked before any work), or None."""
-    if decoder == "torchcodec" and (missing := torchcodec_missing()):
-        return f"data.decoder torchcodec: {missing}"
-    if decoder == "decord" and not decord_available():
-        return "data.decoder decord: decord is not installed (x86-64 wheels only); pyav works anywhere"
-    return None
-
-
 class TimedVideo:
     """A video's frames at `fps`, by display time (the module's rule), read forward.
 
@@ -193,6 +177,11 @@ class TimedVideo:
         self.display = display_transform(index.matrix)
         self.target = (height, width)
         self.size = _decode_size(_displayed(index, self.display), self.target, resize)
+        if (
+            self.backend == "decord"
+            and len(index.times) * self.size[0] * self.size[1] * 3 > DECORD_READ_AHEAD_BYTES
+        ):
+            self.backend = "pyav"  # bounded memory on long videos (DECORD_READ_AHEAD_BYTES)
         duration = float(index.times[-1] + index.interval)
         count = output_frames(duration, fps)
         source_of = shown_at(index.times, count, fps)
@@ -429,7 +418,7 @@ class TimedVideo:
         after_time = np.where(after < len(decoded), decoded[np.minimum(after, len(decoded) - 1)], np.inf)
         lost = expected[~found & (after_time - before_time > 1.5 * interval)]
         self.facts.lost = int(len(lost))
-        self.facts.lost_at = _spans(lost, 1.5 * self.index.interval) if len(lost) else ""
+        self.facts.lost_at = spans(lost, 1.5 * self.index.interval) if len(lost) else ""
 
 
 def _displayed(index: Index, display: str) -> tuple[int, int]:

@@ -61,10 +61,14 @@ class VideoSnippets:
         for start in range(0, len(stored), size):
             yield read(stored[start : start + size])
 
-    def snippets(self) -> np.ndarray:
-        """Every snippet's frames at once, uint8 [T, L, H, W, 3]."""
-        frames = np.concatenate(list(self.batches()))
-        return frames[self.snippet_frames]
+    def snippet_chunks(self, size: int) -> Iterator[np.ndarray]:
+        """The snippets in order, `size` at a time, uint8 [n, L, H, W, 3]. Each chunk reads only the
+        frames it needs (those it shares with the chunk before come again from the source's recent
+        frames), so memory holds one chunk's frames whatever the video's length."""
+        for start in range(0, len(self.frame_indices), size):
+            rows = self.frame_indices[start : start + size]
+            wanted, where = np.unique(rows, return_inverse=True)
+            yield self.read(wanted)[where.reshape(rows.shape)]
 
 
 def video_path(d: DataSettings, video_id: str) -> Path:

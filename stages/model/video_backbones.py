@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from stages.core.checkpoints import load_strictly, read_weights_file
 from stages.core.errors import UserError
 
 
@@ -129,8 +130,6 @@ def load_videomae(backbone: nn.Module, path: Path) -> None:
             raise UserError(f"{path}: not a VideoMAE folder ({str(exc).splitlines()[0][:120]})") from None
         state = loaded.state_dict()
     else:
-        from stages.core.checkpoints import read_weights_file
-
         state = read_weights_file(path)
         if not isinstance(state, dict):
             raise UserError(f"{path}: expected a state dict of VideoMAE weights")
@@ -139,14 +138,5 @@ def load_videomae(backbone: nn.Module, path: Path) -> None:
         for k, v in state.items()
         if not k.startswith(("decoder.", "encoder_to_decoder", "classifier.", "fc_norm."))
     }
-    try:
-        missing, unexpected = backbone.model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # a tensor of another shape
-        reason = str(exc).strip().splitlines()[-1].strip()[:160]
-        raise UserError(f"{path}: weights of another VideoMAE size: {reason}") from None
-    if missing or unexpected:
-        raise UserError(
-            f"{path}: keys do not match the encoder: {len(missing)} missing "
-            f"(e.g. {', '.join(missing[:3]) or '-'}), {len(unexpected)} unexpected "
-            f"(e.g. {', '.join(unexpected[:3]) or '-'}); a folder of another size?"
-        )
+    size = "; a folder of another size?"
+    load_strictly(backbone.model, state, path, other="VideoMAE size", hint=size)

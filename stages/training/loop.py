@@ -20,7 +20,6 @@ step, keeping the last good checkpoint.
 from __future__ import annotations
 
 import contextlib
-import json
 import multiprocessing as mp
 import time
 from collections.abc import Callable
@@ -30,9 +29,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from stages.core.checkpoints import load_checkpoint, load_weights, save_checkpoint
-from stages.core.errors import TrainingDiverged, UserError
-from stages.core.files import atomic_output
+from stages.core.checkpoints import save_checkpoint
+from stages.core.errors import TrainingDiverged
 from stages.core.progress import SILENT, Progress
 from stages.core.runtime import (
     Distributed,
@@ -48,8 +46,9 @@ from stages.core.workdir import run_dir
 from stages.data.fingerprints import ExpectedFingerprint
 from stages.model.classifier import VideoClassifier, refit
 from stages.training.batches import EpochBatches, micro_batch_seed
-from stages.training.curves import TensorBoard
+from stages.training.metrics_log import MetricsLog
 from stages.training.optimisation import Precision
+from stages.training.resume import SECTIONS, restore
 from stages.training.run_folder import RunLock, prepare_run_dir
 
 if TYPE_CHECKING:  # for type hints only
@@ -65,51 +64,6 @@ def start_run(settings: Settings, section: Optimisation) -> tuple[torch.device, 
     dist = Distributed.setup(device)
     seed_everything(settings.seed)
     return dist.device(device), dist
-
-
-class MetricsLog:
-    """JSON lines, one per logged iteration or epoch. A resumed run first drops the records of the
-    epochs after its checkpoint (an interrupted epoch is run again and logged again). Where
-    TensorBoard is installed, the same records also go to <run>/tensorboard/ (training.curves)."""
-
-    def __init__(self, path: Path, keep_epochs: int, enabled: bool = True, step: int = 0) -> None:
-        """`step`: the optimizer steps before this run (a resume): later events are purged."""
-        self.path, self.enabled, self.board, self.note = path, enabled, None, None
-        if not enabled:
-            return
-        purge = step + 1 if step else None
-        self.board, self.note = TensorBoard.open(path.parent / "tensorboard", purge_step=purge)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        kept = []
-        if keep_epochs > 0 and path.is_file():
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                if (epoch := _epoch_of(line)) is not None and epoch <= keep_epochs:
-                    kept.append(line + "\n")
-        with atomic_output(path) as tmp:
-            tmp.write_text("".join(kept), encoding="utf-8")
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-        step = record.get("step", record.get("at_step"))  # a step's record, or an epoch's
-        if self.board is not None and step is not None:
-            self.board.write(record, int(step))
-
-    def close(self) -> None:
-        if self.board is not None:
-            self.board.close()
-
-
-def _epoch_of(line: str) -> int | None:
-    """The epoch of a metrics.jsonl record; None for a line cut by a kill or edited into something
-    else (not an object, an epoch that is not a whole number): a resume drops such lines."""
-    try:
-        record = json.loads(line)
-    except (json.JSONDecodeError, RecursionError):
-        return None
-    epoch = record.get("epoch", 0) if isinstance(record, dict) else None
-    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
 
 def loader(
@@ -208,9 +162,6 @@ def classifier_refit(
     return finish
 
 
-SECTIONS = {"pretrain": "train", "e2e": "e2e", "encoder": "encoder_train"}  # a Job's kind -> its settings
-
-
 @dataclass
 class Run:
     """What one call of `fit` works with, so the loop's pieces take one argument, not eight."""
@@ -255,7 +206,7 @@ def fit(
             lock = RunLock(out_dir)
             prepare_run_dir(out_dir, resume, restart, summary.notes)
         dist.barrier()
-        start_epoch = _resume(run) if resume else 0
+        start_epoch = restore(run) if resume else 0
         dist.broadcast(job.modules.values())  # every rank starts from rank 0's weights
         shuffled = dict(seed=settings.seed, dist=dist, device=device, accumulate=section.accumulate)
         data = loader(job.train_set, section.batch_size, section.workers, True, **shuffled)
@@ -288,92 +239,6 @@ def _record_peaks(summary: TrainSummary, job: Job, device: torch.device) -> None
     if job.memory is not None and job.memory.peaks_mib:
         summary.phase_memory_mb = dict(job.memory.peaks_mib)
         summary.peak_memory_mb = max(v for k, v in summary.phase_memory_mb.items() if k != "refit")
-
-
-def _resume(run: Run) -> int:
-    """Load last.pt into the job (weights, optimizer, schedule, generators); the epoch to start at."""
-    path = run.ckpt_dir / "last.pt"
-    if not path.is_file():
-        run.summary.notes.append(f"--resume: no {path} yet, starting from scratch")
-        return 0
-    state = load_checkpoint(path)
-    job = run.job
-    if state.get("kind") != job.kind:
-        raise UserError(f"{path}: a {state.get('kind')} checkpoint, cannot resume {job.kind}")
-    _same_settings(path, state, run.settings, SECTIONS[job.kind])
-    began_on = state.get("inputs")
-    if isinstance(began_on, dict) and job.inputs and (differs := job.inputs.differences(began_on, "then")):
-        raise UserError(
-            f"{path}: the run began on inputs made with other settings: {differs}; --resume "
-            "continues a run only on the inputs it began with (or pass --restart)"
-        )
-    for name, module in job.modules.items():
-        load_weights(module, state, path, name)
-    job.optimizer.load_state_dict(state["optimizer"])
-    job.scheduler.load_state_dict(state["scheduler"])
-    if state.get("scaler"):
-        run.precision.scaler.load_state_dict(state["scaler"])
-    run.best = float(state.get("best", run.best))
-    began_with = state.get("threads")
-    if run.device.type == "cpu" and began_with and began_with != torch.get_num_threads():
-        run.summary.notes.append(
-            f"resumed with {torch.get_num_threads()} CPU threads, the run began with {began_with}: CPU "
-            "kernels split sums by thread, so the weights will not be bitwise an uninterrupted run's "
-            "(set `threads`)"
-        )
-    run.summary.resumed_from = int(state["epoch"])
-    return run.summary.resumed_from
-
-
-# what a resumed run must share with the run it continues: the inputs (data) and how it optimises
-# (the optimizer's state only fits its own optimizer and parameter groups; a checkpoint records one
-# set of settings for the whole run). `epochs` may grow: the schedule steps every lr_step epochs.
-RESUME_SAME = {
-    "data": (
-        "protocol",
-        "fps",
-        "frame_height",
-        "frame_width",
-        "snippet_length",
-        "snippet_stride",
-        "temporal_scale",
-        "window_overlap",
-    ),
-    "optimisation": (
-        "optimizer",
-        "lr",
-        "weight_decay",
-        "batch_size",
-        "accumulate",
-        "lr_step",
-        "lr_gamma",
-        "grad_clip",
-        "amp",
-        "encoder_lr",
-    ),
-    "model.encoder": ("name", "frozen_stages"),
-}
-
-
-def _same_settings(path: Path, state: dict, settings: Settings, section: str) -> None:
-    """Refuse --resume with settings that change the inputs or the optimisation the run began with."""
-    began = state.get("settings") if isinstance(state.get("settings"), dict) else {}
-    now = settings.model_dump(mode="json")
-    for group, keys in RESUME_SAME.items():
-        name = section if group == "optimisation" else group
-        then_values, now_values = began, now
-        for part in name.split("."):
-            then_values = then_values.get(part) if isinstance(then_values, dict) else None
-            now_values = now_values.get(part) if isinstance(now_values, dict) else None
-        if not isinstance(then_values, dict) or not isinstance(now_values, dict):
-            continue  # an older checkpoint without this section
-        for key in keys:
-            if key in then_values and key in now_values and then_values[key] != now_values[key]:
-                raise UserError(
-                    f"{path}: the run began with {name}.{key}={then_values[key]}, the settings now say "
-                    f"{now_values[key]}; --resume continues a run only with the inputs and optimisation "
-                    "it began with (or pass --restart)"
-                )
 
 
 def _epoch(run: Run, data: torch.utils.data.DataLoader, epoch: int, progress: Progress) -> None:

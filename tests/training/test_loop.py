@@ -15,7 +15,7 @@ from tests.helpers import run_cli
 
 def test_resume_refuses_other_optimisation_settings_with_the_one_that_changed(trained, tmp_path):
     from stages.core.checkpoints import load_checkpoint
-    from stages.training.loop import _same_settings
+    from stages.training.resume import _same_settings
 
     root = tmp_path / "tiny"
     shutil.copytree(trained, root)
@@ -40,7 +40,7 @@ def test_resume_refuses_other_optimisation_settings_with_the_one_that_changed(tr
 
 
 def test_a_resume_drops_metrics_lines_that_are_not_records(tmp_path):
-    from stages.training.loop import MetricsLog
+    from stages.training.metrics_log import MetricsLog
 
     path = tmp_path / "metrics.jsonl"
     lines = [
