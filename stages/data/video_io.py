@@ -177,11 +177,7 @@ class TimedVideo:
         self.display = display_transform(index.matrix)
         self.target = (height, width)
         self.size = _decode_size(_displayed(index, self.display), self.target, resize)
-        if (
-            self.backend == "decord"
-            and len(index.times) * self.size[0] * self.size[1] * 3 > DECORD_READ_AHEAD_BYTES
-        ):
-            self.backend = "pyav"  # bounded memory on long videos (DECORD_READ_AHEAD_BYTES)
+        self.backend = _bounded(self.backend, len(index.times), self.size)  # decord's read-ahead
         duration = float(index.times[-1] + index.interval)
         count = output_frames(duration, fps)
         source_of = shown_at(index.times, count, fps)
@@ -194,7 +190,7 @@ class TimedVideo:
             output_frames=count,
             held=round(float(np.mean(source_of[1:] == source_of[:-1])) if count > 1 else 0.0, 4),
             irregular=round(
-                float(np.mean(np.abs(intervals - median) > IRREGULAR * median)) if len(intervals) else 0.0, 4
+                float(np.mean(np.abs(intervals - median) > IRREGULAR * median)) if intervals.size else 0.0, 4
             ),
             timestamps="decode order" if index.decode_order else index.timestamps,
             decoder=self.backend,
@@ -419,6 +415,12 @@ class TimedVideo:
         lost = expected[~found & (after_time - before_time > 1.5 * interval)]
         self.facts.lost = int(len(lost))
         self.facts.lost_at = spans(lost, 1.5 * self.index.interval) if len(lost) else ""
+
+
+def _bounded(backend: str, pictures: int, size: tuple[int, int]) -> str:
+    """PyAV where decord's read-ahead could hold more than DECORD_READ_AHEAD_BYTES of pictures."""
+    held = pictures * size[0] * size[1] * 3
+    return "pyav" if backend == "decord" and held > DECORD_READ_AHEAD_BYTES else backend
 
 
 def _displayed(index: Index, display: str) -> tuple[int, int]:
