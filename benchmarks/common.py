@@ -11,6 +11,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def checkouts() -> dict[str, Path]:
+    """This checkout ("this"), and with ETAD_BEFORE=<path> an earlier commit's ("before") beside it
+    (`git worktree add ../before <commit>`): the benchmarks that compare run both, interleaved."""
+    before = os.environ.get("ETAD_BEFORE")
+    return {"this": REPO, **({"before": Path(before).resolve()} if before else {})}
+
+
 def machine() -> str:
     import torch
 

@@ -83,13 +83,14 @@ def bench_real_decoders() -> list[tuple[str, str]]:
         for d in DECODERS
         if (d != "decord" or decord_available()) and (d != "torchcodec" or torchcodec_missing() is None)
     ]
-    before = os.environ.get("ETAD_BEFORE")
-    checkouts = {"this": REPO, **({"before": Path(before).resolve()} if before else {})}
+    from benchmarks.common import checkouts
+
+    compared = checkouts()
     runs: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         annotations = _annotations(Path(tmp))
         for _ in range(3):
-            for name, checkout in checkouts.items():
+            for name, checkout in compared.items():
                 for decoder in usable if name == "this" else ("pyav", "decord"):
                     runs.setdefault((name, decoder), []).append(_extract(checkout, annotations, decoder))
     rows = [("files", f"{len(_files())}"), ("frames stored", f"{runs['this', 'pyav'][0]['frames']}")]
@@ -101,7 +102,7 @@ def bench_real_decoders() -> list[tuple[str, str]]:
                 f"{seconds:.2f} ({done[0]['frames'] / seconds:,.0f})",
             )
         )
-    for decoder in ("pyav", "decord") if before else ():
+    for decoder in ("pyav", "decord") if "before" in compared else ():
         ratio = statistics.median(r["seconds"] for r in runs["this", decoder]) / statistics.median(
             r["seconds"] for r in runs["before", decoder]
         )

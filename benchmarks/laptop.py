@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from benchmarks.common import REPO
+from benchmarks.common import REPO, checkouts
 
 # THUMOS-14's recipe: 30 fps, a 16-frame snippet every 4 frames, at the 171x128 frames of ETAD
 THUMOS_DATA = {"protocol": "thumos", "fps": 30, "snippet_length": 16, "snippet_stride": 4}
@@ -73,12 +73,6 @@ def _one_video_run(folder: Path, minutes: float) -> Path:
     return folder / "config.yaml"
 
 
-def _checkouts() -> dict[str, Path]:
-    """This checkout, and with ETAD_BEFORE=<path> an earlier commit's checkout beside it."""
-    before = os.environ.get("ETAD_BEFORE")
-    return {"now": REPO, **({"before": Path(before).resolve()} if before else {})}
-
-
 def bench_cache_memory() -> list[tuple[str, str]]:
     """Peak resident memory of `etad cache --what features` (straight from the video file) against the
     video's length, THUMOS's rate and stride, the demo's encoder: one fresh process per length (and
@@ -89,12 +83,43 @@ def bench_cache_memory() -> list[tuple[str, str]]:
         for length in minutes:
             config = _one_video_run(Path(tmp) / f"m{length:g}", length)
             snippets = int(length * 60 * 30 / 4)
-            for name, checkout in _checkouts().items():
+            for name, checkout in checkouts().items():
                 shutil.rmtree(config.parent / "work", ignore_errors=True)
                 command = [sys.executable, "-m", "etad_cli", "cache", "--what", "features", "-c", str(config)]
                 peak, seconds = _peak_mib(command, checkout)
                 what = f"{length:g} min ({snippets:,} snippets), {name}: peak RSS MiB, seconds"
                 rows.append((what, f"{peak:,.0f}, {seconds:.0f}"))
+    return rows
+
+
+DECORD_READER = """
+import sys, time, decord
+vr = decord.VideoReader(sys.argv[1], ctx=decord.cpu(0), width=172, height=128, num_threads=1)
+for start in range(0, 6400, 32):
+    vr.get_batch(list(range(start, start + 32))).asnumpy()
+    if (start + 32) % 640 == 0:
+        time.sleep(float(sys.argv[2]))  # a slow consumer: an encoder at work
+print([line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")][0])
+"""
+
+
+def bench_decord_read_ahead() -> list[tuple[str, str]]:
+    """decord 0.6 reading 6,400 pictures of a 10-minute 320x240 video at 172x128, 32 a call, in a
+    fresh process: peak resident memory when the reader keeps up, and when it pauses 1 s every 640
+    pictures (as an encoder does). Why long videos go to PyAV (video_io.DECORD_READ_AHEAD_BYTES)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "long.mp4"
+        _long_video(path, 10)
+        for pause in ("0", "1"):
+            done = subprocess.run(
+                [sys.executable, "-c", DECORD_READER, str(path), pause], capture_output=True, text=True
+            )
+            if done.returncode != 0:
+                raise RuntimeError(done.stderr[-2000:])
+            rows.append(
+                (f"pause {pause} s every 640 pictures: peak RSS MiB", f"{int(done.stdout) / 1024:,.0f}")
+            )
     return rows
 
 
@@ -176,22 +201,6 @@ def _detections(path: Path) -> dict:
     return json.loads(path.read_text())["results"]
 
 
-def _largest_difference(a: dict, b: dict) -> float:
-    """The largest difference of a segment bound or score between two detection files with the same
-    videos, labels and order (inf where they differ in anything else)."""
-    if a.keys() != b.keys():
-        return float("inf")
-    worst = 0.0
-    for video in a:
-        if [d["label"] for d in a[video]] != [d["label"] for d in b[video]]:
-            return float("inf")
-        for x, y in zip(a[video], b[video]):
-            worst = max(
-                worst, abs(x["score"] - y["score"]), *(abs(p - q) for p, q in zip(x["segment"], y["segment"]))
-            )
-    return worst
-
-
 def bench_infer_speed() -> list[tuple[str, str]]:
     """The whole `etad infer` (a fresh process: start-up, loading, reading, forward, post-processing,
     fusion, writing) on ActivityNet-shaped inputs, 100 videos, the recipe's settings; with
@@ -201,9 +210,9 @@ def bench_infer_speed() -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         config = anet_shaped_run(Path(tmp), videos)
         results = config.parent / "work" / "results"
-        times: dict[str, list[float]] = {name: [] for name in _checkouts()}
+        times: dict[str, list[float]] = {name: [] for name in checkouts()}
         for _ in range(3):
-            for name, checkout in _checkouts().items():
+            for name, checkout in checkouts().items():
                 sets = ["--set", f"infer.output=results/{name}.json"]
                 command = [sys.executable, "-m", "etad_cli", "infer", "-c", str(config), *sets]
                 began = time.perf_counter()
@@ -220,10 +229,12 @@ def bench_infer_speed() -> list[tuple[str, str]]:
                 )
             )
         if "before" in median:
-            rows.append(("speed-up, now over before", f"{median['before'] / median['now']:.2f}x"))
-            worst = _largest_difference(
-                _detections(results / "now.json"), _detections(results / "before.json")
+            rows.append(("speed-up, this over before", f"{median['before'] / median['this']:.2f}x"))
+            from tests.helpers import largest_difference
+
+            worst = largest_difference(
+                _detections(results / "this.json"), _detections(results / "before.json")
             )
             rows.append(("detections: same videos, labels, order; largest difference", f"{worst:.2g}"))
-        rows += [("now, where the time goes:", ""), *_breakdown(config)]
+        rows += [("this checkout, where the time goes:", ""), *_breakdown(config)]
     return rows

@@ -98,34 +98,15 @@ print(json.dumps(out))
 
 
 def _thumos_case(published: Path, out: Path, seed: int = 1) -> Path:
-    """Seeded predictions around DETAD's published THUMOS-14 test ground truth: each instance three
-    times (jitter 30% of its length, 15% relabelled), twenty random detections per video."""
-    gt = json.loads(published.read_text())["database"]
-    rng = np.random.default_rng(seed)
-    labels = sorted({a["label"] for e in gt.values() for a in e["annotations"]})
-    results = {}
-    for video, entry in gt.items():
-        anns = entry["annotations"]
-        duration, dets = anns[0]["length"] / anns[0]["coverage"], []
-        for a in anns:
-            (s, t), length = a["segment"], a["segment"][1] - a["segment"][0]
-            for _ in range(3):
-                js, je = rng.normal(0, 0.3 * length, 2)
-                ns, ne = max(0.0, s + js), min(duration, t + je)
-                label = a["label"] if rng.random() > 0.15 else labels[rng.integers(len(labels))]
-                dets.append(
-                    {"label": label, "score": float(rng.random()), "segment": [ns, max(ne, ns + 0.2)]}
-                )
-        for _ in range(20):
-            x = rng.random() * duration
-            dets.append(
-                {
-                    "label": labels[rng.integers(len(labels))],
-                    "score": float(rng.random() * 0.5),
-                    "segment": [x, x + rng.random() * 10 + 0.2],
-                }
-            )
-        results[video] = dets
+    """Seeded predictions around DETAD's published THUMOS-14 test ground truth
+    (tests/helpers.jittered_predictions; a video's length from its first instance's coverage)."""
+    from tests.helpers import jittered_predictions
+
+    def duration(entry: dict) -> float:
+        first = entry["annotations"][0]
+        return first["length"] / first["coverage"]
+
+    results = jittered_predictions(json.loads(published.read_text())["database"], duration, seed)
     out.write_text(json.dumps({"version": "THUMOS14", "results": results, "external_data": {}}))
     return out
 

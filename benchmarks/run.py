@@ -38,6 +38,7 @@ BENCHMARKS = [
     data_path.bench_data_path,
     detector.bench_ranks,
     laptop.bench_cache_memory,
+    laptop.bench_decord_read_ahead,
     laptop.bench_infer_speed,
 ]
 

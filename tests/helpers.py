@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,13 @@ def write_config(path: Path, config: dict, **sections) -> Path:
         config[name] = {**config.get(name, {}), **values}
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def tiny_data(synth: Path, **data) -> dict:
+    """A data section for the synthetic videos at a small extraction (32x40, a resize from 64x48),
+    4-frame snippets, 12 a video; `data` updates it."""
+    base = {"annotations": str(synth / "anet.json"), "video_dir": str(synth / "videos")}
+    return base | {"frame_height": 32, "frame_width": 40, "snippet_length": 4, "temporal_scale": 12} | data
 
 
 def demo_config(folder: Path, synth: Path, **sections) -> Path:
@@ -200,6 +208,31 @@ def with_detad_characteristics(gt: Path, out: Path) -> Path:
     return out
 
 
+def jittered_predictions(database: dict, duration: Callable[[dict], float], seed: int = 1) -> dict:
+    """Seeded predictions around a ground truth's instances (video id -> detections): each instance
+    three times (jitter 30% of its length, 15% relabelled), twenty random detections per video;
+    `duration(entry)` is a video's length in seconds."""
+    rng, results = np.random.default_rng(seed), {}
+    labels = sorted({a["label"] for e in database.values() for a in e["annotations"]})
+    for video_id, entry in database.items():
+        length_s, dets = duration(entry), []
+        for a in entry["annotations"]:
+            (s, t), length = a["segment"], a["segment"][1] - a["segment"][0]
+            for _ in range(3):
+                js, je = rng.normal(0, 0.3 * length, 2)
+                ns, ne = max(0.0, s + js), min(length_s, t + je)
+                label = a["label"] if rng.random() > 0.15 else labels[rng.integers(len(labels))]
+                dets.append(
+                    {"label": label, "score": float(rng.random()), "segment": [ns, max(ne, ns + 0.2)]}
+                )
+        for _ in range(20):
+            x = rng.random() * length_s
+            label, score = labels[rng.integers(len(labels))], float(rng.random() * 0.5)
+            dets.append({"label": label, "score": score, "segment": [x, x + rng.random() * 10 + 0.2]})
+        results[video_id] = dets
+    return results
+
+
 def write_tied_cases(shared: Path, folder: Path) -> dict[str, tuple[Path, Path, str]]:
     """Diagnosis cases with tied scores (four decimals, as many submissions write them), on the real
     ground truth, for the comparisons with DETAD's and the official code (benchmarks/official.py
@@ -223,28 +256,7 @@ def write_tied_cases(shared: Path, folder: Path) -> dict[str, tuple[Path, Path, 
     (folder / "thumos").mkdir(parents=True, exist_ok=True)
     (folder / "thumos" / "gt.json").write_text(json.dumps(thumos))
     truth = with_detad_characteristics(folder / "thumos" / "gt.json", folder / "thumos" / "gt_detad.json")
-    rng, results = np.random.default_rng(1), {}
-    labels = sorted({a["label"] for e in thumos["database"].values() for a in e["annotations"]})
-    for video_id, entry in thumos["database"].items():
-        duration, dets = entry["duration"], []
-        for a in entry["annotations"]:
-            (s, t), length = a["segment"], a["segment"][1] - a["segment"][0]
-            for _ in range(3):
-                js, je = rng.normal(0, 0.3 * length, 2)
-                ns, ne = max(0.0, s + js), min(duration, t + je)
-                label = a["label"] if rng.random() > 0.15 else labels[rng.integers(len(labels))]
-                segment = [ns, max(ne, ns + 0.2)]
-                dets.append({"label": label, "score": float(rng.random()), "segment": segment})
-        for _ in range(20):
-            x = rng.random() * duration
-            dets.append(
-                {
-                    "label": labels[rng.integers(len(labels))],
-                    "score": float(rng.random() * 0.5),
-                    "segment": [x, x + rng.random() * 10 + 0.2],
-                }
-            )
-        results[video_id] = dets
+    results = jittered_predictions(thumos["database"], lambda entry: entry["duration"])
     thumos_pred = folder / "thumos" / "predictions.json"
     thumos_pred.write_text(json.dumps({"version": "THUMOS14", "results": results}))
     cases["thumos"] = (truth, thumos_pred, "Test")
@@ -258,7 +270,10 @@ def write_tied_cases(shared: Path, folder: Path) -> dict[str, tuple[Path, Path, 
 
 
 def largest_difference(theirs: object, ours: object) -> float:
-    """The largest |a - b| over the numbers `theirs` holds (dicts by key, lists by place)."""
+    """The largest |a - b| over the numbers `theirs` holds (dicts by key, lists by place); a text
+    that differs (a label) is infinitely different."""
+    if isinstance(theirs, str):
+        return 0.0 if theirs == ours else float("inf")
     if isinstance(theirs, dict):
         return max((largest_difference(v, ours[k]) for k, v in theirs.items()), default=0.0)
     if isinstance(theirs, list):

@@ -52,8 +52,8 @@ IRREGULAR = 0.25  # a frame interval this far off the median one counts as irreg
 LOOKAHEAD = 32  # pictures whose own timestamps decide between own times and ranks
 MATCH = (24, 32)  # the size at which decord's first picture is compared with PyAV's
 # decord 0.6's decoding thread decodes ahead of the reader without bound: while a slow consumer (an
-# encoder) works, it holds up to the whole video's pictures (960 MiB measured on 10 minutes at
-# 172x128). Where that could pass this many bytes, PyAV reads the video (one picture at a time).
+# encoder) works, it holds up to the whole video's pictures (benchmarks/laptop.py,
+# decord_read_ahead). Where that could pass this many bytes, PyAV reads the video (one picture at a time).
 DECORD_READ_AHEAD_BYTES = 256 * 2**20
 
 

@@ -15,7 +15,7 @@ import pytest
 from stages.core.errors import UserError
 from stages.data.annotations import VideoRecord
 from stages.data.video_selection import WHOLE, Shard, parse_shard, select
-from tests.helpers import REPO, run_cli, write_config
+from tests.helpers import REPO, run_cli, tiny_data, write_config
 
 
 def test_a_shard_is_k_of_n_from_the_option_or_the_slurm_array():
@@ -47,15 +47,7 @@ def test_shards_split_the_chosen_subsets_without_overlap():
 def _config(tmp_path, synth_dir, work: str = "work", **data) -> str:
     config = {
         "work_dir": str(tmp_path / work),
-        "data": {
-            "annotations": str(synth_dir / "anet.json"),
-            "video_dir": str(synth_dir / "videos"),
-            "frame_height": 32,
-            "frame_width": 40,
-            "snippet_length": 4,
-            "temporal_scale": 12,
-            **data,
-        },
+        "data": tiny_data(synth_dir, **data),
         "model": {"encoder": {"name": "tiny", "crop_size": 24}},
     }
     return write_config(tmp_path / f"{work}.yaml", config)

@@ -23,7 +23,7 @@ from stages.data.snippet_positions import anet_snippet_frames
 from stages.data.video_io import decord_available
 from stages.data.video_snippets import video_snippets
 from stages.model.encoder import build_encoder, center_crop
-from tests.helpers import assert_clean_failure, demo_config, run_cli, write_config
+from tests.helpers import assert_clean_failure, demo_config, run_cli, tiny_data, write_config
 
 pytestmark = pytest.mark.slow
 needs_decord = pytest.mark.skipif(not decord_available(), reason="decord has no wheel for this platform")
@@ -34,14 +34,7 @@ def make_config(tmp_path, synth_dir, **sections) -> tuple:
     config = {
         "seed": 3,
         "work_dir": str(tmp_path / "work"),
-        "data": {
-            "annotations": str(synth_dir / "anet.json"),
-            "video_dir": str(synth_dir / "videos"),
-            "frame_height": 32,
-            "frame_width": 40,
-            "snippet_length": 4,
-            "temporal_scale": 12,
-        },
+        "data": tiny_data(synth_dir),
         "model": {"encoder": {"name": "tiny", "crop_size": 24, "frozen_stages": -1, "norm_eval": False}},
         "cache": {"device": "cpu", "batch_size": 5},
     }
