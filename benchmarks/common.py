@@ -13,9 +13,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def checkouts() -> dict[str, Path]:
     """This checkout ("this"), and with ETAD_BEFORE=<path> an earlier commit's ("before") beside it
-    (`git worktree add ../before <commit>`): the benchmarks that compare run both, interleaved."""
-    before = os.environ.get("ETAD_BEFORE")
-    return {"this": REPO, **({"before": Path(before).resolve()} if before else {})}
+    (`git worktree add ../before <commit>`): the benchmarks that compare run both, interleaved.
+    ETAD_BEFORE=<path>:<path> names two ("before", then "before2"), all three in one call."""
+    paths = [Path(p).resolve() for p in os.environ.get("ETAD_BEFORE", "").split(os.pathsep) if p]
+    names = ["before"] + [f"before{i}" for i in range(2, len(paths) + 1)]
+    return {"this": REPO, **dict(zip(names, paths))}
 
 
 def machine() -> str:

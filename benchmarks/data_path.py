@@ -98,12 +98,13 @@ def bench_decoders() -> list[tuple[str, str]]:
                 first, second = (v.read(np.arange(len(v))).astype(int) for v in (a, b))
                 diffs.append(np.abs(first - second))
             d = np.concatenate([x.ravel() for x in diffs])
-            rows += [
-                (f"{other}: mean", f"{d.mean():.2f}"),
-                (f"{other}: 99th percentile", f"{np.percentile(d, 99):.0f}"),
-                (f"{other}: 99.9th percentile", f"{np.percentile(d, 99.9):.0f}"),
-                (f"{other}: largest", f"{d.max()}"),
-            ]
+            spread = {
+                "mean": f"{d.mean():.2f}",
+                "99th percentile": f"{np.percentile(d, 99):.0f}",
+                "99.9th percentile": f"{np.percentile(d, 99.9):.0f}",
+                "largest": f"{d.max()}",
+            }
+            rows += [(f"{other}: {name}", value) for name, value in spread.items()]
     return rows
 
 

@@ -104,6 +104,18 @@ EvalConfigOpt = Annotated[
 ]
 
 
+def flag(name: str, help: str) -> object:
+    """The type of a boolean option that takes no value (`--dry-run`), off unless given: written
+    `dry_run: flag("--dry-run", "...") = False` (Typer reads the annotation)."""
+    return Annotated[bool, typer.Option(name, help=help)]
+
+
+def option(kind: object, help: str, **extra: object) -> object:
+    """The type of an option that takes a value: `out: option(Path | None, "Output folder.") = None`
+    (extra: Typer's checks, e.g. min=1)."""
+    return Annotated[kind, typer.Option(help=help, **extra)]
+
+
 def load(
     config: Path | None,
     overrides: list[str] | None,

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -19,6 +20,9 @@ import yaml
 from typer.testing import CliRunner
 
 from etad_cli.app import app
+
+if TYPE_CHECKING:  # torch loads only in the tests that need it
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -33,14 +37,25 @@ def cpu_share() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def run_etad(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the real `etad` entry point in a subprocess (to see exit codes and tracebacks as a user does)."""
+def run_etad(
+    *args: str, cwd: Path | None = None, preexec_fn: Callable[[], None] | None = None
+) -> subprocess.CompletedProcess:
+    """Run the real `etad` entry point in a subprocess (to see exit codes and tracebacks as a user
+    does); `preexec_fn` runs in the child first (a resource limit, a signal's default)."""
+    command = [sys.executable, "-m", "etad_cli", *map(str, args)]
     return subprocess.run(
-        [sys.executable, "-m", "etad_cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
+        command, capture_output=True, text=True, cwd=cwd, timeout=300, preexec_fn=preexec_fn
+    )
+
+
+def start_etad(*args: str, quiet: bool = False, env: dict | None = None) -> subprocess.Popen:
+    """Start the real `etad` in the background (a test that interrupts or kills it, or runs several
+    at once), Ctrl-C at its default as a terminal delivers it; `quiet`: its output discarded, else
+    piped (read it with communicate())."""
+    out = subprocess.DEVNULL if quiet else subprocess.PIPE
+    command = [sys.executable, "-m", "etad_cli", *map(str, args)]
+    return subprocess.Popen(
+        command, cwd=REPO, stdout=out, stderr=out, text=True, env=env, preexec_fn=default_sigint
     )
 
 
@@ -282,3 +297,26 @@ def largest_difference(theirs: object, ours: object) -> float:
         assert theirs == ours, (theirs, ours)
         return 0.0
     return abs(float(theirs) - float(ours))
+
+
+def assert_backbone_released(path: Path, backbone: torch.nn.Module) -> None:
+    """The release at `path` reads as an end-to-end checkpoint whose encoder is `backbone`, every
+    weight equal."""
+    import torch
+
+    from stages.core.checkpoints import read_checkpoint
+    from stages.model.encoder import build_encoder
+
+    state = read_checkpoint(path)
+    assert state["kind"] == "e2e"
+    encoder = build_encoder("r2plus1d_34_tsp")
+    encoder.load_state_dict(state["encoder"])
+    theirs = backbone.state_dict()
+    for name, weight in encoder.backbone.state_dict().items():
+        assert torch.equal(weight, theirs[name]), name
+
+
+def one_instance_truth(video: str, duration: float, segment: list[float], label: str) -> dict:
+    """ActivityNet-layout ground truth: one validation video with one instance."""
+    annotations = [{"segment": segment, "label": label}]
+    return {"database": {video: {"subset": "validation", "duration": duration, "annotations": annotations}}}

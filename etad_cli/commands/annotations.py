@@ -9,15 +9,14 @@ import typer
 
 from etad_cli import views
 from etad_cli.console import console, print_notes, user_errors
+from etad_cli.options import option
 
 
 def init(
     videos: Annotated[Path, typer.Argument(help="The folder of your videos (<id>.mp4, .mov, ...).")],
     labels: Annotated[Path, typer.Argument(help="Your annotations (CSV: video,start,end,label[,subset]).")],
     from_: Annotated[str, typer.Option("--from", help="Their format (as convert's --from).")] = "csv",
-    out: Annotated[Path, typer.Option(help="The folder for settings.yaml, annotations.json, work/.")] = Path(
-        "etad_run"
-    ),
+    out: option(Path, "The folder for settings.yaml, annotations.json, work/.") = Path("etad_run"),
 ) -> None:
     """Start on your own videos: their annotations converted and a settings file, with the next commands.
 
@@ -56,22 +55,14 @@ def annotations_convert(
     sources: SourcesArg,
     from_: FormatOpt,
     out: Annotated[Path, typer.Option(help="The ActivityNet-layout JSON to write (a new file).")],
-    video_info: Annotated[
-        Path | None, typer.Option(help="epic100: EPIC_100_video_info.csv (durations).")
-    ] = None,
-    verbs: Annotated[Path | None, typer.Option(help="epic100: EPIC_100_verb_classes.csv (names).")] = None,
-    nouns: Annotated[Path | None, typer.Option(help="epic100: EPIC_100_noun_classes.csv (names).")] = None,
-    label: Annotated[str, typer.Option(help="epic100: verb, noun or action (verb noun).")] = "action",
-    subset: Annotated[
-        str | None, typer.Option(help="The subset name the rows get (default: the file's).")
-    ] = None,
-    classes: Annotated[
-        Path | None, typer.Option(help="multithumos / charades: the class list (id name).")
-    ] = None,
-    durations: Annotated[Path | None, typer.Option(help="csv, thumos-txt: a video,duration CSV.")] = None,
-    videos: Annotated[
-        Path | None, typer.Option(help="The folder of the videos: durations from the files.")
-    ] = None,
+    video_info: option(Path | None, "epic100: EPIC_100_video_info.csv (durations).") = None,
+    verbs: option(Path | None, "epic100: EPIC_100_verb_classes.csv (names).") = None,
+    nouns: option(Path | None, "epic100: EPIC_100_noun_classes.csv (names).") = None,
+    label: option(str, "epic100: verb, noun or action (verb noun).") = "action",
+    subset: option(str | None, "The subset name the rows get (default: the file's).") = None,
+    classes: option(Path | None, "multithumos / charades: the class list (id name).") = None,
+    durations: option(Path | None, "csv, thumos-txt: a video,duration CSV.") = None,
+    videos: option(Path | None, "The folder of the videos: durations from the files.") = None,
 ) -> None:
     """Write another benchmark's annotations in ActivityNet's layout (every etad command reads it).
 

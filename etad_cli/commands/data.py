@@ -9,34 +9,35 @@ import typer
 
 from etad_cli import views
 from etad_cli.console import stage_progress, user_errors
-from etad_cli.options import CacheWorkersOpt, ConfigOpt, SetOpt, ShardOpt, SubsetOpt, WorkersOpt, load
+from etad_cli.options import (
+    CacheWorkersOpt,
+    ConfigOpt,
+    SetOpt,
+    ShardOpt,
+    SubsetOpt,
+    WorkersOpt,
+    flag,
+    load,
+    option,
+)
 
 
 def synth(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write videos/ and the annotation files into.")],
-    videos: Annotated[
-        int, typer.Option(help="Number of videos (30% go to validation).", min=1, max=100_000)
-    ] = 24,
-    classes: Annotated[int, typer.Option(help="Number of action classes (1-6).", min=1, max=6)] = 4,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed writes the same dataset.")] = 0,
-    fps: Annotated[float, typer.Option(help="Frames per second.", min=1.0, max=120.0)] = 15.0,
-    width: Annotated[int, typer.Option(help="Frame width (even).", min=32, max=3840)] = 128,
-    height: Annotated[int, typer.Option(help="Frame height (even).", min=32, max=2160)] = 96,
-    pretrain_videos: Annotated[
+    videos: option(int, "Number of videos (30% go to validation).", min=1, max=100_000) = 24,
+    classes: option(int, "Number of action classes (1-6).", min=1, max=6) = 4,
+    seed: option(int, "Random seed; the same seed writes the same dataset.") = 0,
+    fps: option(float, "Frames per second.", min=1.0, max=120.0) = 15.0,
+    width: option(int, "Frame width (even).", min=32, max=3840) = 128,
+    height: option(int, "Frame height (even).", min=32, max=2160) = 96,
+    pretrain_videos: option(
         int,
-        typer.Option(
-            help="Clean videos (actions alone) in a 'pretraining' subset, for train --encoder.",
-            min=0,
-            max=100_000,
-        ),
-    ] = 0,
-    movers: Annotated[
-        bool, typer.Option("--movers", help="Add hollow shapes that move like actions (not annotated).")
-    ] = False,
-    multi_label: Annotated[
-        bool,
-        typer.Option("--multi-label", help="Instances of several classes per video, free to overlap."),
-    ] = False,
+        "Clean videos (actions alone) in a 'pretraining' subset, for train --encoder.",
+        min=0,
+        max=100_000,
+    ) = 0,
+    movers: flag("--movers", "Add hollow shapes that move like actions (not annotated).") = False,
+    multi_label: flag("--multi-label", "Instances of several classes per video, free to overlap.") = False,
 ) -> None:
     """Write the built-in synthetic action dataset: mp4 videos plus ActivityNet and THUMOS style annotations.
 
@@ -45,18 +46,10 @@ def synth(
     from stages import synth as stage
 
     with user_errors(), stage_progress("synth videos") as progress:
+        counts = {"videos": videos, "classes": classes, "pretrain_videos": pretrain_videos, "seed": seed}
+        kinds = {"movers": movers, "multi_label": multi_label}
         summary = stage.run(
-            out_dir,
-            videos=videos,
-            classes=classes,
-            seed=seed,
-            fps=fps,
-            width=width,
-            height=height,
-            pretrain_videos=pretrain_videos,
-            movers=movers,
-            multi_label=multi_label,
-            progress=progress,
+            out_dir, **counts, fps=fps, width=width, height=height, **kinds, progress=progress
         )
     views.synth_summary(summary)
 
@@ -94,21 +87,15 @@ def extract(
 def cache(
     config: ConfigOpt,
     set_: SetOpt = None,
-    what: Annotated[
-        str, typer.Option(help="snippets (for end-to-end training) or features (frozen encoder).")
-    ] = "snippets",
-    from_npy: Annotated[
-        Path | None, typer.Option(help="Import released per-video features (v_<id>.npy or <id>.npy, [T, D]).")
-    ] = None,
+    what: option(str, "snippets (for end-to-end training) or features (frozen encoder).") = "snippets",
+    from_npy: option(
+        Path | None, "Import released per-video features (v_<id>.npy or <id>.npy, [T, D])."
+    ) = None,
     workers: CacheWorkersOpt = None,
     subset: SubsetOpt = None,
     shard: ShardOpt = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Project videos, frames, disk and time; write nothing.")
-    ] = False,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="With --dry-run: print the projection as JSON.")
-    ] = False,
+    dry_run: flag("--dry-run", "Project videos, frames, disk and time; write nothing.") = False,
+    json_out: flag("--json", "With --dry-run: print the projection as JSON.") = False,
 ) -> None:
     """Cache the videos' snippets (each frame once, JPEG by default), or a frozen encoder's features,
     into per-video HDF5 files under <work_dir>/cache/.

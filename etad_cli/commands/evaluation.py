@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from etad_cli import views
 from etad_cli.console import console, print_notes, stage_progress, user_errors
@@ -22,7 +19,9 @@ from etad_cli.options import (
     SetOpt,
     TaskOpt,
     TiouOpt,
+    flag,
     load,
+    option,
 )
 from stages.core.errors import UserError
 
@@ -36,7 +35,7 @@ def eval_(
     task: TaskOpt = None,
     tiou: TiouOpt = None,
     protocol: ProtocolOpt = None,
-    per_class: Annotated[bool, typer.Option("--per-class", help="Also show AP per class.")] = False,
+    per_class: flag("--per-class", "Also show AP per class.") = False,
     plot: PlotOpt = None,
     json_out: JsonOpt = None,
     config: EvalConfigOpt = None,
@@ -71,16 +70,11 @@ def eval_(
 def diagnose(
     predictions: PredictionsOpt = None,
     ground_truth: GroundTruthOpt = None,
-    dataset: Annotated[
-        str | None,
-        typer.Option(help="anet or thumos: DETAD's tIoUs and buckets (default: the setting data.protocol)."),
-    ] = None,
-    subset: Annotated[
-        str | None, typer.Option(help="Ground-truth subset (default: data.eval_subset; validation / test).")
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Output folder (default: <stem>/diagnosis beside <stem>.json).")
-    ] = None,
+    dataset: option(
+        str | None, "anet or thumos: DETAD's tIoUs and buckets (default: the setting data.protocol)."
+    ) = None,
+    subset: option(str | None, "Ground-truth subset (default: data.eval_subset; validation / test).") = None,
+    out: option(Path | None, "Output folder (default: <stem>/diagnosis beside <stem>.json).") = None,
     config: EvalConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -109,25 +103,15 @@ def diagnose(
 def view_page(
     predictions: PredictionsOpt = None,
     ground_truth: GroundTruthOpt = None,
-    dataset: Annotated[
-        str | None, typer.Option(help="anet or thumos (default: the setting data.protocol).")
-    ] = None,
-    subset: Annotated[
-        str | None, typer.Option(help="Ground-truth subset (default: data.eval_subset; validation / test).")
-    ] = None,
-    videos: Annotated[
-        Path | None, typer.Option(help="Folder of the video files (<id>.*), played beside the timeline.")
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Output folder (default: <stem>/view beside results/<stem>.json).")
-    ] = None,
-    top: Annotated[int, typer.Option(help="Detections shown per video.", min=1)] = 20,
-    subtitles: Annotated[
-        str | None, typer.Option(help="Also write srt or ass subtitles of the detections (one file a video).")
-    ] = None,
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="With --config: detect with this checkpoint first (etad infer).")
-    ] = None,
+    dataset: option(str | None, "anet or thumos (default: the setting data.protocol).") = None,
+    subset: option(str | None, "Ground-truth subset (default: data.eval_subset; validation / test).") = None,
+    videos: option(Path | None, "Folder of the video files (<id>.*), played beside the timeline.") = None,
+    out: option(Path | None, "Output folder (default: <stem>/view beside results/<stem>.json).") = None,
+    top: option(int, "Detections shown per video.", min=1) = 20,
+    subtitles: option(
+        str | None, "Also write srt or ass subtitles of the detections (one file a video)."
+    ) = None,
+    checkpoint: option(Path | None, "With --config: detect with this checkpoint first (etad infer).") = None,
     config: EvalConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -151,15 +135,8 @@ def view_page(
         if checkpoint is not None:  # detections of this checkpoint first, into infer.output
             with stage_progress("infer") as progress:
                 api.infer(s, checkpoint=checkpoint, progress=progress)
-        request = stage.request(
-            s,
-            predictions=predictions,
-            ground_truth=ground_truth,
-            dataset=dataset,
-            subset=subset,
-            videos=videos,
-            out=out,
-        )
+        files = {"predictions": predictions, "ground_truth": ground_truth, "videos": videos, "out": out}
+        request = stage.request(s, **files, dataset=dataset, subset=subset)
         done = stage.run(**request, top=top, subtitle=subtitles)
     shown = f"{done['videos']} videos ({done['with_file']} with a local file) -> {done['page']}"
     console.print(shown, soft_wrap=True)

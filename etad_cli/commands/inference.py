@@ -3,37 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from etad_cli import views
 from etad_cli.console import stage_progress, user_errors
-from etad_cli.options import ConfigOpt, SetOpt, ShardOpt, load
+from etad_cli.options import ConfigOpt, SetOpt, ShardOpt, flag, load, option
 
 
 def infer(
     config: ConfigOpt,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(help="Checkpoint (default: <work_dir>/e2e or pretrain/checkpoints/last.pt)."),
-    ] = None,
+    checkpoint: option(
+        Path | None, "Checkpoint (default: <work_dir>/e2e or pretrain/checkpoints/last.pt)."
+    ) = None,
     set_: SetOpt = None,
-    evaluate: Annotated[
-        bool, typer.Option("--eval", help="Evaluate the detections in the same run.")
-    ] = False,
-    plot: Annotated[
-        bool, typer.Option("--plot", help="Draw a timeline PNG (of --video, or of the first --plot-videos).")
-    ] = False,
-    plot_videos: Annotated[
-        int, typer.Option(help="How many of the subset's videos --plot draws.", min=1)
-    ] = 4,
-    video: Annotated[
-        Path | None, typer.Option(help="Detect actions in one video file that is in no annotation file.")
-    ] = None,
-    subset: Annotated[
-        str | None, typer.Option(help="The annotation subset to detect (default: data.eval_subset).")
-    ] = None,
+    evaluate: flag("--eval", "Evaluate the detections in the same run.") = False,
+    plot: flag("--plot", "Draw a timeline PNG (of --video, or of the first --plot-videos).") = False,
+    plot_videos: option(int, "How many of the subset's videos --plot draws.", min=1) = 4,
+    video: option(Path | None, "Detect actions in one video file that is in no annotation file.") = None,
+    subset: option(str | None, "The annotation subset to detect (default: data.eval_subset).") = None,
     shard: ShardOpt = None,
 ) -> None:
     """Detect actions in the evaluation subset (or one --video) and write ActivityNet-format JSON.

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
-
-import typer
 
 from etad_cli import views
 from etad_cli.console import console, user_errors
-from etad_cli.options import ConfigArg, SetOpt, load
+from etad_cli.options import ConfigArg, SetOpt, flag, load
 
 
 def config_show(config: ConfigArg, set_: SetOpt = None) -> None:
@@ -47,7 +44,7 @@ def config_validate(config: ConfigArg, set_: SetOpt = None) -> None:
 
 
 def encoders(
-    as_json: Annotated[bool, typer.Option("--json", help="Print the registry as JSON.")] = False,
+    as_json: flag("--json", "Print the registry as JSON.") = False,
 ) -> None:
     """List the encoders model.encoder.name can be, with their clip shapes and checkpoint formats.
 

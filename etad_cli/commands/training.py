@@ -9,7 +9,7 @@ import typer
 
 from etad_cli import views
 from etad_cli.console import console, print_notes, stage_progress, user_errors
-from etad_cli.options import ConfigOpt, SetOpt, is_main_process, load
+from etad_cli.options import ConfigOpt, SetOpt, flag, is_main_process, load, option
 from stages.core.errors import UserError
 
 TRAIN_INTERRUPTED = "interrupted; checkpoints of finished epochs are kept: rerun with --resume to continue"
@@ -18,23 +18,14 @@ TRAIN_INTERRUPTED = "interrupted; checkpoints of finished epochs are kept: rerun
 def train(
     config: ConfigOpt,
     set_: SetOpt = None,
-    e2e: Annotated[
-        bool, typer.Option("--e2e", help="Train encoder + detector end to end from the snippet cache.")
-    ] = False,
-    encoder: Annotated[
-        bool,
-        typer.Option("--encoder", help="Pretrain the encoder alone (TSP) on the snippet cache's clips."),
-    ] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last.pt.")] = False,
-    restart: Annotated[
-        bool, typer.Option("--restart", help="Move an earlier run aside (never deleted) and start again.")
-    ] = False,
-    grad_mode: Annotated[
-        str | None, typer.Option(help="--e2e only: e2e.grad_mode (sampled, checkpoint or full).")
-    ] = None,
-    init_from: Annotated[
-        Path | None, typer.Option(help="--e2e only: e2e.init_from, a checkpoint to start the detector from.")
-    ] = None,
+    e2e: flag("--e2e", "Train encoder + detector end to end from the snippet cache.") = False,
+    encoder: flag("--encoder", "Pretrain the encoder alone (TSP) on the snippet cache's clips.") = False,
+    resume: flag("--resume", "Continue the run from its last.pt.") = False,
+    restart: flag("--restart", "Move an earlier run aside (never deleted) and start again.") = False,
+    grad_mode: option(str | None, "--e2e only: e2e.grad_mode (sampled, checkpoint or full).") = None,
+    init_from: option(
+        Path | None, "--e2e only: e2e.init_from, a checkpoint to start the detector from."
+    ) = None,
 ) -> None:
     """Pretrain the ETAD detector on cached features, or (--e2e) train encoder and detector end to end,
     or (--encoder) pretrain the encoder alone with TSP's objective.
@@ -72,23 +63,19 @@ def train(
 
 def study(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Base settings file.")] = None,
-    vary: Annotated[
-        list[str] | None, typer.Option(help="KEY=V1,V2,... a setting and its values (repeatable; grid).")
-    ] = None,
-    also: Annotated[list[str] | None, typer.Option(help="KEY=V: one more point (repeatable).")] = None,
-    zip_: Annotated[bool, typer.Option("--zip", help="Pair the --vary values instead of a grid.")] = False,
-    seeds: Annotated[int, typer.Option(help="Seeds per point (seed, seed+1, ...).", min=1)] = 1,
-    stages: Annotated[
-        str,
-        typer.Option(help="What each point trains: train, e2e, or train,e2e (e2e from its own detector)."),
-    ] = "e2e",
-    jobs: Annotated[int, typer.Option(help="Points run at once (one per GPU).", min=1)] = 1,
-    out: Annotated[Path | None, typer.Option(help="Study folder (default: <work_dir>/study).")] = None,
-    show: Annotated[Path | None, typer.Option(help="Print the table of this study folder and exit.")] = None,
-    truth_labels: Annotated[
-        bool,
-        typer.Option(help="Also score each point with the annotation file's video labels (localisation)."),
-    ] = False,
+    vary: option(list[str] | None, "KEY=V1,V2,... a setting and its values (repeatable; grid).") = None,
+    also: option(list[str] | None, "KEY=V: one more point (repeatable).") = None,
+    zip_: flag("--zip", "Pair the --vary values instead of a grid.") = False,
+    seeds: option(int, "Seeds per point (seed, seed+1, ...).", min=1) = 1,
+    stages: option(
+        str, "What each point trains: train, e2e, or train,e2e (e2e from its own detector)."
+    ) = "e2e",
+    jobs: option(int, "Points run at once (one per GPU).", min=1) = 1,
+    out: option(Path | None, "Study folder (default: <work_dir>/study).") = None,
+    show: option(Path | None, "Print the table of this study folder and exit.") = None,
+    truth_labels: option(
+        bool, "Also score each point with the annotation file's video labels (localisation)."
+    ) = False,
     set_: SetOpt = None,
 ) -> None:
     """Sweep settings: train, infer and evaluate every point, then tabulate and plot mAP, memory and time.

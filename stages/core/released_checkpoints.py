@@ -22,20 +22,28 @@ CHECKPOINT_FORMAT = "etad-checkpoint-1"
 OPENTAD_BACKBONE = "backbone.model.backbone."
 
 
+# the original's names of a cascade stage's parts -> etad's (stages/model/detector.py, ProposalStage)
+ORIGINAL_STAGE_PARTS = {
+    "reduce_dim_before": "reduce",
+    "reduce_dim_ext": "fc",
+    "iou_fc": "iou_head",
+    "cls_se_fc": "se_head",
+    "reg_cw_fc": "cw_head",
+    "reg_s_fc": "start_head",
+    "reg_e_fc": "end_head",
+}
+
+
 # original ETAD detector key -> etad key (regular expressions, applied in order; first match wins)
 ORIGINAL_DETECTOR_KEYS = [
-    (r"^temporal_enhance\.mem_f\.", "temporal.lstm_f."),
-    (r"^temporal_enhance\.mem_b\.", "temporal.lstm_b."),
+    (r"^temporal_enhance\.mem_([fb])\.", r"temporal.lstm_\1."),
     (r"^temporal_enhance\.", "temporal."),
     (r"^tem\.", "tem."),
     (r"^stage_conv\.(\d+)\.", r"stages.\1.residual."),
-    (r"^stage_pem\.(\d+)\.reduce_dim_before\.", r"stages.\1.reduce."),
-    (r"^stage_pem\.(\d+)\.reduce_dim_ext\.", r"stages.\1.fc."),
-    (r"^stage_pem\.(\d+)\.iou_fc\.", r"stages.\1.iou_head."),
-    (r"^stage_pem\.(\d+)\.cls_se_fc\.", r"stages.\1.se_head."),
-    (r"^stage_pem\.(\d+)\.reg_cw_fc\.", r"stages.\1.cw_head."),
-    (r"^stage_pem\.(\d+)\.reg_s_fc\.", r"stages.\1.start_head."),
-    (r"^stage_pem\.(\d+)\.reg_e_fc\.", r"stages.\1.end_head."),
+    *[
+        (rf"^stage_pem\.(\d+)\.{theirs}\.", rf"stages.\1.{ours}.")
+        for theirs, ours in ORIGINAL_STAGE_PARTS.items()
+    ],
 ]
 
 
@@ -55,8 +63,7 @@ def _fc_head(match: re.Match) -> str:
 OPENTAD_DETECTOR_KEYS = [
     (r"^projection\.convs\.0\.conv\.", "temporal.layer1.0."),
     (r"^projection\.convs\.0\.norm\.", "temporal.layer1.1."),
-    (r"^neck\.mem_f\.", "temporal.lstm_f."),
-    (r"^neck\.mem_b\.", "temporal.lstm_b."),
+    (r"^neck\.mem_([fb])\.", r"temporal.lstm_\1."),
     (r"^neck\.(layer2_f|layer2_b|layer2_d|layer3)\.conv\.", r"temporal.\1.0."),
     (r"^neck\.(layer2_f|layer2_b|layer2_d|layer3)\.norm\.", r"temporal.\1.1."),
     (r"^rpn_head\.tem\.0\.conv\.", "tem.0."),

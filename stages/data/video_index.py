@@ -235,7 +235,8 @@ def _decoded(packet, av) -> list:
 
 
 def _display_matrix(frame) -> list[int] | None:
-    for data in frame.side_data:
+    for item in frame.side_data:  # PyAV 18.1.1 iterates the types (a mapping), 18.1.0 the data
+        data = item if hasattr(item, "type") else frame.side_data[item]
         if getattr(data.type, "name", "") == "DISPLAYMATRIX":
             values = np.frombuffer(bytes(data), dtype=np.int32)
             return values.tolist() if len(values) == 9 else None

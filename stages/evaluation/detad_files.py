@@ -120,16 +120,7 @@ def read_inputs(ground_truth: Path, predictions: Path, dataset: str, subset: str
         r.duration if r.duration else max((seg.end for seg in r.segments), default=0.0)
         for r in wanted.values()
     ]
-    return Inputs(
-        truth,
-        pred,
-        classes=classes,
-        videos=videos,
-        bins=bins,
-        source=source,
-        durations=durations,
-        notes=notes,
-    )
+    return Inputs(truth, pred, classes, videos, bins=bins, source=source, durations=durations, notes=notes)
 
 
 def _codes(names: list[str], vocabulary: list[str]) -> np.ndarray:

@@ -59,24 +59,26 @@ def soft_nms(
     it (IoU > 0) by exp(-IoU^2 / sigma), repeat until `top_k` are kept or one candidate is left (that
     last one is not kept, as in the original). Returns kept segments, their decayed scores and
     their rows in `segments` (for their labels)."""
-    segs, sc = segments.astype(np.float64), scores.astype(np.float64).copy()
+    segs, sc = segments.astype(np.float64), scores.astype(np.float64)
     order = np.argsort(-sc, kind="stable")
-    segs, sc = segs[order], sc[order]
-    alive = np.ones(len(sc), dtype=bool)
+    segs, live = segs[order], sc[order]  # the decayed scores; -inf once kept
+    alive = np.ones(len(live), dtype=bool)
     kept: list[int] = []
+    kept_scores: list[float] = []
     lengths = segs[:, 1] - segs[:, 0]
-    while alive.sum() > 1 and len(kept) < top_k:
-        best = int(np.flatnonzero(alive)[np.argmax(sc[alive])])
-        if sc[best] < min_score:
+    while len(segs) - len(kept) > 1 and len(kept) < top_k:
+        best = int(np.argmax(live))  # the first best of those left (no masked copy a round)
+        if live[best] < min_score:
             break
         kept.append(best)
-        alive[best] = False
+        kept_scores.append(live[best])
+        live[best], alive[best] = -np.inf, False
         inter = np.minimum(segs[best, 1], segs[:, 1]) - np.maximum(segs[best, 0], segs[:, 0])
         iou = inter / (lengths[best] + lengths - inter)
         decay = alive & (iou > 0)
-        sc[decay] *= np.exp(-(iou[decay] ** 2) / sigma)
+        live[decay] *= np.exp(-(iou[decay] ** 2) / sigma)
     idx = np.array(kept, dtype=np.int64)
-    return segs[idx], sc[idx], order[idx]
+    return segs[idx], np.array(kept_scores, dtype=np.float64), order[idx]
 
 
 def soft_nms_opentad(

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from stages.model.classifier import ProposalClassifier, VideoClassifier
-from stages.model.layers import GROUPS, NORM_GROUPS, conv_gn, mlp
+from stages.model.layers import GROUPS, NORM_GROUPS, conv_gn, mlp, parallel_mlps
 from stages.model.losses import balanced_bce
 from stages.model.opentad import SharedFCStage, mean_balanced_bce
 from stages.model.roi import TapCache, binned_linear, proposal_taps, roi_features
@@ -91,10 +91,11 @@ class ProposalStage(nn.Module):
         self.taps_cache = TapCache()
 
     def forward(
-        self, x: torch.Tensor, anchors: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, H, T], anchors [B, K, 2] -> iou [B, K, 2] (cls, reg), reg [B, K, 6] and the pooled
-        proposal features [B * K, fc] the heads read (the per-proposal classifier reads them too)."""
+        self, x: torch.Tensor, anchors: torch.Tensor, *, pooled: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """x [B, H, T], anchors [B, K, 2] -> iou [B, K, 2] (cls, reg), reg [B, K, 6] and, with
+        `pooled`, the pooled proposal features [B * K, fc] the heads read (for the per-proposal
+        classifier; else None)."""
         b, k = anchors.shape[:2]
         feat = self.reduce(x + self.residual(x))
         if self.roi_mode == "roialign":  # the reference: materialise RoI features, as the original
@@ -102,19 +103,24 @@ class ProposalStage(nn.Module):
             z = self.fc(rois.flatten(1))
             rs = self.start_head(rois[:, :, : self.context].flatten(1))
             re = self.end_head(rois[:, :, -self.context :].flatten(1))
-        else:  # the same numbers without the RoI tensor (stages/model/roi.py)
+            order = nn.Identity()  # already the proposals' order
+        else:  # the same numbers without the RoI tensor (stages/model/roi.py); at inference the
+            # rows stay in the taps' order until the heads' few outputs are put back
             taps = proposal_taps(
                 anchors, feat.shape[2], self.roi_size, self.extend_ratio, cache=self.taps_cache
             )
-            end = self.roi_size - self.context
-            z = self.fc[1:](binned_linear(feat, taps, self.fc[0]))
-            rs = self.start_head[1:](binned_linear(feat, taps.bins(0, self.context), self.start_head[0]))
-            re = self.end_head[1:](binned_linear(feat, taps.bins(end, self.context), self.end_head[0]))
-        iou = torch.sigmoid(self.iou_head(z))
-        se = torch.sigmoid(self.se_head(z))
-        cw = self.cw_head(z) / 2  # halved for smoother regression, as the original
+            end, later = self.roi_size - self.context, not torch.is_grad_enabled()  # later: inference
+            start, last = taps.bins(0, self.context), taps.bins(end, self.context)
+            z = self.fc[1:](binned_linear(feat, taps, self.fc[0], reorder=not later))
+            rs = self.start_head[1:](binned_linear(feat, start, self.start_head[0], reorder=not later))
+            re = self.end_head[1:](binned_linear(feat, last, self.end_head[0], reorder=not later))
+            order = taps.in_proposal_order if later else nn.Identity()
+        iou, se, cw = parallel_mlps(z, [self.iou_head, self.se_head, self.cw_head])
+        iou, se = torch.sigmoid(iou), torch.sigmoid(se)
+        cw = cw / 2  # halved for smoother regression, as the original
         reg = torch.cat([rs, re, cw, se], dim=1)
-        return iou.view(b, k, 2), reg.view(b, k, 6), z
+        both = order(torch.cat([iou, reg], dim=1))
+        return both[:, :2].reshape(b, k, 2), both[:, 2:].reshape(b, k, 6), order(z) if pooled else None
 
 
 @dataclass(frozen=True)
@@ -193,8 +199,9 @@ class ETAD(nn.Module):
         x = self.temporal(features)
         out: dict = {"tem": torch.sigmoid(self.tem(x)), "anchors": [], "iou": [], "reg": []}
         for index, stage in enumerate(self.stages):
-            iou, reg, pooled = stage(x, anchors)
-            if index == 0 and isinstance(self.classifier, ProposalClassifier):
+            classify = index == 0 and isinstance(self.classifier, ProposalClassifier)
+            iou, reg, pooled = stage(x, anchors, pooled=classify)
+            if classify:
                 out["proposal_classes"] = self.classifier(pooled).view(*anchors.shape[:2], -1)
             out["anchors"].append(anchors)
             out["iou"].append(iou)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.model.layers import mlp
+from stages.model.layers import mlp, parallel_mlps
 from stages.model.roi import TapCache, binned_linear, proposal_taps, roi_features
 
 
@@ -37,21 +37,24 @@ class SharedFCStage(nn.Module):
         self.taps_cache = TapCache()
 
     def forward(
-        self, x: torch.Tensor, anchors: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """As the original's stage: iou, reg and the pooled proposal features [B * K, fc]."""
+        self, x: torch.Tensor, anchors: torch.Tensor, *, pooled: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """As the original's stage: iou, reg and, with `pooled`, the pooled proposal features."""
         b, k = anchors.shape[:2]
         if self.roi_mode == "roialign":
             rois = roi_features(x, anchors, self.roi_size, self.extend_ratio, aligned=True)
             z = self.fc(rois.flatten(1))
-        else:
+            order = nn.Identity()  # already the proposals' order
+        else:  # stages/model/roi.py
             taps = proposal_taps(
                 anchors, x.shape[2], self.roi_size, self.extend_ratio, cache=self.taps_cache, aligned=True
             )
-            z = self.fc[1:](binned_linear(x, taps, self.fc[0]))
-        iou = torch.sigmoid(self.iou_head(z))
-        reg = torch.cat([self.reg_head(z), torch.sigmoid(self.se_head(z))], dim=1)
-        return iou.view(b, k, 2), reg.view(b, k, 6), z
+            later = not torch.is_grad_enabled()  # inference: the rows put back after the heads
+            z = self.fc[1:](binned_linear(x, taps, self.fc[0], reorder=not later))
+            order = taps.in_proposal_order if later else nn.Identity()
+        iou, reg, se = parallel_mlps(z, [self.iou_head, self.reg_head, self.se_head])  # the order as ever
+        both = order(torch.cat([torch.sigmoid(iou), reg, torch.sigmoid(se)], dim=1))
+        return both[:, :2].reshape(b, k, 2), both[:, 2:].reshape(b, k, 6), order(z) if pooled else None
 
 
 def mean_balanced_bce(p: torch.Tensor, y: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:

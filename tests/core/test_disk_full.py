@@ -6,11 +6,10 @@ from __future__ import annotations
 import resource
 import signal
 import subprocess
-import sys
 
 import pytest
 
-from tests.helpers import REPO, demo_config, run_cli
+from tests.helpers import REPO, demo_config, run_cli, run_etad
 
 pytestmark = pytest.mark.slow
 
@@ -20,14 +19,7 @@ def _run_limited(limit_bytes: int, *args) -> subprocess.CompletedProcess:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
-    return subprocess.run(
-        [sys.executable, "-m", "etad_cli", *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=limit,
-    )
+    return run_etad(*args, cwd=REPO, preexec_fn=limit)
 
 
 def _one_error(result: subprocess.CompletedProcess, text: str) -> None:

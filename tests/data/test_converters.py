@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +42,12 @@ def _perfect(tmp_path, dataset, gt, subset, tious):
     assert metrics["tiou_thresholds"] == pytest.approx(tious) and metrics["mAP"] == [1.0] * len(tious)
 
 
+def _epic_side_files(folder: Path) -> list:
+    """The options naming the EPIC-KITCHENS files `--from epic100` reads beside its CSV."""
+    names = {"--video-info": "video_info", "--verbs": "verb_classes", "--nouns": "noun_classes"}
+    return [x for option, name in names.items() for x in (option, folder / f"EPIC_100_{name}.csv")]
+
+
 def test_epic_kitchens_validation_converts_with_its_counts_and_scores_itself_perfectly(tmp_path):
     csv = shared_file("epic100", "EPIC_100_validation.csv")
     folder = csv.parent
@@ -57,12 +64,7 @@ def test_epic_kitchens_validation_converts_with_its_counts_and_scores_itself_per
             label,
             "--out",
             out,
-            "--video-info",
-            folder / "EPIC_100_video_info.csv",
-            "--verbs",
-            folder / "EPIC_100_verb_classes.csv",
-            "--nouns",
-            folder / "EPIC_100_noun_classes.csv",
+            *_epic_side_files(folder),
         )
         assert done.returncode == 0, done.stderr
         assert "138 videos, 9668 instances (1 clipped" in done.stdout  # P29_05_563 ends 0.01 s past its video
@@ -245,10 +247,7 @@ def test_charades_clips_actions_past_the_video_and_epic_refuses_an_unknown_class
         "epic100",
         "--out",
         out,
-        "--video-info",
-        folder / "EPIC_100_video_info.csv",
-        "--verbs",
-        folder / "EPIC_100_verb_classes.csv",
+        *_epic_side_files(folder),
     )
     assert done.returncode == 2 and "row 3: verb_class 999 is not a class of" in done.stderr
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import h5py
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 from stages.core.errors import UserError
 from stages.data.annotations import VideoRecord
 from stages.data.video_selection import WHOLE, Shard, parse_shard, select
-from tests.helpers import REPO, run_cli, tiny_data, write_config
+from tests.helpers import run_cli, start_etad, tiny_data, write_config
 
 
 def test_a_shard_is_k_of_n_from_the_option_or_the_slurm_array():
@@ -53,16 +51,6 @@ def _config(tmp_path, synth_dir, work: str = "work", **data) -> str:
     return write_config(tmp_path / f"{work}.yaml", config)
 
 
-def _etad(*args):
-    return subprocess.Popen(
-        [sys.executable, "-m", "etad_cli", *map(str, args)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def _contents(folder):
     """Every cache file's datasets and attributes."""
     out = {}
@@ -75,10 +63,10 @@ def _contents(folder):
 @pytest.mark.slow
 def test_two_shards_at_once_on_one_folder_give_the_files_of_one_run(tmp_path, synth_dir):
     whole = _config(tmp_path, synth_dir, "whole")
-    assert _etad("cache", "-c", whole, "--subset", "all").wait() == 0
+    assert start_etad("cache", "-c", whole, "--subset", "all").wait() == 0
     sharded = _config(tmp_path, synth_dir, "sharded")
     first, second = (
-        _etad("cache", "-c", sharded, "--subset", "all", "--shard", f"{k}/2", "--workers", "2")
+        start_etad("cache", "-c", sharded, "--subset", "all", "--shard", f"{k}/2", "--workers", "2")
         for k in (1, 2)
     )
     assert first.wait() == 0 and second.wait() == 0, first.stderr.read() + second.stderr.read()

@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import h5py
@@ -23,7 +22,7 @@ from stages.data.snippet_positions import anet_snippet_frames
 from stages.data.video_io import decord_available
 from stages.data.video_snippets import video_snippets
 from stages.model.encoder import build_encoder, center_crop
-from tests.helpers import assert_clean_failure, demo_config, run_cli, tiny_data, write_config
+from tests.helpers import assert_clean_failure, demo_config, run_cli, start_etad, tiny_data, write_config
 
 pytestmark = pytest.mark.slow
 needs_decord = pytest.mark.skipif(not decord_available(), reason="decord has no wheel for this platform")
@@ -191,12 +190,7 @@ def test_sigkill_during_cache_loses_nothing(tmp_path, synth_dir, cli):
     assert cli("extract", "--config", config).returncode == 0
     out = tmp_path / "work/cache/features"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "etad_cli", "cache", "--config", str(config), "--what", "features"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
+    proc = start_etad("cache", "--config", config, "--what", "features", quiet=True, env=env)
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob("*.h5")):
         time.sleep(0.02)
@@ -320,7 +314,6 @@ def test_stale_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_pa
     """A run killed mid-write leaves `.<name>.tmp<pid>@<host>`; the next run on this host clears it,
     not a live run's, and never another host's (shards of a Slurm array share the folder)."""
     import os
-    import subprocess
 
     from stages.core.files import HOST, ensure_writable_dir, temporary
 

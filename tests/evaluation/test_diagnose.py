@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from stages.evaluation import detad
-from tests.helpers import run_cli, shared_file, write_anet_diagnosis_case
+from tests.helpers import one_instance_truth, run_cli, shared_file, write_anet_diagnosis_case
 
 A, B = 0, 1
 
@@ -167,15 +167,7 @@ def test_bad_input_is_one_line(tmp_path, trained):
 
 
 def test_diagnose_refuses_what_eval_refuses_and_never_writes_over_an_input(tmp_path):
-    truth = {
-        "database": {
-            "a": {
-                "subset": "validation",
-                "duration": 20.0,
-                "annotations": [{"segment": [0, 10], "label": "x"}],
-            }
-        }
-    }
+    truth = one_instance_truth("a", 20.0, [0, 10], "x")
     (tmp_path / "gt.json").write_text(json.dumps(truth))
     (tmp_path / "p.json").write_text(json.dumps({"results": {}}))
     base = ("diagnose", "--dataset", "anet", "-g", tmp_path / "gt.json", "-p", tmp_path / "p.json")

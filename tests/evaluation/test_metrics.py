@@ -34,16 +34,9 @@ def test_a_reversed_ground_truth_segment_is_refused_by_eval_diagnose_and_view(tm
     from stages.core.errors import UserError
     from stages.evaluate import evaluate
     from stages.evaluation.detad_files import read_inputs
+    from tests.helpers import one_instance_truth
 
-    truth = {
-        "database": {
-            "v": {
-                "subset": "validation",
-                "duration": 30.0,
-                "annotations": [{"segment": [9.0, 2.0], "label": "a"}],
-            }
-        }
-    }
+    truth = one_instance_truth("v", 30.0, [9.0, 2.0], "a")
     predictions = {"results": {"v": [{"segment": [20.0, 27.0], "score": 0.9, "label": "a"}]}}
     (tmp_path / "gt.json").write_text(json.dumps(truth))
     (tmp_path / "p.json").write_text(json.dumps(predictions))

@@ -21,7 +21,7 @@ from stages.model.detector import ETAD, final_proposals
 from stages.model.encoder import build_encoder
 from stages.model.opentad import mean_balanced_bce
 from stages.model.targets import proposal_map
-from tests.helpers import run_cli
+from tests.helpers import assert_backbone_released, run_cli
 
 
 class ConvModule(nn.Module):
@@ -157,11 +157,7 @@ def test_the_ema_weights_are_used_when_present(tmp_path):
 def test_an_opentad_end_to_end_release_brings_its_backbone(tmp_path):
     backbone = build_encoder("r2plus1d_34_tsp").backbone
     _save(tmp_path / "e2e.pth", opentad_model(512, 512), backbone=backbone)
-    state = read_checkpoint(tmp_path / "e2e.pth")
-    assert state["kind"] == "e2e"
-    encoder = build_encoder("r2plus1d_34_tsp")
-    encoder.load_state_dict(state["encoder"])
-    assert torch.equal(encoder.backbone.layer3[5].conv1[0][0].weight, backbone.layer3[5].conv1[0][0].weight)
+    assert_backbone_released(tmp_path / "e2e.pth", backbone)
 
 
 def test_an_opentad_file_with_unknown_parts_is_refused(tmp_path):

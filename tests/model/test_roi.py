@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from stages.model.detector import ETAD
-from stages.model.roi import extend_anchors, roi_features, roi_taps
+from stages.model.layers import mlp, parallel_mlps
+from stages.model.roi import TapCache, binned_linear, extend_anchors, proposal_taps, roi_features, roi_taps
 from stages.model.targets import proposal_map
 
 
@@ -88,3 +89,42 @@ def test_shared_test_time_proposals_are_computed_once_and_give_the_same_outputs(
     for a, b, c in zip(out_f["iou"], out_r["iou"], again["iou"]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
         assert torch.equal(a, c)
+
+
+def test_reused_taps_and_rows_put_back_late_give_the_same_sums_bit_for_bit():
+    """The fixed map's taps, cached: laid out in the proposals' order without the taps of zero weight;
+    fresh taps: every tap, in the groups' order. Both give the same sums to the last bit, whether the
+    rows are put back at once (training) or after the heads (`reorder=False`, inference)."""
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(2, 16, 64, generator=generator)
+    layer = torch.nn.Linear(16 * 8, 24)
+    grid = proposal_map(64, 64)[None].expand(2, -1, -1)
+    reused = proposal_taps(grid, 64, 8, 0.5, cache=TapCache())
+    fresh = proposal_taps(grid.contiguous(), 64, 8, 0.5)
+    assert reused.bags.order is None and fresh.bags.order is not None
+    assert len(reused.bags.rows) < 0.9 * len(fresh.bags.rows)  # the zeros are left out
+    with torch.no_grad():
+        expected = binned_linear(features, fresh, layer)
+        assert torch.equal(binned_linear(features, reused, layer), expected)
+        late = binned_linear(features, fresh, layer, reorder=False)
+        assert not torch.equal(late, expected)  # the groups' order
+        assert torch.equal(fresh.in_proposal_order(late), expected)
+        context = torch.nn.Linear(16 * 2, 5)  # the last two bins (as the end head reads them)
+        from_reused = binned_linear(features, reused.bins(6, 2), context, reorder=False)
+        assert torch.equal(from_reused, binned_linear(features, fresh.bins(6, 2), context))
+
+
+def test_heads_run_together_at_inference_and_alone_in_training_with_the_same_outputs():
+    """Together: one matrix product of another width, so the same sums to float rounding (bit for
+    bit at the recipe's widths on the development machine: docs/benchmarks.md); alone in training,
+    the very same calls as each head by itself."""
+    torch.manual_seed(0)
+    heads = [mlp([20, 8, 8, 2]), mlp([20, 8, 8, 8, 1]), mlp([20, 6, 3])]
+    x = torch.randn(50, 20)
+    alone = [head(x) for head in heads]
+    with torch.no_grad():
+        together = parallel_mlps(x, heads)
+    for a, b in zip(alone, together):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    trained = parallel_mlps(x, heads)  # with gradients: each head alone (their backward as ever)
+    assert all(torch.equal(a, b) for a, b in zip(alone, trained)) and trained[0].requires_grad

@@ -7,8 +7,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from stages.core.errors import UserError
 from stages.studies.plan import parse_vary, plan
 from stages.studies.report import table
 from stages.studies.results import read_results
-from tests.helpers import REPO, default_sigint, demo_config, run_cli
+from tests.helpers import demo_config, run_cli, start_etad
 
 pytestmark = pytest.mark.slow
 
@@ -41,28 +39,10 @@ def test_plans_are_grids_zips_and_extra_points():
 def test_a_study_runs_survives_an_interruption_and_resumes(trained, tmp_path):
     root = tmp_path / "space"
     shutil.copytree(trained, root)
-    args = [
-        "study",
-        "-c",
-        root / "tiny.yaml",
-        "--stages",
-        "train",
-        "--vary",
-        "model.proposal_ratio=0.2,0.5",
-        "--vary",
-        "model.proposal_sampling=random,grid",
-        "--set",
-        "train.epochs=2",
-    ]
+    varied = ["--vary", "model.proposal_ratio=0.2,0.5", "--vary", "model.proposal_sampling=random,grid"]
+    args = ["study", "-c", root / "tiny.yaml", "--stages", "train", *varied, "--set", "train.epochs=2"]
     out = root / "work" / "study"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "etad_cli", *map(str, args)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=default_sigint,
-    )
+    process = start_etad(*args)
     end = time.monotonic() + 300
     while not list(out.glob("points/*/seed0/result.json")):
         assert process.poll() is None, process.communicate()
@@ -199,25 +179,11 @@ def test_a_killed_study_leaves_no_trainer_and_its_rerun_finishes(trained, tmp_pa
     command then resumes the point (no epoch logged twice)."""
     root = tmp_path / "space"
     shutil.copytree(trained, root)
-    args = [
-        "study",
-        "-c",
-        root / "tiny.yaml",
-        "--stages",
-        "train",
-        "--vary",
-        "model.proposal_ratio=0.2",
-        "--set",
-        "train.epochs=40",
-    ]
+    varied = ["--vary", "model.proposal_ratio=0.2"]
+    args = ["study", "-c", root / "tiny.yaml", "--stages", "train", *varied, "--set", "train.epochs=40"]
     work = root / "work" / "study" / "points" / "model.proposal_ratio=0.2" / "seed0" / "work"
     lock, metrics = work / "logs" / "pretrain.lock", work / "pretrain" / "metrics.jsonl"
-    study = subprocess.Popen(
-        [sys.executable, "-m", "etad_cli", *map(str, args)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    study = start_etad(*args, quiet=True)
     end = time.monotonic() + 240
     while not (metrics.is_file() and metrics.read_text().count('"event": "epoch"') >= 3):
         assert study.poll() is None and time.monotonic() < end

@@ -7,27 +7,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import REPO, default_sigint, demo_config, run_cli, run_etad, snapshot
+from tests.helpers import demo_config, run_cli, run_etad, snapshot, start_etad
 
 pytestmark = pytest.mark.slow
-
-
-def _start(*args) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "etad_cli", *map(str, args)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=default_sigint,
-    )
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> None:
@@ -64,7 +52,7 @@ def test_ctrl_c_then_the_same_command_loses_nothing(trained, tmp_path):
     shutil.copytree(trained, root)
     config, ckpt = root / "tiny.yaml", root / "work" / "pretrain" / "checkpoints"
     shutil.rmtree(root / "work" / "pretrain")
-    process = _start("train", "-c", config, "--set", "train.epochs=100000")
+    process = start_etad("train", "-c", config, "--set", "train.epochs=100000")
     _wait_for(ckpt / "epoch_002.pt", process)
     err = _interrupt(process)
     assert process.returncode == 130 and "rerun with --resume to continue" in err, err[-2000:]
@@ -109,7 +97,7 @@ def test_e2e_kill_and_resume_is_bitwise_exact(tmp_path, synth_dir, feature_work)
     assert done.returncode == 0, done.stderr
     b = demo_config(killed, synth_dir, cache=cache, e2e=e2e)
     ckpt = killed / "work" / "e2e" / "checkpoints"
-    process = _start("train", "-c", b, "--e2e")
+    process = start_etad("train", "-c", b, "--e2e")
     _wait_for(ckpt / "epoch_001.pt", process)
     os.kill(process.pid, signal.SIGKILL)
     process.communicate()
