@@ -74,7 +74,7 @@ def run(
     output = writable_output(settings)
     loaded = LoadedCheckpoint(settings, checkpoint)
     if video is not None:
-        summary = run_video(settings, loaded, checkpoint, video, plot=plot > 0, progress=progress)
+        summary = run_video(settings, loaded, video, plot=plot > 0, progress=progress)
         summary.seconds = time.perf_counter() - began
         return summary
     dataset, notes = cached_dataset(settings, loaded, shard)
@@ -114,13 +114,7 @@ def run(
 
 
 def run_video(
-    settings: Settings,
-    loaded: LoadedCheckpoint,
-    checkpoint: Path,
-    video: Path,
-    *,
-    plot: bool = False,
-    progress: Progress = SILENT,
+    settings: Settings, loaded: LoadedCheckpoint, video: Path, *, plot: bool, progress: Progress = SILENT
 ) -> InferSummary:
     """Detections of one video file that is in no annotation file, best first; saved as
     ActivityNet-format JSON beside infer.output as `<video stem>.json` (cityCC0.mpg -> cityCC0.json);
@@ -132,7 +126,7 @@ def run_video(
     plot_path = _writable_plot(beside_output(output_path(settings), "plots"), output.stem) if plot else None
     write_results(output, {found.video_id: found.detections})
     counts = dict(videos=1, detections=len(found.detections), notes=notes + found.notes)
-    summary = InferSummary(output, loaded.kind, checkpoint, task_of(settings), **counts)
+    summary = InferSummary(output, loaded.kind, loaded.path, task_of(settings), **counts)
     summary.top = found.detections
     if plot_path is not None:
         plot_timeline(Item(found.video_id, found.duration, []), found.detections, plot_path)

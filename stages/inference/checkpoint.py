@@ -34,6 +34,7 @@ class LoadedCheckpoint:
     """A checkpoint ready to run: the loaded, its classes, and (end to end) its encoder."""
 
     def __init__(self, settings: Settings, checkpoint: Path) -> None:
+        self.path = checkpoint  # the file it was read from (a summary names it)
         state = read_checkpoint(checkpoint)  # etad's, or a released layout
         self.kind = state.get("kind", "pretrain")
         try:
