@@ -239,3 +239,57 @@ def bench_infer_speed() -> list[tuple[str, str]]:
             )
         rows += [("this checkout, where the time goes:", ""), *_breakdown(config)]
     return rows
+
+
+def bench_infer_floor() -> list[tuple[str, str]]:
+    """How far the recipe's detector forward is from its floor on this machine: the matrix-product
+    FLOPs of one batch of 16 ActivityNet-shaped videos (torch's FLOP counter), this CPU's rate on the
+    heads' widest product alone, and, in one forward under cProfile, the time of its matrix products
+    and of `embedding_bag` (the RoI sums); all scaled to 100 videos."""
+    import cProfile
+    import pstats
+
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from stages.api import load_settings
+    from stages.core.runtime import reuse_freed_memory
+    from stages.model.detector import build_detector
+    from stages.model.roi import TapCache, proposal_taps
+    from stages.model.targets import proposal_map
+
+    reuse_freed_memory()
+    torch.manual_seed(0)
+    model = build_detector(load_settings(REPO / "examples" / "anet_tsp_feature.yaml").model, 0).eval()
+    features, anchors = torch.randn(16, 512, 128), proposal_map(128, 128)[None].expand(16, -1, -1)
+    scale = 100 / 16
+    with torch.no_grad():
+        model(features, anchors)  # warm-up: the fixed map's taps laid out once, as `etad infer` does
+        with FlopCounterMode(display=False) as counter:
+            model(features, anchors)
+        profile = cProfile.Profile()
+        began = time.perf_counter()
+        profile.runcall(model, features, anchors)
+        forward = time.perf_counter() - began
+        x, w, b = torch.randn(len(anchors[0]) * 16, 512), torch.randn(384, 512), torch.randn(384)
+        F.linear(x, w, b)
+        began = time.perf_counter()
+        for _ in range(5):
+            F.linear(x, w, b)
+        rate = 2 * x.shape[0] * 512 * 384 * 5 / (time.perf_counter() - began)
+    own = {function: row[2] for (_, _, function), row in pstats.Stats(profile).stats.items()}
+    linear = own.get("<built-in method torch._C._nn.linear>", 0.0)
+    sums = own.get("<built-in method torch.embedding_bag>", 0.0)
+    flops = counter.get_total_flops() * scale
+    two = proposal_map(128, 128)[None].expand(2, -1, -1)  # the fixed map: every tap, and those cached
+    every, kept = (len(proposal_taps(two, 128, 24, 0.5, cache=c).bags.rows) for c in (None, TapCache()))
+    return [
+        ("the fixed map's taps of zero weight, left out (T = 128)", f"{1 - kept / every:.0%}"),
+        ("matrix-product FLOPs of the forward, 100 videos (TFLOP)", f"{flops / 1e12:.2f}"),
+        ("this CPU on the heads' widest product alone (GFLOP/s)", f"{rate / 1e9:.0f}"),
+        ("floor of those products at that rate, 100 videos (s)", f"{flops / rate:.1f}"),
+        ("the forward under cProfile, 100 videos (s)", f"{forward * scale:.1f}"),
+        ("  of which F.linear (s)", f"{linear * scale:.1f}"),
+        ("  of which embedding_bag, the RoI sums (s)", f"{sums * scale:.1f}"),
+    ]

@@ -40,6 +40,7 @@ BENCHMARKS = [
     laptop.bench_cache_memory,
     laptop.bench_decord_read_ahead,
     laptop.bench_infer_speed,
+    laptop.bench_infer_floor,
 ]
 
 

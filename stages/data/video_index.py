@@ -11,7 +11,7 @@ They become seconds on **the player's clock** (docs/method.md, "Frames and time"
   Elsewhere timestamps are kept as they are, and a single gap over GAP seconds is noted.
 - **Origin**: seconds count from the file's start (`start_time`), as a player's do: a video that
   starts after its audio shows its first picture from 0.
-- **ExpectedFingerprint pictures**: the pictures a decoder can hand out, those displayed at or after the first
+- **Expected pictures**: the pictures a decoder can hand out, those displayed at or after the first
   keyframe, not marked for discard (an edit list's preroll). decord's pictures carry no timestamps
   of their own and are timed by rank against this list.
 """

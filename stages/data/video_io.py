@@ -395,7 +395,7 @@ class TimedVideo:
         return self.facts
 
     def _count_lost(self) -> None:
-        """ExpectedFingerprint pictures that fell in a gap of the decoded ones: their time went to the picture
+        """Expected pictures that fell in a gap of the decoded ones: their time went to the picture
         before. A gap is wider than 1.5 decoded intervals, so a file whose packets are fields (two
         per picture) loses nothing."""
         self.facts.decoded_frames = self._decoder.position

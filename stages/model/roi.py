@@ -112,6 +112,9 @@ class Taps:
         weight (a bin's padding and samples outside the video, a fifth of them at T = 128): a zero
         adds nothing and each proposal's taps keep their order, so the sums are bit for bit the
         same, with a fifth fewer gathers and no reordering."""
+        if not self.buckets:  # no proposals: nothing to sum or to reorder
+            empty = torch.zeros(0, dtype=torch.long)
+            return Bags(empty, empty.float(), empty, None)
         n_bins = self.buckets[0].time.shape[1]
         bins = torch.arange(n_bins, device=self.buckets[0].time.device)[None, :, None]
         rows = torch.cat([(k.time * n_bins + bins).flatten() for k in self.buckets])

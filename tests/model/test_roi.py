@@ -128,3 +128,13 @@ def test_heads_run_together_at_inference_and_alone_in_training_with_the_same_out
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     trained = parallel_mlps(x, heads)  # with gradients: each head alone (their backward as ever)
     assert all(torch.equal(a, b) for a, b in zip(alone, trained)) and trained[0].requires_grad
+
+
+@pytest.mark.parametrize("variant", ["original", "opentad"])
+def test_no_proposals_give_empty_outputs_in_training_and_at_inference(variant):
+    fast, _ = _pair(variant)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            out = fast(torch.randn(1, 16, 20), torch.zeros(1, 0, 2))
+        assert [tuple(o.shape) for o in out["iou"]] == [(1, 0, 2)] * 3
+        assert [tuple(o.shape) for o in out["reg"]] == [(1, 0, 6)] * 3
