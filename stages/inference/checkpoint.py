@@ -91,7 +91,7 @@ class LoadedCheckpoint:
         if snippets:
             inputs = self.encode(inputs)
         inputs = inputs.to(self.device)
-        out = self.model(inputs, anchors.to(self.device).expand(len(inputs), -1, -1))
+        out = self.model(inputs, anchors.to(self.device).expand(len(inputs), -1, -1), boundaries=False)
         proposals, iou = final_proposals(out)
         result = {
             "proposals": proposals.cpu().numpy(),

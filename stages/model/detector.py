@@ -22,7 +22,7 @@ from stages.model.classifier import ProposalClassifier, VideoClassifier
 from stages.model.layers import GROUPS, NORM_GROUPS, conv_gn, mlp, parallel_mlps
 from stages.model.losses import balanced_bce
 from stages.model.opentad import SharedFCStage, mean_balanced_bce
-from stages.model.roi import TapCache, binned_linear, proposal_taps, roi_features
+from stages.model.roi import TapCache, binned_layers, inference_rows, proposal_taps, roi_features
 
 if TYPE_CHECKING:  # the settings models, for type hints only
     from stages.core.settings import ModelSettings
@@ -91,36 +91,40 @@ class ProposalStage(nn.Module):
         self.taps_cache = TapCache()
 
     def forward(
-        self, x: torch.Tensor, anchors: torch.Tensor, *, pooled: bool = False
+        self, x: torch.Tensor, anchors: torch.Tensor, *, pooled: bool = False, boundaries: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """x [B, H, T], anchors [B, K, 2] -> iou [B, K, 2] (cls, reg), reg [B, K, 6] and, with
-        `pooled`, the pooled proposal features [B * K, fc] the heads read (for the per-proposal
-        classifier; else None)."""
+        """x [B, H, T], anchors [B, K, 2] -> iou [B, K, 2] (cls, reg), reg [B, K, 6] (without
+        `boundaries`: [B, K, 4], the boundary-classification head not run) and, with `pooled`, the
+        pooled proposal features [B * K, fc] the heads read (for the per-proposal classifier; else
+        None)."""
         b, k = anchors.shape[:2]
         feat = self.reduce(x + self.residual(x))
+        heads = [self.iou_head, self.se_head if boundaries else None, self.cw_head]
+
+        def outputs(z: torch.Tensor, rs: torch.Tensor, re: torch.Tensor) -> list[torch.Tensor]:
+            iou, se, cw = parallel_mlps(z, heads)
+            cw = cw / 2  # halved for smoother regression, as the original
+            se = [] if se is None else [torch.sigmoid(se)]
+            return [torch.cat([torch.sigmoid(iou), rs, re, cw, *se], dim=1), *([z] if pooled else [])]
+
         if self.roi_mode == "roialign":  # the reference: materialise RoI features, as the original
             rois = roi_features(feat, anchors, self.roi_size, self.extend_ratio)  # [BK, C, R]
             z = self.fc(rois.flatten(1))
             rs = self.start_head(rois[:, :, : self.context].flatten(1))
-            re = self.end_head(rois[:, :, -self.context :].flatten(1))
-            order = nn.Identity()  # already the proposals' order
-        else:  # the same numbers without the RoI tensor (stages/model/roi.py); at inference the
-            # rows stay in the taps' order until the heads' few outputs are put back
+            both, *z = outputs(z, rs, self.end_head(rois[:, :, -self.context :].flatten(1)))
+        else:  # the same numbers without the RoI tensor (stages/model/roi.py)
             taps = proposal_taps(
                 anchors, feat.shape[2], self.roi_size, self.extend_ratio, cache=self.taps_cache
             )
-            end, later = self.roi_size - self.context, not torch.is_grad_enabled()  # later: inference
-            start, last = taps.bins(0, self.context), taps.bins(end, self.context)
-            z = self.fc[1:](binned_linear(feat, taps, self.fc[0], reorder=not later))
-            rs = self.start_head[1:](binned_linear(feat, start, self.start_head[0], reorder=not later))
-            re = self.end_head[1:](binned_linear(feat, last, self.end_head[0], reorder=not later))
-            order = taps.in_proposal_order if later else nn.Identity()
-        iou, se, cw = parallel_mlps(z, [self.iou_head, self.se_head, self.cw_head])
-        iou, se = torch.sigmoid(iou), torch.sigmoid(se)
-        cw = cw / 2  # halved for smoother regression, as the original
-        reg = torch.cat([rs, re, cw, se], dim=1)
-        both = order(torch.cat([iou, reg], dim=1))
-        return both[:, :2].reshape(b, k, 2), both[:, 2:].reshape(b, k, 6), order(z) if pooled else None
+            end = self.roi_size - self.context
+            parts = [taps, taps.bins(0, self.context), taps.bins(end, self.context)]
+            layers = [self.fc, self.start_head, self.end_head]
+            both, *z = binned_layers(feat, parts, layers, outputs, rows=inference_rows())
+        return (
+            both[:, :2].reshape(b, k, 2),
+            both[:, 2:].reshape(b, k, both.shape[1] - 2),
+            z[0] if pooled else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -191,16 +195,18 @@ class ETAD(nn.Module):
         extra = sum(p.numel() for p in self.classifier.parameters()) if self.classifier is not None else 0
         return sum(p.numel() for p in self.parameters()) - extra
 
-    def forward(self, features: torch.Tensor, anchors: torch.Tensor) -> dict:
+    def forward(self, features: torch.Tensor, anchors: torch.Tensor, *, boundaries: bool = True) -> dict:
         """features [B, C, T], anchors [B, K, 2] -> tem [B, 2, T] probabilities; per stage the anchors
         it evaluated, iou [B, K, 2] and reg [B, K, 6]; with a head, class logits: video-level
         "classes" [B, n], or per proposal "proposal_classes" [B, K, n] (read from the first stage,
-        whose anchors are the given ones: those the training targets were matched to)."""
+        whose anchors are the given ones: those the training targets were matched to).
+        `boundaries=False` (test time, which never reads them): the stages' boundary-classification
+        heads are not run, a fifth of their arithmetic, and reg is [B, K, 4]."""
         x = self.temporal(features)
         out: dict = {"tem": torch.sigmoid(self.tem(x)), "anchors": [], "iou": [], "reg": []}
         for index, stage in enumerate(self.stages):
             classify = index == 0 and isinstance(self.classifier, ProposalClassifier)
-            iou, reg, pooled = stage(x, anchors, pooled=classify)
+            iou, reg, pooled = stage(x, anchors, pooled=classify, boundaries=boundaries)
             if classify:
                 out["proposal_classes"] = self.classifier(pooled).view(*anchors.shape[:2], -1)
             out["anchors"].append(anchors)

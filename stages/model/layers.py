@@ -29,20 +29,22 @@ def mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def parallel_mlps(x: torch.Tensor, heads: list[nn.Sequential]) -> list[torch.Tensor]:
-    """Each of `heads` (`mlp`s of three or more sizes) applied to the same x; without gradients
+def parallel_mlps(x: torch.Tensor, heads: list[nn.Sequential | None]) -> list[torch.Tensor | None]:
+    """Each of `heads` (`mlp`s of three or more sizes; None: not run, its output None, for outputs
+    the caller does not need) applied to the same x, in the order given; without gradients
     (inference), their first layers and ReLUs as one: one pass over x (the [proposals, fc]
     features) instead of one a head. A head's outputs are those of calling it alone to float
     rounding (bit for bit at the recipe's widths here: each column's sum is the same); the backward
     of the joint product would sum x's gradient in another order, and training's rounding, so its
     figures, would change."""
     if torch.is_grad_enabled():  # training: each head alone, so the gradients sum as they always have
-        return [head(x) for head in heads]
-    first = [head[0] for head in heads]
+        return [head(x) if head is not None else None for head in heads]
+    first = [head[0] for head in heads if head is not None]
     weight, bias = torch.cat([f.weight for f in first]), torch.cat([f.bias for f in first])
     hidden = F.relu(F.linear(x, weight, bias), inplace=True)
     outs, start = [], 0
-    for head, f in zip(heads, first):
-        outs.append(head[2:](hidden[:, start : start + f.out_features]))
-        start += f.out_features
+    for head in heads:
+        width = head[0].out_features if head is not None else 0
+        outs.append(head[2:](hidden[:, start : start + width]) if head is not None else None)
+        start += width
     return outs

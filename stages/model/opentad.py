@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages.model.layers import mlp, parallel_mlps
-from stages.model.roi import TapCache, binned_linear, proposal_taps, roi_features
+from stages.model.roi import TapCache, binned_layers, inference_rows, proposal_taps, roi_features
 
 
 class SharedFCStage(nn.Module):
@@ -37,24 +37,31 @@ class SharedFCStage(nn.Module):
         self.taps_cache = TapCache()
 
     def forward(
-        self, x: torch.Tensor, anchors: torch.Tensor, *, pooled: bool = False
+        self, x: torch.Tensor, anchors: torch.Tensor, *, pooled: bool = False, boundaries: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """As the original's stage: iou, reg and, with `pooled`, the pooled proposal features."""
+        """As the original's stage: iou, reg (without `boundaries` its first four columns only)
+        and, with `pooled`, the pooled proposal features."""
         b, k = anchors.shape[:2]
+        heads = [self.iou_head, self.reg_head, self.se_head if boundaries else None]  # the order as ever
+
+        def outputs(z: torch.Tensor) -> list[torch.Tensor]:
+            iou, reg, se = parallel_mlps(z, heads)
+            se = [] if se is None else [torch.sigmoid(se)]
+            return [torch.cat([torch.sigmoid(iou), reg, *se], dim=1), *([z] if pooled else [])]
+
         if self.roi_mode == "roialign":
             rois = roi_features(x, anchors, self.roi_size, self.extend_ratio, aligned=True)
-            z = self.fc(rois.flatten(1))
-            order = nn.Identity()  # already the proposals' order
+            both, *z = outputs(self.fc(rois.flatten(1)))
         else:  # stages/model/roi.py
             taps = proposal_taps(
                 anchors, x.shape[2], self.roi_size, self.extend_ratio, cache=self.taps_cache, aligned=True
             )
-            later = not torch.is_grad_enabled()  # inference: the rows put back after the heads
-            z = self.fc[1:](binned_linear(x, taps, self.fc[0], reorder=not later))
-            order = taps.in_proposal_order if later else nn.Identity()
-        iou, reg, se = parallel_mlps(z, [self.iou_head, self.reg_head, self.se_head])  # the order as ever
-        both = order(torch.cat([torch.sigmoid(iou), reg, torch.sigmoid(se)], dim=1))
-        return both[:, :2].reshape(b, k, 2), both[:, 2:].reshape(b, k, 6), order(z) if pooled else None
+            both, *z = binned_layers(x, [taps], [self.fc], outputs, rows=inference_rows())
+        return (
+            both[:, :2].reshape(b, k, 2),
+            both[:, 2:].reshape(b, k, both.shape[1] - 2),
+            z[0] if pooled else None,
+        )
 
 
 def mean_balanced_bce(p: torch.Tensor, y: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:

@@ -8,9 +8,9 @@ head's first linear layer then reads all of it.
 RoIAlign is linear in the features: bin j of a proposal is a weighted sum of a few time steps
 (`roi_taps` computes those taps exactly as torchvision samples them). A linear layer on the
 flattened bins, `W · flatten(RoIAlign(F))`, is therefore the same taps applied to `W_j · F[:, t]`,
-which `binned_linear` computes once per video for every bin j and time step t (an einsum), then
-gathers per proposal with `embedding_bag` (one tap per time step a bin reads, its samples' two
-interpolation weights summed into it).
+which `bin_table` computes once per video for every bin j and time step t (one matrix product),
+then `gather_bins` sums per proposal with `embedding_bag` (one tap per time step a bin reads, its
+samples' two interpolation weights summed into it); `binned_layers` runs a stage's layers on them.
 Nothing of size [proposals, C, bins] is ever built, the backward pass is the same two operations
 reversed, and the cost no longer grows with C x bins per proposal but with the number of taps.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -107,11 +108,12 @@ class Taps:
 
     @cached_property
     def bags(self) -> Bags:
-        """The taps as bags. Fresh taps (read once): in the buckets' order, the result reordered
-        after. Reused taps: laid out once in the proposals' order and without the taps of zero
+        """The taps as bags. Without gradients (inference) or reused, without the taps of zero
         weight (a bin's padding and samples outside the video, a fifth of them at T = 128): a zero
         adds nothing and each proposal's taps keep their order, so the sums are bit for bit the
-        same, with a fifth fewer gathers and no reordering."""
+        same with fewer gathers (training keeps them: the backward would sum the table's gradient in
+        other chunks, another rounding). Fresh taps (read once): in the buckets' order, the result
+        reordered after. Reused taps: laid out once in the proposals' order, nothing reordered."""
         if not self.buckets:  # no proposals: nothing to sum or to reorder
             empty = torch.zeros(0, dtype=torch.long)
             return Bags(empty, empty.float(), empty, None)
@@ -120,11 +122,15 @@ class Taps:
         rows = torch.cat([(k.time * n_bins + bins).flatten() for k in self.buckets])
         weights = torch.cat([k.weight.flatten() for k in self.buckets])
         proposals = torch.cat([k.proposals for k in self.buckets])
+        if self.reused or not torch.is_grad_enabled():
+            nonzero = [k.weight != 0 for k in self.buckets]  # NaN (a non-finite box) is kept
+            kept = torch.cat([m.flatten() for m in nonzero]).nonzero().squeeze(1)  # found once
+            rows, weights = rows[kept], weights[kept]
+            per_bag = torch.cat([m.flatten(1).sum(1) for m in nonzero])  # the buckets' order
+        else:
+            per_bag = torch.cat([torch.full_like(k.proposals, k.time[0].numel()) for k in self.buckets])
         if not self.reused:
-            sizes = torch.cat([torch.full_like(k.proposals, k.time[0].numel()) for k in self.buckets])
-            return Bags(rows, weights, torch.cumsum(sizes, 0) - sizes, torch.argsort(proposals))
-        keep = weights != 0  # NaN (a non-finite box) is kept
-        per_bag = torch.cat([(k.weight != 0).flatten(1).sum(1) for k in self.buckets])  # buckets' order
+            return Bags(rows, weights, torch.cumsum(per_bag, 0) - per_bag, torch.argsort(proposals))
         sizes = torch.zeros(self.n, dtype=per_bag.dtype, device=per_bag.device)
         sizes[proposals] = per_bag
         offsets = torch.cumsum(sizes, 0) - sizes
@@ -132,8 +138,8 @@ class Taps:
         shift = torch.repeat_interleave(offsets[proposals] - (torch.cumsum(per_bag, 0) - per_bag), per_bag)
         where = torch.arange(len(shift), device=shift.device) + shift
         ordered_rows, ordered_weights = rows.new_empty(len(shift)), weights.new_empty(len(shift))
-        ordered_rows[where] = rows[keep]
-        ordered_weights[where] = weights[keep]
+        ordered_rows[where] = rows
+        ordered_weights[where] = weights
         return Bags(ordered_rows, ordered_weights, offsets, None)
 
     def in_proposal_order(self, rows: torch.Tensor) -> torch.Tensor:
@@ -276,24 +282,65 @@ def proposal_taps(
     return roi_taps(boxes, t, bins, videos=b, aligned=aligned)
 
 
-def binned_linear(
-    features: torch.Tensor, taps: Taps, layer: torch.nn.Linear, *, reorder: bool = True
-) -> torch.Tensor:
-    """`layer(flatten(RoIAlign(features)[:, :, bins of the taps]))` for every proposal of `taps`,
-    without the RoI tensor. features [B, C, T] -> [proposals, layer.out_features], in the
-    proposals' order; with `reorder=False` in the order of the taps' bags, for a caller that puts
-    only its few final columns back (`taps.in_proposal_order`): at inference, where the rows' order
-    changes no sum (in training it changes the order the weights' gradients are summed in)."""
+INFERENCE_ROWS = 8192  # proposals at a time at inference (binned_layers): about one video's map
+
+
+def inference_rows() -> int | None:
+    """How many proposals `binned_layers` takes at a time: all at once in training (None)."""
+    return None if torch.is_grad_enabled() else INFERENCE_ROWS
+
+
+def bin_table(features: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+    """`W_j · F[:, t]` for every time step t and bin j of `layer` in one matrix product: features
+    [B, C, T] -> [B * T * bins, out_features], row (b * T + t) * bins + j (as the taps' rows)."""
     b, c, t = features.shape
     n_bins, out_features = layer.in_features // c, layer.out_features
-    if not taps.buckets:  # no proposals
-        return features.new_zeros(0, out_features) + (layer.bias if layer.bias is not None else 0)
-    # W_j · F[:, t] for every time step t and bin j in one matrix product: row t * n_bins + j
     weight = layer.weight.view(out_features, c, n_bins).permute(1, 2, 0).reshape(c, n_bins * out_features)
-    table = (features.transpose(1, 2).reshape(b * t, c) @ weight).view(b * t * n_bins, out_features)
-    bags = taps.bags  # one call for all buckets (one backward, one gradient table)
-    weights = bags.weights.to(table.dtype)
-    out = F.embedding_bag(bags.rows, table, bags.offsets, mode="sum", per_sample_weights=weights)
-    if reorder:
-        out = taps.in_proposal_order(out)
-    return out.add_(layer.bias) if layer.bias is not None else out  # in place: no page faults anew
+    return (features.transpose(1, 2).reshape(b * t, c) @ weight).view(b * t * n_bins, out_features)
+
+
+def gather_bins(table: torch.Tensor, bags: Bags, first: int = 0, last: int | None = None) -> torch.Tensor:
+    """The weighted sums of bags first .. last - 1 (default: all) of `table`'s rows, no bias:
+    [bags, out_features]. Each bag's sum is its own, so a range gives the same numbers as all."""
+    offsets = bags.offsets[first:last]
+    if not len(offsets):  # no proposals
+        return table.new_zeros(0, table.shape[1])
+    begin = int(offsets[0])
+    end = int(bags.offsets[last]) if last is not None and last < len(bags.offsets) else len(bags.rows)
+    rows, weights = bags.rows[begin:end], bags.weights[begin:end].to(table.dtype)
+    return F.embedding_bag(rows, table, offsets - begin, mode="sum", per_sample_weights=weights)
+
+
+def binned_layers(
+    features: torch.Tensor,
+    parts: list[Taps],
+    layers: list[torch.nn.Sequential],
+    then: Callable[..., list[torch.Tensor]],
+    *,
+    rows: int | None = None,
+) -> list[torch.Tensor]:
+    """`then(*outs)`, outs[i] = `layers[i](flatten(RoIAlign(features)[:, :, bins of parts[i]]))` for
+    every proposal (layers[i][0] the Linear the taps feed), without the RoI tensor: in the
+    proposals' order. `parts` share their proposals (a stage's taps and its context bins').
+
+    rows=None (training): each out whole and in the proposals' order before `then`, so the weights'
+    gradients sum as they always have. With `rows` (inference): `rows` proposals at a time, in the
+    taps' bags' order, and only `then`'s results put back in the proposals' order: each chunk's
+    [rows, 512] activations stay in the CPU's cache from layer to layer (docs/benchmarks.md,
+    infer_speed), and every proposal's numbers are the same (none depends on another's)."""
+    tables = [bin_table(features, layer[0]) for layer in layers]
+
+    def outputs(first: int, last: int | None, *, reorder: bool) -> list[torch.Tensor]:
+        outs = []
+        for table, part, layer in zip(tables, parts, layers):
+            out = gather_bins(table, part.bags, first, last)
+            out = part.in_proposal_order(out) if reorder else out
+            bias = layer[0].bias
+            outs.append(layer[1:](out.add_(bias) if bias is not None else out))  # in place: no new pages
+        return then(*outs)
+
+    n = parts[0].n
+    if rows is None or n == 0:
+        return outputs(0, None, reorder=True)
+    chunks = [outputs(first, first + rows, reorder=False) for first in range(0, n, rows)]
+    return [parts[0].in_proposal_order(torch.cat(pieces)) for pieces in zip(*chunks)]

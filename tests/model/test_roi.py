@@ -8,9 +8,10 @@ import copy
 import pytest
 import torch
 
+from stages.model import roi
 from stages.model.detector import ETAD
 from stages.model.layers import mlp, parallel_mlps
-from stages.model.roi import TapCache, binned_linear, extend_anchors, proposal_taps, roi_features, roi_taps
+from stages.model.roi import TapCache, binned_layers, extend_anchors, proposal_taps, roi_features, roi_taps
 from stages.model.targets import proposal_map
 
 
@@ -91,27 +92,54 @@ def test_shared_test_time_proposals_are_computed_once_and_give_the_same_outputs(
         assert torch.equal(a, c)
 
 
-def test_reused_taps_and_rows_put_back_late_give_the_same_sums_bit_for_bit():
-    """The fixed map's taps, cached: laid out in the proposals' order without the taps of zero weight;
-    fresh taps: every tap, in the groups' order. Both give the same sums to the last bit, whether the
-    rows are put back at once (training) or after the heads (`reorder=False`, inference)."""
+def test_reused_taps_and_proposals_a_chunk_at_a_time_give_the_same_sums_bit_for_bit():
+    """The fixed map's taps, cached: laid out in the proposals' order; fresh taps: in the groups'
+    order; at inference both without the taps of zero weight (training keeps every tap). All at once
+    and in the proposals' order (training), or a chunk of proposals at a time with the results put
+    back after (inference, `rows`): every way gives the same sums to the last bit."""
     generator = torch.Generator().manual_seed(3)
     features = torch.randn(2, 16, 64, generator=generator)
-    layer = torch.nn.Linear(16 * 8, 24)
+    fc = torch.nn.Sequential(torch.nn.Linear(16 * 8, 24), torch.nn.ReLU())
+    context = torch.nn.Sequential(torch.nn.Linear(16 * 2, 5))  # the last two bins (as the end head)
     grid = proposal_map(64, 64)[None].expand(2, -1, -1)
     reused = proposal_taps(grid, 64, 8, 0.5, cache=TapCache())
-    fresh = proposal_taps(grid.contiguous(), 64, 8, 0.5)
-    assert reused.bags.order is None and fresh.bags.order is not None
-    assert len(reused.bags.rows) < 0.9 * len(fresh.bags.rows)  # the zeros are left out
+    fresh, every = (proposal_taps(grid.contiguous(), 64, 8, 0.5) for _ in range(2))
+    assert reused.bags.order is None and every.bags.order is not None  # every: laid out with gradients
+
+    def run(taps, rows: int | None) -> list[torch.Tensor]:
+        return binned_layers(features, [taps, taps.bins(6, 2)], [fc, context], lambda z, c: [z, c], rows=rows)
+
     with torch.no_grad():
-        expected = binned_linear(features, fresh, layer)
-        assert torch.equal(binned_linear(features, reused, layer), expected)
-        late = binned_linear(features, fresh, layer, reorder=False)
-        assert not torch.equal(late, expected)  # the groups' order
-        assert torch.equal(fresh.in_proposal_order(late), expected)
-        context = torch.nn.Linear(16 * 2, 5)  # the last two bins (as the end head reads them)
-        from_reused = binned_linear(features, reused.bins(6, 2), context, reorder=False)
-        assert torch.equal(from_reused, binned_linear(features, fresh.bins(6, 2), context))
+        assert len(fresh.bags.rows) == len(reused.bags.rows) < 0.9 * len(every.bags.rows)  # zeros left out
+        expected = run(every, None)
+        for taps in (reused, fresh, every):
+            for rows in (None, 7, 1000, 10**6):
+                assert all(torch.equal(a, b) for a, b in zip(run(taps, rows), expected)), rows
+    trained = run(every, None)
+    assert trained[0].requires_grad and all(torch.equal(a, b) for a, b in zip(trained, expected))
+
+
+@pytest.mark.parametrize("variant", ["original", "opentad"])
+def test_inference_skips_the_boundary_head_and_takes_proposals_a_chunk_at_a_time(variant, monkeypatch):
+    """At test time (`boundaries=False`, no gradients) the boundary-classification columns, which
+    post-processing never reads, are not computed; the rest, a few proposals at a time, is the
+    training path's numbers (all at once, each head alone) to float rounding (bit for bit at the
+    recipe's widths here: infer_speed's detections; at these small ones the matrix products take
+    other kernels)."""
+    fast, _ = _pair(variant)
+    generator = torch.Generator().manual_seed(5)
+    features = torch.randn(3, 16, 40, generator=generator)
+    anchors = _random_anchors(3, 200, generator)
+    with torch.no_grad():
+        full = fast(features, anchors)
+        monkeypatch.setattr(roi, "INFERENCE_ROWS", 37)  # 600 proposals: 17 chunks
+        lean = fast(features, anchors, boundaries=False)
+    trained = fast(features, anchors)
+    assert [tuple(r.shape) for r in lean["reg"]] == [(3, 200, 4)] * 3
+    for key in ("iou", "reg", "anchors"):
+        for a, b, c in zip(full[key], lean[key], trained[key]):
+            torch.testing.assert_close(a[..., : b.shape[-1]], b, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(c[..., : b.shape[-1]].detach(), b, rtol=1e-5, atol=1e-5)
 
 
 def test_heads_run_together_at_inference_and_alone_in_training_with_the_same_outputs():
@@ -125,7 +153,7 @@ def test_heads_run_together_at_inference_and_alone_in_training_with_the_same_out
     with torch.no_grad():
         together = parallel_mlps(x, heads)
     for a, b in zip(alone, together):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     trained = parallel_mlps(x, heads)  # with gradients: each head alone (their backward as ever)
     assert all(torch.equal(a, b) for a, b in zip(alone, trained)) and trained[0].requires_grad
 
