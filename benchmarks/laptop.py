@@ -203,7 +203,8 @@ def _detections(path: Path) -> dict:
 
 def bench_infer_speed() -> list[tuple[str, str]]:
     """The whole `etad infer` (a fresh process: start-up, loading, reading, forward, post-processing,
-    fusion, writing) on ActivityNet-shaped inputs, 100 videos, the recipe's settings; with
+    fusion, writing; under `/usr/bin/time -v`, its peak memory too) on ActivityNet-shaped inputs,
+    100 videos, the recipe's settings; with
     ETAD_BEFORE=<checkout>[:<checkout>] earlier commits beside it, runs alternating, median of 3."""
     videos = int(os.environ.get("ETAD_VIDEOS", "100"))
     rows = []
@@ -211,21 +212,20 @@ def bench_infer_speed() -> list[tuple[str, str]]:
         config = anet_shaped_run(Path(tmp), videos)
         results = config.parent / "work" / "results"
         times: dict[str, list[float]] = {name: [] for name in checkouts()}
+        peaks: dict[str, list[float]] = {name: [] for name in checkouts()}
         for _ in range(3):
             for name, checkout in checkouts().items():
                 sets = ["--set", f"infer.output=results/{name}.json"]
                 command = [sys.executable, "-m", "etad_cli", "infer", "-c", str(config), *sets]
-                began = time.perf_counter()
-                done = subprocess.run(command, cwd=checkout, capture_output=True, text=True)
-                if done.returncode != 0:
-                    raise RuntimeError(f"{name}: {done.stderr[-2000:]}")
-                times[name].append(time.perf_counter() - began)
+                peak, seconds = _peak_mib(command, checkout)
+                times[name].append(seconds)
+                peaks[name].append(peak)
         median = {name: sorted(t)[1] for name, t in times.items()}
         for name, seconds in median.items():
             rows.append(
                 (
-                    f"{name}: {videos} videos, whole process (s), videos/s",
-                    f"{seconds:.1f}, {videos / seconds:.2f}",
+                    f"{name}: {videos} videos, whole process (s), videos/s, peak RSS (MiB)",
+                    f"{seconds:.1f}, {videos / seconds:.2f}, {max(peaks[name]):,.0f}",
                 )
             )
         from tests.helpers import largest_difference
@@ -241,11 +241,57 @@ def bench_infer_speed() -> list[tuple[str, str]]:
     return rows
 
 
+def _chunks_and_refined_taps(model, features, anchors) -> list[tuple[str, str]]:
+    """The forward unprofiled, proposals a chunk at a time (as `etad infer`) against all at once
+    (alternating, median of 3, outputs compared bit for bit), and the share of the refined
+    proposals' taps (stages 2 and 3) that have zero weight, left out at inference."""
+    import torch
+
+    from stages.model import roi
+
+    chunk, seconds, outs = roi.INFERENCE_ROWS, {"chunks": [], "whole": []}, {}
+    try:
+        with torch.no_grad():
+            for _ in range(3):
+                for name, rows in (("chunks", chunk), ("whole", 2**62)):
+                    roi.INFERENCE_ROWS = rows
+                    began = time.perf_counter()
+                    outs[name] = model(features, anchors, boundaries=False)
+                    seconds[name].append(time.perf_counter() - began)
+    finally:
+        roi.INFERENCE_ROWS = chunk
+    same = all(
+        torch.equal(a, b) for key in ("iou", "reg") for a, b in zip(outs["chunks"][key], outs["whole"][key])
+    )
+    rows = [
+        (
+            f"the forward, {chunk:,} proposals at a time, 100 videos (s)",
+            f"{sorted(seconds['chunks'])[1] * 100 / 16:.1f}",
+        ),
+        (
+            "the forward, all proposals at once, 100 videos (s)",
+            f"{sorted(seconds['whole'])[1] * 100 / 16:.1f}",
+        ),
+        ("  the same outputs, bit for bit", "yes" if same else "no"),
+    ]
+    t = features.shape[2]
+    for stage in (1, 2):
+        refined = outs["chunks"]["anchors"][stage]
+        every = len(roi.proposal_taps(refined, t, 24, 0.5).bags.rows)  # with gradients: every tap
+        with torch.no_grad():
+            kept = len(roi.proposal_taps(refined, t, 24, 0.5).bags.rows)
+        rows.append(
+            (f"stage {stage + 1}'s taps of zero weight, left out at inference", f"{1 - kept / every:.0%}")
+        )
+    return rows
+
+
 def bench_infer_floor() -> list[tuple[str, str]]:
     """How far the recipe's detector forward is from its floor on this machine: the matrix-product
     FLOPs of one batch of 16 ActivityNet-shaped videos (torch's FLOP counter), this CPU's rate on the
     heads' widest product alone, and, in one forward under cProfile, the time of its matrix products
-    and of `embedding_bag` (the RoI sums); all scaled to 100 videos."""
+    and of `embedding_bag` (the RoI sums); then the forward unprofiled, a chunk of proposals at a
+    time against all at once, and the refined proposals' taps of zero weight; scaled to 100 videos."""
     import cProfile
     import pstats
 
@@ -292,4 +338,5 @@ def bench_infer_floor() -> list[tuple[str, str]]:
         ("the forward under cProfile, 100 videos (s)", f"{forward * scale:.1f}"),
         ("  of which F.linear (s)", f"{linear * scale:.1f}"),
         ("  of which embedding_bag, the RoI sums (s)", f"{sums * scale:.1f}"),
+        *_chunks_and_refined_taps(model, features, anchors),
     ]

@@ -111,7 +111,7 @@ class ProposalStage(nn.Module):
             rois = roi_features(feat, anchors, self.roi_size, self.extend_ratio)  # [BK, C, R]
             z = self.fc(rois.flatten(1))
             rs = self.start_head(rois[:, :, : self.context].flatten(1))
-            both, *z = outputs(z, rs, self.end_head(rois[:, :, -self.context :].flatten(1)))
+            both, *pooled_z = outputs(z, rs, self.end_head(rois[:, :, -self.context :].flatten(1)))
         else:  # the same numbers without the RoI tensor (stages/model/roi.py)
             taps = proposal_taps(
                 anchors, feat.shape[2], self.roi_size, self.extend_ratio, cache=self.taps_cache
@@ -119,11 +119,11 @@ class ProposalStage(nn.Module):
             end = self.roi_size - self.context
             parts = [taps, taps.bins(0, self.context), taps.bins(end, self.context)]
             layers = [self.fc, self.start_head, self.end_head]
-            both, *z = binned_layers(feat, parts, layers, outputs, rows=inference_rows())
+            both, *pooled_z = binned_layers(feat, parts, layers, outputs, rows=inference_rows())
         return (
             both[:, :2].reshape(b, k, 2),
             both[:, 2:].reshape(b, k, both.shape[1] - 2),
-            z[0] if pooled else None,
+            pooled_z[0] if pooled else None,
         )
 
 

@@ -51,16 +51,16 @@ class SharedFCStage(nn.Module):
 
         if self.roi_mode == "roialign":
             rois = roi_features(x, anchors, self.roi_size, self.extend_ratio, aligned=True)
-            both, *z = outputs(self.fc(rois.flatten(1)))
+            both, *pooled_z = outputs(self.fc(rois.flatten(1)))
         else:  # stages/model/roi.py
             taps = proposal_taps(
                 anchors, x.shape[2], self.roi_size, self.extend_ratio, cache=self.taps_cache, aligned=True
             )
-            both, *z = binned_layers(x, [taps], [self.fc], outputs, rows=inference_rows())
+            both, *pooled_z = binned_layers(x, [taps], [self.fc], outputs, rows=inference_rows())
         return (
             both[:, :2].reshape(b, k, 2),
             both[:, 2:].reshape(b, k, both.shape[1] - 2),
-            z[0] if pooled else None,
+            pooled_z[0] if pooled else None,
         )
 
 

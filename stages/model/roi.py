@@ -143,7 +143,7 @@ class Taps:
         return Bags(ordered_rows, ordered_weights, offsets, None)
 
     def in_proposal_order(self, rows: torch.Tensor) -> torch.Tensor:
-        """Rows in the order of these taps' bags (those of `binned_linear`) -> the proposals' order."""
+        """Rows in the order of these taps' bags (those of `gather_bins`) -> the proposals' order."""
         order = self.bags.order
         return rows if order is None else rows[order]
 
