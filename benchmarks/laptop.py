@@ -1,8 +1,11 @@
 """Benchmarks of laptop scale (issue 50): the peak memory of `etad cache --what features` against a
-video's length, and the whole `etad infer` on ActivityNet-shaped inputs, with where its time goes.
+video's length, and the whole `etad infer` on ActivityNet-shaped inputs, with where its time goes
+(its forward against its floor, the refined proposals' tap layout).
 
     python benchmarks/run.py cache_memory        # 2 and 10 minutes (ETAD_MINUTES=2,10,30 for more)
     python benchmarks/run.py infer_speed         # 100 videos; ETAD_BEFORE=<checkout> beside it
+    python benchmarks/run.py infer_floor         # the forward against its floor, in-process
+    python benchmarks/run.py tap_layout          # the refined proposals' taps; ETAD_BEFORE too
 
 Each measured command is a fresh `etad` process; its peak resident memory is the kernel's
 (`/usr/bin/time -v`'s "Maximum resident set size").
@@ -340,3 +343,59 @@ def bench_infer_floor() -> list[tuple[str, str]]:
         ("  of which embedding_bag, the RoI sums (s)", f"{sums * scale:.1f}"),
         *_chunks_and_refined_taps(model, features, anchors),
     ]
+
+
+TAP_LAYOUT = """
+import sys, time, torch
+sys.path.insert(0, sys.argv[1])
+from stages.core.runtime import reuse_freed_memory
+from stages.model.roi import proposal_taps
+reuse_freed_memory()
+torch.set_grad_enabled(False)
+refined, seconds = torch.load(sys.argv[2], weights_only=True), []
+for _ in range(4):  # the first a warm-up
+    began = time.perf_counter()
+    for anchors in refined:  # all bins, and the start and end heads' context bins, as the forward
+        taps = proposal_taps(anchors, 128, 24, 0.5)
+        for part in (taps, taps.bins(0, 6), taps.bins(18, 6)):
+            part.bags
+    seconds.append(time.perf_counter() - began)
+print(sorted(seconds[1:])[1])
+"""
+
+
+def bench_tap_layout() -> list[tuple[str, str]]:
+    """Laying out the refined proposals' taps at inference (stages 2 and 3 of one batch of 16
+    ActivityNet-shaped videos through the recipe's detector; each stage's three parts, as the forward
+    takes them), in a fresh process per checkout (ETAD_BEFORE: earlier ones beside it, alternating;
+    those without `Taps.bags` are left out), median of 3, scaled to 100 videos."""
+    import torch
+
+    from stages.api import load_settings
+    from stages.model.detector import build_detector
+    from stages.model.targets import proposal_map
+
+    torch.manual_seed(0)
+    model = build_detector(load_settings(REPO / "examples" / "anet_tsp_feature.yaml").model, 0).eval()
+    features, anchors = torch.randn(16, 512, 128), proposal_map(128, 128)[None].expand(16, -1, -1)
+    with torch.no_grad():
+        refined = [a.contiguous() for a in model(features, anchors, boundaries=False)["anchors"][1:]]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "refined.pt"
+        torch.save(refined, path)
+        seconds: dict[str, list[float]] = {}
+        for _ in range(3):
+            for name, checkout in checkouts().items():
+                command = [sys.executable, "-c", TAP_LAYOUT, str(checkout), str(path)]
+                done = subprocess.run(command, capture_output=True, text=True)
+                if done.returncode == 0:
+                    seconds.setdefault(name, []).append(float(done.stdout.strip()))
+                elif name == "this":
+                    raise RuntimeError(done.stderr[-2000:])
+    median = {name: sorted(s)[1] * 100 / 16 for name, s in seconds.items()}
+    rows = [(f"{name}: stage 2 and 3's taps, 100 videos (s)", f"{s:.2f}") for name, s in median.items()]
+    rows += [(f"{name}: left out (its taps have no bags)", "") for name in checkouts() if name not in median]
+    rows += [
+        (f"this over {name}", f"{s / median['this']:.2f}x") for name, s in median.items() if name != "this"
+    ]
+    return rows

@@ -41,6 +41,7 @@ BENCHMARKS = [
     laptop.bench_decord_read_ahead,
     laptop.bench_infer_speed,
     laptop.bench_infer_floor,
+    laptop.bench_tap_layout,
 ]
 
 

@@ -5,6 +5,7 @@ here knows how a stage does its work."""
 
 from __future__ import annotations
 
+import gc
 from typing import Annotated
 
 import typer
@@ -77,4 +78,11 @@ def _root(
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    finally:
+        # The command is over (its files written and closed; atexit handlers, log flushing among
+        # them, still run). Frozen, the objects it made are left out of the interpreter's last
+        # garbage collection, which would walk every one of torch's: a third of a second or more
+        # of every command that imported torch (docs/benchmarks.md, `startup`).
+        gc.freeze()

@@ -67,7 +67,7 @@ class Bucket:
     they are built by broadcasting (no per-sample gathers) and gathered by one `embedding_bag`."""
 
     proposals: torch.Tensor  # [m]: which proposals of the batch
-    time: torch.Tensor  # [m, bins, R]: the time step each tap reads (videos laid end to end)
+    time: torch.Tensor  # [m, bins, R] int32: the time step each tap reads (videos laid end to end)
     weight: torch.Tensor  # [m, bins, R]
 
 
@@ -77,9 +77,9 @@ class Bags:
     row `time * bins + bin` of the per-video table and its weight; `order` the bag of each proposal
     (None: bag i is proposal i)."""
 
-    rows: torch.Tensor  # [taps]
+    rows: torch.Tensor  # [taps] int32 (half the bytes of int64 to lay out; embedding_bag takes either)
     weights: torch.Tensor  # [taps]
-    offsets: torch.Tensor  # [proposals]: where each bag's taps begin
+    offsets: torch.Tensor  # [proposals] int32 (as rows): where each bag's taps begin
     order: torch.Tensor | None
 
 
@@ -115,22 +115,27 @@ class Taps:
         other chunks, another rounding). Fresh taps (read once): in the buckets' order, the result
         reordered after. Reused taps: laid out once in the proposals' order, nothing reordered."""
         if not self.buckets:  # no proposals: nothing to sum or to reorder
-            empty = torch.zeros(0, dtype=torch.long)
+            empty = torch.zeros(0, dtype=torch.int32)
             return Bags(empty, empty.float(), empty, None)
-        n_bins = self.buckets[0].time.shape[1]
-        bins = torch.arange(n_bins, device=self.buckets[0].time.device)[None, :, None]
-        rows = torch.cat([(k.time * n_bins + bins).flatten() for k in self.buckets])
+        n_bins, device = self.buckets[0].time.shape[1], self.buckets[0].time.device
+        bins = torch.arange(n_bins, dtype=torch.int32, device=device)[None, :, None]
+        sizes = [k.time.numel() for k in self.buckets]
+        rows = torch.empty(sum(sizes), dtype=torch.int32, device=device)
+        for k, piece in zip(self.buckets, rows.split(sizes)):  # time * n_bins + bin, in place
+            torch.add(bins, k.time, alpha=n_bins, out=piece.view(k.time.shape))
         weights = torch.cat([k.weight.flatten() for k in self.buckets])
         proposals = torch.cat([k.proposals for k in self.buckets])
         if self.reused or not torch.is_grad_enabled():
-            nonzero = [k.weight != 0 for k in self.buckets]  # NaN (a non-finite box) is kept
-            kept = torch.cat([m.flatten() for m in nonzero]).nonzero().squeeze(1)  # found once
-            rows, weights = rows[kept], weights[kept]
-            per_bag = torch.cat([m.flatten(1).sum(1) for m in nonzero])  # the buckets' order
+            nonzero = weights != 0  # NaN (a non-finite box) is kept
+            kept = nonzero.nonzero().squeeze(1)
+            rows, weights = rows.index_select(0, kept), weights.index_select(0, kept)
+            per_bag = torch.cat(
+                [m.view(len(k.proposals), -1).sum(1) for k, m in zip(self.buckets, nonzero.split(sizes))]
+            )
         else:
             per_bag = torch.cat([torch.full_like(k.proposals, k.time[0].numel()) for k in self.buckets])
         if not self.reused:
-            return Bags(rows, weights, torch.cumsum(per_bag, 0) - per_bag, torch.argsort(proposals))
+            return Bags(rows, weights, (torch.cumsum(per_bag, 0) - per_bag).int(), torch.argsort(proposals))
         sizes = torch.zeros(self.n, dtype=per_bag.dtype, device=per_bag.device)
         sizes[proposals] = per_bag
         offsets = torch.cumsum(sizes, 0) - sizes
@@ -140,7 +145,7 @@ class Taps:
         ordered_rows, ordered_weights = rows.new_empty(len(shift)), weights.new_empty(len(shift))
         ordered_rows[where] = rows
         ordered_weights[where] = weights
-        return Bags(ordered_rows, ordered_weights, offsets, None)
+        return Bags(ordered_rows, ordered_weights, offsets.int(), None)
 
     def in_proposal_order(self, rows: torch.Tensor) -> torch.Tensor:
         """Rows in the order of these taps' bags (those of `gather_bins`) -> the proposals' order."""
@@ -154,7 +159,7 @@ class Taps:
         for k in self.buckets:
             rows = k.proposals[:, None, None].expand_as(k.time)
             bins = torch.arange(n_bins)[None, :, None].expand_as(k.time)
-            dense.index_put_((rows, bins, k.time), k.weight.float(), accumulate=True)
+            dense.index_put_((rows, bins, k.time.long()), k.weight.float(), accumulate=True)
         return dense
 
 
@@ -175,20 +180,24 @@ def _bucket(
     # torchvision's arithmetic, in its order: start + bin * step + ((i + 0.5) * step) / g
     y = start + j * step + ((i + 0.5) * step) / g  # [m, bins, g]
     weight = ((y >= -1.0) & (y <= t)) * share[:, None, None]
-    y = y.clamp(0.0, t - 1.0)
-    low = y.long()
-    frac = y - low
+    # in place from here on (each new [m, bins, g] tensor is memory written for the first time):
+    # y clamped, then its fraction; the same operations, so the same numbers
+    frac = y.clamp_(0.0, t - 1.0)
+    low = frac.long()
+    frac.sub_(low)
     up = low < t - 1  # the next step exists (at the end both taps read step t - 1)
     # a bin's samples are in order and (below the length cap) under one step apart: its taps are
     # the steps first .. last (+1); sum each sample's two interpolation weights into them
-    first = low[..., :1]
-    rel = low - first
+    first = low[..., :1].clone()
+    rel = low.sub_(first)
     r = int((rel[..., -1] + up[..., -1]).max()) + 1 if len(low) else 1
     merged = torch.zeros(*low.shape[:2], r, dtype=y.dtype, device=y.device)
-    merged.scatter_add_(2, rel, (1.0 - frac) * weight)
-    merged.scatter_add_(2, rel + up, frac * weight)
-    time = (first + torch.arange(r, device=y.device)).clamp(max=t - 1)  # past a bin's last tap: weight 0
-    return time + video_start[:, None, None], merged
+    merged.scatter_add_(2, rel, torch.rsub(frac, 1.0).mul_(weight))
+    merged.scatter_add_(2, rel.add_(up), frac.mul_(weight))
+    start = video_start[:, None, None]  # past a bin's last tap (weight 0): the video's last step
+    time = (first + start).int() + torch.arange(r, dtype=torch.int32, device=y.device)
+    time = torch.minimum(time, (start + (t - 1)).int(), out=time)
+    return time, merged
 
 
 def roi_taps(boxes: torch.Tensor, t: int, bins: int, videos: int = 1, *, aligned: bool = False) -> Taps:
@@ -266,7 +275,7 @@ def proposal_taps(
             video = torch.arange(b, device=anchors.device)
 
             def spread(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:  # every video's copy
-                return (x[None] + shift.view(b, *[1] * x.dim())).flatten(0, 1)
+                return (x[None] + shift.view(b, *[1] * x.dim()).to(x.dtype)).flatten(0, 1)
 
             parts = [
                 Bucket(spread(p.proposals, video * k), spread(p.time, video * t), p.weight.repeat(b, 1, 1))

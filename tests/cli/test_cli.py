@@ -76,6 +76,23 @@ def test_version():
     assert __version__ in result.stdout
 
 
+def test_the_entry_point_freezes_what_a_command_made_out_of_the_last_garbage_collection(monkeypatch):
+    """`main` (the console script) leaves the objects alive at the end out of the interpreter's
+    final collection, however the command ends (typer exits with SystemExit)."""
+    import gc
+
+    from etad_cli.app import main
+
+    monkeypatch.setattr(sys, "argv", ["etad", "--version"])
+    assert gc.get_freeze_count() == 0
+    try:
+        with pytest.raises(SystemExit):
+            main()
+        assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()
+
+
 def test_unknown_command_is_a_usage_error_without_traceback():
     result = run_etad("frobnicate")
     assert result.returncode == 2

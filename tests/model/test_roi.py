@@ -111,6 +111,7 @@ def test_reused_taps_and_proposals_a_chunk_at_a_time_give_the_same_sums_bit_for_
 
     with torch.no_grad():
         assert len(fresh.bags.rows) == len(reused.bags.rows) < 0.9 * len(every.bags.rows)  # zeros left out
+        assert fresh.bags.rows.dtype == reused.bags.offsets.dtype == torch.int32
         expected = run(every, None)
         for taps in (reused, fresh, every):
             for rows in (None, 7, 1000, 10**6):
