@@ -289,6 +289,20 @@ def _chunks_and_refined_taps(model, features, anchors) -> list[tuple[str, str]]:
     return rows
 
 
+def _recipe_batch() -> tuple:
+    """The recipe's detector (examples/anet_tsp_feature.yaml, seed 0, untrained) and one batch of 16
+    ActivityNet-shaped videos: random [512, 128] features and the fixed proposal map, as at test time."""
+    import torch
+
+    from stages.api import load_settings
+    from stages.model.detector import build_detector
+    from stages.model.targets import proposal_map
+
+    torch.manual_seed(0)
+    model = build_detector(load_settings(REPO / "examples" / "anet_tsp_feature.yaml").model, 0).eval()
+    return model, torch.randn(16, 512, 128), proposal_map(128, 128)[None].expand(16, -1, -1)
+
+
 def bench_infer_floor() -> list[tuple[str, str]]:
     """How far the recipe's detector forward is from its floor on this machine: the matrix-product
     FLOPs of one batch of 16 ActivityNet-shaped videos (torch's FLOP counter), this CPU's rate on the
@@ -302,16 +316,12 @@ def bench_infer_floor() -> list[tuple[str, str]]:
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    from stages.api import load_settings
     from stages.core.runtime import reuse_freed_memory
-    from stages.model.detector import build_detector
     from stages.model.roi import TapCache, proposal_taps
     from stages.model.targets import proposal_map
 
     reuse_freed_memory()
-    torch.manual_seed(0)
-    model = build_detector(load_settings(REPO / "examples" / "anet_tsp_feature.yaml").model, 0).eval()
-    features, anchors = torch.randn(16, 512, 128), proposal_map(128, 128)[None].expand(16, -1, -1)
+    model, features, anchors = _recipe_batch()
     scale = 100 / 16
     with torch.no_grad():
         model(features, anchors, boundaries=False)  # warm-up: the fixed map's taps laid out once, as
@@ -371,13 +381,7 @@ def bench_tap_layout() -> list[tuple[str, str]]:
     those without `Taps.bags` are left out), median of 3, scaled to 100 videos."""
     import torch
 
-    from stages.api import load_settings
-    from stages.model.detector import build_detector
-    from stages.model.targets import proposal_map
-
-    torch.manual_seed(0)
-    model = build_detector(load_settings(REPO / "examples" / "anet_tsp_feature.yaml").model, 0).eval()
-    features, anchors = torch.randn(16, 512, 128), proposal_map(128, 128)[None].expand(16, -1, -1)
+    model, features, anchors = _recipe_batch()
     with torch.no_grad():
         refined = [a.contiguous() for a in model(features, anchors, boundaries=False)["anchors"][1:]]
     with tempfile.TemporaryDirectory() as tmp:

@@ -119,9 +119,9 @@ class Taps:
             return Bags(empty, empty.float(), empty, None)
         n_bins, device = self.buckets[0].time.shape[1], self.buckets[0].time.device
         bins = torch.arange(n_bins, dtype=torch.int32, device=device)[None, :, None]
-        sizes = [k.time.numel() for k in self.buckets]
-        rows = torch.empty(sum(sizes), dtype=torch.int32, device=device)
-        for k, piece in zip(self.buckets, rows.split(sizes)):  # time * n_bins + bin, in place
+        spans = [k.time.numel() for k in self.buckets]  # each bucket's taps in `rows` and `weights`
+        rows = torch.empty(sum(spans), dtype=torch.int32, device=device)
+        for k, piece in zip(self.buckets, rows.split(spans)):  # time * n_bins + bin, in place
             torch.add(bins, k.time, alpha=n_bins, out=piece.view(k.time.shape))
         weights = torch.cat([k.weight.flatten() for k in self.buckets])
         proposals = torch.cat([k.proposals for k in self.buckets])
@@ -130,7 +130,7 @@ class Taps:
             kept = nonzero.nonzero().squeeze(1)
             rows, weights = rows.index_select(0, kept), weights.index_select(0, kept)
             per_bag = torch.cat(
-                [m.view(len(k.proposals), -1).sum(1) for k, m in zip(self.buckets, nonzero.split(sizes))]
+                [m.view(len(k.proposals), -1).sum(1) for k, m in zip(self.buckets, nonzero.split(spans))]
             )
         else:
             per_bag = torch.cat([torch.full_like(k.proposals, k.time[0].numel()) for k in self.buckets])
